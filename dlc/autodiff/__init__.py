@@ -1,0 +1,6 @@
+"""Reverse-mode autodiff over ONNX graphs: a table of VJP rules (rules.py) and one driver."""
+
+from dlc.autodiff.driver import gradients, infer_shapes
+from dlc.autodiff.rules import BROADCAST, VJP
+
+__all__ = ["BROADCAST", "VJP", "gradients", "infer_shapes"]

@@ -1,0 +1,109 @@
+"""The driver: prune to the params -> loss path, walk it in reverse, sum fan-out, undo broadcasting.
+
+Every rule has the contract `rule(ad, node, g) -> tuple` with one entry per ONNX input (None where
+the input is not differentiable); `g` holds the cotangent of each output (None when no path
+reaches it). Broadcasting is undone here, once, for the ops the table marks as broadcasting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from dlc.autodiff.rules import BROADCAST, VJP
+from dlc.errors import DlcError
+from dlc.graph import IR_VERSION, OPSET, Builder
+
+Dims = list  # per-dimension int (static), str (symbolic) or None (unknown)
+
+
+@dataclass
+class AD:
+    """What a rule may read besides the node: the builder, static shapes and element types."""
+
+    b: Builder
+    shapes: dict[str, Dims]
+    types: dict[str, int]
+
+    def rank(self, name: str) -> int:
+        return len(self.shapes[name])
+
+
+def infer_shapes(b: Builder, outputs: list[str]) -> tuple[dict[str, Dims], dict[str, int]]:
+    """Static shapes and element types of every tensor in the builder's graph (onnx inference)."""
+    probe = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(b.nodes, "probe", b.inputs,
+                                   [probe(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
+                                   b.initializers)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+                                   ir_version=IR_VERSION)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    shapes, types = {}, {}
+    for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
+        t = vi.type.tensor_type
+        types[vi.name] = t.elem_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                               for d in t.shape.dim]
+    for init in inferred.initializer:
+        shapes[init.name], types[init.name] = list(init.dims), init.data_type
+    return shapes, types
+
+
+def _active_nodes(nodes, loss: str, wrt: set[str]):
+    """Nodes on some path from a `wrt` tensor to `loss`, in topological (build) order."""
+    depends = set(wrt)
+    for node in nodes:
+        if any(i in depends for i in node.input):
+            depends.update(node.output)
+    producer = {o: n for n in nodes for o in n.output}
+    needed, stack = set(), [loss]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            stack.extend(i for i in node.input if i in depends)
+    return [n for n in nodes if n.name in needed], depends
+
+
+def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str) -> str:
+    """Sum `g` (shaped `from_shape`) down to `to_shape`, the shape of tensor `like`."""
+    lead = len(from_shape) - len(to_shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(to_shape)
+                                if d == 1 and from_shape[lead + i] != 1]
+    if not axes:
+        return g
+    g = b.ReduceSum(g, b.const(axes), keepdims=1)
+    return b.Reshape(g, b.Shape(like)) if lead else g
+
+
+def _grad_shape(ad: AD, node, i: int) -> Dims:
+    out, inp = ad.shapes[node.output[0]], ad.shapes[node.input[i]]
+    return out[:-2] + inp[-2:] if BROADCAST[node.op_type] == "matmul" else out
+
+
+def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
+    """Emit the backward pass of scalar `loss` into `b`; return {tensor: gradient tensor or None}."""
+    shapes, types = infer_shapes(b, [loss])
+    ad = AD(b, shapes, types)
+    active, depends = _active_nodes(list(b.nodes), loss, set(wrt))
+    grads: dict[str, str] = {loss: b.const(1.0)}
+    for node in reversed(active):
+        g = [grads.get(o) for o in node.output]
+        rule = VJP.get(node.op_type)
+        if rule is None:
+            raise DlcError(f"no gradient rule for ONNX op {node.op_type} (node {node.name}); "
+                           "this layer cannot be trained yet")
+        with b.scope(f"{node.name}.grad"):
+            g_in = rule(ad, node, g)
+            if len(g_in) != len(node.input):
+                raise AssertionError(f"VJP rule for {node.op_type} returned {len(g_in)} "
+                                     f"gradients for {len(node.input)} inputs")
+            for i, (name, gi) in enumerate(zip(node.input, g_in)):
+                if gi is None or name not in depends:
+                    continue
+                if node.op_type in BROADCAST:
+                    gi = unbroadcast(b, gi, _grad_shape(ad, node, i), shapes[name], name)
+                grads[name] = gi if name not in grads else b.Add(grads[name], gi)
+    return {w: grads.get(w) for w in wrt}

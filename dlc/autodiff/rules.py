@@ -1,0 +1,209 @@
+"""The VJP table: {ONNX op type: rule}. One short block per op, grouped by family.
+
+Contract: `rule(ad, node, g) -> tuple[str | None, ...]`, one entry per ONNX input of the node.
+`ad.b` is the builder (rules emit standard ONNX only), `ad.shapes`/`ad.types` are static facts.
+Broadcasting is undone by the driver for ops registered with `broadcast=`; no rule handles it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from dlc.graph import OPSET, attr
+
+VJP: dict = {}
+BROADCAST: dict[str, str] = {}  # op type -> "elementwise" | "matmul"
+
+
+def defvjp(op_type: str, broadcast: str | None = None):
+    """Register `rule` for `op_type` (checked against the pinned opset's schema)."""
+    onnx.defs.get_schema(op_type, OPSET)
+
+    def register(rule):
+        VJP[op_type] = rule
+        if broadcast:
+            BROADCAST[op_type] = broadcast
+        return rule
+    return register
+
+
+def defzero(*op_types: str) -> None:
+    """Ops whose outputs are piecewise constant or integer: no gradient flows through them."""
+    for op_type in op_types:
+        defvjp(op_type)(lambda ad, n, g: (None,) * len(n.input))
+
+
+def _x(n):
+    return n.input[0]
+
+
+def _y(n):
+    return n.output[0]
+
+
+# ---- elementwise arithmetic -------------------------------------------------------------------
+defvjp("Identity")(lambda ad, n, g: (g[0],))
+defvjp("Add", "elementwise")(lambda ad, n, g: (g[0], g[0]))
+defvjp("Sub", "elementwise")(lambda ad, n, g: (g[0], ad.b.Neg(g[0])))
+defvjp("Mul", "elementwise")(lambda ad, n, g: (ad.b.Mul(g[0], n.input[1]),
+                                               ad.b.Mul(g[0], n.input[0])))
+defvjp("Div", "elementwise")(lambda ad, n, g: (ad.b.Div(g[0], n.input[1]),
+                                               ad.b.Neg(ad.b.Div(ad.b.Mul(g[0], _y(n)),
+                                                                 n.input[1]))))
+defvjp("Neg")(lambda ad, n, g: (ad.b.Neg(g[0]),))
+defvjp("Abs")(lambda ad, n, g: (ad.b.Mul(g[0], ad.b.Sign(_x(n))),))
+defvjp("Exp")(lambda ad, n, g: (ad.b.Mul(g[0], _y(n)),))
+defvjp("Log")(lambda ad, n, g: (ad.b.Div(g[0], _x(n)),))
+defvjp("Sqrt")(lambda ad, n, g: (ad.b.Div(ad.b.Mul(g[0], ad.b.const(0.5)), _y(n)),))
+defvjp("Reciprocal")(lambda ad, n, g: (ad.b.Neg(ad.b.Mul(g[0], ad.b.Mul(_y(n), _y(n)))),))
+
+
+@defvjp("Pow", "elementwise")
+def _pow(ad, n, g):  # d/dx x^e = e x^(e-1); the exponent is treated as a constant
+    x, e = n.input
+    e1 = ad.b.Sub(e, ad.b.const(1.0))
+    return ad.b.Mul(g[0], ad.b.Mul(e, ad.b.Pow(x, e1))), None
+
+
+@defvjp("Where", "elementwise")
+def _where(ad, n, g):
+    zero = ad.b.const(0.0)
+    return None, ad.b.Where(n.input[0], g[0], zero), ad.b.Where(n.input[0], zero, g[0])
+
+
+@defvjp("Cast")
+def _cast(ad, n, g):
+    return (ad.b.Cast(g[0], to=ad.types[_x(n)]),)
+
+
+@defvjp("Expand", "elementwise")
+def _expand(ad, n, g):
+    return g[0], None
+
+
+# ---- activations ------------------------------------------------------------------------------
+def _positive(ad, n):
+    return ad.b.Greater(_x(n), ad.b.const(0.0))
+
+
+defvjp("Relu")(lambda ad, n, g: (ad.b.Where(_positive(ad, n), g[0], ad.b.const(0.0)),))
+defvjp("LeakyRelu")(lambda ad, n, g: (ad.b.Where(
+    _positive(ad, n), g[0], ad.b.Mul(g[0], ad.b.const(attr(n, "alpha", 0.01)))),))
+defvjp("Elu")(lambda ad, n, g: (ad.b.Where(  # x <= 0: y' = y + alpha
+    _positive(ad, n), g[0], ad.b.Mul(g[0], ad.b.Add(_y(n), ad.b.const(attr(n, "alpha", 1.0))))),))
+defvjp("Sigmoid")(lambda ad, n, g: (ad.b.Mul(g[0], ad.b.Mul(_y(n), ad.b.Sub(ad.b.const(1.0),
+                                                                           _y(n)))),))
+defvjp("Tanh")(lambda ad, n, g: (ad.b.Mul(g[0], ad.b.Sub(ad.b.const(1.0),
+                                                         ad.b.Mul(_y(n), _y(n)))),))
+defvjp("Softplus")(lambda ad, n, g: (ad.b.Mul(g[0], ad.b.Sigmoid(_x(n))),))
+defvjp("Erf")(lambda ad, n, g: (ad.b.Mul(g[0], ad.b.Mul(  # 2/sqrt(pi) exp(-x^2)
+    ad.b.const(2 / math.sqrt(math.pi)), ad.b.Exp(ad.b.Neg(ad.b.Mul(_x(n), _x(n)))))),))
+
+
+@defvjp("Selu")
+def _selu(ad, n, g):  # x > 0: gamma;  x <= 0: y' = y + gamma * alpha
+    alpha = attr(n, "alpha", 1.67326319217681884765625)
+    gamma = attr(n, "gamma", 1.05070102214813232421875)
+    neg = ad.b.Mul(g[0], ad.b.Add(_y(n), ad.b.const(gamma * alpha)))
+    return (ad.b.Where(_positive(ad, n), ad.b.Mul(g[0], ad.b.const(gamma)), neg),)
+
+
+@defvjp("Softmax")
+def _softmax(ad, n, g):  # y * (g - sum(g * y))
+    axes = ad.b.const([attr(n, "axis", -1)])
+    dot = ad.b.ReduceSum(ad.b.Mul(g[0], _y(n)), axes, keepdims=1)
+    return (ad.b.Mul(_y(n), ad.b.Sub(g[0], dot)),)
+
+
+@defvjp("LogSoftmax")
+def _log_softmax(ad, n, g):  # g - softmax * sum(g)
+    axes = ad.b.const([attr(n, "axis", -1)])
+    total = ad.b.ReduceSum(g[0], axes, keepdims=1)
+    return (ad.b.Sub(g[0], ad.b.Mul(ad.b.Exp(_y(n)), total)),)
+
+
+@defvjp("Dropout")
+def _dropout(ad, n, g):  # the forward mask, never a recomputed one
+    if len(n.input) < 3 or not n.input[2] or len(n.output) < 2:
+        return (g[0],) + (None,) * (len(n.input) - 1)
+    ratio = n.input[1] if n.input[1] else ad.b.const(0.5)
+    masked = ad.b.Mul(g[0], ad.b.Cast(n.output[1], to=ad.types[_x(n)]))
+    scaled = ad.b.Div(masked, ad.b.Sub(ad.b.const(1.0), ratio))
+    return ad.b.Where(n.input[2], scaled, masked), None, None
+
+
+# ---- linear algebra ---------------------------------------------------------------------------
+@defvjp("Gemm", "elementwise")
+def _gemm(ad, n, g):  # Y = alpha op(A) op(B) + beta C
+    b, (a_, b_) = ad.b, n.input[:2]
+    alpha, beta = attr(n, "alpha", 1.0), attr(n, "beta", 1.0)
+    ta, tb = attr(n, "transA", 0), attr(n, "transB", 0)
+    if ta:  # dA = alpha op(B) g^T
+        ga = b.Gemm(b_, g[0], alpha=alpha, transA=tb, transB=1)
+    else:  # dA = alpha g op(B)^T
+        ga = b.Gemm(g[0], b_, alpha=alpha, transB=1 - tb)
+    if tb:  # dB = alpha g^T op(A)
+        gb = b.Gemm(g[0], a_, alpha=alpha, transA=1, transB=ta)
+    else:  # dB = alpha op(A)^T g
+        gb = b.Gemm(a_, g[0], alpha=alpha, transA=1 - ta)
+    gc = None
+    if len(n.input) > 2 and n.input[2]:
+        gc = g[0] if beta == 1.0 else b.Mul(g[0], b.const(beta))
+    return (ga, gb, gc)[:len(n.input)]
+
+
+def _swap_last(ad, name):
+    r = ad.rank(name)
+    return ad.b.Transpose(name, perm=[*range(r - 2), r - 1, r - 2])
+
+
+@defvjp("MatMul", "matmul")
+def _matmul(ad, n, g):  # batch dims broadcast; the driver sums them away
+    a, c = n.input
+    if ad.rank(a) < 2 or ad.rank(c) < 2:
+        raise NotImplementedError("MatMul gradient with a 1-D operand")
+    return ad.b.MatMul(g[0], _swap_last(ad, c)), ad.b.MatMul(_swap_last(ad, a), g[0])
+
+
+# ---- shape ------------------------------------------------------------------------------------
+def _reshape_back(ad, n, g):
+    return (ad.b.Reshape(g[0], ad.b.Shape(_x(n))),) + (None,) * (len(n.input) - 1)
+
+
+for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+    defvjp(_op)(_reshape_back)
+
+
+@defvjp("Transpose")
+def _transpose(ad, n, g):
+    perm = attr(n, "perm") or list(reversed(range(ad.rank(_x(n)))))
+    return (ad.b.Transpose(g[0], perm=[int(i) for i in np.argsort(perm)]),)
+
+
+# ---- reductions -------------------------------------------------------------------------------
+def _reduce_back(ad, n, g):
+    """Broadcast g back over the reduced axes (re-inserted when keepdims=0)."""
+    gy = g[0]
+    axes = n.input[1] if len(n.input) > 1 and n.input[1] else None
+    if not attr(n, "keepdims", 1) and axes is not None:
+        gy = ad.b.Unsqueeze(gy, axes)
+    return ad.b.Expand(gy, ad.b.Shape(_x(n)))
+
+
+@defvjp("ReduceSum")
+def _reduce_sum(ad, n, g):
+    return (_reduce_back(ad, n, g),) + (None,) * (len(n.input) - 1)
+
+
+@defvjp("ReduceMean")
+def _reduce_mean(ad, n, g):
+    count = ad.b.Cast(ad.b.Div(ad.b.Size(_x(n)), ad.b.Size(_y(n))), to=ad.types[_x(n)])
+    return (ad.b.Div(_reduce_back(ad, n, g), count),) + (None,) * (len(n.input) - 1)
+
+
+# ---- no gradient ------------------------------------------------------------------------------
+defzero("Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not",
+        "ArgMax", "ArgMin", "Sign", "OneHot", "Floor", "Ceil", "Round", "ConstantOfShape")

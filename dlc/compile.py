@@ -1,0 +1,95 @@
+"""Lowering a network to the ONNX inference model (the artefact users ship)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+
+from dlc import __version__
+from dlc.graph import Builder
+from dlc.layers import Ctx
+from dlc.network import Network
+
+OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
+    "classification": ["logits", "probabilities", "class_index"],
+    "binary": ["logits", "probabilities", "class_index"],
+    "regression": ["prediction"],
+}
+
+
+def lower_body(b: Builder, net: Network, x: str, params: dict[str, str], ctx: Ctx) -> str:
+    """Emit every layer of the body in order; return the logits tensor."""
+    for layer, in_shape in zip(net.layers, net.in_shapes):
+        with b.scope(layer.name):
+            x = layer.lower(b, x, params, ctx, in_shape)
+    return x
+
+
+def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
+    """Bake `(x - offset) / scale` (training-split statistics) into the graph."""
+    if not norm:
+        return x
+    with b.scope("normalize"):
+        offset = np.asarray(norm["offset"], np.float32).reshape(shape)
+        scale = np.asarray(norm["scale"], np.float32).reshape(shape)
+        return b.Div(b.Sub(x, b.const(offset, name="offset")), b.const(scale, name="scale"))
+
+
+def add_head(b: Builder, kind: str, logits: str, out_units: int) -> None:
+    """Named outputs: probabilities and class index for classifiers, the prediction for regressors."""
+    if kind == "regression":
+        b.output(logits, "prediction", "float32", ["N", out_units])
+        return
+    b.output(logits, "logits", "float32", ["N", out_units])
+    if kind == "classification":
+        b.output(b.Softmax(logits, axis=-1), "probabilities", "float32", ["N", out_units])
+        b.output(b.ArgMax(logits, axis=1, keepdims=0), "class_index", "int64", ["N"])
+    else:
+        b.output(b.Sigmoid(logits), "probabilities", "float32", ["N", 1])
+        positive = b.Greater(b.Squeeze(logits, b.const([1])), b.const(0.0))
+        b.output(b.Cast(positive, to=onnx.TensorProto.INT64), "class_index", "int64", ["N"])
+
+
+def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dict | None = None,
+                    meta: dict | None = None) -> onnx.ModelProto:
+    """The self-contained inference model: raw input in, named outputs out, weights inside."""
+    b = Builder()
+    x = b.input("input", "float32", ["N", *net.input_shape])
+    x = normalize_input(b, x, norm, net.input_shape)
+    params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
+    logits = lower_body(b, net, x, params, Ctx(training=False))
+    add_head(b, net.kind, logits, net.output_shape[0])
+    return b.model(net.spec["name"], metadata=metadata(spec, norm, meta),
+                   doc=net.spec.get("description", ""))
+
+
+def metadata(spec, norm: dict | None, extra: dict | None) -> dict[str, str]:
+    data = spec.data
+    meta = {
+        "dlc.version": __version__,
+        "dlc.spec": spec.text,
+        "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
+        "dlc.spec_resolved": json.dumps(data, sort_keys=True),
+        "dlc.task": json.dumps(data["task"], sort_keys=True),
+        "dlc.input_shape": json.dumps(data["input"]["shape"]),
+        "dlc.normalize": json.dumps(norm),
+    }
+    if data["input"].get("features"):
+        meta["dlc.features"] = json.dumps(data["input"]["features"])
+    if data["task"].get("labels"):
+        meta["dlc.labels"] = json.dumps(data["task"]["labels"])
+    for key, value in (extra or {}).items():
+        meta[f"dlc.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return meta
+
+
+def compile_spec(spec, seed: int | None = None) -> onnx.ModelProto:
+    """`dlc compile`: freshly initialised weights (seeded), no normalisation (no data seen yet)."""
+    from dlc.network import build_network
+
+    net = build_network(spec)
+    seed = spec.data.get("train", {}).get("seed", 0) if seed is None else seed
+    return inference_model(spec, net, net.init_params(seed), meta={"seed": str(seed)})

@@ -1,0 +1,145 @@
+"""Graph builder: `b.Gemm(x, w, bias, transB=1)` appends one node and returns its output name.
+
+Inputs are positional (tensor names, or None for a skipped optional input) and attributes are
+keyword-only, as in onnxscript and spox. Each call is checked against the ONNX schema of the
+pinned opset, so a wrong op name or arity fails at the line that built it. IR version and opset
+are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which onnxruntime < 1.32
+rejects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+IR_VERSION = 8  # the lowest IR that carries opset 18; loads on every onnxruntime since ~1.14
+OPSET = 18  # ScatterElements reduction=add (16), LayerNormalization (17), Reduce* axes as input (18)
+
+DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": TensorProto.INT64,
+          "bool": TensorProto.BOOL}
+
+
+@lru_cache(maxsize=None)
+def _schema(op_type: str) -> onnx.defs.OpSchema:
+    try:
+        return onnx.defs.get_schema(op_type, OPSET)
+    except onnx.defs.SchemaError:
+        raise AttributeError(f"{op_type} is not an ONNX op in opset {OPSET}") from None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute `name` of `node`, or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class Builder:
+    """Collects nodes, initializers, inputs and outputs; names everything after the current scope."""
+
+    def __init__(self, float_type: str = "float32"):
+        self.float_type = float_type
+        self.np_float = np.dtype(float_type)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.consts: dict[str, np.ndarray] = {}  # name -> value of every constant initializer
+        self._const_cache: dict[tuple, str] = {}
+        self._used: set[str] = set()
+        self._scope: list[str] = []
+
+    # ---- naming -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(self, name: str):
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def fresh(self, base: str) -> str:
+        """A tensor/node name unique in this graph, prefixed by the scope (`fc1/Gemm`, `fc1/Gemm_1`)."""
+        stem = "/".join([*self._scope, base])
+        name, k = stem, 0
+        while name in self._used:
+            k += 1
+            name = f"{stem}_{k}"
+        self._used.add(name)
+        return name
+
+    # ---- nodes ------------------------------------------------------------------------------
+    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs):
+        """Append one node; return its output name (or a list when outputs > 1)."""
+        schema = _schema(op_type)
+        if len(inputs) < schema.min_input or len(inputs) > schema.max_input:
+            raise TypeError(f"{op_type} takes {schema.min_input}..{schema.max_input} inputs, "
+                            f"got {len(inputs)}")
+        name = self.fresh(op_type)
+        outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        self._used.update(outs)
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, ["" if i is None else i for i in inputs],
+                                           outs, name=name, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def __getattr__(self, op_type: str):
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+        _schema(op_type)
+        return lambda *inputs, **attrs: self.op(op_type, *inputs, **attrs)
+
+    # ---- constants and graph interface ------------------------------------------------------
+    def const(self, value, dtype=None, name: str | None = None) -> str:
+        """A constant initializer. Small constants with equal values share one tensor."""
+        arr = np.asarray(value, dtype=dtype if dtype is not None else self._default_dtype(value))
+        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 16 and name is None else None
+        if key is not None and key in self._const_cache:
+            return self._const_cache[key]
+        tname = self.fresh(name or "const")
+        self.initializers.append(numpy_helper.from_array(arr, tname))
+        self.consts[tname] = arr
+        if key is not None:
+            self._const_cache[key] = tname
+        return tname
+
+    def _default_dtype(self, value):
+        kind = np.asarray(value).dtype.kind
+        return np.int64 if kind in "iub" else self.np_float
+
+    def initializer(self, name: str, value: np.ndarray) -> str:
+        """A named initializer (a trained parameter in an inference model)."""
+        self._used.add(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def input(self, name: str, dtype: str, shape) -> str:
+        self._used.add(name)
+        self.inputs.append(helper.make_tensor_value_info(name, DTYPES[dtype], list(shape)))
+        return name
+
+    def output(self, tensor: str, name: str, dtype: str, shape=None) -> str:
+        """Expose `tensor` as graph output `name` (through an Identity when the names differ)."""
+        if tensor != name:
+            self._used.add(name)
+            self.nodes.append(helper.make_node("Identity", [tensor], [name], name=name))
+        self.outputs.append(helper.make_tensor_value_info(name, DTYPES[dtype], shape))
+        return name
+
+    def model(self, graph_name: str, metadata: dict[str, str] | None = None,
+              doc: str = "") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs,
+                                  self.initializers, doc_string=doc)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="dlc", ir_version=IR_VERSION)
+        from dlc import __version__
+
+        model.producer_version = __version__
+        for key, value in (metadata or {}).items():
+            model.metadata_props.add(key=key, value=value)
+        return model

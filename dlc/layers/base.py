@@ -1,0 +1,68 @@
+"""The layer contract (after Keras' split of config, shape rule, weights and call).
+
+A layer is built from its filled spec mapping (`from_spec`), states a pure shape rule
+(`output_shape`), declares its parameters (`params`) and lowers itself to ONNX nodes through the
+builder (`lower`). Shapes here are per sample: the batch dimension is implicit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(ValueError):
+    """A layer cannot take the shape it is given; the message names what was expected."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # "<layer>.<weight|bias|...>", unique in the model
+    shape: Shape
+    init: Callable[[np.random.Generator, Shape], np.ndarray]
+
+
+@dataclass
+class Ctx:
+    """What lowering needs to know beyond the input: inference or training, and where noise comes from."""
+
+    training: bool = False
+    noise: Callable[[str, Shape], str] | None = None  # (layer name, per-sample shape) -> U[0,1) input
+
+
+@dataclass
+class Layer:
+    """Base class; subclasses set `type` and override the four methods they need."""
+
+    name: str
+    cfg: dict = field(default_factory=dict)
+    type = ""
+
+    @classmethod
+    def from_spec(cls, cfg: dict) -> "Layer":
+        return cls(name=cfg["name"], cfg=dict(cfg))
+
+    def to_spec(self) -> dict:
+        return dict(self.cfg)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        return []
+
+    def flops(self, in_shape: Shape) -> int:
+        """Floating-point operations per sample of the forward pass (a multiply-add counts 2)."""
+        return 0
+
+    def lower(self, b, x: str, p: dict[str, str], ctx: Ctx, in_shape: Shape) -> str:
+        raise NotImplementedError
+
+
+def numel(shape: Shape) -> int:
+    return math.prod(shape)

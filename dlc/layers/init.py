@@ -1,0 +1,41 @@
+"""Weight initialisers: name -> (rng, shape) -> float32 array. Fans follow Keras for [in, out] kernels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _fans(shape):
+    if len(shape) < 2:
+        return shape[0] if shape else 1, shape[0] if shape else 1
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return shape[0] * receptive, shape[1] * receptive
+
+
+def _uniform(scale_fn):
+    def init(rng, shape):
+        limit = math.sqrt(3.0 * scale_fn(*_fans(shape)))
+        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+    return init
+
+
+def _normal(scale_fn):
+    def init(rng, shape):
+        return (rng.standard_normal(size=shape) * math.sqrt(scale_fn(*_fans(shape)))).astype(np.float32)
+    return init
+
+
+INITIALIZERS = {
+    "glorot_uniform": _uniform(lambda fi, fo: 2.0 / (fi + fo)),
+    "glorot_normal": _normal(lambda fi, fo: 2.0 / (fi + fo)),
+    "he_uniform": _uniform(lambda fi, fo: 2.0 / fi),
+    "he_normal": _normal(lambda fi, fo: 2.0 / fi),
+    "lecun_normal": _normal(lambda fi, fo: 1.0 / fi),
+    "zeros": lambda rng, shape: np.zeros(shape, np.float32),
+}
+
+
+def initializer(name: str):
+    return INITIALIZERS[name]

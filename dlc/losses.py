@@ -1,0 +1,56 @@
+"""Losses as standard ONNX ops over the logits, each reduced to a scalar mean over the batch.
+
+They use only primitives that the VJP table differentiates (LogSoftmax, Softplus, Abs, Where, ...),
+so the loss needs no rule of its own.
+"""
+
+from __future__ import annotations
+
+from dlc.graph import Builder
+
+
+def _mean(b: Builder, x: str) -> str:
+    return b.ReduceMean(x, keepdims=0)
+
+
+def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
+    """Softmax cross-entropy against integer labels, with label smoothing eps:
+    target = (1 - eps) onehot + eps / classes."""
+    eps = float(task.get("label_smoothing", 0.0))
+    values = b.const([eps / classes, 1.0 - eps + eps / classes])
+    target = b.OneHot(y, b.const(classes), values, axis=-1)
+    logp = b.LogSoftmax(logits, axis=-1)
+    return b.Neg(_mean(b, b.ReduceSum(b.Mul(target, logp), b.const([1]), keepdims=0)))
+
+
+def binary_cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
+    """BCE with logits: softplus(z) - y z (softplus is evaluated stably by onnxruntime)."""
+    return _mean(b, b.Sub(b.Softplus(logits), b.Mul(y, logits)))
+
+
+def mse(b: Builder, pred: str, y: str, task: dict, classes: int) -> str:
+    d = b.Sub(pred, y)
+    return _mean(b, b.Mul(d, d))
+
+
+def mae(b: Builder, pred: str, y: str, task: dict, classes: int) -> str:
+    return _mean(b, b.Abs(b.Sub(pred, y)))
+
+
+def huber(b: Builder, pred: str, y: str, task: dict, classes: int) -> str:
+    """0.5 d^2 where |d| < delta, else delta (|d| - delta / 2)."""
+    delta = float(task.get("huber_delta", 1.0))
+    d = b.Sub(pred, y)
+    a = b.Abs(d)
+    quad = b.Mul(b.Mul(d, d), b.const(0.5))
+    lin = b.Mul(b.Sub(a, b.const(delta / 2)), b.const(delta))
+    return _mean(b, b.Where(b.Less(a, b.const(delta)), quad, lin))
+
+
+LOSSES = {"cross_entropy": cross_entropy, "binary_cross_entropy": binary_cross_entropy,
+          "mse": mse, "mae": mae, "huber": huber}
+
+
+def loss(b: Builder, task: dict, logits: str, y: str, classes: int) -> str:
+    with b.scope("loss"):
+        return LOSSES[task["loss"]](b, logits, y, task, classes)
