@@ -1,0 +1,178 @@
+"""The `dlc` command line: parse, dispatch, map errors to exit codes. No logic lives here.
+
+Imports are lazy so that `dlc --help` and `dlc validate` never load numpy or onnxruntime.
+Exit codes: 0 ok, 1 a problem with files, data or training, 2 a spec or usage error,
+3 an unexpected error (run with --debug for the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from dlc.errors import DlcError, SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dlc: YAML model specs compiled to ONNX and trained in ONNX Runtime.")
+_state = {"debug": False}
+
+SetOpt = typer.Option(None, "--set", help="Override a spec field: --set train.epochs=5 "
+                                          "--set layers.0.units=128 (repeatable).")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of unexpected "
+                                                            "errors.")):
+    _state["debug"] = debug
+
+
+def _load(path: str, overrides: Optional[List[str]] = None):
+    from dlc.spec import load_spec
+
+    return load_spec(path, overrides or [])
+
+
+@app.command()
+def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")):
+    """Check spec files against the schema and the semantic rules; print ok or every error."""
+    failed = []
+    for path in specs:
+        try:
+            spec = _load(path)
+            from dlc.network import build_network
+
+            build_network(spec)
+            print(f"{path}: ok")
+        except DlcError as e:
+            print(str(e) if isinstance(e, SpecError) else f"{path}: {e}", file=sys.stderr)
+            failed.append(e)
+    if failed:
+        raise typer.Exit(max(e.exit_code for e in failed))
+
+
+@app.command()
+def schema():
+    """Print the spec language's JSON Schema (also used by editors)."""
+    from dlc.spec import schema_path
+
+    sys.stdout.write(schema_path().read_text())
+
+
+@app.command("compile")
+def compile_(spec: str, output: str = typer.Option(..., "-o", "--output", help="model.onnx path"),
+             seed: Optional[int] = typer.Option(None, help="Initialisation seed (default "
+                                                           "train.seed)."),
+             set_: Optional[List[str]] = SetOpt):
+    """Compile a spec to an ONNX inference model with freshly initialised weights."""
+    from pathlib import Path
+
+    import onnx
+
+    from dlc.compile import compile_spec
+    from dlc.fileio import write_bytes
+
+    model = compile_spec(_load(spec, set_), seed)
+    onnx.checker.check_model(model, full_check=True)
+    out = Path(output)
+    if not out.parent.is_dir():
+        raise DlcError(f"output folder {out.parent} does not exist")
+    write_bytes(out, model.SerializeToString())
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+
+
+@app.command()
+def summary(spec: str, set_: Optional[List[str]] = SetOpt):
+    """Print the layer table: output shapes, parameters and FLOPs per sample."""
+    from dlc.summary import render
+
+    render(_load(spec, set_))
+
+
+@app.command()
+def train(spec: str,
+          out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default "
+                                                                     "runs/<name>/<time>)."),
+          set_: Optional[List[str]] = SetOpt,
+          epochs: Optional[int] = typer.Option(None, help="Shorthand for --set train.epochs=N."),
+          seed: Optional[int] = typer.Option(None, help="Shorthand for --set train.seed=S."),
+          device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+          force: bool = typer.Option(False, "--force", help="Overwrite a non-empty run folder."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")):
+    """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
+    import json
+
+    from dlc.runtime.run import train as run_train
+
+    overrides = list(set_ or [])
+    overrides += [f"train.epochs={epochs}"] if epochs is not None else []
+    overrides += [f"train.seed={seed}"] if seed is not None else []
+    path = run_train(_load(spec, overrides), out, force, device, quiet)
+    result = json.loads((path / "summary.json").read_text())
+    print(f"run: {path}")
+    for split in ("val", "test"):
+        if split in result:
+            shown = {k: round(v, 4) for k, v in result[split].items() if isinstance(v, float)}
+            print(f"{split}: {shown}")
+
+
+@app.command()
+def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH "
+                                                                      "or npz:PATH"),
+             output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
+             batch_size: int = typer.Option(1024, min=1), device: str = "cpu"):
+    """Metrics of a trained model on a data source (with targets)."""
+    import json
+
+    from dlc.fileio import write_text
+    from dlc.runtime import infer
+
+    result = infer.evaluate(infer.load_model(model, device), data, batch_size)
+    text = json.dumps(result, indent=1)
+    if output:
+        write_text(output, text + "\n")
+    cm = result.pop("confusion_matrix", None)
+    for key, value in result.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if cm is not None:
+        print("confusion matrix (rows: true, columns: predicted):")
+        for row in cm:
+            print("  " + " ".join(f"{v:5d}" for v in row))
+
+
+@app.command()
+def predict(model: str, input: str = typer.Argument(..., help="CSV or NPZ of raw inputs."),
+            output: Optional[str] = typer.Option(None, "-o", "--output",
+                                                 help=".csv, .npz or .json (default: csv to "
+                                                      "stdout)"),
+            batch_size: int = typer.Option(1024, min=1), device: str = "cpu"):
+    """Predictions with class names and probabilities (or regression values)."""
+    from dlc.runtime import infer
+
+    m = infer.load_model(model, device)
+    text = infer.write_predictions(m, infer.predict(m, input, batch_size), output)
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {output}", file=sys.stderr)
+
+
+def main() -> None:
+    try:
+        app()
+    except DlcError as e:
+        if isinstance(e, SpecError):
+            print(str(e), file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the one place unexpected errors are turned into text
+        if _state["debug"]:
+            raise
+        print(f"dlc: unexpected error: {type(e).__name__}: {e} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        sys.exit(3)

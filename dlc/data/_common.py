@@ -1,0 +1,86 @@
+"""Small helpers shared by the data readers: float parsing, name suggestions, shape checks."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from dlc.errors import DlcError
+
+
+def name_list(names: Sequence[str], limit: int = 8) -> str:
+    """`a, b, c` (at most `limit` names, then `...`)."""
+    shown = [str(n) for n in names[:limit]]
+    if len(names) > limit:
+        shown.append("...")
+    return ", ".join(shown)
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """`did you mean 'x'?` or a list of the available choices."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"columns are: {name_list(choices)}"
+
+
+def parse_float(cell: str, where: str, column: str) -> float:
+    """One finite float from a CSV cell; DlcError `where: column 'c': ...` otherwise."""
+    text = cell.strip()
+    if text == "":
+        raise DlcError(f"{where}: column '{column}': empty cell")
+    try:
+        value = float(text)
+    except ValueError:
+        raise DlcError(f"{where}: column '{column}': '{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise DlcError(f"{where}: column '{column}': '{text}' is not a finite number (NaN/inf)")
+    return value
+
+
+def parse_matrix(
+    cells: list[list[str]], lines: list[int], columns: list[str], display: str
+) -> np.ndarray:
+    """Rows of CSV cells -> float64 [n, len(columns)]; the first bad cell is named by line."""
+    if not cells:
+        return np.zeros((0, len(columns)), dtype=np.float64)
+    try:
+        out = np.asarray(cells, dtype=np.float64)
+        if np.isfinite(out).all():
+            return out
+    except ValueError:
+        pass
+    for row, line in zip(cells, lines):  # slow path: find and name the first bad cell
+        for cell, column in zip(row, columns):
+            parse_float(cell, f"{display}:{line}", column)
+    raise DlcError(f"{display}: could not read the feature columns as numbers")  # pragma: no cover
+
+
+def check_finite(x: np.ndarray, what: str) -> None:
+    """DlcError naming the first sample holding NaN or inf."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DlcError(f"{what} contains NaN or inf (first at sample {first})")
+
+
+def fit_shape(x: np.ndarray, input_shape: Sequence[int], what: str) -> np.ndarray:
+    """Reshape each sample of x to input_shape when the per-sample sizes agree."""
+    shape = [int(d) for d in input_shape]
+    need = int(np.prod(shape)) if shape else 1
+    have = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+    if have != need:
+        raise DlcError(
+            f"{what}: data has {have} features per sample; input.shape {shape} needs {need}"
+        )
+    return np.ascontiguousarray(x.reshape((len(x), *shape)), dtype=np.float32)
+
+
+def as_numeric(arr: np.ndarray, what: str) -> np.ndarray:
+    """A float64 copy of a numeric array; DlcError for strings or objects."""
+    if arr.dtype.kind not in "biuf":
+        raise DlcError(f"{what} must be numeric, found dtype {arr.dtype}")
+    return arr.astype(np.float64)

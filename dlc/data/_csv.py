@@ -1,0 +1,140 @@
+"""CSV data sources: the table reader and the target/feature column selection."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlc.data._common import parse_matrix, suggest
+from dlc.data._targets import encode_cells
+from dlc.errors import DlcError
+
+
+@dataclass
+class Table:
+    display: str  # the file name as the user wrote it, for messages
+    columns: list[str]  # header names, or "#<i>" without a header
+    has_names: bool
+    rows: list[list[str]]
+    lines: list[int]  # 1-based line number in the file of each row
+
+
+def read_table(path: Path, display: str, header: bool) -> Table:
+    """Every non-blank row of a CSV file; a ragged row raises DlcError naming its line."""
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    names: list[str] | None = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if header and names is None:
+                    names = [cell.strip() for cell in row]
+                    continue
+                rows.append(row)
+                lines.append(reader.line_num)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DlcError(f"{display}: cannot read as CSV: {e}") from None
+    except OSError as e:
+        raise DlcError(f"cannot read {display}: {e.strerror or e}") from None
+    width = len(names) if names is not None else (len(rows[0]) if rows else 0)
+    for row, line in zip(rows, lines):
+        if len(row) != width:
+            raise DlcError(f"{display}:{line}: expected {width} columns, found {len(row)}")
+    if not rows:
+        raise DlcError(f"{display}: no data rows")
+    columns = names if names is not None else [f"#{i}" for i in range(width)]
+    return Table(display, columns, names is not None, rows, lines)
+
+
+def _column_index(ref: object, table: Table, key: str) -> int:
+    """A column named by header name or 0-based index -> its index; DlcError otherwise."""
+    n = len(table.columns)
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        raise DlcError(f"{key}: expected a column name or 0-based index, found {ref!r}")
+    if isinstance(ref, int):
+        if not -n <= ref < n:
+            raise DlcError(
+                f"{key}: column index {ref} out of range; {table.display} has {n} columns"
+            )
+        return ref % n
+    if not table.has_names:
+        raise DlcError(
+            f"{key}: '{ref}' is a column name but data.header is false; use a 0-based index"
+        )
+    if ref not in table.columns:
+        raise DlcError(
+            f"{key}: column '{ref}' not in {table.display}; {suggest(ref, table.columns)}"
+        )
+    return table.columns.index(ref)
+
+
+def _target_index(data: dict, table: Table, require: bool, n_inputs: int) -> int | None:
+    """The target column's index, or None when it is absent and not required."""
+    ref = data.get("target")
+    if require:
+        return _column_index(ref if ref is not None else -1, table, "data.target")
+    if isinstance(ref, str):
+        return table.columns.index(ref) if ref in table.columns else None
+    feats = data.get("features")
+    if ref is None and feats and table.has_names and all(isinstance(f, str) for f in feats):
+        return None if table.columns[-1] in feats else len(table.columns) - 1
+    if len(table.columns) == n_inputs:  # exactly the model's inputs: no target column
+        return None
+    return _column_index(ref if ref is not None else -1, table, "data.target")
+
+
+def _feature_indices(
+    data: dict, table: Table, target: int | None, input_features: list[str] | None
+) -> list[int]:
+    """data.features (names or indices), else input.features when all present, else the rest."""
+    refs = data.get("features")
+    if refs:
+        out = [_column_index(r, table, "data.features") for r in refs]
+        if target is not None and target in out:
+            raise DlcError(
+                f"data.features: column '{table.columns[target]}' is also the target column"
+            )
+        return out
+    if input_features and table.has_names and all(f in table.columns for f in input_features):
+        out = [table.columns.index(f) for f in input_features]
+        if target not in out:
+            return out
+    return [i for i in range(len(table.columns)) if i != target]
+
+
+def load_csv(
+    path: Path,
+    display: str,
+    spec: dict,
+    known: list[str] | None,
+    strict: bool,
+    require_target: bool,
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
+    """(x float64 [n, F], y or None, labels, features) from a CSV file."""
+    data = spec.get("data") or {}
+    inp = spec.get("input") or {}
+    n_inputs = int(np.prod(inp.get("shape") or [0]))
+    table = read_table(path, display, bool(data.get("header", True)))
+    target = _target_index(data, table, require_target, n_inputs)
+    fcols = _feature_indices(data, table, target, inp.get("features"))
+    names = [table.columns[i] for i in fcols]
+    cells = [[row[i] for i in fcols] for row in table.rows]
+    x = parse_matrix(cells, table.lines, names, display)
+    features = names if table.has_names else inp.get("features")
+    if target is None:
+        labels = known if spec.get("task", {}).get("kind") != "regression" else None
+        return x, None, labels, features
+    tcells = [row[target] for row in table.rows]
+    kind = spec.get("task", {}).get("kind", "classification")
+
+    def where(i: int) -> str:
+        return f"{display}:{table.lines[i]}"
+
+    y, labels = encode_cells(tcells, kind, known, strict, where, table.columns[target])
+    return x, y, labels, features

@@ -1,0 +1,121 @@
+"""`dlc predict` inputs: a CSV or NPZ file of raw samples -> float32 [n, *input_shape]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dlc.data._common import as_numeric, check_finite, name_list, parse_matrix, suggest
+from dlc.data._csv import Table, read_table
+from dlc.errors import DlcError
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _expects(n: int, features: list[str] | None) -> str:
+    noun = "feature" if n == 1 else "features"
+    return f"{n} {noun} ({name_list(features)})" if features else f"{n} {noun} per sample"
+
+
+def _csv_table(path: Path) -> Table:
+    """The CSV with a header when its first row is not all numbers."""
+    table = read_table(path, path.name, header=False)
+    first = table.rows[0]
+    if all(_is_number(c) for c in first):
+        return table
+    names = [c.strip() for c in first]
+    if len(table.rows) == 1:
+        raise DlcError(f"{path.name}: no data rows below the header")
+    return Table(path.name, names, True, table.rows[1:], table.lines[1:])
+
+
+def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[int]:
+    """Indices of the model's feature columns (by name when both sides have names)."""
+    if features and table.has_names:
+        missing = [f for f in features if f not in table.columns]
+        if not missing:
+            return [table.columns.index(f) for f in features]
+        if len(missing) < len(features) and len(table.columns) != need:
+            f = missing[0]
+            raise DlcError(
+                f"{table.display}: no column '{f}', which the model expects "
+                f"({len(missing)} of {len(features)} missing); {suggest(f, table.columns)}"
+            )
+    if len(table.columns) != need:
+        raise DlcError(
+            f"{table.display} has {len(table.columns)} columns; "
+            f"the model expects {_expects(need, features)}"
+        )
+    return list(range(need))
+
+
+def _read_csv(path: Path, features: list[str] | None, need: int) -> np.ndarray:
+    table = _csv_table(path)
+    cols = _csv_columns(table, features, need)
+    names = [table.columns[i] for i in cols]
+    cells = [[row[i] for i in cols] for row in table.rows]
+    return parse_matrix(cells, table.lines, names, table.display)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """Key "x" of an npz (or its only array), or a .npy array."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DlcError(f"cannot read {path.name}: {e}") from None
+    if isinstance(z, np.ndarray):
+        return z
+    with z:
+        if "x" in z.files:
+            return z["x"]
+        if len(z.files) == 1:
+            return z[z.files[0]]
+        raise DlcError(
+            f"{path.name}: no array 'x' and {len(z.files)} arrays to choose from "
+            f"({name_list(sorted(z.files))}); save the inputs under the key 'x'"
+        )
+
+
+def _shape_samples(x: np.ndarray, shape: list[int], name: str, features: list[str] | None):
+    need = int(np.prod(shape)) if shape else 1
+    if list(x.shape) == shape:  # one sample without a batch dimension
+        x = x[None]
+    have = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+    if x.ndim == 0 or have != need:
+        got = list(x.shape[1:]) if x.ndim > 1 else []
+        raise DlcError(
+            f"{name}: samples have shape {got} ({have} values); the model expects "
+            f"{_expects(need, features)}, input.shape {shape}"
+        )
+    return x.reshape((len(x), *shape))
+
+
+def read_inputs(path: Path, features: list[str] | None, input_shape: Sequence[int]) -> np.ndarray:
+    """Raw model inputs from a CSV (header optional) or NPZ/NPY file, float32 [n, *input_shape].
+
+    CSV: with a header and known feature names, the model's columns are picked by name (any
+    order, extra columns ignored); otherwise every column, in order."""
+    path = Path(path)
+    shape = [int(d) for d in input_shape]
+    if not path.is_file():
+        raise DlcError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        x = _read_csv(path, features, int(np.prod(shape)) if shape else 1)
+    elif suffix in (".npz", ".npy"):
+        x = as_numeric(_read_array(path), path.name)
+        x = _shape_samples(x, shape, path.name, features)
+        check_finite(x, path.name)
+    else:
+        raise DlcError(f"input file {path.name}: expected a .csv, .npz or .npy file")
+    if len(x) == 0:
+        raise DlcError(f"{path.name}: no samples")
+    return np.ascontiguousarray(x.reshape((len(x), *shape)), dtype=np.float32)

@@ -1,0 +1,139 @@
+"""Data sources: `builtin:NAME`, `csv:PATH`, `npz:PATH` -> raw (x, y, labels, features)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dlc.data._common import as_numeric, check_finite, name_list
+from dlc.data._csv import load_csv
+from dlc.data._targets import encode_numeric
+from dlc.errors import DlcError
+
+BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+SCHEMES = ("builtin", "csv", "npz")
+
+Raw = tuple[np.ndarray, "np.ndarray | None", "list[str] | None", "list[str] | None"]
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """`csv:iris.csv` -> ("csv", "iris.csv"); a bare `*.csv` / `*.npz` path is accepted too."""
+    scheme, sep, rest = str(source).partition(":")
+    if sep and scheme in SCHEMES and rest:
+        return scheme, rest
+    suffix = Path(str(source)).suffix.lower()
+    if suffix in (".csv", ".npz"):
+        return suffix[1:], str(source)
+    raise DlcError(
+        f"data source '{source}': expected builtin:NAME, csv:PATH or npz:PATH "
+        f"(builtins: {', '.join(BUILTINS)})"
+    )
+
+
+def resolve_path(rest: str, spec_dir: Path, origin: str) -> Path:
+    """A data file path relative to spec_dir (absolute allowed); DlcError when missing."""
+    path = Path(rest).expanduser()
+    if not path.is_absolute():
+        path = Path(spec_dir) / path
+    if not path.is_file():
+        raise DlcError(f"data file not found: {path} (from {origin})")
+    return path
+
+
+def load_builtin(name: str, kind: str, known: list[str] | None) -> Raw:
+    """One of sklearn's bundled datasets (offline)."""
+    if name not in BUILTINS:
+        raise DlcError(f"unknown builtin data set '{name}'; expected one of: {', '.join(BUILTINS)}")
+    try:
+        import sklearn.datasets as skd
+    except ImportError:  # pragma: no cover - sklearn is a dependency
+        raise DlcError("builtin data sets need scikit-learn: pip install scikit-learn") from None
+    bunch = getattr(skd, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    names = getattr(bunch, "target_names", None)
+    if not known and names is not None and kind != "regression":
+        known = [str(n) for n in names]
+    what = f"builtin:{name}"
+    y, labels = encode_numeric(
+        np.asarray(bunch.target), kind, known, lambda i: f"{what}: sample {i}", f"{what} target"
+    )
+    features = [str(f) for f in getattr(bunch, "feature_names", [])] or None
+    return x, y, labels, features
+
+
+def _read_npz(path: Path, display: str) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DlcError(f"{display}: not an npz archive (write it with numpy.savez)")
+        with z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DlcError(f"cannot read {display} as npz: {e}") from None
+
+
+def _npz_names(arrays: dict, key: str, n: int | None) -> list[str] | None:
+    """An optional string array (labels / features) stored beside x and y."""
+    if key not in arrays:
+        return None
+    names = [str(v) for v in np.asarray(arrays[key]).reshape(-1)]
+    return names if n is None or len(names) == n else None
+
+
+def load_npz(
+    path: Path,
+    display: str,
+    spec: dict,
+    known: list[str] | None,
+    require_target: bool,
+) -> Raw:
+    """x (and y) arrays from an npz archive; an optional `labels` array names the classes."""
+    data = spec.get("data") or {}
+    kind = (spec.get("task") or {}).get("kind", "classification")
+    arrays = _read_npz(path, display)
+    x_key, y_key = data.get("x_key") or "x", data.get("y_key") or "y"
+    present = name_list(sorted(arrays)) or "none"
+    if x_key not in arrays:
+        raise DlcError(f"{display}: no array '{x_key}' (data.x_key); arrays present: {present}")
+    x = as_numeric(arrays[x_key], f"{display}: {x_key}")
+    if x.ndim == 0 or len(x) == 0:
+        raise DlcError(f"{display}: {x_key} holds no samples")
+    check_finite(x, f"{display}: {x_key}")
+    features = _npz_names(arrays, "features", x.shape[1]) if x.ndim == 2 else None
+    if kind != "regression" and not known:
+        known = _npz_names(arrays, "labels", None)
+    if y_key not in arrays:
+        if require_target:
+            raise DlcError(f"{display}: no array '{y_key}' (data.y_key); arrays present: {present}")
+        return x, None, (known if kind != "regression" else None), features
+    y_raw = arrays[y_key]
+    if y_raw.ndim == 0 or len(y_raw) != len(x):
+        raise DlcError(
+            f"{display}: {y_key} has {len(y_raw) if y_raw.ndim else 0} samples, "
+            f"{x_key} has {len(x)}"
+        )
+    what = f"{display}: {y_key}"
+    y, labels = encode_numeric(y_raw, kind, known, lambda i: f"{what}[{i}]", what)
+    return x, y, labels, features
+
+
+def load_raw(
+    source: str,
+    spec: dict,
+    spec_dir: Path,
+    known: list[str] | None,
+    strict: bool,
+    require_target: bool,
+    origin: str,
+) -> Raw:
+    """Dispatch on the source scheme; x is float64 [n, ...] (not yet reshaped)."""
+    scheme, rest = parse_source(source)
+    kind = (spec.get("task") or {}).get("kind", "classification")
+    if scheme == "builtin":
+        return load_builtin(rest, kind, known)
+    path = resolve_path(rest, spec_dir, origin)
+    if scheme == "csv":
+        return load_csv(path, rest, spec, known, strict, require_target)
+    return load_npz(path, rest, spec, known, require_target)

@@ -1,0 +1,1 @@
+"""Running models in onnxruntime: provider choice, sessions, the train loop, checkpoints."""

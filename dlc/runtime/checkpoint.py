@@ -1,0 +1,55 @@
+"""checkpoint.npz: parameters, optimizer state and the whole loop state, written atomically.
+
+Layout: `param/<name>`, `state/<name>`, `best/<name>` arrays and `meta` (UTF-8 JSON as uint8):
+epoch, step, RNG state, schedule state, early-stopping state and the metrics history.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dlc.errors import DlcError
+from dlc.fileio import write_bytes
+
+
+def save(path: Path, trainer) -> None:
+    st = trainer.state
+    arrays = {f"param/{k}": v for k, v in st.params.items()}
+    arrays.update({f"state/{k}": v for k, v in st.states.items()})
+    best = None
+    if st.best:
+        arrays.update({f"best/{k}": v for k, v in st.best["params"].items()})
+        best = {"epoch": st.best["epoch"], "value": st.best["value"]}
+    meta = {"epoch": st.epoch, "step": st.step, "rng": st.rng.bit_generator.state,
+            "schedule": trainer.schedule.state(), "history": st.history, "best": best,
+            "bad_epochs": st.bad_epochs}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def load(path: Path, trainer) -> None:
+    """Restore `trainer` from a checkpoint written by `save` for the same spec."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes())
+    except (OSError, ValueError, KeyError) as e:
+        raise DlcError(f"cannot read checkpoint {path}: {e}") from None
+    st = trainer.state
+    for group, target in (("param", st.params), ("state", st.states)):
+        for k in target:
+            if f"{group}/{k}" not in arrays or arrays[f"{group}/{k}"].shape != target[k].shape:
+                raise DlcError(f"checkpoint {path} does not match the spec: {group} {k}")
+            target[k] = arrays[f"{group}/{k}"]
+    st.epoch, st.step, st.history = meta["epoch"], meta["step"], meta["history"]
+    st.rng.bit_generator.state = meta["rng"]
+    st.bad_epochs = meta["bad_epochs"]
+    trainer.schedule.load_state(meta["schedule"])
+    if meta["best"]:
+        st.best = {**meta["best"], "params": {k: arrays[f"best/{k}"] for k in st.params}}

@@ -1,0 +1,118 @@
+"""`dlc train`: a spec and its data in, a run folder out.
+
+runs/<name>/<timestamp>/ holds model.onnx (inference, self-contained), train.onnx (the train-step
+graph), checkpoint.npz, metrics.csv, spec.yaml (resolved) and summary.json; each written
+atomically. An existing non-empty folder is never overwritten without --force.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dlc.compile import inference_model
+from dlc.errors import DlcError
+from dlc.fileio import write_bytes, write_text
+from dlc.network import Network, build_network
+from dlc.runtime import checkpoint
+from dlc.runtime.report import reporter
+from dlc.runtime.session import choose_device
+from dlc.runtime.trainer import Trainer
+
+
+def run_dir(out: str | None, name: str, force: bool) -> Path:
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / name / stamp
+    else:
+        path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DlcError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise DlcError(f"output folder {path} is not empty; pass --force to overwrite it")
+    if not path.parent.exists() and out is not None:
+        raise DlcError(f"output folder's parent {path.parent} does not exist")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_labels(net: Network, dataset) -> list[str] | None:
+    """Class names for the model, and a clear error when data and output layer disagree."""
+    labels = net.spec["task"].get("labels") or dataset.labels
+    if net.kind == "classification":
+        units = net.output_shape[0]
+        seen = int(dataset.train.y.max()) + 1
+        count = len(labels) if labels else seen
+        if count != units or seen > units:
+            raise DlcError(f"the data has {count} classes but the last layer has {units} units; "
+                           f"set its units to {count}")
+    return labels
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
+          quiet: bool = False) -> Path:
+    from dlc.data import load_dataset
+
+    net = build_network(spec)
+    if "data" not in spec.data:
+        raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
+    dataset = load_dataset(spec.data, Path(spec.file).parent)
+    labels = check_labels(net, dataset)
+    cfg = spec.data["train"]
+    kind, index, info = choose_device(device or cfg.get("device", "auto"))
+    path = run_dir(out, spec.data["name"], force)
+    rep = reporter(quiet)
+    if info:
+        rep.note(info)
+    trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))
+    write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
+    write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
+
+    def save(t: Trainer) -> None:
+        checkpoint.save(path / "checkpoint.npz", t)
+        write_metrics_csv(path / "metrics.csv", t.state.history)
+
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(rep, on_epoch_end=save)
+    finally:
+        rep.close()
+    finish(spec, net, dataset, trainer, labels, path, time.perf_counter() - t0)
+    return path
+
+
+def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: float) -> dict:
+    params = trainer.final_params()
+    summary = {"epochs_run": trainer.state.epoch, "seconds": seconds,
+               "train_samples_per_s": float(np.mean([r["samples_per_s"]
+                                                     for r in trainer.state.history]))}
+    for name, split in (("val", dataset.val), ("test", dataset.test)):
+        if split is not None:
+            summary[name] = {k.split("_", 1)[1]: v
+                             for k, v in trainer.evaluate(split, name, params).items()}
+    if trainer.state.best:
+        summary["best_epoch"] = trainer.state.best["epoch"]
+    meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
+            "labels": labels, "features": dataset.features}
+    model = inference_model(spec, net, params, dataset.norm, meta={k: v for k, v in meta.items()
+                                                                     if v is not None})
+    write_bytes(path / "model.onnx", model.SerializeToString())
+    write_text(path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

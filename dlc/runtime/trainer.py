@@ -1,0 +1,167 @@
+"""The train loop: one onnxruntime `run` per step, per-epoch validation, early stopping.
+
+Everything a run's future depends on (parameters, optimizer state, step count, the data-order and
+dropout RNG, schedule and early-stopping state) lives in `TrainState`, which a checkpoint saves
+whole, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlc import metrics as M
+from dlc.errors import DlcError
+from dlc.network import Network
+from dlc.runtime.schedule import Schedule
+from dlc.runtime.session import make_session
+from dlc.trainstep import build_eval_step, build_train_step
+
+LOWER_IS_BETTER = {"loss", "mse", "mae"}
+EVAL_BATCH = 1024
+
+
+class Diverged(DlcError):
+    """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    params: dict[str, np.ndarray]
+    states: dict[str, np.ndarray]
+    rng: np.random.Generator
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"epoch", "value", "params"}
+    bad_epochs: int = 0
+
+
+def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
+    """(metric column to monitor, lower is better)."""
+    es = train_cfg.get("early_stopping") or {}
+    name = es.get("monitor", "val_loss" if has_val else "train_loss")
+    if name.startswith("val_") and not has_val:
+        raise DlcError(f"train.early_stopping.monitor is {name} but the data has no validation "
+                       "split; set data.split.val > 0 or monitor train_loss")
+    return name, name.split("_", 1)[1] in LOWER_IS_BETTER
+
+
+class Trainer:
+    def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
+        self.net, self.data, self.cfg = net, dataset, net.spec["train"]
+        self.step_graph, self.eval_graph = build_train_step(net), build_eval_step(net)
+        self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
+        self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        params = net.init_params(seed)
+        states = {s: np.zeros_like(params[s.rsplit(".", 1)[0]]) for s in self.step_graph.states}
+        self.state = TrainState(params, states, np.random.default_rng(seed))
+        n, bs = len(dataset.train.x), self.cfg["batch_size"]
+        self.steps_per_epoch = math.ceil(n / bs)
+        self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
+                                 self.cfg["epochs"], self.steps_per_epoch)
+        self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)
+
+    # ---- one epoch --------------------------------------------------------------------------
+    def _feeds(self, xb, yb, lr: float) -> dict:
+        st = self.state
+        feeds = {"x": xb, "y": yb, "lr": np.array(lr, np.float32),
+                 "step": np.array(st.step + 1, np.float32), **st.params, **st.states}
+        for name, shape in self.step_graph.noise:
+            feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
+        return feeds
+
+    def train_epoch(self, on_step=None) -> dict:
+        st, train = self.state, self.data.train
+        bs, n = self.cfg["batch_size"], len(train.x)
+        order = st.rng.permutation(n)
+        losses, outputs, seconds = [], [], 0.0
+        for i in range(self.steps_per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            feeds = self._feeds(train.x[idx], train.y[idx], self.schedule.lr(st.epoch, i))
+            t0 = time.perf_counter()
+            out = dict(zip(self.out_names, self.sess.run(None, feeds)))
+            seconds += time.perf_counter() - t0
+            loss, norm = float(out["loss"]), float(out["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise Diverged(f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: "
+                               f"loss {loss}, gradient norm {norm}")
+            st.params = {p: out[f"{p}.new"] for p in st.params}
+            st.states = {s: out[f"{s}.new"] for s in st.states}
+            st.step += 1
+            losses.append(loss * len(idx))
+            outputs.append(out["logits"])
+            if on_step:
+                on_step(i + 1, self.steps_per_epoch, loss)
+        row = {"train_loss": sum(losses) / n}
+        row.update(self._named(M.compute(self.net.kind, train.y[order], np.concatenate(outputs)),
+                               "train"))
+        row["samples_per_s"] = n / seconds if seconds else 0.0
+        return row
+
+    def _named(self, values: dict, prefix: str) -> dict:
+        return {f"{prefix}_{m}": values[m] for m in self.net.spec["task"]["metrics"]}
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def predict_split(self, split, params=None) -> tuple[float, np.ndarray]:
+        """Mean loss and the logits of a whole split, in inference mode."""
+        params = params or self.state.params
+        total, outs = 0.0, []
+        for i in range(0, len(split.x), EVAL_BATCH):
+            xb, yb = split.x[i:i + EVAL_BATCH], split.y[i:i + EVAL_BATCH]
+            loss, logits = self.eval_sess.run(None, {"x": xb, "y": yb, **params})
+            total += float(loss) * len(xb)
+            outs.append(logits)
+        return total / len(split.x), np.concatenate(outs)
+
+    def evaluate(self, split, prefix: str, params=None) -> dict:
+        loss, logits = self.predict_split(split, params)
+        return {f"{prefix}_loss": loss,
+                **self._named(M.compute(self.net.kind, split.y, logits), prefix)}
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def end_epoch(self, row: dict) -> bool:
+        """Record the epoch; update schedule and early stopping. True when training should stop."""
+        st, es = self.state, self.cfg.get("early_stopping")
+        st.epoch += 1
+        st.history.append({"epoch": st.epoch, **row})
+        value = row[self.monitor]
+        self.schedule.end_epoch(value, self.lower_is_better)
+        delta = (es or {}).get("min_delta", 0.0)
+        improved = st.best is None or (value < st.best["value"] - delta if self.lower_is_better
+                                       else value > st.best["value"] + delta)
+        if improved:
+            st.best, st.bad_epochs = {"epoch": st.epoch, "value": value,
+                                      "params": dict(st.params)}, 0
+        else:
+            st.bad_epochs += 1
+        return bool(es) and st.bad_epochs >= es.get("patience", 5)
+
+    def final_params(self) -> dict[str, np.ndarray]:
+        es = self.cfg.get("early_stopping")
+        if es and es.get("restore_best", True) and self.state.best:
+            return self.state.best["params"]
+        return self.state.params
+
+    def fit(self, reporter, on_epoch_end=None) -> None:
+        while self.state.epoch < self.cfg["epochs"]:
+            t0 = time.perf_counter()
+            reporter.start_epoch(self.state.epoch + 1, self.cfg["epochs"], self.steps_per_epoch)
+            row = self.train_epoch(reporter.step)
+            if self.data.val is not None:
+                row.update(self.evaluate(self.data.val, "val"))
+            row["lr"] = self.schedule.lr(self.state.epoch, self.steps_per_epoch - 1)
+            row["seconds"] = time.perf_counter() - t0
+            stop = self.end_epoch(row)
+            reporter.end_epoch(self.state.history[-1])
+            if on_epoch_end:
+                on_epoch_end(self)
+            if stop:
+                reporter.note(f"early stopping after epoch {self.state.epoch}: "
+                              f"{self.monitor} did not improve for "
+                              f"{self.cfg['early_stopping']['patience']} epochs")
+                break
