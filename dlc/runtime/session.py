@@ -47,11 +47,14 @@ def cuda_usable(index: int = 0) -> tuple[bool, str]:
     b.output(b.Identity(b.input("x", "float32", [1])), "y", "float32", [1])
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    ort.set_default_logger_severity(4)  # the provider bridge logs through the default logger
     try:
         sess = ort.InferenceSession(b.model("probe").SerializeToString(), opts,
                                     providers=[(CUDA, {"device_id": index}), CPU])
     except Exception as e:  # noqa: BLE001 - any failure means unusable; keep the first line
         return False, str(e).strip().splitlines()[0][:200]
+    finally:
+        ort.set_default_logger_severity(3)
     if CUDA not in sess.get_providers():
         return False, "the CUDA provider could not load (CUDA/cuDNN libraries or a GPU missing)"
     return True, ""
