@@ -8,10 +8,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from dlc.errors import DlcError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb"):
     path = Path(path)
+    if not path.parent.is_dir():
+        raise DlcError(f"output folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from dlc.errors import Diagnostic, SpecError
 from dlc.layers import Layer, Param, Shape, ShapeError, build_layer
 
@@ -43,8 +41,10 @@ class Network:
     def kind(self) -> str:
         return self.spec["task"]["kind"]
 
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+    def init_params(self, seed: int) -> dict:
         """Seeded initial values: parameter i draws from its own stream (seed, i)."""
+        import numpy as np
+
         return {p.name: p.init(np.random.default_rng([seed, i]), p.shape)
                 for i, p in enumerate(self.params)}
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable
 
 Shape = tuple[int, ...]
 
@@ -24,7 +22,7 @@ class ShapeError(ValueError):
 class Param:
     name: str  # "<layer>.<weight|bias|...>", unique in the model
     shape: Shape
-    init: Callable[[np.random.Generator, Shape], np.ndarray]
+    init: Callable[[Any, Shape], Any]  # (numpy Generator, shape) -> float32 array
 
 
 @dataclass
@@ -41,7 +39,6 @@ class Layer:
 
     name: str
     cfg: dict = field(default_factory=dict)
-    type = ""
 
     @classmethod
     def from_spec(cls, cfg: dict) -> "Layer":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from dlc.layers import activations
 from dlc.layers.base import Layer, Param, Shape, ShapeError, numel
 from dlc.layers.init import initializer
@@ -75,4 +73,4 @@ class Reshape(Layer):
         return tuple(target)
 
     def lower(self, b, x, p, ctx, in_shape):
-        return b.Reshape(x, b.const(np.array([-1, *self.output_shape(in_shape)], np.int64)))
+        return b.Reshape(x, b.const([-1, *self.output_shape(in_shape)]))

@@ -1,10 +1,10 @@
-"""Weight initialisers: name -> (rng, shape) -> float32 array. Fans follow Keras for [in, out] kernels."""
+"""Weight initialisers: name -> (rng, shape) -> float32 array. Fans follow Keras for [in, out] kernels.
+
+numpy is imported when an initialiser runs, not at import: `dlc validate` builds layers too."""
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 
 def _fans(shape):
@@ -17,14 +17,21 @@ def _fans(shape):
 def _uniform(scale_fn):
     def init(rng, shape):
         limit = math.sqrt(3.0 * scale_fn(*_fans(shape)))
-        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        return rng.uniform(-limit, limit, size=shape).astype("float32")
     return init
 
 
 def _normal(scale_fn):
     def init(rng, shape):
-        return (rng.standard_normal(size=shape) * math.sqrt(scale_fn(*_fans(shape)))).astype(np.float32)
+        scale = math.sqrt(scale_fn(*_fans(shape)))
+        return (rng.standard_normal(size=shape) * scale).astype("float32")
     return init
+
+
+def _zeros(rng, shape):
+    import numpy as np
+
+    return np.zeros(shape, np.float32)
 
 
 INITIALIZERS = {
@@ -33,7 +40,7 @@ INITIALIZERS = {
     "he_uniform": _uniform(lambda fi, fo: 2.0 / fi),
     "he_normal": _normal(lambda fi, fo: 2.0 / fi),
     "lecun_normal": _normal(lambda fi, fo: 1.0 / fi),
-    "zeros": lambda rng, shape: np.zeros(shape, np.float32),
+    "zeros": _zeros,
 }
 
 

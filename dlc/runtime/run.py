@@ -56,13 +56,17 @@ def check_labels(net: Network, dataset) -> list[str] | None:
     return labels
 
 
+TIMING = ("samples_per_s", "seconds")  # kept out of metrics.csv so equal seeds give equal files
+
+
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
+    keys = [k for k in dict.fromkeys(k for row in history for k in row) if k not in TIMING]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()
+                         if k in keys})
     write_text(path, buf.getvalue())
 
 

@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmarks in bench/ (run by hand, never by pytest)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/x.py` from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_SPEC = ROOT / "specs" / "digits_mlp.yaml"
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def load(spec_path: Path, epochs: int | None, batch_size: int | None, keep_val: bool,
+         extra: list[str] = ()):
+    """(spec, network, dataset) with the benchmark's overrides applied.
+
+    Without keep_val the validation split is set to 0, so train/test is the same 80/20
+    stratified split the torch peer (shared/bench/peer_torch.py) uses (dlc's own split indices)."""
+    from dlc.data import load_dataset
+    from dlc.network import build_network
+    from dlc.spec import load_spec
+
+    overrides = list(extra)
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    if not keep_val:
+        overrides.append("data.split.val=0")
+    spec = load_spec(spec_path, overrides=overrides)
+    net = build_network(spec)
+    ds = load_dataset(spec.data, Path(spec_path).resolve().parent)
+    return spec, net, ds
+
+
+def versions() -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    out = {"onnxruntime": ort.__version__, "numpy": np.__version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        out["torch"] = None
+    return out

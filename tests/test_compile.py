@@ -1,0 +1,161 @@
+"""Compile: every example spec gives a checked, deterministic ONNX model whose outputs match a
+plain numpy forward pass of the same weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import SPECS
+from onnx import numpy_helper
+
+from dlc.compile import compile_spec
+from dlc.graph import IR_VERSION, OPSET
+from dlc.spec import load_spec, load_spec_text
+
+EXAMPLES = sorted(SPECS.glob("*.yaml"))
+
+NUMPY_ACT = {
+    "linear": lambda x, c: x,
+    "relu": lambda x, c: np.maximum(x, 0),
+    "leaky_relu": lambda x, c: np.where(x > 0, x, c.get("alpha", 0.01) * x),
+    "elu": lambda x, c: np.where(x > 0, x, c.get("alpha", 1.0) * np.expm1(x)),
+    "selu": lambda x, c: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x)),
+    "gelu": lambda x, c: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+    "silu": lambda x, c: x / (1 + np.exp(-x)),
+    "sigmoid": lambda x, c: 1 / (1 + np.exp(-x)),
+    "tanh": lambda x, c: np.tanh(x),
+    "softmax": lambda x, c: np.exp(x - x.max(-1, keepdims=True))
+    / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+    "softplus": lambda x, c: np.logaddexp(x, 0),
+}
+
+
+def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
+    """The spec's layers in float64 numpy: an independent oracle for the lowering."""
+    h = x.astype(np.float64)
+    for cfg in spec.data["layers"]:
+        t = cfg["type"]
+        if t == "dense":
+            h = h @ weights[f"{cfg['name']}.weight"] + weights.get(f"{cfg['name']}.bias", 0)
+            h = NUMPY_ACT[cfg["activation"]](h, cfg)
+        elif t == "flatten":
+            h = h.reshape(len(h), -1)
+        elif t == "reshape":
+            h = h.reshape(len(h), *cfg["shape"])
+        elif t in NUMPY_ACT:
+            h = NUMPY_ACT[t](h, cfg)
+    return h
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> dict:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_compiles_and_matches_numpy(path):
+    spec = load_spec(path)
+    model = compile_spec(spec)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == IR_VERSION and model.opset_import[0].version == OPSET
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = np.random.default_rng(0).standard_normal((7, *spec.data["input"]["shape"]))
+    out = run(model, x.astype(np.float32))
+    expected = numpy_forward(spec, weights, x)
+    kind = spec.data["task"]["kind"]
+    if kind == "regression":
+        np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-5)
+        return
+    np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-5)
+    probs = NUMPY_ACT["softmax" if kind == "classification" else "sigmoid"](expected, {})
+    np.testing.assert_allclose(out["probabilities"], probs, rtol=1e-5, atol=1e-6)
+    assert (out["class_index"] == (probs.argmax(1) if kind == "classification"
+                                   else (probs[:, 0] > 0.5))).all()
+
+
+ALL_ACTIVATIONS = """\
+dlc: 1
+name: acts
+input: {shape: [2, 3]}
+layers:
+  - {type: flatten}
+  - {type: dense, units: 5, activation: elu}
+  - {type: leaky_relu, alpha: 0.2}
+  - {type: dense, units: 6, activation: selu, use_bias: false}
+  - {type: reshape, shape: [2, 3]}
+  - {type: flatten}
+  - {type: gelu}
+  - {type: dense, units: 4, activation: silu, initializer: glorot_normal}
+  - {type: dropout, rate: 0.5}
+  - {type: tanh}
+  - {type: dense, units: 4, activation: softplus, initializer: he_normal}
+  - {type: sigmoid}
+  - {type: dense, units: 3, activation: linear}
+  - {type: softmax}
+task: {kind: classification}
+"""
+
+
+def test_every_activation_matches_numpy():
+    spec = load_spec_text(ALL_ACTIVATIONS, "acts.yaml")
+    model = compile_spec(spec, seed=3)
+    onnx.checker.check_model(model, full_check=True)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    out = run(model, x.astype(np.float32))
+    np.testing.assert_allclose(out["probabilities"], numpy_forward(spec, weights, x),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_compile_is_deterministic(cli, tmp_path, path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert cli("compile", path, "-o", a).code == 0
+    assert cli("compile", path, "-o", b).code == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert cli("compile", path, "-o", b, "--seed", "7").code == 0
+    assert a.read_bytes() != b.read_bytes()
+
+
+def test_metadata_carries_spec(tmp_path):
+    path = SPECS / "digits_mlp.yaml"
+    model = compile_spec(load_spec(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["dlc.spec"] == path.read_text()
+    import hashlib
+
+    assert meta["dlc.spec_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["dlc.version"]
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_summary_table(cli):
+    r = cli("summary", SPECS / "digits_mlp.yaml")
+    assert r.code == 0, r
+    assert "85,002" in r.out  # 64*256+256 + 256*256+256 + 256*10+10
+    assert "169,472" in r.out  # 2*(64*256 + 256*256 + 256*10) + 256 + 256 relu
+
+
+def test_schema_command_prints_schema(cli):
+    import json
+
+    r = cli("schema")
+    assert r.code == 0
+    assert json.loads(r.out)["$schema"].startswith("https://json-schema.org/draft/2020-12")
+
+
+def test_help_and_validate_do_not_import_heavy_modules():
+    import subprocess
+    import sys
+
+    code = ("import sys; from dlc.cli import main; sys.argv=['dlc','validate',%r]\n"
+            "try: main()\nexcept SystemExit: pass\n"
+            "bad=[m for m in ('onnxruntime','numpy','onnx') if m in sys.modules]\n"
+            "print('HEAVY', bad)") % str(SPECS / "digits_mlp.yaml")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "HEAVY []" in out, out
