@@ -114,7 +114,7 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
     if trainer.state.best:
         summary["best_epoch"] = trainer.state.best["epoch"]
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
-            "labels": labels, "features": dataset.features}
+            "labels": labels, "features": spec.data["input"].get("features") or dataset.features}
     model = inference_model(spec, net, params, dataset.norm, meta={k: v for k, v in meta.items()
                                                                      if v is not None})
     write_bytes(path / "model.onnx", model.SerializeToString())
