@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dlc.errors import DlcError, SpecError
+from dlc.errors import DlcError, SpecError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dlc: YAML model specs compiled to ONNX and trained in ONNX Runtime.")
@@ -91,7 +91,9 @@ def summary(spec: str, set_: Optional[List[str]] = SetOpt):
 
 
 @app.command()
-def train(spec: str,
+def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with --resume)."),
+          resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this "
+                                                                      "folder from its checkpoint."),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default "
                                                                      "runs/<name>/<time>)."),
           set_: Optional[List[str]] = SetOpt,
@@ -103,12 +105,20 @@ def train(spec: str,
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
     import json
 
+    from dlc.runtime.run import resume as run_resume
     from dlc.runtime.run import train as run_train
 
     overrides = list(set_ or [])
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
-    path = run_train(_load(spec, overrides), out, force, device, quiet)
+    if resume is not None:
+        if spec is not None or out is not None:
+            raise UsageError("--resume continues a run folder; give no SPEC and no --out with it")
+        path = run_resume(resume, overrides, device, quiet)
+    elif spec is None:
+        raise UsageError("missing SPEC (or --resume RUN_DIR)")
+    else:
+        path = run_train(_load(spec, overrides), out, force, device, quiet)
     result = json.loads((path / "summary.json").read_text())
     print(f"run: {path}")
     for split in ("val", "test"):

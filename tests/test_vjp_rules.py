@@ -10,6 +10,7 @@ onnxruntime and agree with the float64 reference to ~1e-4.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from dlc.autodiff.driver import gradients, infer_shapes
@@ -61,7 +63,7 @@ def _i64(*v):
     return np.array(v, np.int64)
 
 
-def _gemm(ta=0, tb=0, alpha=1.0, beta=1.0, c=True):
+def _gemm(ta=0, tb=0, alpha=1.0, beta=1.0):
     def build(b, a, w, *bias):
         return b.Gemm(a, w, *bias, transA=ta, transB=tb, alpha=alpha, beta=beta)
     return build
@@ -189,6 +191,15 @@ def build_model(case: Case, float_type: str) -> onnx.ModelProto:
     return b.model(f"vjp_{case.id}")
 
 
+class Erf(OpRun):
+    """onnx's reference Erf rounds through float32 (np.vectorize(otypes="f")): use a float64 one."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        return (np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),)
+
+
 class Evaluator:
     """onnxruntime CPU when it has kernels for every op/type in the graph, else ReferenceEvaluator."""
 
@@ -203,7 +214,7 @@ class Evaluator:
         except OrtNotImplemented:
             if not allow_reference:
                 raise
-            self.sess, self.reference = ReferenceEvaluator(model), True
+            self.sess, self.reference = ReferenceEvaluator(model, new_ops=[Erf]), True
         self.names = [o.name for o in model.graph.output]
 
     def __call__(self, feeds: dict) -> dict[str, np.ndarray]:
@@ -220,7 +231,7 @@ def sample(domain: str, shape, rng) -> np.ndarray:
 
 
 def make_feeds(case: Case) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(abs(hash(case.id)) % 2**32 if False else 0)
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
     domains = case.domain if isinstance(case.domain, tuple) else (case.domain,) * len(case.shapes)
     return {f"x{i}": sample(d, s, rng) for i, (d, s) in enumerate(zip(domains, case.shapes))}
 
@@ -282,7 +293,8 @@ def test_zero_rule_on_path_contributes_nothing():
 
 
 # ---- Dropout in training mode: random mask, so check the rule analytically ----------------------
-@pytest.mark.parametrize("ratio", [0.3, None])
+@pytest.mark.parametrize("ratio", [0.25, None])  # onnxruntime scales by a float32 ratio: use
+# ratios exact in float32 so that forward and backward scalings agree to 1e-12
 def test_dropout_training_uses_forward_mask(ratio):
     b = Builder(float_type="float64")
     x = b.input("x", "float64", [6, 8])
@@ -336,7 +348,8 @@ def test_cast_gradient_returns_to_the_input_type():
 # ---- torch autograd parity ----------------------------------------------------------------------
 SELU_A, SELU_G = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX defaults (float32)
 TORCH_CASES = {  # name: (dlc build, torch fn, input shapes)
-    "Gemm": (_gemm(0, 1, 0.7, 1.3), lambda a, w, c: 0.7 * a @ w.T + 1.3 * c, ([3, 4], [5, 4], [5])),
+    "Gemm": (_gemm(0, 1, 0.75, 1.25), lambda a, w, c: 0.75 * a @ w.T + 1.25 * c,  # exact in f32
+             ([3, 4], [5, 4], [5])),
     "Softmax": (lambda b, x: b.Softmax(x, axis=-1), lambda x: x.softmax(-1), ([3, 5],)),
     "LogSoftmax": (lambda b, x: b.LogSoftmax(x, axis=0), lambda x: x.log_softmax(0), ([3, 5],)),
     "gelu": (gelu, lambda x: __import__("torch").nn.functional.gelu(x), ([3, 4],)),

@@ -24,7 +24,7 @@ from dlc.network import Network, build_network
 from dlc.runtime import checkpoint
 from dlc.runtime.report import reporter
 from dlc.runtime.session import choose_device
-from dlc.runtime.trainer import Trainer
+from dlc.runtime.trainer import Diverged, Trainer
 
 
 def run_dir(out: str | None, name: str, force: bool) -> Path:
@@ -70,24 +70,58 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
-          quiet: bool = False) -> Path:
+class Interrupted(DlcError):
+    exit_code = 130
+
+
+def _prepare(spec, data_dir: Path):
     from dlc.data import load_dataset
 
     net = build_network(spec)
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
-    dataset = load_dataset(spec.data, Path(spec.file).parent)
-    labels = check_labels(net, dataset)
+    dataset = load_dataset(spec.data, data_dir)
+    return net, dataset, check_labels(net, dataset)
+
+
+def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
+          quiet: bool = False) -> Path:
+    """A new run of `spec` into `out` (default runs/<name>/<timestamp>)."""
+    data_dir = Path(spec.file).resolve().parent
+    net, dataset, labels = _prepare(spec, data_dir)
+    path = run_dir(out, spec.data["name"], force)
+    write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
+    write_text(path / "run.json", json.dumps({"spec": str(Path(spec.file).resolve()),
+                                              "data_dir": str(data_dir)}, indent=1) + "\n")
+    return _fit(spec, net, dataset, labels, path, device, quiet, resume=False)
+
+
+def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False) -> Path:
+    """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
+    schedule and history as if it had never stopped)."""
+    from dlc.spec import load_spec
+
+    path = Path(path)
+    if not (path / "checkpoint.npz").is_file() or not (path / "run.json").is_file():
+        raise DlcError(f"{path} holds no checkpoint to resume (checkpoint.npz, run.json)")
+    spec = load_spec(path / "spec.yaml", overrides)
+    info = json.loads((path / "run.json").read_text())
+    net, dataset, labels = _prepare(spec, Path(info["data_dir"]))
+    return _fit(spec, net, dataset, labels, path, device, quiet, resume=True)
+
+
+def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bool) -> Path:
     cfg = spec.data["train"]
     kind, index, info = choose_device(device or cfg.get("device", "auto"))
-    path = run_dir(out, spec.data["name"], force)
     rep = reporter(quiet)
     if info:
         rep.note(info)
     trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))
-    write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
-    write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
+    if resume:
+        checkpoint.load(path / "checkpoint.npz", trainer)
+        rep.note(f"resuming {path} after epoch {trainer.state.epoch}")
+    else:
+        write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
 
     def save(t: Trainer) -> None:
         checkpoint.save(path / "checkpoint.npz", t)
@@ -96,6 +130,12 @@ def train(spec, out: str | None = None, force: bool = False, device: str | None 
     t0 = time.perf_counter()
     try:
         trainer.fit(rep, on_epoch_end=save)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz holds "
+                          f"epoch {trainer.state.epoch}; resume with: dlc train --resume {path}") from None
+    except Diverged as e:
+        raise Diverged(f"{e}; the last good checkpoint (epoch {trainer.state.epoch}) is in "
+                       f"{path}") from None
     finally:
         rep.close()
     finish(spec, net, dataset, trainer, labels, path, time.perf_counter() - t0)

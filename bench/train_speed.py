@@ -1,0 +1,248 @@
+"""End-to-end training throughput: dlc (ONNX Runtime, CPU) vs PyTorch eager (CPU), one process.
+
+    .venv/bin/python bench/train_speed.py [--spec specs/digits_mlp.yaml] [--epochs 20]
+        [--batch-size 64] [--repeats 3] [--keep-val] [--json-only]
+
+Both frameworks train the same model (dense stack taken from the spec, dlc's initial weights
+copied into torch), with the same optimizer settings, batch size, epoch count and the SAME data:
+dlc's `load_dataset` train/test split and normalisation are fed to both. By default the spec's
+validation split is set to 0 so that the split is 80/20 train/test like shared/bench/peer_torch.py
+(`--keep-val` keeps it; validation is never timed either way).
+
+What is timed (wall clock, time.perf_counter):
+  dlc:   the epoch loop `for each epoch: row = t.train_epoch(); t.end_epoch(row)`, i.e. what
+         `Trainer.fit` does minus validation and reporting: shuffling, batch gathering, feed dict
+         construction, one `session.run` per step, result unpacking, the per-epoch train metrics.
+         Graph building and session creation are NOT timed (reported as dlc_setup_s).
+  torch: the peer's loop: randperm, index the batch, zero_grad, forward, loss, backward, step.
+Warm-up: before the timed repeats one untimed epoch runs on a throw-away dlc trainer and a
+throw-away torch model (loads kernels, spins up thread pools). Then --repeats fresh runs of
+each (new trainer / new model, same seed), interleaved dlc, torch, dlc, torch, ...; the reported
+samples/s is the MEDIAN over repeats (all values are in the JSON too). Test accuracies are from
+the first repeat (runs are seeded, so repeats agree up to thread-order float noise).
+
+Output: one JSON line on stdout (and a short human summary on stderr unless --json-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_SPEC, cores, load, versions  # noqa: E402
+
+THREADS = cores()
+
+
+# ---------------------------------------------------------------- dlc ---------------------------
+def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
+    from dlc.runtime.trainer import Trainer
+
+    t0 = time.perf_counter()
+    t = Trainer(net, ds, device=("cpu", 0), seed=seed)  # intra-op threads = os.cpu_count()
+    setup = time.perf_counter() - t0
+    run_seconds, seen = 0.0, 0
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        row = t.train_epoch()
+        seen += len(ds.train.x)
+        run_seconds += len(ds.train.x) / row["samples_per_s"]  # time inside session.run only
+        if t.end_epoch(row):  # increments state.epoch, schedule + early stopping bookkeeping
+            break
+    wall = time.perf_counter() - t0
+    acc = t.evaluate(ds.test, "test", t.final_params()).get("test_accuracy") if ds.test else None
+    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall,
+            "run_only_samples_per_s": seen / run_seconds, "setup_s": setup,
+            "test_acc": acc, "steps": t.state.step}
+
+
+def dlc_warmup(net, ds) -> None:
+    from dlc.runtime.trainer import Trainer
+
+    Trainer(net, ds, device=("cpu", 0), seed=1).train_epoch()
+
+
+# ---------------------------------------------------------------- torch -------------------------
+_ACT = {"linear": None, "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU",
+        "elu": "ELU", "selu": "SELU", "silu": "SiLU", "softplus": "Softplus"}
+
+
+def torch_model(net, init: dict):
+    """The spec's body as a torch Sequential with dlc's initial weights; NotImplementedError for
+    layer types this mirror does not cover."""
+    import torch
+
+    mods = []
+    for layer in net.layers:
+        cfg = layer.cfg
+        kind = cfg["type"]
+        if kind == "dense":
+            w = init[f"{layer.name}.weight"]
+            lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=f"{layer.name}.bias" in init)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w.T.copy()))
+                if lin.bias is not None:
+                    lin.bias.copy_(torch.from_numpy(init[f"{layer.name}.bias"]))
+            mods.append(lin)
+            act = cfg.get("activation", "linear")
+            if act not in _ACT:
+                raise NotImplementedError(f"activation {act}")
+            if _ACT[act]:
+                mods.append(getattr(torch.nn, _ACT[act])())
+        elif kind == "dropout":
+            mods.append(torch.nn.Dropout(cfg.get("rate", 0.5)))
+        elif kind == "flatten":
+            mods.append(torch.nn.Flatten())
+        elif kind in _ACT and _ACT[kind]:
+            mods.append(getattr(torch.nn, _ACT[kind])())
+        else:
+            raise NotImplementedError(f"layer type {kind}")
+    return torch.nn.Sequential(*mods)
+
+
+def torch_optimizer(params, cfg: dict):
+    import torch
+
+    kind, lr, wd = cfg["type"], cfg["lr"], cfg.get("weight_decay", 0.0)
+    if kind in ("adam", "adamw"):
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=(cfg.get("beta1", 0.9), cfg.get("beta2", 0.999)),
+                   eps=cfg.get("eps", 1e-8), weight_decay=wd)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if kind in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.get("momentum", 0.9),
+                               nesterov=kind == "nesterov", weight_decay=wd)
+    raise NotImplementedError(f"optimizer {kind}")
+
+
+def check_mirrorable(spec) -> None:
+    """NotImplementedError when the torch mirror would not train the same thing."""
+    task, train_cfg = spec.data["task"], spec.data["train"]
+    if task["kind"] != "classification" or task["loss"] != "cross_entropy":
+        raise NotImplementedError("only classification with cross_entropy is mirrored")
+    sched = train_cfg.get("schedule") or {}
+    if sched.get("type", "constant") != "constant" or sched.get("warmup_epochs", 0):
+        raise NotImplementedError("lr schedules are not mirrored")
+    if train_cfg.get("clip_norm"):
+        raise NotImplementedError("gradient clipping is not mirrored")
+
+
+def torch_run(net, ds, spec, epochs: int, seed: int = 0) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    task, train_cfg = spec.data["task"], spec.data["train"]
+    model = torch_model(net, net.init_params(seed))
+    opt = torch_optimizer(model.parameters(), train_cfg["optimizer"])
+    lossf = torch.nn.CrossEntropyLoss(label_smoothing=float(task.get("label_smoothing", 0.0)))
+    x, y = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
+    n, bs = len(x), train_cfg["batch_size"]
+    seen = 0
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+    wall = time.perf_counter() - t0
+    acc = None
+    if ds.test is not None:
+        model.eval()
+        with torch.no_grad():
+            pred = model(torch.from_numpy(ds.test.x)).argmax(1).numpy()
+        acc = float((pred == ds.test.y).mean())
+    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall, "test_acc": acc}
+
+
+# ---------------------------------------------------------------- main --------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep-val", action="store_true",
+                    help="keep the spec's validation split (default: val=0, 80/20 like the peer)")
+    ap.add_argument("--json-only", action="store_true")
+    args = ap.parse_args()
+
+    spec, net, ds = load(args.spec, args.epochs, args.batch_size, args.keep_val)
+    try:
+        import torch
+
+        torch.set_num_threads(THREADS)
+    except ImportError:
+        torch = None
+    torch_skip = None
+    if torch is not None:
+        try:  # check the mirror before timing anything
+            check_mirrorable(spec)
+            torch_model(net, net.init_params(0))
+            torch_optimizer([torch.nn.Parameter(torch.zeros(1))], spec.data["train"]["optimizer"])
+        except NotImplementedError as e:
+            torch_skip = str(e)
+
+    dlc_warmup(net, ds)
+    if torch is not None and torch_skip is None:
+        torch_run(net, ds, spec, 1, seed=1)
+
+    dlc_runs, torch_runs = [], []
+    for _ in range(args.repeats):
+        dlc_runs.append(dlc_run(net, ds, args.epochs))
+        if torch is not None and torch_skip is None:
+            torch_runs.append(torch_run(net, ds, spec, args.epochs))
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    v = versions()
+    out = {"bench": "train_speed", "model": Path(args.spec).stem,
+           "cores": THREADS, "epochs": args.epochs, "batch_size": args.batch_size,
+           "train_samples": len(ds.train.x), "test_samples": len(ds.test.x) if ds.test else 0,
+           "repeats": args.repeats, "stat": "median",
+           "dlc_samples_per_s": round(med(dlc_runs, "samples_per_s"), 1),
+           "dlc_run_only_samples_per_s": round(med(dlc_runs, "run_only_samples_per_s"), 1),
+           "dlc_wall_s": round(med(dlc_runs, "wall_s"), 4),
+           "dlc_setup_s": round(med(dlc_runs, "setup_s"), 4),
+           "torch_samples_per_s": None, "torch_wall_s": None, "ratio": None,
+           "dlc_test_acc": round(dlc_runs[0]["test_acc"], 4) if dlc_runs[0]["test_acc"] is not None
+           else None,
+           "torch_test_acc": None,
+           "dlc_samples_per_s_all": [round(r["samples_per_s"], 1) for r in dlc_runs],
+           "torch_samples_per_s_all": [round(r["samples_per_s"], 1) for r in torch_runs],
+           "threads": {"dlc_intra_op": THREADS,
+                       "torch": torch.get_num_threads() if torch is not None else None},
+           "onnxruntime": v["onnxruntime"], "torch": v["torch"], "numpy": v["numpy"]}
+    if torch_runs:
+        tps = med(torch_runs, "samples_per_s")
+        out["torch_samples_per_s"] = round(tps, 1)
+        out["torch_wall_s"] = round(med(torch_runs, "wall_s"), 4)
+        out["ratio"] = round(out["dlc_samples_per_s"] / tps, 3)
+        acc = torch_runs[0]["test_acc"]
+        out["torch_test_acc"] = round(acc, 4) if acc is not None else None
+    if torch_skip:
+        out["torch_skipped"] = torch_skip
+    print(json.dumps(out), flush=True)
+    if not args.json_only:
+        r = out["ratio"]
+        print(f"# {THREADS} cores: dlc {out['dlc_samples_per_s']:.0f} samples/s "
+              f"(session.run only {out['dlc_run_only_samples_per_s']:.0f}), torch "
+              f"{out['torch_samples_per_s'] or float('nan'):.0f} samples/s, dlc/torch "
+              f"{r if r is not None else math.nan}; test acc dlc {out['dlc_test_acc']} torch "
+              f"{out['torch_test_acc']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
