@@ -168,6 +168,57 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV or NPZ of raw
         print(f"wrote {output}", file=sys.stderr)
 
 
+@app.command()
+def diff(a: str, b: str):
+    """Semantic difference of two specs: changed fields (defaults filled) and parameter counts."""
+    from dlc.tools import diff_specs
+
+    for line in diff_specs(_load(a), _load(b)):
+        print(line)
+
+
+@app.command()
+def runs(folder: str = typer.Argument("runs", help="Folder to search for run folders.")):
+    """List runs (newest first) with their test metrics and training speed."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlc.tools import list_runs
+
+    found = list_runs(Path(folder))
+    if not found:
+        raise DlcError(f"no runs under {folder}")
+    table = Table()
+    for col in ("run", "epochs", "test", "samples/s"):
+        table.add_column(col)
+    for r in found:
+        test = "  ".join(f"{k} {v:.4g}" for k, v in r["test"].items() if isinstance(v, float))
+        table.add_row(r["run"], str(r["epochs"]), test, f"{r['samples_per_s'] or 0:,.0f}")
+    Console().print(table)
+
+
+@app.command()
+def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
+    """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
+    from pathlib import Path
+
+    from dlc.tools import plot_run
+
+    plot_run(Path(run), Path(output))
+    print(f"wrote {output}")
+
+
+@app.command()
+def env():
+    """Versions, execution providers, and whether CUDA is usable here (and why not)."""
+    from dlc.tools import environment
+
+    for key, value in environment():
+        print(f"{key + ':':22} {value}")
+
+
 def main() -> None:
     try:
         app()

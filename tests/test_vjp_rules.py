@@ -323,6 +323,19 @@ def test_missing_rule_is_a_dlc_error_naming_the_op():
         gradients(b, loss, [x])
 
 
+def test_values_feeding_only_gradient_free_ops_get_no_rule_call():
+    """Exp(x) reaches the loss only via Shape, Sin(x) only via Greater: neither rule may run (the
+    driver used to call the Exp rule with a None cotangent and emit an invalid Mul)."""
+    b = Builder(float_type="float64")
+    x = b.input("x", "float64", [3, 4])
+    cond = b.Greater(b.Sin(x), b.const(0.0))  # Sin has no rule: it must not be needed
+    y = b.Reshape(b.Where(cond, x, b.Mul(x, b.const(0.5))), b.Shape(b.Exp(x)))
+    b.output(gradients(b, b.ReduceSum(y, keepdims=0), [x])[x], "dx", "float64", [3, 4])
+    xv = sample("kink", [3, 4], np.random.default_rng(0))
+    dx = Evaluator(b.model("gradient_free"), allow_reference=False)({"x": xv})["dx"]
+    np.testing.assert_array_equal(dx, np.where(np.sin(xv) > 0, 1.0, 0.5))
+
+
 def test_fan_out_accumulates():
     """x feeds Mul (twice) and Tanh: d/dx sum(R (x*x + tanh x)) = R (2x + 1 - tanh^2 x)."""
     case = CASES_BY_OP["Add"][[c.tag for c in CASES_BY_OP["Add"]].index("fan-out")]

@@ -91,6 +91,8 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
     grads: dict[str, str] = {loss: b.const(1.0)}
     for node in reversed(active):
         g = [grads.get(o) for o in node.output]
+        if all(gi is None for gi in g):  # its outputs reach the loss only through gradient-free ops
+            continue
         rule = VJP.get(node.op_type)
         if rule is None:
             raise DlcError(f"no gradient rule for ONNX op {node.op_type} (node {node.name}); "
