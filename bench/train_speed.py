@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -37,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_SPEC, cores, load, versions  # noqa: E402
 
-THREADS = cores()
+THREADS = cores()  # --threads overrides (both frameworks)
 
 
 # ---------------------------------------------------------------- dlc ---------------------------
@@ -46,6 +47,8 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
 
     t0 = time.perf_counter()
     t = Trainer(net, ds, device=("cpu", 0), seed=seed)  # intra-op threads = os.cpu_count()
+    if THREADS != cores():  # --threads: rebuild the sessions with the requested thread count
+        _set_threads(t, THREADS)
     setup = time.perf_counter() - t0
     run_seconds, seen = 0.0, 0
     t0 = time.perf_counter()
@@ -62,10 +65,24 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
             "test_acc": acc, "steps": t.state.step}
 
 
+def _set_threads(t, threads: int) -> None:
+    import onnxruntime as ort
+
+    from dlc.runtime.session import session_options
+
+    for attr, graph in (("sess", t.step_graph), ("eval_sess", t.eval_graph)):
+        setattr(t, attr, ort.InferenceSession(graph.model.SerializeToString(),
+                                              session_options(threads),
+                                              providers=["CPUExecutionProvider"]))
+
+
 def dlc_warmup(net, ds) -> None:
     from dlc.runtime.trainer import Trainer
 
-    Trainer(net, ds, device=("cpu", 0), seed=1).train_epoch()
+    t = Trainer(net, ds, device=("cpu", 0), seed=1)
+    if THREADS != cores():
+        _set_threads(t, THREADS)
+    t.train_epoch()
 
 
 # ---------------------------------------------------------------- torch -------------------------
@@ -175,8 +192,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep-val", action="store_true",
                     help="keep the spec's validation split (default: val=0, 80/20 like the peer)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads for both (default os.cpu_count(), dlc's own default)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
+    global THREADS
+    if args.threads:
+        THREADS = args.threads
+    load_before = os.getloadavg()[0]
 
     spec, net, ds = load(args.spec, args.epochs, args.batch_size, args.keep_val)
     try:
@@ -209,7 +232,7 @@ def main() -> None:
 
     v = versions()
     out = {"bench": "train_speed", "model": Path(args.spec).stem,
-           "cores": THREADS, "epochs": args.epochs, "batch_size": args.batch_size,
+           "cores": cores(), "epochs": args.epochs, "batch_size": args.batch_size,
            "train_samples": len(ds.train.x), "test_samples": len(ds.test.x) if ds.test else 0,
            "repeats": args.repeats, "stat": "median",
            "dlc_samples_per_s": round(med(dlc_runs, "samples_per_s"), 1),
@@ -224,6 +247,7 @@ def main() -> None:
            "torch_samples_per_s_all": [round(r["samples_per_s"], 1) for r in torch_runs],
            "threads": {"dlc_intra_op": THREADS,
                        "torch": torch.get_num_threads() if torch is not None else None},
+           "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "onnxruntime": v["onnxruntime"], "torch": v["torch"], "numpy": v["numpy"]}
     if torch_runs:
         tps = med(torch_runs, "samples_per_s")
@@ -237,7 +261,7 @@ def main() -> None:
     print(json.dumps(out), flush=True)
     if not args.json_only:
         r = out["ratio"]
-        print(f"# {THREADS} cores: dlc {out['dlc_samples_per_s']:.0f} samples/s "
+        print(f"# {cores()} cores, {THREADS} threads: dlc {out['dlc_samples_per_s']:.0f} samples/s "
               f"(session.run only {out['dlc_run_only_samples_per_s']:.0f}), torch "
               f"{out['torch_samples_per_s'] or float('nan'):.0f} samples/s, dlc/torch "
               f"{r if r is not None else math.nan}; test acc dlc {out['dlc_test_acc']} torch "
