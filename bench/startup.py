@@ -9,8 +9,8 @@ mean / median / min / max / stdev wall milliseconds (fork+exec to exit, stdout/s
 `--via script` (default) runs the venv's `dlc` console script next to sys.executable;
 `--via module` runs `sys.executable -m dlc` (falls back to it when the script is missing).
 
-Import check: `python -X importtime -m dlc validate SPEC` once; its stderr is parsed for the
-top-level modules imported. The CLI promises that `--help` and `validate` never load numpy or
+Import check: `python -X importtime -m dlc validate SPEC` (and `... -m dlc --help`) once each;
+stderr is parsed for the modules imported. The CLI promises that `--help` and `validate` never load numpy or
 onnxruntime; the JSON says whether they (and torch, onnx, sklearn, rich) were imported, and lists
 the 10 slowest top-level imports by cumulative microseconds.
 
@@ -68,8 +68,8 @@ def time_runs(cmd: list[str], runs: int, warmup: int) -> dict:
 _LINE = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
 
 
-def import_check(spec: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "dlc", "validate", str(spec)],
+def import_check(cli_args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "dlc", *cli_args],
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "NO_COLOR": "1"})
     modules: dict[str, int] = {}  # module -> cumulative us
@@ -105,7 +105,8 @@ def main() -> None:
     commands = {"help": [*base, "--help"], "validate": [*base, "validate", str(spec)]}
     results = {name: time_runs(cmd, args.runs, args.warmup) for name, cmd in commands.items()}
     baseline = time_runs([sys.executable, "-c", "pass"], args.runs, args.warmup)
-    check = import_check(spec)
+    check = import_check(["validate", str(spec)])
+    help_check = import_check(["--help"])
     out = {"bench": "startup", "cores": cores(), "runs": args.runs, "warmup": args.warmup,
            "via": " ".join(Path(base[0]).name if i == 0 else a for i, a in enumerate(base)),
            **{f"dlc_{k}": v for k, v in results.items()},
@@ -113,6 +114,7 @@ def main() -> None:
            "validate_imports_numpy": check["imported"]["numpy"],
            "validate_imports_onnxruntime": check["imported"]["onnxruntime"],
            "validate_import_check": check,
+           "help_import_check": help_check,
            "python": sys.version.split()[0]}
     print(json.dumps(out), flush=True)
     if not args.json_only:
@@ -122,6 +124,7 @@ def main() -> None:
                         ("python -c pass", baseline)]:
             print(f"# {name:<22}{r['mean_ms']:>8}{r['median_ms']:>8}{r['min_ms']:>8}"
                   f"{r['max_ms']:>8}", file=sys.stderr)
+        print(f"# --help slowest: {help_check['slowest_top_level_ms']}", file=sys.stderr)
         print(f"# validate imports numpy: {check['imported']['numpy']}, onnxruntime: "
               f"{check['imported']['onnxruntime']}; slowest: {check['slowest_top_level_ms']}",
               file=sys.stderr)

@@ -73,19 +73,24 @@ def build_train_step(net: Network) -> Step:
         noise.append((f"{layer}.noise", tuple(shape)))
         return b.input(f"{layer}.noise", "float32", ["N", *shape])
 
-    logits, loss, params = _forward_and_loss(b, net, Ctx(training=True, noise=noise_input))
+    ctx = Ctx(training=True, noise=noise_input)
+    logits, loss, params = _forward_and_loss(b, net, ctx)
     lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
-    found = gradients(b, loss, list(params))
+    trainable = [p.name for p in net.params if p.trainable]
+    found = gradients(b, loss, trainable)
     shapes = {p.name: p.shape for p in net.params}
-    grads = [found[p] or b.const(np.zeros(shapes[p], np.float32)) for p in params]
+    grads = [found[p] or b.const(np.zeros(shapes[p], np.float32)) for p in trainable]
     train = net.spec.get("train", {})
     grads, norm = _clip(b, grads, train.get("clip_norm"))
     opt = Optimizer(b, train.get("optimizer", {"type": "adam", "lr": 1e-3}), lr, step)
     b.output(loss, "loss", "float32", [])
     b.output(logits, "logits", "float32", ["N", net.output_shape[0]])
     b.output(norm, "grad_norm", "float32", [])
+    for p in net.params:  # buffers: their in-graph update, or unchanged
+        if not p.trainable:
+            b.output(ctx.updates.get(p.name, p.name), f"{p.name}.new", "float32", list(p.shape))
     states = []
-    for p, g in zip(params, grads):
+    for p, g in zip(trainable, grads):
         state_in = {s: b.input(f"{p}.{s}", "float32", list(shapes[p])) for s in opt.states}
         with b.scope(f"{p}.update"):
             w_new, state_new = opt.update(p, g, state_in)
@@ -93,4 +98,4 @@ def build_train_step(net: Network) -> Step:
         for s in opt.states:
             b.output(state_new[s], f"{p}.{s}.new", "float32", list(shapes[p]))
             states.append(f"{p}.{s}")
-    return Step(b.model(f"{net.spec['name']}-train"), list(params), states, noise)
+    return Step(b.model(f"{net.spec['name']}-train"), trainable, states, noise)

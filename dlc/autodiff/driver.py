@@ -16,6 +16,8 @@ from dlc.errors import DlcError
 from dlc.graph import IR_VERSION, OPSET, Builder
 
 Dims = list  # per-dimension int (static), str (symbolic) or None (unknown)
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+          onnx.TensorProto.BFLOAT16}  # gradients stop at integer and boolean tensors
 
 
 @dataclass
@@ -103,7 +105,7 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
                 raise AssertionError(f"VJP rule for {node.op_type} returned {len(g_in)} "
                                      f"gradients for {len(node.input)} inputs")
             for i, (name, gi) in enumerate(zip(node.input, g_in)):
-                if gi is None or name not in depends:
+                if gi is None or name not in depends or ad.types.get(name) not in FLOATS:
                     continue
                 if node.op_type in BROADCAST:
                     gi = unbroadcast(b, gi, _grad_shape(ad, node, i), shapes[name], name)

@@ -207,3 +207,111 @@ def _reduce_mean(ad, n, g):
 # ---- no gradient ------------------------------------------------------------------------------
 defzero("Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not",
         "ArgMax", "ArgMin", "Sign", "OneHot", "Floor", "Ceil", "Round", "ConstantOfShape")
+
+
+# ---- convolution and pooling ------------------------------------------------------------------
+def _spatial(ad, n, rank: int):
+    """strides, dilations, pads of a Conv/Pool node with their ONNX defaults."""
+    return (attr(n, "strides") or [1] * rank, attr(n, "dilations") or [1] * rank,
+            attr(n, "pads") or [0] * (2 * rank))
+
+
+def _output_padding(xs, ys, k, s, d, p) -> list[int]:
+    """What ConvTranspose must add so that it maps an output-sized tensor back to the input size."""
+    r = len(k)
+    return [xs[2 + i] - ((ys[2 + i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - p[i] - p[r + i])
+            for i in range(r)]
+
+
+def _swap01(ad, t, rank):
+    return ad.b.Transpose(t, perm=[1, 0, *range(2, rank)])
+
+
+def _conv_weight_grad(ad, x, g, ws, s, d, p, groups):
+    """dW as a Conv of the input over the output gradient, channels and batch swapped:
+    dW[f, c] = sum_n corr(X[n, c], dY[n, f]) with stride and dilation exchanged. For groups > 1
+    the full [C, F] cross term is computed and its diagonal blocks are kept."""
+    b, rank = ad.b, len(ws)
+    full = b.Conv(_swap01(ad, x, rank), _swap01(ad, g, rank), strides=d, dilations=s, pads=p)
+    full = b.Slice(full, b.const([0] * (rank - 2)), b.const(ws[2:]),
+                   b.const(list(range(2, rank))))  # [C, F, k...]
+    if groups > 1:
+        cg, fg = ws[1], ws[0] // groups
+        blocks = [b.Slice(full, b.const([i * cg, i * fg]), b.const([(i + 1) * cg, (i + 1) * fg]),
+                          b.const([0, 1])) for i in range(groups)]
+        full = b.Concat(*blocks, axis=1)  # [C/G, F, k...]
+    return _swap01(ad, full, rank)
+
+
+@defvjp("Conv")
+def _conv(ad, n, g):  # dX by ConvTranspose with the same weights; dW by a Conv; dB by a sum
+    x, w = n.input[:2]
+    xs, ws, ys = ad.shapes[x], ad.shapes[w], ad.shapes[_y(n)]
+    rank, groups = len(ws), attr(n, "group", 1)
+    s, d, p = _spatial(ad, n, rank - 2)
+    gx = ad.b.ConvTranspose(g[0], w, strides=s, pads=p, dilations=d, group=groups,
+                            output_padding=_output_padding(xs, ys, ws[2:], s, d, p))
+    gw = _conv_weight_grad(ad, x, g[0], ws, s, d, p, groups)
+    if len(n.input) < 3 or not n.input[2]:
+        return gx, gw
+    return gx, gw, ad.b.ReduceSum(g[0], ad.b.const([0, *range(2, rank)]), keepdims=0)
+
+
+def _zeros_like_flat(ad, x):
+    value = onnx.helper.make_tensor("value", ad.types[x], [1], [0])
+    return ad.b.ConstantOfShape(ad.b.Reshape(ad.b.Size(x), ad.b.const([1])), value=value)
+
+
+@defvjp("MaxPool")
+def _maxpool(ad, n, g):  # scatter-add dY at the argmax offsets (Indices index the flat input)
+    if len(n.output) < 2 or not n.output[1]:
+        raise NotImplementedError("MaxPool gradient needs the node's Indices output")
+    b, x = ad.b, _x(n)
+    flat = b.ScatterElements(_zeros_like_flat(ad, x), b.Reshape(n.output[1], b.const([-1])),
+                             b.Reshape(g[0], b.const([-1])), axis=0, reduction="add")
+    return (b.Reshape(flat, b.Shape(x)),)
+
+
+@defvjp("AveragePool")
+def _avgpool(ad, n, g):  # spread dY / count over each window: ConvTranspose with a ones kernel
+    b, x = ad.b, _x(n)
+    xs, ys = ad.shapes[x], ad.shapes[_y(n)]
+    k = attr(n, "kernel_shape")
+    s, _, p = _spatial(ad, n, len(k))
+    window = int(np.prod(k))
+    if any(p) and not attr(n, "count_include_pad", 0):
+        ones = b.ConstantOfShape(b.Shape(x), value=onnx.helper.make_tensor(
+            "value", ad.types[x], [1], [1]))
+        counts = b.AveragePool(ones, kernel_shape=k, strides=s, pads=p, count_include_pad=1)
+        gs = b.Div(g[0], b.Mul(counts, b.const(float(window))))
+    else:
+        gs = b.Mul(g[0], b.const(1.0 / window))
+    kernel = b.const(np.ones([1, 1, *k], ad.b.np_float))
+    spread = b.ConvTranspose(b.Reshape(gs, b.const([-1, 1, *ys[2:]])), kernel, strides=s, pads=p,
+                             output_padding=_output_padding(xs, ys, k, s, [1] * len(k), p))
+    return (b.Reshape(spread, b.Shape(x)),)
+
+
+@defvjp("Pad")
+def _pad(ad, n, g):  # constant padding: the gradient is the un-padded slice
+    mode = attr(n, "mode", b"constant")
+    pads = ad.b.consts.get(n.input[1])
+    if (mode if isinstance(mode, str) else mode.decode()) != "constant" or pads is None:
+        raise NotImplementedError("Pad gradient needs constant mode and constant pads")
+    r = len(pads) // 2
+    ends = [-int(e) if e > 0 else np.iinfo(np.int64).max for e in pads[r:]]
+    gx = ad.b.Slice(g[0], ad.b.const([int(v) for v in pads[:r]]), ad.b.const(ends),
+                    ad.b.const(list(range(r))))
+    return (gx,) + (None,) * (len(n.input) - 1)
+
+
+@defvjp("ReduceMax")
+def _reduce_max(ad, n, g):  # to the maxima, shared evenly between ties
+    b, x = ad.b, _x(n)
+    axes = n.input[1] if len(n.input) > 1 and n.input[1] else None
+    y, gy = _y(n), g[0]
+    if not attr(n, "keepdims", 1) and axes is not None:
+        y, gy = b.Unsqueeze(y, axes), b.Unsqueeze(gy, axes)
+    mask = b.Cast(b.Equal(x, y), to=ad.types[x])
+    ties = b.ReduceSum(mask, axes, keepdims=1) if axes else b.ReduceSum(mask, keepdims=1)
+    return (b.Mul(b.Div(mask, ties), gy),) + (None,) * (len(n.input) - 1)

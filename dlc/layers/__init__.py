@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from dlc.layers.activations import ACTIVATIONS, Activation
 from dlc.layers.base import Ctx, Layer, Param, Shape, ShapeError
+from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
+                             ZeroPadding)
 from dlc.layers.core import Dense, Dropout, Flatten, Reshape
+from dlc.layers.norm import BatchNorm, LayerNorm
 
 LAYERS: dict[str, type[Layer]] = {
     "dense": Dense,
     "dropout": Dropout,
     "flatten": Flatten,
     "reshape": Reshape,
+    "conv1d": Conv1D,
+    "conv2d": Conv,
+    "maxpool1d": MaxPool1D,
+    "maxpool2d": MaxPool,
+    "avgpool1d": AvgPool1D,
+    "avgpool2d": AvgPool,
+    "global_avg_pool": GlobalPool,
+    "global_max_pool": GlobalPool,
+    "zero_padding": ZeroPadding,
+    "batchnorm": BatchNorm,
+    "layernorm": LayerNorm,
     **{name: Activation for name in ACTIVATIONS},
 }
 
 
 def build_layer(cfg: dict) -> Layer:
-    layer = LAYERS[cfg["type"]].from_spec(cfg)
-    return layer
+    return LAYERS[cfg["type"]].from_spec(cfg)
 
 
 __all__ = ["LAYERS", "Ctx", "Layer", "Param", "Shape", "ShapeError", "build_layer"]

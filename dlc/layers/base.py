@@ -23,6 +23,7 @@ class Param:
     name: str  # "<layer>.<weight|bias|...>", unique in the model
     shape: Shape
     init: Callable[[Any, Shape], Any]  # (numpy Generator, shape) -> float32 array
+    trainable: bool = True  # False: a buffer (running statistics), updated by the graph itself
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Ctx:
 
     training: bool = False
     noise: Callable[[str, Shape], str] | None = None  # (layer name, per-sample shape) -> U[0,1) input
+    updates: dict[str, str] = field(default_factory=dict)  # buffer name -> its new value (training)
 
 
 @dataclass
