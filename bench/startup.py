@@ -115,6 +115,7 @@ def main() -> None:
            "validate_imports_onnxruntime": check["imported"]["onnxruntime"],
            "validate_import_check": check,
            "help_import_check": help_check,
+           "loadavg_1min": round(os.getloadavg()[0], 2),
            "python": sys.version.split()[0]}
     print(json.dumps(out), flush=True)
     if not args.json_only:

@@ -34,9 +34,95 @@ NUMPY_ACT = {
 }
 
 
+def _ints(value, rank: int) -> list[int]:
+    return [value] * rank if isinstance(value, int) else list(value)
+
+
+def window_pads(padding, size, k, s, d) -> list[int]:
+    """[begin..., end...] zero padding of valid / same (TensorFlow's split: the extra one at the
+    end) / explicit (per dim, or begin... end...) padding."""
+    rank = len(size)
+    if padding == "valid":
+        return [0] * 2 * rank
+    if padding == "same":
+        total = [max((-(-n // st) - 1) * st + dd * (kk - 1) + 1 - n, 0)
+                 for n, kk, st, dd in zip(size, k, s, d)]
+        return [t // 2 for t in total] + [t - t // 2 for t in total]
+    return list(padding) * 2 if len(padding) == rank else list(padding)
+
+
+def _windows(h, k, s, d, pads, fill=0.0):
+    """[N, C, out..., k...]: every (dilated, strided) window of the padded input."""
+    r = len(k)
+    h = np.pad(h, [(0, 0), (0, 0), *[(pads[i], pads[r + i]) for i in range(r)]],
+               constant_values=fill)
+    span = [dd * (kk - 1) + 1 for kk, dd in zip(k, d)]
+    win = np.lib.stride_tricks.sliding_window_view(h, span, axis=tuple(range(2, 2 + r)))
+    return win[(slice(None), slice(None), *[slice(None, None, st) for st in s],
+                *[slice(None, None, dd) for dd in d])]
+
+
+def numpy_conv(h, w, bias, k, s, d, pads, groups):
+    r, f = len(k), w.shape[0]
+    win, cg, fg = _windows(h, k, s, d, pads), h.shape[1] // groups, f // groups
+    taps = ([1, *range(2 + r, 2 + 2 * r)], [1, *range(2, 2 + r)])  # (channel, kernel) axes
+    out = np.concatenate([np.moveaxis(np.tensordot(win[:, g * cg:(g + 1) * cg],
+                                                   w[g * fg:(g + 1) * fg], taps), -1, 1)
+                          for g in range(groups)], axis=1)  # [N, F, out...]
+    return out + (0 if bias is None else bias.reshape(1, f, *[1] * r))
+
+
+def numpy_pool(cfg, h):
+    r = h.ndim - 2
+    k = _ints(cfg["pool"], r)
+    s = _ints(cfg.get("stride") or k, r)
+    pads = window_pads(cfg.get("padding", "valid"), h.shape[2:], k, s, [1] * r)
+    axes = tuple(range(-r, 0))
+    if cfg["type"].startswith("max"):
+        return _windows(h, k, s, [1] * r, pads, fill=-np.inf).max(axes)
+    counts = _windows(np.ones_like(h), k, s, [1] * r, pads).sum(axes)  # padding not counted
+    return _windows(h, k, s, [1] * r, pads).sum(axes) / counts
+
+
+def numpy_layer(cfg, weights: dict, h: np.ndarray) -> np.ndarray:
+    """The convolutional and normalisation layers (inference mode)."""
+    t, name = cfg["type"], cfg.get("name")
+    if t in ("conv1d", "conv2d"):
+        r = h.ndim - 2
+        w = weights[f"{name}.weight"]
+        k, s, d = _ints(cfg["kernel"], r), _ints(cfg.get("stride", 1), r), _ints(
+            cfg.get("dilation", 1), r)
+        pads = window_pads(cfg.get("padding", "valid"), h.shape[2:], k, s, d)
+        h = numpy_conv(h, w, weights.get(f"{name}.bias"), k, s, d, pads, cfg.get("groups", 1))
+        return NUMPY_ACT[cfg.get("activation", "linear")](h, cfg)
+    if t in ("maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d"):
+        return numpy_pool(cfg, h)
+    if t in ("global_avg_pool", "global_max_pool"):
+        axes = tuple(range(2, h.ndim))
+        return h.max(axes) if t == "global_max_pool" else h.mean(axes)
+    if t == "zero_padding":
+        r = h.ndim - 2
+        pad = cfg["padding"]
+        pads = window_pads([pad] * r if isinstance(pad, int) else pad, h.shape[2:], [1] * r,
+                           [1] * r, [1] * r)
+        return np.pad(h, [(0, 0), (0, 0), *[(pads[i], pads[r + i]) for i in range(r)]])
+    if t == "batchnorm":
+        shape = (1, -1, *[1] * (h.ndim - 2))
+        mean, var, gamma, beta = (weights[f"{name}.{k}"].reshape(shape) for k in
+                                  ("running_mean", "running_var", "gamma", "beta"))
+        return (h - mean) / np.sqrt(var + cfg.get("epsilon", 1e-5)) * gamma + beta
+    if t == "layernorm":
+        mean = h.mean(-1, keepdims=True)
+        xhat = (h - mean) / np.sqrt(((h - mean) ** 2).mean(-1, keepdims=True)
+                                    + cfg.get("epsilon", 1e-5))
+        return xhat * weights[f"{name}.gamma"] + weights[f"{name}.beta"]
+    raise AssertionError(f"numpy_forward has no oracle for layer type {t}")
+
+
 def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
     """The spec's layers in float64 numpy: an independent oracle for the lowering."""
     h = x.astype(np.float64)
+    weights = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     for cfg in spec.data["layers"]:
         t = cfg["type"]
         if t == "dense":
@@ -46,8 +132,12 @@ def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
             h = h.reshape(len(h), -1)
         elif t == "reshape":
             h = h.reshape(len(h), *cfg["shape"])
+        elif t == "dropout":
+            pass
         elif t in NUMPY_ACT:
             h = NUMPY_ACT[t](h, cfg)
+        else:
+            h = numpy_layer(cfg, weights, h)
     return h
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from stepio import named, pack_feeds, state_names
+
 from dlc.network import build_network
 from dlc.optim import STATES
 from dlc.spec import load_spec_text
@@ -96,14 +98,14 @@ def dlc_trajectory(net, lrs):
     names = [o.name for o in sess.get_outputs()]
     x, y = data()
     values = initial(net)
-    states = {s: np.zeros_like(values[s.rsplit(".", 1)[0]]) for s in step.states}
+    states = None
     out = []
     for t, lr in enumerate(lrs, 1):
         feeds = {"x": x, "y": y, "lr": np.array(lr, np.float32),
-                 "step": np.array(float(t), np.float32), **values, **states}
-        res = dict(zip(names, sess.run(None, feeds)))
+                 "step": np.array(float(t), np.float32), **pack_feeds(step, values, states)}
+        res = named(step, dict(zip(names, sess.run(None, feeds))))
         values = {p: res[p + ".new"] for p in step.params}
-        states = {s: res[s + ".new"] for s in step.states}
+        states = {s: res[s + ".new"] for s in state_names(step)}
         out.append((values, states))
     return step, out
 
@@ -156,7 +158,7 @@ def test_matches_numpy_reference(case):
     # "default": the spec leaves the hyperparameters out and the loader fills them in.
     net = make_net(kind, wd, {} if which == "default" else hp)
     step, got = dlc_trajectory(net, LRS)
-    assert step.states == [f"{p}.{s}" for p in step.params for s in STATES[kind]]
+    assert step.states == STATES[kind]
     want = numpy_trajectory(kind, wd, hp, initial(net), LRS)
     assert_trajectories_match(got, want, kind)
 
@@ -266,12 +268,12 @@ def test_adam_bias_correction_reads_the_step_input():
     sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
     x, y = data()
     values = initial(net)
-    zeros = {s: np.zeros_like(values[s.rsplit(".", 1)[0]]) for s in step.states}
     got = {}
+    names = [o.name for o in sess.get_outputs()]
     for t in (1.0, 3.0):
         feeds = {"x": x, "y": y, "lr": np.array(0.01, np.float32), "step": np.array(t, np.float32),
-                 **values, **zeros}
-        got[t] = sess.run(["fc.weight.new"], feeds)[0]
+                 **pack_feeds(step, values)}
+        got[t] = named(step, dict(zip(names, sess.run(None, feeds))))["fc.weight.new"]
     g = mse_grads({k: v.astype(np.float64) for k, v in values.items()},
                   *(a.astype(np.float64) for a in data()))["fc.weight"]
     state = {"m": np.zeros_like(g), "v": np.zeros_like(g)}

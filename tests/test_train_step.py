@@ -17,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from stepio import named, pack_feeds
+
 from dlc.network import build_network
 from dlc.spec import load_spec_text
 from dlc.trainstep import build_train_step
@@ -207,12 +209,11 @@ def run_step(net, step, values, x, y, lr=LR, noise_seed=2):
     noise = {name: rng.random(size=(len(x), *shape)).astype(np.float32)
              for name, shape in step.noise}
     feeds = {"x": x, "y": y, "lr": np.array(lr, np.float32), "step": np.array(1.0, np.float32),
-             **values, **noise}
-    feeds.update({s: np.zeros_like(values[s.rsplit(".", 1)[0]]) for s in step.states})
+             **pack_feeds(step, values), **noise}
     sess = ort.InferenceSession(step.model.SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds))), noise
+    return named(step, dict(zip(names, sess.run(None, feeds)))), noise
 
 
 def read_grads(values, out, lr=LR):
@@ -296,7 +297,7 @@ def test_dropout_noise_is_the_mask():
     u = np.full((3, 2, 3), 0.25, np.float32)
     u[:, 0, 1] = np.nextafter(np.float32(0.25), np.float32(0))
     feeds = {"x": x, "y": y, "lr": np.array(LR, np.float32), "step": np.array(1.0, np.float32),
-             "dropout_0.noise": u, **values}
+             "dropout_0.noise": u, **pack_feeds(step, values)}
     logits = sess.run(["logits"], feeds)[0]
     x_masked = x.astype(np.float64) / 0.75
     x_masked[:, 0, 1] = 0.0
@@ -317,9 +318,9 @@ def test_gradient_flows_only_through_kept_units():
              "dropout_3.noise": rng.random((5, 6)).astype(np.float32)}
     noise["dropout_1.noise"][:, 2] = 0.0  # unit 2 of the first hidden layer: always dropped
     feeds = {"x": x, "y": y, "lr": np.array(LR, np.float32), "step": np.array(1.0, np.float32),
-             **values, **noise}
+             **pack_feeds(step, values), **noise}
     sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
-    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    out = named(step, dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))))
     grads = read_grads(values, out)
     assert np.all(grads["dense_0.weight"][:, 2] == 0) and grads["dense_0.bias"][2] == 0
     assert np.all(grads["dense_2.weight"][2, :] == 0)

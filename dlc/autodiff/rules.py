@@ -296,12 +296,17 @@ def _avgpool(ad, n, g):  # spread dY / count over each window: ConvTranspose wit
 def _pad(ad, n, g):  # constant padding: the gradient is the un-padded slice
     mode = attr(n, "mode", b"constant")
     pads = ad.b.consts.get(n.input[1])
-    if (mode if isinstance(mode, str) else mode.decode()) != "constant" or pads is None:
-        raise NotImplementedError("Pad gradient needs constant mode and constant pads")
+    has_axes = len(n.input) > 3 and n.input[3]
+    axes = ad.b.consts.get(n.input[3]) if has_axes else range(len(pads) // 2) if pads is not None \
+        else None  # the optional axes input (opset 18): pads then apply to these axes only
+    if (mode if isinstance(mode, str) else mode.decode()) != "constant" or pads is None \
+            or axes is None or min(pads, default=0) < 0:
+        raise NotImplementedError("Pad gradient needs constant mode and constant, non-negative "
+                                  "pads (and axes)")
     r = len(pads) // 2
     ends = [-int(e) if e > 0 else np.iinfo(np.int64).max for e in pads[r:]]
     gx = ad.b.Slice(g[0], ad.b.const([int(v) for v in pads[:r]]), ad.b.const(ends),
-                    ad.b.const(list(range(r))))
+                    ad.b.const([int(a) for a in axes]))
     return (gx,) + (None,) * (len(n.input) - 1)
 
 

@@ -1,8 +1,11 @@
 """Data loading for training, evaluation and prediction.
 
 Sources (`data.source`): `builtin:digits|iris|wine|breast_cancer|diabetes` (scikit-learn's bundled
-copies), `csv:PATH`, `npz:PATH` (paths relative to the spec file). Every data problem raises a
-one-line DlcError. scikit-learn is imported lazily, only for builtin sources.
+copies), `csv:PATH`, `npz:PATH`, `folder:PATH` (one sub-folder of PNG/JPEG images per class; paths
+relative to the spec file). Image arrays are channels-first; `data.layout: nhwc` reads
+channels-last arrays. `data.augment` is checked here and applied per training batch by the trainer
+(`dlc.data.augment.augment`). Every data problem raises a one-line DlcError. scikit-learn and
+Pillow are imported lazily, only for builtin and folder sources.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dlc.data._common import fit_shape
 from dlc.data._inputs import read_inputs
 from dlc.data._sources import load_raw
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
+from dlc.data.augment import check_augment
 from dlc.errors import DlcError
 
 __all__ = ["Dataset", "Split", "load_arrays", "load_dataset", "read_inputs"]
@@ -93,12 +97,14 @@ def _subset(x: np.ndarray, y: np.ndarray, idx: np.ndarray, norm: dict | None) ->
 
 def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     """Load spec's data.source, split it (test first, then val; fractions of the whole set) and
-    normalise every split with statistics of the training split."""
+    normalise every split with statistics of the training split. data.augment is only checked
+    against the input shape here; the trainer applies it per batch."""
     data = spec.get("data") or {}
     if not data.get("source"):
         raise DlcError("the spec has no data.source; add a data: section to train or evaluate")
     x, y, labels, features = load_arrays(data["source"], spec, spec_dir)
     assert y is not None
+    check_augment(data.get("augment"), x.shape[1:])
     cfg = _split_config(data)
     kind = (spec.get("task") or {}).get("kind", "classification")
     classes = bool(cfg["stratify"]) and kind in ("classification", "binary")

@@ -1,4 +1,5 @@
-"""`dlc predict` inputs: a CSV or NPZ file of raw samples -> float32 [n, *input_shape]."""
+"""`dlc predict` inputs: a CSV or NPZ file of raw samples, or a folder of images -> float32
+[n, *input_shape]."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from dlc.data._common import as_numeric, check_finite, name_list, parse_matrix, suggest
 from dlc.data._csv import Table, read_table
+from dlc.data._images import read_image_dir, to_nchw
 from dlc.errors import DlcError
 
 
@@ -98,24 +100,42 @@ def _shape_samples(x: np.ndarray, shape: list[int], name: str, features: list[st
     return x.reshape((len(x), *shape))
 
 
-def read_inputs(path: Path, features: list[str] | None, input_shape: Sequence[int]) -> np.ndarray:
-    """Raw model inputs from a CSV (header optional) or NPZ/NPY file, float32 [n, *input_shape].
+def _read_npz(path: Path, shape: list[int], features: list[str] | None, layout: str):
+    x = as_numeric(_read_array(path), path.name)
+    if layout != "nchw":
+        single = [shape[1], shape[2], shape[0]] if len(shape) == 3 else None
+        if single and (list(x.shape) == single or (shape[0] == 1 and list(x.shape) == single[:2])):
+            x = x[None]  # one image without a batch dimension
+        x = to_nchw(x, shape, layout, path.name)
+    x = _shape_samples(x, shape, path.name, features)
+    check_finite(x, path.name)
+    return x
+
+
+def read_inputs(
+    path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw"
+) -> np.ndarray:
+    """Raw model inputs from a CSV (header optional) or NPZ/NPY file, or every PNG/JPEG image
+    directly in a folder (sorted by name; scaled to [0, 1]), float32 [n, *input_shape].
 
     CSV: with a header and known feature names, the model's columns are picked by name (any
-    order, extra columns ignored); otherwise every column, in order."""
+    order, extra columns ignored); otherwise every column, in order. NPZ/NPY image arrays are
+    read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first."""
     path = Path(path)
     shape = [int(d) for d in input_shape]
+    if path.is_dir():
+        return read_image_dir(path, shape)
     if not path.is_file():
         raise DlcError(f"input file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         x = _read_csv(path, features, int(np.prod(shape)) if shape else 1)
     elif suffix in (".npz", ".npy"):
-        x = as_numeric(_read_array(path), path.name)
-        x = _shape_samples(x, shape, path.name, features)
-        check_finite(x, path.name)
+        x = _read_npz(path, shape, features, layout)
     else:
-        raise DlcError(f"input file {path.name}: expected a .csv, .npz or .npy file")
+        raise DlcError(
+            f"input file {path.name}: expected a .csv, .npz or .npy file, or a folder of images"
+        )
     if len(x) == 0:
         raise DlcError(f"{path.name}: no samples")
     return np.ascontiguousarray(x.reshape((len(x), *shape)), dtype=np.float32)

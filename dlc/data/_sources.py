@@ -1,4 +1,5 @@
-"""Data sources: `builtin:NAME`, `csv:PATH`, `npz:PATH` -> raw (x, y, labels, features)."""
+"""Data sources: `builtin:NAME`, `csv:PATH`, `npz:PATH`, `folder:PATH` -> raw (x, y, labels,
+features)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 
 from dlc.data._common import as_numeric, check_finite, name_list
 from dlc.data._csv import load_csv
+from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
 from dlc.errors import DlcError
 
 BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
-SCHEMES = ("builtin", "csv", "npz")
+SCHEMES = ("builtin", "csv", "npz", "folder")
 
 Raw = tuple[np.ndarray, "np.ndarray | None", "list[str] | None", "list[str] | None"]
 
@@ -27,18 +29,22 @@ def parse_source(source: str) -> tuple[str, str]:
     if suffix in (".csv", ".npz"):
         return suffix[1:], str(source)
     raise DlcError(
-        f"data source '{source}': expected builtin:NAME, csv:PATH or npz:PATH "
+        f"data source '{source}': expected builtin:NAME, csv:PATH, npz:PATH or folder:PATH "
         f"(builtins: {', '.join(BUILTINS)})"
     )
 
 
-def resolve_path(rest: str, spec_dir: Path, origin: str) -> Path:
-    """A data file path relative to spec_dir (absolute allowed); DlcError when missing."""
+def resolve_path(rest: str, spec_dir: Path, origin: str, folder: bool = False) -> Path:
+    """A data file (or, with `folder`, directory) path relative to spec_dir (absolute allowed);
+    DlcError when missing."""
     path = Path(rest).expanduser()
     if not path.is_absolute():
         path = Path(spec_dir) / path
-    if not path.is_file():
-        raise DlcError(f"data file not found: {path} (from {origin})")
+    if folder and path.is_file():
+        raise DlcError(f"data folder {path} is a file; folder: needs a folder (from {origin})")
+    if not (path.is_dir() if folder else path.is_file()):
+        what = "folder" if folder else "file"
+        raise DlcError(f"data {what} not found: {path} (from {origin})")
     return path
 
 
@@ -128,12 +134,27 @@ def load_raw(
     require_target: bool,
     origin: str,
 ) -> Raw:
-    """Dispatch on the source scheme; x is float64 [n, ...] (not yet reshaped)."""
+    """Dispatch on the source scheme; x is [n, ...] (not yet reshaped), channels first."""
     scheme, rest = parse_source(source)
     kind = (spec.get("task") or {}).get("kind", "classification")
+    if scheme == "folder":
+        path = resolve_path(rest, spec_dir, origin, folder=True)
+        return load_folder(path, rest.rstrip("/\\") or rest, spec, known, strict)
     if scheme == "builtin":
-        return load_builtin(rest, kind, known)
-    path = resolve_path(rest, spec_dir, origin)
-    if scheme == "csv":
-        return load_csv(path, rest, spec, known, strict, require_target)
-    return load_npz(path, rest, spec, known, require_target)
+        raw = load_builtin(rest, kind, known)
+    else:
+        path = resolve_path(rest, spec_dir, origin)
+        if scheme == "csv":
+            raw = load_csv(path, rest, spec, known, strict, require_target)
+        else:
+            raw = load_npz(path, rest, spec, known, require_target)
+    return _layout(raw, spec, source if scheme == "builtin" else rest)
+
+
+def _layout(raw: Raw, spec: dict, what: str) -> Raw:
+    """Apply data.layout: channels-last image arrays become channels-first."""
+    layout = (spec.get("data") or {}).get("layout") or "nchw"
+    shape = (spec.get("input") or {}).get("shape")
+    if shape is None and layout == "nchw":
+        return raw
+    return (to_nchw(raw[0], shape or [], layout, what), *raw[1:])

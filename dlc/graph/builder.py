@@ -45,6 +45,7 @@ class Builder:
     def __init__(self, float_type: str = "float32"):
         self.float_type = float_type
         self.np_float = np.dtype(float_type)
+        self.float_code = DTYPES[float_type]  # the ONNX element type of float tensors
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -131,10 +132,23 @@ class Builder:
         self.outputs.append(helper.make_tensor_value_info(name, DTYPES[dtype], shape))
         return name
 
+    def live(self) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes and initializers that some graph output depends on (rules emit gradients for
+        every input; those nobody reads are dropped here, once, since onnxruntime runs them)."""
+        needed = {o.name for o in self.outputs}
+        nodes = []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                nodes.append(node)
+                needed.update(i for i in node.input if i)
+        inits = [t for t in self.initializers if t.name in needed]
+        return nodes[::-1], inits
+
     def model(self, graph_name: str, metadata: dict[str, str] | None = None,
               doc: str = "") -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs,
-                                  self.initializers, doc_string=doc)
+        nodes, inits = self.live()
+        graph = helper.make_graph(nodes, graph_name, self.inputs, self.outputs, inits,
+                                  doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="dlc", ir_version=IR_VERSION)
         from dlc import __version__

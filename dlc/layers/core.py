@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dlc.graph.builder import DTYPES
 from dlc.layers import activations
 from dlc.layers.base import Layer, Param, Shape, ShapeError, numel
 from dlc.layers.init import initializer
@@ -45,7 +44,7 @@ class Dropout(Layer):
         if not ctx.training or rate == 0.0:
             return b.Identity(x)
         u = ctx.noise(self.name, in_shape)
-        keep = b.Cast(b.GreaterOrEqual(u, b.const(rate)), to=DTYPES[b.float_type])
+        keep = b.Cast(b.GreaterOrEqual(u, b.const(rate)), to=b.float_code)
         return b.Mul(x, b.Mul(keep, b.const(1.0 / (1.0 - rate))))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc import metrics as M
+from dlc.data.augment import augment
 from dlc.errors import DlcError
 from dlc.network import Network
 from dlc.runtime.schedule import Schedule
@@ -30,8 +31,9 @@ class Diverged(DlcError):
 
 @dataclass
 class TrainState:
-    params: dict[str, np.ndarray]
-    states: dict[str, np.ndarray]
+    flat: np.ndarray  # every trainable parameter, in the train graph's flat layout
+    buffers: dict[str, np.ndarray]  # running statistics
+    states: dict[str, np.ndarray]  # optimizer states, flat like `flat`
     rng: np.random.Generator
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
@@ -57,20 +59,31 @@ class Trainer:
         self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
         self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
         self.out_names = [o.name for o in self.sess.get_outputs()]
-        params = net.init_params(seed)
-        states = {s: np.zeros_like(params[s.rsplit(".", 1)[0]]) for s in self.step_graph.states}
-        self.state = TrainState(params, states, np.random.default_rng(seed))
+        self.state = TrainState(np.zeros(0, np.float32), {}, {}, np.random.default_rng(seed))
+        self.params = net.init_params(seed)
+        self.state.states = {s: np.zeros_like(self.state.flat) for s in self.step_graph.states}
         n, bs = len(dataset.train.x), self.cfg["batch_size"]
         self.steps_per_epoch = math.ceil(n / bs)
         self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
                                  self.cfg["epochs"], self.steps_per_epoch)
         self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)
 
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Every parameter by name (views into the flat vector, and the buffers)."""
+        return {**self.step_graph.unpack(self.state.flat), **self.state.buffers}
+
+    @params.setter
+    def params(self, values: dict[str, np.ndarray]) -> None:
+        self.state.flat = self.step_graph.pack(values)
+        self.state.buffers = {p.name: values[p.name] for p in self.net.params if not p.trainable}
+
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
         feeds = {"x": xb, "y": yb, "lr": np.array(lr, np.float32),
-                 "step": np.array(st.step + 1, np.float32), **st.params, **st.states}
+                 "step": np.array(st.step + 1, np.float32), "params": st.flat, **st.buffers,
+                 **{f"state.{s}": v for s, v in st.states.items()}}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
         return feeds
@@ -82,7 +95,9 @@ class Trainer:
         losses, outputs, seconds = [], [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            feeds = self._feeds(train.x[idx], train.y[idx], self.schedule.lr(st.epoch, i))
+            xb, aug = train.x[idx], (self.net.spec.get("data") or {}).get("augment")
+            xb = augment(xb, aug, st.rng) if aug else xb
+            feeds = self._feeds(xb, train.y[idx], self.schedule.lr(st.epoch, i))
             t0 = time.perf_counter()
             out = dict(zip(self.out_names, self.sess.run(None, feeds)))
             seconds += time.perf_counter() - t0
@@ -90,8 +105,9 @@ class Trainer:
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise Diverged(f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: "
                                f"loss {loss}, gradient norm {norm}")
-            st.params = {p: out[f"{p}.new"] for p in st.params}
-            st.states = {s: out[f"{s}.new"] for s in st.states}
+            st.flat = out["params.new"]
+            st.buffers = {p: out[f"{p}.new"] for p in st.buffers}
+            st.states = {s: out[f"state.{s}.new"] for s in st.states}
             st.step += 1
             losses.append(loss * len(idx))
             outputs.append(out["logits"])
@@ -109,7 +125,7 @@ class Trainer:
     # ---- evaluation -------------------------------------------------------------------------
     def predict_split(self, split, params=None) -> tuple[float, np.ndarray]:
         """Mean loss and the logits of a whole split, in inference mode."""
-        params = params or self.state.params
+        params = params or self.params
         total, outs = 0.0, []
         for i in range(0, len(split.x), EVAL_BATCH):
             xb, yb = split.x[i:i + EVAL_BATCH], split.y[i:i + EVAL_BATCH]
@@ -136,7 +152,7 @@ class Trainer:
                                        else value > st.best["value"] + delta)
         if improved:
             st.best, st.bad_epochs = {"epoch": st.epoch, "value": value,
-                                      "params": dict(st.params)}, 0
+                                      "params": self.params}, 0
         else:
             st.bad_epochs += 1
         return bool(es) and st.bad_epochs >= es.get("patience", 5)
@@ -145,7 +161,7 @@ class Trainer:
         es = self.cfg.get("early_stopping")
         if es and es.get("restore_best", True) and self.state.best:
             return self.state.best["params"]
-        return self.state.params
+        return self.params
 
     def fit(self, reporter, on_epoch_end=None) -> None:
         while self.state.epoch < self.cfg["epochs"]:

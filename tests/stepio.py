@@ -1,0 +1,30 @@
+"""Per-parameter views of the train step's flat I/O, for tests that compare by parameter name.
+
+The train graph takes `params` (every trainable parameter in one flat vector) and `state.<s>`
+(each optimizer state, flat alike); these helpers pack dicts into those inputs and name the
+outputs back as `<param>.new` and `<param>.<state>.new`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def state_names(step) -> list[str]:
+    return [f"{p}.{s}" for p in step.params for s in step.states]
+
+
+def pack_feeds(step, values: dict, states: dict | None = None) -> dict:
+    feeds = {"params": step.pack(values)}
+    for s in step.states:
+        feeds[f"state.{s}"] = (step.pack({p: states[f"{p}.{s}"] for p in step.params}) if states
+                               else np.zeros(step.total, np.float32))
+    feeds.update({k: v for k, v in values.items() if k not in step.params})  # buffers
+    return feeds
+
+
+def named(step, out: dict) -> dict:
+    out = dict(out)
+    out.update({f"{p}.new": v for p, v in step.unpack(out["params.new"]).items()})
+    for s in step.states:
+        out.update({f"{p}.{s}.new": v for p, v in step.unpack(out[f"state.{s}.new"]).items()})
+    return out

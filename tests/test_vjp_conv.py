@@ -1,0 +1,280 @@
+"""The convolution / pooling rules of the VJP table (Conv, MaxPool, AveragePool, Pad, ReduceMax),
+checked against central finite differences in float64 with the harness of test_vjp_rules.
+
+onnxruntime 1.31 CPU has no float64 kernel for Conv, ConvTranspose or AveragePool: those graphs
+run in onnx's ReferenceEvaluator in float64, and the float32 build of the same gradient graph must
+then run in onnxruntime and agree with the float64 result to ~1e-4 (the emitted ONNX is what
+training runs). MaxPool (with Indices), ScatterElements, Pad and ReduceMax have float64 kernels,
+so those cases run in onnxruntime directly. The finite differences evaluate a loss-only graph
+(no backward nodes), which keeps the reference evaluator cheap.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+import test_vjp_rules
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.ops.op_conv_transpose import ConvTranspose as _ReferenceConvTranspose
+from test_vjp_rules import TOL32, TOL64, C, Case, Erf, build_model, err, fd_grad, sample
+
+from dlc.autodiff.driver import gradients, infer_shapes
+from dlc.autodiff.rules import VJP
+from dlc.graph import Builder
+
+NEW_OPS = ("Conv", "MaxPool", "AveragePool", "Pad", "ReduceMax")
+
+
+def _i64(*v):
+    return np.array(v, np.int64)
+
+
+def conv(shape_x, shape_w, bias=True, tag="", **attrs):
+    """Conv case: x and w (and b) are all differentiable inputs."""
+    shapes = (shape_x, shape_w) + (([shape_w[0]],) if bias else ())
+    return C("Conv", lambda b, *xs: b.Conv(*xs, **attrs), *shapes,
+             tag=tag or "-".join(f"{k}{v}" for k, v in attrs.items()) + ("" if bias else "-nobias"))
+
+
+def maxpool(shape, tag, **attrs):
+    return C("MaxPool", lambda b, x: b.MaxPool(x, outputs=2, **attrs)[0], shape,
+             domain="distinct", tag=tag)
+
+
+def avgpool(shape, tag, **attrs):
+    return C("AveragePool", lambda b, x: b.AveragePool(x, **attrs), shape, tag=tag)
+
+
+def pad(shape, pads, tag, value=None, axes=None):
+    def build(b, x):
+        extra = [b.const(value) if value is not None else None] if value is not None or axes else []
+        if axes is not None:
+            extra.append(b.const(_i64(*axes)))
+        return b.Pad(x, b.const(_i64(*pads)), *extra, mode="constant")
+    return C("Pad", build, shape, tag=tag)
+
+
+def reduce_max(shape, axes, keepdims):
+    def build(b, x):
+        return b.ReduceMax(x, *([b.const(_i64(*axes))] if axes else []), keepdims=keepdims)
+    return C("ReduceMax", build, shape, domain="distinct",
+             tag=f"axes{list(axes) if axes else 'None'}-keepdims{keepdims}")
+
+
+CASES = [
+    # ---- Conv 2-D ----
+    conv([2, 3, 5, 5], [4, 3, 3, 3], tag="k3"),
+    conv([2, 3, 5, 5], [4, 3, 3, 3], bias=False, tag="k3-nobias"),
+    conv([1, 2, 5, 4], [3, 2, 3, 3], pads=[1, 1, 1, 1], tag="batch1-p1"),
+    conv([2, 2, 7, 6], [3, 2, 3, 3], strides=[2, 2], pads=[1, 1, 1, 1], tag="s2-p1-odd"),
+    conv([2, 2, 6, 6], [2, 2, 3, 3], strides=[2, 2], tag="s2-dropped-tail"),  # output_padding 1
+    conv([1, 2, 7, 5], [2, 2, 2, 2], strides=[3, 2], tag="stride-gt-kernel"),  # output_padding 2/1
+    conv([2, 2, 5, 6], [3, 2, 3, 3], pads=[1, 0, 0, 2], tag="asym-pads"),
+    conv([1, 2, 7, 7], [2, 2, 3, 3], dilations=[2, 2], tag="d2"),
+    conv([1, 2, 8, 7], [3, 2, 3, 2], dilations=[2, 1], strides=[1, 2], pads=[2, 0, 1, 1],
+         tag="d2x1-s1x2-asym"),
+    conv([2, 2, 5, 7], [3, 2, 2, 3], strides=[2, 1], tag="kernel2x3-s2x1"),
+    conv([2, 4, 5, 5], [6, 2, 3, 3], group=2, tag="groups2"),
+    conv([1, 4, 7, 6], [4, 2, 3, 3], group=2, strides=[2, 2], pads=[1, 0, 1, 1], dilations=[1, 2],
+         tag="groups2-s2-d2-asym"),
+    conv([2, 4, 5, 5], [6, 2, 3, 3], bias=False, group=2, tag="groups2-nobias"),
+    conv([2, 3, 5, 5], [3, 1, 3, 3], group=3, pads=[1, 1, 1, 1], tag="depthwise"),
+    conv([1, 3, 6, 5], [6, 1, 3, 3], group=3, strides=[2, 2], tag="depthwise-x2-s2"),
+    conv([2, 3, 4, 4], [5, 3, 1, 1], tag="pointwise"),
+    # ---- Conv 1-D ----
+    conv([2, 3, 9], [4, 3, 3], tag="1d-k3"),
+    conv([2, 3, 10], [4, 3, 3], strides=[2], pads=[1, 2], dilations=[2], tag="1d-s2-d2-asym"),
+    conv([1, 4, 8], [4, 2, 2], group=2, strides=[3], tag="1d-groups2-s3"),
+    conv([2, 2, 7], [2, 1, 3], bias=False, group=2, pads=[1, 1], tag="1d-depthwise-nobias"),
+    # ---- MaxPool (values distinct so that the argmax is stable under +-EPS) ----
+    maxpool([2, 2, 6, 6], "k2s2", kernel_shape=[2, 2], strides=[2, 2]),
+    maxpool([2, 2, 5, 5], "k2s2-odd", kernel_shape=[2, 2], strides=[2, 2]),
+    maxpool([2, 2, 7, 6], "k3s2p1", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    maxpool([1, 2, 5, 5], "k3s1p1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),  # overlapping
+    maxpool([2, 3, 7, 5], "k2x3-s1x2-asym", kernel_shape=[2, 3], strides=[1, 2],
+            pads=[0, 1, 1, 0]),
+    maxpool([1, 2, 7, 7], "k2-d2", kernel_shape=[2, 2], dilations=[2, 2]),
+    maxpool([2, 3, 9], "1d-k3s2p1", kernel_shape=[3], strides=[2], pads=[1, 1]),
+    maxpool([2, 2, 8], "1d-k2s2", kernel_shape=[2], strides=[2]),
+    # ---- AveragePool ----
+    avgpool([2, 2, 6, 6], "k2s2", kernel_shape=[2, 2], strides=[2, 2]),
+    avgpool([2, 2, 5, 5], "k2s2-odd", kernel_shape=[2, 2], strides=[2, 2]),
+    avgpool([1, 2, 7, 5], "k2s3", kernel_shape=[2, 2], strides=[3, 3]),  # inputs no window sees
+    avgpool([2, 2, 5, 6], "k3s1p1-cip0", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            count_include_pad=0),
+    avgpool([2, 2, 5, 6], "k3s1p1-cip1", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            count_include_pad=1),
+    avgpool([2, 2, 7, 6], "k3s2p1-cip0", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+            count_include_pad=0),
+    avgpool([1, 2, 5, 5], "k2s2-same-cip0", kernel_shape=[2, 2], strides=[2, 2],
+            pads=[0, 0, 1, 1], count_include_pad=0),  # what dlc's padding: same gives at 5x5
+    avgpool([2, 2, 6, 5], "k2x3-asym-cip1", kernel_shape=[2, 3], pads=[1, 0, 0, 2],
+            count_include_pad=1),
+    avgpool([2, 3, 9], "1d-k3s2p1-cip0", kernel_shape=[3], strides=[2], pads=[1, 1],
+            count_include_pad=0),
+    avgpool([2, 3, 8], "1d-k2", kernel_shape=[2], strides=[2]),
+    # ---- Pad (constant mode) ----
+    pad([2, 3, 4, 5], [0, 0, 1, 2, 0, 0, 2, 1], "spatial"),
+    pad([2, 3, 4], [0, 0, 1, 0, 0, 0], "1d-begin-only"),
+    pad([2, 3, 4], [0, 1, 0, 1, 0, 3], "channels-and-end"),
+    pad([2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 0, 0], "zero"),
+    pad([2, 3, 4, 5], [0, 0, 1, 1, 0, 0, 1, 1], "value", value=0.5),
+    pad([2, 3, 4, 5], [1, 2, 0, 1], "axes", axes=[2, 3]),
+    pad([2, 3, 4, 5], [2, 0, 1, 1], "axes-negative", axes=[-1, 1]),
+    # ---- ReduceMax ----
+    *[reduce_max([3, 4, 2], ax, kd) for kd in (0, 1) for ax in ((1,), (-1, 0), (0, 1, 2), None)],
+]
+CASES_BY_OP: dict[str, list[Case]] = {}
+for _c in CASES:
+    CASES_BY_OP.setdefault(_c.op, []).append(_c)
+
+
+# ---- harness ------------------------------------------------------------------------------------
+class ConvTranspose(_ReferenceConvTranspose):
+    """onnx 1.23's reference ConvTranspose is wrong for group > 1 (it splits W by output instead
+    of input channels and writes one channel per group): run it per group with group=1."""
+
+    op_domain = ""
+
+    def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None,  # noqa: N803
+             kernel_shape=None, output_padding=None, output_shape=None, pads=None, strides=None):
+        kw = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
+                  output_padding=output_padding, output_shape=output_shape, pads=pads,
+                  strides=strides)
+        if not group or group == 1:
+            return super()._run(X, W, B, group=1, **kw)
+        c = X.shape[1] // group
+        y = np.concatenate([super(ConvTranspose, self)._run(
+            X[:, i * c:(i + 1) * c], W[i * c:(i + 1) * c], None, group=1, **kw)[0]
+            for i in range(group)], axis=1)
+        if B is not None:
+            y = y + B.reshape(1, -1, *[1] * (y.ndim - 2))
+        return (y,)
+
+
+class Evaluator(test_vjp_rules.Evaluator):
+    """test_vjp_rules' evaluator, with the grouped ConvTranspose fix on the reference path."""
+
+    def __init__(self, model: onnx.ModelProto, allow_reference: bool = True):
+        super().__init__(model, allow_reference)
+        if self.reference:
+            self.sess = ReferenceEvaluator(model, new_ops=[Erf, ConvTranspose])
+
+
+def make_feeds(case: Case) -> dict[str, np.ndarray]:
+    """As test_vjp_rules.make_feeds, plus `distinct`: a permutation of an evenly spaced grid, so
+    every max is unique and at least 3 / size away from the runner-up (>> EPS)."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    feeds = {}
+    for i, s in enumerate(case.shapes):
+        if case.domain == "distinct":
+            n = int(np.prod(s))
+            feeds[f"x{i}"] = (rng.permutation(n) / n * 3.0 - 1.5).reshape(s)
+        else:
+            feeds[f"x{i}"] = sample(case.domain, s, rng)
+    return feeds
+
+
+def build_loss_model(case: Case, float_type: str) -> onnx.ModelProto:
+    """build_model's forward and loss without the backward pass (for the finite differences)."""
+    b = Builder(float_type=float_type)
+    xs = [b.input(f"x{i}", float_type, s) for i, s in enumerate(case.shapes)]
+    y = case.build(b, *xs)
+    r = np.random.default_rng(7).uniform(-1.0, 1.0, infer_shapes(b, [y])[0][y])
+    b.output(b.ReduceSum(b.Mul(y, b.const(r)), keepdims=0), "loss", float_type, [])
+    return b.model(f"loss_{case.id}")
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+def test_every_new_rule_has_a_case():
+    assert set(NEW_OPS) <= set(VJP)
+    assert set(CASES_BY_OP) == set(NEW_OPS)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_vjp_matches_finite_differences(case: Case):
+    feeds = make_feeds(case)
+    ev = Evaluator(build_model(case, "float64"))
+    out = ev(feeds)
+    loss_ev = Evaluator(build_loss_model(case, "float64"))
+    assert float(loss_ev(feeds)["loss"]) == pytest.approx(float(out["loss"]), rel=1e-12)
+    for name in feeds:
+        analytic, fd = out[f"d{name}"], fd_grad(loss_ev, feeds, name)
+        assert analytic.shape == fd.shape
+        assert np.abs(fd).max() > 1e-3, f"d{name}: degenerate case, zero gradient"
+        assert err(analytic, fd) < TOL64, f"d{name}: analytic\n{analytic}\nfd\n{fd}"
+    if ev.reference:  # no double kernel in onnxruntime: the float32 graph must run there
+        out32 = Evaluator(build_model(case, "float32"), allow_reference=False)(
+            {k: v.astype(np.float32) for k, v in feeds.items()})
+        for k, v in out.items():
+            assert out32[k].dtype == np.float32 and err(out32[k], v) < TOL32, k
+
+
+def test_reference_path_is_exercised_for_conv_and_avgpool():
+    """The docstring's premise: Conv and AveragePool gradients need the reference evaluator in
+    float64, MaxPool/Pad/ReduceMax run in onnxruntime."""
+    uses_ref = {op: Evaluator(build_model(CASES_BY_OP[op][0], "float64")).reference
+                for op in NEW_OPS}
+    if not (uses_ref["Conv"] or uses_ref["AveragePool"]):
+        pytest.skip("this onnxruntime has float64 Conv/AveragePool kernels")
+    assert not any(uses_ref[op] for op in ("MaxPool", "Pad", "ReduceMax")), uses_ref
+
+
+# ---- cases finite differences cannot settle ------------------------------------------------------
+def _grad_of(build, x: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+    b = Builder(float_type="float64")
+    xi = b.input("x", "float64", list(x.shape))
+    y = build(b, xi)
+    yr = b.Mul(y, b.const(r)) if r is not None else y
+    dx = gradients(b, b.ReduceSum(yr, keepdims=0), [xi])[xi]
+    b.output(dx, "dx", "float64", list(x.shape))
+    return Evaluator(b.model("grad"), allow_reference=False)({"x": x})["dx"]
+
+
+def test_reduce_max_ties_share_the_gradient_evenly():
+    x = np.array([[1.0, 3.0, 3.0, 3.0], [2.0, 2.0, 0.0, -1.0]])
+    dx = _grad_of(lambda b, x: b.ReduceMax(x, b.const(_i64(1)), keepdims=0), x,
+                  np.array([0.6, -0.4]))
+    np.testing.assert_allclose(dx, [[0, 0.2, 0.2, 0.2], [-0.2, -0.2, 0, 0]], rtol=1e-15)
+    dx = _grad_of(lambda b, x: b.ReduceMax(x, keepdims=0), np.full((2, 3), 0.5))
+    np.testing.assert_allclose(dx, np.full((2, 3), 1 / 6), rtol=1e-15)
+
+
+def test_maxpool_tie_goes_to_one_input_and_keeps_the_total():
+    """On a constant input each window's gradient lands on one element (onnxruntime's first
+    index); the total is preserved. Overlapping windows accumulate (ScatterElements add)."""
+    x = np.ones((1, 1, 4, 4))
+    dx = _grad_of(lambda b, x: b.MaxPool(x, kernel_shape=[2, 2], strides=[2, 2], outputs=2)[0], x)
+    assert dx.sum() == 4 and set(np.unique(dx)) == {0.0, 1.0}
+    dx = _grad_of(lambda b, x: b.MaxPool(x, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                         outputs=2)[0], np.arange(16.0).reshape(1, 1, 4, 4))
+    expected = np.zeros((4, 4))  # each 3x3 window's max is its bottom-right corner
+    for i in range(4):
+        for j in range(4):
+            expected[min(i + 1, 3), min(j + 1, 3)] += 1
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_maxpool_without_indices_is_refused():
+    b = Builder(float_type="float64")
+    x = b.input("x", "float64", [1, 1, 4, 4])
+    loss = b.ReduceSum(b.MaxPool(x, kernel_shape=[2, 2]), keepdims=0)
+    with pytest.raises(NotImplementedError, match="Indices"):
+        gradients(b, loss, [x])
+
+
+@pytest.mark.parametrize("how", ["edge-mode", "runtime-pads", "negative-pads"])
+def test_pad_outside_constant_mode_is_refused(how):
+    b = Builder(float_type="float64")
+    x = b.input("x", "float64", [2, 3])
+    if how == "edge-mode":
+        y = b.Pad(x, b.const(_i64(1, 1, 1, 1)), mode="edge")
+    elif how == "runtime-pads":
+        y = b.Pad(x, b.Concat(b.Shape(x), b.Shape(x), axis=0))  # pads not a constant
+    else:  # a crop: the gradient would be a pad, not a slice
+        y = b.Pad(x, b.const(_i64(0, -1, 1, 0)))
+    with pytest.raises(NotImplementedError, match="Pad"):
+        gradients(b, b.ReduceSum(y, keepdims=0), [x])
