@@ -33,9 +33,11 @@ def _i64(*v):
 
 
 def conv(shape_x, shape_w, bias=True, tag="", **attrs):
-    """Conv case: x and w (and b) are all differentiable inputs."""
+    """Conv case: x and w (and b) are all differentiable inputs. bias=None: an empty input slot
+    (`b.Conv(x, w, None)`, as dlc's conv layer emits with use_bias: false)."""
     shapes = (shape_x, shape_w) + (([shape_w[0]],) if bias else ())
-    return C("Conv", lambda b, *xs: b.Conv(*xs, **attrs), *shapes,
+    empty = (None,) if bias is None else ()
+    return C("Conv", lambda b, *xs: b.Conv(*xs, *empty, **attrs), *shapes,
              tag=tag or "-".join(f"{k}{v}" for k, v in attrs.items()) + ("" if bias else "-nobias"))
 
 
@@ -81,6 +83,8 @@ CASES = [
     conv([1, 4, 7, 6], [4, 2, 3, 3], group=2, strides=[2, 2], pads=[1, 0, 1, 1], dilations=[1, 2],
          tag="groups2-s2-d2-asym"),
     conv([2, 4, 5, 5], [6, 2, 3, 3], bias=False, group=2, tag="groups2-nobias"),
+    conv([2, 4, 5, 5], [4, 2, 3, 3], bias=None, group=2, tag="groups2-empty-bias-slot"),
+    conv([2, 3, 6], [2, 3, 2], bias=None, strides=[2], tag="1d-empty-bias-slot"),
     conv([2, 3, 5, 5], [3, 1, 3, 3], group=3, pads=[1, 1, 1, 1], tag="depthwise"),
     conv([1, 3, 6, 5], [6, 1, 3, 3], group=3, strides=[2, 2], tag="depthwise-x2-s2"),
     conv([2, 3, 4, 4], [5, 3, 1, 1], tag="pointwise"),

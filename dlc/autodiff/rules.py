@@ -252,8 +252,8 @@ def _conv(ad, n, g):  # dX by ConvTranspose with the same weights; dW by a Conv;
     gx = ad.b.ConvTranspose(g[0], w, strides=s, pads=p, dilations=d, group=groups,
                             output_padding=_output_padding(xs, ys, ws[2:], s, d, p))
     gw = _conv_weight_grad(ad, x, g[0], ws, s, d, p, groups)
-    if len(n.input) < 3 or not n.input[2]:
-        return gx, gw
+    if len(n.input) < 3 or not n.input[2]:  # no bias, or an empty optional-input slot
+        return (gx, gw, None)[:len(n.input)]
     return gx, gw, ad.b.ReduceSum(g[0], ad.b.const([0, *range(2, rank)]), keepdims=0)
 
 

@@ -19,7 +19,7 @@ from dlc.fileio import write_bytes
 def save(path: Path, trainer) -> None:
     st = trainer.state
     arrays = {f"param/{k}": v for k, v in trainer.params.items()}
-    arrays.update({f"state/{k}": v for k, v in st.states.items()})
+    arrays.update({f"state/{k}": v for k, v in trainer.opt_states.items()})
     best = None
     if st.best:
         arrays.update({f"best/{k}": v for k, v in st.best["params"].items()})
@@ -42,13 +42,13 @@ def load(path: Path, trainer) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise DlcError(f"cannot read checkpoint {path}: {e}") from None
     st = trainer.state
-    params, states = trainer.params, dict(st.states)
+    params, states = trainer.params, trainer.opt_states
     for group, target in (("param", params), ("state", states)):
         for k in target:
             if f"{group}/{k}" not in arrays or arrays[f"{group}/{k}"].shape != target[k].shape:
                 raise DlcError(f"checkpoint {path} does not match the spec: {group} {k}")
             target[k] = arrays[f"{group}/{k}"]
-    trainer.params, st.states = params, states
+    trainer.params, trainer.opt_states = params, states
     st.epoch, st.step, st.history = meta["epoch"], meta["step"], meta["history"]
     st.rng.bit_generator.state = meta["rng"]
     st.bad_epochs = meta["bad_epochs"]

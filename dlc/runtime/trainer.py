@@ -19,6 +19,7 @@ from dlc.errors import DlcError
 from dlc.network import Network
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
+from dlc.runtime.stepper import BoundStepper, HostStepper
 from dlc.trainstep import build_eval_step, build_train_step
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
@@ -31,9 +32,8 @@ class Diverged(DlcError):
 
 @dataclass
 class TrainState:
-    flat: np.ndarray  # every trainable parameter, in the train graph's flat layout
-    buffers: dict[str, np.ndarray]  # running statistics
-    states: dict[str, np.ndarray]  # optimizer states, flat like `flat`
+    """The loop's own state; parameters and optimizer states live in the stepper."""
+
     rng: np.random.Generator
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
@@ -58,10 +58,13 @@ class Trainer:
         self.step_graph, self.eval_graph = build_train_step(net), build_eval_step(net)
         self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
         self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
-        self.out_names = [o.name for o in self.sess.get_outputs()]
-        self.state = TrainState(np.zeros(0, np.float32), {}, {}, np.random.default_rng(seed))
-        self.params = net.init_params(seed)
-        self.state.states = {s: np.zeros_like(self.state.flat) for s in self.step_graph.states}
+        self.state = TrainState(np.random.default_rng(seed))
+        params, step = net.init_params(seed), self.step_graph
+        persistent = {"params": step.pack(params),
+                      **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
+                      **{p.name: params[p.name] for p in net.params if not p.trainable}}
+        self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1])
+                        if device[0] == "cuda" else HostStepper(self.sess, persistent))
         n, bs = len(dataset.train.x), self.cfg["batch_size"]
         self.steps_per_epoch = math.ceil(n / bs)
         self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
@@ -70,20 +73,32 @@ class Trainer:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """Every parameter by name (views into the flat vector, and the buffers)."""
-        return {**self.step_graph.unpack(self.state.flat), **self.state.buffers}
+        """Every parameter by name (views of the flat vector, and the buffers)."""
+        buffers = {p.name: self.stepper.get(p.name) for p in self.net.params if not p.trainable}
+        return {**self.step_graph.unpack(self.stepper.get("params")), **buffers}
 
     @params.setter
     def params(self, values: dict[str, np.ndarray]) -> None:
-        self.state.flat = self.step_graph.pack(values)
-        self.state.buffers = {p.name: values[p.name] for p in self.net.params if not p.trainable}
+        self.stepper.set("params", self.step_graph.pack(values))
+        for p in self.net.params:
+            if not p.trainable:
+                self.stepper.set(p.name, values[p.name])
+
+    @property
+    def opt_states(self) -> dict[str, np.ndarray]:
+        """Optimizer states by name ("m", "v", ...), each flat like the parameters."""
+        return {s: self.stepper.get(f"state.{s}") for s in self.step_graph.states}
+
+    @opt_states.setter
+    def opt_states(self, values: dict[str, np.ndarray]) -> None:
+        for s in self.step_graph.states:
+            self.stepper.set(f"state.{s}", values[s])
 
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
         feeds = {"x": xb, "y": yb, "lr": np.array(lr, np.float32),
-                 "step": np.array(st.step + 1, np.float32), "params": st.flat, **st.buffers,
-                 **{f"state.{s}": v for s, v in st.states.items()}}
+                 "step": np.array(st.step + 1, np.float32)}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
         return feeds
@@ -99,15 +114,13 @@ class Trainer:
             xb = augment(xb, aug, st.rng) if aug else xb
             feeds = self._feeds(xb, train.y[idx], self.schedule.lr(st.epoch, i))
             t0 = time.perf_counter()
-            out = dict(zip(self.out_names, self.sess.run(None, feeds)))
+            out = self.stepper.run(feeds)
             seconds += time.perf_counter() - t0
             loss, norm = float(out["loss"]), float(out["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise Diverged(f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: "
                                f"loss {loss}, gradient norm {norm}")
-            st.flat = out["params.new"]
-            st.buffers = {p: out[f"{p}.new"] for p in st.buffers}
-            st.states = {s: out[f"state.{s}.new"] for s in st.states}
+            self.stepper.commit()
             st.step += 1
             losses.append(loss * len(idx))
             outputs.append(out["logits"])
