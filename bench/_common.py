@@ -52,3 +52,36 @@ def versions() -> dict:
     except ImportError:
         out["torch"] = None
     return out
+
+
+class ForeignLoad:
+    """Share of the machine's CPU time used by OTHER processes between start() and stop()
+    (Linux /proc/stat minus this process's own user+system time); None where unavailable.
+    A value well above 0 means the timing was disturbed by concurrent work."""
+
+    def __init__(self, children: bool = False):
+        self.children = children  # count waited-for child processes as our own
+
+    def _snap(self):
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        t = os.times()
+        own = t.user + t.system + (t.children_user + t.children_system if self.children else 0)
+        return sum(vals[:8]) / hz, (sum(vals[:8]) - idle) / hz, own
+
+    def __enter__(self):
+        self.a = self._snap()
+        self.value = None
+        return self
+
+    def __exit__(self, *exc):
+        b = self._snap()
+        if self.a and b and b[0] > self.a[0]:
+            total, busy, own = (b[i] - self.a[i] for i in range(3))
+            self.value = max(0.0, (busy - own) / total)
+        return False

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_SPEC, cores, load, versions  # noqa: E402
+from _common import DEFAULT_SPEC, ForeignLoad, cores, load, versions  # noqa: E402
 
 US = 1e6
 
@@ -408,6 +408,7 @@ def main() -> None:
 
     # rounds: each measurement once per round, so load drift hits all of them alike
     rounds = defaultdict(list)
+    foreign = ForeignLoad().__enter__()
     for _ in range(args.rounds):
         rounds["epoch_per_step"].append(epochs_per_step())
         for k, v in breakdown(t, args.epochs).items():
@@ -439,7 +440,9 @@ def main() -> None:
         out["update_only_what_if"] = update_microbench(t, args.steps, args.rounds)
     if not args.no_ort_profile:
         out["ort_profile"] = ort_profile(model_bytes, feeds, args.steps)
+    foreign.__exit__(None, None, None)
     out["loadavg_1min"] = round(os.getloadavg()[0], 2)
+    out["foreign_cpu_share"] = None if foreign.value is None else round(foreign.value, 3)
     out.update({k: v for k, v in versions().items() if k != "torch"})
     print(json.dumps(out), flush=True)
 

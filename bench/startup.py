@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_SPEC, ROOT, cores  # noqa: E402
+from _common import DEFAULT_SPEC, ROOT, ForeignLoad, cores  # noqa: E402
 
 WATCH = ["numpy", "onnxruntime", "onnx", "torch", "sklearn", "scipy", "rich", "typer",
          "jsonschema", "yaml"]
@@ -103,8 +103,9 @@ def main() -> None:
     base = base_command(args.via)
     spec = args.spec.resolve()
     commands = {"help": [*base, "--help"], "validate": [*base, "validate", str(spec)]}
-    results = {name: time_runs(cmd, args.runs, args.warmup) for name, cmd in commands.items()}
-    baseline = time_runs([sys.executable, "-c", "pass"], args.runs, args.warmup)
+    with ForeignLoad(children=True) as fl:
+        results = {name: time_runs(cmd, args.runs, args.warmup) for name, cmd in commands.items()}
+        baseline = time_runs([sys.executable, "-c", "pass"], args.runs, args.warmup)
     check = import_check(["validate", str(spec)])
     help_check = import_check(["--help"])
     out = {"bench": "startup", "cores": cores(), "runs": args.runs, "warmup": args.warmup,
@@ -116,6 +117,7 @@ def main() -> None:
            "validate_import_check": check,
            "help_import_check": help_check,
            "loadavg_1min": round(os.getloadavg()[0], 2),
+           "foreign_cpu_share": None if fl.value is None else round(fl.value, 3),
            "python": sys.version.split()[0]}
     print(json.dumps(out), flush=True)
     if not args.json_only:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_SPEC, cores, load, versions  # noqa: E402
+from _common import DEFAULT_SPEC, ForeignLoad, cores, load, versions  # noqa: E402
 
 THREADS = cores()  # --threads overrides (both frameworks)
 
@@ -51,18 +51,19 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
         _set_threads(t, THREADS)
     setup = time.perf_counter() - t0
     run_seconds, seen = 0.0, 0
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        row = t.train_epoch()
-        seen += len(ds.train.x)
-        run_seconds += len(ds.train.x) / row["samples_per_s"]  # time inside session.run only
-        if t.end_epoch(row):  # increments state.epoch, schedule + early stopping bookkeeping
-            break
-    wall = time.perf_counter() - t0
+    with ForeignLoad() as fl:
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            row = t.train_epoch()
+            seen += len(ds.train.x)
+            run_seconds += len(ds.train.x) / row["samples_per_s"]  # time inside session.run only
+            if t.end_epoch(row):  # increments state.epoch, schedule + early stopping bookkeeping
+                break
+        wall = time.perf_counter() - t0
     acc = t.evaluate(ds.test, "test", t.final_params()).get("test_accuracy") if ds.test else None
     return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall,
             "run_only_samples_per_s": seen / run_seconds, "setup_s": setup,
-            "test_acc": acc, "steps": t.state.step}
+            "test_acc": acc, "steps": t.state.step, "foreign_load": fl.value}
 
 
 def _set_threads(t, threads: int) -> None:
@@ -108,7 +109,7 @@ def torch_model(net, init: dict):
                     lin.bias.copy_(torch.from_numpy(init[f"{layer.name}.bias"]))
             mods.append(lin)
             act = cfg.get("activation", "linear")
-            if act not in _ACT:
+            if act not in _ACT or any(k in cfg for k in ("alpha", "approximate")):
                 raise NotImplementedError(f"activation {act}")
             if _ACT[act]:
                 mods.append(getattr(torch.nn, _ACT[act])())
@@ -163,27 +164,33 @@ def torch_run(net, ds, spec, epochs: int, seed: int = 0) -> dict:
     n, bs = len(x), train_cfg["batch_size"]
     seen = 0
     model.train()
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(n)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            opt.zero_grad(set_to_none=True)
-            loss = lossf(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-    wall = time.perf_counter() - t0
+    with ForeignLoad() as fl:
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            perm = torch.randperm(n)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                opt.zero_grad(set_to_none=True)
+                loss = lossf(model(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                seen += len(idx)
+        wall = time.perf_counter() - t0
     acc = None
     if ds.test is not None:
         model.eval()
         with torch.no_grad():
             pred = model(torch.from_numpy(ds.test.x)).argmax(1).numpy()
         acc = float((pred == ds.test.y).mean())
-    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall, "test_acc": acc}
+    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall, "test_acc": acc,
+            "foreign_load": fl.value}
 
 
 # ---------------------------------------------------------------- main --------------------------
+def _r(v):
+    return None if v is None else round(v, 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
@@ -217,15 +224,16 @@ def main() -> None:
         except NotImplementedError as e:
             torch_skip = str(e)
 
+    seed = int(spec.data["train"].get("seed", 0))
     dlc_warmup(net, ds)
     if torch is not None and torch_skip is None:
         torch_run(net, ds, spec, 1, seed=1)
 
     dlc_runs, torch_runs = [], []
     for _ in range(args.repeats):
-        dlc_runs.append(dlc_run(net, ds, args.epochs))
+        dlc_runs.append(dlc_run(net, ds, args.epochs, seed))
         if torch is not None and torch_skip is None:
-            torch_runs.append(torch_run(net, ds, spec, args.epochs))
+            torch_runs.append(torch_run(net, ds, spec, args.epochs, seed))
 
     def med(runs, key):
         return statistics.median(r[key] for r in runs)
@@ -248,6 +256,8 @@ def main() -> None:
            "threads": {"dlc_intra_op": THREADS,
                        "torch": torch.get_num_threads() if torch is not None else None},
            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+           "foreign_cpu_share": {"dlc": [_r(r["foreign_load"]) for r in dlc_runs],
+                                 "torch": [_r(r["foreign_load"]) for r in torch_runs]},
            "onnxruntime": v["onnxruntime"], "torch": v["torch"], "numpy": v["numpy"]}
     if torch_runs:
         tps = med(torch_runs, "samples_per_s")

@@ -128,8 +128,8 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
 
 
 @app.command()
-def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH "
-                                                                      "or npz:PATH"),
+def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH, "
+                                                                      "npz:PATH or folder:PATH"),
              output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
              batch_size: int = typer.Option(1024, min=1), device: str = "cpu"):
     """Metrics of a trained model on a data source (with targets)."""
@@ -152,7 +152,7 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
 
 
 @app.command()
-def predict(model: str, input: str = typer.Argument(..., help="CSV or NPZ of raw inputs."),
+def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a folder of images: raw inputs."),
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help=".csv, .npz or .json (default: csv to "
                                                       "stdout)"),

@@ -79,3 +79,51 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cli, tmp_path):
     assert r.code == 1, r
     assert "training diverged at epoch 3, step" in r.err and "epoch 2" in r.err, r
     assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_checkpoint_every_keep_and_best(cli, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", SPECS / "iris.yaml", "--out", out, "-q", "--epochs", "7",
+            "--set", "train.checkpoint={every: 2, keep: 2, best: true}")
+    assert r.code == 0, r
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["best.npz", "epoch-0006.npz", "epoch-0007.npz"], kept
+    with np.load(out / "checkpoint.npz") as z:
+        assert json.loads(z["meta"].tobytes())["epoch"] == 7
+    with np.load(out / "checkpoints" / "best.npz") as z:
+        meta = json.loads(z["meta"].tobytes())
+    assert meta["best"]["epoch"] == meta["epoch"]
+
+
+def test_divergence_skip_drops_only_bad_steps(cli, tmp_path, monkeypatch):
+    from dlc.runtime.stepper import HostStepper
+
+    run, calls = HostStepper.run, []
+
+    def every_third_step_nan(self, feeds):
+        out = run(self, feeds)
+        calls.append(1)
+        return {**out, "loss": np.float32("nan")} if len(calls) % 3 == 0 else out
+
+    monkeypatch.setattr(HostStepper, "run", every_third_step_nan)
+    r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "skip", "-q", "--epochs", "2",
+            "--set", "train.on_divergence.action=skip")
+    assert r.code == 0, r
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["skipped_steps"] == len(calls) // 3 > 0
+    assert np.isfinite(summary["test"]["r2"])
+    calls.clear()
+    r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "stop", "-q", "--epochs", "2")
+    assert r.code == 1 and "training diverged at epoch 1, step 3: loss nan" in r.err, r
+
+
+def test_divergence_retry_halves_the_learning_rate(cli, tmp_path):
+    common = ["-q", "--epochs", "2", "--set", "train.optimizer.type=sgd"]
+    r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "retry", *common,
+            "--set", "train.optimizer.lr=1e30", "--set", "train.on_divergence={action: retry, "
+            "retries: 2}")
+    assert r.code == 1 and "training diverged" in r.err, r
+    r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "retry2", *common,
+            "--set", "train.optimizer.lr=0.3", "--set", "train.on_divergence={action: retry, "
+            "retries: 8}")
+    assert r.code == 0, r

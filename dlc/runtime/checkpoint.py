@@ -17,6 +17,29 @@ from dlc.fileio import write_bytes
 
 
 def save(path: Path, trainer) -> None:
+    write_bytes(path, to_bytes(trainer))
+
+
+def save_epoch(run: Path, trainer, cfg: dict) -> None:
+    """After an epoch: checkpoint.npz every `every` epochs (and at the last one), a copy per
+    epoch in checkpoints/ keeping the last `keep`, and checkpoints/best.npz for the best epoch."""
+    st = trainer.state
+    if st.epoch % cfg.get("every", 1) and st.epoch < trainer.cfg["epochs"]:
+        return
+    data = to_bytes(trainer)
+    write_bytes(run / "checkpoint.npz", data)
+    keep, folder = cfg.get("keep", 0), run / "checkpoints"
+    if keep or cfg.get("best", True):
+        folder.mkdir(exist_ok=True)
+    if keep:
+        write_bytes(folder / f"epoch-{st.epoch:04d}.npz", data)
+        for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
+            old.unlink()
+    if cfg.get("best", True) and st.best and st.best["epoch"] == st.epoch:
+        write_bytes(folder / "best.npz", data)
+
+
+def to_bytes(trainer) -> bytes:
     st = trainer.state
     arrays = {f"param/{k}": v for k, v in trainer.params.items()}
     arrays.update({f"state/{k}": v for k, v in trainer.opt_states.items()})
@@ -26,11 +49,11 @@ def save(path: Path, trainer) -> None:
         best = {"epoch": st.best["epoch"], "value": st.best["value"]}
     meta = {"epoch": st.epoch, "step": st.step, "rng": st.rng.bit_generator.state,
             "schedule": trainer.schedule.state(), "history": st.history, "best": best,
-            "bad_epochs": st.bad_epochs}
+            "bad_epochs": st.bad_epochs, "skipped_steps": st.skipped_steps}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def load(path: Path, trainer) -> None:
@@ -51,7 +74,7 @@ def load(path: Path, trainer) -> None:
     trainer.params, trainer.opt_states = params, states
     st.epoch, st.step, st.history = meta["epoch"], meta["step"], meta["history"]
     st.rng.bit_generator.state = meta["rng"]
-    st.bad_epochs = meta["bad_epochs"]
+    st.bad_epochs, st.skipped_steps = meta["bad_epochs"], meta.get("skipped_steps", 0)
     trainer.schedule.load_state(meta["schedule"])
     if meta["best"]:
         st.best = {**meta["best"], "params": {k: arrays[f"best/{k}"] for k in params}}

@@ -75,7 +75,8 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
 def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
     from dlc.data import read_inputs
 
-    x = read_inputs(Path(input_path), model.features, model.spec["input"]["shape"])
+    layout = (model.spec.get("data") or {}).get("layout", "nchw")
+    x = read_inputs(Path(input_path), model.features, model.spec["input"]["shape"], layout)
     return model.run(x, batch_size)
 
 

@@ -124,7 +124,7 @@ def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bo
         write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
 
     def save(t: Trainer) -> None:
-        checkpoint.save(path / "checkpoint.npz", t)
+        checkpoint.save_epoch(path, t, cfg.get("checkpoint", {}))
         write_metrics_csv(path / "metrics.csv", t.state.history)
 
     t0 = time.perf_counter()
@@ -153,6 +153,8 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
                              for k, v in trainer.evaluate(split, name, params).items()}
     if trainer.state.best:
         summary["best_epoch"] = trainer.state.best["epoch"]
+    if trainer.state.skipped_steps:
+        summary["skipped_steps"] = trainer.state.skipped_steps
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
             "labels": labels, "features": spec.data["input"].get("features") or dataset.features}
     model = inference_model(spec, net, params, dataset.norm, meta={k: v for k, v in meta.items()

@@ -8,12 +8,15 @@ import math
 class Schedule:
     def __init__(self, cfg: dict, base_lr: float, epochs: int, steps_per_epoch: int):
         self.cfg, self.base, self.epochs, self.spe = cfg, base_lr, epochs, steps_per_epoch
-        self.scale = 1.0  # plateau: multiplied by `factor` after `patience` flat epochs
+        self.scale = 1.0  # multiplies every lr: plateau's factor, divergence retries' halving
         self.best: float | None = None
         self.bad_epochs = 0
 
     def lr(self, epoch: int, i: int) -> float:
         """Learning rate for step i (0-based) of epoch `epoch` (0-based)."""
+        return self.scale * self._unscaled(epoch, i)
+
+    def _unscaled(self, epoch: int, i: int) -> float:
         c, step = self.cfg, epoch * self.spe + i
         warm = int(round(c.get("warmup_epochs", 0) * self.spe))
         if step < warm:
@@ -27,7 +30,7 @@ class Schedule:
             total = max(self.epochs * self.spe - warm, 1)
             lo = c.get("min_lr", 0.0)
             return lo + (self.base - lo) * 0.5 * (1 + math.cos(math.pi * (step - warm) / total))
-        return self.base * self.scale
+        return self.base
 
     def end_epoch(self, value: float, lower_is_better: bool) -> None:
         """Plateau bookkeeping on the monitored value."""

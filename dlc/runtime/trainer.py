@@ -40,6 +40,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # {"epoch", "value", "params"}
     bad_epochs: int = 0
+    skipped_steps: int = 0  # steps dropped for a non-finite loss (on_divergence: skip)
 
 
 def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
@@ -103,31 +104,47 @@ class Trainer:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
         return feeds
 
+    def _finite(self, out: dict) -> bool:
+        """True for a usable step; False to skip it (on_divergence: skip); else raise.
+        Called after the step count moved on: `st.step` is the 1-based number of this step."""
+        loss, norm = float(out["loss"]), float(out["grad_norm"])
+        if math.isfinite(loss) and math.isfinite(norm):
+            return True
+        st = self.state
+        message = (f"training diverged at epoch {st.epoch + 1}, step {st.step}: "
+                   f"loss {loss}, gradient norm {norm}")
+        if self.cfg.get("on_divergence", {}).get("action", "stop") != "skip":
+            raise Diverged(message)
+        st.skipped_steps += 1
+        return False
+
     def train_epoch(self, on_step=None) -> dict:
         st, train = self.state, self.data.train
         bs, n = self.cfg["batch_size"], len(train.x)
+        aug = (self.net.spec.get("data") or {}).get("augment")
         order = st.rng.permutation(n)
-        losses, outputs, seconds = [], [], 0.0
+        losses, outputs, kept, seconds = [], [], [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            xb, aug = train.x[idx], (self.net.spec.get("data") or {}).get("augment")
-            xb = augment(xb, aug, st.rng) if aug else xb
+            xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
             feeds = self._feeds(xb, train.y[idx], self.schedule.lr(st.epoch, i))
             t0 = time.perf_counter()
             out = self.stepper.run(feeds)
             seconds += time.perf_counter() - t0
-            loss, norm = float(out["loss"]), float(out["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                raise Diverged(f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: "
-                               f"loss {loss}, gradient norm {norm}")
-            self.stepper.commit()
             st.step += 1
-            losses.append(loss * len(idx))
+            if not self._finite(out):
+                continue
+            self.stepper.commit()
+            losses.append(float(out["loss"]) * len(idx))
             outputs.append(out["logits"])
+            kept.append(idx)
             if on_step:
-                on_step(i + 1, self.steps_per_epoch, loss)
-        row = {"train_loss": sum(losses) / n}
-        row.update(self._named(M.compute(self.net.kind, train.y[order], np.concatenate(outputs)),
+                on_step(i + 1, self.steps_per_epoch, float(out["loss"]))
+        if not kept:
+            raise Diverged(f"every step of epoch {st.epoch + 1} diverged")
+        used = np.concatenate(kept)
+        row = {"train_loss": sum(losses) / len(used)}
+        row.update(self._named(M.compute(self.net.kind, train.y[used], np.concatenate(outputs)),
                                "train"))
         row["samples_per_s"] = n / seconds if seconds else 0.0
         return row
@@ -176,11 +193,37 @@ class Trainer:
             return self.state.best["params"]
         return self.params
 
+    def _snapshot(self) -> dict:
+        st = self.state
+        return {"params": self.params, "opt": self.opt_states, "step": st.step,
+                "rng": st.rng.bit_generator.state}
+
+    def _restore(self, snap: dict) -> None:
+        self.params, self.opt_states = snap["params"], snap["opt"]
+        self.state.step, self.state.rng.bit_generator.state = snap["step"], snap["rng"]
+
+    def _epoch_with_retries(self, reporter) -> dict:
+        """One training epoch; on divergence with action retry, restart it at half the lr."""
+        policy = self.cfg.get("on_divergence", {})
+        retries = policy.get("retries", 3) if policy.get("action") == "retry" else 0
+        snap = self._snapshot() if retries else None
+        while True:
+            try:
+                return self.train_epoch(reporter.step)
+            except Diverged as e:
+                if retries == 0:
+                    raise
+                retries -= 1
+                self._restore(snap)
+                self.schedule.scale *= 0.5
+                reporter.note(f"{e}; retrying epoch {self.state.epoch + 1} with the learning "
+                              f"rate halved (x{self.schedule.scale:g})")
+
     def fit(self, reporter, on_epoch_end=None) -> None:
         while self.state.epoch < self.cfg["epochs"]:
             t0 = time.perf_counter()
             reporter.start_epoch(self.state.epoch + 1, self.cfg["epochs"], self.steps_per_epoch)
-            row = self.train_epoch(reporter.step)
+            row = self._epoch_with_retries(reporter)
             if self.data.val is not None:
                 row.update(self.evaluate(self.data.val, "val"))
             row["lr"] = self.schedule.lr(self.state.epoch, self.steps_per_epoch - 1)
