@@ -22,6 +22,7 @@ OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
 
 def lower_body(b: Builder, net: Network, x: str, params: dict[str, str], ctx: Ctx) -> str:
     """Emit every layer of the body in order; return the logits tensor."""
+    ctx.source = ctx.source or x
     for layer, in_shape in zip(net.layers, net.in_shapes):
         with b.scope(layer.name):
             x = layer.lower(b, x, params, ctx, in_shape)
@@ -57,7 +58,7 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
                     meta: dict | None = None) -> onnx.ModelProto:
     """The self-contained inference model: raw input in, named outputs out, weights inside."""
     b = Builder()
-    x = b.input("input", "float32", ["N", *net.input_shape])
+    x = b.input("input", net.input_dtype, ["N", *net.input_shape])
     x = normalize_input(b, x, norm, net.input_shape)
     params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
     logits = lower_body(b, net, x, params, Ctx(training=False))

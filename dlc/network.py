@@ -34,6 +34,10 @@ class Network:
         return tuple(self.spec["input"]["shape"])
 
     @property
+    def input_dtype(self) -> str:
+        return self.spec["input"].get("dtype", "float32")
+
+    @property
     def output_shape(self) -> Shape:
         return self.out_shapes[-1] if self.out_shapes else self.input_shape
 

@@ -60,7 +60,7 @@ def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
 
 
 def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]):
-    x = b.input("x", "float32", ["N", *net.input_shape])
+    x = b.input("x", net.input_dtype, ["N", *net.input_shape])
     y = b.input("y", *target_spec(net))
     logits = lower_body(b, net, x, params, ctx)
     return logits, losses.loss(b, net.spec["task"], logits, y, net.output_shape[0])

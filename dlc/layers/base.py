@@ -33,6 +33,7 @@ class Ctx:
     training: bool = False
     noise: Callable[[str, Shape], str] | None = None  # (layer name, per-sample shape) -> U[0,1) input
     updates: dict[str, str] = field(default_factory=dict)  # buffer name -> its new value (training)
+    source: str = ""  # the model's raw input tensor (e.g. token ids, for padding masks)
 
 
 @dataclass

@@ -8,16 +8,17 @@ from dlc.layers.init import initializer
 
 
 class Dense(Layer):
-    """y = act(x W + b), W: [in, units]. Input: (features,). Output: (units,)."""
+    """y = act(x W + b), W: [in, units], over the last axis (Keras' Dense).
+    Input: (..., features). Output: (..., units)."""
 
     def output_shape(self, in_shape: Shape) -> Shape:
-        if len(in_shape) != 1:
-            raise ShapeError(f"dense takes a flat input, got shape {list(in_shape)}; "
-                             "add {type: flatten} before it")
-        return (self.cfg["units"],)
+        if len(in_shape) > 2:
+            raise ShapeError(f"dense takes (features,) or (steps, features), got shape "
+                             f"{list(in_shape)}; add {{type: flatten}} before it")
+        return (*in_shape[:-1], self.cfg["units"])
 
     def params(self, in_shape: Shape) -> list[Param]:
-        fan_in, units = in_shape[0], self.cfg["units"]
+        fan_in, units = in_shape[-1], self.cfg["units"]
         init = self.cfg.get("initializer", "auto")
         if init == "auto":
             init = activations.AUTO_INIT.get(self.cfg.get("activation", "linear"), "glorot_uniform")
@@ -27,11 +28,17 @@ class Dense(Layer):
         return params
 
     def flops(self, in_shape: Shape) -> int:
-        act = self.cfg.get("activation", "linear")
-        return 2 * in_shape[0] * self.cfg["units"] + (0 if act == "linear" else self.cfg["units"])
+        act, rows = self.cfg.get("activation", "linear"), numel(in_shape[:-1])
+        return rows * (2 * in_shape[-1] * self.cfg["units"]
+                       + (0 if act == "linear" else self.cfg["units"]))
 
     def lower(self, b, x, p, ctx, in_shape):
-        y = b.Gemm(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"))
+        w, bias = p[f"{self.name}.weight"], p.get(f"{self.name}.bias")
+        if len(in_shape) == 1:
+            y = b.Gemm(x, w, bias)
+        else:
+            y = b.MatMul(x, w)
+            y = b.Add(y, bias) if bias else y
         return activations.apply(b, y, self.cfg.get("activation", "linear"), self.cfg)
 
 
