@@ -85,7 +85,7 @@ BROKEN_SPECS = [
     ("input-missing-shape", mutate("  shape: [64]", "  dtype: float32"), 4,
      "missing required key 'shape'"),
     ("input-dtype", mutate("  shape: [64]", "  shape: [64]\n  dtype: float16"), 5,
-     "expected one of float32; got 'float16'"),
+     "expected one of float32, int64; got 'float16'"),
     # --- layers ---
     ("misspelt-layer-type",
      mutate("  - type: dense\n    units: 10", "  - type: dnese\n    units: 10"),

@@ -36,8 +36,9 @@ SEMANTIC = [  # (id, layers/task text replacing the digits MLP's, line, message)
      "layers:\n  - {type: dense, units: 8}\n  - {type: softmax}\ntask: {kind: regression}\n", 6,
      "softmax as the output of a regression task"),
     ("dense-after-reshape",
-     "layers:\n  - {type: reshape, shape: [8, 8]}\n  - {type: dense, units: 3}\n"
-     "task: {kind: classification}\n", 6, "dense takes a flat input, got shape [8, 8]"),
+     "layers:\n  - {type: reshape, shape: [4, 4, 4]}\n  - {type: dense, units: 3}\n"
+     "task: {kind: classification}\n", 6, "dense takes (features,) or (steps, features), got "
+     "shape [4, 4, 4]"),
     ("bad-reshape", "layers:\n  - {type: reshape, shape: [7, 9]}\n  - {type: flatten}\n"
      "task: {kind: classification}\n", 5, "cannot reshape [64] (64 values) to [7, 9]"),
     ("binary-two-units", "layers:\n  - {type: dense, units: 2}\ntask: {kind: binary}\n", 5,

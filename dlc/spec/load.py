@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dlc.errors import Diagnostic, DlcError, SpecError
+from dlc.spec.expand import expand
 from dlc.spec.schema import fill_defaults, render_path, show, validate
 from dlc.spec.yamlload import Loaded, parse_yaml
 
@@ -171,6 +172,9 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
     _check_top(loaded, filename)
     applied = _apply_overrides(loaded, overrides, filename, text) if overrides else []
     spec = Spec(loaded.data, text, filename, loaded.positions, loaded.key_positions)
+    diagnostics = expand(spec.data, spec.positions, spec.key_positions, filename)
+    if diagnostics:
+        raise SpecError(diagnostics)
     diagnostics = _schema_diagnostics(spec, applied)
     if diagnostics:
         raise SpecError(diagnostics)
