@@ -169,6 +169,28 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
 
 
 @app.command()
+def expand(spec: str, set_: Optional[List[str]] = SetOpt):
+    """Print the spec with blocks expanded and every default filled."""
+    import yaml
+
+    data = dict(_load(spec, set_).data)
+    data.pop("blocks", None)
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+@app.command()
+def graph(spec: str, output: str = typer.Option("graph.svg", "-o", "--output",
+                                               help=".dot, .svg, .png or .pdf")):
+    """Draw the layer graph (Graphviz's dot renders svg/png/pdf)."""
+    from pathlib import Path
+
+    from dlc.drawing import render, to_dot
+
+    render(to_dot(_load(spec)), Path(output))
+    print(f"wrote {output}")
+
+
+@app.command()
 def diff(a: str, b: str):
     """Semantic difference of two specs: changed fields (defaults filled) and parameter counts."""
     from dlc.tools import diff_specs

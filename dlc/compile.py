@@ -21,12 +21,22 @@ OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
 
 
 def lower_body(b: Builder, net: Network, x: str, params: dict[str, str], ctx: Ctx) -> str:
-    """Emit every layer of the body in order; return the logits tensor."""
+    """Emit every layer in topological order; return the logits tensor."""
     ctx.source = ctx.source or x
-    for layer, in_shape in zip(net.layers, net.in_shapes):
+    values = {"input": x}
+    for node in net.nodes:
+        layer, p = node.layer, params
+        other = layer.cfg.get("share")
+        if other:  # `share: other`: this layer's parameter names resolve to the owner's tensors
+            p = {**params, **{f"{layer.name}.{k[len(other) + 1:]}": v
+                              for k, v in params.items() if k.startswith(f"{other}.")}}
+        xs = [values[s] for s in node.sources]
         with b.scope(layer.name):
-            x = layer.lower(b, x, params, ctx, in_shape)
-    return x
+            if layer.multi:
+                values[node.name] = layer.lower(b, xs, p, ctx, node.in_shapes)
+            else:
+                values[node.name] = layer.lower(b, xs[0], p, ctx, node.in_shapes[0])
+    return values[net.output] if net.output else x
 
 
 def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:

@@ -6,7 +6,8 @@ each problem becomes a Diagnostic at the spec position it is about.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import difflib
+from dataclasses import dataclass, field, replace
 
 from dlc.errors import Diagnostic, SpecError
 from dlc.layers import Layer, Param, Shape, ShapeError, build_layer
@@ -22,12 +23,26 @@ METRICS = {"classification": {"accuracy", "precision", "recall", "f1"},
 
 
 @dataclass
+class Node:
+    """One layer in the graph: where its inputs come from and the shapes it sees."""
+
+    layer: Layer
+    sources: list[str]  # "input" or names of earlier layers
+    in_shapes: list[Shape]
+    out_shape: Shape
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+@dataclass
 class Network:
     spec: dict
-    layers: list[Layer]  # the body: everything up to the logits
-    in_shapes: list[Shape]
-    out_shapes: list[Shape]
-    params: list[Param]
+    nodes: list[Node]  # topological order
+    params: list[Param]  # each parameter once (shared layers use their owner's)
+    output: str = ""  # the node whose output is the logits (the task's head stripped)
+    graph: list[Node] = field(default_factory=list)  # every spec layer, unstripped (summary)
 
     @property
     def input_shape(self) -> Shape:
@@ -39,7 +54,7 @@ class Network:
 
     @property
     def output_shape(self) -> Shape:
-        return self.out_shapes[-1] if self.out_shapes else self.input_shape
+        return next((n.out_shape for n in self.nodes if n.name == self.output), self.input_shape)
 
     @property
     def kind(self) -> str:
@@ -53,40 +68,99 @@ class Network:
                 for i, p in enumerate(self.params)}
 
 
-def _strip_head(layers: list[Layer], kind: str) -> list[Layer]:
-    head = HEAD[kind]
-    if head is None or not layers:
-        return layers
-    last = layers[-1]
-    if last.cfg["type"] == head:
-        return layers[:-1]
-    if last.cfg.get("activation") == head:
-        return [*layers[:-1], replace(last, cfg={**last.cfg, "activation": "linear"})]
-    return layers
+def _strip_head(node: Node, kind: str) -> Node | None:
+    """The output node without the activation the task implies (None: drop the node)."""
+    head, cfg = HEAD[kind], node.layer.cfg
+    if head is None:
+        return node
+    if cfg["type"] == head:
+        return None
+    if cfg.get("activation") == head:
+        return replace(node, layer=replace(node.layer, cfg={**cfg, "activation": "linear"}))
+    return node
+
+
+def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[Diagnostic]]:
+    """Each layer's sources (default: the previous layer) and a topological order; unknown
+    names, cycles and wrong input counts as diagnostics."""
+    names = {layer.name: i for i, layer in enumerate(layers)}
+    sources, diags = [], []
+    for i, layer in enumerate(layers):
+        given = layer.cfg.get("inputs")
+        srcs = list(given) if given else ["input" if i == 0 else layers[i - 1].name]
+        for j, src in enumerate(srcs):
+            if src != "input" and src not in names:
+                hint = difflib.get_close_matches(src, ["input", *names], n=1)
+                diags.append(spec.diag(("layers", i, "inputs", j), f"unknown layer '{src}'"
+                                       + (f"; did you mean '{hint[0]}'?" if hint else "")))
+            elif src == layer.name:
+                diags.append(spec.diag(("layers", i, "inputs", j), "a layer cannot take itself"))
+        if len(srcs) > 1 and not layer.multi:
+            diags.append(spec.diag(("layers", i, "inputs"), f"{layer.cfg['type']} takes one "
+                                   f"input, got {len(srcs)}; merge them first (add, concat, ...)"))
+        sources.append(srcs)
+    if diags:
+        return [], sources, diags
+    order, placed, pending = [], {"input"}, list(range(len(layers)))
+    while pending:
+        ready = [i for i in pending if all(s in placed for s in sources[i])]
+        if not ready:
+            cycle = ", ".join(layers[i].name for i in pending)
+            return [], sources, [spec.diag(("layers", pending[0], "inputs"),
+                                           f"the layers {cycle} form a cycle")]
+        order.append(ready[0])
+        placed.add(layers[ready[0]].name)
+        pending.remove(ready[0])
+    return order, sources, []
+
+
+def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict) -> list[Param]:
+    """Parameters of layer i when it has `share: other`: the owner's, checked for shape."""
+    layer, other = layers[i], layers[i].cfg["share"]
+    if other not in owners:
+        return [spec.diag(("layers", i, "share"), f"share: no earlier layer '{other}' with "
+                                                  "parameters to share")]
+    mine = [(p.name[len(layer.name) + 1:], p.shape) for p in params]
+    theirs = [(p.name[len(other) + 1:], p.shape) for p in owners[other]]
+    if mine != theirs:
+        return [spec.diag(("layers", i, "share"), f"cannot share the parameters of '{other}': "
+                                                  f"{theirs} here would need {mine}")]
+    return []
 
 
 def build_network(spec) -> Network:
     """Build and check the network of a loaded `Spec`; raise SpecError listing every problem."""
-    data, diags = spec.data, []
+    data = spec.data
     layers = [build_layer(cfg) for cfg in data["layers"]]
-    shape: Shape = tuple(data["input"]["shape"])
-    in_shapes, out_shapes, params = [], [], []
-    for i, layer in enumerate(layers):
+    order, sources, diags = _order(spec, layers)
+    shapes: dict[str, Shape] = {"input": tuple(data["input"]["shape"])}
+    nodes, params, owners = {}, [], {}
+    for i in order:
+        layer = layers[i]
+        in_shapes = [shapes[s] for s in sources[i]]
         try:
-            out = layer.output_shape(shape)
+            out = layer.output_shape(in_shapes if layer.multi else in_shapes[0])
+            own = layer.params(in_shapes if layer.multi else in_shapes[0])
         except ShapeError as e:
             diags.append(spec.diag(("layers", i), f"{layer.cfg['type']} '{layer.name}': {e}"))
             break
-        in_shapes.append(shape)
-        out_shapes.append(out)
-        params += layer.params(shape)
-        shape = out
-    diags += _check_task(spec, layers, shape if not diags else None)
+        if layer.cfg.get("share"):
+            diags += _shared(spec, layers, i, own, owners)
+        else:
+            params += own
+            owners[layer.name] = own
+        shapes[layer.name] = out
+        nodes[i] = Node(layer, sources[i], in_shapes, out)
+    last = len(layers) - 1
+    diags += _check_task(spec, layers, shapes.get(layers[last].name) if not diags else None)
     if diags:
         raise SpecError(diags)
-    body = _strip_head(layers, data["task"]["kind"])
-    n = len(body)
-    return Network(data, body, in_shapes[:n], out_shapes[:n], params)
+    ordered = [nodes[i] for i in order if i != last]
+    head = _strip_head(nodes[last], data["task"]["kind"])
+    graph = [*ordered, nodes[last]]
+    if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
+        return Network(data, ordered, params, nodes[last].sources[0], graph)
+    return Network(data, [*ordered, head], params, head.name, graph)
 
 
 def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic]:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import math
 
-from dlc.layers import build_layer
 from dlc.network import build_network
 
 
 def rows(spec) -> list[tuple[str, str, tuple, int, int]]:
-    """(name, type, output shape, parameter count, FLOPs per sample) for every layer of the spec."""
-    build_network(spec)  # raises SpecError with every problem first
-    shape = tuple(spec.data["input"]["shape"])
+    """(name, type, output shape, parameter count, FLOPs per sample) for every layer of the
+    spec, in graph order; a layer that shares another's parameters counts none of its own."""
+    net = build_network(spec)  # raises SpecError with every problem first
     table = []
-    for cfg in spec.data["layers"]:
-        layer = build_layer(cfg)
-        count = sum(math.prod(p.shape) for p in layer.params(shape))
-        flops = layer.flops(shape)
-        shape = layer.output_shape(shape)
-        table.append((layer.name, cfg["type"], shape, count, flops))
+    for node in net.graph:
+        layer = node.layer
+        shapes = node.in_shapes if layer.multi else node.in_shapes[0]
+        shared = bool(layer.cfg.get("share"))
+        count = 0 if shared else sum(math.prod(p.shape) for p in layer.params(shapes))
+        table.append((layer.name, layer.cfg["type"], node.out_shape, count, layer.flops(shapes)))
     return table
 
 
@@ -32,8 +31,16 @@ def render(spec) -> None:
                          ("params", "right"), ("FLOPs/sample", "right")):
         table.add_column(col, justify=justify)
     table.add_row("input", "input", str(["N", *spec.data["input"]["shape"]]), "0", "0")
+    block = None
     for name, kind, shape, count, flops in data:
-        table.add_row(name, kind, str(["N", *shape]), f"{count:,}", f"{flops:,}")
+        group = name.split(".", 1)[0] if "." in name else None
+        if group != block:  # layers expanded from one block copy are grouped under its name
+            table.add_section()
+            if group:
+                table.add_row(f"[bold]{group}[/bold]", "block", "", "", "")
+            block = group
+        shown = f"  {name.split('.', 1)[1]}" if group else name
+        table.add_row(shown, kind, str(["N", *shape]), f"{count:,}", f"{flops:,}")
     total_p, total_f = sum(r[3] for r in data), sum(r[4] for r in data)
     table.add_section()
     table.add_row("total", "", "", f"{total_p:,}", f"{total_f:,}")

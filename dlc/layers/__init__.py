@@ -7,6 +7,7 @@ from dlc.layers.base import Ctx, Layer, Param, Shape, ShapeError
 from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
                              ZeroPadding)
 from dlc.layers.core import Dense, Dropout, Flatten, Reshape
+from dlc.layers.merge import Concat, Merge
 from dlc.layers.norm import BatchNorm, LayerNorm
 
 LAYERS: dict[str, type[Layer]] = {
@@ -25,6 +26,10 @@ LAYERS: dict[str, type[Layer]] = {
     "zero_padding": ZeroPadding,
     "batchnorm": BatchNorm,
     "layernorm": LayerNorm,
+    "add": Merge,
+    "multiply": Merge,
+    "average": Merge,
+    "concat": Concat,
     **{name: Activation for name in ACTIVATIONS},
 }
 

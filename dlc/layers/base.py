@@ -42,6 +42,7 @@ class Layer:
 
     name: str
     cfg: dict = field(default_factory=dict)
+    multi = False  # True: takes several inputs; shapes and tensors come as lists
 
     @classmethod
     def from_spec(cls, cfg: dict) -> "Layer":
