@@ -101,9 +101,12 @@ def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[
         sources.append(srcs)
     if diags:
         return [], sources, diags
+    # a layer that shares another's parameters is placed after it
+    deps = [srcs + ([layers[i].cfg["share"]] if layers[i].cfg.get("share") in names else [])
+            for i, srcs in enumerate(sources)]
     order, placed, pending = [], {"input"}, list(range(len(layers)))
     while pending:
-        ready = [i for i in pending if all(s in placed for s in sources[i])]
+        ready = [i for i in pending if all(s in placed for s in deps[i])]
         if not ready:
             cycle = ", ".join(layers[i].name for i in pending)
             return [], sources, [spec.diag(("layers", pending[0], "inputs"),
@@ -118,7 +121,7 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
     """Parameters of layer i when it has `share: other`: the owner's, checked for shape."""
     layer, other = layers[i], layers[i].cfg["share"]
     if other not in owners:
-        return [spec.diag(("layers", i, "share"), f"share: no earlier layer '{other}' with "
+        return [spec.diag(("layers", i, "share"), f"share: no layer '{other}' with "
                                                   "parameters to share")]
     mine = [(p.name[len(layer.name) + 1:], p.shape) for p in params]
     theirs = [(p.name[len(other) + 1:], p.shape) for p in owners[other]]

@@ -1,0 +1,179 @@
+"""Text classification data (`data.text`): a CSV of raw text and a label -> token ids.
+
+`data.text: {column: text, tokenizer: word|char, max_length: T, vocab_size: V, lowercase: true,
+min_freq: 1}`. The vocabulary is built from the training split only: the tokens seen at least
+min_freq times, most frequent first (ties by token), at most V ids in all, where id 0 is padding
+(`<pad>`) and id 1 stands for every token outside the vocabulary (`<oov>`). Each text becomes
+int64 [T]: its first T tokens, padded with 0 at the end. `input: {shape: [T], dtype: int64}`.
+
+The settings and the vocabulary (`TextSpec.to_meta()`) are stored in the trained model's
+metadata (`dlc.text`), so `dlc predict` and `dlc evaluate` tokenise raw text exactly as training
+did. word: runs of letters/digits/underscore, and each punctuation mark as its own token;
+char: every character, whitespace runs collapsed to one space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlc.data._csv import Table, _column_index, read_table
+from dlc.data._targets import encode_cells
+from dlc.errors import DlcError
+
+PAD, OOV = 0, 1
+SPECIALS = ["<pad>", "<oov>"]
+TOKENIZERS = ("word", "char")
+DEFAULTS = {"column": "text", "tokenizer": "word", "vocab_size": 10000, "lowercase": True,
+            "min_freq": 1}
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    column: str | int
+    tokenizer: str
+    max_length: int
+    lowercase: bool
+    vocab_size: int = DEFAULTS["vocab_size"]
+    min_freq: int = 1
+    vocab: tuple[str, ...] = ()  # id -> token; empty until built
+
+    def tokens(self, text: str) -> list[str]:
+        """One text -> its tokens (the whole text; encode() truncates)."""
+        if self.lowercase:
+            text = text.lower()
+        if self.tokenizer == "char":
+            return list(" ".join(text.split()))
+        return _WORD.findall(text)
+
+    def build(self, texts: Iterable[str]) -> TextSpec:
+        """This spec with a vocabulary built from `texts` (the training split)."""
+        counts = Counter(t for text in texts for t in self.tokens(text))
+        kept = sorted((t for t, c in counts.items() if c >= self.min_freq),
+                      key=lambda t: (-counts[t], t))
+        vocab = tuple(SPECIALS + kept[: self.vocab_size - len(SPECIALS)])
+        return TextSpec(self.column, self.tokenizer, self.max_length, self.lowercase,
+                        self.vocab_size, self.min_freq, vocab)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """int64 [n, max_length] token ids: truncated to the first max_length tokens, 0-padded."""
+        if not self.vocab:
+            raise DlcError("data.text: no vocabulary; train a model to build one")
+        index = {t: i for i, t in enumerate(self.vocab)}
+        out = np.full((len(texts), self.max_length), PAD, dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [index.get(t, OOV) for t in self.tokens(text)[: self.max_length]]
+            out[row, : len(ids)] = ids
+        return out
+
+    def to_meta(self) -> dict:
+        """What a model stores (metadata `dlc.text`) to tokenise raw text at predict time."""
+        return {"column": self.column, "tokenizer": self.tokenizer,
+                "max_length": self.max_length, "lowercase": self.lowercase,
+                "vocab_size": self.vocab_size, "min_freq": self.min_freq,
+                "vocab": list(self.vocab)}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> TextSpec:
+        try:
+            return cls(meta["column"], meta["tokenizer"], int(meta["max_length"]),
+                       bool(meta["lowercase"]), int(meta.get("vocab_size", len(meta["vocab"]))),
+                       int(meta.get("min_freq", 1)), tuple(meta["vocab"]))
+        except (KeyError, TypeError, ValueError):
+            raise DlcError("the model's stored text settings (dlc.text) are corrupt") from None
+
+
+def _integer(cfg: dict, key: str, minimum: int) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DlcError(f"data.text.{key}: expected an integer >= {minimum}, found {value!r}")
+    return value
+
+
+def text_config(spec: dict) -> TextSpec | None:
+    """spec["data"]["text"] checked against input (shape [T], dtype int64); None without it."""
+    cfg = (spec.get("data") or {}).get("text")
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict):
+        raise DlcError(f"data.text: expected a mapping (column, tokenizer, ...), found {cfg!r}")
+    cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    if cfg["tokenizer"] not in TOKENIZERS:
+        raise DlcError(f"data.text.tokenizer: unknown tokenizer '{cfg['tokenizer']}'; "
+                       f"expected word or char")
+    inp = spec.get("input") or {}
+    shape = [int(d) for d in inp.get("shape") or []]
+    length = cfg.get("max_length", shape[0] if len(shape) == 1 else None)
+    if length is None:
+        raise DlcError("data.text.max_length is required (tokens per sample)")
+    cfg["max_length"] = length
+    out = TextSpec(cfg["column"], cfg["tokenizer"], _integer(cfg, "max_length", 1),
+                   bool(cfg["lowercase"]), _integer(cfg, "vocab_size", 3),
+                   _integer(cfg, "min_freq", 1))
+    if shape and shape != [out.max_length]:
+        raise DlcError(f"data.text: samples are {out.max_length} token ids; input.shape is "
+                       f"{shape}, set it to [{out.max_length}]")
+    if inp.get("dtype", "float32") != "int64":
+        raise DlcError("data.text makes int64 token ids; set input.dtype: int64")
+    return out
+
+
+def _text_cells(table: Table, ref: str | int, key: str) -> tuple[int, list[str]]:
+    col = _column_index(ref, table, key)
+    return col, [row[col] for row in table.rows]
+
+
+def load_text_csv(path: Path, display: str, spec: dict, ts: TextSpec, known: list[str] | None,
+                  strict: bool, require_target: bool = True):
+    """(texts, y or None, labels) from a CSV with a text column and a label column."""
+    data = spec.get("data") or {}
+    table = read_table(path, display, bool(data.get("header", True)))
+    col, texts = _text_cells(table, ts.column, "data.text.column")
+    ref = data.get("target")
+    if ref is None:
+        ref = len(table.columns) - 1
+        if ref == col:
+            if require_target:
+                raise DlcError(f"{display}: the last column is the text column; name the label "
+                               f"column with data.target")
+            return texts, None, known
+    elif not require_target and isinstance(ref, str) and ref not in table.columns:
+        return texts, None, known
+    target = _column_index(ref, table, "data.target")
+    if target == col:
+        raise DlcError(f"data.target: column '{table.columns[col]}' is also the text column")
+    kind = (spec.get("task") or {}).get("kind", "classification")
+    y, labels = encode_cells([row[target] for row in table.rows], kind, known, strict,
+                             lambda i: f"{display}:{table.lines[i]}", table.columns[target])
+    return texts, y, labels
+
+
+def read_texts(path: Path, column: str | int) -> list[str]:
+    """Raw texts for `dlc predict`: a .txt file (one text per non-blank line), or a CSV with the
+    model's text column (by its header name), or a CSV of a single column (no header)."""
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DlcError(f"cannot read {path.name}: {e}") from None
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise DlcError(f"{path.name}: no texts (one per line)")
+        return texts
+    table = read_table(path, path.name, header=False)
+    first = [c.strip() for c in table.rows[0]]
+    if isinstance(column, str) and column in first:
+        i = first.index(column)
+        if len(table.rows) == 1:
+            raise DlcError(f"{path.name}: no data rows below the header")
+        return [row[i] for row in table.rows[1:]]
+    if len(first) == 1:
+        return [row[0] for row in table.rows]
+    raise DlcError(f"{path.name}: no column '{column}' (the model's text column) in its header, "
+                   f"and {len(first)} columns; give a header with '{column}' or one text per row")
