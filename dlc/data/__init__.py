@@ -4,8 +4,11 @@ Sources (`data.source`): `builtin:digits|iris|wine|breast_cancer|diabetes` (scik
 copies), `csv:PATH`, `npz:PATH`, `folder:PATH` (one sub-folder of PNG/JPEG images per class; paths
 relative to the spec file). Image arrays are channels-first; `data.layout: nhwc` reads
 channels-last arrays. `data.augment` is checked here and applied per training batch by the trainer
-(`dlc.data.augment.augment`). Every data problem raises a one-line DlcError. scikit-learn and
-Pillow are imported lazily, only for builtin and folder sources.
+(`dlc.data.augment.augment`). `data.window` turns a csv/npz series into forecasting windows
+(`dlc.data.windows`, split in time order); `data.text` turns a CSV of raw text into token ids with a
+vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`). Every
+data problem raises a one-line DlcError. scikit-learn and Pillow are imported lazily, only for
+builtin and folder sources.
 """
 
 from __future__ import annotations
@@ -16,21 +19,27 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._common import fit_shape
-from dlc.data._inputs import read_inputs
-from dlc.data._sources import load_raw
+from dlc.data._inputs import _csv_table, read_inputs
+from dlc.data._sources import load_raw, parse_source, resolve_path
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data.augment import check_augment
+from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
+from dlc.data.windows import (Window, check_window_spec, input_windows, load_series,
+                              make_windows, read_series_csv, split_series, window_config,
+                              window_norm)
 from dlc.errors import DlcError
 
-__all__ = ["Dataset", "Split", "load_arrays", "load_dataset", "read_inputs"]
+__all__ = ["Dataset", "Split", "TextSpec", "load_arrays", "load_dataset", "model_inputs",
+           "read_inputs"]
 
 _SPLIT_DEFAULTS = {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0}
 
 
 @dataclass
 class Split:
-    """x: float32 [n, *input_shape]; y: int64 [n] (classification), float32 [n, 1] (binary),
-    float32 [n, k] (regression)."""
+    """x: float32 [n, *input_shape] (int64 [n, T] token ids for text); y: int64 [n]
+    (classification), float32 [n, 1] (binary), float32 [n, k] (regression; [n, horizon] for
+    windows)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -47,6 +56,7 @@ class Dataset:
     labels: list[str] | None  # class names (classification/binary); None for regression
     features: list[str] | None  # per-feature names when known
     norm: dict | None  # {"kind", "offset", "scale"}: x_norm = (x_raw - offset) / scale
+    text: dict | None = None  # text data: tokenizer settings and vocabulary (TextSpec.to_meta())
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply this data set's normalisation to raw x [n, *input_shape] -> float32."""
@@ -64,6 +74,7 @@ def load_arrays(
     require_target: bool = True,
     labels: list[str] | None = None,
     origin: str = "data.source in spec",
+    text: dict | TextSpec | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     """Raw (x, y, labels, features) from one source, x float32 [n, *input.shape] unnormalised.
 
@@ -71,15 +82,45 @@ def load_arrays(
     `labels`: the model's class names; categorical targets must be among them (strict), integer
     targets must index them. Without it, task.labels is used when it covers the data. With
     require_target false, a missing target column/array gives y None. `origin` names where the
-    source came from in the file-not-found message (e.g. "--data")."""
+    source came from in the file-not-found message (e.g. "--data").
+
+    With data.window: every window of the whole series (no split). With data.text: x int64 token
+    ids, tokenised with `text` (a trained model's stored settings and vocabulary)."""
     task = spec.get("task") or {}
     known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
+    win = window_config(spec.get("data") or {})
+    if win is not None:
+        return _window_arrays(source, spec, Path(spec_dir), win, origin)
+    if text_config(spec) is not None:
+        stored = TextSpec.from_meta(text) if isinstance(text, dict) else text
+        if stored is None:
+            raise DlcError("data.text: tokenising needs a trained model's vocabulary; "
+                           "evaluate a model trained with dlc train")
+        path, display = _csv_path(source, spec_dir, origin, "data.text")
+        texts, y, found = load_text_csv(path, display, spec, stored, known, bool(labels),
+                                        require_target)
+        return stored.encode(texts), y, found, None
     x, y, found, features = load_raw(
         source, spec, Path(spec_dir), known, bool(labels), require_target, origin
     )
     shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
     x = fit_shape(x, shape, str(source))
     return x, y, found, features
+
+
+def _csv_path(source: str, spec_dir: Path, origin: str, key: str) -> tuple[Path, str]:
+    scheme, rest = parse_source(source)
+    if scheme != "csv":
+        raise DlcError(f"{key} needs a csv: source with a text column; found '{source}'")
+    return resolve_path(rest, Path(spec_dir), origin), rest
+
+
+def _window_arrays(source: str, spec: dict, spec_dir: Path, win: Window, origin: str):
+    series = load_series(source, spec, spec_dir, win, origin)
+    check_window_spec(spec, win, series.inputs.shape[1])
+    x, y = make_windows(series.inputs, series.target, win)
+    shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
+    return x.reshape((len(x), *shape)), y, None, None
 
 
 def _split_config(data: dict) -> dict:
@@ -98,19 +139,21 @@ def _subset(x: np.ndarray, y: np.ndarray, idx: np.ndarray, norm: dict | None) ->
 def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     """Load spec's data.source, split it (test first, then val; fractions of the whole set) and
     normalise every split with statistics of the training split. data.augment is only checked
-    against the input shape here; the trainer applies it per batch."""
+    against the input shape here; the trainer applies it per batch. data.window and data.text
+    have their own paths (time-order split; vocabulary from the training split)."""
     data = spec.get("data") or {}
     if not data.get("source"):
         raise DlcError("the spec has no data.source; add a data: section to train or evaluate")
+    win = window_config(data)
+    if win is not None:
+        return _window_dataset(spec, Path(spec_dir), win)
+    ts = text_config(spec)
+    if ts is not None:
+        return _text_dataset(spec, Path(spec_dir), ts)
     x, y, labels, features = load_arrays(data["source"], spec, spec_dir)
     assert y is not None
     check_augment(data.get("augment"), x.shape[1:])
-    cfg = _split_config(data)
-    kind = (spec.get("task") or {}).get("kind", "classification")
-    classes = bool(cfg["stratify"]) and kind in ("classification", "binary")
-    val, test = float(cfg["val"]), float(cfg["test"])
-    tr, va, te = split_indices(y, len(x), val, test, classes, int(cfg["seed"]))
-    check_split_sizes(len(x), val, test, (len(tr), len(va), len(te)))
+    tr, va, te = _random_split(spec, y, len(x), _split_config(data))
     norm = compute_norm(x[tr], data.get("normalize") or "standard")
     return Dataset(
         train=_subset(x, y, tr, norm),
@@ -120,3 +163,81 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
         features=features,
         norm=norm,
     )
+
+
+def _random_split(spec: dict, y: np.ndarray, n: int, cfg: dict):
+    """(train, val, test) indices: shuffled, stratified for class targets when asked."""
+    kind = (spec.get("task") or {}).get("kind", "classification")
+    classes = bool(cfg["stratify"]) and kind in ("classification", "binary")
+    val, test = float(cfg["val"]), float(cfg["test"])
+    tr, va, te = split_indices(y, n, val, test, classes, int(cfg["seed"]))
+    check_split_sizes(n, val, test, (len(tr), len(va), len(te)))
+    return tr, va, te
+
+
+def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
+    """Split the series in time order (train, val, test), then window each part; input
+    statistics from the training part's time steps; targets unnormalised."""
+    data = spec["data"]
+    series = load_series(data["source"], spec, spec_dir, win, "data.source in spec")
+    n_features = series.inputs.shape[1]
+    check_window_spec(spec, win, n_features)
+    shape = (spec.get("input") or {}).get("shape") or [win.length, n_features]
+    check_augment(data.get("augment"), shape)
+    cfg = _split_config(data)
+    parts = split_series(len(series.target), float(cfg["val"]), float(cfg["test"]), win,
+                         series.display)
+    norm = window_norm(series.inputs[slice(*parts[0])], data.get("normalize") or "standard",
+                       win.length)
+    splits = []
+    for start, stop in parts:
+        x, y = make_windows(series.inputs[start:stop], series.target[start:stop], win)
+        x = apply_norm(x, norm).reshape((len(x), *shape))
+        splits.append(Split(x, y) if len(x) else None)
+    return Dataset(splits[0], splits[1], splits[2], None, None, norm)
+
+
+def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
+    """Split the texts like any table (stratified), build the vocabulary from the training
+    texts only, and encode every split with it (no normalisation: x are token ids)."""
+    data = spec["data"]
+    if data.get("augment"):
+        raise DlcError("data.augment does not apply to text (token ids); remove it")
+    path, display = _csv_path(data["source"], spec_dir, "data.source in spec", "data.text")
+    task = spec.get("task") or {}
+    texts, y, labels = load_text_csv(path, display, spec, ts, task.get("labels"), False)
+    tr, va, te = _random_split(spec, y, len(texts), _split_config(data))
+    built = ts.build(texts[i] for i in tr)
+    x = built.encode(texts)
+
+    def subset(idx: np.ndarray) -> Split | None:
+        return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
+
+    return Dataset(subset(tr), subset(va), subset(te), labels, None, None, built.to_meta())
+
+
+def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
+                 text: dict | None = None) -> np.ndarray:
+    """`dlc predict` inputs for a trained model (its resolved spec and stored metadata).
+
+    Text models (data.text): raw texts from a .txt file (one per line) or a CSV (the text column
+    by name, or a single column), tokenised with the stored vocabulary `text` -> int64 [n, T].
+    Window models (data.window): a CSV series holding the input columns by name -> every window,
+    the last ending at the series' end. Otherwise, and for ready-made windows, `read_inputs`."""
+    path = Path(path)
+    shape = [int(d) for d in spec["input"]["shape"]]
+    if text_config(spec) is not None:
+        if text is None:
+            raise DlcError("this model stores no vocabulary (dlc.text); only a model trained "
+                           "with dlc train can tokenise raw text")
+        if not path.is_file():
+            raise DlcError(f"input file not found: {path}")
+        stored = TextSpec.from_meta(text)
+        return stored.encode(read_texts(path, stored.column))
+    win = window_config(spec.get("data") or {})
+    if win is not None and path.suffix.lower() == ".csv" and path.is_file():
+        values = read_series_csv(_csv_table(path), win)
+        if values is not None:
+            return input_windows(values, win).reshape((-1, *shape))
+    layout = (spec.get("data") or {}).get("layout", "nchw")
+    return read_inputs(path, features, shape, layout)

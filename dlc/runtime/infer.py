@@ -23,6 +23,7 @@ class Model:
     spec: dict
     labels: list[str] | None
     features: list[str] | None
+    text: dict | None = None  # text models: tokenizer settings and vocabulary (dlc.text)
 
     @property
     def kind(self) -> str:
@@ -55,17 +56,19 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         spec = json.loads(meta["dlc.spec_resolved"])
         labels = json.loads(meta.get("dlc.labels", "null"))
         features = json.loads(meta.get("dlc.features", "null"))
+        text = json.loads(meta.get("dlc.text", "null"))
     except json.JSONDecodeError:
         raise DlcError(f"{path}: corrupt dlc metadata") from None
     kind, index, _ = choose_device(device)
-    return Model(path, make_session(proto.SerializeToString(), kind, index), spec, labels, features)
+    return Model(path, make_session(proto.SerializeToString(), kind, index), spec, labels, features,
+                 text)
 
 
 def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     from dlc.data import load_arrays
 
     x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
-                             labels=model.labels, origin="--data")
+                             labels=model.labels, origin="--data", text=model.text)
     out = model.run(x, batch_size)
     result = M.compute(model.kind, y, out["prediction" if model.kind == "regression" else "logits"])
     result["samples"] = int(len(x))
@@ -73,10 +76,9 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
 
 
 def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    from dlc.data import read_inputs
+    from dlc.data import model_inputs
 
-    layout = (model.spec.get("data") or {}).get("layout", "nchw")
-    x = read_inputs(Path(input_path), model.features, model.spec["input"]["shape"], layout)
+    x = model_inputs(Path(input_path), model.spec, model.features, model.text)
     return model.run(x, batch_size)
 
 
