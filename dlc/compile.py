@@ -11,7 +11,7 @@ import onnx
 from dlc import __version__
 from dlc.graph import Builder
 from dlc.layers import Ctx
-from dlc.network import Network
+from dlc.network import Network, spec_inputs
 
 OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
     "classification": ["logits", "probabilities", "class_index"],
@@ -20,10 +20,12 @@ OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
 }
 
 
-def lower_body(b: Builder, net: Network, x: str, params: dict[str, str], ctx: Ctx) -> str:
-    """Emit every layer in topological order; return the logits tensor."""
-    ctx.source = ctx.source or x
-    values = {"input": x}
+def lower_body(b: Builder, net: Network, xs: dict[str, str], params: dict[str, str],
+               ctx: Ctx) -> str:
+    """Emit every layer in topological order from the model inputs `xs` (name -> tensor);
+    return the logits tensor."""
+    ctx.source = ctx.source or next(iter(xs.values()))
+    values = dict(xs)
     for node in net.nodes:
         layer, p = node.layer, params
         other = layer.cfg.get("share")
@@ -36,7 +38,7 @@ def lower_body(b: Builder, net: Network, x: str, params: dict[str, str], ctx: Ct
                 values[node.name] = layer.lower(b, xs, p, ctx, node.in_shapes)
             else:
                 values[node.name] = layer.lower(b, xs[0], p, ctx, node.in_shapes[0])
-    return values[net.output] if net.output else x
+    return values[net.output] if net.output else next(iter(xs.values()))
 
 
 def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
@@ -68,10 +70,14 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
                     meta: dict | None = None) -> onnx.ModelProto:
     """The self-contained inference model: raw input in, named outputs out, weights inside."""
     b = Builder()
-    x = b.input("input", net.input_dtype, ["N", *net.input_shape])
-    x = normalize_input(b, x, norm, net.input_shape)
+    norms = norm if len(net.inputs) > 1 else {"input": norm}  # several inputs: one per name
+    xs = {}
+    for name, (shape, dtype) in net.inputs.items():
+        x = b.input(name, dtype, ["N", *shape])
+        with b.scope(name):
+            xs[name] = normalize_input(b, x, (norms or {}).get(name), shape)
     params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
-    logits = lower_body(b, net, x, params, Ctx(training=False))
+    logits = lower_body(b, net, xs, params, Ctx(training=False))
     add_head(b, net.kind, logits, net.output_shape[0])
     return b.model(net.spec["name"], metadata=metadata(spec, norm, meta),
                    doc=net.spec.get("description", ""))
@@ -85,10 +91,12 @@ def metadata(spec, norm: dict | None, extra: dict | None) -> dict[str, str]:
         "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
         "dlc.spec_resolved": json.dumps(data, sort_keys=True),
         "dlc.task": json.dumps(data["task"], sort_keys=True),
-        "dlc.input_shape": json.dumps(data["input"]["shape"]),
+        "dlc.inputs": json.dumps(spec_inputs(data), sort_keys=True),
         "dlc.normalize": json.dumps(norm),
     }
-    if data["input"].get("features"):
+    if len(spec_inputs(data)) == 1:
+        meta["dlc.input_shape"] = json.dumps(next(iter(spec_inputs(data).values()))["shape"])
+    if data.get("input", {}).get("features"):
         meta["dlc.features"] = json.dumps(data["input"]["features"])
     if data["task"].get("labels"):
         meta["dlc.labels"] = json.dumps(data["task"]["labels"])

@@ -22,6 +22,11 @@ METRICS = {"classification": {"accuracy", "precision", "recall", "f1"},
            "regression": {"mse", "mae", "r2"}}
 
 
+def spec_inputs(data: dict) -> dict[str, dict]:
+    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input."""
+    return dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
+
+
 @dataclass
 class Node:
     """One layer in the graph: where its inputs come from and the shapes it sees."""
@@ -45,12 +50,18 @@ class Network:
     graph: list[Node] = field(default_factory=list)  # every spec layer, unstripped (summary)
 
     @property
-    def input_shape(self) -> Shape:
-        return tuple(self.spec["input"]["shape"])
+    def inputs(self) -> dict[str, tuple[Shape, str]]:
+        """name -> (per-sample shape, dtype), in spec order."""
+        return {name: (tuple(cfg["shape"]), cfg.get("dtype", "float32"))
+                for name, cfg in spec_inputs(self.spec).items()}
+
+    @property
+    def input_shape(self) -> Shape:  # the first (for single-input models: the) input's
+        return next(iter(self.inputs.values()))[0]
 
     @property
     def input_dtype(self) -> str:
-        return self.spec["input"].get("dtype", "float32")
+        return next(iter(self.inputs.values()))[1]
 
     @property
     def output_shape(self) -> Shape:
@@ -81,16 +92,17 @@ def _strip_head(node: Node, kind: str) -> Node | None:
 
 
 def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[Diagnostic]]:
-    """Each layer's sources (default: the previous layer) and a topological order; unknown
-    names, cycles and wrong input counts as diagnostics."""
+    """Each layer's sources (default: the previous layer; the first input for the first layer)
+    and a topological order; unknown names, cycles and wrong input counts as diagnostics."""
     names = {layer.name: i for i, layer in enumerate(layers)}
+    model_inputs = list(spec_inputs(spec.data))
     sources, diags = [], []
     for i, layer in enumerate(layers):
         given = layer.cfg.get("inputs")
-        srcs = list(given) if given else ["input" if i == 0 else layers[i - 1].name]
+        srcs = list(given) if given else [model_inputs[0] if i == 0 else layers[i - 1].name]
         for j, src in enumerate(srcs):
-            if src != "input" and src not in names:
-                hint = difflib.get_close_matches(src, ["input", *names], n=1)
+            if src not in model_inputs and src not in names:
+                hint = difflib.get_close_matches(src, [*model_inputs, *names], n=1)
                 diags.append(spec.diag(("layers", i, "inputs", j), f"unknown layer '{src}'"
                                        + (f"; did you mean '{hint[0]}'?" if hint else "")))
             elif src == layer.name:
@@ -104,7 +116,7 @@ def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[
     # a layer that shares another's parameters is placed after it
     deps = [srcs + ([layers[i].cfg["share"]] if layers[i].cfg.get("share") in names else [])
             for i, srcs in enumerate(sources)]
-    order, placed, pending = [], {"input"}, list(range(len(layers)))
+    order, placed, pending = [], set(model_inputs), list(range(len(layers)))
     while pending:
         ready = [i for i in pending if all(s in placed for s in deps[i])]
         if not ready:
@@ -134,9 +146,12 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
 def build_network(spec) -> Network:
     """Build and check the network of a loaded `Spec`; raise SpecError listing every problem."""
     data = spec.data
+    if bool(data.get("input")) == bool(data.get("inputs")):
+        raise SpecError([spec.diag((), "give exactly one of `input:` (one input) and `inputs:` "
+                                       "(several named inputs)")])
     layers = [build_layer(cfg) for cfg in data["layers"]]
     order, sources, diags = _order(spec, layers)
-    shapes: dict[str, Shape] = {"input": tuple(data["input"]["shape"])}
+    shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
     nodes, params, owners = {}, [], {}
     for i in order:
         layer = layers[i]
@@ -186,11 +201,12 @@ def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic
                                    "expects unnormalised outputs; remove it"))
     if out is not None:
         diags += _check_output(spec, kind, out, len(layers) - 1)
-    feats = spec.data["input"].get("features")
-    shape = spec.data["input"]["shape"]
-    if feats is not None and (len(shape) != 1 or len(feats) != shape[0]):
-        diags.append(spec.diag(("input", "features"), f"{len(feats)} feature names for input "
-                               f"shape {shape}; give one name per feature of a flat input"))
+    for name, cfg in spec_inputs(spec.data).items():
+        feats, shape = cfg.get("features"), cfg["shape"]
+        at = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
+        if feats is not None and (len(shape) != 1 or len(feats) != shape[0]):
+            diags.append(spec.diag((*at, "features"), f"{len(feats)} feature names for input "
+                                   f"shape {shape}; give one name per feature of a flat input"))
     return diags
 
 

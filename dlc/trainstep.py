@@ -59,10 +59,25 @@ def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
     return layout, offset
 
 
+def x_names(net: Network) -> dict[str, str]:
+    """Model input -> train/eval graph input: `x` for one input, `x.<name>` for several."""
+    if len(net.inputs) == 1:
+        return {next(iter(net.inputs)): "x"}
+    return {name: f"x.{name}" for name in net.inputs}
+
+
+def x_feeds(names: dict[str, str], xb) -> dict:
+    """Feeds for a batch: an array for one input, a mapping name -> array for several."""
+    if isinstance(xb, dict):
+        return {names[k]: v for k, v in xb.items()}
+    return {"x": xb}
+
+
 def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]):
-    x = b.input("x", net.input_dtype, ["N", *net.input_shape])
+    xs = {name: b.input(graph_name, net.inputs[name][1], ["N", *net.inputs[name][0]])
+          for name, graph_name in x_names(net).items()}
     y = b.input("y", *target_spec(net))
-    logits = lower_body(b, net, x, params, ctx)
+    logits = lower_body(b, net, xs, params, ctx)
     return logits, losses.loss(b, net.spec["task"], logits, y, net.output_shape[0])
 
 

@@ -120,12 +120,20 @@ def numpy_layer(cfg, weights: dict, h: np.ndarray) -> np.ndarray:
 
 
 def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
-    """The spec's layers in float64 numpy: an independent oracle for the lowering."""
-    h = x.astype(np.float64)
+    """The spec's layers in float64 numpy: an independent oracle for the lowering. Layers run in
+    spec order (the example specs name only earlier layers in `inputs`)."""
+    values = {"input": x.astype(np.float64)}
     weights = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    prev = "input"
     for cfg in spec.data["layers"]:
         t = cfg["type"]
-        if t == "dense":
+        srcs = [values[n] for n in cfg.get("inputs", [prev])]
+        h = srcs[0]
+        if t in ("add", "multiply", "average", "concat"):
+            h = {"add": lambda: sum(srcs), "multiply": lambda: np.prod(srcs, axis=0),
+                 "average": lambda: sum(srcs) / len(srcs),
+                 "concat": lambda: np.concatenate(srcs, axis=cfg["axis"] % (h.ndim - 1) + 1)}[t]()
+        elif t == "dense":
             h = h @ weights[f"{cfg['name']}.weight"] + weights.get(f"{cfg['name']}.bias", 0)
             h = NUMPY_ACT[cfg["activation"]](h, cfg)
         elif t == "flatten":
@@ -138,6 +146,8 @@ def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
             h = NUMPY_ACT[t](h, cfg)
         else:
             h = numpy_layer(cfg, weights, h)
+        values[cfg["name"]] = h
+        prev = cfg["name"]
     return h
 
 

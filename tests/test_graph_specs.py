@@ -19,7 +19,7 @@ TASK = "task: {kind: regression}\n"
 
 
 def spec(layers: str, extra: str = "") -> str:
-    return HEAD + extra + "layers:\n" + layers + TASK
+    return HEAD + "layers:\n" + layers + TASK + extra
 
 
 def errors(text: str) -> list[str]:
@@ -39,7 +39,7 @@ BRANCHY = spec("""\
   - {type: dense, name: a2, units: 10, inputs: [c]}
   - {type: add, name: t, inputs: [shared, a2]}
   - {type: dense, name: out, units: 2}
-""")
+""", "train: {optimizer: {type: sgd}}\n")
 
 
 @pytest.mark.parametrize("layers,line,message", [

@@ -320,3 +320,4 @@ def _reduce_max(ad, n, g):  # to the maxima, shared evenly between ties
     mask = b.Cast(b.Equal(x, y), to=ad.types[x])
     ties = b.ReduceSum(mask, axes, keepdims=1) if axes else b.ReduceSum(mask, keepdims=1)
     return (b.Mul(b.Div(mask, ties), gy),) + (None,) * (len(n.input) - 1)
+

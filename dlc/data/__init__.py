@@ -57,6 +57,7 @@ class Dataset:
     features: list[str] | None  # per-feature names when known
     norm: dict | None  # {"kind", "offset", "scale"}: x_norm = (x_raw - offset) / scale
     text: dict | None = None  # text data: tokenizer settings and vocabulary (TextSpec.to_meta())
+    categories: dict | None = None  # several inputs: {input: {column: values}} (data/multi.py)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply this data set's normalisation to raw x [n, *input_shape] -> float32."""
@@ -141,6 +142,10 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     normalise every split with statistics of the training split. data.augment is only checked
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
+    if spec.get("inputs"):  # several named inputs: their own loader
+        from dlc.data.multi import load_multi
+
+        return load_multi(spec, spec_dir)
     data = spec.get("data") or {}
     if not data.get("source"):
         raise DlcError("the spec has no data.source; add a data: section to train or evaluate")

@@ -66,7 +66,8 @@ def window_config(data: dict) -> Window | None:
         raise DlcError(f"data.window: expected a mapping (length, horizon, ...), found {w!r}")
     columns = w.get("columns")
     if columns is not None and (not isinstance(columns, list) or not columns):
-        raise DlcError(f"data.window.columns: expected a non-empty list of columns, found {columns!r}")
+        raise DlcError(f"data.window.columns: expected a non-empty list of columns, "
+                       f"found {columns!r}")
     return Window(_positive(w, "length", None), _positive(w, "horizon", 1),
                   _positive(w, "stride", 1), w.get("column"),
                   tuple(columns) if columns else None)

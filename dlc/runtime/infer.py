@@ -24,6 +24,7 @@ class Model:
     labels: list[str] | None
     features: list[str] | None
     text: dict | None = None  # text models: tokenizer settings and vocabulary (dlc.text)
+    categories: dict | None = None  # several inputs: category table (dlc.categories)
 
     @property
     def kind(self) -> str:
@@ -31,7 +32,8 @@ class Model:
 
     def run(self, x: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        parts = [self.session.run(None, {"input": x[i:i + batch_size]})
+        feed = lambda xb: dict(xb) if isinstance(xb, dict) else {"input": xb}  # noqa: E731
+        parts = [self.session.run(None, feed(x[i:i + batch_size]))
                  for i in range(0, len(x), batch_size)]
         return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
 
@@ -57,18 +59,23 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         labels = json.loads(meta.get("dlc.labels", "null"))
         features = json.loads(meta.get("dlc.features", "null"))
         text = json.loads(meta.get("dlc.text", "null"))
+        categories = json.loads(meta.get("dlc.categories", "null"))
     except json.JSONDecodeError:
         raise DlcError(f"{path}: corrupt dlc metadata") from None
     kind, index, _ = choose_device(device)
     return Model(path, make_session(proto.SerializeToString(), kind, index), spec, labels, features,
-                 text)
+                 text, categories)
 
 
 def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     from dlc.data import load_arrays
+    from dlc.data.multi import read_multi
 
-    x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
-                             labels=model.labels, origin="--data", text=model.text)
+    if model.spec.get("inputs"):
+        x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True)
+    else:
+        x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
+                                 labels=model.labels, origin="--data", text=model.text)
     out = model.run(x, batch_size)
     result = M.compute(model.kind, y, out["prediction" if model.kind == "regression" else "logits"])
     result["samples"] = int(len(x))
@@ -77,8 +84,12 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
 
 def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
     from dlc.data import model_inputs
+    from dlc.data.multi import read_multi
 
-    x = model_inputs(Path(input_path), model.spec, model.features, model.text)
+    if model.spec.get("inputs"):
+        x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False)
+    else:
+        x = model_inputs(Path(input_path), model.spec, model.features, model.text)
     return model.run(x, batch_size)
 
 

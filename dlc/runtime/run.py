@@ -155,8 +155,10 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
         summary["best_epoch"] = trainer.state.best["epoch"]
     if trainer.state.skipped_steps:
         summary["skipped_steps"] = trainer.state.skipped_steps
+    features = (spec.data.get("input") or {}).get("features") or dataset.features
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
-            "labels": labels, "features": spec.data["input"].get("features") or dataset.features}
+            "labels": labels, "features": features, "text": dataset.text,
+            "categories": dataset.categories}
     model = inference_model(spec, net, params, dataset.norm, meta={k: v for k, v in meta.items()
                                                                      if v is not None})
     write_bytes(path / "model.onnx", model.SerializeToString())

@@ -20,7 +20,7 @@ from dlc.network import Network
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper, HostStepper
-from dlc.trainstep import build_eval_step, build_train_step
+from dlc.trainstep import build_eval_step, build_train_step, x_feeds, x_names
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024
@@ -57,6 +57,7 @@ class Trainer:
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
         self.step_graph, self.eval_graph = build_train_step(net), build_eval_step(net)
+        self.x_names = x_names(net)
         self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
         self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
         self.state = TrainState(np.random.default_rng(seed))
@@ -98,7 +99,7 @@ class Trainer:
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
-        feeds = {"x": xb, "y": yb, "lr": np.array(lr, np.float32),
+        feeds = {**x_feeds(self.x_names, xb), "y": yb, "lr": np.array(lr, np.float32),
                  "step": np.array(st.step + 1, np.float32)}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
@@ -159,7 +160,8 @@ class Trainer:
         total, outs = 0.0, []
         for i in range(0, len(split.x), EVAL_BATCH):
             xb, yb = split.x[i:i + EVAL_BATCH], split.y[i:i + EVAL_BATCH]
-            loss, logits = self.eval_sess.run(None, {"x": xb, "y": yb, **params})
+            loss, logits = self.eval_sess.run(None, {**x_feeds(self.x_names, xb), "y": yb,
+                                                     **params})
             total += float(loss) * len(xb)
             outs.append(logits)
         return total / len(split.x), np.concatenate(outs)

@@ -127,7 +127,10 @@ def parse_yaml(text: str, file: str) -> Loaded:
 
     An empty document (or one holding only comments) gives `Loaded(None)`.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader rejects unprintable characters here already
+    except yaml.YAMLError as exc:
+        raise SpecError([_syntax_diag(file, text, exc)]) from None
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:

@@ -1,0 +1,404 @@
+"""Sequence data: time-series windows (time-order split, train-only statistics, predict from a
+series) and text (tokenizers, vocabulary from the training split, OOV/padding, truncation, the
+stored vocabulary used by predict and evaluate), with one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SPECS
+from onnx import TensorProto, helper
+
+from dlc.data import TextSpec, load_arrays, load_dataset, model_inputs
+from dlc.data.text import OOV, PAD, text_config
+from dlc.data.windows import Window, input_windows, make_windows
+from dlc.errors import DlcError
+
+
+def raises(fn, *substrings):
+    with pytest.raises(DlcError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for s in substrings:
+        assert s in message, message
+    return message
+
+
+# ================================================================ windows
+
+
+def series_spec(source, length=5, horizon=2, shape=None, kind="regression", **window):
+    return {
+        "dlc": 1,
+        "name": "ts",
+        "input": {"shape": list(shape or [length, 1]), "dtype": "float32"},
+        "layers": [{"type": "flatten"}, {"type": "dense", "units": horizon}],
+        "task": {"kind": kind},
+        "data": {"source": source, "header": True, "normalize": "standard",
+                 "split": {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0},
+                 "window": {"length": length, "horizon": horizon, **window}},
+    }
+
+
+def write_series(path: Path, n: int = 100) -> Path:
+    """Columns t (0..n-1), a (= t), b (= 1000 + 2t), value (= t): value at step t is t."""
+    rows = ["t,a,b,value"] + [f"{t},{t},{1000 + 2 * t},{t}" for t in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def raw(split, norm) -> np.ndarray:
+    """Undo the input normalisation of split.x ([m, L, F] in flattened order)."""
+    flat = split.x.reshape(len(split.x), -1).astype(np.float64)
+    out = flat * np.asarray(norm["scale"]) + np.asarray(norm["offset"])
+    return np.round(out, 3).reshape(split.x.shape)
+
+
+@pytest.mark.parametrize("n,length,horizon,stride,count",
+                         [(20, 5, 2, 1, 14), (20, 5, 2, 3, 5), (7, 5, 2, 1, 1), (6, 5, 2, 1, 0),
+                          (30, 1, 1, 1, 29), (30, 10, 5, 4, 4)])
+def test_window_counts_and_values(n, length, horizon, stride, count):
+    series = np.arange(n, dtype=np.float64)
+    x, y = make_windows(series[:, None], series, Window(length, horizon, stride, None, None))
+    assert x.shape == (count, length, 1) and y.shape == (count, horizon)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    for i in range(count):
+        start = i * stride
+        assert x[i, :, 0].tolist() == list(range(start, start + length))
+        assert y[i].tolist() == list(range(start + length, start + length + horizon))
+
+
+def test_time_order_split_without_leakage(tmp_path):
+    write_series(tmp_path / "s.csv")
+    ds = load_dataset(series_spec("csv:s.csv", column="value"), tmp_path)
+    # 100 steps: train [0, 70), val [70, 80), test [80, 100); each part windowed on its own
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (70 - 6, 10 - 6, 20 - 6)
+    assert ds.train.x.shape == (64, 5, 1) and ds.train.y.shape == (64, 2)
+    tr, va, te = (raw(s, ds.norm) for s in (ds.train, ds.val, ds.test))
+    assert tr.max() < 70 and ds.train.y.max() < 70  # no training window sees a later value
+    assert va.min() >= 70 and ds.val.y.min() >= 70 and ds.val.y.max() < 80
+    assert te.min() >= 80 and ds.test.y.max() == 99
+    # val/test stay in time order; each target follows its own window
+    assert np.all(np.diff(te[:, 0, 0]) == 1)
+    assert np.allclose(te[:, -1, 0] + 1, ds.test.y[:, 0])
+    assert ds.labels is None and ds.text is None
+
+
+def test_normalisation_from_the_training_part_only(tmp_path):
+    write_series(tmp_path / "s.csv")
+    ds = load_dataset(series_spec("csv:s.csv", column="value"), tmp_path)
+    train_steps = np.arange(70, dtype=np.float64)
+    assert ds.norm["kind"] == "standard"
+    assert len(ds.norm["offset"]) == 5  # L positions x 1 column, all the same statistics
+    assert np.allclose(ds.norm["offset"], train_steps.mean())
+    assert np.allclose(ds.norm["scale"], train_steps.std())
+    assert abs(float(ds.train.x.mean())) < 0.2  # centred on the training part, not the whole
+    assert float(ds.test.x.min()) > 1.5  # test values lie above every training value
+    # targets are not normalised: the model predicts raw values
+    assert ds.test.y.min() >= 80
+
+
+def test_several_input_columns_and_stride(tmp_path):
+    write_series(tmp_path / "s.csv")
+    spec = series_spec("csv:s.csv", length=4, horizon=3, shape=[4, 2], stride=2,
+                       column="value", columns=["a", "b"])
+    ds = load_dataset(spec, tmp_path)
+    assert ds.train.x.shape[1:] == (4, 2) and ds.train.y.shape[1] == 3
+    assert len(ds.train) == (70 - 7) // 2 + 1
+    a, b = np.arange(70.0), 1000 + 2 * np.arange(70.0)
+    assert np.allclose(ds.norm["offset"], [a.mean(), b.mean()] * 4)
+    assert np.allclose(ds.norm["scale"], [a.std(), b.std()] * 4)
+    x = raw(ds.train, ds.norm)
+    assert np.allclose(x[1, :, 0], [2, 3, 4, 5]) and np.allclose(x[1, :, 1], 1000 + 2 * x[1, :, 0])
+    assert ds.train.y[1].tolist() == [6, 7, 8]
+    flat = series_spec("csv:s.csv", length=4, horizon=3, shape=[8], column=3, columns=[1, 2])
+    assert load_dataset(flat, tmp_path).train.x.shape[1:] == (8,)
+
+
+def test_npz_series_and_no_normalisation(tmp_path):
+    np.savez(tmp_path / "s.npz", x=np.arange(50.0))
+    spec = series_spec("npz:s.npz", length=3, horizon=1)
+    spec["data"]["normalize"] = "none"
+    spec["data"]["split"] = {"val": 0.0, "test": 0.2}
+    ds = load_dataset(spec, tmp_path)
+    assert ds.norm is None and ds.val is None
+    assert (len(ds.train), len(ds.test)) == (40 - 3, 10 - 3)
+    assert ds.test.x[0, :, 0].tolist() == [40, 41, 42] and ds.test.y[0].tolist() == [43]
+    np.savez(tmp_path / "m.npz", x=np.stack([np.arange(50.0), -np.arange(50.0)], axis=1))
+    spec = series_spec("npz:m.npz", length=3, horizon=1, shape=[3, 2], column=1, columns=[0, 1])
+    ds = load_dataset(spec, tmp_path)
+    assert ds.train.x.shape[1:] == (3, 2) and ds.train.y[0].tolist() == [-3]
+
+
+def test_load_arrays_windows_the_whole_series(tmp_path):
+    write_series(tmp_path / "s.csv")
+    x, y, labels, features = load_arrays("csv:s.csv", series_spec("", column="value"), tmp_path)
+    assert x.shape == (100 - 6, 5, 1) and y.shape == (94, 2)
+    assert x[-1, :, 0].tolist() == [93, 94, 95, 96, 97] and y[-1].tolist() == [98, 99]
+    assert labels is None and features is None
+
+
+def test_predict_inputs_from_a_series(tmp_path):
+    write_series(tmp_path / "s.csv", n=12)
+    spec = series_spec("", length=5, horizon=2, stride=3, column="value")
+    x = model_inputs(tmp_path / "s.csv", spec)
+    # windows aligned to the end: the last one holds the last 5 steps (its forecast is the future)
+    assert x.shape == (3, 5, 1) and x[-1, :, 0].tolist() == [7, 8, 9, 10, 11]
+    assert x[0, :, 0].tolist() == [1, 2, 3, 4, 5]
+    assert input_windows(np.arange(5.0)[:, None], Window(5, 1, 1, None, None)).shape == (1, 5, 1)
+    (tmp_path / "w.csv").write_text("1,2,3,4,5\n6,7,8,9,10\n")  # ready-made flattened windows
+    assert model_inputs(tmp_path / "w.csv", spec).shape == (2, 5, 1)
+    (tmp_path / "short.csv").write_text("value\n1\n2\n")
+    raises(lambda: model_inputs(tmp_path / "short.csv", spec), "2 time steps", "need 5")
+
+
+def test_window_errors_are_one_line(tmp_path):
+    write_series(tmp_path / "s.csv")
+
+    def load(**kw):
+        spec = series_spec("csv:s.csv", **{"column": "value", **kw})
+        return lambda: load_dataset(spec, tmp_path)
+
+    raises(load(column="valeu"), "data.window.column", "'valeu'", "did you mean 'value'?")
+    raises(load(column=9), "data.window.column", "index 9 out of range", "4 columns")
+    raises(load(columns=["a", "zz"], shape=[5, 2]), "data.window.columns", "'zz'")
+    raises(load(length=60), "the val part", "has 10", "length 60 + horizon 2 = 62")
+    raises(load(kind="classification"), "regression", "task.kind is classification")
+    raises(load(shape=[6, 1]), "samples are [5, 1]", "input.shape is [6, 1]")
+    raises(load(length=0), "data.window.length", ">= 1")
+    (tmp_path / "tiny.csv").write_text("value\n1\n2\n3\n")
+    spec = series_spec("csv:tiny.csv")
+    raises(lambda: load_dataset(spec, tmp_path), "tiny.csv", "3 time steps", "= 7")
+    (tmp_path / "bad.csv").write_text("value\n1\n2\nx\n" + "4\n" * 20)
+    raises(lambda: load_dataset(series_spec("csv:bad.csv"), tmp_path), "bad.csv:4", "'x'")
+    raises(lambda: load_dataset(series_spec("builtin:diabetes"), tmp_path), "csv: or npz:")
+    np.savez(tmp_path / "s.npz", x=np.arange(50.0))
+    spec = series_spec("npz:s.npz", column="value")
+    raises(lambda: load_dataset(spec, tmp_path), "0-based index", "'value'")
+    spec = series_spec("csv:s.csv", column="value")
+    spec["data"]["split"] = {"val": 0.0, "test": 0.95}
+    raises(lambda: load_dataset(spec, tmp_path), "the train part", "has 5")
+
+
+def test_window_spec_trains_and_predicts_end_to_end(cli, tmp_path):
+    """A dense forecaster on a noisy sine: beats the naive last-value forecast; predict and
+    evaluate take the raw series."""
+    t = np.arange(600)
+    value = 50 + 20 * np.sin(2 * np.pi * t / 25) + np.random.default_rng(0).normal(0, 1, 600)
+    rows = ["step,value"] + [f"{i},{v:.4f}" for i, v in zip(t, value)]
+    (tmp_path / "sine.csv").write_text("\n".join(rows) + "\n")
+    spec = series_spec("csv:sine.csv", length=20, horizon=3, column="value")
+    spec["layers"] = [{"type": "flatten"}, {"type": "dense", "units": 32, "activation": "relu"},
+                      {"type": "dense", "units": 3}]
+    spec["task"] = {"kind": "regression", "loss": "mse", "metrics": ["mae"]}
+    spec["train"] = {"epochs": 60, "batch_size": 32, "optimizer": {"type": "adam", "lr": 0.01}}
+    (tmp_path / "s.yaml").write_text(json.dumps(spec))
+    r = cli("train", tmp_path / "s.yaml", "--out", tmp_path / "run", "--quiet")
+    assert r.code == 0, r
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    test = value[480:]
+    naive = np.mean([abs(test[i + 20:i + 23] - test[i + 19]).mean() for i in range(120 - 22)])
+    assert summary["test"]["mae"] < 0.5 * naive, (summary, naive)
+    r = cli("predict", tmp_path / "run" / "model.onnx", tmp_path / "sine.csv")
+    assert r.code == 0, r
+    lines = r.out.strip().splitlines()
+    assert lines[0] == "prediction_0,prediction_1,prediction_2" and len(lines) == 1 + 600 - 19
+    last = [float(v) for v in lines[-1].split(",")]
+    future = 50 + 20 * np.sin(2 * np.pi * np.arange(600, 603) / 25)
+    assert np.abs(np.array(last) - future).max() < 4, (last, future)
+    r = cli("evaluate", tmp_path / "run" / "model.onnx", "--data", tmp_path / "sine.csv")
+    assert r.code == 0 and "mae" in r.out, r
+
+
+# ================================================================ text
+
+TEXTS = [("the cat sat on the mat", "animal"), ("a dog barked at the cat", "animal"),
+         ("the red car drove fast", "vehicle"), ("a blue truck and a car", "vehicle")]
+
+
+def text_spec(source, length=6, kind="classification", dtype="int64", **text):
+    return {
+        "dlc": 1,
+        "name": "tx",
+        "input": {"shape": [length], "dtype": dtype},
+        "layers": [{"type": "dense", "units": 2}],
+        "task": {"kind": kind},
+        "data": {"source": source, "header": True, "normalize": "standard",
+                 "split": {"val": 0.0, "test": 0.0, "stratify": True, "seed": 0},
+                 "text": {"max_length": length, **text}},
+    }
+
+
+def write_texts(path: Path, rows, header=("text", "label")) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_word_and_char_tokenizers():
+    word = TextSpec("text", "word", 8, True)
+    assert word.tokens("Hello, World!  It's 42x") == \
+        ["hello", ",", "world", "!", "it", "'", "s", "42x"]
+    assert TextSpec("text", "word", 8, False).tokens("Hello World") == ["Hello", "World"]
+    assert TextSpec("text", "char", 8, True).tokens(" Ab \t c ") == ["a", "b", " ", "c"]
+    assert TextSpec("text", "char", 8, False).tokens("Ab") == ["A", "b"]
+
+
+def test_vocabulary_order_size_and_min_freq():
+    ts = TextSpec("text", "word", 4, True, vocab_size=5, min_freq=1)
+    built = ts.build(["b a a c", "c a d", "e"])
+    assert built.vocab == ("<pad>", "<oov>", "a", "c", "b")  # by count, ties by token
+    assert TextSpec("text", "word", 4, True, 100, 2).build(["b a a c", "c a d"]).vocab == \
+        ("<pad>", "<oov>", "a", "c")
+
+
+def test_padding_oov_and_truncation():
+    built = TextSpec("text", "word", 4, True).build(["the cat sat", "the dog"])
+    index = {t: i for i, t in enumerate(built.vocab)}
+    x = built.encode(["The cat", "the zebra sat on the mat", ""])
+    assert x.dtype == np.int64 and x.shape == (3, 4)
+    assert x[0].tolist() == [index["the"], index["cat"], PAD, PAD]
+    assert x[1].tolist() == [index["the"], OOV, index["sat"], OOV]  # first 4 tokens kept
+    assert x[2].tolist() == [PAD] * 4
+    assert PAD == 0 and OOV == 1 and built.vocab[:2] == ("<pad>", "<oov>")
+    assert TextSpec.from_meta(json.loads(json.dumps(built.to_meta()))) == built
+
+
+def test_char_text_dataset(tmp_path):
+    write_texts(tmp_path / "t.csv", TEXTS)
+    ds = load_dataset(text_spec("csv:t.csv", length=10, tokenizer="char"), tmp_path)
+    assert ds.train.x.shape == (4, 10) and ds.train.x.dtype == np.int64
+    assert ds.norm is None and ds.labels == ["animal", "vehicle"]
+    assert ds.text["tokenizer"] == "char" and "c" in ds.text["vocab"] and "cat" not in \
+        ds.text["vocab"]
+
+
+def test_vocabulary_from_the_training_split_only(tmp_path):
+    rows = [(f"shared words unique{i}", "ab"[i % 2]) for i in range(40)]
+    write_texts(tmp_path / "t.csv", rows)
+    spec = text_spec("csv:t.csv", length=3)
+    spec["data"]["split"] = {"val": 0.25, "test": 0.25, "stratify": True, "seed": 0}
+    ds = load_dataset(spec, tmp_path)
+    vocab = ds.text["vocab"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (20, 10, 10)
+    assert len(vocab) == 2 + 2 + 20  # padding, OOV, "shared", "words", one unique per row
+    assert set(ds.train.x[:, 2].tolist()) <= set(range(2, len(vocab)))
+    assert OOV not in ds.train.x
+    assert ds.val.x[:, 2].tolist() == [OOV] * 10 and ds.test.x[:, 2].tolist() == [OOV] * 10
+    assert ds.test.x[:, :2].tolist() == [[vocab.index("shared"), vocab.index("words")]] * 10
+
+
+def test_text_settings_validated(tmp_path):
+    write_texts(tmp_path / "t.csv", TEXTS)
+
+    def load(**kw):
+        return lambda: load_dataset(text_spec("csv:t.csv", **kw), tmp_path)
+
+    raises(load(dtype="float32"), "int64 token ids", "input.dtype: int64")
+    raises(load(column="txt"), "data.text.column", "did you mean 'text'?")
+    raises(load(tokenizer="bpe"), "unknown tokenizer 'bpe'")
+    raises(load(vocab_size=2), "data.text.vocab_size", ">= 3")
+    spec = text_spec("csv:t.csv")
+    spec["input"]["shape"] = [5]
+    raises(lambda: load_dataset(spec, tmp_path), "6 token ids", "input.shape is [5]")
+    spec = text_spec("csv:t.csv", column="label")
+    raises(lambda: load_dataset(spec, tmp_path), "the last column is the text column")
+    spec["data"]["target"] = "label"
+    raises(lambda: load_dataset(spec, tmp_path), "also the text column")
+    raises(lambda: load_dataset(text_spec("builtin:iris"), tmp_path), "needs a csv: source")
+    spec = text_spec("csv:t.csv")
+    spec["data"]["augment"] = {"noise": 0.1}
+    raises(lambda: load_dataset(spec, tmp_path), "augment does not apply to text")
+    raises(lambda: load_arrays("csv:t.csv", text_spec(""), tmp_path), "trained model's vocabulary")
+    write_texts(tmp_path / "u.csv", [("x", "")] + TEXTS)
+    raises(lambda: load_dataset(text_spec("csv:u.csv"), tmp_path), "u.csv:2", "empty target")
+
+
+def test_max_length_defaults_to_input_shape():
+    spec = text_spec("", length=7)
+    del spec["data"]["text"]["max_length"]
+    assert text_config(spec).max_length == 7
+
+
+def test_load_arrays_uses_the_stored_vocabulary(tmp_path):
+    write_texts(tmp_path / "t.csv", TEXTS)
+    spec = text_spec("csv:t.csv")
+    ds = load_dataset(spec, tmp_path)
+    write_texts(tmp_path / "new.csv", [("the zebra sat", "animal")])
+    x, y, labels, _ = load_arrays("csv:new.csv", spec, tmp_path, labels=ds.labels, text=ds.text)
+    vocab = ds.text["vocab"]
+    assert x.tolist() == [[vocab.index("the"), OOV, vocab.index("sat"), 0, 0, 0]]
+    assert y.tolist() == [0] and labels == ["animal", "vehicle"]
+
+
+# ---- predict on a text model: the stored vocabulary tokenises raw text ------------------------
+
+
+def fake_text_model(path: Path, spec: dict, text: dict, labels: list[str]) -> np.ndarray:
+    """An ONNX model with dlc's metadata and outputs: logits = float(ids) @ W (no layers needed)."""
+    length = spec["input"]["shape"][0]
+    w = np.random.default_rng(0).normal(size=(length, len(labels))).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["f", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+             helper.make_node("ArgMax", ["logits"], ["class_index"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "fake", [helper.make_tensor_value_info("input", TensorProto.INT64, ["N", length])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(labels)]),
+         helper.make_tensor_value_info("class_index", TensorProto.INT64, ["N"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten().tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    meta = {"dlc.spec_resolved": json.dumps(spec), "dlc.labels": json.dumps(labels)}
+    if text is not None:
+        meta["dlc.text"] = json.dumps(text)
+    helper.set_model_props(model, meta)
+    onnx.save(model, path)
+    return w
+
+
+def test_predict_and_evaluate_tokenise_raw_text(cli, tmp_path):
+    from dlc.runtime.infer import load_model, predict
+
+    write_texts(tmp_path / "t.csv", TEXTS)
+    spec = text_spec("csv:t.csv")
+    spec["task"]["metrics"] = ["accuracy"]
+    ds = load_dataset(spec, tmp_path)
+    w = fake_text_model(tmp_path / "m.onnx", spec, ds.text, ds.labels)
+    model = load_model(tmp_path / "m.onnx")
+    assert model.text == ds.text
+    texts = ["The cat sat", "a truck, a car and a dog drove on"]
+    expected = TextSpec.from_meta(ds.text).encode(texts).astype(np.float32) @ w
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n\n")
+    write_texts(tmp_path / "in.csv", [(t, "x") for t in texts], header=("text", "other"))
+    (tmp_path / "one.csv").write_text("".join(f'"{t}"\n' for t in texts))
+    for name in ("in.txt", "in.csv", "one.csv"):
+        assert np.allclose(predict(model, tmp_path / name)["logits"], expected, atol=1e-4), name
+    r = cli("predict", tmp_path / "m.onnx", tmp_path / "in.txt")
+    assert r.code == 0 and r.out.splitlines()[0].startswith("class_index,label,p_animal"), r
+    r = cli("evaluate", tmp_path / "m.onnx", "--data", tmp_path / "t.csv")
+    assert r.code == 0 and "samples: 4" in r.out, r
+    write_texts(tmp_path / "two.csv", [("a", "b")], header=("body", "other"))
+    r = cli("predict", tmp_path / "m.onnx", tmp_path / "two.csv")
+    assert r.code == 1 and "no column 'text'" in r.err and len(r.err.strip().splitlines()) == 1
+    fake_text_model(tmp_path / "novocab.onnx", spec, None, ds.labels)
+    r = cli("predict", tmp_path / "novocab.onnx", tmp_path / "in.txt")
+    assert r.code == 1 and "stores no vocabulary" in r.err, r
+
+
+def test_example_data_files_are_well_formed():
+    with open(SPECS / "data" / "wordnet_glosses.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5000 and all(r["text"].strip() for r in rows)
+    assert sorted({r["label"] for r in rows}) == ["animal", "artifact", "food", "person", "plant"]
+    values = np.loadtxt(SPECS / "data" / "sunspots_monthly.csv", delimiter=",", skiprows=1,
+                        usecols=1)
+    assert values.shape == (3126,) and values.min() >= 0
