@@ -70,7 +70,7 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
                     meta: dict | None = None) -> onnx.ModelProto:
     """The self-contained inference model: raw input in, named outputs out, weights inside."""
     b = Builder()
-    norms = norm if len(net.inputs) > 1 else {"input": norm}  # several inputs: one per name
+    norms = norm if net.spec.get("inputs") else {"input": norm}  # `inputs:`: one per name
     xs = {}
     for name, (shape, dtype) in net.inputs.items():
         x = b.input(name, dtype, ["N", *shape])
