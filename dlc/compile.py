@@ -51,19 +51,38 @@ def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
         return b.Div(b.Sub(x, b.const(offset, name="offset")), b.const(scale, name="scale"))
 
 
-def add_head(b: Builder, kind: str, logits: str, out_units: int) -> None:
-    """Named outputs: probabilities and class index for classifiers, the prediction for regressors."""
+def add_head(b: Builder, kind: str, logits: str, out_shape: list) -> None:
+    """Named outputs: probabilities and class index for classifiers, the prediction for regressors.
+    `out_shape`: the per-sample output dims, e.g. [units], or ["T", classes] per token."""
     if kind == "regression":
-        b.output(logits, "prediction", "float32", ["N", out_units])
+        b.output(logits, "prediction", "float32", ["N", *out_shape])
         return
-    b.output(logits, "logits", "float32", ["N", out_units])
+    b.output(logits, "logits", "float32", ["N", *out_shape])
     if kind == "classification":
-        b.output(b.Softmax(logits, axis=-1), "probabilities", "float32", ["N", out_units])
-        b.output(b.ArgMax(logits, axis=1, keepdims=0), "class_index", "int64", ["N"])
+        b.output(b.Softmax(logits, axis=-1), "probabilities", "float32", ["N", *out_shape])
+        b.output(b.ArgMax(logits, axis=-1, keepdims=0), "class_index", "int64",
+                 ["N", *out_shape[:-1]])
     else:
         b.output(b.Sigmoid(logits), "probabilities", "float32", ["N", 1])
         positive = b.Greater(b.Squeeze(logits, b.const([1])), b.const(0.0))
         b.output(b.Cast(positive, to=onnx.TensorProto.INT64), "class_index", "int64", ["N"])
+
+
+def _is_token_input(cfg: dict) -> bool:
+    """int64 ids of shape [T] without column names: token ids (categorical columns have names)."""
+    return cfg.get("dtype", "float32") == "int64" and len(cfg["shape"]) == 1 \
+        and not cfg.get("features")
+
+
+def pad_tokens(b: Builder, x: str, steps: int) -> str:
+    """Variable-length token ids: the inference model takes [N, T] for any T; the ids are padded
+    with the padding id 0 up to the declared length `steps` (longer inputs are cut to it), so
+    every layer sees the shapes it was built for. The closing Reshape states that length (the
+    sequence layers read it to match their padding masks to the tokens)."""
+    with b.scope("pad_tokens"):
+        missing = b.Sub(b.const([steps]), b.Slice(b.Shape(x), b.const([1]), b.const([2])))
+        padded = b.Pad(x, b.Concat(b.const([0, 0, 0]), missing, axis=0), b.const(0))
+        return b.Reshape(padded, b.const([-1, steps]))
 
 
 def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dict | None = None,
@@ -71,14 +90,24 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
     """The self-contained inference model: raw input in, named outputs out, weights inside."""
     b = Builder()
     norms = norm if net.spec.get("inputs") else {"input": norm}  # `inputs:`: one per name
-    xs = {}
+    xs, steps = {}, None  # steps: the first variable-length token input's length (a tensor)
     for name, (shape, dtype) in net.inputs.items():
-        x = b.input(name, dtype, ["N", *shape])
+        tokens = _is_token_input(spec_inputs(net.spec)[name])
+        time = "T" if len(net.inputs) == 1 else f"{name}_T"
+        x = b.input(name, dtype, ["N", time] if tokens else ["N", *shape])
         with b.scope(name):
-            xs[name] = normalize_input(b, x, (norms or {}).get(name), shape)
+            if tokens:
+                steps = steps or b.Slice(b.Shape(x), b.const([1]), b.const([2]))
+                xs[name] = pad_tokens(b, x, shape[0])
+            else:
+                xs[name] = normalize_input(b, x, (norms or {}).get(name), shape)
     params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
     logits = lower_body(b, net, xs, params, Ctx(training=False))
-    add_head(b, net.kind, logits, net.output_shape[0])
+    out_shape = list(net.output_shape)
+    if steps and net.kind == "classification" and len(out_shape) == 2:  # per-token outputs
+        logits = b.Slice(logits, b.const([0]), steps, b.const([1]))  # back to the input length
+        out_shape[0] = "T" if len(net.inputs) == 1 else "T_out"
+    add_head(b, net.kind, logits, out_shape)
     return b.model(net.spec["name"], metadata=metadata(spec, norm, meta),
                    doc=net.spec.get("description", ""))
 

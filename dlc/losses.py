@@ -15,12 +15,13 @@ def _mean(b: Builder, x: str) -> str:
 
 def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
     """Softmax cross-entropy against integer labels, with label smoothing eps:
-    target = (1 - eps) onehot + eps / classes."""
+    target = (1 - eps) onehot + eps / classes. Classes are the last axis: logits [N, C] with y [N],
+    or per-token logits [N, T, C] with y [N, T] (the mean then runs over every token)."""
     eps = float(task.get("label_smoothing", 0.0))
     values = b.const([eps / classes, 1.0 - eps + eps / classes])
     target = b.OneHot(y, b.const(classes), values, axis=-1)
     logp = b.LogSoftmax(logits, axis=-1)
-    return b.Neg(_mean(b, b.ReduceSum(b.Mul(target, logp), b.const([1]), keepdims=0)))
+    return b.Neg(_mean(b, b.ReduceSum(b.Mul(target, logp), b.const([-1]), keepdims=0)))
 
 
 def binary_cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:

@@ -31,7 +31,11 @@ def _precision_recall_f1(cm: np.ndarray, kind: str) -> tuple[float, float, float
 
 
 def classification_metrics(kind: str, y: np.ndarray, logits: np.ndarray) -> dict:
+    """Per-sample logits [n, C] with y [n]; per-token logits [n, T, C] with y [n, T] count each
+    token as one prediction (token accuracy)."""
     y = y.reshape(-1).astype(np.int64)
+    if kind != "binary" and logits.ndim > 2:
+        logits = logits.reshape(-1, logits.shape[-1])
     pred = predicted_classes(kind, logits)
     classes = 2 if kind == "binary" else logits.shape[1]
     cm = confusion_matrix(y, pred, classes)

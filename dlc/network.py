@@ -213,10 +213,11 @@ def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic
 def _check_output(spec, kind: str, out: Shape, last: int) -> list[Diagnostic]:
     labels = spec.data["task"].get("labels")
     at = ("layers", last)
-    if len(out) != 1:
+    per_token = kind == "classification" and len(out) == 2  # (steps, classes): y is [N, steps]
+    if len(out) != 1 and not per_token:
         return [spec.diag(at, f"the model output has shape {list(out)}; a {kind} task needs a "
                               "flat output (add flatten and dense layers)")]
-    units = out[0]
+    units = out[-1]
     if kind == "classification" and units < 2:
         return [spec.diag(at, f"a classification task needs one output unit per class "
                               f"(at least 2), got {units}; use kind: binary for one unit")]

@@ -26,8 +26,8 @@ from dlc.optim import Optimizer
 
 def target_spec(net: Network) -> tuple[str, list]:
     """dtype and shape of the `y` input for the network's task."""
-    if net.kind == "classification":
-        return "int64", ["N"]
+    if net.kind == "classification":  # [N], or [N, steps] for per-token (steps, classes) outputs
+        return "int64", ["N", *net.output_shape[:-1]]
     return "float32", ["N", net.output_shape[0]]
 
 
@@ -78,7 +78,7 @@ def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]
           for name, graph_name in x_names(net).items()}
     y = b.input("y", *target_spec(net))
     logits = lower_body(b, net, xs, params, ctx)
-    return logits, losses.loss(b, net.spec["task"], logits, y, net.output_shape[0])
+    return logits, losses.loss(b, net.spec["task"], logits, y, net.output_shape[-1])
 
 
 def build_eval_step(net: Network) -> Step:
@@ -87,7 +87,7 @@ def build_eval_step(net: Network) -> Step:
     params = {p.name: b.input(p.name, "float32", list(p.shape)) for p in net.params}
     logits, loss = _forward_and_loss(b, net, Ctx(training=False), params)
     b.output(loss, "loss", "float32", [])
-    b.output(logits, "logits", "float32", ["N", net.output_shape[0]])
+    b.output(logits, "logits", "float32", ["N", *net.output_shape])
     return Step(b.model(f"{net.spec['name']}-eval"), list(params), [])
 
 
@@ -139,7 +139,7 @@ def build_train_step(net: Network) -> Step:
     with b.scope("update"):
         w_new, state_new = opt.update(flat, g, state_in)
     b.output(loss, "loss", "float32", [])
-    b.output(logits, "logits", "float32", ["N", net.output_shape[0]])
+    b.output(logits, "logits", "float32", ["N", *net.output_shape])
     b.output(norm, "grad_norm", "float32", [])
     b.output(w_new, "params.new", "float32", [total])
     for s in opt.states:

@@ -172,6 +172,9 @@ def test_window_errors_are_one_line(tmp_path):
     raises(load(kind="classification"), "regression", "task.kind is classification")
     raises(load(shape=[6, 1]), "samples are [5, 1]", "input.shape is [6, 1]")
     raises(load(length=0), "data.window.length", ">= 1")
+    spec = series_spec("csv:s.csv", column="value")
+    spec["data"]["target"] = "value"
+    raises(lambda: load_dataset(spec, tmp_path), "data.target does not apply", "window.column")
     (tmp_path / "tiny.csv").write_text("value\n1\n2\n3\n")
     spec = series_spec("csv:tiny.csv")
     raises(lambda: load_dataset(spec, tmp_path), "tiny.csv", "3 time steps", "= 7")
@@ -306,6 +309,9 @@ def test_text_settings_validated(tmp_path):
     raises(load(column="txt"), "data.text.column", "did you mean 'text'?")
     raises(load(tokenizer="bpe"), "unknown tokenizer 'bpe'")
     raises(load(vocab_size=2), "data.text.vocab_size", ">= 3")
+    spec = text_spec("csv:t.csv")
+    spec["data"]["features"] = ["text"]
+    raises(lambda: load_dataset(spec, tmp_path), "data.features does not apply to text")
     spec = text_spec("csv:t.csv")
     spec["input"]["shape"] = [5]
     raises(lambda: load_dataset(spec, tmp_path), "6 token ids", "input.shape is [5]")

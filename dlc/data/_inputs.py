@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,21 +71,23 @@ def _read_csv(path: Path, features: list[str] | None, need: int) -> np.ndarray:
 
 def _read_array(path: Path) -> np.ndarray:
     """Key "x" of an npz (or its only array), or a .npy array."""
-    try:
+    try:  # an npz reads its members lazily: a corrupt archive fails at z[key], not at np.load
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DlcError(f"cannot read {path.name}: {e}") from None
-    if isinstance(z, np.ndarray):
-        return z
-    with z:
-        if "x" in z.files:
-            return z["x"]
-        if len(z.files) == 1:
-            return z[z.files[0]]
-        raise DlcError(
-            f"{path.name}: no array 'x' and {len(z.files)} arrays to choose from "
-            f"({name_list(sorted(z.files))}); save the inputs under the key 'x'"
-        )
+        if isinstance(z, np.ndarray):
+            return z
+        with z:
+            if "x" in z.files:
+                return z["x"]
+            if len(z.files) == 1:
+                return z[z.files[0]]
+            names = sorted(z.files)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DlcError(f"cannot read {path.name}: {why}") from None
+    raise DlcError(
+        f"{path.name}: no array 'x' and {len(names)} arrays to choose from "
+        f"({name_list(names)}); save the inputs under the key 'x'"
+    )
 
 
 def _shape_samples(x: np.ndarray, shape: list[int], name: str, features: list[str] | None):

@@ -119,10 +119,23 @@ def read_multi(source: str, spec: dict, categories: dict, labels: list[str] | No
     table = read_table(path, str(path), bool(data.get("header", True)))
     xs = Inputs()
     for name, cfg in spec["inputs"].items():
-        cols = _columns(table, cfg["features"], f"inputs.{name}.features")
+        names = cfg.get("features")
+        if not names:
+            raise DlcError(f"inputs.{name}.features: the model names no CSV columns for input "
+                           f"'{name}'")
+        if len(names) != int(np.prod(cfg["shape"])):
+            raise DlcError(f"inputs.{name}: {len(names)} columns do not fill shape "
+                           f"{list(cfg['shape'])}")
+        cols = _columns(table, names, f"inputs.{name}.features")
         if cfg.get("dtype", "float32") == "int64":
+            stored = categories.get(name)
+            if not isinstance(stored, dict) or not all(isinstance(stored.get(c), list)
+                                                       for c in names):
+                raise DlcError(f"this model stores no category ids for input '{name}' "
+                               "(dlc.categories); only a model trained with dlc train can "
+                               "encode categorical columns")
             cells = [[row[c] for c in cols] for row in table.rows]
-            xs[name] = encode_categories(cells, cfg["features"], categories[name])
+            xs[name] = encode_categories(cells, names, stored)
         else:
             xs[name] = _floats(table, cols)
         xs[name] = xs[name].reshape(-1, *cfg["shape"])

@@ -103,6 +103,8 @@ def text_config(spec: dict) -> TextSpec | None:
         return None
     if not isinstance(cfg, dict):
         raise DlcError(f"data.text: expected a mapping (column, tokenizer, ...), found {cfg!r}")
+    if (spec.get("data") or {}).get("features") is not None:
+        raise DlcError("data.features does not apply to text; the text column is data.text.column")
     cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     if cfg["tokenizer"] not in TOKENIZERS:
         raise DlcError(f"data.text.tokenizer: unknown tokenizer '{cfg['tokenizer']}'; "

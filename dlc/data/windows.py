@@ -64,6 +64,10 @@ def window_config(data: dict) -> Window | None:
         return None
     if not isinstance(w, dict):
         raise DlcError(f"data.window: expected a mapping (length, horizon, ...), found {w!r}")
+    for key, instead in (("target", "column"), ("features", "columns")):
+        if data.get(key) is not None:
+            raise DlcError(f"data.{key} does not apply to a window series; "
+                           f"use data.window.{instead}")
     columns = w.get("columns")
     if columns is not None and (not isinstance(columns, list) or not columns):
         raise DlcError(f"data.window.columns: expected a non-empty list of columns, "

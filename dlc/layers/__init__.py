@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dlc.layers.activations import ACTIVATIONS, Activation
+from dlc.layers.attention import MultiHeadAttention, TransformerEncoder
 from dlc.layers.base import Ctx, Layer, Param, Shape, ShapeError
 from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
                              ZeroPadding)
 from dlc.layers.core import Dense, Dropout, Flatten, Reshape
 from dlc.layers.merge import Concat, Merge
 from dlc.layers.norm import BatchNorm, LayerNorm
+from dlc.layers.sequence import Embedding, PositionalEncoding, Recurrent, SequencePool
 
 LAYERS: dict[str, type[Layer]] = {
     "dense": Dense,
@@ -30,6 +32,14 @@ LAYERS: dict[str, type[Layer]] = {
     "multiply": Merge,
     "average": Merge,
     "concat": Concat,
+    "embedding": Embedding,
+    "simple_rnn": Recurrent,
+    "lstm": Recurrent,
+    "gru": Recurrent,
+    "multi_head_attention": MultiHeadAttention,
+    "transformer_encoder": TransformerEncoder,
+    "positional_encoding": PositionalEncoding,
+    "sequence_pool": SequencePool,
     **{name: Activation for name in ACTIVATIONS},
 }
 

@@ -154,6 +154,9 @@ class Recurrent(Layer):
 
     def output_shape(self, in_shape: Shape) -> Shape:
         needs_sequence(self, in_shape)
+        if "activation" in self.cfg and self.cfg["type"] != "simple_rnn":
+            raise ShapeError("activation applies to simple_rnn only; lstm and gru use sigmoid "
+                             "gates and tanh")
         units = self.cfg["units"] * len(self.directions())
         return (in_shape[0], units) if self.cfg.get("return_sequences", False) else (units,)
 
@@ -284,10 +287,10 @@ class SequencePool(Layer):
                 return b.Gather(x, b.const(steps - 1), axis=1)
             reduce = b.ReduceMax if mode == "max" else b.ReduceMean
             return reduce(x, b.const([1]), keepdims=0)
-        keep = keep_mask(b, ids)
         if mode == "max":
-            real = b.Unsqueeze(b.Cast(keep, to=9), b.const([2]))  # 9: BOOL
+            real = b.Unsqueeze(b.Not(b.Equal(ids, b.const(PAD_ID))), b.const([2]))
             return b.ReduceMax(b.Where(real, x, b.const(-1e9)), b.const([1]), keepdims=0)
+        keep = keep_mask(b, ids)
         count = b.ReduceSum(keep, b.const([1]), keepdims=1)  # [N, 1]
         if mode == "last":
             last = b.Max(b.Sub(b.Cast(b.Squeeze(count, b.const([1])), to=INT64), b.const(1)),

@@ -33,8 +33,12 @@ class Model:
     def run(self, x: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
         feed = lambda xb: dict(xb) if isinstance(xb, dict) else {"input": xb}  # noqa: E731
-        parts = [self.session.run(None, feed(x[i:i + batch_size]))
-                 for i in range(0, len(x), batch_size)]
+        try:
+            parts = [self.session.run(None, feed(x[i:i + batch_size]))
+                     for i in range(0, len(x), batch_size)]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DlcError(f"onnxruntime cannot run {self.path}: {why}") from None
         return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
 
 
@@ -62,9 +66,50 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         categories = json.loads(meta.get("dlc.categories", "null"))
     except json.JSONDecodeError:
         raise DlcError(f"{path}: corrupt dlc metadata") from None
+    _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
-    return Model(path, make_session(proto.SerializeToString(), kind, index), spec, labels, features,
-                 text, categories)
+    session = make_session(proto.SerializeToString(), kind, index)
+    _check_outputs(path, session, spec["task"]["kind"], labels)
+    return Model(path, session, spec, labels, features, text, categories)
+
+
+_OUTPUTS = {"classification": ("logits", "probabilities", "class_index"),
+            "binary": ("logits", "probabilities", "class_index"), "regression": ("prediction",)}
+
+
+def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
+    """The metadata must be what dlc writes: a spec that passes the schema, string lists."""
+    from dlc.spec.schema import render_path, validate
+
+    if not isinstance(spec, dict):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved is not a mapping)")
+    problems = validate(spec)
+    if problems:
+        where = render_path(problems[0].path) or "the spec"
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
+                       f"{problems[0].message})")
+    for key, value in (("labels", labels), ("features", features)):
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a list of names)")
+    for key, value in (("text", text), ("categories", categories)):
+        if value is not None and not isinstance(value, dict):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a mapping)")
+
+
+def _check_outputs(path: Path, session, kind: str, labels) -> None:
+    """The graph has the outputs its task kind promises, and a class name per class."""
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    missing = [n for n in _OUTPUTS[kind] if n not in outputs]
+    if missing:
+        raise DlcError(f"{path}: the model has no output '{missing[0]}' (a {kind} model has "
+                       f"{', '.join(_OUTPUTS[kind])}); corrupt or not made by dlc")
+    if labels is not None and kind != "regression":
+        shape = outputs["probabilities"]
+        units = 2 if kind == "binary" else (shape[-1] if shape else None)
+        if isinstance(units, int) and len(labels) != units:
+            raise DlcError(f"{path}: corrupt dlc metadata ({len(labels)} class names for "
+                           f"{units} classes)")
 
 
 def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:

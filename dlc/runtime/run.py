@@ -21,7 +21,7 @@ from dlc.compile import inference_model
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes, write_text
 from dlc.network import Network, build_network
-from dlc.runtime import checkpoint
+from dlc.runtime import checkpoint, tracking
 from dlc.runtime.report import reporter
 from dlc.runtime.session import choose_device
 from dlc.runtime.trainer import Diverged, Trainer
@@ -47,7 +47,7 @@ def check_labels(net: Network, dataset) -> list[str] | None:
     """Class names for the model, and a clear error when data and output layer disagree."""
     labels = net.spec["task"].get("labels") or dataset.labels
     if net.kind == "classification":
-        units = net.output_shape[0]
+        units = net.output_shape[-1]
         seen = int(dataset.train.y.max()) + 1
         count = len(labels) if labels else seen
         if count != units or seen > units:
@@ -77,6 +77,7 @@ class Interrupted(DlcError):
 def _prepare(spec, data_dir: Path):
     from dlc.data import load_dataset
 
+    tracking.check(spec)  # train.tracking: MLflow missing -> one line, before any work
     net = build_network(spec)
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
@@ -122,23 +123,27 @@ def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bo
         rep.note(f"resuming {path} after epoch {trainer.state.epoch}")
     else:
         write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
+    tracker = tracking.start(spec, path, trainer.state.history)  # no-op unless train.tracking
 
     def save(t: Trainer) -> None:
         checkpoint.save_epoch(path, t, cfg.get("checkpoint", {}))
         write_metrics_csv(path / "metrics.csv", t.state.history)
+        tracker.log_epoch(t)
 
     t0 = time.perf_counter()
-    try:
-        trainer.fit(rep, on_epoch_end=save)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz holds "
-                          f"epoch {trainer.state.epoch}; resume with: dlc train --resume {path}") from None
-    except Diverged as e:
-        raise Diverged(f"{e}; the last good checkpoint (epoch {trainer.state.epoch}) is in "
-                       f"{path}") from None
-    finally:
-        rep.close()
-    finish(spec, net, dataset, trainer, labels, path, time.perf_counter() - t0)
+    with tracker:  # ends the tracking run: FINISHED, or FAILED when anything here raises
+        try:
+            trainer.fit(rep, on_epoch_end=save)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz holds "
+                              f"epoch {trainer.state.epoch}; resume with: dlc train --resume {path}") from None
+        except Diverged as e:
+            raise Diverged(f"{e}; the last good checkpoint (epoch {trainer.state.epoch}) is in "
+                           f"{path}") from None
+        finally:
+            rep.close()
+        tracker.log_summary(finish(spec, net, dataset, trainer, labels, path,
+                                   time.perf_counter() - t0))
     return path
 
 
