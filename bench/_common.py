@@ -19,10 +19,12 @@ def cores() -> int:
 
 def load(spec_path: Path, epochs: int | None, batch_size: int | None, keep_val: bool,
          extra: list[str] = ()):
-    """(spec, network, dataset) with the benchmark's overrides applied.
+    """(spec, network, dataset, note) with the benchmark's overrides applied.
 
     Without keep_val the validation split is set to 0, so train/test is the same 80/20
-    stratified split the torch peer (shared/bench/peer_torch.py) uses (dlc's own split indices)."""
+    stratified split the torch peer (shared/bench/peer_torch.py) uses (dlc's own split indices).
+    The validation split is kept anyway (and `note` says why) when early stopping monitors a
+    val_ metric, or when loading without it fails."""
     from dlc.data import load_dataset
     from dlc.network import build_network
     from dlc.spec import load_spec
@@ -32,12 +34,21 @@ def load(spec_path: Path, epochs: int | None, batch_size: int | None, keep_val: 
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
-    if not keep_val:
-        overrides.append("data.split.val=0")
     spec = load_spec(spec_path, overrides=overrides)
     net = build_network(spec)
-    ds = load_dataset(spec.data, Path(spec_path).resolve().parent)
-    return spec, net, ds
+    spec_dir = Path(spec_path).resolve().parent
+    note = None
+    monitor = ((spec.data.get("train") or {}).get("early_stopping") or {}).get("monitor", "")
+    if not keep_val and monitor.startswith("val_"):
+        note = f"validation split kept: early stopping monitors {monitor}"
+    elif not keep_val:
+        try:
+            spec0 = load_spec(spec_path, overrides=[*overrides, "data.split.val=0"])
+            return spec0, build_network(spec0), load_dataset(spec0.data, spec_dir), None
+        except Exception as e:  # noqa: BLE001 - report and fall back to the spec's split
+            note = (f"validation split kept: data.split.val=0 failed: "
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return spec, net, load_dataset(spec.data, spec_dir), note
 
 
 def versions() -> dict:

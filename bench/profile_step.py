@@ -384,7 +384,7 @@ def main() -> None:
 
     from dlc.runtime.trainer import Trainer
 
-    spec, net, ds = load(args.spec, None, args.batch_size, args.keep_val)
+    spec, net, ds, note = load(args.spec, None, args.batch_size, args.keep_val)
     t = Trainer(net, ds, device=("cpu", 0), seed=0)
     t.train_epoch()  # warm-up
     t.state.epoch += 1

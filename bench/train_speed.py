@@ -50,20 +50,27 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
     if THREADS != cores():  # --threads: rebuild the sessions with the requested thread count
         _set_threads(t, THREADS)
     setup = time.perf_counter() - t0
-    run_seconds, seen = 0.0, 0
+    run_seconds, seen, wall = 0.0, 0, 0.0
+    needs_val = t.monitor.startswith("val_")
     with ForeignLoad() as fl:
-        t0 = time.perf_counter()
         for _ in range(epochs):
+            t0 = time.perf_counter()
             row = t.train_epoch()
+            wall += time.perf_counter() - t0
+            if needs_val:  # early stopping on a val_ metric: validate, untimed
+                row.update(t.evaluate(ds.val, "val"))
+            t0 = time.perf_counter()
+            stop = t.end_epoch(row)  # state.epoch += 1, schedule + early-stopping bookkeeping
+            wall += time.perf_counter() - t0
             seen += len(ds.train.x)
             run_seconds += len(ds.train.x) / row["samples_per_s"]  # time inside session.run only
-            if t.end_epoch(row):  # increments state.epoch, schedule + early stopping bookkeeping
+            if stop:
                 break
-        wall = time.perf_counter() - t0
     acc = t.evaluate(ds.test, "test", t.final_params()).get("test_accuracy") if ds.test else None
     return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall,
             "run_only_samples_per_s": seen / run_seconds, "setup_s": setup,
-            "test_acc": acc, "steps": t.state.step, "foreign_load": fl.value}
+            "test_acc": acc, "steps": t.state.step, "foreign_load": fl.value,
+            "epochs_run": t.state.epoch}
 
 
 def _set_threads(t, threads: int) -> None:
@@ -75,6 +82,8 @@ def _set_threads(t, threads: int) -> None:
         setattr(t, attr, ort.InferenceSession(graph.model.SerializeToString(),
                                               session_options(threads),
                                               providers=["CPUExecutionProvider"]))
+    if hasattr(t, "stepper"):  # the stepper holds its own reference to the train session
+        t.stepper.sess = t.sess
 
 
 def dlc_warmup(net, ds) -> None:
@@ -91,17 +100,39 @@ _ACT = {"linear": None, "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "g
         "elu": "ELU", "selu": "SELU", "silu": "SiLU", "softplus": "Softplus"}
 
 
+def _chain(net) -> list:
+    """The network's layers in order when it is a plain chain (each layer reads the previous one,
+    no shared weights) ending at the logits; NotImplementedError otherwise."""
+    nodes = getattr(net, "nodes", None)
+    if nodes is None:  # older Network: a plain layer list
+        return list(net.layers)
+    chain, prev = [], None
+    for node in nodes:
+        want = [next(iter(net.inputs))] if prev is None else [prev]
+        if list(node.sources) != want or node.layer.cfg.get("share"):
+            raise NotImplementedError("only plain layer chains are mirrored in torch")
+        chain.append(node.layer)
+        prev = node.name
+        if node.name == getattr(net, "output", node.name):
+            break
+    return chain
+
+
 def torch_model(net, init: dict):
     """The spec's body as a torch Sequential with dlc's initial weights; NotImplementedError for
     layer types this mirror does not cover."""
     import torch
 
+    if any(not getattr(p, "trainable", True) for p in net.params):
+        raise NotImplementedError("layers with buffers (batchnorm) are not mirrored")
     mods = []
-    for layer in net.layers:
+    for layer in _chain(net):
         cfg = layer.cfg
         kind = cfg["type"]
         if kind == "dense":
             w = init[f"{layer.name}.weight"]
+            if w.ndim != 2:
+                raise NotImplementedError("dense weight of unexpected rank")
             lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=f"{layer.name}.bias" in init)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(w.T.copy()))
@@ -208,7 +239,7 @@ def main() -> None:
         THREADS = args.threads
     load_before = os.getloadavg()[0]
 
-    spec, net, ds = load(args.spec, args.epochs, args.batch_size, args.keep_val)
+    spec, net, ds, note = load(args.spec, args.epochs, args.batch_size, args.keep_val)
     try:
         import torch
 
@@ -246,6 +277,7 @@ def main() -> None:
            "dlc_samples_per_s": round(med(dlc_runs, "samples_per_s"), 1),
            "dlc_run_only_samples_per_s": round(med(dlc_runs, "run_only_samples_per_s"), 1),
            "dlc_wall_s": round(med(dlc_runs, "wall_s"), 4),
+           "dlc_epochs_run": dlc_runs[0]["epochs_run"],
            "dlc_setup_s": round(med(dlc_runs, "setup_s"), 4),
            "torch_samples_per_s": None, "torch_wall_s": None, "ratio": None,
            "dlc_test_acc": round(dlc_runs[0]["test_acc"], 4) if dlc_runs[0]["test_acc"] is not None
@@ -268,6 +300,8 @@ def main() -> None:
         out["torch_test_acc"] = round(acc, 4) if acc is not None else None
     if torch_skip:
         out["torch_skipped"] = torch_skip
+    if note:
+        out["note"] = note
     print(json.dumps(out), flush=True)
     if not args.json_only:
         r = out["ratio"]

@@ -131,24 +131,38 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
 def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH, "
                                                                       "npz:PATH or folder:PATH"),
              output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
-             batch_size: int = typer.Option(1024, min=1), device: str = "cpu"):
+             batch_size: int = typer.Option(1024, min=1), device: str = "cpu",
+             per_class: bool = typer.Option(False, "--per-class", help="Precision, recall, F1 "
+                                            "and support per class; the most confused pairs.")):
     """Metrics of a trained model on a data source (with targets)."""
     import json
 
     from dlc.fileio import write_text
     from dlc.runtime import infer
 
-    result = infer.evaluate(infer.load_model(model, device), data, batch_size)
+    loaded = infer.load_model(model, device)
+    if per_class and loaded.kind == "regression":
+        raise UsageError("--per-class needs a classification or binary model")
+    result = infer.evaluate(loaded, data, batch_size)
+    if per_class:
+        from dlc.metrics import per_class_report
+
+        result["per_class"] = per_class_report(result["confusion_matrix"], loaded.labels)
     text = json.dumps(result, indent=1)
     if output:
         write_text(output, text + "\n")
     cm = result.pop("confusion_matrix", None)
+    report = result.pop("per_class", None)
     for key, value in result.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     if cm is not None:
         print("confusion matrix (rows: true, columns: predicted):")
         for row in cm:
             print("  " + " ".join(f"{v:5d}" for v in row))
+    if report is not None:
+        from dlc.metrics import render_per_class
+
+        print("\n".join(render_per_class(report)))
 
 
 @app.command()
@@ -230,6 +244,57 @@ def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
 
     plot_run(Path(run), Path(output))
     print(f"wrote {output}")
+
+
+@app.command()
+def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help="int8.onnx path"),
+             mode: str = typer.Option("dynamic", help="dynamic | static"),
+             data: Optional[str] = typer.Option(None, "--data", help="Calibration (and, when the "
+                                                "spec's data does not load, comparison) source."),
+             calibration: int = typer.Option(256, help="Calibration samples (static).")):
+    """Quantize a trained model to int8 (onnxruntime); report size, speed and metric change."""
+    from dlc.tools_quantize import quantize as run_quantize
+    from dlc.tools_quantize import render
+
+    for line in render(run_quantize(model, output, mode, data, calibration)):
+        print(line)
+
+
+@app.command()
+def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of folds K."),
+       set_: Optional[List[str]] = SetOpt,
+       output: Optional[str] = typer.Option(None, "-o", "--output", help="cv.json"),
+       device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N.")):
+    """K-fold cross-validation: a fresh model per fold; mean ± std of each metric."""
+    import json
+
+    from dlc.crossval import cross_validate, render
+    from dlc.fileio import write_text
+
+    report = cross_validate(_load(spec, set_), folds, device, note=print)
+    for line in render(report):
+        print(line)
+    if output:
+        write_text(output, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {output}")
+
+
+@app.command()
+def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image folder: raw "
+                                                           "inputs, as for predict."),
+            output: Optional[str] = typer.Option(None, "-o", "--output",
+                                                 help="tabular: .csv/.npz table; images: PNG "
+                                                      "folder (default saliency/)"),
+            method: str = typer.Option("grad_x_input", help="grad_x_input | "
+                                                           "integrated_gradients"),
+            steps: int = typer.Option(32, help="Integrated-gradients interpolation steps."),
+            target: Optional[str] = typer.Option(None, help="Class name or index (default: "
+                                                            "the predicted class).")):
+    """Input attributions of the target logit, through dlc's own gradient pass."""
+    from dlc.explain import explain_file
+
+    for line in explain_file(model, input, output, method, steps, target):
+        print(line)
 
 
 @app.command()

@@ -57,3 +57,35 @@ def compute(kind: str, y: np.ndarray, outputs: np.ndarray) -> dict:
     if kind == "regression":
         return regression_metrics(y, outputs)
     return classification_metrics(kind, y, outputs)
+
+
+def per_class_report(cm, labels: list[str] | None = None, top: int = 5) -> dict:
+    """Per-class precision/recall/F1/support from a confusion matrix (rows: true, columns:
+    predicted), as scikit-learn's classification_report (0 where undefined), and the `top` most
+    confused (true, predicted) pairs off the diagonal, most frequent first."""
+    cm = np.asarray(cm, dtype=np.int64)
+    names = list(labels) if labels and len(labels) == len(cm) else [str(i) for i in range(len(cm))]
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(tp / cm.sum(axis=0))
+        recall = np.nan_to_num(tp / cm.sum(axis=1))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    classes = [{"class": names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(cm[i].sum())} for i in range(len(cm))]
+    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm))
+           if i != j and cm[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    confused = [{"true": names[i], "predicted": names[j], "count": n} for n, i, j in off[:top]]
+    return {"classes": classes, "confused": confused}
+
+
+def render_per_class(report: dict) -> list[str]:
+    """The per-class table and the most confused pairs as text lines."""
+    width = max([len(c["class"]) for c in report["classes"]] + [5])
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    lines += [f"{c['class']:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}"
+              f"  {c['support']:7d}" for c in report["classes"]]
+    if report["confused"]:
+        lines.append("most confused (true -> predicted: count):")
+        lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in report["confused"]]
+    return lines

@@ -151,6 +151,7 @@ def build_network(spec) -> Network:
                                        "(several named inputs)")])
     layers = [build_layer(cfg) for cfg in data["layers"]]
     order, sources, diags = _order(spec, layers)
+    diags += _check_ids(spec, layers, sources)
     shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
     nodes, params, owners = {}, [], {}
     for i in order:
@@ -179,6 +180,23 @@ def build_network(spec) -> Network:
     if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
         return Network(data, ordered, params, nodes[last].sources[0], graph)
     return Network(data, [*ordered, head], params, head.name, graph)
+
+
+def _check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagnostic]:
+    """int64 model inputs hold ids: only id-taking layers (embedding) read them, and those read
+    nothing else."""
+    ints = {n for n, c in spec_inputs(spec.data).items() if c.get("dtype", "float32") == "int64"}
+    diags = []
+    for i, (layer, srcs) in enumerate(zip(layers, sources)):
+        takes_ids = getattr(layer, "takes_ids", False)
+        for src in srcs:
+            if takes_ids and src not in ints:
+                diags.append(spec.diag(("layers", i), f"{layer.cfg['type']} '{layer.name}' takes "
+                                       f"int64 ids, but '{src}' is not an int64 model input"))
+            elif not takes_ids and src in ints:
+                diags.append(spec.diag(("layers", i), f"input '{src}' holds int64 ids; only an "
+                                       f"embedding layer can take it, not {layer.cfg['type']}"))
+    return diags
 
 
 def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic]:

@@ -205,7 +205,11 @@ def _resolve(node: dict) -> dict:
 def _weighted(pairs):
     """One of several strategies, picked with the given integer weights."""
     pool = [s for w, s in pairs for _ in range(w)]
-    return st.sampled_from(pool).flatmap(lambda s: s)
+
+    @st.composite
+    def pick(draw):
+        return draw(pool[draw(st.integers(0, len(pool) - 1))])
+    return pick()
 
 
 def sized_ints(lo=None, hi=None):
@@ -421,6 +425,9 @@ OVERRIDES[("blocks", "*", "layers")] = st.lists(
     schema_values(DEFS["layer"], ("blocks", "*", "layers", "*")), min_size=1, max_size=4)
 
 
+SPEC_DOCS = schema_values(SCHEMA)
+
+
 def _names(layers: list) -> list[str]:
     return [layer.get("name", f"{layer.get('type')}_{i}") for i, layer in enumerate(layers)]
 
@@ -429,7 +436,7 @@ def _names(layers: list) -> list[str]:
 def schema_specs(draw):
     """A schema-valid spec document, its layer references (`inputs`, `share`, `use`) pointed at
     real layers and blocks most of the time, and block parameters used as `${...}`."""
-    doc = draw(schema_values(SCHEMA))
+    doc = draw(SPEC_DOCS)
     layers = doc["layers"]
     names = _names(layers)
     blocks = sorted(doc.get("blocks") or {})
@@ -501,7 +508,7 @@ def test_generator_knows_schema():
 
 @settings(max_examples=100, derandomize=True, database=None, deadline=None,
           suppress_health_check=list(HealthCheck))
-@given(doc=schema_values(SCHEMA))
+@given(doc=SPEC_DOCS)
 def test_generated_specs_are_valid(doc):
     """The generator's raw output validates (blocks are validated after expansion, so a spec
     with blocks is checked without them)."""

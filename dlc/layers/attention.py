@@ -16,15 +16,16 @@ from dlc.layers.base import Layer, Param, Shape, ShapeError
 from dlc.layers.core import Dense, Dropout
 from dlc.layers.init import initializer
 from dlc.layers.norm import LayerNorm
-from dlc.layers.sequence import PAD_ID, needs_sequence, split, token_ids
+from dlc.layers.sequence import PAD_ID, needs_sequence, positions, split, token_ids
 
 MASKED = -1e9  # added to the score of a key that must not be attended to
 
 
-def _causal(steps: int):
-    import numpy as np
-
-    return np.triu(np.full((steps, steps), MASKED), k=1)  # key j > query i: masked
+def _causal(b, steps: int) -> str:
+    """[T, T]: MASKED where key j > query i, else 0 (built in the graph, no T x T constant)."""
+    pos = positions(b, steps)
+    later = b.Greater(b.Unsqueeze(pos, b.const([0])), b.Unsqueeze(pos, b.const([1])))
+    return b.Mul(b.Cast(later, to=b.float_code), b.const(MASKED))
 
 
 class MultiHeadAttention(Layer):
@@ -61,7 +62,7 @@ class MultiHeadAttention(Layer):
 
     def mask(self, b, ctx, steps: int) -> str | None:
         """The additive mask: [T, T] causal, [N, 1, 1, T] key padding, their sum, or None."""
-        bias = b.const(_causal(steps), name="causal") if self.cfg.get("causal", False) else None
+        bias = _causal(b, steps) if self.cfg.get("causal", False) else None
         ids = token_ids(b, ctx, self.cfg, steps)
         if ids is not None:
             pad = b.Cast(b.Equal(ids, b.const(PAD_ID)), to=b.float_code)

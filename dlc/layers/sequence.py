@@ -24,6 +24,7 @@ from dlc.layers.init import initializer
 PAD_ID = 0  # the padding token id (dlc's text data pads with 0)
 INT64 = 7  # onnx.TensorProto.INT64 (onnx is not imported by layer modules)
 GATES = {"simple_rnn": 1, "gru": 3, "lstm": 4}
+MAX_UNROLL = 1000  # steps a recurrent layer unrolls over (the graph grows with every step)
 
 
 # ---- helpers shared with attention.py ----------------------------------------------------------
@@ -94,6 +95,8 @@ class Embedding(Layer):
     """int64 token ids (steps,) -> (steps, dim) by a table lookup (Gather). With padding_index,
     that row starts at zero, its positions output zero and it never gets a gradient."""
 
+    takes_ids = True  # its input must be an int64 model input (checked by build_network)
+
     def output_shape(self, in_shape: Shape) -> Shape:
         pad, vocab = self.cfg.get("padding_index"), self.cfg["vocab_size"]
         if pad is not None and not 0 <= pad < vocab:
@@ -154,6 +157,9 @@ class Recurrent(Layer):
 
     def output_shape(self, in_shape: Shape) -> Shape:
         needs_sequence(self, in_shape)
+        if in_shape[0] > MAX_UNROLL:
+            raise ShapeError(f"{self.cfg['type']} unrolls over at most {MAX_UNROLL} steps, got "
+                             f"{in_shape[0]}; use shorter sequences, or attention")
         if "activation" in self.cfg and self.cfg["type"] != "simple_rnn":
             raise ShapeError("activation applies to simple_rnn only; lstm and gru use sigmoid "
                              "gates and tanh")
@@ -225,16 +231,24 @@ class Recurrent(Layer):
 
 
 # ---- positional encoding ----------------------------------------------------------------------
-def sinusoid_table(steps: int, dim: int):
-    """PE[t, 2i] = sin(t / 10000^(2i/dim)), PE[t, 2i+1] = cos(t / 10000^(2i/dim))."""
+def positions(b, steps: int) -> str:
+    """int64 [0, 1, ..., steps - 1], computed in the graph (no steps-sized constant)."""
+    return b.Range(b.const(0), b.const(steps), b.const(1))
+
+
+def sinusoids(b, steps: int, dim: int) -> str:
+    """PE[t, 2i] = sin(t / 10000^(2i/dim)), PE[t, 2i+1] = cos(t / 10000^(2i/dim)), computed in
+    the graph from the positions (the model holds no steps x dim table)."""
     import numpy as np
 
-    pos = np.arange(steps, dtype=np.float64)[:, None]
-    angle = pos * np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
-    table = np.zeros((steps, dim))
-    table[:, 0::2] = np.sin(angle)
-    table[:, 1::2] = np.cos(angle)[:, :dim // 2]
-    return table
+    half = (dim + 1) // 2
+    freq = np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
+    pos = b.Cast(positions(b, steps), to=b.float_code)
+    angle = b.Mul(b.Unsqueeze(pos, b.const([1])), b.const(freq))  # [T, half]
+    pairs = b.Concat(b.Unsqueeze(b.Sin(angle), b.const([2])),
+                     b.Unsqueeze(b.Cos(angle), b.const([2])), axis=2)  # [T, half, (sin, cos)]
+    table = b.Reshape(pairs, b.const([steps, 2 * half]))
+    return table if dim % 2 == 0 else b.Slice(table, b.const([0]), b.const([dim]), b.const([1]))
 
 
 def _small_normal(rng, shape):
@@ -261,7 +275,8 @@ class PositionalEncoding(Layer):
     def lower(self, b, x, p, ctx, in_shape):
         if self.cfg.get("kind", "sinusoidal") == "learned":
             return b.Add(x, p[f"{self.name}.embedding"])
-        return b.Add(x, b.const(sinusoid_table(*in_shape), name="table"))
+        with b.scope("sinusoids"):
+            return b.Add(x, sinusoids(b, *in_shape))
 
 
 # ---- pooling over time ------------------------------------------------------------------------

@@ -79,6 +79,9 @@ _OUTPUTS = {"classification": ("logits", "probabilities", "class_index"),
 
 def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
     """The metadata must be what dlc writes: a spec that passes the schema, string lists."""
+    from dlc.errors import SpecError
+    from dlc.network import build_network
+    from dlc.spec import Spec
     from dlc.spec.schema import render_path, validate
 
     if not isinstance(spec, dict):
@@ -88,6 +91,16 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
                        f"{problems[0].message})")
+    try:  # and describes a network dlc builds (shapes, features per input, task)
+        build_network(Spec(spec, "", str(path)))
+    except SpecError as e:
+        d = e.diagnostics[0]
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
+                       f"{d.path + ': ' if d.path else ''}{d.message})") from None
+    flat = spec.get("input", {}).get("shape")
+    if features is not None and flat is not None and len(features) != int(np.prod(flat)):
+        raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
+                       f"input shape {flat})")
     for key, value in (("labels", labels), ("features", features)):
         if value is not None and not (isinstance(value, list)
                                       and all(isinstance(v, str) for v in value)):

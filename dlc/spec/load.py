@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,10 +65,13 @@ def _parse_override(raw: str, file: str) -> _Override:
     return _Override(raw, parts, loaded.data)
 
 
+_INDEX = re.compile(r"-?[0-9]+")  # a list index in a --set path (ASCII digits only)
+
+
 def _step(container: Any, part: str, where: tuple) -> tuple[Any, str]:
     """The key or index `part` names in `container`; a Diagnostic-worthy message if none."""
     if isinstance(container, list):
-        if not part.lstrip("-").isdigit():
+        if not _INDEX.fullmatch(part):  # not str.isdigit(): '²' is a digit, int('²') fails
             return None, f"{render_path(where) or 'the spec'} is a list; use a number, not '{part}'"
         index = int(part)
         if not 0 <= index < len(container):
@@ -108,7 +112,7 @@ def _apply_overrides(loaded: Loaded, overrides: Sequence[str], file: str, text: 
         if problem:
             diagnostics.append(problem)
         else:
-            resolved = tuple(int(p) if p.isdigit() else p for p in ov.path)
+            resolved = tuple(int(p) if _INDEX.fullmatch(p) else p for p in ov.path)
             applied.append((resolved, raw))
     if diagnostics:
         raise SpecError(diagnostics)

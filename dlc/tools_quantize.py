@@ -1,0 +1,269 @@
+"""`dlc quantize`: an int8 copy of a trained model through onnxruntime.quantization.
+
+dynamic: weights int8, activations quantized at run time (no data needed). static: weights and
+activations int8 (QDQ format) with activation ranges calibrated (MinMax) on raw samples: `--data`,
+or the training split of the model's own data source (its stored resolved spec,
+`dlc.spec_resolved`). Only Gemm/MatMul/Conv are quantized statically, so probabilities and class
+indices stay float/exact. The model is pre-processed first (`quant_pre_process`: shape inference
+and graph optimisation; onnx shape inference alone if that fails). Every `dlc.*` metadata entry is
+copied over, plus `dlc.quantized`, so `dlc predict`/`dlc evaluate` work on the result.
+
+The report compares the float and int8 models in one process: file size, inference samples/s on
+the same batch (best of alternating rounds), and the metrics on the spec's test split, recreated
+with `load_dataset` and de-normalised back to raw inputs (x * scale + offset), since the models
+take raw inputs and normalise in-graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dlc import metrics as M
+from dlc.errors import DlcError, UsageError
+from dlc.fileio import write_bytes
+
+MODES = ("dynamic", "static")
+STATIC_OPS = ["Gemm", "MatMul", "Conv"]
+CALIB_BATCH = 64
+
+
+def denormalize(x: np.ndarray, norm: dict | None) -> np.ndarray:
+    """Undo `apply_norm`: raw = x * scale + offset per flattened feature (float32)."""
+    if norm is None:
+        return x
+    offset = np.asarray(norm["offset"], np.float64)
+    scale = np.asarray(norm["scale"], np.float64)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    return (flat * scale + offset).astype(np.float32).reshape(x.shape)
+
+
+def data_dir_of(model_path: Path) -> Path:
+    """Where the spec's relative data paths point: the run folder's run.json, else the cwd."""
+    info = Path(model_path).parent / "run.json"
+    if info.is_file():
+        try:
+            return Path(json.loads(info.read_text())["data_dir"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return Path.cwd()
+
+
+def spec_splits(model) -> tuple[np.ndarray, tuple | None]:
+    """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data."""
+    from dlc.data import load_dataset
+
+    ds = load_dataset(model.spec, data_dir_of(model.path))
+    test = (denormalize(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
+    return denormalize(ds.train.x, ds.norm), test
+
+
+def _samples(model, data: str | None, need_calib: bool) -> tuple:
+    """(calibration inputs or None, (x, y, description) for the comparison or None, notes)."""
+    from dlc.data import load_arrays
+
+    notes, calib, evaluation = [], None, None
+    try:
+        train_x, test = spec_splits(model)
+        calib = train_x
+        if test is not None:
+            evaluation = (*test, "test split of the spec's data")
+    except DlcError as e:
+        if need_calib and data is None:
+            raise DlcError(f"cannot load the model's data for calibration ({e}); pass --data")
+        notes.append(f"the spec's data did not load ({e})")
+    if data is not None:
+        x, y, _, _ = load_arrays(data, model.spec, Path.cwd(), require_target=False,
+                                 labels=model.labels, origin="--data", text=model.text)
+        calib = x
+        if evaluation is None and y is not None:
+            evaluation = (x, y, f"{data} (all samples)")
+    return calib, evaluation, notes
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over fixed batches."""
+
+    def __init__(self, name: str, x: np.ndarray):
+        self.batches = iter([{name: x[i:i + CALIB_BATCH]} for i in range(0, len(x), CALIB_BATCH)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def calibration_set(x: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """`count` samples of x in a seeded random order (all of them when fewer)."""
+    idx = np.random.default_rng(seed).permutation(len(x))[:count]
+    return np.ascontiguousarray(x[np.sort(idx)])
+
+
+def _preprocess(src: Path, dst: Path) -> str:
+    """ORT's recommended pre-processing (onnx shape inference and basic graph optimisation);
+    plain onnx shape inference when it fails. Symbolic shape inference is skipped: dlc graphs
+    have static per-sample shapes, and importing it loads torch when torch is installed."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return "quant_pre_process"
+    except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+        onnx.shape_inference.infer_shapes_path(str(src), str(dst))
+        return f"onnx shape inference (quant_pre_process failed: {type(e).__name__})"
+
+
+def _prune_opsets(model) -> None:
+    """Drop opset imports of domains no node uses (pre-processing adds every ORT domain)."""
+    used = {n.domain or "" for n in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if (o.domain or "") in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _run_ort(pre: Path, out: Path, mode: str, calib: np.ndarray | None, input_name: str):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if mode == "dynamic":
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
+    else:
+        quantize_static(str(pre), str(out), _Reader(input_name, calib),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def quantized_model(src: Path, mode: str, calib: np.ndarray | None, input_name: str):
+    """The int8 ModelProto with the source model's metadata; and how it was pre-processed."""
+    import onnx
+
+    source = onnx.load(str(src))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns through the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="dlc-quant-") as tmp:
+            pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            how = _preprocess(src, pre)
+            try:
+                _run_ort(pre, out, mode, calib, input_name)
+            except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
+                raise DlcError(f"onnxruntime cannot quantize {src}: {str(e).splitlines()[0]}")
+            model = onnx.load(str(out))
+    finally:
+        root.setLevel(level)
+    _prune_opsets(model)
+    del model.metadata_props[:]
+    for p in source.metadata_props:
+        model.metadata_props.add(key=p.key, value=p.value)
+    return model, how
+
+
+def throughput(sessions: list, x: np.ndarray, name: str, rounds: int = 5,
+               seconds: float = 0.2) -> list[float]:
+    """Samples/s of each session on the same batch x: alternating rounds, best of each."""
+    best = [0.0] * len(sessions)
+    for s in sessions:
+        s.run(None, {name: x})  # warm-up
+    for _ in range(rounds):
+        for k, s in enumerate(sessions):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                s.run(None, {name: x})
+                n += 1
+            best[k] = max(best[k], n * len(x) / (time.perf_counter() - t0))
+    return best
+
+
+def _scores(model, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+    out = model.run(x)
+    values = out["prediction" if model.kind == "regression" else "logits"]
+    result = M.compute(model.kind, y, values)
+    result.pop("confusion_matrix", None)
+    return result, out.get("class_index", values)
+
+
+def compare(before, after, evaluation) -> dict:
+    """Metrics of both models on the evaluation data, and how often they agree."""
+    x, y, where = evaluation
+    m0, p0 = _scores(before, x, y)
+    m1, p1 = _scores(after, x, y)
+    result = {"data": where, "samples": int(len(x)), "before": m0, "after": m1}
+    if before.kind == "regression":
+        result["max_abs_change"] = float(np.abs(p0 - p1).max())
+    else:
+        result["agreement"] = float((p0 == p1).mean())
+    return result
+
+
+def _bench_batch(evaluation, calib, size: int = 1024) -> np.ndarray | None:
+    x = evaluation[0] if evaluation is not None else calib
+    if x is None or not len(x):
+        return None
+    reps = -(-size // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:size])
+
+
+def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | None = None,
+             calibration: int = 256, bench_seconds: float = 0.2) -> dict:
+    """Write the int8 model to `output`; return the before/after report."""
+    from dlc.runtime.infer import load_model
+
+    if mode not in MODES:
+        raise UsageError(f"unknown --mode '{mode}'; use dynamic or static")
+    if calibration < 1:
+        raise UsageError("--calibration must be at least 1")
+    src, out = Path(model_path), Path(output)
+    before = load_model(src)
+    if before.spec.get("inputs") or len(before.session.get_inputs()) != 1:
+        raise DlcError("dlc quantize handles single-input models (input:), not inputs:")
+    if not out.parent.is_dir():
+        raise DlcError(f"output folder {out.parent} does not exist")
+    calib, evaluation, notes = _samples(before, data, mode == "static")
+    calib = calibration_set(calib, calibration) if calib is not None else None
+    if mode == "static" and calib.dtype != np.float32:
+        raise DlcError("--mode static needs float inputs; this model takes token ids")
+    model, how = quantized_model(src, mode, calib if mode == "static" else None, "input")
+    info = {"mode": mode, "calibration": int(len(calib)) if mode == "static" else 0}
+    model.metadata_props.add(key="dlc.quantized", value=json.dumps(info, sort_keys=True))
+    write_bytes(out, model.SerializeToString())
+    after = load_model(out)
+    report = {"model": str(src), "output": str(out), **info, "preprocess": how, "notes": notes,
+              "shown": list(before.spec["task"]["metrics"]),
+              "bytes_before": src.stat().st_size, "bytes_after": out.stat().st_size}
+    batch = _bench_batch(evaluation, calib)
+    if batch is not None:
+        speed = throughput([before.session, after.session], batch, "input",
+                           seconds=bench_seconds)
+        report.update(batch=int(len(batch)), samples_per_s_before=speed[0],
+                      samples_per_s_after=speed[1])
+    if evaluation is not None:
+        report["metrics"] = compare(before, after, evaluation)
+    return report
+
+
+def render(report: dict) -> list[str]:
+    """The report as printed lines (the spec's task metrics, as `dlc train` shows them)."""
+    b0, b1 = report["bytes_before"], report["bytes_after"]
+    lines = [f"wrote {report['output']} ({report['mode']}"
+             + (f", {report['calibration']} calibration samples" if report["calibration"] else "")
+             + ")", f"size: {b0:,} -> {b1:,} bytes ({b1 / b0:.2f}x)"]
+    if "batch" in report:
+        s0, s1 = report["samples_per_s_before"], report["samples_per_s_after"]
+        lines.append(f"speed (batch {report['batch']}, CPU): {s0:,.0f} -> {s1:,.0f} samples/s "
+                     f"({s1 / s0:.2f}x)")
+    m = report.get("metrics")
+    if m:
+        lines.append(f"metrics on {m['data']} ({m['samples']} samples):")
+        for key in [k for k in report["shown"] if k in m["before"]]:
+            v0, v1 = m["before"][key], m["after"][key]
+            lines.append(f"  {key}: {v0:.4f} -> {v1:.4f} ({v1 - v0:+.4f})")
+        if "agreement" in m:
+            lines.append(f"  same predicted class: {m['agreement']:.4f}")
+    lines += [f"note: {n}" for n in report["notes"]]
+    if not m:
+        lines.append("no metric comparison (no data with targets)")
+    return lines

@@ -1,0 +1,81 @@
+"""The sequence example specs, trained with short settings: the LSTM forecaster beats the naive
+last-value forecast on the same test windows, the text classifier beats chance clearly, and both
+exported models take raw data (a series, raw text) in `dlc predict`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SPECS
+
+from dlc.data import load_dataset
+from dlc.spec import load_spec
+
+
+def naive_mae(split, norm) -> float:
+    """MAE of repeating each test window's last raw value over the horizon."""
+    last = split.x[:, -1, 0] * norm["scale"][-1] + norm["offset"][-1]
+    return float(np.abs(split.y - last[:, None]).mean())
+
+
+@pytest.fixture(scope="module")
+def forecast_run(tmp_path_factory):
+    from dlc.runtime.run import train
+
+    out = tmp_path_factory.mktemp("forecast") / "run"
+    spec = load_spec(SPECS / "lstm_forecast.yaml", ["train.epochs=30"])
+    train(spec, str(out), quiet=True)
+    return out
+
+
+def test_lstm_forecast_beats_the_naive_forecast(forecast_run):
+    spec = load_spec(SPECS / "lstm_forecast.yaml")
+    ds = load_dataset(spec.data, SPECS)
+    naive = naive_mae(ds.test, ds.norm)
+    assert 17 < naive < 18  # 584-596 test windows of 1957-2009
+    summary = json.loads((forecast_run / "summary.json").read_text())
+    assert summary["test"]["mae"] < 0.95 * naive, (summary["test"], naive)
+
+
+def test_lstm_forecast_predicts_past_the_series_end(cli, forecast_run):
+    series = SPECS / "data" / "sunspots_monthly.csv"
+    r = cli("predict", forecast_run / "model.onnx", series)
+    assert r.code == 0, r
+    lines = r.out.strip().splitlines()
+    assert lines[0] == ",".join(f"prediction_{j}" for j in range(6))
+    assert len(lines) == 1 + 3126 - 24 + 1  # one forecast per window, the last past June 2009
+    future = np.array([float(v) for v in lines[-1].split(",")])
+    assert np.all(np.abs(future) < 60)  # June 2009 was the solar minimum (values near 0-3)
+    r = cli("evaluate", forecast_run / "model.onnx", "--data", series)
+    assert r.code == 0 and "samples: 3097" in r.out, r
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    from dlc.runtime.run import train
+
+    out = tmp_path_factory.mktemp("text") / "run"
+    train(load_spec(SPECS / "text_classifier.yaml", ["train.epochs=6"]), str(out), quiet=True)
+    return out
+
+
+def test_text_classifier_beats_chance(text_run):
+    summary = json.loads((text_run / "summary.json").read_text())
+    assert summary["test"]["accuracy"] >= 0.65, summary  # chance is 0.20 (5 balanced classes)
+
+
+def test_text_model_stores_its_vocabulary_and_takes_raw_text(cli, text_run):
+    meta = {p.key: p.value for p in onnx.load(text_run / "model.onnx").metadata_props}
+    text = json.loads(meta["dlc.text"])
+    assert text["vocab"][:2] == ["<pad>", "<oov>"] and 1000 < len(text["vocab"]) <= 4000
+    assert text["tokenizer"] == "word" and text["max_length"] == 24
+    r = cli("predict", text_run / "model.onnx", SPECS / "data" / "glosses_sample.txt")
+    assert r.code == 0, r
+    rows = r.out.strip().splitlines()
+    assert rows[0].startswith("class_index,label,p_animal,p_artifact,p_food,p_person,p_plant")
+    labels = [row.split(",")[1] for row in rows[1:]]
+    expected = ["animal", "artifact", "food", "person", "plant"]
+    assert len(labels) == 5 and sum(a == b for a, b in zip(labels, expected)) >= 3, labels
