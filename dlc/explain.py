@@ -225,7 +225,8 @@ def sample_lines(ex: Explainer, result: dict) -> list[str]:
     lines = []
     for i, (t, f, f0, s) in enumerate(zip(result["target"], result["logit"],
                                           result["baseline_logit"], total)):
-        line = f"sample {i}: target {class_name(ex, int(t))}  logit {f:.4g}"
+        what = "prediction" if ex.kind == "regression" else "logit"
+        line = f"sample {i}: target {class_name(ex, int(t))}  {what} {f:.4g}"
         if result["method"] == "integrated_gradients":
             line += f"  sum of attributions {s:.4g}  f(x) - f(0) {f - f0:.4g}"
         lines.append(line)

@@ -158,8 +158,11 @@ def test_bad_model_and_inputs(cli, iris_run, tmp_path):
     assert r.code == 1 and "not a dlc model" in r.err, r
 
 
-def test_output_parent_must_exist(cli, tmp_path):
-    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "no" / "such" / "run", "-q")
-    assert r.code == 1 and "does not exist" in r.err, r
+def test_output_folders(cli, tmp_path):
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "new" / "run", "-q", "--epochs", "1")
+    assert r.code == 0 and (tmp_path / "new" / "run" / "model.onnx").is_file(), r
+    (tmp_path / "file").write_text("x")
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "file" / "run", "-q")
+    assert r.code == 1 and "cannot create the run folder" in r.err, r
     r = cli("compile", SPECS / "iris.yaml", "-o", tmp_path / "no" / "m.onnx")
     assert r.code == 1 and "does not exist" in r.err, r

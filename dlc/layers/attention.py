@@ -84,7 +84,7 @@ class MultiHeadAttention(Layer):
         weights = b.Softmax(scores if bias is None else b.Add(scores, bias), axis=-1)
         rate = float(self.cfg.get("dropout", 0.0))
         if rate:
-            weights = Dropout(f"{n}.attn", {"rate": rate}).lower(b, weights, p, ctx, (h, t, t))
+            weights = Dropout(f"{n}.attn", {"type": "dropout", "rate": rate}).lower(b, weights, p, ctx, (h, t, t))
         out = b.Transpose(b.MatMul(weights, v), perm=[0, 2, 1, 3])  # [N, T, H, K]
         out = b.Reshape(out, b.const([-1, t, h * k]))
         return b.Add(b.MatMul(out, p[f"{n}.out_proj.weight"]), p[f"{n}.out_proj.bias"])
@@ -101,17 +101,18 @@ class TransformerEncoder(Layer):
         eps = {"epsilon": cfg.get("epsilon", 1e-5)}
         return {
             "self_attn": MultiHeadAttention(f"{pre}.self_attn", {
-                "heads": cfg["heads"], "key_dim": cfg.get("key_dim"), "causal": cfg.get(
+                "type": "multi_head_attention", "heads": cfg["heads"], "key_dim": cfg.get("key_dim"), "causal": cfg.get(
                     "causal", False), "dropout": cfg.get("dropout", 0.1),
                 "mask_padding": cfg.get("mask_padding", True)}),
-            "linear1": Dense(f"{pre}.linear1", {"units": cfg["ff_dim"],
+            "linear1": Dense(f"{pre}.linear1", {"type": "dense", "units": cfg["ff_dim"],
                                                 "activation": cfg.get("activation", "relu")}),
-            "linear2": Dense(f"{pre}.linear2", {"units": in_shape[-1]}),
-            "norm1": LayerNorm(f"{pre}.norm1", eps),
-            "norm2": LayerNorm(f"{pre}.norm2", eps),
+            "linear2": Dense(f"{pre}.linear2", {"type": "dense", "units": in_shape[-1]}),
+            "norm1": LayerNorm(f"{pre}.norm1", {"type": "layernorm", **eps}),
+            "norm2": LayerNorm(f"{pre}.norm2", {"type": "layernorm", **eps}),
         }
 
     def output_shape(self, in_shape: Shape) -> Shape:
+        needs_sequence(self, in_shape)
         return self.parts(0, in_shape)["self_attn"].output_shape(in_shape)
 
     def params(self, in_shape: Shape) -> list[Param]:
@@ -138,7 +139,7 @@ class TransformerEncoder(Layer):
 
     def _drop(self, b, x, ctx, name: str, shape: Shape) -> str:
         rate = float(self.cfg.get("dropout", 0.1))
-        return Dropout(name, {"rate": rate}).lower(b, x, {}, ctx, shape) if rate else x
+        return Dropout(name, {"type": "dropout", "rate": rate}).lower(b, x, {}, ctx, shape) if rate else x
 
     def _block(self, b, x, p, ctx, i: int, shape: Shape) -> str:
         parts, pre = self.parts(i, shape), f"{self.name}.{i}"

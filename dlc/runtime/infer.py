@@ -51,11 +51,11 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     path = Path(path)
     if not path.is_file():
         raise DlcError(f"model file not found: {path}")
-    try:
+    try:  # protobuf decodes string fields lazily: invalid UTF-8 fails at p.key, not at load
         proto = onnx.load_model_from_string(path.read_bytes())
-    except (DecodeError, ValueError, RuntimeError) as e:
+        meta = {p.key: p.value for p in proto.metadata_props}
+    except (DecodeError, ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
         raise DlcError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
     if "dlc.spec_resolved" not in meta:
         raise DlcError(f"{path} is not a dlc model (no dlc metadata); train one with dlc train")
     try:

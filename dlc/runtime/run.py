@@ -37,9 +37,10 @@ def run_dir(out: str | None, name: str, force: bool) -> Path:
         raise DlcError(f"output path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise DlcError(f"output folder {path} is not empty; pass --force to overwrite it")
-    if not path.parent.exists() and out is not None:
-        raise DlcError(f"output folder's parent {path.parent} does not exist")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)  # like runs/<name>/<time>: parents are made
+    except OSError as e:
+        raise DlcError(f"cannot create the run folder {path}: {e.strerror or e}") from None
     return path
 
 
