@@ -374,9 +374,13 @@ def fake_text_model(path: Path, spec: dict, text: dict, labels: list[str]) -> np
 def test_predict_and_evaluate_tokenise_raw_text(cli, tmp_path):
     from dlc.runtime.infer import load_model, predict
 
+    from dlc.spec import load_spec_text
+
     write_texts(tmp_path / "t.csv", TEXTS)
     spec = text_spec("csv:t.csv")
-    spec["task"]["metrics"] = ["accuracy"]
+    spec["layers"] = [{"type": "embedding", "vocab_size": 100, "dim": 4},
+                      {"type": "sequence_pool"}, {"type": "dense", "units": 2}]
+    spec = load_spec_text(json.dumps(spec)).data  # resolved, as a trained model stores it
     ds = load_dataset(spec, tmp_path)
     w = fake_text_model(tmp_path / "m.onnx", spec, ds.text, ds.labels)
     model = load_model(tmp_path / "m.onnx")

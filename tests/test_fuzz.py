@@ -172,12 +172,15 @@ def _run_model(model, net) -> None:
                              np.int64 if "int64" in i.type else np.float32)
             for i in sess.get_inputs()}
     outs = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feed))}
-    units = net.output_shape[0]
+    # per-sample outputs (units,); per-token classification (T, classes), T as fed (2 when the
+    # token input's length is symbolic)
+    out = [2 if isinstance(d, str) else d for d in sess.get_outputs()[0].shape[1:]]
+    assert out[-1] == net.output_shape[-1] and len(out) == len(net.output_shape)
     if net.kind == "regression":
-        assert outs["prediction"].shape == (2, units)
+        assert outs["prediction"].shape == (2, *out)
     else:
-        assert outs["logits"].shape == (2, units)
-        assert outs["class_index"].shape == (2,)
+        assert outs["logits"].shape == (2, *out)
+        assert outs["class_index"].shape == (2, *out[:-1])
 
 
 # ---- 1. schema-valid specs ------------------------------------------------------------------

@@ -529,7 +529,14 @@ def test_float_sequence_inputs_keep_their_declared_shape():
 @pytest.mark.parametrize("layers,shape,dtype,message", [
     ([{"type": "lstm", "units": 4, "activation": "relu"}, dense(2)], (T, 3), "float32",
      "activation applies to simple_rnn only"),
-    ([{"type": "gru", "units": 4}, dense(2)], (T,), "float32", "need an embedding layer first"),
+    ([{"type": "gru", "units": 4}, dense(2)], (T,), "float32", "add an embedding layer first"),
+    ([{"type": "lstm", "units": 2}, dense(2)], (1001, 2), "float32",
+     "lstm unrolls over at most 1000 steps, got 1001"),
+    ([{"type": "dense", "units": 3}, {"type": "embedding", "vocab_size": 5, "dim": 2},
+      {"type": "flatten"}, dense(2)], (T,), "float32",
+     "embedding 'embedding_1' takes int64 ids, but 'dense_0' is not an int64 model input"),
+    ([dense(2)], (T,), "int64", "input 'input' holds int64 ids; only an embedding layer can take "
+                                "it, not dense"),
     ([{"type": "multi_head_attention", "heads": 3}, {"type": "flatten"}, dense(2)], (T, 8),
      "float32", "heads 3 does not divide dim 8; set key_dim"),
     ([{"type": "embedding", "vocab_size": 5, "dim": 4, "padding_index": 5}, {"type": "flatten"},

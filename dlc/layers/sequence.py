@@ -74,7 +74,7 @@ def keep_mask(b, ids: str) -> str:
 
 def needs_sequence(layer: Layer, in_shape: Shape) -> None:
     if len(in_shape) != 2:
-        hint = "; token ids need an embedding layer first" if len(in_shape) == 1 else ""
+        hint = " (for token ids, add an embedding layer first)" if len(in_shape) == 1 else ""
         raise ShapeError(f"{layer.cfg['type']} takes (steps, features), got shape "
                          f"{list(in_shape)}{hint}")
 
