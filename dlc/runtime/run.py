@@ -136,8 +136,9 @@ def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bo
         try:
             trainer.fit(rep, on_epoch_end=save)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz holds "
-                              f"epoch {trainer.state.epoch}; resume with: dlc train --resume {path}") from None
+            raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz "
+                              f"holds epoch {trainer.state.epoch}; resume with: dlc train "
+                              f"--resume {path}") from None
         except Diverged as e:
             raise Diverged(f"{e}; the last good checkpoint (epoch {trainer.state.epoch}) is in "
                            f"{path}") from None
