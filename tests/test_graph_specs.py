@@ -199,3 +199,31 @@ def test_expand_and_graph_commands(cli, tmp_path):
         assert r.code == 1 and "needs Graphviz" in r.err, r
     r = cli("summary", SPECS / "digits_resnet.yaml")
     assert r.code == 0 and "res1" in r.out and "block" in r.out, r
+
+
+@pytest.mark.parametrize("name,overrides,target", [
+    ("penguins_wide_deep", [], 0.85),
+    ("digits_resnet", ["--epochs", "8"], 0.96),
+])
+def test_graph_examples_train(cli, tmp_path, name, overrides, target):
+    import json
+
+    out = tmp_path / name
+    r = cli("train", SPECS / f"{name}.yaml", "--out", out, "-q", *overrides)
+    assert r.code == 0, r
+    assert json.loads((out / "summary.json").read_text())["test"]["accuracy"] >= target
+
+
+def test_wide_deep_predicts_raw_categories(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", SPECS / "penguins_wide_deep.yaml", "--out", out, "-q", "--epochs",
+               "5").code == 0
+    rows = (SPECS / "data" / "penguins.csv").read_text().splitlines()
+    sample = tmp_path / "in.csv"
+    sample.write_text("\n".join(rows[:4] + [rows[1].replace("Torgersen", "Atlantis")]) + "\n")
+    r = cli("predict", out / "model.onnx", sample)
+    assert r.code == 0, r
+    lines = r.out.strip().splitlines()
+    assert lines[0] == "class_index,label,p_male" and len(lines) == 5  # unseen island: id 0
+    r = cli("evaluate", out / "model.onnx", "--data", f"csv:{SPECS / 'data' / 'penguins.csv'}")
+    assert r.code == 0 and "accuracy" in r.out, r

@@ -21,6 +21,11 @@ from dlc.layers.sequence import PAD_ID, needs_sequence, positions, split, token_
 MASKED = -1e9  # added to the score of a key that must not be attended to
 
 
+def dropout(b, x: str, ctx, name: str, rate: float, shape: Shape) -> str:
+    """The dropout layer's lowering (noise input `<name>.noise`, per-sample `shape`)."""
+    return Dropout(name, {"type": "dropout", "rate": rate}).lower(b, x, {}, ctx, shape)
+
+
 def _causal(b, steps: int) -> str:
     """[T, T]: MASKED where key j > query i, else 0 (built in the graph, no T x T constant)."""
     pos = positions(b, steps)
@@ -84,7 +89,7 @@ class MultiHeadAttention(Layer):
         weights = b.Softmax(scores if bias is None else b.Add(scores, bias), axis=-1)
         rate = float(self.cfg.get("dropout", 0.0))
         if rate:
-            weights = Dropout(f"{n}.attn", {"type": "dropout", "rate": rate}).lower(b, weights, p, ctx, (h, t, t))
+            weights = dropout(b, weights, ctx, f"{n}.attn", rate, (h, t, t))
         out = b.Transpose(b.MatMul(weights, v), perm=[0, 2, 1, 3])  # [N, T, H, K]
         out = b.Reshape(out, b.const([-1, t, h * k]))
         return b.Add(b.MatMul(out, p[f"{n}.out_proj.weight"]), p[f"{n}.out_proj.bias"])
@@ -101,9 +106,9 @@ class TransformerEncoder(Layer):
         eps = {"epsilon": cfg.get("epsilon", 1e-5)}
         return {
             "self_attn": MultiHeadAttention(f"{pre}.self_attn", {
-                "type": "multi_head_attention", "heads": cfg["heads"], "key_dim": cfg.get("key_dim"), "causal": cfg.get(
-                    "causal", False), "dropout": cfg.get("dropout", 0.1),
-                "mask_padding": cfg.get("mask_padding", True)}),
+                "type": "multi_head_attention", "heads": cfg["heads"],
+                "key_dim": cfg.get("key_dim"), "causal": cfg.get("causal", False),
+                "dropout": cfg.get("dropout", 0.1), "mask_padding": cfg.get("mask_padding", True)}),
             "linear1": Dense(f"{pre}.linear1", {"type": "dense", "units": cfg["ff_dim"],
                                                 "activation": cfg.get("activation", "relu")}),
             "linear2": Dense(f"{pre}.linear2", {"type": "dense", "units": in_shape[-1]}),
@@ -139,7 +144,7 @@ class TransformerEncoder(Layer):
 
     def _drop(self, b, x, ctx, name: str, shape: Shape) -> str:
         rate = float(self.cfg.get("dropout", 0.1))
-        return Dropout(name, {"type": "dropout", "rate": rate}).lower(b, x, {}, ctx, shape) if rate else x
+        return dropout(b, x, ctx, name, rate, shape) if rate else x
 
     def _block(self, b, x, p, ctx, i: int, shape: Shape) -> str:
         parts, pre = self.parts(i, shape), f"{self.name}.{i}"
