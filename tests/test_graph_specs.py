@@ -120,7 +120,8 @@ def test_residual_block_matches_torch():
     h = F.max_pool2d(h, 2).flatten(1)
     h = F.relu(h @ t["fc.weight"] + t["fc.bias"])
     logits = h @ t["head.weight"] + t["head.bias"]
-    loss = F.cross_entropy(logits, torch.tensor(y))
+    loss = F.cross_entropy(logits, torch.tensor(y),
+                           label_smoothing=s.data["task"]["label_smoothing"])
     loss.backward()
     norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in t.values())))
     assert abs(float(out_sgd["loss"]) - loss.item()) < 1e-5 * loss.item()

@@ -97,14 +97,14 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
         d = e.diagnostics[0]
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
                        f"{d.path + ': ' if d.path else ''}{d.message})") from None
-    flat = spec.get("input", {}).get("shape")
-    if features is not None and flat is not None and len(features) != int(np.prod(flat)):
-        raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
-                       f"input shape {flat})")
     for key, value in (("labels", labels), ("features", features)):
         if value is not None and not (isinstance(value, list)
                                       and all(isinstance(v, str) for v in value)):
             raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a list of names)")
+    flat = spec.get("input", {}).get("shape")
+    if features is not None and flat is not None and len(features) != int(np.prod(flat)):
+        raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
+                       f"input shape {flat})")
     for key, value in (("text", text), ("categories", categories)):
         if value is not None and not isinstance(value, dict):
             raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a mapping)")
