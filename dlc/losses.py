@@ -48,6 +48,16 @@ def huber(b: Builder, pred: str, y: str, task: dict, classes: int) -> str:
     return _mean(b, b.Where(b.Less(a, b.const(delta)), quad, lin))
 
 
+def distillation(b: Builder, student: str, teacher: str, temperature: float) -> str:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)) over the last axis, the mean over
+    samples (and tokens): torch's T^2 kl_div(..., reduction='batchmean') for [N, C] logits."""
+    t = b.const(float(temperature))
+    log_q = b.LogSoftmax(b.Div(student, t), axis=-1)
+    log_p = b.LogSoftmax(b.Div(teacher, t), axis=-1)
+    kl = b.ReduceSum(b.Mul(b.Exp(log_p), b.Sub(log_p, log_q)), b.const([-1]), keepdims=0)
+    return b.Mul(_mean(b, kl), b.const(float(temperature) ** 2))
+
+
 LOSSES = {"cross_entropy": cross_entropy, "binary_cross_entropy": binary_cross_entropy,
           "mse": mse, "mae": mae, "huber": huber}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from dlc import losses
+from dlc import distill, losses, prune
 from dlc.autodiff import gradients
 from dlc.compile import lower_body
 from dlc.graph import Builder
@@ -109,9 +109,10 @@ def _unpack(b: Builder, flat: str, layout: list[tuple[str, int, Shape]]) -> dict
                 for name, start, shape in layout}
 
 
-def build_train_step(net: Network) -> Step:
+def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
-    the update is then ~12 elementwise ops in all, instead of ~12 per parameter."""
+    the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
+    `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
     b = Builder()
     noise: list[tuple[str, Shape]] = []
 
@@ -121,23 +122,27 @@ def build_train_step(net: Network) -> Step:
 
     layout, total = flat_layout(net)
     flat = b.input("params", "float32", [total])
-    views = _unpack(b, flat, layout)
+    mask = prune.mask_input(b, net, total)  # train.prune: the flat 0/1 keep-mask, else None
+    views = _unpack(b, prune.masked(b, flat, mask), layout)
     shapes = {p.name: list(p.shape) for p in net.params if not p.trainable}
     buffers = {name: b.input(name, "float32", shape) for name, shape in shapes.items()}
     ctx = Ctx(training=True, noise=noise_input)
     logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers})
+    loss = distill.add_loss(b, net, logits, loss, data_norm)  # train.distill: the teacher's term
     lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
     found = gradients(b, loss, list(views.values()))
     with b.scope("grad"):
         parts = [b.Reshape(found[views[p]], b.const([-1])) if found[views[p]] else
                  b.const(np.zeros(numel(shape), np.float32)) for p, _, shape in layout]
         g = b.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
+    g = prune.masked(b, g, mask)  # pruned weights get no gradient
     train = net.spec.get("train", {})
     g, norm = _clip(b, g, train.get("clip_norm"))
     opt = Optimizer(b, train.get("optimizer", {"type": "adam", "lr": 1e-3}), lr, step)
     state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
     with b.scope("update"):
         w_new, state_new = opt.update(flat, g, state_in)
+        w_new = prune.masked(b, w_new, mask)  # and stay exactly zero
     b.output(loss, "loss", "float32", [])
     b.output(logits, "logits", "float32", ["N", *net.output_shape])
     b.output(norm, "grad_norm", "float32", [])
@@ -146,5 +151,6 @@ def build_train_step(net: Network) -> Step:
         b.output(state_new[s], f"state.{s}.new", "float32", [total])
     for name in buffers:  # running statistics: their in-graph update, or unchanged
         b.output(ctx.updates.get(name, name), f"{name}.new", "float32", shapes[name])
+    states = [*opt.states, *prune.mask_output(b, mask, total)]  # the mask persists like a state
     return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
-                list(opt.states), noise, layout, total)
+                states, noise, layout, total)

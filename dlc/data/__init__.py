@@ -134,7 +134,8 @@ def _split_config(data: dict) -> dict:
 
 
 def _subset(x: np.ndarray, y: np.ndarray, idx: np.ndarray, norm: dict | None) -> Split:
-    return Split(apply_norm(x[idx], norm), np.ascontiguousarray(y[idx]))
+    xs = x[idx] if x.dtype == np.int64 else apply_norm(x[idx], norm)  # ids stay ids
+    return Split(np.ascontiguousarray(xs), np.ascontiguousarray(y[idx]))
 
 
 def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
@@ -159,7 +160,10 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     assert y is not None
     check_augment(data.get("augment"), x.shape[1:])
     tr, va, te = _random_split(spec, y, len(x), _split_config(data))
-    norm = compute_norm(x[tr], data.get("normalize") or "standard")
+    if (spec.get("input") or {}).get("dtype") == "int64":  # token ids: exact, never normalised
+        x, norm = _as_ids(x, data["source"]), None
+    else:
+        norm = compute_norm(x[tr], data.get("normalize") or "standard")
     return Dataset(
         train=_subset(x, y, tr, norm),
         val=_subset(x, y, va, norm) if len(va) else None,
@@ -168,6 +172,12 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
         features=features,
         norm=norm,
     )
+
+
+def _as_ids(x: np.ndarray, source: str) -> np.ndarray:
+    if (x != np.round(x)).any() or (x < 0).any():
+        raise DlcError(f"{source}: an int64 input needs non-negative integer ids")
+    return x.astype(np.int64)
 
 
 def _random_split(spec: dict, y: np.ndarray, n: int, cfg: dict):

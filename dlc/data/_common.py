@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import lzma
 import math
+import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from dlc.errors import DlcError
+
+
+# What numpy.load can raise on a damaged .npy/.npz: a zip member is read lazily (at z[key]), and
+# zipfile raises RuntimeError (encrypted), NotImplementedError (compression) and codec errors.
+NPZ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
+              zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 
 
 def name_list(names: Sequence[str], limit: int = 8) -> str:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import as_numeric, check_finite, name_list, parse_matrix, suggest
+from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list, parse_matrix, suggest
 from dlc.data._csv import Table, read_table
 from dlc.data._images import read_image_dir, to_nchw
 from dlc.errors import DlcError
@@ -81,7 +79,7 @@ def _read_array(path: Path) -> np.ndarray:
             if len(z.files) == 1:
                 return z[z.files[0]]
             names = sorted(z.files)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except NPZ_ERRORS as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DlcError(f"cannot read {path.name}: {why}") from None
     raise DlcError(

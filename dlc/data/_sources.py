@@ -3,12 +3,11 @@ features)."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import as_numeric, check_finite, name_list
+from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list
 from dlc.data._csv import load_csv
 from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
@@ -76,7 +75,7 @@ def _read_npz(path: Path, display: str) -> dict[str, np.ndarray]:
             raise DlcError(f"{display}: not an npz archive (write it with numpy.savez)")
         with z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except NPZ_ERRORS as e:
         raise DlcError(f"cannot read {display} as npz: {e}") from None
 
 

@@ -30,8 +30,9 @@ def encode_numeric(
         return y.astype(np.float32), None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise DlcError(f"{what} must hold one class index per sample, found shape {list(y.shape)}")
+    if y.ndim != 1 and not (kind == "classification" and y.ndim == 2):  # [n, T]: per token
+        raise DlcError(f"{what} must hold one class index per sample (or per token), found shape "
+                       f"{list(y.shape)}")
     _check_integers(y, loc)
     if kind == "binary":
         return _encode_binary(y, known, loc)
@@ -41,8 +42,8 @@ def encode_numeric(
 def _check_integers(y: np.ndarray, loc: Locator) -> None:
     bad = (y != np.round(y)) | (y < 0)
     if bad.any():
-        i = int(np.argmax(bad))
-        raise DlcError(f"{loc(i)}: class target {y[i]:g} is not a non-negative integer")
+        at = tuple(np.argwhere(bad)[0])  # (sample,) or (sample, token)
+        raise DlcError(f"{loc(int(at[0]))}: class target {y[at]:g} is not a non-negative integer")
 
 
 def _encode_binary(
@@ -64,7 +65,7 @@ def _encode_classes(
     if known:
         over = y >= len(known)
         if over.any():
-            i = int(np.argmax(over))
+            i = int(np.argwhere(over)[0][0])
             raise DlcError(
                 f"{loc(i)}: class index {int(y[i])} is out of range for "
                 f"{len(known)} class names ({name_list(known)})"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dlc import distill, prune
 from dlc.compile import inference_model
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes, write_text
@@ -80,6 +81,8 @@ def _prepare(spec, data_dir: Path):
 
     tracking.check(spec)  # train.tracking: MLflow missing -> one line, before any work
     net = build_network(spec)
+    prune.check(spec, net)  # train.prune: epochs and layers
+    distill.check(spec, data_dir)  # train.distill: the teacher path, made absolute
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
     dataset = load_dataset(spec.data, data_dir)
@@ -162,6 +165,7 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
         summary["best_epoch"] = trainer.state.best["epoch"]
     if trainer.state.skipped_steps:
         summary["skipped_steps"] = trainer.state.skipped_steps
+    summary.update(prune.summary(trainer, params))  # train.prune: zeros per pruned tensor
     features = (spec.data.get("input") or {}).get("features") or dataset.features
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
             "labels": labels, "features": features, "text": dataset.text,

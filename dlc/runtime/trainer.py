@@ -17,6 +17,7 @@ from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
 from dlc.network import Network
+from dlc.prune import Pruner
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper, HostStepper
@@ -56,7 +57,8 @@ def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
 class Trainer:
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
-        self.step_graph, self.eval_graph = build_train_step(net), build_eval_step(net)
+        self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
+        self.eval_graph = build_eval_step(net)
         self.x_names = x_names(net)
         self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
         self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
@@ -67,6 +69,7 @@ class Trainer:
                       **{p.name: params[p.name] for p in net.params if not p.trainable}}
         self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1])
                         if device[0] == "cuda" else HostStepper(self.sess, persistent))
+        self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
         n, bs = len(dataset.train.x), self.cfg["batch_size"]
         self.steps_per_epoch = math.ceil(n / bs)
         self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
@@ -225,6 +228,8 @@ class Trainer:
         while self.state.epoch < self.cfg["epochs"]:
             t0 = time.perf_counter()
             reporter.start_epoch(self.state.epoch + 1, self.cfg["epochs"], self.steps_per_epoch)
+            if self.pruner:  # the magnitude schedule, before the epoch it applies to
+                self.pruner.update(self)
             row = self._epoch_with_retries(reporter)
             if self.data.val is not None:
                 row.update(self.evaluate(self.data.val, "val"))

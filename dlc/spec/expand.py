@@ -131,9 +131,9 @@ def expand(data: dict, positions: dict, key_positions: dict, file: str) -> list[
                 if isinstance(last, dict) else previous
     except _Fail as e:
         line, col = _nearest(positions, e.path)
-        from dlc.spec.schema import render_path
+        from dlc.spec.schema import one_line, render_path
 
-        return [Diagnostic(file, line, col, render_path(e.path), e.message)]
+        return [Diagnostic(file, line, col, render_path(e.path), one_line(e.message))]
     if len(out) > MAX_LAYERS:
         return [Diagnostic(file, *_nearest(positions, ("layers",)), "layers",
                            f"the spec expands to {len(out)} layers; the limit is {MAX_LAYERS}")]

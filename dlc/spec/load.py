@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from dlc.errors import Diagnostic, DlcError, SpecError
 from dlc.spec.expand import expand
-from dlc.spec.schema import fill_defaults, render_path, show, validate
+from dlc.spec.schema import fill_defaults, one_line, render_path, show, validate
 from dlc.spec.yamlload import Loaded, parse_yaml
 
 _KIND_LOSS = {"classification": "cross_entropy", "binary": "binary_cross_entropy",
@@ -40,7 +40,7 @@ class Spec:
     def diag(self, path: Sequence, message: str) -> Diagnostic:
         """A diagnostic at `path` (e.g. ("layers", 2, "units")), for checks after loading."""
         line, col = self.where(path)
-        return Diagnostic(self.file, line, col, render_path(tuple(path)), message)
+        return Diagnostic(self.file, line, col, render_path(tuple(path)), one_line(message))
 
 
 @dataclass
@@ -55,13 +55,13 @@ def _parse_override(raw: str, file: str) -> _Override:
     key, sep, text = raw.partition("=")
     parts = tuple(key.strip().split("."))
     if not sep or not all(parts):
-        raise SpecError([Diagnostic(file, 0, 0, "", f"--set {raw}: expected KEY.PATH=VALUE, "
-                                                     "e.g. --set train.epochs=5")])
+        message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5"
+        raise SpecError([Diagnostic(file, 0, 0, "", one_line(message))])
     try:
         loaded = parse_yaml(text, file) if text.strip() else Loaded(None)
     except SpecError as exc:
         message = f"--set {raw}: bad value: {exc.diagnostics[0].message}"
-        raise SpecError([Diagnostic(file, 0, 0, "", message)]) from None
+        raise SpecError([Diagnostic(file, 0, 0, "", one_line(message))]) from None
     return _Override(raw, parts, loaded.data)
 
 
@@ -139,7 +139,8 @@ def _schema_diagnostics(spec: Spec, applied: list) -> list[Diagnostic]:
         for path, raw in applied:
             if problem.path[: len(path)] == path:
                 message += f" (from --set {raw})"
-        out.append(Diagnostic(spec.file, line, col, render_path(problem.path), message))
+        out.append(Diagnostic(spec.file, line, col, render_path(problem.path),
+                              one_line(message)))
     return out
 
 

@@ -16,6 +16,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from dlc.errors import Diagnostic, SpecError
+from dlc.spec.schema import one_line
 
 Path = tuple  # a path into the data: ("layers", 2, "units")
 Pos = tuple[int, int]  # 1-based (line, col)
@@ -66,7 +67,7 @@ def _pos(node: Node) -> Pos:
 
 def _diag(file: str, mark: Any, message: str) -> Diagnostic:
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-    return Diagnostic(file, line, col, "", message)
+    return Diagnostic(file, line, col, "", one_line(message))
 
 
 class _Builder:
@@ -85,7 +86,10 @@ class _Builder:
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         if node.tag in _SCALAR_TAGS:
-            return self.loader.construct_object(node)
+            try:
+                return self.loader.construct_object(node)
+            except ValueError:  # PyYAML resolves 0x_, 0b_ and ._e5 as numbers, then fails
+                return node.value
         return node.value  # strings, and timestamps kept as written
 
     def _mapping(self, node: MappingNode, path: Path) -> dict:
@@ -112,7 +116,7 @@ def _syntax_diag(file: str, text: str, exc: yaml.YAMLError) -> Diagnostic:
         before = text[: exc.position]
         line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
         message = f"invalid YAML: unreadable character {exc.character!r}"
-        return Diagnostic(file, line, col, "", message)
+        return Diagnostic(file, line, col, "", one_line(message))
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if "'\\t'" in problem:
