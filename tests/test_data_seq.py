@@ -412,3 +412,16 @@ def test_example_data_files_are_well_formed():
     values = np.loadtxt(SPECS / "data" / "sunspots_monthly.csv", delimiter=",", skiprows=1,
                         usecols=1)
     assert values.shape == (3126,) and values.min() >= 0
+
+
+def test_window_split_without_validation_part():
+    """data.split.val = 0 gives no validation split (regression: it crashed on an empty part)."""
+    from pathlib import Path
+
+    from dlc.data import load_dataset
+    from dlc.spec import load_spec
+
+    root = Path(__file__).resolve().parent.parent / "specs"
+    spec = load_spec(root / "lstm_forecast.yaml", ["data.split.val=0"])
+    ds = load_dataset(spec.data, root)
+    assert ds.val is None and len(ds.train) > 0 and len(ds.test) > 0

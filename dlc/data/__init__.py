@@ -206,8 +206,11 @@ def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
                        win.length)
     splits = []
     for start, stop in parts:
+        if stop <= start:  # a split fraction of 0: no such part
+            splits.append(None)
+            continue
         x, y = make_windows(series.inputs[start:stop], series.target[start:stop], win)
-        x = apply_norm(x, norm).reshape((len(x), *shape))
+        x = apply_norm(x, norm).reshape((len(x), *shape)) if len(x) else x
         splits.append(Split(x, y) if len(x) else None)
     return Dataset(splits[0], splits[1], splits[2], None, None, norm)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -42,6 +43,24 @@ class Model:
         return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
 
 
+def _one_line(fn):
+    """Data errors quote CSV cells and column names, which may hold line breaks: escape them, so
+    that the CLI's one-line error stays one line."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DlcError as e:
+            from dlc.errors import SpecError
+            from dlc.spec.schema import one_line
+
+            if isinstance(e, SpecError) or one_line(str(e)) == str(e):
+                raise
+            raise type(e)(one_line(str(e))) from None
+    return wrapper
+
+
+@_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
     import onnx
     from google.protobuf.message import DecodeError
@@ -125,6 +144,7 @@ def _check_outputs(path: Path, session, kind: str, labels) -> None:
                            f"{units} classes)")
 
 
+@_one_line
 def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     from dlc.data import load_arrays
     from dlc.data.multi import read_multi
@@ -140,6 +160,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     return result
 
 
+@_one_line
 def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
     from dlc.data import model_inputs
     from dlc.data.multi import read_multi
