@@ -280,6 +280,37 @@ def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of 
 
 
 @app.command()
+def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
+                                               help="Trials to run now (added to the study)."),
+         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL, e.g. "
+                                               "sqlite:///study.db: processes share one study."),
+         study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the "
+                                                                   "spec's name)."),
+         output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the best spec "
+                                              "(YAML, search: removed) here."),
+         metric: Optional[str] = typer.Option(None, "--metric", help="Column to optimise "
+                                              "(default: the early-stopping monitor or val_loss)."),
+         seed: Optional[int] = typer.Option(None, help="Sampler seed (default train.seed); give "
+                                                       "each process sharing a study its own."),
+         set_: Optional[List[str]] = SetOpt,
+         device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N.")):
+    """Hyperparameter search over the spec's search: section (Optuna: TPE, median pruning)."""
+    from dlc.fileio import write_text
+    from dlc.tune import best_spec_text, print_table, require_optuna
+    from dlc.tune import tune as run_tune
+
+    require_optuna()  # missing: one line, before any work
+    loaded = _load(spec, set_)
+    result = run_tune(loaded, trials, storage, study, set_ or [], metric, seed, device)
+    print_table(result)
+    best = result["best"]
+    print(f"best: trial {best['trial']}  {result['metric']} {best['value']:.6g}  {best['params']}")
+    if output:
+        write_text(output, best_spec_text(loaded, set_ or [], result))
+        print(f"wrote {output}")
+
+
+@app.command()
 def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image folder: raw "
                                                            "inputs, as for predict."),
             output: Optional[str] = typer.Option(None, "-o", "--output",

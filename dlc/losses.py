@@ -6,11 +6,29 @@ so the loss needs no rule of its own.
 
 from __future__ import annotations
 
+import numpy as np
+
 from dlc.graph import Builder
 
 
 def _mean(b: Builder, x: str) -> str:
     return b.ReduceMean(x, keepdims=0)
+
+
+def _class_weights(task: dict) -> list[float] | None:
+    """task.class_weights, one per class, or None (every class weighs 1)."""
+    weights = task.get("class_weights")
+    if isinstance(weights, str):  # "balanced": dlc.imbalance.resolve fills in the numbers
+        from dlc.errors import DlcError
+
+        raise DlcError("task.class_weights: balanced is computed from the training data; "
+                       "build the train step through the Trainer (or give the weights)")
+    return None if weights is None else [float(w) for w in weights]
+
+
+def _weighted_mean(b: Builder, weighted: str, weights: str) -> str:
+    """sum(w_i l_i) / sum(w_i): torch's mean reduction with `weight=`."""
+    return b.Div(b.ReduceSum(weighted, keepdims=0), b.ReduceSum(weights, keepdims=0))
 
 
 def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
@@ -21,11 +39,22 @@ def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> 
     values = b.const([eps / classes, 1.0 - eps + eps / classes])
     target = b.OneHot(y, b.const(classes), values, axis=-1)
     logp = b.LogSoftmax(logits, axis=-1)
+    weights = _class_weights(task)
+    if weights is not None:  # torch's weight=: each class's share of the target times its weight
+        w = b.const(np.asarray(weights, np.float32), name="class_weights")
+        per_sample = b.ReduceSum(b.Mul(b.Mul(target, w), logp), b.const([-1]), keepdims=0)
+        return b.Neg(_weighted_mean(b, per_sample, b.Gather(w, y)))
     return b.Neg(_mean(b, b.ReduceSum(b.Mul(target, logp), b.const([-1]), keepdims=0)))
 
 
 def binary_cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
-    """BCE with logits: softplus(z) - y z (softplus is evaluated stably by onnxruntime)."""
+    """BCE with logits: softplus(z) - y z (softplus is evaluated stably by onnxruntime).
+    Class weights [w0, w1]: sample weight w0 + (w1 - w0) y."""
+    weights = _class_weights(task)
+    if weights is not None:
+        w0, w1 = weights
+        per = b.Add(b.Mul(y, b.const(w1 - w0)), b.const(w0))
+        return _weighted_mean(b, b.Mul(b.Sub(b.Softplus(logits), b.Mul(y, logits)), per), per)
     return _mean(b, b.Sub(b.Softplus(logits), b.Mul(y, logits)))
 
 

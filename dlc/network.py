@@ -7,8 +7,10 @@ each problem becomes a Diagnostic at the spec position it is about.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 
+from dlc import imbalance
 from dlc.errors import Diagnostic, SpecError
 from dlc.layers import Layer, Param, Shape, ShapeError, build_layer
 
@@ -20,6 +22,12 @@ LOSSES = {"classification": {"cross_entropy"}, "binary": {"binary_cross_entropy"
 METRICS = {"classification": {"accuracy", "precision", "recall", "f1"},
            "binary": {"accuracy", "precision", "recall", "f1"},
            "regression": {"mse", "mae", "r2"}}
+
+
+# Limits that keep a valid spec compilable: every parameter is a float32 initializer inside one
+# ONNX file, which protobuf caps at 2 GB; shapes become int64 ONNX dimensions and attributes.
+MAX_PARAMS = 500_000_000
+MAX_VALUES = 2 ** 31 - 1  # values per sample of a model input or of a layer's output
 
 
 def spec_inputs(data: dict) -> dict[str, dict]:
@@ -48,6 +56,13 @@ class Network:
     params: list[Param]  # each parameter once (shared layers use their owner's)
     output: str = ""  # the node whose output is the logits (the task's head stripped)
     graph: list[Node] = field(default_factory=list)  # every spec layer, unstripped (summary)
+    # parameters of `trainable: false` layers: trainable=False here, like buffers, but constant
+    frozen: frozenset[str] = frozenset()
+
+    @property
+    def buffers(self) -> list[Param]:
+        """Running statistics: not differentiated, updated by the train graph itself."""
+        return [p for p in self.params if not p.trainable and p.name not in self.frozen]
 
     @property
     def inputs(self) -> dict[str, tuple[Shape, str]]:
@@ -140,6 +155,11 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
     if mine != theirs:
         return [spec.diag(("layers", i, "share"), f"cannot share the parameters of '{other}': "
                                                   f"{theirs} here would need {mine}")]
+    owner = next(x for x in layers if x.name == other)
+    if layer.cfg.get("trainable", True) != owner.cfg.get("trainable", True):
+        return [spec.diag(("layers", i, "trainable"), f"shares the parameters of '{other}', "
+                          f"whose trainable is {str(owner.cfg.get('trainable', True)).lower()}; "
+                          "set the same on both")]
     return []
 
 
@@ -153,7 +173,13 @@ def build_network(spec) -> Network:
     order, sources, diags = _order(spec, layers)
     diags += _check_ids(spec, layers, sources)
     shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
-    nodes, params, owners = {}, [], {}
+    for name, shape in shapes.items():
+        if math.prod(shape) > MAX_VALUES:
+            at = ("input", "shape") if data.get("input") else ("inputs", name, "shape")
+            diags.append(spec.diag(at, f"{list(shape)} is {math.prod(shape):,} values per "
+                                       f"sample; the limit is {MAX_VALUES:,}"))
+            order = []
+    nodes, params, owners, frozen = {}, [], {}, []
     for i in order:
         layer = layers[i]
         in_shapes = [shapes[s] for s in sources[i]]
@@ -163,9 +189,16 @@ def build_network(spec) -> Network:
         except ShapeError as e:
             diags.append(spec.diag(("layers", i), f"{layer.cfg['type']} '{layer.name}': {e}"))
             break
+        size = _too_big(layer, out, [] if layer.cfg.get("share") else own, params)
+        if size:
+            diags.append(spec.diag(("layers", i), size))
+            break
         if layer.cfg.get("share"):
             diags += _shared(spec, layers, i, own, owners)
         else:
+            if layer.cfg.get("trainable") is False:  # frozen (dlc.transfer): not in the flat vector
+                frozen += [p.name for p in own if p.trainable]
+                own = [replace(p, trainable=False) for p in own]
             params += own
             owners[layer.name] = own
         shapes[layer.name] = out
@@ -178,8 +211,23 @@ def build_network(spec) -> Network:
     head = _strip_head(nodes[last], data["task"]["kind"])
     graph = [*ordered, nodes[last]]
     if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
-        return Network(data, ordered, params, nodes[last].sources[0], graph)
-    return Network(data, [*ordered, head], params, head.name, graph)
+        return Network(data, ordered, params, nodes[last].sources[0], graph, frozenset(frozen))
+    return Network(data, [*ordered, head], params, head.name, graph, frozenset(frozen))
+
+
+def _too_big(layer: Layer, out: Shape, own: list[Param], before: list[Param]) -> str:
+    """Why the layer's output or parameters exceed the limits ("" when they do not)."""
+    what = f"{layer.cfg['type']} '{layer.name}'"
+    if math.prod(out) > MAX_VALUES:
+        return (f"{what}: its output {list(out)} is {math.prod(out):,} values per sample; the "
+                f"limit is {MAX_VALUES:,}")
+    mine = sum(math.prod(p.shape) for p in own)
+    total = mine + sum(math.prod(p.shape) for p in before)
+    if total > MAX_PARAMS:
+        upto = "" if mine > MAX_PARAMS else f" ({total:,} with the layers before it)"
+        return (f"{what} has {mine:,} parameters{upto}; the limit is {MAX_PARAMS:,} per model "
+                "(an ONNX file holds at most 2 GB)")
+    return ""
 
 
 def _check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagnostic]:
@@ -219,6 +267,7 @@ def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic
                                    "expects unnormalised outputs; remove it"))
     if out is not None:
         diags += _check_output(spec, kind, out, len(layers) - 1)
+    diags += imbalance.check(spec, kind, out)  # task.class_weights, data.sampling
     for name, cfg in spec_inputs(spec.data).items():
         feats, shape = cfg.get("features"), cfg["shape"]
         at = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)

@@ -2,6 +2,7 @@
 
 The learning rate and the step count t (1-based) are graph inputs, so schedules live in Python and
 bias correction needs no new graph. Each optimizer names its per-parameter state tensors.
+`scale` (train.optimizer.lr_scale): per-element lr multipliers of the flat vector, one Mul.
 `weight_decay` is L2 (added to the gradient) except for adamw, where it is decoupled.
 """
 
@@ -14,8 +15,11 @@ STATES = {"sgd": [], "momentum": ["velocity"], "nesterov": ["velocity"], "adam":
 
 
 class Optimizer:
-    def __init__(self, b: Builder, cfg: dict, lr: str, step: str):
+    def __init__(self, b: Builder, cfg: dict, lr: str, step: str, scale=None):
         self.b, self.cfg, self.lr, self.step = b, cfg, lr, step
+        if scale is not None:  # lr_scale: one multiplier per flat element, so the lr is a vector
+            with b.scope("optimizer"):
+                self.lr = b.Mul(lr, b.const(scale, name="lr_scale"))
         self.kind = cfg["type"]
         self.states = STATES[self.kind]
         self._scalars: dict[str, str] = {}

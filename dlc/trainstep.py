@@ -2,7 +2,8 @@
 standard ONNX model so that one onnxruntime `run` is one training step.
 
 Inputs: x, y, lr, step, the dropout noise tensors, `params` (every trainable parameter in one flat
-vector), `state.<s>` (each optimizer state, flat alike) and the buffers (running statistics).
+vector), `state.<s>` (each optimizer state, flat alike), the buffers (running statistics) and the
+frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
 Outputs: loss, logits, grad_norm (before clipping), `params.new`, `state.<s>.new`, `<buffer>.new`.
 The eval graph is the same forward and loss without dropout or update.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from dlc import distill, losses, prune
+from dlc import distill, losses, prune, transfer
 from dlc.autodiff import gradients
 from dlc.compile import lower_body
 from dlc.graph import Builder
@@ -39,6 +40,7 @@ class Step:
     noise: list[tuple[str, Shape]] = field(default_factory=list)  # (input name, per-sample shape)
     layout: list[tuple[str, int, Shape]] = field(default_factory=list)  # (param, offset, shape)
     total: int = 0
+    frozen: list[str] = field(default_factory=list)  # `trainable: false` parameters: plain inputs
 
     def pack(self, params: dict) -> np.ndarray:
         """The flat float32 vector of the trainable parameters."""
@@ -124,10 +126,11 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     flat = b.input("params", "float32", [total])
     mask = prune.mask_input(b, net, total)  # train.prune: the flat 0/1 keep-mask, else None
     views = _unpack(b, prune.masked(b, flat, mask), layout)
-    shapes = {p.name: list(p.shape) for p in net.params if not p.trainable}
+    shapes = {p.name: list(p.shape) for p in net.buffers}
     buffers = {name: b.input(name, "float32", shape) for name, shape in shapes.items()}
+    frozen = transfer.frozen_inputs(b, net)  # read, never differentiated nor written
     ctx = Ctx(training=True, noise=noise_input)
-    logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers})
+    logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers, **frozen})
     loss = distill.add_loss(b, net, logits, loss, data_norm)  # train.distill: the teacher's term
     lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
     found = gradients(b, loss, list(views.values()))
@@ -138,7 +141,8 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     g = prune.masked(b, g, mask)  # pruned weights get no gradient
     train = net.spec.get("train", {})
     g, norm = _clip(b, g, train.get("clip_norm"))
-    opt = Optimizer(b, train.get("optimizer", {"type": "adam", "lr": 1e-3}), lr, step)
+    opt = Optimizer(b, train.get("optimizer", {"type": "adam", "lr": 1e-3}), lr, step,
+                    transfer.lr_scales(net, layout, total))  # train.optimizer.lr_scale
     state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
     with b.scope("update"):
         w_new, state_new = opt.update(flat, g, state_in)
@@ -153,4 +157,4 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
         b.output(ctx.updates.get(name, name), f"{name}.new", "float32", shapes[name])
     states = [*opt.states, *prune.mask_output(b, mask, total)]  # the mask persists like a state
     return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
-                states, noise, layout, total)
+                states, noise, layout, total, list(frozen))

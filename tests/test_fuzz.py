@@ -35,15 +35,16 @@ import signal
 import sys
 import threading
 import warnings
-import zipfile
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import event as _event
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from dlc.errors import DlcError, SpecError
 from dlc.spec import load_spec, load_spec_text, schema
@@ -57,8 +58,8 @@ FILE = "fuzz.yaml"
 EXAMPLES = int(os.environ.get("DLC_FUZZ_EXAMPLES", "200"))
 RANDOM = os.environ.get("DLC_FUZZ_RANDOM") == "1"
 HANG_S = 60  # hard limit per example: longer counts as a hang (the example is reported)
-COMPILE_BUDGET = 4_000_000  # parameters; bigger (valid) networks are built and checked, not compiled
-RUN_BUDGET = 200_000  # per-sample values of the input: smaller compiled models also run in onnxruntime
+COMPILE_BUDGET = 4_000_000  # parameters; bigger valid networks are built and checked, not compiled
+RUN_BUDGET = 200_000  # per-sample values of every tensor, for a compiled model to run in ORT too
 
 
 def fuzz_settings(factor: float = 1.0, **kw):
@@ -74,6 +75,12 @@ def fuzz_settings(factor: float = 1.0, **kw):
     )
 
 
+def event(value: str) -> None:
+    """hypothesis.event, for the statistics; a no-op in the example-based tests."""
+    if currently_in_test_context():
+        _event(value)
+
+
 class Hang(BaseException):
     """Raised by the alarm; a BaseException so that no `except Exception` in dlc swallows it."""
 
@@ -81,7 +88,8 @@ class Hang(BaseException):
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """A hard per-example time limit (SIGALRM; a no-op off the main thread or without it)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not \
+            threading.main_thread():
         yield
         return
 
@@ -532,7 +540,8 @@ KEYS = WORDS
 TOKENS = ["1e999", "-1e999", "-0", "0", "-1", ".nan", ".inf", "-.inf", ".NaN", "0x1F", "0o17",
           "0b101", "1_000", "99999999999999999999999", "9" * 400, "1.5", "1e-3", "true", "yes",
           "no", "on", "null", "~", "'7'", '"x"', "[]", "{}", "[1, 2", "{a: 1", "''", "2026-11-25",
-          "12:30:00", "1:30", "0x_", "0b_", "._e5", "1_e5", "0o_", "+.5", "!!binary aGk=", "&x", "*x", "<<: *x", "? ", "|", ">-", "%", "@",
+          "12:30:00", "1:30", "0x_", "0b_", "._e5", "1_e5", "0o_", "+.5", "!!binary aGk=", "&x",
+          "*x", "<<: *x", "? ", "|", ">-", "%", "@",
           "`", "#", "\\", "${width}", "${input}", "${}", "$", "²", "٣", "\u0660", "\t", "\x00",
           "\x85", "\u2028", "\ufeff", "\ud800", "\r", "\x1b[31m", "é", "∞"]
 TAGS = ["!!python/object/apply:os.system ['echo hi']", "!!python/object:builtins.dict {}",
@@ -810,7 +819,11 @@ layers:
 task: {kind: binary, labels: [neg, pos]}
 """
 MODEL_SPECS = {"iris": "iris.yaml", "diabetes": "diabetes.yaml", "binary": BINARY,
-               "cnn": "digits_cnn.yaml", "multi": "penguins_wide_deep.yaml"}
+               "cnn": "digits_cnn.yaml", "multi": "penguins_wide_deep.yaml",
+               "seq": "transformer_reverse.yaml", "text": "text_classifier.yaml",
+               "window": "lstm_forecast.yaml"}
+N_FEATURES = {"iris": 4, "diabetes": 10, "binary": 3, "cnn": 64, "multi": 6, "seq": 8, "text": 1,
+              "window": 24}
 
 
 class Blob(bytes):
@@ -832,8 +845,9 @@ def models(tmp_path_factory):
 
     out = Models()
     for name, spec in MODEL_SPECS.items():
-        text = BASES.get(spec, spec)
-        out[name] = Blob(compile_spec(load_spec_text(text)).SerializeToString())
+        if spec in BASES or "\n" in spec:
+            out[name] = Blob(compile_spec(load_spec_text(BASES.get(spec, spec)))
+                             .SerializeToString())
     return out, tmp_path_factory.mktemp("fuzz_cli")
 
 
@@ -936,9 +950,13 @@ def _meta(raw: bytes) -> dict:
 def _good_input(name: str) -> tuple[str, bytes]:
     if name == "multi":
         return "in.csv", (SPECS / "data" / "penguins.csv").read_bytes()[:2000].rsplit(b"\n", 1)[0]
-    rows = {"iris": ("sepal_length,sepal_width,petal_length,petal_width\n", 4),
-            "diabetes": ("", 10), "binary": ("a,b,c\n", 3), "cnn": ("", 64)}
-    header, n = rows[name]
+    if name == "text":
+        return "in.txt", b"a small brown dog\nsomething you eat\n"
+    if name == "window":
+        return "in.csv", ("sunspots\n" + "".join(f"{i % 7}.5\n" for i in range(40))).encode()
+    header = {"iris": "sepal_length,sepal_width,petal_length,petal_width\n",
+              "binary": "a,b,c\n"}.get(name, "")
+    n = N_FEATURES[name]
     body = "".join(",".join(str(0.1 * (i + j)) for j in range(n)) + "\n" for i in range(3))
     return "in.csv", (header + body).encode()
 
@@ -1012,7 +1030,6 @@ def input_files(draw, n_features: int) -> tuple[str, bytes]:
     return "in.npz", raw
 
 
-N_FEATURES = {"iris": 4, "diabetes": 10, "binary": 3, "cnn": 64, "multi": 6}
 
 
 def _write(folder: Path, name: str, data: bytes) -> Path:
@@ -1054,3 +1071,95 @@ def test_predict_corrupt_inputs(models, data):
                                      "builtin:nothing", "csv:", "folder:" + str(folder),
                                      "nowhere:x", f"csv:{folder}/missing.csv"]))
     check_cli(*run_cli("evaluate", model, "--data", src))
+
+
+# ---- what the campaign found: each a crash (or a broken message) before its fix ----------------
+
+_MLP = "dlc: 1\nname: t\ninput: {shape: [4]}\nlayers:\n  - {type: dense, units: 3}\n" \
+       "task: {kind: classification}\n"
+FOUND_SPECS = [  # (id, text, overrides, part of the message)
+    ("unprintable-char", "a\x08", [], "unreadable character"),
+    ("yaml-hex-underscore", _MLP + "description: 0x_\n", [], None),
+    ("yaml-bin-underscore", "dlc: 0b_\n", [], "dlc"),
+    ("yaml-float-underscore", "name: ._e5\n", [], "name"),
+    ("set-unicode-digit-key", _MLP, ["²=1"], "unknown key '²'"),
+    ("set-unicode-digit-index", _MLP, ["layers.²=1"], "use a number, not '²'"),
+    ("set-double-minus", _MLP, ["layers.--1.units=1"], "use a number"),
+    ("set-newline", _MLP, ["\n"], "--set \\n: expected KEY.PATH=VALUE"),
+    ("name-with-cr", _MLP.replace("units: 3}", "units: 3, inputs: [\"\\r\"]}"), [],
+     "unknown layer '\\r'"),
+    ("key-with-newline", _MLP + "\"a\\nb\": 1\n", [], "unknown key 'a\\nb'"),
+    ("input-too-big", _MLP.replace("[4]", f"[{2 ** 70}]"), [], "values per sample; the limit"),
+    ("output-too-big", _MLP.replace("units: 3", f"units: {2 ** 64}"), [], "the limit is"),
+    ("params-too-many", _MLP.replace("[4]", "[20000]").replace("units: 3", "units: 30000"), [],
+     "parameters; the limit is 500,000,000"),
+    ("stride-int64", "dlc: 1\nname: t\ninput: {shape: [1, 4]}\nlayers:\n  - {type: maxpool1d, "
+     f"pool: 2, stride: {2 ** 64}}}\n  - {{type: flatten}}\ntask: {{kind: regression}}\n", [],
+     "must be at most 2,147,483,647"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,overrides,part", FOUND_SPECS,
+                         ids=[c[0] for c in FOUND_SPECS])
+def test_found_specs(case_id, text, overrides, part):
+    outcome = run_spec(text, overrides)
+    if part is None:
+        assert outcome.startswith("compiled"), outcome
+        return
+    with pytest.raises(SpecError) as info:
+        from dlc.network import build_network
+
+        build_network(load_spec_text(text, FILE, overrides))
+    assert part in str(info.value)
+
+
+def _compiled(name: str) -> bytes:
+    from dlc.compile import compile_spec
+
+    return compile_spec(load_spec_text(BASES.get(MODEL_SPECS[name], MODEL_SPECS[name])))\
+        .SerializeToString()
+
+
+def _encrypted_npz() -> bytes:
+    data = bytearray(_npz({"x": np.ones((2, 3), np.float32)}))
+    data[6] |= 1  # the local header's "encrypted" flag
+    i = data.index(b"PK\x01\x02")
+    data[i + 8] |= 1  # and the central directory's
+    return bytes(data)
+
+
+FOUND_CLI = [  # (id, model, metadata changes, input file name, input bytes, part of the message)
+    ("spec-not-a-mapping", "binary", {"dlc.spec_resolved": "0"}, None, None, "not a mapping"),
+    ("features-not-a-list", "binary", {"dlc.features": "true"}, None, None, "dlc.features"),
+    ("features-count", "binary", {"dlc.features": '["a", "b"]'}, None, None, "feature names"),
+    ("spec-shape-changed", "binary", {}, None, None, "corrupt"),
+    ("layer-name-missing", "cnn", {}, None, None, "unique layer names"),
+    ("labels-count", "iris", {"dlc.labels": '["a"]'}, None, None, "class names"),
+    ("no-categories", "multi", {}, None, None, "category ids"),
+    ("npz-truncated", "binary", {}, "in.npz", b"PK\x03\x04" + b"\x00" * 30, "cannot read"),
+    ("npz-encrypted", "binary", {}, "in.npz", "encrypted", "cannot read"),
+    ("csv-cell-newline", "diabetes", {}, "in.csv",
+     b'"a\nb",1,1,1,1,1,1,1,1,1\nnan,1,1,1,1,1,1,1,1,1\n', "column 'a\\nb'"),
+]
+
+
+SPEC_DAMAGE = {"spec-shape-changed": lambda spec: spec["input"].update(shape=[3, 3, 3]),
+               "layer-name-missing": lambda spec: spec["layers"][0].pop("name")}
+
+
+@pytest.mark.parametrize("case_id,name,meta,file,data,part", FOUND_CLI,
+                         ids=[c[0] for c in FOUND_CLI])
+def test_found_cli(tmp_path, case_id, name, meta, file, data, part):
+    raw = _compiled(name)
+    if case_id in SPEC_DAMAGE:  # schema-valid, but not what dlc wrote
+        spec = json.loads(_meta(raw)["dlc.spec_resolved"])
+        SPEC_DAMAGE[case_id](spec)
+        meta = {"dlc.spec_resolved": json.dumps(spec)}
+    model = _write(tmp_path, "m.onnx", _with_meta(raw, meta) if meta else raw)
+    if data == "encrypted":
+        data = _encrypted_npz()
+    file, data = (file, data) if file else _good_input(name)
+    inp = _write(tmp_path, file, data)
+    code, out, err = run_cli("predict", model, inp)
+    check_cli(code, out, err)
+    assert code == 1 and part in err, err

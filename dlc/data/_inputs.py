@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list, parse_matrix, suggest
+from dlc.data._common import (NPZ_ERRORS, as_numeric, check_finite, name_list, parse_matrix,
+                               suggest)
 from dlc.data._csv import Table, read_table
 from dlc.data._images import read_image_dir, to_nchw
 from dlc.errors import DlcError

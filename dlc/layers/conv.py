@@ -9,6 +9,9 @@ from dlc.layers.base import Layer, Param, Shape, ShapeError, numel
 from dlc.layers.init import initializer
 
 
+MAX_SIZE = 2 ** 31 - 1  # a kernel, stride, dilation or padding (a per-sample size, too)
+
+
 def _tuple(value, rank: int, what: str) -> list[int]:
     values = [value] * rank if isinstance(value, int) else list(value)
     if len(values) != rank:
@@ -55,6 +58,9 @@ class _Windowed(Layer):
                    self.cfg.get("stride", 1), self.rank, "stride")
         d = _tuple(self.cfg.get("dilation", 1), self.rank, "dilation")
         pads = _pads(self.cfg.get("padding", "valid"), in_shape[1:], k, s, d)
+        if max(*k, *s, *d, *pads) > MAX_SIZE:  # ONNX attributes are int64
+            raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
+                             f"got kernel {k}, stride {s}, dilation {d}, pads {pads}")
         out = _out_sizes(in_shape[1:], k, s, d, pads)
         if min(out) < 1:
             raise ShapeError(f"window {k} does not fit input {list(in_shape)} (output {out})")

@@ -83,7 +83,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         features = json.loads(meta.get("dlc.features", "null"))
         text = json.loads(meta.get("dlc.text", "null"))
         categories = json.loads(meta.get("dlc.categories", "null"))
-    except json.JSONDecodeError:
+    except (ValueError, TypeError):  # bad JSON, or bytes (protobuf gives invalid UTF-8 as bytes)
         raise DlcError(f"{path}: corrupt dlc metadata") from None
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
@@ -110,6 +110,11 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
                        f"{problems[0].message})")
+    names = [layer.get("name") for layer in spec["layers"]]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) \
+            or not {"loss", "metrics"} <= set(spec["task"]):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved lacks what dlc fills "
+                       "in: unique layer names, task.loss, task.metrics)")
     try:  # and describes a network dlc builds (shapes, features per input, task)
         build_network(Spec(spec, "", str(path)))
     except SpecError as e:

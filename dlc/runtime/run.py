@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dlc import distill, prune
+from dlc import distill, imbalance, prune, transfer
 from dlc.compile import inference_model
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes, write_text
@@ -83,6 +83,7 @@ def _prepare(spec, data_dir: Path):
     net = build_network(spec)
     prune.check(spec, net)  # train.prune: epochs and layers
     distill.check(spec, data_dir)  # train.distill: the teacher path, made absolute
+    transfer.check(spec, net, data_dir)  # trainable: false, lr_scale, init_from (made absolute)
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
     dataset = load_dataset(spec.data, data_dir)
@@ -122,6 +123,8 @@ def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bo
     if info:
         rep.note(info)
     trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))
+    # train.init_from: load parameters by name (a resume only rebuilds the report)
+    trainer.init_report = transfer.init_from(spec, trainer, rep.note, apply=not resume)
     if resume:
         checkpoint.load(path / "checkpoint.npz", trainer)
         rep.note(f"resuming {path} after epoch {trainer.state.epoch}")
@@ -166,6 +169,8 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
     if trainer.state.skipped_steps:
         summary["skipped_steps"] = trainer.state.skipped_steps
     summary.update(prune.summary(trainer, params))  # train.prune: zeros per pruned tensor
+    summary.update(transfer.summary(trainer))  # train.init_from: matched / new / shape_mismatch
+    summary.update(imbalance.summary(trainer))  # task.class_weights as used
     features = (spec.data.get("input") or {}).get("features") or dataset.features
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
             "labels": labels, "features": features, "text": dataset.text,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlc import imbalance
 from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
@@ -56,6 +57,7 @@ def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
 
 class Trainer:
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
+        net = imbalance.resolve(net, dataset)  # task.class_weights: balanced, from this data
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
         self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
         self.eval_graph = build_eval_step(net)
@@ -66,7 +68,8 @@ class Trainer:
         params, step = net.init_params(seed), self.step_graph
         persistent = {"params": step.pack(params),
                       **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-                      **{p.name: params[p.name] for p in net.params if not p.trainable}}
+                      **{p.name: params[p.name] for p in net.buffers}}
+        self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # fed each step
         self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1])
                         if device[0] == "cuda" else HostStepper(self.sess, persistent))
         self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
@@ -79,15 +82,15 @@ class Trainer:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Every parameter by name (views of the flat vector, and the buffers)."""
-        buffers = {p.name: self.stepper.get(p.name) for p in self.net.params if not p.trainable}
-        return {**self.step_graph.unpack(self.stepper.get("params")), **buffers}
+        buffers = {p.name: self.stepper.get(p.name) for p in self.net.buffers}
+        return {**self.step_graph.unpack(self.stepper.get("params")), **buffers, **self.frozen}
 
     @params.setter
     def params(self, values: dict[str, np.ndarray]) -> None:
         self.stepper.set("params", self.step_graph.pack(values))
-        for p in self.net.params:
-            if not p.trainable:
-                self.stepper.set(p.name, values[p.name])
+        for p in self.net.buffers:
+            self.stepper.set(p.name, values[p.name])
+        self.frozen = {n: np.array(values[n], np.float32) for n in self.frozen}
 
     @property
     def opt_states(self) -> dict[str, np.ndarray]:
@@ -103,7 +106,7 @@ class Trainer:
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
         feeds = {**x_feeds(self.x_names, xb), "y": yb, "lr": np.array(lr, np.float32),
-                 "step": np.array(st.step + 1, np.float32)}
+                 "step": np.array(st.step + 1, np.float32), **self.frozen}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
         return feeds
@@ -126,7 +129,7 @@ class Trainer:
         st, train = self.state, self.data.train
         bs, n = self.cfg["batch_size"], len(train.x)
         aug = (self.net.spec.get("data") or {}).get("augment")
-        order = st.rng.permutation(n)
+        order = imbalance.epoch_order(st.rng, train.y, self.net.spec)  # data.sampling
         losses, outputs, kept, seconds = [], [], [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]

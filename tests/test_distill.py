@@ -1,0 +1,161 @@
+"""Knowledge distillation (train.distill): the KD term against torch and numpy, the whole train
+step (teacher inlined, de-normalised and reshaped input) against torch, and a small MLP taught by
+the digits CNN against the same MLP trained alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SPECS
+
+from dlc.graph import Builder
+from dlc.losses import distillation
+
+STUDENT = """\
+dlc: 1
+name: digits-student
+input: {shape: [64]}
+layers:
+  - {type: dense, name: fc1, units: 32, activation: relu}
+  - {type: dense, name: out, units: 10}
+task: {kind: classification, loss: cross_entropy, metrics: [accuracy]}
+data:
+  source: builtin:digits
+  split: {val: 0.1, test: 0.2, stratify: true, seed: 0}
+  normalize: standard
+train:
+  epochs: 10
+  batch_size: 64
+  optimizer: {type: adam, lr: 0.01}
+  seed: 0
+"""
+SEEDS = range(5)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """specs/digits_cnn.yaml trained for 8 epochs (its own min-max normalisation, [1, 8, 8])."""
+    from dlc.runtime.run import train
+    from dlc.spec import load_spec
+
+    out = tmp_path_factory.mktemp("teacher")
+    train(load_spec(SPECS / "digits_cnn.yaml", ["train.epochs=8"]), str(out), force=True,
+          quiet=True)
+    return out / "model.onnx"
+
+
+@pytest.fixture
+def student(tmp_path):
+    path = tmp_path / "student.yaml"
+    path.write_text(STUDENT)
+    return path
+
+
+def _kd_reference(s, t, temperature):
+    def log_softmax(z):
+        z = z / temperature
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lp, lq = log_softmax(t.astype(np.float64)), log_softmax(s.astype(np.float64))
+    return temperature ** 2 * np.mean(np.sum(np.exp(lp) * (lp - lq), -1))
+
+
+def test_kd_term_matches_torch_and_numpy():
+    import onnxruntime as ort
+
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    s, t = (rng.normal(0, 3, (32, 10)).astype(np.float32) for _ in range(2))
+    for temperature in (1.0, 4.0):
+        b = Builder()
+        out = distillation(b, b.input("s", "float32", ["N", 10]),
+                           b.input("t", "float32", ["N", 10]), temperature)
+        b.output(out, "kd", "float32", [])
+        sess = ort.InferenceSession(b.model("kd").SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        got = float(sess.run(None, {"s": s, "t": t})[0])
+        ref = F.kl_div(F.log_softmax(torch.tensor(s) / temperature, -1),
+                       F.log_softmax(torch.tensor(t) / temperature, -1), log_target=True,
+                       reduction="batchmean") * temperature ** 2
+        assert got == pytest.approx(float(ref), rel=1e-5)
+        assert got == pytest.approx(_kd_reference(s, t, temperature), rel=1e-5)
+
+
+def test_train_step_loss_and_gradient_match_torch(teacher, student):
+    """One sgd step of the student with the teacher inside: the loss is alpha T^2 KL + (1-alpha)
+    CE with the teacher run separately on the RAW batch (as model.onnx, [N, 1, 8, 8]), and the
+    update is torch's gradient of that loss."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    from dlc.runtime.infer import load_model
+    from dlc.runtime.run import _prepare
+    from dlc.runtime.trainer import Trainer
+    from dlc.spec import load_spec
+
+    spec = load_spec(student, [f"train.distill={{teacher: {teacher}, temperature: 3, alpha: 0.6}}",
+                               "train.optimizer.type=sgd"])
+    net, data, _ = _prepare(spec, student.parent)
+    trainer = Trainer(net, data)
+    x, y, flat = data.train.x[:64], data.train.y[:64], trainer.stepper.get("params")
+    out = dict(zip([o.name for o in trainer.sess.get_outputs()], trainer.sess.run(None, {
+        "x": x, "y": y, "lr": np.array(0.1, np.float32), "step": np.array(1.0, np.float32),
+        "params": flat})))
+    raw = x * np.float32(data.norm["scale"]) + np.float32(data.norm["offset"])
+    t = torch.tensor(load_model(teacher).run(raw.reshape(-1, 1, 8, 8))["logits"])
+    w = {k: torch.tensor(v, requires_grad=True) for k, v in trainer.step_graph.unpack(flat).items()}
+    s = torch.relu(torch.tensor(x) @ w["fc1.weight"] + w["fc1.bias"]) @ w["out.weight"] + w["out.bias"]
+    kd = F.kl_div(F.log_softmax(s / 3, -1), F.log_softmax(t / 3, -1), log_target=True,
+                  reduction="batchmean") * 9
+    loss = 0.6 * kd + 0.4 * F.cross_entropy(s, torch.tensor(y))
+    loss.backward()
+    assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-5)
+    g = np.concatenate([w[n].grad.numpy().ravel() for n, _, _ in trainer.step_graph.layout])
+    np.testing.assert_allclose((flat - out["params.new"]) / np.float32(0.1), g, atol=2e-6)
+    assert not [i.name for i in trainer.step_graph.model.graph.input if "teacher" in i.name]
+
+
+def _test_accuracy(cli, spec, out, *extra) -> float:
+    r = cli("train", spec, "--out", out, "-q", "--force", *extra)
+    assert r.code == 0, r
+    return json.loads((out / "summary.json").read_text())["test"]["accuracy"]
+
+
+def test_distilled_student_beats_student_alone(cli, teacher, student, tmp_path):
+    """64 -> 32 -> 10 MLP, 10 epochs, same settings and seeds, with and without the CNN teacher
+    (T 4, alpha 0.7); mean test accuracy over five seeds."""
+    kd = f"train.distill={{teacher: {teacher}, temperature: 4, alpha: 0.7}}"
+    alone = [_test_accuracy(cli, student, tmp_path / f"a{s}", "--seed", str(s)) for s in SEEDS]
+    taught = [_test_accuracy(cli, student, tmp_path / f"k{s}", "--seed", str(s), "--set", kd)
+              for s in SEEDS]
+    teacher_acc = json.loads((teacher.parent / "summary.json").read_text())["test"]["accuracy"]
+    print(f"\nteacher CNN {teacher_acc:.4f}; student alone {np.mean(alone):.4f} {alone}; "
+          f"with teacher {np.mean(taught):.4f} {taught}")
+    assert np.mean(taught) > np.mean(alone)
+
+
+def test_teacher_problems_are_reported(cli, student, tmp_path):
+    r = cli("train", student, "--out", tmp_path / "r1", "-q", "--set",
+            "train.distill={teacher: missing.onnx}")
+    assert r.code == 2 and "teacher model not found" in r.err and f"{student}:" in r.err, r
+    iris = tmp_path / "iris.onnx"
+    assert cli("compile", SPECS / "iris.yaml", "-o", iris).code == 0
+    r = cli("train", student, "--out", tmp_path / "r2", "-q", "--set",
+            f"train.distill={{teacher: {iris.name}}}")  # relative: to the spec's folder
+    assert r.code == 1 and "the teacher has 3 classes, the student 10" in r.err, r
+    r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "r3", "-q", "--set",
+            f"train.distill={{teacher: {iris}}}")
+    assert r.code == 2 and "needs task.kind classification" in r.err, r
+
+
+def test_teacher_input_must_hold_as_many_values(cli, tmp_path):
+    from dlc.compile import compile_spec
+    from dlc.spec import load_spec
+
+    model = compile_spec(load_spec(SPECS / "digits_mlp.yaml", ["input.shape=[32]"]))
+    (tmp_path / "t.onnx").write_bytes(model.SerializeToString())
+    r = cli("train", SPECS / "digits_mlp.yaml", "--out", tmp_path / "r", "-q", "--epochs", "1",
+            "--set", f"train.distill={{teacher: {tmp_path / 't.onnx'}}}")
+    assert r.code == 1 and "must hold the same number of values" in r.err, r

@@ -1,0 +1,117 @@
+"""`dlc tune`: the search: section (validated, errors at the key's line), Optuna's TPE study with
+per-epoch reports and median pruning, a shared sqlite storage, and the best spec written out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import SPECS
+
+from dlc.errors import SpecError
+from dlc.spec import load_spec
+
+SEARCH = """\
+search:
+  train.optimizer.lr: {loguniform: [1.0e-3, 1.0e-1]}
+  layers.0.units: {int: [4, 64]}
+  train.optimizer.type: {choice: [adam, rmsprop, sgd]}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    """specs/iris.yaml, 8 epochs, a search over learning rate, width and optimizer."""
+    text = (SPECS / "iris.yaml").read_text().replace("epochs: 60", "epochs: 8")
+    path = tmp_path / "iris.yaml"
+    path.write_text(text + SEARCH)
+    return path
+
+
+def _line_of(path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_unknown_paths_and_empty_ranges_are_spec_errors_at_their_line(tmp_path):
+    from dlc.tune import search_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text((SPECS / "iris.yaml").read_text() + "search:\n"
+                    "  train.optimizr.lr: {uniform: [0.1, 0.2]}\n"
+                    "  layers.7.units: {int: [4, 8]}\n"
+                    "  train.epochs: {int: [9, 3]}\n"
+                    "  train.optimizer.type: {choice: [adam, adamm]}\n"
+                    "  train.batch_size: {uniform: [0.5, 2.5]}\n")
+    with pytest.raises(SpecError) as e:
+        search_space(load_spec(path))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 5, lines
+    expect = {"train.optimizr.lr": "unknown key 'optimizr'; did you mean 'optimizer'?",
+              "layers.7.units": "no layer 7 (the spec has 3)",
+              "train.epochs": "int: low 9 is above high 3",
+              "train.optimizer.type": "unknown optimizer 'adamm'",
+              "train.batch_size": "expected an integer"}
+    for key, message in expect.items():
+        line = next(x for x in lines if f"search.{key}:" in x)
+        assert line.startswith(f"{path}:{_line_of(path, key + ':')}:3: ") and message in line, line
+
+
+def test_schema_rejects_bad_distributions(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text((SPECS / "iris.yaml").read_text() + "search:\n"
+                    "  train.optimizer.lr: {logunifrm: [0.1, 0.2]}\n"
+                    "  'bad path': {int: [1, 2]}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert "expected one of {loguniform: [low, high]}" in str(e.value)
+    assert "expected a dotted spec path" in str(e.value)
+
+
+def test_missing_optuna_is_one_line(cli, spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
+    r = cli("tune", spec, "--trials", "1")
+    assert r.code == 1 and r.err == "error: dlc tune needs Optuna: pip install 'dlc[tune]'\n", r
+
+
+def test_no_search_section(cli):
+    pytest.importorskip("optuna")
+    r = cli("tune", SPECS / "iris.yaml", "--trials", "1")
+    assert r.code == 2 and "the spec has no search: section" in r.err, r
+
+
+def _val_loss(cli, spec, out) -> float:
+    r = cli("train", spec, "--out", out, "-q")
+    assert r.code == 0, r
+    return json.loads((out / "summary.json").read_text())["val"]["loss"]
+
+
+def test_tune_iris_finds_a_spec_at_least_as_good_and_shares_a_sqlite_study(cli, spec, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    db = tmp_path / "study.db"
+    url, best = f"sqlite:///{db}", tmp_path / "best.yaml"
+    r = cli("tune", spec, "--trials", "6", "--storage", url, "--study", "iris-lr", "-o", best)
+    assert r.code == 0, r
+    assert db.is_file() and "study iris-lr: val_loss (minimize)" in r.out
+    study = optuna.load_study(study_name="iris-lr", storage=url)
+    assert len(study.trials) == 6
+    assert study.trials[0].params == {"train.optimizer.lr": 0.01, "layers.0.units": 32,
+                                      "train.optimizer.type": "adam"}  # the spec as written
+    first_best = study.best_value
+    r = cli("tune", spec, "--trials", "6", "--storage", url, "--study", "iris-lr", "--seed", "1",
+            "-o", best)
+    assert r.code == 0, r
+    study = optuna.load_study(study_name="iris-lr", storage=url)
+    assert len(study.trials) == 12 and study.best_value <= first_best
+    for t in study.trials:  # one report per epoch (pruned trials stop early)
+        if t.state.name == "COMPLETE":
+            assert sorted(t.intermediate_values) == list(range(1, 9))
+    tuned = load_spec(best)
+    assert "search" not in tuned.data
+    for key, value in study.best_params.items():
+        from dlc.tune import lookup
+        assert lookup(tuned.data, key) == value
+    default, found = _val_loss(cli, spec, tmp_path / "d"), _val_loss(cli, best, tmp_path / "b")
+    print(f"\niris val_loss: spec as written {default:.4f}, tuned {found:.4f} "
+          f"({study.best_params})")
+    assert found == pytest.approx(study.best_value, rel=1e-6) and found <= default
