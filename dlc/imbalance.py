@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from dlc.errors import DlcError
+
+# numpy is imported where it is used: dlc.network imports this module for `check`, and
+# `dlc validate` must stay free of heavy imports
 
 
 def class_ids(y: np.ndarray, kind: str) -> np.ndarray:
     """Integer class of every label: classification ids as they are (per-token: every token),
     binary targets thresholded at 0.5."""
+    import numpy as np
+
     y = np.asarray(y)
     if kind == "binary":
         return (y.reshape(len(y), -1)[:, 0] > 0.5).astype(np.int64)
@@ -35,6 +38,8 @@ def class_ids(y: np.ndarray, kind: str) -> np.ndarray:
 
 def balanced_weights(ids: np.ndarray, classes: int) -> list[float]:
     """scikit-learn's compute_class_weight("balanced", classes=arange(classes), y=ids)."""
+    import numpy as np
+
     counts = np.bincount(ids, minlength=classes)
     if (counts == 0).any():
         missing = [int(c) for c in np.flatnonzero(counts == 0)]
@@ -60,6 +65,8 @@ def resolve(net, dataset):
 def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.ndarray:
     """The training-sample order of one epoch: a permutation, or with data.sampling balanced
     len(y) class-balanced draws with replacement."""
+    import numpy as np
+
     n = len(y)
     if (spec_data.get("data") or {}).get("sampling", "shuffle") != "balanced":
         return rng.permutation(n)

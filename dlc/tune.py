@@ -211,12 +211,17 @@ def run_trial(setup: Setup, trial) -> float:
 
 def objective(setup: Setup):
     """The Optuna objective: a DlcError (a diverged or invalid trial) fails that trial only."""
+    import optuna
+
     def run(trial) -> float:
         try:
             value = run_trial(setup, trial)
         except DlcError as e:
             trial.set_user_attr("error", str(e).splitlines()[0])
             setup.note(f"trial {trial.number}: failed: {str(e).splitlines()[0]}")
+            raise
+        except optuna.TrialPruned as e:
+            setup.note(f"trial {trial.number}: {e}")
             raise
         setup.note(f"trial {trial.number}: {setup.metric} {value:.6g}  "
                    + "  ".join(f"{k}={_show(v)}" for k, v in trial.params.items()))
@@ -310,7 +315,7 @@ def set_path(data, path: str, value) -> None:
 
 def best_spec_text(spec, overrides, result: dict) -> str:
     """The spec file as written, with the --set overrides and the best values set and without
-    its search: section (comments other than the schema line are not kept)."""
+    its search: section (its comments are not kept)."""
     import yaml
 
     from dlc.spec.yamlload import parse_yaml
@@ -322,10 +327,8 @@ def best_spec_text(spec, overrides, result: dict) -> str:
     for key, value in result["best"]["params"].items():
         set_path(data, key, value)
     data.pop("search", None)
-    first = spec.text.lstrip("\ufeff").splitlines()[:1]
-    head = [first[0]] if first and first[0].startswith("# yaml-language-server") else []
     best = result["best"]
-    head.append(f"# dlc tune: study {result['study']}, best trial {best['trial']}: "
-                f"{result['metric']} {best['value']:.6g}")
-    return "\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True,
+    head = (f"# dlc tune: {spec.file}, study {result['study']}, best trial {best['trial']}: "
+            f"{result['metric']} {best['value']:.6g}\n")
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True,
                                                    default_flow_style=None)

@@ -106,7 +106,8 @@ def test_train_step_loss_and_gradient_match_torch(teacher, student):
     raw = x * np.float32(data.norm["scale"]) + np.float32(data.norm["offset"])
     t = torch.tensor(load_model(teacher).run(raw.reshape(-1, 1, 8, 8))["logits"])
     w = {k: torch.tensor(v, requires_grad=True) for k, v in trainer.step_graph.unpack(flat).items()}
-    s = torch.relu(torch.tensor(x) @ w["fc1.weight"] + w["fc1.bias"]) @ w["out.weight"] + w["out.bias"]
+    h = torch.relu(torch.tensor(x) @ w["fc1.weight"] + w["fc1.bias"])
+    s = h @ w["out.weight"] + w["out.bias"]
     kd = F.kl_div(F.log_softmax(s / 3, -1), F.log_softmax(t / 3, -1), log_target=True,
                   reduction="batchmean") * 9
     loss = 0.6 * kd + 0.4 * F.cross_entropy(s, torch.tensor(y))

@@ -444,17 +444,51 @@ def _names(layers: list) -> list[str]:
     return [layer.get("name", f"{layer.get('type')}_{i}") for i, layer in enumerate(layers)]
 
 
+MULTI = {"add", "multiply", "average", "concat"}  # layers whose `inputs` are required
+
+
+def _plausible(draw, doc) -> None:
+    """Nudge a random document towards a spec that builds: one input, float features, a loss
+    and metrics that fit the task, few cross-references, and often a flat head of the right
+    width, so that the compiler and onnxruntime see many valid networks too."""
+    if doc.get("input") and doc.get("inputs"):
+        del doc[draw(st.sampled_from(["input", "inputs"]))]
+    if not doc.get("input") and not doc.get("inputs"):
+        doc["input"] = {"shape": draw(st.lists(st.integers(1, 8), min_size=1, max_size=3))}
+    for cfg in [doc.get("input")] + list((doc.get("inputs") or {}).values()):
+        if cfg and draw(st.integers(0, 3)):
+            cfg.pop("dtype", None)
+            cfg.pop("features", None)
+    task = doc["task"]
+    for key in ("loss", "metrics", "labels"):
+        if draw(st.integers(0, 4)):
+            task.pop(key, None)
+    for layer in doc["layers"]:
+        if layer.get("type") not in MULTI and draw(st.integers(0, 3)):
+            layer.pop("inputs", None)
+        if draw(st.integers(0, 3)):
+            layer.pop("share", None)
+    if draw(st.integers(0, 2)):
+        kind = task["kind"]
+        units = 1 if kind == "binary" else len(task["labels"]) if task.get("labels") else \
+            draw(st.integers(2 if kind == "classification" else 1, 5))
+        doc["layers"] += [{"type": "flatten"}, {"type": "dense", "units": units}]
+
+
 @st.composite
 def schema_specs(draw):
     """A schema-valid spec document, its layer references (`inputs`, `share`, `use`) pointed at
     real layers and blocks most of the time, and block parameters used as `${...}`."""
     doc = draw(SPEC_DOCS)
+    if draw(st.integers(0, 3)):
+        _plausible(draw, doc)
     layers = doc["layers"]
     names = _names(layers)
     blocks = sorted(doc.get("blocks") or {})
+    sources = sorted(doc["inputs"]) if doc.get("inputs") else ["input"]
     for i, layer in enumerate(layers):
         if "inputs" in layer and draw(st.integers(0, 4)):
-            earlier = ["input", *names[:i]]
+            earlier = [*sources, *names[:i]]
             layer["inputs"] = [draw(st.sampled_from(earlier)) for _ in layer["inputs"]]
         if "share" in layer and draw(st.integers(0, 3)):
             layer["share"] = draw(st.sampled_from(names))

@@ -71,8 +71,8 @@ def test_weighted_cross_entropy_matches_torch(eps):
     x, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
     loss, grads, params = _step(net, x, y)
     logits, t = _torch_logits(params, x)
-    ref = F.cross_entropy(logits, torch.tensor(y), weight=torch.tensor(weights, dtype=torch.float64),
-                          label_smoothing=eps)
+    w = torch.tensor(weights, dtype=torch.float64)
+    ref = F.cross_entropy(logits, torch.tensor(y), weight=w, label_smoothing=eps)
     _compare(loss, grads, ref, t)
     unweighted, _, _ = _step(build_network(_spec({"kind": "classification",
                                                   "label_smoothing": eps})), x, y)

@@ -50,7 +50,11 @@ def _substitute(value: Any, params: dict, path: tuple) -> Any:
 
 
 def _block_params(block: dict, use: dict, path: tuple) -> dict:
-    declared = dict(block.get("params") or {})
+    declared = block.get("params") or {}
+    if not isinstance(declared, dict):
+        raise _Fail(("blocks", use["use"], "params"), "expected a mapping of parameter names to "
+                                                      "default values")
+    declared = dict(declared)
     for key, value in use.items():
         if key in ("type", "use", "name", "repeat", "inputs"):
             continue
@@ -74,7 +78,7 @@ def _copy(block: dict, prefix: str, params: dict, source: str, src_path: tuple):
         layer = _substitute(layer, {**params, "input": source}, path)
         layer["name"] = rename[local[j]]
         inputs = layer.get("inputs", [source] if j == 0 else None)
-        if inputs is not None:
+        if isinstance(inputs, list):
             layer["inputs"] = [rename.get(i, i) if isinstance(i, str) else i for i in inputs]
         if isinstance(layer.get("share"), str):
             layer["share"] = rename.get(layer["share"], layer["share"])
@@ -85,7 +89,11 @@ def _copy(block: dict, prefix: str, params: dict, source: str, src_path: tuple):
 def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
     path = ("layers", i)
     blocks = data.get("blocks") or {}
+    if not isinstance(blocks, dict):
+        raise _Fail(("blocks",), "expected a mapping of block names to blocks")
     name = use.get("use")
+    if not isinstance(name, str):
+        raise _Fail((*path, "use"), f"expected the name of a block, got {name!r}")
     if name not in blocks:
         hint = difflib.get_close_matches(str(name), list(blocks), n=1)
         raise _Fail((*path, "use"), f"unknown block '{name}'" + (
@@ -95,6 +103,11 @@ def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
     if not isinstance(block, dict) or not isinstance(block.get("layers"), list) \
             or not block["layers"]:
         raise _Fail(("blocks", name), "a block needs a non-empty `layers:` list")
+    for j, layer in enumerate(block["layers"]):
+        if not isinstance(layer, dict):
+            raise _Fail(("blocks", name, "layers", j), "expected a layer (a mapping with a type)")
+        if not isinstance(layer.get("name", ""), str):
+            raise _Fail(("blocks", name, "layers", j, "name"), "expected a layer name")
     repeat = use.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_COPIES:
         raise _Fail((*path, "repeat"), f"expected an integer from 1 to {MAX_COPIES}, got "
