@@ -444,6 +444,11 @@ def _names(layers: list) -> list[str]:
     return [layer.get("name", f"{layer.get('type')}_{i}") for i, layer in enumerate(layers)]
 
 
+def _likely(draw, percent: int) -> bool:
+    """True with about `percent`% chance; Hypothesis' favourite draw (0) gives True."""
+    return draw(st.integers(0, 99)) < percent
+
+
 MULTI = {"add", "multiply", "average", "concat"}  # layers whose `inputs` are required
 
 
@@ -456,19 +461,21 @@ def _plausible(draw, doc) -> None:
     if not doc.get("input") and not doc.get("inputs"):
         doc["input"] = {"shape": draw(st.lists(st.integers(1, 8), min_size=1, max_size=3))}
     for cfg in [doc.get("input")] + list((doc.get("inputs") or {}).values()):
-        if cfg and draw(st.integers(0, 3)):
+        if cfg and _likely(draw, 75):
             cfg.pop("dtype", None)
             cfg.pop("features", None)
     task = doc["task"]
-    for key in ("loss", "metrics", "labels"):
-        if draw(st.integers(0, 4)):
+    for key in sorted(set(task) - {"kind"}):
+        if _likely(draw, 80):
             task.pop(key, None)
     for layer in doc["layers"]:
-        if layer.get("type") not in MULTI and draw(st.integers(0, 3)):
+        if _likely(draw, 50):
+            layer.pop("name", None)
+        if layer.get("type") not in MULTI and _likely(draw, 75):
             layer.pop("inputs", None)
-        if draw(st.integers(0, 3)):
+        if _likely(draw, 75):
             layer.pop("share", None)
-    if draw(st.integers(0, 2)):
+    if _likely(draw, 65):
         kind = task["kind"]
         units = 1 if kind == "binary" else len(task["labels"]) if task.get("labels") else \
             draw(st.integers(2 if kind == "classification" else 1, 5))
@@ -480,23 +487,23 @@ def schema_specs(draw):
     """A schema-valid spec document, its layer references (`inputs`, `share`, `use`) pointed at
     real layers and blocks most of the time, and block parameters used as `${...}`."""
     doc = draw(SPEC_DOCS)
-    if draw(st.integers(0, 3)):
+    if _likely(draw, 75):
         _plausible(draw, doc)
     layers = doc["layers"]
     names = _names(layers)
     blocks = sorted(doc.get("blocks") or {})
     sources = sorted(doc["inputs"]) if doc.get("inputs") else ["input"]
     for i, layer in enumerate(layers):
-        if "inputs" in layer and draw(st.integers(0, 4)):
+        if "inputs" in layer and _likely(draw, 80):
             earlier = [*sources, *names[:i]]
             layer["inputs"] = [draw(st.sampled_from(earlier)) for _ in layer["inputs"]]
-        if "share" in layer and draw(st.integers(0, 3)):
+        if "share" in layer and _likely(draw, 75):
             layer["share"] = draw(st.sampled_from(names))
-        if layer.get("type") == "block" and blocks and draw(st.integers(0, 4)):
+        if layer.get("type") == "block" and blocks and _likely(draw, 80):
             layer["use"] = draw(st.sampled_from(blocks))
     for block in (doc.get("blocks") or {}).values():
         params = block.get("params") or {}
-        if params and block["layers"] and draw(st.booleans()):  # one value becomes a placeholder
+        if params and block["layers"] and _likely(draw, 50):  # one value becomes a placeholder
             target = draw(st.sampled_from(block["layers"]))
             key = draw(st.sampled_from(sorted(target)))
             if key != "type":

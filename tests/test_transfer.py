@@ -232,6 +232,31 @@ def test_new_layers_keep_their_fresh_init(tmp_path, digits_model):
     assert notes and notes[0].startswith(f"init_from {digits_model}: loaded 6 of 8 parameters")
 
 
+def test_resume_keeps_the_checkpoint_and_the_report(cli, tmp_path, monkeypatch, digits_model):
+    from dlc.runtime.trainer import Trainer
+
+    spec = _spec_file(tmp_path, extra=f"  init_from: {digits_model}\n")
+    args = ["-q", "--set", "layers.0.trainable=false", "--set", "train.epochs=3"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert cli("train", spec, "--out", straight, *args).code == 0
+    original = Trainer.train_epoch
+
+    def interrupt(self, on_step=None):
+        if self.state.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, on_step)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
+    assert cli("train", spec, "--out", broken, *args).code == 130
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert cli("train", "--resume", broken, "-q").code == 0
+    assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    a, b = _weights(straight / "model.onnx"), _weights(broken / "model.onnx")
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    summary = json.loads((broken / "summary.json").read_text())
+    assert len(summary["init_from"]["matched"]) == 6
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "no such file"),
     (b"\x08\x07garbage not onnx \xff\xff", "is not a valid ONNX model"),
