@@ -1,7 +1,7 @@
 """Training throughput of each model family, dlc against PyTorch eager, in one process.
 
     .venv/bin/python bench/model_speed.py [--models mlp,cnn,cnn32,lstm,transformer]
-        [--device cpu|cuda] [--epochs 2] [--repeats 3] [--json-only]
+        [--device cpu|cuda] [--epochs 2] [--repeats 3] [--threads N] [--json-only]
 
 Both frameworks train the same architecture (hand-mirrored from the spec below), with the same
 optimizer (Adam, the spec's lr), loss, batch size, data and thread count, for the same number of
@@ -40,6 +40,9 @@ SPECS = {"mlp": ("digits_mlp.yaml", []), "cnn": ("digits_cnn.yaml", []),
          "lstm": ("lstm_forecast.yaml", []), "transformer": ("transformer_reverse.yaml", [])}
 
 
+THREADS = {"n": cores()}  # --threads: intra-op threads of both frameworks
+
+
 def dlc_setup(model: str, device: str):
     from dlc.data import Dataset, Split, load_dataset
     from dlc.network import build_network
@@ -56,7 +59,12 @@ def dlc_setup(model: str, device: str):
         ds = Dataset(Split(x, rng.integers(0, 10, 4096)), None, None, None, None, None)
     else:
         ds = load_dataset(spec.data, ROOT / "specs")
-    return spec, Trainer(net, ds, (device, 0), seed=0), ds
+    trainer = Trainer(net, ds, (device, 0), seed=0)
+    if THREADS["n"] != cores() and device == "cpu":
+        from train_speed import _set_threads
+
+        _set_threads(trainer, THREADS["n"])
+    return spec, trainer, ds
 
 
 def torch_model(model: str, spec: dict):
@@ -102,7 +110,7 @@ def torch_setup(model: str, spec: dict, ds, device: str):
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(cores())
+    torch.set_num_threads(THREADS["n"])
     net = torch_model(model, spec).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=spec["train"]["optimizer"]["lr"])
     smoothing = spec["task"].get("label_smoothing", 0.0)
@@ -153,6 +161,7 @@ def bench(model: str, device: str, epochs: int, repeats: int) -> dict:
     dlc_epoch()  # warm-up: session initialisation, first allocations
     dlc_s, dlc_share = timed(dlc_epoch, epochs, repeats)
     result = {"bench": "model_speed", "model": model, "device": device, "cores": cores(),
+              "threads": THREADS["n"],
               "batch": batch, "train_samples": n, "epochs_timed": epochs, "repeats": repeats,
               "dlc_samples_per_s": round(n / dlc_s, 1), "foreign_cpu_share_dlc": dlc_share,
               "loadavg_1min": os.getloadavg()[0], **versions()}
@@ -173,8 +182,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=cores(), help="intra-op threads, both")
     p.add_argument("--json-only", action="store_true")
     a = p.parse_args()
+    THREADS["n"] = a.threads
     for model in a.models.split(","):
         r = bench(model, a.device, a.epochs, a.repeats)
         print(json.dumps(r), flush=True)

@@ -1134,6 +1134,16 @@ FOUND_SPECS = [  # (id, text, overrides, part of the message)
     ("output-too-big", _MLP.replace("units: 3", f"units: {2 ** 64}"), [], "the limit is"),
     ("params-too-many", _MLP.replace("[4]", "[20000]").replace("units: 3", "units: 30000"), [],
      "parameters; the limit is 500,000,000"),
+    ("nested-block", _MLP.replace("layers:\n", "layers:\n  - {type: block, use: b}\n")
+     + "blocks:\n  b: {layers: [{type: relu}, {type: block, use: b}]}\n", [],
+     "a block cannot place a block"),
+    ("blocks-a-list", _MLP.replace("layers:\n", "layers:\n  - {type: block, use: b}\n")
+     + "blocks: [b]\n", [], "expected a mapping of block names"),
+    ("block-params-a-list", _MLP.replace("layers:\n", "layers:\n  - {type: block, use: b}\n")
+     + "blocks:\n  b: {params: [w], layers: [{type: relu}]}\n", [], "expected a mapping of "
+     "parameter names"),
+    ("block-use-a-list", _MLP.replace("layers:\n", "layers:\n  - {type: block, use: [b]}\n")
+     + "blocks:\n  b: {layers: [{type: relu}]}\n", [], "expected the name of a block"),
     ("stride-int64", "dlc: 1\nname: t\ninput: {shape: [1, 4]}\nlayers:\n  - {type: maxpool1d, "
      f"pool: 2, stride: {2 ** 64}}}\n  - {{type: flatten}}\ntask: {{kind: regression}}\n", [],
      "must be at most 2,147,483,647"),

@@ -106,6 +106,9 @@ def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
     for j, layer in enumerate(block["layers"]):
         if not isinstance(layer, dict):
             raise _Fail(("blocks", name, "layers", j), "expected a layer (a mapping with a type)")
+        if layer.get("type") == "block":  # copies are not expanded again
+            raise _Fail(("blocks", name, "layers", j, "type"), "a block cannot place a block; "
+                                                               "list the layers, or repeat it")
         if not isinstance(layer.get("name", ""), str):
             raise _Fail(("blocks", name, "layers", j, "name"), "expected a layer name")
     repeat = use.get("repeat", 1)
