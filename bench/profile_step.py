@@ -503,8 +503,9 @@ def main() -> None:
           f"{upd['per_param']['median']} us")
     prof = out.get("ort_profile")
     if prof:
-        p(f"# ORT profiler: model_run {prof['model_run_us']} us, kernels {prof['kernel_us_per_run']}"
-          f" us ({prof['kernel_share_of_run']:.0%}), {prof['kernels_per_run']} kernels/run")
+        p(f"# ORT profiler: model_run {prof['model_run_us']} us, kernels "
+          f"{prof['kernel_us_per_run']} us ({prof['kernel_share_of_run']:.0%}), "
+          f"{prof['kernels_per_run']} kernels/run")
         for k, v in prof["top_ops_us_per_run"].items():
             p(f"# {v:>10}    {k} x{prof['top_ops_calls_per_run'][k]}")
         p(f"# by phase: {prof['by_phase_us_per_run']}")

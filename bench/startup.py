@@ -10,9 +10,10 @@ mean / median / min / max / stdev wall milliseconds (fork+exec to exit, stdout/s
 `--via module` runs `sys.executable -m dlc` (falls back to it when the script is missing).
 
 Import check: `python -X importtime -m dlc validate SPEC` (and `... -m dlc --help`) once each;
-stderr is parsed for the modules imported. The CLI promises that `--help` and `validate` never load numpy or
-onnxruntime; the JSON says whether they (and torch, onnx, sklearn, rich) were imported, and lists
-the 10 slowest top-level imports by cumulative microseconds.
+stderr is parsed for the modules imported. The CLI promises that `--help` and `validate` never
+load numpy or onnxruntime; the JSON says whether they (and torch, onnx, sklearn, rich, ...) were
+imported, and lists the 10 slowest top-level import events grouped by root package
+(cumulative ms).
 
 Output: one JSON line on stdout (and a small table on stderr unless --json-only).
 """
@@ -121,8 +122,8 @@ def main() -> None:
            "python": sys.version.split()[0]}
     print(json.dumps(out), flush=True)
     if not args.json_only:
-        print(f"# {'command':<22}{'mean':>8}{'median':>8}{'min':>8}{'max':>8}  (ms, {args.runs} runs)",
-              file=sys.stderr)
+        print(f"# {'command':<22}{'mean':>8}{'median':>8}{'min':>8}{'max':>8}"
+              f"  (ms, {args.runs} runs)", file=sys.stderr)
         for name, r in [("dlc --help", results["help"]), ("dlc validate", results["validate"]),
                         ("python -c pass", baseline)]:
             print(f"# {name:<22}{r['mean_ms']:>8}{r['median_ms']:>8}{r['min_ms']:>8}"
