@@ -337,14 +337,19 @@ def env():
         print(f"{key + ':':22} {value}")
 
 
+def _one_line(text: str) -> str:
+    """Line breaks inside a message (from file contents, names) shown escaped: one line."""
+    return text.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main() -> None:
     try:
         app()
     except DlcError as e:
-        if isinstance(e, SpecError):
+        if isinstance(e, SpecError):  # one line per diagnostic
             print(str(e), file=sys.stderr)
         else:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -352,6 +357,6 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the one place unexpected errors are turned into text
         if _state["debug"]:
             raise
-        print(f"dlc: unexpected error: {type(e).__name__}: {e} (run with --debug for the "
-              "traceback)", file=sys.stderr)
+        print(f"dlc: unexpected error: {type(e).__name__}: {_one_line(str(e))} (run with "
+              "--debug for the traceback)", file=sys.stderr)
         sys.exit(3)

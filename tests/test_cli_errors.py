@@ -102,3 +102,13 @@ def test_missing_spec_file(cli, tmp_path):
 def test_unknown_device_is_a_usage_error(cli, tmp_path):
     r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "--device", "tpu")
     assert r.code == 2 and "device" in r.err and "Traceback" not in r.err, r
+
+
+def test_errors_with_line_breaks_in_file_content_stay_one_line(cli, tmp_path):
+    (tmp_path / "d.csv").write_text('a,b,"ki\nnd"\n1,2,x\n3,4,y\n')
+    spec = tmp_path / "s.yaml"
+    spec.write_text("dlc: 1\nname: t\ninput: {shape: [2]}\nlayers:\n  - {type: dense, units: 2}\n"
+                    "task: {kind: classification}\ndata: {source: csv:d.csv, target: kind, "
+                    "split: {val: 0, test: 0}}\n")
+    r = cli("train", spec, "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "\\n" in r.err, r

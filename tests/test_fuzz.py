@@ -1187,6 +1187,7 @@ FOUND_CLI = [  # (id, model, metadata changes, input file name, input bytes, par
     ("layer-name-missing", "cnn", {}, None, None, "unique layer names"),
     ("labels-count", "iris", {"dlc.labels": '["a"]'}, None, None, "class names"),
     ("no-categories", "multi", {}, None, None, "category ids"),
+    ("dim-not-utf8", "binary", {}, None, None, "not a valid ONNX model"),
     ("npz-truncated", "binary", {}, "in.npz", b"PK\x03\x04" + b"\x00" * 30, "cannot read"),
     ("npz-encrypted", "binary", {}, "in.npz", "encrypted", "cannot read"),
     ("csv-cell-newline", "diabetes", {}, "in.csv",
@@ -1206,6 +1207,9 @@ def test_found_cli(tmp_path, case_id, name, meta, file, data, part):
         spec = json.loads(_meta(raw)["dlc.spec_resolved"])
         SPEC_DAMAGE[case_id](spec)
         meta = {"dlc.spec_resolved": json.dumps(spec)}
+    if case_id == "dim-not-utf8":  # the batch dimension's name "N" (b"\x12\x01N"), one bit off
+        i = raw.rindex(b"\x12\x01N")
+        raw = raw[:i + 2] + b"\xce" + raw[i + 3:]
     model = _write(tmp_path, "m.onnx", _with_meta(raw, meta) if meta else raw)
     if data == "encrypted":
         data = _encrypted_npz()

@@ -88,7 +88,10 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
-    _check_outputs(path, session, spec["task"]["kind"], labels)
+    try:
+        _check_outputs(path, session, spec["task"]["kind"], labels)
+    except UnicodeDecodeError:  # an output name or dimension that is not UTF-8
+        raise DlcError(f"{path} is not a valid ONNX model (UnicodeDecodeError)") from None
     return Model(path, session, spec, labels, features, text, categories)
 
 
