@@ -13,10 +13,10 @@ from dlc.graph import Builder
 from dlc.layers import Ctx
 from dlc.network import Network, spec_inputs
 
-OUTPUTS = {  # task kind -> (output name, dtype, per-sample shape rule)
-    "classification": ["logits", "probabilities", "class_index"],
-    "binary": ["logits", "probabilities", "class_index"],
-    "regression": ["prediction"],
+OUTPUTS = {  # task kind -> the inference model's output names (add_head emits them)
+    "classification": ("logits", "probabilities", "class_index"),
+    "binary": ("logits", "probabilities", "class_index"),
+    "regression": ("prediction",),
 }
 
 

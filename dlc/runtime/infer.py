@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc import metrics as M
+from dlc.compile import OUTPUTS
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes, write_text
 from dlc.runtime.session import make_session
@@ -95,10 +96,6 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     return Model(path, session, spec, labels, features, text, categories)
 
 
-_OUTPUTS = {"classification": ("logits", "probabilities", "class_index"),
-            "binary": ("logits", "probabilities", "class_index"), "regression": ("prediction",)}
-
-
 def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
     """The metadata must be what dlc writes: a spec that passes the schema, string lists."""
     from dlc.errors import SpecError
@@ -140,10 +137,10 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
 def _check_outputs(path: Path, session, kind: str, labels) -> None:
     """The graph has the outputs its task kind promises, and a class name per class."""
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    missing = [n for n in _OUTPUTS[kind] if n not in outputs]
+    missing = [n for n in OUTPUTS[kind] if n not in outputs]
     if missing:
         raise DlcError(f"{path}: the model has no output '{missing[0]}' (a {kind} model has "
-                       f"{', '.join(_OUTPUTS[kind])}); corrupt or not made by dlc")
+                       f"{', '.join(OUTPUTS[kind])}); corrupt or not made by dlc")
     if labels is not None and kind != "regression":
         shape = outputs["probabilities"]
         units = 2 if kind == "binary" else (shape[-1] if shape else None)
