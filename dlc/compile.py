@@ -21,9 +21,9 @@ OUTPUTS = {  # task kind -> the inference model's output names (add_head emits t
 
 
 def lower_body(b: Builder, net: Network, xs: dict[str, str], params: dict[str, str],
-               ctx: Ctx) -> str:
+               ctx: Ctx) -> dict[str, str]:
     """Emit every layer in topological order from the model inputs `xs` (name -> tensor);
-    return the logits tensor."""
+    return each output's logits tensor by output name ("" for a `task:` model)."""
     ctx.source = ctx.source or next(iter(xs.values()))
     values = dict(xs)
     for node in net.nodes:
@@ -38,7 +38,7 @@ def lower_body(b: Builder, net: Network, xs: dict[str, str], params: dict[str, s
                 values[node.name] = layer.lower(b, xs, p, ctx, node.in_shapes)
             else:
                 values[node.name] = layer.lower(b, xs[0], p, ctx, node.in_shapes[0])
-    return values[net.output] if net.output else next(iter(xs.values()))
+    return {h.name: values[h.node] for h in net.heads}
 
 
 def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
@@ -51,21 +51,29 @@ def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
         return b.Div(b.Sub(x, b.const(offset, name="offset")), b.const(scale, name="scale"))
 
 
-def add_head(b: Builder, kind: str, logits: str, out_shape: list) -> None:
+def output_name(head: str, name: str) -> str:
+    """An inference output's name: `probabilities`, or `<output>.probabilities` for `outputs:`."""
+    return f"{head}.{name}" if head else name
+
+
+def add_head(b: Builder, kind: str, logits: str, out_shape: list, head: str = "") -> None:
     """Named outputs: probabilities and class index for classifiers, the prediction for regressors.
-    `out_shape`: the per-sample output dims, e.g. [units], or ["T", classes] per token."""
+    `out_shape`: the per-sample output dims, e.g. [units], or ["T", classes] per token; `head`:
+    the output's name for `outputs:` models (prefixes the names)."""
+    def out(value: str, name: str, dtype: str, shape: list) -> None:
+        b.output(value, output_name(head, name), dtype, shape)
+
     if kind == "regression":
-        b.output(logits, "prediction", "float32", ["N", *out_shape])
+        out(logits, "prediction", "float32", ["N", *out_shape])
         return
-    b.output(logits, "logits", "float32", ["N", *out_shape])
+    out(logits, "logits", "float32", ["N", *out_shape])
     if kind == "classification":
-        b.output(b.Softmax(logits, axis=-1), "probabilities", "float32", ["N", *out_shape])
-        b.output(b.ArgMax(logits, axis=-1, keepdims=0), "class_index", "int64",
-                 ["N", *out_shape[:-1]])
+        out(b.Softmax(logits, axis=-1), "probabilities", "float32", ["N", *out_shape])
+        out(b.ArgMax(logits, axis=-1, keepdims=0), "class_index", "int64", ["N", *out_shape[:-1]])
     else:
-        b.output(b.Sigmoid(logits), "probabilities", "float32", ["N", 1])
+        out(b.Sigmoid(logits), "probabilities", "float32", ["N", 1])
         positive = b.Greater(b.Squeeze(logits, b.const([1])), b.const(0.0))
-        b.output(b.Cast(positive, to=onnx.TensorProto.INT64), "class_index", "int64", ["N"])
+        out(b.Cast(positive, to=onnx.TensorProto.INT64), "class_index", "int64", ["N"])
 
 
 def _is_token_input(cfg: dict) -> bool:
@@ -103,11 +111,13 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
                 xs[name] = normalize_input(b, x, (norms or {}).get(name), shape)
     params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
     logits = lower_body(b, net, xs, params, Ctx(training=False))
-    out_shape = list(net.output_shape)
-    if steps and net.kind == "classification" and len(out_shape) == 2:  # per-token outputs
-        logits = b.Slice(logits, b.const([0]), steps, b.const([1]))  # back to the input length
-        out_shape[0] = "T" if len(net.inputs) == 1 else "T_out"
-    add_head(b, net.kind, logits, out_shape)
+    for head in net.heads:
+        out_shape = list(head.shape)
+        if steps and head.kind == "classification" and len(out_shape) == 2:  # per-token outputs
+            logits[head.name] = b.Slice(logits[head.name], b.const([0]), steps,
+                                        b.const([1]))  # back to the input length
+            out_shape[0] = "T" if len(net.inputs) == 1 else "T_out"
+        add_head(b, head.kind, logits[head.name], out_shape, head.name)
     return b.model(net.spec["name"], metadata=metadata(spec, norm, meta),
                    doc=net.spec.get("description", ""))
 
@@ -118,8 +128,8 @@ def metadata(spec, norm: dict | None, extra: dict | None) -> dict[str, str]:
         "dlc.version": __version__,
         "dlc.spec": spec.text,
         "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
-        "dlc.spec_resolved": json.dumps(data, sort_keys=True),
-        "dlc.task": json.dumps(data["task"], sort_keys=True),
+        "dlc.spec_resolved": json.dumps(data),  # spec order: the first input is the default one
+        "dlc.task": json.dumps(data.get("task") or data["outputs"], sort_keys=True),
         "dlc.inputs": json.dumps(spec_inputs(data), sort_keys=True),
         "dlc.normalize": json.dumps(norm),
     }
@@ -127,7 +137,7 @@ def metadata(spec, norm: dict | None, extra: dict | None) -> dict[str, str]:
         meta["dlc.input_shape"] = json.dumps(next(iter(spec_inputs(data).values()))["shape"])
     if data.get("input", {}).get("features"):
         meta["dlc.features"] = json.dumps(data["input"]["features"])
-    if data["task"].get("labels"):
+    if data.get("task", {}).get("labels"):
         meta["dlc.labels"] = json.dumps(data["task"]["labels"])
     for key, value in (extra or {}).items():
         meta[f"dlc.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)

@@ -120,10 +120,10 @@ def train_fold(net, dataset, device: tuple[str, int], seed: int) -> dict:
 
     trainer = Trainer(net, dataset, device, seed=seed)
     trainer.fit(Plain(quiet=True))
-    loss, logits = trainer.predict_split(dataset.test, trainer.final_params())
-    result = M.compute(net.kind, dataset.test.y, logits)
+    losses, logits = trainer.predict_split(dataset.test, trainer.final_params())
+    result = M.compute(net.kind, dataset.test.y, logits[net.head.name])
     result.pop("confusion_matrix", None)
-    return {"loss": loss, **result, "epochs_run": trainer.state.epoch}
+    return {"loss": losses["loss"], **result, "epochs_run": trainer.state.epoch}
 
 
 def summarize(rows: list[dict], keys: list[str]) -> tuple[dict, dict]:
@@ -141,10 +141,11 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     from dlc.runtime.session import choose_device
 
     net = build_network(spec)
+    task_kind = net.kind  # one output only (net.kind says so in one line otherwise)
     raw = _raw_data(spec)
     data, cfg = spec.data["data"], spec.data["train"]
     split = data.get("split") or {}
-    classes = net.kind in ("classification", "binary") and bool(split.get("stratify", True))
+    classes = task_kind in ("classification", "binary") and bool(split.get("stratify", True))
     seed = int(split.get("seed", 0))
     kind, index, _ = choose_device(device)
     rows = []

@@ -36,8 +36,9 @@ def check(spec, base_dir: Path) -> None:
     if cfg is None:
         return
     where = ("train", "distill")
-    if spec.data["task"]["kind"] != "classification":
-        raise SpecError([spec.diag(where, "distillation needs task.kind classification")])
+    if (spec.data.get("task") or {}).get("kind") != "classification":
+        raise SpecError([spec.diag(where, "distillation needs task.kind classification (one "
+                                          "output, `task:`)")])
     if spec.data.get("inputs"):
         raise SpecError([spec.diag(where, "distillation needs a single `input:`, not `inputs:`")])
     path = Path(cfg["teacher"]).expanduser()

@@ -95,7 +95,7 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     x = b.input("input", "float32", ["N", *shape])
     params = {p.name: b.initializer(p.name, weights[p.name]) for p in net.params}
     logits = lower_body(b, net, {"input": normalize_input(b, x, norm, shape)}, params,
-                        Ctx(training=False))
+                        Ctx(training=False))[net.head.name]
     _pool_indices(b)
     out_shape = list(net.output_shape)
     w = b.input("weight", "float32", ["N", *out_shape])

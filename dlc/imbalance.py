@@ -48,18 +48,26 @@ def balanced_weights(ids: np.ndarray, classes: int) -> list[float]:
     return [float(w) for w in len(ids) / (classes * counts.astype(np.float64))]
 
 
-def num_classes(net) -> int:
-    return 2 if net.kind == "binary" else int(net.output_shape[-1])
+def num_classes(head) -> int:
+    return 2 if head.kind == "binary" else int(head.shape[-1])
 
 
 def resolve(net, dataset):
-    """The network with task.class_weights: balanced replaced by the numbers from the training
-    split (the same network when there is nothing to resolve)."""
-    task = net.spec["task"]
-    if task.get("class_weights") != "balanced":
+    """The network with class_weights: balanced replaced, per output, by the numbers from the
+    training split (the same network when there is nothing to resolve)."""
+    from dlc.network import spec_heads
+
+    heads = [replace(h, task={**h.task, "class_weights": balanced_weights(
+                 class_ids(h.targets(dataset.train.y), h.kind), num_classes(h))})
+             if h.task.get("class_weights") == "balanced" else h for h in net.heads]
+    if heads == net.heads:
         return net
-    weights = balanced_weights(class_ids(dataset.train.y, net.kind), num_classes(net))
-    return replace(net, spec={**net.spec, "task": {**task, "class_weights": weights}})
+    spec = dict(net.spec)
+    if "task" in spec:
+        spec["task"] = heads[0].task
+    else:
+        spec["outputs"] = {**spec_heads(spec), **{h.name: h.task for h in heads}}
+    return replace(net, spec=spec, heads=heads)
 
 
 def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.ndarray:
@@ -75,21 +83,28 @@ def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.
     return rng.choice(n, size=n, replace=True, p=p / p.sum())
 
 
-def check(spec, kind: str, out) -> list:
-    """Diagnostics for task.class_weights and data.sampling (`out`: the output shape, or None)."""
-    task, data, diags = spec.data["task"], spec.data.get("data") or {}, []
-    weights = task.get("class_weights")
+def check(spec, name: str, task: dict, out) -> list:
+    """Diagnostics for one output's class_weights, and for data.sampling (`name`: "" for
+    `task:`; `out`: the output's shape, or None)."""
+    from dlc.network import head_path
+
+    kind, data, diags = task["kind"], spec.data.get("data") or {}, []
+    weights, at = task.get("class_weights"), head_path(name, "class_weights")
     if weights is not None and kind == "regression":
-        diags.append(spec.diag(("task", "class_weights"), "class weights need a classification "
-                                                          "or binary task"))
+        diags.append(spec.diag(at, "class weights need a classification or binary task"))
     elif isinstance(weights, list) and out is not None:
         classes = 2 if kind == "binary" else out[-1]
         if len(weights) != classes:
-            diags.append(spec.diag(("task", "class_weights"), f"{len(weights)} class weights for "
-                                   f"{classes} classes" + (" (binary: [negative, positive])"
-                                                           if kind == "binary" else "")))
+            diags.append(spec.diag(at, f"{len(weights)} class weights for {classes} classes"
+                                   + (" (binary: [negative, positive])" if kind == "binary"
+                                      else "")))
     if data.get("sampling") == "balanced":
-        if kind == "regression":
+        if name:  # reported once, with the first output
+            if name == next(iter(spec.data["outputs"])):
+                diags.append(spec.diag(("data", "sampling"), "balanced sampling needs one "
+                                       "class target; with several outputs weigh classes per "
+                                       "output (class_weights)"))
+        elif kind == "regression":
             diags.append(spec.diag(("data", "sampling"), "balanced sampling needs a "
                                                          "classification or binary task"))
         elif out is not None and len(out) == 2 and kind == "classification":
@@ -99,6 +114,9 @@ def check(spec, kind: str, out) -> list:
 
 
 def summary(trainer) -> dict:
-    """summary.json: the class weights the loss used (balanced: as computed)."""
-    weights = trainer.net.spec["task"].get("class_weights")
-    return {"class_weights": weights} if weights is not None else {}
+    """summary.json: the class weights each loss used (balanced: as computed)."""
+    used = {h.name: h.task["class_weights"] for h in trainer.net.heads
+            if h.task.get("class_weights") is not None}
+    if not used:
+        return {}
+    return {"class_weights": used[""] if "" in used else used}

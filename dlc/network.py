@@ -35,6 +35,50 @@ def spec_inputs(data: dict) -> dict[str, dict]:
     return dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
 
 
+def spec_heads(data: dict) -> dict[str, dict]:
+    """The model's outputs, each a task (kind, loss, metrics, ...): `outputs:` as written, or
+    the one `task:` under the empty name (its graph names then carry no output name)."""
+    return dict(data["outputs"]) if data.get("outputs") else {"": data["task"]}
+
+
+def head_path(name: str, *keys) -> tuple:
+    """The spec path of a head's key: ("task", key) or ("outputs", name, key)."""
+    return ("outputs", name, *keys) if name else ("task", *keys)
+
+
+def suffixed(base: str, head: str) -> str:
+    """A train/eval graph name of one head: `y`, `logits` for `task:`, `y.<head>` for outputs."""
+    return f"{base}.{head}" if head else base
+
+
+def column(split: str, head: str, metric: str) -> str:
+    """A metrics.csv column: `val_accuracy`, or `val_<output>.accuracy` for `outputs:`."""
+    return f"{split}_{head}.{metric}" if head else f"{split}_{metric}"
+
+
+@dataclass(frozen=True)
+class Head:
+    """One output of the network: the node holding its logits (the task's activation stripped),
+    their per-sample shape and the task (`outputs:` entries add layer, target and weight)."""
+
+    name: str  # "" for a `task:` spec
+    task: dict
+    node: str
+    shape: Shape
+
+    @property
+    def kind(self) -> str:
+        return self.task["kind"]
+
+    @property
+    def weight(self) -> float:
+        return float(self.task.get("weight", 1.0))
+
+    def targets(self, y):
+        """This head's targets in a split's y (a mapping by output name for `outputs:`)."""
+        return y[self.name] if self.name else y
+
+
 @dataclass
 class Node:
     """One layer in the graph: where its inputs come from and the shapes it sees."""
@@ -54,7 +98,7 @@ class Network:
     spec: dict
     nodes: list[Node]  # topological order
     params: list[Param]  # each parameter once (shared layers use their owner's)
-    output: str = ""  # the node whose output is the logits (the task's head stripped)
+    heads: list[Head] = field(default_factory=list)  # the outputs, in spec order
     graph: list[Node] = field(default_factory=list)  # every spec layer, unstripped (summary)
     # parameters of `trainable: false` layers: trainable=False here, like buffers, but constant
     frozen: frozenset[str] = frozenset()
@@ -79,12 +123,26 @@ class Network:
         return next(iter(self.inputs.values()))[1]
 
     @property
+    def head(self) -> Head:
+        """The one output of a `task:` model; a clear error for code that handles only those."""
+        if len(self.heads) != 1 or self.heads[0].name:
+            from dlc.errors import DlcError
+
+            raise DlcError("this works on models with one output (`task:`); this one has "
+                           f"outputs: {', '.join(h.name for h in self.heads)}")
+        return self.heads[0]
+
+    @property
+    def output(self) -> str:  # the node whose output is the logits
+        return self.head.node
+
+    @property
     def output_shape(self) -> Shape:
-        return next((n.out_shape for n in self.nodes if n.name == self.output), self.input_shape)
+        return self.head.shape
 
     @property
     def kind(self) -> str:
-        return self.spec["task"]["kind"]
+        return self.head.kind
 
     def init_params(self, seed: int) -> dict:
         """Seeded initial values: parameter i draws from its own stream (seed, i)."""
@@ -203,16 +261,32 @@ def build_network(spec) -> Network:
             owners[layer.name] = own
         shapes[layer.name] = out
         nodes[i] = Node(layer, sources[i], in_shapes, out)
-    last = len(layers) - 1
-    diags += _check_task(spec, layers, shapes.get(layers[last].name) if not diags else None)
+    at = _head_layers(spec, layers)  # output name -> index of the layer it reads
+    diags += _check_task(spec, layers, at, shapes if not diags else None)
     if diags:
         raise SpecError(diags)
-    ordered = [nodes[i] for i in order if i != last]
-    head = _strip_head(nodes[last], data["task"]["kind"])
-    graph = [*ordered, nodes[last]]
-    if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
-        return Network(data, ordered, params, nodes[last].sources[0], graph, frozenset(frozen))
-    return Network(data, [*ordered, head], params, head.name, graph, frozenset(frozen))
+    kept, heads = {i: nodes[i] for i in order}, []
+    for name, task in spec_heads(data).items():
+        i = at[name]
+        head = _strip_head(nodes[i], task["kind"])
+        if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
+            del kept[i]
+            source = nodes[i].sources[0]
+            heads.append(Head(name, task, source, shapes[source]))
+        else:
+            kept[i] = head
+            heads.append(Head(name, task, head.name, head.out_shape))
+    return Network(data, list(kept.values()), params, heads, [nodes[i] for i in order],
+                   frozenset(frozen))
+
+
+def _head_layers(spec, layers: list[Layer]) -> dict[str, int]:
+    """Each output's layer index: the last layer for `task:`, the named one for `outputs:`
+    (unknown names are reported by _check_task)."""
+    if not spec.data.get("outputs"):
+        return {"": len(layers) - 1}
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    return {name: index.get(cfg["layer"], -1) for name, cfg in spec.data["outputs"].items()}
 
 
 def _too_big(layer: Layer, out: Shape, own: list[Param], before: list[Param]) -> str:
@@ -247,42 +321,93 @@ def _check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diag
     return diags
 
 
-def _check_task(spec, layers: list[Layer], out: Shape | None) -> list[Diagnostic]:
-    task, diags = spec.data["task"], []
-    kind = task["kind"]
-    if task["loss"] not in LOSSES[kind]:
-        allowed = ", ".join(sorted(LOSSES[kind]))
-        diags.append(spec.diag(("task", "loss"), f"loss '{task['loss']}' does not fit a {kind} "
-                                                 f"task; use one of {allowed}"))
-    for j, metric in enumerate(task["metrics"]):
-        if metric not in METRICS[kind]:
-            diags.append(spec.diag(("task", "metrics", j), f"metric '{metric}' does not fit a "
-                                   f"{kind} task; use one of {', '.join(sorted(METRICS[kind]))}"))
-    for i, layer in enumerate(layers):
-        fn = layer.cfg["type"] if layer.cfg["type"] in ("softmax", "sigmoid") else layer.cfg.get("activation")
-        last = i == len(layers) - 1
-        if fn == "softmax" and (kind != "classification" or not last):
-            where = "as the output of a " + kind + " task" if last else "before the last layer"
-            diags.append(spec.diag(("layers", i), f"softmax {where}: the loss '{task['loss']}' "
-                                   "expects unnormalised outputs; remove it"))
-    if out is not None:
-        diags += _check_output(spec, kind, out, len(layers) - 1)
-    diags += imbalance.check(spec, kind, out)  # task.class_weights, data.sampling
+def _check_task(spec, layers: list[Layer], at: dict[str, int],
+                shapes: dict[str, Shape] | None) -> list[Diagnostic]:
+    """Each output's loss, metrics, layer and shape against its kind; where softmax may stand.
+    `shapes`: every layer's output shape (None when earlier errors left them unknown)."""
+    diags, heads = [], spec_heads(spec.data)
+    for name, task in heads.items():
+        kind = task["kind"]
+        if task["loss"] not in LOSSES[kind]:
+            allowed = ", ".join(sorted(LOSSES[kind]))
+            diags.append(spec.diag(head_path(name, "loss"), f"loss '{task['loss']}' does not "
+                                   f"fit a {kind} task; use one of {allowed}"))
+        for j, metric in enumerate(task["metrics"]):
+            if metric not in METRICS[kind]:
+                diags.append(spec.diag(head_path(name, "metrics", j), f"metric '{metric}' does "
+                                       f"not fit a {kind} task; use one of "
+                                       f"{', '.join(sorted(METRICS[kind]))}"))
+        if at[name] < 0:
+            hint = difflib.get_close_matches(task["layer"], [x.name for x in layers], n=1)
+            diags.append(spec.diag(head_path(name, "layer"), f"unknown layer '{task['layer']}'"
+                                   + (f"; did you mean '{hint[0]}'?" if hint else "")))
+        elif shapes is not None and layers[at[name]].name in shapes:
+            diags += _check_output(spec, name, task, shapes[layers[at[name]].name], at[name])
+        out = shapes.get(layers[at[name]].name) if shapes is not None and at[name] >= 0 else None
+        diags += imbalance.check(spec, name, task, out)
+    readers = {}
+    for name, i in at.items():
+        if i >= 0 and i in readers:
+            diags.append(spec.diag(head_path(name, "layer"), f"outputs '{readers[i]}' and "
+                                   f"'{name}' read the same layer; give each its own"))
+        readers.setdefault(i, name)
+    diags += _check_softmax(spec, layers, {i: heads[n]["kind"] for n, i in at.items()})
+    diags += _check_monitor(spec, heads)
     for name, cfg in spec_inputs(spec.data).items():
         feats, shape = cfg.get("features"), cfg["shape"]
-        at = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
+        at_ = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
         if feats is not None and (len(shape) != 1 or len(feats) != shape[0]):
-            diags.append(spec.diag((*at, "features"), f"{len(feats)} feature names for input "
+            diags.append(spec.diag((*at_, "features"), f"{len(feats)} feature names for input "
                                    f"shape {shape}; give one name per feature of a flat input"))
     return diags
 
 
-def _check_output(spec, kind: str, out: Shape, last: int) -> list[Diagnostic]:
-    labels = spec.data["task"].get("labels")
-    at = ("layers", last)
+def _check_monitor(spec, heads: dict[str, dict]) -> list[Diagnostic]:
+    """train.early_stopping.monitor must name a column that training reports."""
+    es = (spec.data.get("train") or {}).get("early_stopping") or {}
+    name = es.get("monitor", "val_loss")
+    known = ["val_loss"] + [column("val", h, m) for h, task in heads.items()
+                            for m in [*(["loss"] if h else []), *task["metrics"]]]
+    if name in known:
+        return []
+    hint = difflib.get_close_matches(name, known, n=1)
+    return [spec.diag(("train", "early_stopping", "monitor"), f"'{name}' is not reported; "
+                      f"training reports {', '.join(known)}"
+                      + (f"; did you mean '{hint[0]}'?" if hint else ""))]
+
+
+def _check_softmax(spec, layers: list[Layer], kinds: dict[int, str]) -> list[Diagnostic]:
+    """Softmax only as the activation of a classification output's layer, which nothing else
+    reads (training takes the loss from the logits before it)."""
+    diags, many = [], bool(spec.data.get("outputs"))
+    read = {src for layer in layers for src in layer.cfg.get("inputs") or []}
+    read |= {layers[i - 1].name for i in range(1, len(layers)) if not layers[i].cfg.get("inputs")}
+    for i, layer in enumerate(layers):
+        cfg = layer.cfg
+        fn = cfg["type"] if cfg["type"] in ("softmax", "sigmoid") else cfg.get("activation")
+        kind = kinds.get(i)
+        if fn == "softmax" and kind != "classification":
+            if many:
+                where = f"in the layer of a {kind} output" if kind else \
+                    "outside a classification output's layer"
+                why = "the losses expect unnormalised outputs"
+            else:
+                where = f"as the output of a {kind} task" if kind else "before the last layer"
+                why = f"the loss '{spec.data['task']['loss']}' expects unnormalised outputs"
+            diags.append(spec.diag(("layers", i), f"softmax {where}: {why}; remove it"))
+        elif many and kind and fn == HEAD[kind] and layer.name in read:
+            diags.append(spec.diag(("layers", i), f"'{layer.name}' is an output's layer and "
+                                   f"ends in {fn}, which training strips; other layers cannot "
+                                   "read it (move the activation into a separate layer)"))
+    return diags
+
+
+def _check_output(spec, name: str, task: dict, out: Shape, i: int) -> list[Diagnostic]:
+    kind, labels, at = task["kind"], task.get("labels"), ("layers", i)
     per_token = kind == "classification" and len(out) == 2  # (steps, classes): y is [N, steps]
+    what = f"output '{name}'" if name else "the model output"
     if len(out) != 1 and not per_token:
-        return [spec.diag(at, f"the model output has shape {list(out)}; a {kind} task needs a "
+        return [spec.diag(at, f"{what} has shape {list(out)}; a {kind} task needs a "
                               "flat output (add flatten and dense layers)")]
     units = out[-1]
     if kind == "classification" and units < 2:
@@ -291,5 +416,6 @@ def _check_output(spec, kind: str, out: Shape, last: int) -> list[Diagnostic]:
     if kind == "binary" and units != 1:
         return [spec.diag(at, f"a binary task needs 1 output unit, got {units}")]
     if kind == "classification" and labels is not None and len(labels) != units:
-        return [spec.diag(("task", "labels"), f"{len(labels)} labels for {units} output units")]
+        return [spec.diag(head_path(name, "labels"), f"{len(labels)} labels for {units} output "
+                                                     "units")]
     return []

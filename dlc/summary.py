@@ -25,12 +25,17 @@ def render(spec) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from dlc.network import spec_heads, spec_inputs
+
     data = rows(spec)
-    table = Table(title=f"{spec.data['name']} ({spec.data['task']['kind']})")
+    kinds = ", ".join(f"{h}: {t['kind']}" if h else t["kind"]
+                      for h, t in spec_heads(spec.data).items())
+    table = Table(title=f"{spec.data['name']} ({kinds})")
     for col, justify in (("layer", "left"), ("type", "left"), ("output shape", "left"),
                          ("params", "right"), ("FLOPs/sample", "right")):
         table.add_column(col, justify=justify)
-    table.add_row("input", "input", str(["N", *spec.data["input"]["shape"]]), "0", "0")
+    for name, cfg in spec_inputs(spec.data).items():
+        table.add_row(name, "input", str(["N", *cfg["shape"]]), "0", "0")
     block = None
     for name, kind, shape, count, flops in data:
         group = name.split(".", 1)[0] if "." in name else None

@@ -6,10 +6,14 @@ vector), `state.<s>` (each optimizer state, flat alike), the buffers (running st
 frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
 Outputs: loss, logits, grad_norm (before clipping), `params.new`, `state.<s>.new`, `<buffer>.new`.
 The eval graph is the same forward and loss without dropout or update.
+
+A model with several outputs (`outputs:`) takes `y.<output>` and returns `logits.<output>` and
+`loss.<output>` for each; `loss` is then the sum of weight * loss over the outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,15 +25,15 @@ from dlc.compile import lower_body
 from dlc.graph import Builder
 from dlc.layers import Ctx, Shape
 from dlc.layers.base import numel
-from dlc.network import Network
+from dlc.network import Head, Network, suffixed
 from dlc.optim import Optimizer
 
 
-def target_spec(net: Network) -> tuple[str, list]:
-    """dtype and shape of the `y` input for the network's task."""
-    if net.kind == "classification":  # [N], or [N, steps] for per-token (steps, classes) outputs
-        return "int64", ["N", *net.output_shape[:-1]]
-    return "float32", ["N", net.output_shape[0]]
+def target_spec(head: Head) -> tuple[str, list]:
+    """dtype and shape of an output's `y` input."""
+    if head.kind == "classification":  # [N], or [N, steps] for per-token (steps, classes) outputs
+        return "int64", ["N", *head.shape[:-1]]
+    return "float32", ["N", head.shape[0]]
 
 
 @dataclass
@@ -75,12 +79,36 @@ def x_feeds(names: dict[str, str], xb) -> dict:
     return {"x": xb}
 
 
+def y_feeds(yb) -> dict:
+    """Target feeds: `y`, or `y.<output>` for each output of an `outputs:` model."""
+    if isinstance(yb, dict):
+        return {suffixed("y", k): v for k, v in yb.items()}
+    return {"y": yb}
+
+
 def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]):
+    """Each output's logits, and the loss: one task's, or the weighted sum over outputs (each
+    output's own loss is a graph output too)."""
     xs = {name: b.input(graph_name, net.inputs[name][1], ["N", *net.inputs[name][0]])
           for name, graph_name in x_names(net).items()}
-    y = b.input("y", *target_spec(net))
     logits = lower_body(b, net, xs, params, ctx)
-    return logits, losses.loss(b, net.spec["task"], logits, y, net.output_shape[-1])
+    total = None
+    for head in net.heads:
+        y = b.input(suffixed("y", head.name), *target_spec(head))
+        with b.scope(head.name) if head.name else contextlib.nullcontext():
+            loss = losses.loss(b, head.task, logits[head.name], y, head.shape[-1])
+        if not head.name:
+            return logits, loss
+        b.output(loss, suffixed("loss", head.name), "float32", [])
+        term = b.Mul(loss, b.const(head.weight)) if head.weight != 1.0 else loss
+        total = term if total is None else b.Add(total, term)
+    return logits, total
+
+
+def _logits_outputs(b: Builder, net: Network, logits: dict[str, str]) -> None:
+    for head in net.heads:
+        b.output(logits[head.name], suffixed("logits", head.name), "float32",
+                 ["N", *head.shape])
 
 
 def build_eval_step(net: Network) -> Step:
@@ -89,7 +117,7 @@ def build_eval_step(net: Network) -> Step:
     params = {p.name: b.input(p.name, "float32", list(p.shape)) for p in net.params}
     logits, loss = _forward_and_loss(b, net, Ctx(training=False), params)
     b.output(loss, "loss", "float32", [])
-    b.output(logits, "logits", "float32", ["N", *net.output_shape])
+    _logits_outputs(b, net, logits)
     return Step(b.model(f"{net.spec['name']}-eval"), list(params), [])
 
 
@@ -131,7 +159,8 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     frozen = transfer.frozen_inputs(b, net)  # read, never differentiated nor written
     ctx = Ctx(training=True, noise=noise_input)
     logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers, **frozen})
-    loss = distill.add_loss(b, net, logits, loss, data_norm)  # train.distill: the teacher's term
+    if distill.config(net.spec) is not None:  # train.distill: the teacher's term
+        loss = distill.add_loss(b, net, logits[net.head.name], loss, data_norm)
     lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
     found = gradients(b, loss, list(views.values()))
     with b.scope("grad"):
@@ -148,7 +177,7 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
         w_new, state_new = opt.update(flat, g, state_in)
         w_new = prune.masked(b, w_new, mask)  # and stay exactly zero
     b.output(loss, "loss", "float32", [])
-    b.output(logits, "logits", "float32", ["N", *net.output_shape])
+    _logits_outputs(b, net, logits)
     b.output(norm, "grad_norm", "float32", [])
     b.output(w_new, "params.new", "float32", [total])
     for s in opt.states:

@@ -120,8 +120,14 @@ def numpy_layer(cfg, weights: dict, h: np.ndarray) -> np.ndarray:
 
 
 def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
-    """The spec's layers in float64 numpy: an independent oracle for the lowering. Layers run in
-    spec order (the example specs name only earlier layers in `inputs`)."""
+    """The last layer's output of `numpy_values`."""
+    return numpy_values(spec, weights, x)[spec.data["layers"][-1]["name"]]
+
+
+def numpy_values(spec, weights: dict, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The spec's layers in float64 numpy: an independent oracle for the lowering, every layer's
+    output by name. Layers run in spec order (the example specs name only earlier layers in
+    `inputs`)."""
     xs = x if isinstance(x, dict) else {"input": x}
     values = {k: v if v.dtype == np.int64 else v.astype(np.float64) for k, v in xs.items()}
     weights = {k: np.asarray(v, np.float64) for k, v in weights.items()}
@@ -151,7 +157,7 @@ def numpy_forward(spec, weights: dict, x: np.ndarray) -> np.ndarray:
             h = numpy_layer(cfg, weights, h)
         values[cfg["name"]] = h
         prev = cfg["name"]
-    return h
+    return values
 
 
 def run(model: onnx.ModelProto, x) -> dict:
@@ -190,17 +196,21 @@ def test_example_compiles_and_matches_numpy(path):
     if types & NUMPY_ORACLE_SKIPS:
         assert all(np.isfinite(v).all() for v in out.values() if v.dtype != np.int64)
         return
-    expected = numpy_forward(spec, weights, xs if len(xs) > 1 or "input" not in xs
-                             else xs["input"])
-    kind = spec.data["task"]["kind"]
-    if kind == "regression":
-        np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-5)
-        return
-    np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-5)
-    probs = NUMPY_ACT["softmax" if kind == "classification" else "sigmoid"](expected, {})
-    np.testing.assert_allclose(out["probabilities"], probs, rtol=1e-5, atol=1e-6)
-    assert (out["class_index"] == (probs.argmax(1) if kind == "classification"
-                                   else (probs[:, 0] > 0.5))).all()
+    values = numpy_values(spec, weights, xs if len(xs) > 1 or "input" not in xs
+                          else xs["input"])
+    heads = spec.data.get("outputs") or {"": {**spec.data["task"],
+                                              "layer": spec.data["layers"][-1]["name"]}}
+    for head, task in heads.items():
+        expected, kind = values[task["layer"]], task["kind"]
+        name = lambda n: f"{head}.{n}" if head else n  # noqa: E731
+        if kind == "regression":
+            np.testing.assert_allclose(out[name("prediction")], expected, rtol=1e-5, atol=1e-5)
+            continue
+        np.testing.assert_allclose(out[name("logits")], expected, rtol=1e-5, atol=1e-5)
+        probs = NUMPY_ACT["softmax" if kind == "classification" else "sigmoid"](expected, {})
+        np.testing.assert_allclose(out[name("probabilities")], probs, rtol=1e-5, atol=1e-6)
+        assert (out[name("class_index")] == (probs.argmax(1) if kind == "classification"
+                                             else (probs[:, 0] > 0.5))).all()
 
 
 ALL_ACTIVATIONS = """\

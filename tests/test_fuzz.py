@@ -464,10 +464,15 @@ def _plausible(draw, doc) -> None:
         if cfg and _likely(draw, 75):
             cfg.pop("dtype", None)
             cfg.pop("features", None)
-    task = doc["task"]
-    for key in sorted(set(task) - {"kind"}):
-        if _likely(draw, 80):
-            task.pop(key, None)
+    if doc.get("task") and doc.get("outputs"):
+        del doc[draw(st.sampled_from(["task", "outputs"]))]
+    if not doc.get("task") and not doc.get("outputs"):
+        doc["task"] = {"kind": draw(st.sampled_from(["classification", "binary", "regression"]))}
+    heads = {"": doc["task"]} if doc.get("task") else doc["outputs"]
+    for task in heads.values():
+        for key in sorted(set(task) - {"kind", "layer"}):
+            if _likely(draw, 80):
+                task.pop(key, None)
     for layer in doc["layers"]:
         if _likely(draw, 50):
             layer.pop("name", None)
@@ -475,11 +480,17 @@ def _plausible(draw, doc) -> None:
             layer.pop("inputs", None)
         if _likely(draw, 75):
             layer.pop("share", None)
-    if _likely(draw, 65):
-        kind = task["kind"]
-        units = 1 if kind == "binary" else len(task["labels"]) if task.get("labels") else \
-            draw(st.integers(2 if kind == "classification" else 1, 5))
-        doc["layers"] += [{"type": "flatten"}, {"type": "dense", "units": units}]
+    if _likely(draw, 65):  # a flat head of the right width per output
+        doc["layers"].append({"type": "flatten", "name": "trunk_flat"})
+        for i, (name, task) in enumerate(heads.items()):
+            kind = task["kind"]
+            units = 1 if kind == "binary" else len(task["labels"]) if task.get("labels") else \
+                draw(st.integers(2 if kind == "classification" else 1, 5))
+            doc["layers"].append({"type": "dense", "units": units} if not name else
+                                 {"type": "dense", "name": f"head_{i}", "units": units,
+                                  "inputs": ["trunk_flat"]})
+            if name:
+                task["layer"] = f"head_{i}"
 
 
 @st.composite
@@ -494,13 +505,16 @@ def schema_specs(draw):
     blocks = sorted(doc.get("blocks") or {})
     sources = sorted(doc["inputs"]) if doc.get("inputs") else ["input"]
     for i, layer in enumerate(layers):
-        if "inputs" in layer and _likely(draw, 80):
-            earlier = [*sources, *names[:i]]
+        earlier = [*sources, *names[:i]]
+        if "inputs" in layer and not set(layer["inputs"]) <= set(earlier) and _likely(draw, 80):
             layer["inputs"] = [draw(st.sampled_from(earlier)) for _ in layer["inputs"]]
         if "share" in layer and _likely(draw, 75):
             layer["share"] = draw(st.sampled_from(names))
         if layer.get("type") == "block" and blocks and _likely(draw, 80):
             layer["use"] = draw(st.sampled_from(blocks))
+    for task in (doc.get("outputs") or {}).values():
+        if task.get("layer") not in names and names and _likely(draw, 80):
+            task["layer"] = draw(st.sampled_from(names))
     for block in (doc.get("blocks") or {}).values():
         params = block.get("params") or {}
         if params and block["layers"] and _likely(draw, 50):  # one value becomes a placeholder

@@ -212,6 +212,8 @@ def test_schema_describes_every_property_and_closes_every_object():
             continue
         assert node.get("additionalProperties") is False, where
         for key, prop in node["properties"].items():
+            if "$ref" in prop:  # a shared definition (task fields in task: and outputs:)
+                prop = schema()["$defs"][prop["$ref"].rsplit("/", 1)[1]]
             assert prop.get("description"), f"{where}/properties/{key}"
 
 

@@ -58,6 +58,8 @@ class Dataset:
     norm: dict | None  # {"kind", "offset", "scale"}: x_norm = (x_raw - offset) / scale
     text: dict | None = None  # text data: tokenizer settings and vocabulary (TextSpec.to_meta())
     categories: dict | None = None  # several inputs: {input: {column: values}} (data/multi.py)
+    # with `outputs:`, y of each split is a Columns mapping (output -> targets) and labels a
+    # mapping (output -> class names or None)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply this data set's normalisation to raw x [n, *input_shape] -> float32."""
@@ -143,7 +145,7 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     normalise every split with statistics of the training split. data.augment is only checked
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
-    if spec.get("inputs"):  # several named inputs: their own loader
+    if spec.get("inputs") or spec.get("outputs"):  # several named inputs or outputs: one CSV
         from dlc.data.multi import load_multi
 
         return load_multi(spec, spec_dir)

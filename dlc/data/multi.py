@@ -1,6 +1,8 @@
-"""Several named inputs from one CSV file (`inputs:` in the spec).
+"""Several named inputs (`inputs:`) and/or several outputs (`outputs:`) from one CSV file.
 
-Each input takes the columns named in its `features`. A float32 input parses them as numbers and
+Each input takes the columns named in its `features` (a single `input:` without them: every
+column that is no output's target). Each output takes its `target` column, encoded for its task
+kind; the split is stratified on the first classification or binary output. A float32 input parses them as numbers and
 is normalised with training-split statistics; an int64 input treats them as categories: per
 column, each value seen in the training split gets an id (1, 2, ... in sorted order, offset so
 that the columns of one input share one id space) and anything else gets 0. The category table
@@ -20,13 +22,14 @@ from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 
 
-class Inputs(dict):
-    """name -> array, indexed by rows like one array: `x[idx]`, `x[a:b]`, `len(x)`."""
+class Columns(dict):
+    """name -> array (inputs by input name, targets by output name), indexed by rows like one
+    array: `x[idx]`, `x[a:b]`, `len(x)`."""
 
     def __getitem__(self, key):
         if isinstance(key, str):
             return dict.__getitem__(self, key)
-        return Inputs({k: v[key] for k, v in self.items()})
+        return Columns({k: v[key] for k, v in self.items()})
 
     def __len__(self) -> int:
         return len(next(iter(self.values()))) if dict.__len__(self) else 0
@@ -36,7 +39,7 @@ def _columns(table: Table, names: list[str], what: str) -> list[int]:
     out = []
     for name in names:
         if name not in table.columns:
-            raise DlcError(f"{what}: column '{name}' not in {table.display}"
+            raise DlcError(f"{what}: column '{name}' not in {table.display}; "
                            f"{suggest(name, table.columns)}")
         out.append(table.columns.index(name))
     return out
@@ -63,39 +66,113 @@ def encode_categories(cells: list[list[str]], columns: list[str],
     return ids
 
 
+def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
+    """(y, labels): one array and its class names for `task:`, or for `outputs:` a Columns
+    mapping output -> array and a mapping output -> class names. None for y when a target
+    column is absent and not required."""
+    from dlc.network import spec_heads
+
+    data, ys, found = spec.get("data") or {}, Columns(), {}
+    for name, task in spec_heads(spec).items():
+        ref = task["target"] if name else data.get("target", table.columns[-1])
+        key = f"outputs.{name}.target" if name else "data.target"
+        if isinstance(ref, int):
+            if not 0 <= ref < len(table.columns):
+                raise DlcError(f"{key}: column index {ref} out of range; {table.display} has "
+                               f"{len(table.columns)} columns")
+            col = ref
+        elif ref in table.columns:
+            col = table.columns.index(ref)
+        elif require:
+            raise DlcError(f"{key}: column '{ref}' not in {table.display}; "
+                           f"{suggest(ref, table.columns)}")
+        else:
+            return None, labels
+        known = (labels.get(name) if isinstance(labels, dict) else labels) or task.get("labels")
+        ys[name], found[name] = encode_cells(
+            [row[col] for row in table.rows], task["kind"], known, strict,
+            lambda i: f"{table.display}:{table.lines[i]}", table.columns[col])
+    if "" in ys:
+        return ys[""], found[""]
+    return ys, found
+
+
+def _strata(spec: dict, y) -> np.ndarray | None:
+    """The class targets to stratify the split on: the task's, or the first classification or
+    binary output's (None: no class target)."""
+    from dlc.network import spec_heads
+
+    for name, task in spec_heads(spec).items():
+        if task["kind"] != "regression":
+            return y[name] if name else y
+    return None
+
+
 def load_multi(spec: dict, spec_dir: Path):
-    """Dataset whose x are `Inputs`; norm is {input: norm}; `categories` {input: {col: values}}."""
+    """Dataset whose x are `Columns` by input (one array for a single `input:`) and y `Columns`
+    by output (one array for `task:`); norm and categories likewise by input."""
     from dlc.data import Dataset, Split
 
-    data, task = spec.get("data") or {}, spec["task"]
+    data = spec.get("data") or {}
     source = str(data.get("source", ""))
     if not source.startswith("csv:"):
-        raise DlcError("several named inputs (`inputs:`) read their columns from a csv: source")
+        raise DlcError("several named inputs (`inputs:`) or outputs (`outputs:`) read their "
+                       "columns from a csv: source")
     path = Path(source[4:])
     path = path if path.is_absolute() else spec_dir / path
     if not path.is_file():
         raise DlcError(f"data file not found: {source[4:]} (from data.source in spec)")
     table = read_table(path, source[4:], bool(data.get("header", True)))
-    target = data.get("target", table.columns[-1])
-    (t,) = _columns(table, [target], "data.target")
-    y, labels = encode_cells([row[t] for row in table.rows], task["kind"], task.get("labels"),
-                             False, lambda i: f"{table.display}:{table.lines[i]}", target)
+    y, labels = _targets(spec, table, None, False, True)
     split = {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0, **(data.get("split") or {})}
-    strat = split["stratify"] and task["kind"] != "regression"
-    tr, va, te = split_indices(y, len(y), split["val"], split["test"], strat, split["seed"])
-    check_split_sizes(len(y), split["val"], split["test"], (len(tr), len(va), len(te)))
+    strata = _strata(spec, y) if split["stratify"] else None
+    n = len(table.rows)
+    tr, va, te = split_indices(strata, n, split["val"], split["test"], strata is not None,
+                               split["seed"])
+    check_split_sizes(n, split["val"], split["test"], (len(tr), len(va), len(te)))
     xs, norms, cats = _inputs(spec, data, table, tr)
-    subset = lambda idx: Split(xs[idx], np.ascontiguousarray(y[idx])) if len(idx) else None  # noqa: E731
-    return Dataset(subset(tr), subset(va), subset(te), labels, None, norms, categories=cats)
+    features = None
+    if not spec.get("inputs"):  # one `input:`: plain arrays, as every single-input model has
+        xs, norms, cats = xs["input"], norms["input"], None
+        features = _feature_names(spec, "input", spec["input"], table)  # stored in the model
+    subset = lambda idx: Split(xs[idx], y[idx]) if len(idx) else None  # noqa: E731
+    return Dataset(subset(tr), subset(va), subset(te), labels, features, norms,
+                   categories=cats or None)
+
+
+def _feature_names(spec: dict, name: str, cfg: dict, table: Table) -> list[str]:
+    """The columns an input takes: its `features`; for a single `input:` without them
+    data.features, else every column that is no output's target."""
+    from dlc.network import spec_heads
+
+    names = cfg.get("features")
+    if names:
+        return names
+    if spec.get("inputs"):
+        raise DlcError(f"inputs.{name}.features: name the CSV columns this input takes")
+    data = spec.get("data") or {}
+    if data.get("features"):
+        return [table.columns[f] if isinstance(f, int) else f for f in data["features"]]
+    targets = {t["target"] if isinstance(t["target"], str) else table.columns[t["target"]]
+               for t in spec_heads(spec).values()}
+    return [c for c in table.columns if c not in targets]
+
+
+def _where(spec: dict, name: str) -> str:
+    return f"inputs.{name}" if spec.get("inputs") else "input"
 
 
 def _inputs(spec: dict, data: dict, table: Table, train_rows: np.ndarray):
-    xs, norms, cats = Inputs(), {}, {}
-    for name, cfg in spec["inputs"].items():
-        names = cfg.get("features")
-        if not names:
-            raise DlcError(f"inputs.{name}.features: name the CSV columns this input takes")
-        cols = _columns(table, names, f"inputs.{name}.features")
+    from dlc.network import spec_inputs
+
+    xs, norms, cats = Columns(), {}, {}
+    for name, cfg in spec_inputs(spec).items():
+        names = _feature_names(spec, name, cfg, table)
+        if len(names) != int(np.prod(cfg["shape"])):
+            raise DlcError(f"{_where(spec, name)}: {len(names)} columns "
+                           f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) do "
+                           f"not fill shape {list(cfg['shape'])}")
+        cols = _columns(table, names, f"{_where(spec, name)}.features")
         if cfg.get("dtype", "float32") == "int64":
             cats[name] = categories_of(table, cols, train_rows)
             cells = [[row[c] for c in cols] for row in table.rows]
@@ -108,25 +185,30 @@ def _inputs(spec: dict, data: dict, table: Table, train_rows: np.ndarray):
     return xs, norms, cats
 
 
-def read_multi(source: str, spec: dict, categories: dict, labels: list[str] | None,
-               require_target: bool):
-    """Raw inputs (and targets, when present or required) of a multi-input model from a CSV,
-    encoded with the model's stored category table: for `dlc predict` and `dlc evaluate`."""
+def read_multi(source: str, spec: dict, categories: dict, labels, require_target: bool,
+               features: list[str] | None = None):
+    """Raw inputs (and targets, when present or required) of a model with `inputs:` or
+    `outputs:` from a CSV, encoded with the model's stored category table: for `dlc predict`
+    and `dlc evaluate`. x is `Columns` by input name (the model's input names); a single
+    `input:` takes the stored feature names `features`."""
+    from dlc.network import spec_inputs
+
     path = Path(source[4:] if source.startswith("csv:") else source)
     if not path.is_file():
         raise DlcError(f"input file not found: {path}")
     data = spec.get("data") or {}
     table = read_table(path, str(path), bool(data.get("header", True)))
-    xs = Inputs()
-    for name, cfg in spec["inputs"].items():
-        names = cfg.get("features")
+    xs = Columns()
+    for name, cfg in spec_inputs(spec).items():
+        names = cfg.get("features") if spec.get("inputs") else \
+            (features or _feature_names(spec, name, cfg, table))
         if not names:
             raise DlcError(f"inputs.{name}.features: the model names no CSV columns for input "
                            f"'{name}'")
         if len(names) != int(np.prod(cfg["shape"])):
-            raise DlcError(f"inputs.{name}: {len(names)} columns do not fill shape "
+            raise DlcError(f"{_where(spec, name)}: {len(names)} columns do not fill shape "
                            f"{list(cfg['shape'])}")
-        cols = _columns(table, names, f"inputs.{name}.features")
+        cols = _columns(table, names, f"{_where(spec, name)}.features")
         if cfg.get("dtype", "float32") == "int64":
             stored = categories.get(name)
             if not isinstance(stored, dict) or not all(isinstance(stored.get(c), list)
@@ -139,12 +221,6 @@ def read_multi(source: str, spec: dict, categories: dict, labels: list[str] | No
         else:
             xs[name] = _floats(table, cols)
         xs[name] = xs[name].reshape(-1, *cfg["shape"])
-    target = data.get("target", table.columns[-1])
-    if target not in table.columns:
-        if require_target:
-            raise DlcError(f"--data: target column '{target}' not in {path}")
-        return xs, None
-    t = table.columns.index(target)
-    y, _ = encode_cells([row[t] for row in table.rows], spec["task"]["kind"], labels, True,
-                        lambda i: f"{table.display}:{table.lines[i]}", target)
+    y, _ = _targets(spec, table, labels, True, require_target)
     return xs, y
+

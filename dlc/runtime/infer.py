@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from dlc import metrics as M
-from dlc.compile import OUTPUTS
+from dlc.compile import OUTPUTS, output_name
 from dlc.errors import DlcError
+from dlc.network import spec_heads
 from dlc.fileio import write_bytes, write_text
 from dlc.runtime.session import make_session
 
@@ -23,14 +24,26 @@ class Model:
     path: Path
     session: object
     spec: dict
-    labels: list[str] | None
+    labels: list[str] | dict | None  # class names; by output name for `outputs:` models
     features: list[str] | None
     text: dict | None = None  # text models: tokenizer settings and vocabulary (dlc.text)
     categories: dict | None = None  # several inputs: category table (dlc.categories)
 
     @property
+    def heads(self) -> dict[str, dict]:
+        """Output name ("" for a `task:` model) -> its task."""
+        return spec_heads(self.spec)
+
+    @property
     def kind(self) -> str:
+        """The task kind of a one-output model; one line for code that handles only those."""
+        if "task" not in self.spec:
+            raise DlcError(f"{self.path}: this works on models with one output (`task:`); "
+                           f"this one has outputs: {', '.join(self.heads)}")
         return self.spec["task"]["kind"]
+
+    def labels_of(self, head: str) -> list[str] | None:
+        return (self.labels or {}).get(head) if head else self.labels
 
     def run(self, x: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
@@ -90,7 +103,9 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
     try:
-        _check_outputs(path, session, spec["task"]["kind"], labels)
+        for head, task in spec_heads(spec).items():
+            _check_outputs(path, session, head, task["kind"],
+                           labels.get(head) if head and labels else labels)
     except UnicodeDecodeError:  # an output name or dimension that is not UTF-8
         raise DlcError(f"{path} is not a valid ONNX model (UnicodeDecodeError)") from None
     return Model(path, session, spec, labels, features, text, categories)
@@ -112,7 +127,9 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
                        f"{problems[0].message})")
     names = [layer.get("name") for layer in spec["layers"]]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) \
-            or not {"loss", "metrics"} <= set(spec["task"]):
+            or ("task" in spec) == ("outputs" in spec) \
+            or not all({"loss", "metrics"} <= set(t) for t in spec_heads(spec).values()) \
+            or not all({"layer", "target"} <= set(t) for t in spec.get("outputs", {}).values()):
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved lacks what dlc fills "
                        "in: unique layer names, task.loss, task.metrics)")
     try:  # and describes a network dlc builds (shapes, features per input, task)
@@ -121,10 +138,15 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
         d = e.diagnostics[0]
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
                        f"{d.path + ': ' if d.path else ''}{d.message})") from None
-    for key, value in (("labels", labels), ("features", features)):
-        if value is not None and not (isinstance(value, list)
-                                      and all(isinstance(v, str) for v in value)):
-            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a list of names)")
+    names_ok = lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    if "outputs" in spec and labels is not None:  # {output: class names or None}
+        if not isinstance(labels, dict) or not all(names_ok(v) for v in labels.values()):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a mapping of "
+                           "outputs to class names)")
+    elif not names_ok(labels):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a list of names)")
+    if not names_ok(features):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.features is not a list of names)")
     flat = spec.get("input", {}).get("shape")
     if features is not None and flat is not None and len(features) != int(np.prod(flat)):
         raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
@@ -134,35 +156,51 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
             raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a mapping)")
 
 
-def _check_outputs(path: Path, session, kind: str, labels) -> None:
+def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
     """The graph has the outputs its task kind promises, and a class name per class."""
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    missing = [n for n in OUTPUTS[kind] if n not in outputs]
+    promised = [output_name(head, n) for n in OUTPUTS[kind]]
+    missing = [n for n in promised if n not in outputs]
     if missing:
-        raise DlcError(f"{path}: the model has no output '{missing[0]}' (a {kind} model has "
-                       f"{', '.join(OUTPUTS[kind])}); corrupt or not made by dlc")
+        raise DlcError(f"{path}: the model has no output '{missing[0]}' (a {kind} "
+                       f"{'output' if head else 'model'} has {', '.join(promised)}); corrupt or "
+                       "not made by dlc")
     if labels is not None and kind != "regression":
-        shape = outputs["probabilities"]
+        shape = outputs[output_name(head, "probabilities")]
         units = 2 if kind == "binary" else (shape[-1] if shape else None)
         if isinstance(units, int) and len(labels) != units:
             raise DlcError(f"{path}: corrupt dlc metadata ({len(labels)} class names for "
                            f"{units} classes)")
 
 
+def _reads_columns(spec: dict) -> bool:
+    """Models whose inputs and targets are named CSV columns (data/multi.py)."""
+    return bool(spec.get("inputs") or spec.get("outputs"))
+
+
 @_one_line
 def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
+    """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
+    output name) and the sample count."""
     from dlc.data import load_arrays
     from dlc.data.multi import read_multi
 
-    if model.spec.get("inputs"):
-        x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True)
+    if _reads_columns(model.spec):
+        x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
+                          model.features)
     else:
         x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
                                  labels=model.labels, origin="--data", text=model.text)
     out = model.run(x, batch_size)
-    result = M.compute(model.kind, y, out["prediction" if model.kind == "regression" else "logits"])
-    result["samples"] = int(len(x))
-    return result
+    result = {}
+    for head, task in model.heads.items():
+        kind = task["kind"]
+        values = out[output_name(head, "prediction" if kind == "regression" else "logits")]
+        metrics = M.compute(kind, y[head] if head else y, values)
+        if not head:
+            return {**metrics, "samples": int(len(x))}
+        result[head] = metrics
+    return {**result, "samples": int(len(x))}
 
 
 @_one_line
@@ -170,26 +208,33 @@ def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, 
     from dlc.data import model_inputs
     from dlc.data.multi import read_multi
 
-    if model.spec.get("inputs"):
-        x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False)
+    if _reads_columns(model.spec):
+        x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
+                          model.features)
     else:
         x = model_inputs(Path(input_path), model.spec, model.features, model.text)
     return model.run(x, batch_size)
 
 
 def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
-    """Prediction table: class index, class name and one probability column per class."""
-    if model.kind == "regression":
-        pred = out["prediction"]
-        return {f"prediction_{j}" if pred.shape[1] > 1 else "prediction": pred[:, j].tolist()
-                for j in range(pred.shape[1])}
-    idx, probs = out["class_index"], out["probabilities"]
-    names = model.labels or [str(i) for i in range(max(probs.shape[1], 2))]
-    cols = {"class_index": idx.tolist(), "label": [names[i] for i in idx]}
-    if model.kind == "binary":
-        cols[f"p_{names[1]}"] = probs[:, 0].tolist()
-    else:
-        cols.update({f"p_{names[j]}": probs[:, j].tolist() for j in range(probs.shape[1])})
+    """Prediction table, per output: class index, class name and one probability column per
+    class, or the regression values. Columns of `outputs:` models start with `<output>.`."""
+    cols = {}
+    for head, task in model.heads.items():
+        name = lambda c: output_name(head, c)  # noqa: E731
+        if task["kind"] == "regression":
+            pred = out[name("prediction")]
+            cols.update({name(f"prediction_{j}" if pred.shape[1] > 1 else "prediction"):
+                         pred[:, j].tolist() for j in range(pred.shape[1])})
+            continue
+        idx, probs = out[name("class_index")], out[name("probabilities")]
+        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[1], 2))]
+        cols.update({name("class_index"): idx.tolist(), name("label"): [labels[i] for i in idx]})
+        if task["kind"] == "binary":
+            cols[name(f"p_{labels[1]}")] = probs[:, 0].tolist()
+        else:
+            cols.update({name(f"p_{labels[j]}"): probs[:, j].tolist()
+                         for j in range(probs.shape[1])})
     return cols
 
 

@@ -45,17 +45,24 @@ def run_dir(out: str | None, name: str, force: bool) -> Path:
     return path
 
 
-def check_labels(net: Network, dataset) -> list[str] | None:
-    """Class names for the model, and a clear error when data and output layer disagree."""
-    labels = net.spec["task"].get("labels") or dataset.labels
-    if net.kind == "classification":
-        units = net.output_shape[-1]
-        seen = int(dataset.train.y.max()) + 1
-        count = len(labels) if labels else seen
-        if count != units or seen > units:
-            raise DlcError(f"the data has {count} classes but the last layer has {units} units; "
-                           f"set its units to {count}")
-    return labels
+def check_labels(net: Network, dataset):
+    """Class names for the model (a mapping by output name for `outputs:`), and a clear error
+    when data and output layer disagree."""
+    found = {}
+    for h in net.heads:
+        labels = h.task.get("labels") or (dataset.labels.get(h.name) if h.name
+                                          else dataset.labels)
+        if h.kind == "classification":
+            units = h.shape[-1]
+            seen = int(h.targets(dataset.train.y).max()) + 1
+            count = len(labels) if labels else seen
+            if count != units or seen > units:
+                at = f"output '{h.name}': " if h.name else ""
+                layer = f"layer '{h.task['layer']}'" if h.name else "the last layer"
+                raise DlcError(f"{at}the data has {count} classes but {layer} has {units} "
+                               f"units; set its units to {count}")
+        found[h.name] = labels
+    return found[""] if "" in found else found
 
 
 TIMING = ("samples_per_s", "seconds")  # kept out of metrics.csv so equal seeds give equal files

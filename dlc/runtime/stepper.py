@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-RESULTS = ("loss", "logits", "grad_norm")
+def results(sess) -> list[str]:
+    """What a step returns to the host: every output that is not a persistent `.new` (loss,
+    grad_norm, logits; per output `loss.<o>` and `logits.<o>`)."""
+    return [o.name for o in sess.get_outputs() if not o.name.endswith(".new")]
 
 
 class HostStepper:
     def __init__(self, sess, persistent: dict[str, np.ndarray]):
         self.sess = sess
         self.names = [o.name for o in sess.get_outputs()]
+        self.results = results(sess)
         self.values = dict(persistent)
         self._pending: dict[str, np.ndarray] | None = None
 
@@ -32,7 +36,7 @@ class HostStepper:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(zip(self.names, self.sess.run(None, {**feeds, **self.values})))
         self._pending = {k: out[f"{k}.new"] for k in self.values}
-        return {k: out[k] for k in RESULTS}
+        return {k: out[k] for k in self.results}
 
     def commit(self) -> None:
         """Accept the last step's update (a skipped step is simply not committed)."""
@@ -45,6 +49,7 @@ class BoundStepper:
         import onnxruntime as ort
 
         self.ort, self.sess, self.device, self.device_id = ort, sess, device, device_id
+        self.results = results(sess)
         self.sets = [{}, {}]
         for name, value in persistent.items():
             for s in self.sets:
@@ -69,11 +74,11 @@ class BoundStepper:
         for name in src:
             binding.bind_ortvalue_input(name, src[name])
             binding.bind_ortvalue_output(f"{name}.new", dst[name])
-        for name in RESULTS:
+        for name in self.results:
             binding.bind_output(name, "cpu")
         self.sess.run_with_iobinding(binding)
-        results = binding.get_outputs()[-len(RESULTS):]  # bound last, on the host
-        return {name: value.numpy() for name, value in zip(RESULTS, results)}
+        values = binding.get_outputs()[-len(self.results):]  # bound last, on the host
+        return {name: value.numpy() for name, value in zip(self.results, values)}
 
     def _upload_any(self, value: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device,

@@ -17,12 +17,12 @@ from dlc import imbalance
 from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
-from dlc.network import Network
+from dlc.network import Network, column, suffixed
 from dlc.prune import Pruner
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper, HostStepper
-from dlc.trainstep import build_eval_step, build_train_step, x_feeds, x_names
+from dlc.trainstep import build_eval_step, build_train_step, x_feeds, x_names, y_feeds
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024
@@ -52,7 +52,7 @@ def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
     if name.startswith("val_") and not has_val:
         raise DlcError(f"train.early_stopping.monitor is {name} but the data has no validation "
                        "split; set data.split.val > 0 or monitor train_loss")
-    return name, name.split("_", 1)[1] in LOWER_IS_BETTER
+    return name, name.split("_", 1)[1].rsplit(".", 1)[-1] in LOWER_IS_BETTER
 
 
 class Trainer:
@@ -105,7 +105,7 @@ class Trainer:
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
-        feeds = {**x_feeds(self.x_names, xb), "y": yb, "lr": np.array(lr, np.float32),
+        feeds = {**x_feeds(self.x_names, xb), **y_feeds(yb), "lr": np.array(lr, np.float32),
                  "step": np.array(st.step + 1, np.float32), **self.frozen}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
@@ -130,7 +130,7 @@ class Trainer:
         bs, n = self.cfg["batch_size"], len(train.x)
         aug = (self.net.spec.get("data") or {}).get("augment")
         order = imbalance.epoch_order(st.rng, train.y, self.net.spec)  # data.sampling
-        losses, outputs, kept, seconds = [], [], [], 0.0
+        sums, outputs, kept, seconds = {}, [], [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
             xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
@@ -142,40 +142,61 @@ class Trainer:
             if not self._finite(out):
                 continue
             self.stepper.commit()
-            losses.append(float(out["loss"]) * len(idx))
-            outputs.append(out["logits"])
+            for name in self.loss_names:
+                sums[name] = sums.get(name, 0.0) + float(out[name]) * len(idx)
+            outputs.append(out)
             kept.append(idx)
             if on_step:
                 on_step(i + 1, self.steps_per_epoch, float(out["loss"]))
         if not kept:
             raise Diverged(f"every step of epoch {st.epoch + 1} diverged")
         used = np.concatenate(kept)
-        row = {"train_loss": sum(losses) / len(used)}
-        row.update(self._named(M.compute(self.net.kind, train.y[used], np.concatenate(outputs)),
-                               "train"))
+        logits = {h.name: np.concatenate([o[suffixed("logits", h.name)] for o in outputs])
+                  for h in self.net.heads}
+        row = self._metrics("train", train.y[used], logits,
+                            {k: v / len(used) for k, v in sums.items()})
         row["samples_per_s"] = n / seconds if seconds else 0.0
         return row
 
-    def _named(self, values: dict, prefix: str) -> dict:
-        return {f"{prefix}_{m}": values[m] for m in self.net.spec["task"]["metrics"]}
+    @property
+    def loss_names(self) -> list[str]:
+        """The losses a step returns: `loss`, and `loss.<output>` for each of several outputs."""
+        return ["loss", *(suffixed("loss", h.name) for h in self.net.heads if h.name)]
+
+    def _metrics(self, prefix: str, y, logits: dict[str, np.ndarray],
+                 losses: dict[str, float]) -> dict:
+        """A metrics row: `<prefix>_loss`, and per output its loss (several outputs) and the
+        metrics its task names."""
+        row = {f"{prefix}_loss": losses["loss"]}
+        for h in self.net.heads:
+            values = M.compute(h.kind, h.targets(y), logits[h.name])
+            if h.name:
+                values["loss"] = losses[suffixed("loss", h.name)]
+            row.update({column(prefix, h.name, m): values[m]
+                        for m in (["loss"] if h.name else []) + h.task["metrics"]})
+        return row
 
     # ---- evaluation -------------------------------------------------------------------------
-    def predict_split(self, split, params=None) -> tuple[float, np.ndarray]:
-        """Mean loss and the logits of a whole split, in inference mode."""
+    def predict_split(self, split, params=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Mean losses (`loss`, per output `loss.<o>`) and each output's logits of a whole
+        split, in inference mode."""
         params = params or self.params
-        total, outs = 0.0, []
+        names = [o.name for o in self.eval_sess.get_outputs()]
+        sums, outs = dict.fromkeys(self.loss_names, 0.0), []
         for i in range(0, len(split.x), EVAL_BATCH):
             xb, yb = split.x[i:i + EVAL_BATCH], split.y[i:i + EVAL_BATCH]
-            loss, logits = self.eval_sess.run(None, {**x_feeds(self.x_names, xb), "y": yb,
-                                                     **params})
-            total += float(loss) * len(xb)
-            outs.append(logits)
-        return total / len(split.x), np.concatenate(outs)
+            out = dict(zip(names, self.eval_sess.run(None, {**x_feeds(self.x_names, xb),
+                                                             **y_feeds(yb), **params})))
+            for name in sums:
+                sums[name] += float(out[name]) * len(xb)
+            outs.append(out)
+        logits = {h.name: np.concatenate([o[suffixed("logits", h.name)] for o in outs])
+                  for h in self.net.heads}
+        return {k: v / len(split.x) for k, v in sums.items()}, logits
 
     def evaluate(self, split, prefix: str, params=None) -> dict:
-        loss, logits = self.predict_split(split, params)
-        return {f"{prefix}_loss": loss,
-                **self._named(M.compute(self.net.kind, split.y, logits), prefix)}
+        losses, logits = self.predict_split(split, params)
+        return self._metrics(prefix, split.y, logits, losses)
 
     # ---- the loop ---------------------------------------------------------------------------
     def end_epoch(self, row: dict) -> bool:

@@ -164,10 +164,22 @@ def _fill_layer_names(spec: Spec) -> list[Diagnostic]:
     return out
 
 
-def _fill_task_defaults(data: dict) -> None:
-    task = data["task"]
-    task.setdefault("loss", _KIND_LOSS[task["kind"]])
-    task.setdefault("metrics", list(_KIND_METRICS[task["kind"]]))
+def _fill_task_defaults(spec: Spec) -> list[Diagnostic]:
+    """Loss and metrics by kind; for `outputs:` also each output's layer, target and weight
+    (defaults: the layer and the column named like the output, weight 1)."""
+    data = spec.data
+    if ("task" in data) == ("outputs" in data):
+        return [spec.diag((), "give exactly one of `task:` (one output: the last layer) and "
+                              "`outputs:` (several named outputs)")]
+    heads = {"": data["task"]} if "task" in data else data["outputs"]
+    for name, task in heads.items():
+        task.setdefault("loss", _KIND_LOSS[task["kind"]])
+        task.setdefault("metrics", list(_KIND_METRICS[task["kind"]]))
+        if name:
+            task.setdefault("layer", name)
+            task.setdefault("target", name)
+            task.setdefault("weight", 1.0)
+    return []
 
 
 def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = ()) -> Spec:
@@ -184,8 +196,7 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
     if diagnostics:
         raise SpecError(diagnostics)
     fill_defaults(spec.data)
-    _fill_task_defaults(spec.data)
-    diagnostics = _fill_layer_names(spec)
+    diagnostics = _fill_task_defaults(spec) or _fill_layer_names(spec)
     if diagnostics:
         raise SpecError(diagnostics)
     return spec

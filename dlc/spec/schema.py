@@ -209,9 +209,13 @@ def fill_defaults(data: Any) -> None:
 
 
 def _resolve(node: dict) -> dict:
+    """Follow local `$ref`s ("#/$defs/dense", "#/properties/task/properties/kind")."""
     while "$ref" in node:
         extra = {k: v for k, v in node.items() if k != "$ref"}
-        node = {**schema()["$defs"][node["$ref"].rsplit("/", 1)[1]], **extra}
+        target: Any = schema()
+        for key in node["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        node = {**target, **extra}
     return node
 
 
