@@ -405,16 +405,16 @@ def _check_softmax(spec, layers: list[Layer], kinds: dict[int, str]) -> list[Dia
 def _check_output(spec, name: str, task: dict, out: Shape, i: int) -> list[Diagnostic]:
     kind, labels, at = task["kind"], task.get("labels"), ("layers", i)
     per_token = kind == "classification" and len(out) == 2  # (steps, classes): y is [N, steps]
-    what = f"output '{name}'" if name else "the model output"
+    of = f"output '{name}': " if name else ""
     if len(out) != 1 and not per_token:
-        return [spec.diag(at, f"{what} has shape {list(out)}; a {kind} task needs a "
-                              "flat output (add flatten and dense layers)")]
+        return [spec.diag(at, f"{of or 'the model output '}has shape {list(out)}; a {kind} "
+                              "task needs a flat output (add flatten and dense layers)")]
     units = out[-1]
     if kind == "classification" and units < 2:
-        return [spec.diag(at, f"a classification task needs one output unit per class "
+        return [spec.diag(at, f"{of}a classification task needs one output unit per class "
                               f"(at least 2), got {units}; use kind: binary for one unit")]
     if kind == "binary" and units != 1:
-        return [spec.diag(at, f"a binary task needs 1 output unit, got {units}")]
+        return [spec.diag(at, f"{of}a binary task needs 1 output unit, got {units}")]
     if kind == "classification" and labels is not None and len(labels) != units:
         return [spec.diag(head_path(name, "labels"), f"{len(labels)} labels for {units} output "
                                                      "units")]

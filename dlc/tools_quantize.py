@@ -218,6 +218,7 @@ def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | No
         raise UsageError("--calibration must be at least 1")
     src, out = Path(model_path), Path(output)
     before = load_model(src)
+    _ = before.kind  # a one-output model: Model.kind says so in one line otherwise
     if before.spec.get("inputs") or len(before.session.get_inputs()) != 1:
         raise DlcError("dlc quantize handles single-input models (input:), not inputs:")
     if not out.parent.is_dir():

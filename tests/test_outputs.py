@@ -1,0 +1,296 @@
+"""Several outputs (`outputs:`): the weighted multi-task loss and its gradients (against torch
+autograd, and by linearity without torch), the spec checks, and train / evaluate / predict of a
+multi-task model through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import SPECS
+from stepio import named, pack_feeds
+
+from dlc.errors import SpecError
+from dlc.network import build_network
+from dlc.spec import load_spec_text
+from dlc.trainstep import build_eval_step, build_train_step
+
+LR = 1024.0  # the gradient read-back lr of test_train_step: g = (p - new) / lr
+
+# A trunk with three heads: 3 classes (label smoothing), binary, 2 regression values (huber).
+MULTI = """\
+dlc: 1
+name: multi
+input: {shape: [5]}
+layers:
+  - {type: dense, name: trunk, units: 6, activation: tanh}
+  - {type: dense, name: cls, units: 3, inputs: [trunk]}
+  - {type: dense, name: bin, units: 1, inputs: [trunk], activation: sigmoid}
+  - {type: dense, name: reg, units: 2, inputs: [trunk]}
+outputs:
+  kind3: {kind: classification, layer: cls, label_smoothing: 0.1, weight: %s}
+  yes_no: {kind: binary, layer: bin, weight: %s}
+  amount: {kind: regression, layer: reg, loss: huber, huber_delta: 0.5, weight: %s}
+train: {optimizer: {type: sgd, lr: 0.1}}
+"""
+
+
+def multi_net(weights=(1.0, 0.3, 2.0)):
+    return build_network(load_spec_text(MULTI % weights, "multi.yaml"))
+
+
+def batch(n=7, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    y = {"kind3": rng.integers(0, 3, size=n).astype(np.int64),
+         "yes_no": rng.integers(0, 2, size=(n, 1)).astype(np.float32),
+         "amount": rng.normal(size=(n, 2)).astype(np.float32)}
+    return x, y
+
+
+def run_step(net, values, x, y):
+    step = build_train_step(net)
+    feeds = {"x": x, **{f"y.{k}": v for k, v in y.items()}, "lr": np.array(LR, np.float32),
+             "step": np.array(1.0, np.float32), **pack_feeds(step, values)}
+    sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    out = named(step, out)
+    grads = {k: (v.astype(np.float64) - out[f"{k}.new"].astype(np.float64)) / LR
+             for k, v in values.items()}
+    return out, grads
+
+
+def test_the_train_step_has_one_target_logits_and_loss_per_output():
+    net = multi_net()
+    assert [(h.name, h.node, h.shape, h.weight) for h in net.heads] == [
+        ("kind3", "cls", (3,), 1.0), ("yes_no", "bin", (1,), 0.3), ("amount", "reg", (2,), 2.0)]
+    step = build_train_step(net)
+    inputs = {i.name for i in step.model.graph.input}
+    outputs = {o.name for o in step.model.graph.output}
+    assert {"y.kind3", "y.yes_no", "y.amount"} <= inputs and "y" not in inputs
+    assert {"loss", "loss.kind3", "loss.yes_no", "loss.amount", "logits.kind3", "logits.yes_no",
+            "logits.amount"} <= outputs
+    eval_outputs = {o.name for o in build_eval_step(net).model.graph.output}
+    assert {"loss", "loss.amount", "logits.amount"} <= eval_outputs
+
+
+def test_loss_is_the_weighted_sum_and_gradients_match_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = multi_net()
+    values = net.init_params(0)
+    x, y = batch()
+    out, grads = run_step(net, values, x, y)
+
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
+    h = torch.tanh(torch.from_numpy(x.astype(np.float64)) @ p["trunk.weight"] + p["trunk.bias"])
+    logits = {name: h @ p[f"{layer}.weight"] + p[f"{layer}.bias"]
+              for name, layer in (("kind3", "cls"), ("yes_no", "bin"), ("amount", "reg"))}
+    losses = {
+        "kind3": F.cross_entropy(logits["kind3"], torch.from_numpy(y["kind3"]),
+                                 label_smoothing=0.1),
+        "yes_no": F.binary_cross_entropy_with_logits(
+            logits["yes_no"], torch.from_numpy(y["yes_no"].astype(np.float64))),
+        "amount": F.huber_loss(logits["amount"], torch.from_numpy(y["amount"].astype(np.float64)),
+                               delta=0.5)}
+    total = losses["kind3"] + 0.3 * losses["yes_no"] + 2.0 * losses["amount"]
+    total.backward()
+    np.testing.assert_allclose(out["loss"], total.item(), rtol=1e-5)
+    for name, loss in losses.items():
+        np.testing.assert_allclose(out[f"loss.{name}"], loss.item(), rtol=1e-5)
+        np.testing.assert_allclose(out[f"logits.{name}"], logits[name].detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)  # the sigmoid is stripped for the loss
+    for k, param in p.items():
+        scale = float(param.grad.abs().max())
+        assert scale > 0, k
+        assert np.abs(grads[k] - param.grad.numpy()).max() / scale < 1e-4, k
+
+
+def test_gradient_is_linear_in_the_output_weights():
+    """Without torch: the gradient with weights w equals sum_h w_h * (the gradient with only
+    output h at weight 1), and an output at weight 0 sends its head no gradient at all."""
+    x, y = batch(seed=3)
+    values = multi_net().init_params(0)
+    weights = (1.0, 0.3, 2.0)
+    _, mixed = run_step(multi_net(weights), values, x, y)
+    alone = [run_step(multi_net(tuple(float(i == j) for j in range(3))), values, x, y)[1]
+             for i in range(3)]
+    for k in values:
+        expected = sum(w * g[k] for w, g in zip(weights, alone))
+        scale = max(np.abs(expected).max(), 1e-12)
+        assert np.abs(mixed[k] - expected).max() / scale < 1e-4, k
+    assert not alone[0]["bin.weight"].any() and not alone[0]["reg.bias"].any()
+    assert np.abs(alone[0]["cls.weight"]).max() > 0 and np.abs(alone[0]["trunk.weight"]).max() > 0
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(SpecError) as e:
+        build_network(load_spec_text(text, "m.yaml"))
+    return [d.render() for d in e.value.diagnostics]
+
+
+BASE = """\
+dlc: 1
+name: m
+input: {shape: [4]}
+layers:
+  - {type: dense, name: trunk, units: 8, activation: relu}
+  - {type: dense, name: a, units: 3, inputs: [trunk]}
+  - {type: dense, name: b, units: 1, inputs: [trunk]}
+"""
+
+
+@pytest.mark.parametrize("tail,line,message", [
+    ("outputs:\n  a: {kind: classification}\n  c: {kind: regression, layer: bb}\n", 10,
+     "outputs.c.layer: unknown layer 'bb'; did you mean 'b'?"),
+    ("outputs:\n  a: {kind: classification}\n  c: {kind: regression, layer: a}\n", 10,
+     "outputs 'a' and 'c' read the same layer"),
+    ("outputs:\n  a: {kind: binary}\n  b: {kind: regression}\n", 6,
+     "layers[1]: output 'a': a binary task needs 1 output unit, got 3"),
+    ("outputs:\n  a: {kind: classification, labels: [x, y]}\n  b: {kind: binary}\n", 9,
+     "outputs.a.labels: 2 labels for 3 output units"),
+    ("outputs:\n  a: {kind: classification, loss: mse}\n  b: {kind: binary}\n", 9,
+     "loss 'mse' does not fit a classification task"),
+    ("outputs:\n  a: {kind: classification}\n  b: {kind: regression, class_weights: [1, 2]}\n",
+     10, "class weights need a classification or binary task"),
+    ("outputs:\n  a: {kind: classification}\n  b: {kind: binary}\n"
+     "train: {early_stopping: {monitor: val_b.acuracy}}\n", 11, "schema"),
+    ("outputs:\n  a: {kind: classification}\n  b: {kind: binary}\n"
+     "train: {early_stopping: {monitor: val_b.f1}}\n", 11,
+     "'val_b.f1' is not reported; training reports val_loss, val_a.loss, val_a.accuracy, "
+     "val_b.loss, val_b.accuracy"),
+    ("outputs:\n  a: {kind: classification}\n  b: {kind: binary}\n"
+     "data: {source: 'csv:x.csv', sampling: balanced}\n", 11, "balanced sampling needs one class"),
+    ("task: {kind: regression}\noutputs:\n  a: {kind: classification}\n", 1,
+     "give exactly one of `task:`"),
+])
+def test_output_errors_point_into_the_file(tail, line, message):
+    if message == "schema":  # a monitor that is not a column name at all: the schema says so
+        with pytest.raises(SpecError) as e:
+            load_spec_text(BASE + tail, "m.yaml")
+        found = [d.render() for d in e.value.diagnostics]
+        assert any("m.yaml:11:" in f and "val_<output>.<metric>" in f for f in found), found
+        return
+    found = errors(BASE + tail)
+    assert any(f"m.yaml:{line}:" in f and message in f for f in found), found
+
+
+def test_softmax_on_an_output_layer_that_other_layers_read_is_refused():
+    text = BASE.replace("units: 3, inputs: [trunk]}", "units: 3, inputs: [trunk], "
+                        "activation: softmax}") + \
+        "  - {type: dense, name: c, units: 1, inputs: [a]}\n" \
+        "outputs:\n  a: {kind: classification}\n  c: {kind: regression}\n"
+    found = errors(text)
+    assert any("m.yaml:6:" in f and "other layers cannot read it" in f for f in found), found
+
+
+def test_outputs_default_layer_target_and_weight_are_filled_in():
+    spec = load_spec_text(BASE + "outputs:\n  a: {kind: classification}\n"
+                          "  depth: {kind: regression, layer: b, target: 3}\n", "m.yaml")
+    a, depth = spec.data["outputs"]["a"], spec.data["outputs"]["depth"]
+    assert (a["layer"], a["target"], a["weight"], a["loss"], a["metrics"]) == \
+        ("a", "a", 1.0, "cross_entropy", ["accuracy"])
+    assert (depth["layer"], depth["target"], depth["loss"]) == ("b", 3, "mse")
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_multitask_example_trains_evaluates_and_predicts(cli, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", SPECS / "penguins_multitask.yaml", "--out", out, "-q")
+    assert r.code == 0, r
+    summary = json.loads((out / "summary.json").read_text())
+    test = summary["test"]
+    assert test["species.accuracy"] >= 0.95 and test["bill_depth.r2"] > 0.4, test
+    assert test["loss"] == pytest.approx(test["species.loss"] + test["sex.loss"]
+                                         + 0.5 * test["bill_depth.loss"], rel=1e-5)
+    rows = _csv(out / "metrics.csv")
+    assert len(rows) == summary["epochs_run"] and {"val_species.accuracy", "val_sex.loss", "train_bill_depth.mae",
+                                "val_loss"} <= set(rows[0])
+
+    data = SPECS / "data" / "penguins.csv"
+    r = cli("evaluate", out / "model.onnx", "--data", f"csv:{data}", "-o", tmp_path / "m.json")
+    assert r.code == 0, r
+    assert "species.accuracy:" in r.out and "bill_depth.r2:" in r.out and "samples: 333" in r.out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"species", "sex", "bill_depth", "samples"}
+
+    # predict takes raw columns without any target column; one column group per output
+    table = _csv(data)
+    sample = tmp_path / "in.csv"
+    keep = ["island", "bill_length_mm", "flipper_length_mm", "body_mass_g"]
+    sample.write_text(",".join(keep) + "\n" + "\n".join(",".join(row[k] for k in keep)
+                                                        for row in table[:5]) + "\n")
+    r = cli("predict", out / "model.onnx", sample, "-o", tmp_path / "p.csv")
+    assert r.code == 0, r
+    pred = _csv(tmp_path / "p.csv")
+    assert len(pred) == 5 and list(pred[0]) == [
+        "species.class_index", "species.label", "species.p_Adelie", "species.p_Chinstrap",
+        "species.p_Gentoo", "sex.class_index", "sex.label", "sex.p_male",
+        "bill_depth.prediction"]
+    assert {row["species.label"] for row in pred} <= {"Adelie", "Chinstrap", "Gentoo"}
+    assert all(12 < float(row["bill_depth.prediction"]) < 23 for row in pred)
+
+    r = cli("evaluate", out / "model.onnx", "--data", f"csv:{sample}")
+    assert r.code == 1 and "outputs.species.target: column 'species' not in" in r.err, r
+
+
+SINGLE_INPUT = f"""\
+dlc: 1
+name: two-heads
+input: {{shape: [3]}}
+layers:
+  - {{type: dense, name: trunk, units: 16, activation: relu}}
+  - {{type: dense, name: species, units: 3, inputs: [trunk], activation: softmax}}
+  - {{type: dense, name: sex, units: 1, inputs: [trunk]}}
+outputs:
+  species: {{kind: classification}}
+  sex: {{kind: binary, weight: 0.5}}
+data:
+  source: csv:{SPECS / "data" / "penguins.csv"}
+  features: [bill_length_mm, flipper_length_mm, body_mass_g]
+train: {{epochs: 3, batch_size: 32}}
+"""
+
+
+def test_one_input_with_outputs_and_commands_that_need_one_output(cli, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(SINGLE_INPUT)
+    out = tmp_path / "run"
+    r = cli("train", spec, "--out", out, "-q")
+    assert r.code == 0, r
+    data = SPECS / "data" / "penguins.csv"
+    r = cli("predict", out / "model.onnx", data)  # the stored feature names pick the columns
+    assert r.code == 0 and r.out.splitlines()[0].startswith("species.class_index,species.label,"
+                                                             "species.p_Adelie"), r
+    assert len(r.out.splitlines()) == 334
+    r = cli("evaluate", out / "model.onnx", "--data", f"csv:{data}")
+    assert r.code == 0 and "species.accuracy" in r.out and "sex.accuracy" in r.out, r
+    for args in (["quantize", out / "model.onnx", "-o", tmp_path / "q.onnx"],
+                 ["explain", out / "model.onnx", data],
+                 ["cv", spec, "--folds", "2"]):
+        r = cli(*args)
+        assert r.code in (1, 2) and "one output (`task:`)" in r.err, (args, r)
+        assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, (args, r)
+
+
+def test_an_output_at_weight_zero_is_not_trained(cli, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "run"
+    r = cli("train", SPECS / "penguins_multitask.yaml", "--out", out, "-q", "--epochs", "3",
+            "--set", "outputs.sex.weight=0")
+    assert r.code == 0, r
+    trained = {t.name: numpy_helper.to_array(t)
+               for t in onnx.load(str(out / "model.onnx")).graph.initializer}
+    spec = load_spec_text((SPECS / "penguins_multitask.yaml").read_text(), "p.yaml")
+    initial = build_network(spec).init_params(0)
+    np.testing.assert_array_equal(trained["sex.weight"], initial["sex.weight"])
+    assert not np.array_equal(trained["species.weight"], initial["species.weight"])
