@@ -17,13 +17,14 @@ def _quote(text: str) -> str:
 
 def to_dot(spec) -> str:
     """One box per layer (name, type, output shape), edges along inputs, blocks as clusters."""
-    from dlc.network import build_network
+    from dlc.network import build_network, spec_inputs
 
     net = build_network(spec)
     lines = [f"digraph {_quote(spec.data['name'])} {{", "  rankdir=TB;",
-             '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];',
-             f'  "input" [label={_quote("input" + chr(10) + str(list(spec.data["input"]["shape"])))}, '
-             'fillcolor="#ffffff"];']
+             '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];']
+    for name, cfg in spec_inputs(spec.data).items():
+        lines.append(f"  {_quote(name)} [label={_quote(name + chr(10) + str(list(cfg['shape'])))}, "
+                     'fillcolor="#ffffff"];')
     clusters: dict[str, list[str]] = {}
     for node in net.graph:
         label = f"{node.name}\n{node.layer.cfg['type']}  {list(node.out_shape)}"
@@ -35,6 +36,11 @@ def to_dot(spec) -> str:
         if node.layer.cfg.get("share"):
             lines.append(f"  {_quote(node.layer.cfg['share'])} -> {_quote(node.name)} "
                          '[style=dashed, label="shares"];')
+    for head in net.heads if spec.data.get("outputs") else []:  # `outputs:`: one node each
+        out = f"output:{head.name}"
+        lines.append(f"  {_quote(out)} [label={_quote(head.name + chr(10) + head.kind)}, "
+                     'shape=ellipse, fillcolor="#ffffff"];')
+        lines.append(f"  {_quote(head.task['layer'])} -> {_quote(out)};")
     for i, (block, members) in enumerate(clusters.items()):
         lines.append(f"  subgraph cluster_{i} {{ label={_quote(block)}; style=dashed; "
                      + " ".join(_quote(m) + ";" for m in members) + " }")

@@ -228,3 +228,21 @@ def test_wide_deep_predicts_raw_categories(cli, tmp_path):
     assert lines[0] == "class_index,label,p_male" and len(lines) == 5  # unseen island: id 0
     r = cli("evaluate", out / "model.onnx", "--data", f"csv:{SPECS / 'data' / 'penguins.csv'}")
     assert r.code == 0 and "accuracy" in r.out, r
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_summary_and_graph_of_every_example(cli, tmp_path, path):
+    """Every example (one input or several, one output or several) has a summary and a graph
+    that shows each model input (and each output of an `outputs:` spec)."""
+    from dlc.network import spec_heads, spec_inputs
+
+    spec = load_spec(path)
+    summary = cli("summary", path)
+    assert summary.code == 0, summary
+    r = cli("graph", path, "-o", tmp_path / "g.dot")
+    assert r.code == 0, r
+    dot = (tmp_path / "g.dot").read_text()
+    for name in spec_inputs(spec.data):
+        assert f'"{name}" [label="{name}' in dot and name in summary.out
+    for head in spec_heads(spec.data):
+        assert not head or f'"output:{head}"' in dot
