@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import onnx
+import pytest
 from conftest import SPECS
 from onnx import numpy_helper
 
@@ -25,9 +26,10 @@ def _weights(path):
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
 
 
-def test_interrupt_then_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["iris", "penguins_multitask"])  # one output; several
+def test_interrupt_then_resume_equals_uninterrupted(cli, tmp_path, monkeypatch, name):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert cli("train", SPECS / "iris.yaml", "--out", straight, *ARGS).code == 0
+    assert cli("train", SPECS / f"{name}.yaml", "--out", straight, *ARGS).code == 0
     original = Trainer.train_epoch
 
     def interrupt_in_epoch_5(self, on_step=None):
@@ -36,7 +38,7 @@ def test_interrupt_then_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
         return original(self, on_step)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_5)
-    r = cli("train", SPECS / "iris.yaml", "--out", broken, *ARGS)
+    r = cli("train", SPECS / f"{name}.yaml", "--out", broken, *ARGS)
     assert r.code == 130 and f"resume with: dlc train --resume {broken}" in r.err, r
     assert len((broken / "metrics.csv").read_text().splitlines()) == 5  # header + 4 epochs
     monkeypatch.setattr(Trainer, "train_epoch", original)
