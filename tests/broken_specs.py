@@ -171,6 +171,17 @@ BROKEN_SPECS = [
      "expected a number > 0, got 0"),
     ("train-not-mapping", VALID_SPEC.split("train:")[0] + "train: 20\n", 19,
      "expected a mapping of keys, got 20"),
+    ("name-trailing-newline", mutate("name: digits-mlp", 'name: "digits-mlp\\n"'), 2,
+     "expected a name made of letters"),
+    ("layer-name-trailing-newline", mutate("    units: 10", '    units: 10\n    name: "out\\n"'),
+     14, "expected a name made of letters"),
+    ("lr-nan", mutate("lr: 0.001", "lr: .nan"), 22, "train.optimizer.lr: not a number"),
+    ("lr-beyond-float32", mutate("lr: 0.001", "lr: 1.0e39"), 22,
+     "1e+39 is outside float32's range"),
+    ("smoothing-infinite", mutate("kind: classification", "kind: classification\n  "
+                                  "huber_delta: .inf"), 16, "task.huber_delta: an infinity"),
+    ("task-and-outputs", mutate("task:", "outputs: {out: {kind: regression}}\ntask:"), 1,
+     "give exactly one of `task:`"),
 ]
 
 EXPECTED_COLUMNS = {

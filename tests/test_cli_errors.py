@@ -49,6 +49,12 @@ SEMANTIC = [  # (id, layers/task text replacing the digits MLP's, line, message)
      "labels: [a, b]}\n", 6, "2 labels for 3 output units"),
     ("metric-kind", "layers:\n  - {type: dense, units: 1}\ntask: {kind: regression, metrics: "
      "[accuracy]}\n", 6, "metric 'accuracy' does not fit a regression task"),
+    ("monitor-not-reported", "layers:\n  - {type: dense, units: 3}\ntask: {kind: classification}"
+     "\ntrain: {early_stopping: {monitor: val_f1}}\n", 7,
+     "'val_f1' is not reported; training reports val_loss, val_accuracy"),
+    ("output-unknown-layer", "layers:\n  - {type: dense, name: out, units: 3}\noutputs:\n"
+     "  digit: {kind: classification, layer: outt}\n", 7,
+     "outputs.digit.layer: unknown layer 'outt'; did you mean 'out'?"),
 ]
 
 

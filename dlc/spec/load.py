@@ -164,6 +164,25 @@ def _fill_layer_names(spec: Spec) -> list[Diagnostic]:
     return out
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_floats(spec: Spec, value: Any = None, path: tuple = ()) -> list[Diagnostic]:
+    """Every number becomes a float32 in the graph or feeds one: NaN, infinities and magnitudes
+    beyond float32's range are refused where they stand (one rule for every field)."""
+    if not path:
+        value = spec.data
+    if isinstance(value, dict):
+        return [d for k, v in value.items() for d in _check_floats(spec, v, (*path, k))]
+    if isinstance(value, list):
+        return [d for i, v in enumerate(value) for d in _check_floats(spec, v, (*path, i))]
+    if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+        what = ("not a number" if value != value else "an infinity" if abs(value) == float("inf")
+                else f"{value:g} is outside float32's range (|x| <= 3.4e38)")
+        return [spec.diag(path, f"{what}; give a finite value")]
+    return []
+
+
 def _fill_task_defaults(spec: Spec) -> list[Diagnostic]:
     """Loss and metrics by kind; for `outputs:` also each output's layer, target and weight
     (defaults: the layer and the column named like the output, weight 1)."""
@@ -192,7 +211,7 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
     diagnostics = expand(spec.data, spec.positions, spec.key_positions, filename)
     if diagnostics:
         raise SpecError(diagnostics)
-    diagnostics = _schema_diagnostics(spec, applied)
+    diagnostics = _schema_diagnostics(spec, applied) or _check_floats(spec)
     if diagnostics:
         raise SpecError(diagnostics)
     fill_defaults(spec.data)

@@ -42,8 +42,36 @@ def validator() -> Any:
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine(
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
-    cls = jsonschema.validators.extend(base, type_checker=checker)
+    cls = jsonschema.validators.extend(base, {"pattern": _ecma_pattern}, type_checker=checker)
     return cls(schema())
+
+
+def _ecma_pattern(validator, pattern: str, instance, schema_: dict):
+    """`pattern` as JSON Schema means it (ECMA-262, which editors use): `$` matches only at the
+    very end. Python's `$` also matches before a final newline, which let "name\n" pass."""
+    import jsonschema
+
+    if validator.is_type(instance, "string") and not re.search(_strict_end(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=None)
+def _strict_end(pattern: str) -> str:
+    """Every unescaped `$` outside a character class becomes `\\Z`."""
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+            continue
+        if ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        out.append(r"\Z" if ch == "$" and not in_class else ch)
+    return "".join(out)
 
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
