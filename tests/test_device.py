@@ -53,26 +53,30 @@ def test_auto_falls_back_quietly_through_the_cli(tmp_path):
     assert r.code == 1 and len(r.err.strip().splitlines()) == 1, r
 
 
-def _trainer(device=("cpu", 0)):
+def _trainer(device=("cpu", 0), overrides=()):
     from dlc.data import load_dataset
     from dlc.network import build_network
     from dlc.runtime.trainer import Trainer
     from dlc.spec import load_spec
 
-    spec = load_spec(SPECS / "digits_cnn.yaml", ["train.epochs=1", "train.batch_size=128"])
+    spec = load_spec(SPECS / "digits_cnn.yaml", ["train.epochs=1", "train.batch_size=128",
+                                                 *overrides])
     net = build_network(spec)
     data = load_dataset(spec.data, SPECS)
     data.train.x, data.train.y = data.train.x[:512], data.train.y[:512]
     return Trainer(net, data, device, seed=0)
 
 
-def test_bound_stepper_ping_pong_equals_host_stepper():
+@pytest.mark.parametrize("overrides", [[], ["layers.0.trainable=false"]], ids=["all", "frozen"])
+def test_bound_stepper_ping_pong_equals_host_stepper(overrides):
     """IOBinding with two buffer sets (bound on the CPU here) gives the same parameters as
-    plain session.run, step for step; a skipped (uncommitted) step leaves them unchanged."""
+    plain session.run, step for step; a skipped (uncommitted) step leaves them unchanged.
+    Frozen parameters are bound once as constants (uploaded to the device at start)."""
     from dlc.runtime.stepper import BoundStepper
 
-    host, bound = _trainer(), _trainer()
-    bound.stepper = BoundStepper(bound.sess, host.stepper.values, "cpu", 0)
+    host, bound = _trainer(overrides=overrides), _trainer(overrides=overrides)
+    assert bool(host.frozen) == bool(overrides)
+    bound.stepper = BoundStepper(bound.sess, host.stepper.values, "cpu", 0, bound.frozen)
     host.train_epoch()
     bound.train_epoch()
     for name, value in host.params.items():

@@ -20,11 +20,16 @@ def results(sess) -> list[str]:
 
 
 class HostStepper:
-    def __init__(self, sess, persistent: dict[str, np.ndarray]):
+    """`constants`: inputs fed unchanged every step (frozen parameters)."""
+
+    def __init__(self, sess, persistent: dict[str, np.ndarray],
+                 constants: dict[str, np.ndarray] | None = None):
         self.sess = sess
         self.names = [o.name for o in sess.get_outputs()]
         self.results = results(sess)
         self.values = dict(persistent)
+        self.constants = {k: np.ascontiguousarray(v, np.float32)
+                          for k, v in (constants or {}).items()}
         self._pending: dict[str, np.ndarray] | None = None
 
     def get(self, name: str) -> np.ndarray:
@@ -33,8 +38,12 @@ class HostStepper:
     def set(self, name: str, value: np.ndarray) -> None:
         self.values[name] = np.ascontiguousarray(value, np.float32)
 
+    def set_constant(self, name: str, value: np.ndarray) -> None:
+        self.constants[name] = np.ascontiguousarray(value, np.float32)
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(zip(self.names, self.sess.run(None, {**feeds, **self.values})))
+        out = dict(zip(self.names, self.sess.run(None, {**feeds, **self.constants,
+                                                        **self.values})))
         self._pending = {k: out[f"{k}.new"] for k in self.values}
         return {k: out[k] for k in self.results}
 
@@ -44,8 +53,10 @@ class HostStepper:
 
 
 class BoundStepper:
+    """`constants` (frozen parameters) are uploaded once and bound, unchanged, every step."""
+
     def __init__(self, sess, persistent: dict[str, np.ndarray], device: str = "cuda",
-                 device_id: int = 0):
+                 device_id: int = 0, constants: dict[str, np.ndarray] | None = None):
         import onnxruntime as ort
 
         self.ort, self.sess, self.device, self.device_id = ort, sess, device, device_id
@@ -54,6 +65,7 @@ class BoundStepper:
         for name, value in persistent.items():
             for s in self.sets:
                 s[name] = self._upload(value)
+        self.constants = {k: self._upload(v) for k, v in (constants or {}).items()}
         self.cur = 0
 
     def _upload(self, value: np.ndarray):
@@ -66,10 +78,15 @@ class BoundStepper:
     def set(self, name: str, value: np.ndarray) -> None:
         self.sets[self.cur][name].update_inplace(np.ascontiguousarray(value, np.float32))
 
+    def set_constant(self, name: str, value: np.ndarray) -> None:
+        self.constants[name].update_inplace(np.ascontiguousarray(value, np.float32))
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self.sess.io_binding()
         for name, value in feeds.items():
             binding.bind_ortvalue_input(name, self._upload_any(value))
+        for name, value in self.constants.items():
+            binding.bind_ortvalue_input(name, value)
         src, dst = self.sets[self.cur], self.sets[1 - self.cur]
         for name in src:
             binding.bind_ortvalue_input(name, src[name])

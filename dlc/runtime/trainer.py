@@ -69,9 +69,10 @@ class Trainer:
         persistent = {"params": step.pack(params),
                       **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
                       **{p.name: params[p.name] for p in net.buffers}}
-        self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # fed each step
-        self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1])
-                        if device[0] == "cuda" else HostStepper(self.sess, persistent))
+        self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
+        self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1], self.frozen)
+                        if device[0] == "cuda" else HostStepper(self.sess, persistent,
+                                                                self.frozen))
         self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
         n, bs = len(dataset.train.x), self.cfg["batch_size"]
         self.steps_per_epoch = math.ceil(n / bs)
@@ -91,6 +92,8 @@ class Trainer:
         for p in self.net.buffers:
             self.stepper.set(p.name, values[p.name])
         self.frozen = {n: np.array(values[n], np.float32) for n in self.frozen}
+        for name, value in self.frozen.items():  # fed unchanged every step (on the device)
+            self.stepper.set_constant(name, value)
 
     @property
     def opt_states(self) -> dict[str, np.ndarray]:
@@ -106,7 +109,7 @@ class Trainer:
     def _feeds(self, xb, yb, lr: float) -> dict:
         st = self.state
         feeds = {**x_feeds(self.x_names, xb), **y_feeds(yb), "lr": np.array(lr, np.float32),
-                 "step": np.array(st.step + 1, np.float32), **self.frozen}
+                 "step": np.array(st.step + 1, np.float32)}
         for name, shape in self.step_graph.noise:
             feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
         return feeds
