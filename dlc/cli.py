@@ -293,15 +293,22 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
          seed: Optional[int] = typer.Option(None, help="Sampler seed (default train.seed); give "
                                                        "each process sharing a study its own."),
          set_: Optional[List[str]] = SetOpt,
-         device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N.")):
-    """Hyperparameter search over the spec's search: section (Optuna: TPE, median pruning)."""
+         device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N."),
+         backend: str = typer.Option("optuna", help="optuna | ray (Ray Tune: random search, "
+                                                    "ASHA early stopping)."),
+         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the "
+                                               "trials on (ray.init's address; default: a local "
+                                               "Ray).")):
+    """Hyperparameter search over the spec's search: section (Optuna: TPE, median pruning;
+    or Ray Tune)."""
     from dlc.fileio import write_text
-    from dlc.tune import best_spec_text, print_table, require_optuna
+    from dlc.tune import best_spec_text, print_table, require_backend
     from dlc.tune import tune as run_tune
 
-    require_optuna()  # missing: one line, before any work
+    require_backend(backend, storage, address)  # bad options, missing library: before any work
     loaded = _load(spec, set_)
-    result = run_tune(loaded, trials, storage, study, set_ or [], metric, seed, device)
+    result = run_tune(loaded, trials, storage, study, set_ or [], metric, seed, device,
+                      backend=backend, address=address)
     print_table(result)
     best = result["best"]
     print(f"best: trial {best['trial']}  {result['metric']} {best['value']:.6g}  {best['params']}")

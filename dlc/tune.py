@@ -1,4 +1,4 @@
-"""`dlc tune`: hyperparameter search over a spec's `search:` section, run by Optuna.
+"""`dlc tune`: hyperparameter search over a spec's `search:` section, run by Optuna or Ray Tune.
 
     search:
       train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}
@@ -11,20 +11,43 @@ epoch (trial.report) so that Optuna's MedianPruner can stop poor trials early. T
 seeded. When the spec's own values all lie in the search space, they are the study's first trial,
 so the best spec found is never worse (on validation) than the spec as written. `--storage`
 (an Optuna RDB URL such as sqlite:///study.db) lets several processes or machines share one study;
-give each its own --seed. Ray Tune is not supported.
+give each its own --seed.
+
+`--backend ray` runs the trials with Ray Tune instead: seeded random search (the spec's own values
+first, though ASHA may stop that trial too) and ASHA early stopping on the same per-epoch metric,
+on a local Ray instance or, with `--address`, on a Ray cluster. Both backends share the search
+space (DISTRIBUTIONS), the trial's training, the results table and the best spec.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
-from dlc.errors import Diagnostic, DlcError, SpecError
+from dlc.errors import Diagnostic, DlcError, SpecError, UsageError
 
-KINDS = ("loguniform", "uniform", "int", "choice")
+# Each kind of the search: section as Optuna samples it (from a trial) and as Ray Tune does (a
+# domain of ray.tune). int bounds are inclusive in the spec and in Optuna; Ray's randint
+# excludes its upper bound.
+DISTRIBUTIONS = {
+    "loguniform": (lambda trial, key, a: trial.suggest_float(key, float(a[0]), float(a[1]),
+                                                             log=True),
+                   lambda tune, a: tune.loguniform(float(a[0]), float(a[1]))),
+    "uniform": (lambda trial, key, a: trial.suggest_float(key, float(a[0]), float(a[1])),
+                lambda tune, a: tune.uniform(float(a[0]), float(a[1]))),
+    "int": (lambda trial, key, a: trial.suggest_int(key, int(a[0]), int(a[1])),
+            lambda tune, a: tune.randint(int(a[0]), int(a[1]) + 1)),
+    "choice": (lambda trial, key, a: trial.suggest_categorical(key, list(a)),
+               lambda tune, a: tune.choice(list(a))),
+}
+KINDS = tuple(DISTRIBUTIONS)
 INSTALL = "dlc tune needs Optuna: pip install 'dlc[tune]'"
+INSTALL_RAY = "--backend ray needs Ray Tune: pip install 'dlc[ray]'"
 
 
 def require_optuna():
@@ -33,6 +56,32 @@ def require_optuna():
     except ImportError:
         raise DlcError(INSTALL) from None
     return optuna
+
+
+def require_ray():
+    """(ray, ray.tune); a missing Ray (or a ray.tune dependency) is a usage error, one line."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment banner
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise UsageError(INSTALL_RAY) from None
+    return ray, tune
+
+
+def require_backend(backend: str, storage: str | None, address: str | None) -> None:
+    """Check the backend's options and that its library is installed, before any work."""
+    if backend not in ("optuna", "ray"):
+        raise UsageError(f"--backend {backend}: expected optuna or ray")
+    if backend == "optuna" and address:
+        raise UsageError("--address is a Ray cluster's; add --backend ray")
+    if backend == "ray" and storage:
+        raise UsageError("--storage is Optuna's study storage; --backend ray takes --address")
+    if backend == "ray":
+        require_ray()
+    else:
+        require_optuna()
 
 
 # ---- the search space ---------------------------------------------------------------------
@@ -98,13 +147,13 @@ def search_space(spec, overrides=()) -> dict[str, tuple[str, list]]:
 
 
 def suggest(trial, key: str, kind: str, args: list):
-    if kind == "loguniform":
-        return trial.suggest_float(key, float(args[0]), float(args[1]), log=True)
-    if kind == "uniform":
-        return trial.suggest_float(key, float(args[0]), float(args[1]))
-    if kind == "int":
-        return trial.suggest_int(key, int(args[0]), int(args[1]))
-    return trial.suggest_categorical(key, list(args))
+    """One value sampled by an Optuna trial."""
+    return DISTRIBUTIONS[kind][0](trial, key, args)
+
+
+def ray_space(tune, space: dict) -> dict:
+    """The search space as Ray Tune's param_space."""
+    return {key: DISTRIBUTIONS[kind][1](tune, args) for key, (kind, args) in space.items()}
 
 
 def lookup(data, path: str):
@@ -177,17 +226,15 @@ def final_value(trainer, metric: str) -> float:
     return float(rows[-1][metric])
 
 
-def run_trial(setup: Setup, trial) -> float:
-    """Train one sampled spec; report the metric per epoch; prune when the pruner says so."""
-    import optuna
-
+def train_trial(setup: Setup, values: dict, on_epoch_end) -> float:
+    """Train the spec with `values` set, calling on_epoch_end(trainer) after every epoch; the
+    metric of the weights it ends with. Both backends' trials run this."""
     from dlc.runtime.report import Plain
     from dlc.runtime.run import _prepare
     from dlc.runtime.session import choose_device
     from dlc.runtime.trainer import Trainer
     from dlc.spec import load_spec_text
 
-    values = {k: suggest(trial, k, kind, args) for k, (kind, args) in setup.space.items()}
     spec = load_spec_text(setup.spec.text, setup.spec.file,
                           [*setup.overrides, *(as_override(k, v) for k, v in values.items())])
     net, dataset, _ = _prepare(spec, setup.data_dir)
@@ -195,6 +242,16 @@ def run_trial(setup: Setup, trial) -> float:
         raise DlcError(f"--metric {setup.metric} needs a validation split; set data.split.val > 0")
     kind, index, _ = choose_device(setup.device)
     trainer = Trainer(net, dataset, (kind, index), seed=spec.data["train"].get("seed", 0))
+    trainer.fit(Plain(quiet=True), on_epoch_end=on_epoch_end)
+    value = final_value(trainer, setup.metric)
+    if not math.isfinite(value):
+        raise DlcError(f"{setup.metric} is {value}")
+    return value
+
+
+def run_trial(setup: Setup, trial) -> float:
+    """One Optuna trial: report the metric per epoch; prune when the pruner says so."""
+    import optuna
 
     def report(t) -> None:
         trial.report(float(t.state.history[-1][setup.metric]), t.state.epoch)
@@ -202,11 +259,8 @@ def run_trial(setup: Setup, trial) -> float:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {t.state.epoch}")
 
-    trainer.fit(Plain(quiet=True), on_epoch_end=report)
-    value = final_value(trainer, setup.metric)
-    if not math.isfinite(value):
-        raise DlcError(f"{setup.metric} is {value}")
-    return value
+    values = {k: suggest(trial, k, kind, args) for k, (kind, args) in setup.space.items()}
+    return train_trial(setup, values, report)
 
 
 def objective(setup: Setup):
@@ -223,10 +277,14 @@ def objective(setup: Setup):
         except optuna.TrialPruned as e:
             setup.note(f"trial {trial.number}: {e}")
             raise
-        setup.note(f"trial {trial.number}: {setup.metric} {value:.6g}  "
-                   + "  ".join(f"{k}={_show(v)}" for k, v in trial.params.items()))
+        setup.note(_done_note(trial.number, setup.metric, value, trial.params))
         return value
     return run
+
+
+def _done_note(number: int, metric: str, value: float, params: dict) -> str:
+    return f"trial {number}: {metric} {value:.6g}  " + "  ".join(
+        f"{k}={_show(v)}" for k, v in params.items())
 
 
 def _show(value) -> str:
@@ -256,29 +314,138 @@ def open_study(optuna, setup: Setup, storage: str | None, name: str | None, seed
 
 def tune(spec, trials: int, storage: str | None = None, study_name: str | None = None,
          overrides=(), metric: str | None = None, seed: int | None = None,
-         device: str = "cpu", note=print) -> dict:
-    """Run `trials` more trials of the study; the study's results and the best values."""
-    optuna = require_optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+         device: str = "cpu", note=print, backend: str = "optuna",
+         address: str | None = None) -> dict:
+    """Run `trials` more trials (Optuna: of the study); the results and the best values."""
     name, lower = choose_metric(spec, metric)
     setup = Setup(spec, list(overrides), search_space(spec, overrides), name, lower, device,
                   note, Path(spec.file).resolve().parent)
     seed = spec.data["train"].get("seed", 0) if seed is None else seed
+    study_name = study_name or spec.data["name"]
+    if backend == "ray":
+        return tune_ray(setup, trials, address, study_name, seed)
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our note
     study = open_study(optuna, setup, storage, study_name, seed)
     study.optimize(objective(setup), n_trials=trials, catch=(DlcError,))
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    return results(study.study_name, name, study.direction.name.lower(),
+                   [_row(t) for t in study.trials])
+
+
+def results(study: str, metric: str, direction: str, rows: list[dict]) -> dict:
+    """The study's rows and its best complete trial (the first of equals)."""
+    done = [r for r in rows if r["state"] == "complete"]
     if not done:
-        raise DlcError(f"no trial of study {study.study_name} completed")
-    best = study.best_trial
-    return {"study": study.study_name, "metric": name, "direction": study.direction.name.lower(),
-            "best": {"trial": best.number, "value": best.value, "params": best.params},
-            "trials": [_row(t) for t in study.trials]}
+        raise DlcError(f"no trial of study {study} completed")
+    sign = 1 if direction == "minimize" else -1
+    best = min(done, key=lambda r: (sign * r["value"], r["trial"]))
+    return {"study": study, "metric": metric, "direction": direction,
+            "best": {k: best[k] for k in ("trial", "value", "params")}, "trials": rows}
 
 
 def _row(t) -> dict:
     return {"trial": t.number, "state": t.state.name.lower(), "value": t.value,
             "epochs": t.user_attrs.get("epochs"), "params": dict(t.params),
             "error": t.user_attrs.get("error")}
+
+
+# ---- Ray Tune -----------------------------------------------------------------------------
+def ray_trial(config: dict, setup: Setup) -> None:
+    """Ray Tune's function trainable, run in a Ray worker: one trial, reported every epoch."""
+    from ray import tune
+
+    def report(t) -> None:
+        es = t.cfg.get("early_stopping")
+        finished = t.state.epoch >= t.cfg["epochs"] or bool(  # Trainer.end_epoch's stop rule
+            es and t.state.bad_epochs >= es.get("patience", 5))
+        tune.report({setup.metric: float(t.state.history[-1][setup.metric]),
+                     "final": final_value(t, setup.metric), "finished": finished})
+
+    train_trial(setup, config, report)
+
+
+def start_ray(ray, address: str | None) -> bool:
+    """Connect to the cluster at `address`, or start a small, quiet local instance; True when
+    this call started Ray (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                     object_store_memory=100 * 2**20, **quiet)
+    except Exception as e:  # noqa: BLE001 - unreachable clusters, ports, sessions: one message
+        raise DlcError(f"cannot start Ray{f' at {address}' if address else ''}: "
+                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return True
+
+
+def tune_ray(setup: Setup, trials: int, address: str | None, study: str, seed: int) -> dict:
+    """`trials` trials run by Ray Tune: seeded random search, the spec's own values first,
+    ASHA stopping poor trials on the per-epoch metric; Ray's files in runs/<study>/tune-<time>."""
+    ray, tune = require_ray()
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    epochs = max(candidates(*setup.space["train.epochs"]) if "train.epochs" in setup.space
+                 else [setup.spec.data["train"]["epochs"]])
+    own = spec_values(setup.spec, setup.space)
+    gpu = setup.device.startswith("cuda")  # Ray picks the GPU and hides the others
+    worker = replace(setup, note=None, device="cuda" if gpu else setup.device)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    started = start_ray(ray, address)
+    logging.getLogger("ray").setLevel(logging.CRITICAL)  # failed trials: our note, no traceback
+    try:
+        grid = tune.Tuner(
+            tune.with_resources(tune.with_parameters(ray_trial, setup=worker),
+                                {"cpu": 1, "gpu": int(gpu)}),
+            param_space=ray_space(tune, setup.space),
+            tune_config=tune.TuneConfig(
+                metric=setup.metric, mode="min" if setup.lower_is_better else "max",
+                num_samples=trials, reuse_actors=True, trial_dirname_creator=_trial_dir,
+                scheduler=ASHAScheduler(max_t=epochs, grace_period=max(1, epochs // 4)),
+                search_alg=BasicVariantGenerator(points_to_evaluate=[own] if own else None,
+                                                 random_state=seed)),
+            run_config=tune.RunConfig(name=f"tune-{stamp}", verbose=0,
+                                      storage_path=str(Path("runs", study).resolve()))).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    rows = sorted((_ray_row(r) for r in grid), key=lambda r: r["trial"])
+    for r in rows:  # the notes the Optuna path makes as each trial ends
+        setup.note(_ray_note(r, setup.metric))
+    return results(study, setup.metric, "minimize" if setup.lower_is_better else "maximize", rows)
+
+
+def _ray_note(row: dict, metric: str) -> str:
+    if row["error"]:
+        return f"trial {row['trial']}: failed: {row['error']}"
+    if row["state"] == "pruned":
+        return f"trial {row['trial']}: pruned after epoch {row['epochs']}"
+    return _done_note(row["trial"], metric, row["value"], row["params"])
+
+
+def _trial_dir(trial) -> str:
+    return f"trial_{int(trial.trial_id.rsplit('_', 1)[1])}"
+
+
+def _ray_row(r) -> dict:
+    """A Ray Tune result as a results row (the trial number from its folder, trial_<n>)."""
+    m = r.metrics or {}
+    error = getattr(r.error, "cause", None) or r.error
+    state = "fail" if error else "complete" if m.get("finished") else "pruned"
+    return {"trial": int(Path(r.path).name.split("_")[1]), "state": state,
+            "value": m["final"] if state == "complete" else None,
+            "epochs": m.get("training_iteration"),
+            "params": {k: _plain(v) for k, v in r.config.items()},
+            "error": str(error).strip().splitlines()[0] if error else None}
+
+
+def _plain(value):
+    """numpy scalars (Ray's samples) as Python values, for the table and the YAML."""
+    return value.item() if hasattr(value, "item") else value
 
 
 # ---- output -------------------------------------------------------------------------------

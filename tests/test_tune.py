@@ -1,5 +1,6 @@
 """`dlc tune`: the search: section (validated, errors at the key's line), Optuna's TPE study with
-per-epoch reports and median pruning, a shared sqlite storage, and the best spec written out."""
+per-epoch reports and median pruning, a shared sqlite storage, and the best spec written out;
+the --backend options (Ray Tune's own run: test_tune_ray.py)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,31 @@ def test_missing_optuna_is_one_line(cli, spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     r = cli("tune", spec, "--trials", "1")
     assert r.code == 1 and r.err == "error: dlc tune needs Optuna: pip install 'dlc[tune]'\n", r
+
+
+def test_every_distribution_of_the_schema_has_one_row_for_both_backends():
+    from dlc.spec.schema import schema
+    from dlc.tune import DISTRIBUTIONS
+
+    kinds = [d["required"][0] for d in schema()["$defs"]["distribution"]["oneOf"]]
+    assert list(DISTRIBUTIONS) == kinds
+    assert all(len(row) == 2 for row in DISTRIBUTIONS.values())  # (Optuna, Ray Tune)
+
+
+def test_missing_ray_is_one_line_and_a_usage_error(cli, spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    r = cli("tune", spec, "--trials", "1", "--backend", "ray")
+    assert r.code == 2, r
+    assert r.err == "error: --backend ray needs Ray Tune: pip install 'dlc[ray]'\n", r
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "hyperopt"], "--backend hyperopt: expected optuna or ray"),
+    (["--address", "auto"], "--address is a Ray cluster's; add --backend ray"),
+    (["--backend", "ray", "--storage", "sqlite:///s.db"], "--storage is Optuna's study storage")])
+def test_backend_options_that_do_not_fit_are_usage_errors(cli, spec, args, message):
+    r = cli("tune", spec, "--trials", "1", *args)
+    assert r.code == 2 and r.err.startswith(f"error: {message}"), r
 
 
 def test_no_search_section(cli):
