@@ -118,3 +118,22 @@ def test_errors_with_line_breaks_in_file_content_stay_one_line(cli, tmp_path):
                     "split: {val: 0, test: 0}}\n")
     r = cli("train", spec, "--out", tmp_path / "run", "-q")
     assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "\\n" in r.err, r
+
+
+@pytest.mark.parametrize("train,line,message", [
+    ("{epochs: 5, prune: {sparsity: 0.5, end_epoch: 9}}", 7, "end_epoch 9 is after the last "
+     "epoch"),
+    ("{epochs: 5, optimizer: {type: adam, lr_scale: {fcc: 0.1}}}", 7, "'fcc' selects no "
+     "trainable parameter"),
+    ("{epochs: 5, distill: {teacher: nothere.onnx}}", 0, "nothere.onnx"),
+    ("{epochs: 5, init_from: nothere.onnx}", 0, "train.init_from:"),
+])
+def test_validate_checks_training_options_without_data(cli, tmp_path, train, line, message):
+    """What `dlc train` would refuse before loading data, `dlc validate` refuses too."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("dlc: 1\nname: t\ninput: {shape: [4]}\nlayers:\n"
+                    "  - {type: dense, name: fc, units: 3}\ntask: {kind: classification}\n"
+                    f"train: {train}\n")
+    r = cli("validate", path)
+    assert r.code in (1, 2) and message in r.err and "Traceback" not in r.err, r
+    assert not line or f"spec.yaml:{line}:" in r.err, r

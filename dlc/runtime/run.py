@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dlc import distill, imbalance, prune, transfer
+from dlc import imbalance, prune, transfer
 from dlc.compile import inference_model
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes, write_text
@@ -26,6 +26,7 @@ from dlc.runtime import checkpoint, tracking
 from dlc.runtime.report import reporter
 from dlc.runtime.session import choose_device
 from dlc.runtime.trainer import Diverged, Trainer
+from dlc.traincheck import check_training
 
 
 def run_dir(out: str | None, name: str, force: bool) -> Path:
@@ -88,9 +89,7 @@ def _prepare(spec, data_dir: Path):
 
     tracking.check(spec)  # train.tracking: MLflow missing -> one line, before any work
     net = build_network(spec)
-    prune.check(spec, net)  # train.prune: epochs and layers
-    distill.check(spec, data_dir)  # train.distill: the teacher path, made absolute
-    transfer.check(spec, net, data_dir)  # trainable: false, lr_scale, init_from (made absolute)
+    check_training(spec, net, data_dir)  # prune, distill, transfer: before any data is loaded
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
     dataset = load_dataset(spec.data, data_dir)
