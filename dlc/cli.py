@@ -41,9 +41,12 @@ def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")
     for path in specs:
         try:
             spec = _load(path)
-            from dlc.network import build_network
+            from pathlib import Path
 
-            build_network(spec)
+            from dlc.network import build_network
+            from dlc.traincheck import check_training
+
+            check_training(spec, build_network(spec), Path(path).resolve().parent)
             print(f"{path}: ok")
         except DlcError as e:
             print(str(e) if isinstance(e, SpecError) else f"{path}: {e}", file=sys.stderr)
@@ -141,27 +144,41 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
     from dlc.runtime import infer
 
     loaded = infer.load_model(model, device)
-    if per_class and loaded.kind == "regression":
+    if per_class and all(t["kind"] == "regression" for t in loaded.heads.values()):
         raise UsageError("--per-class needs a classification or binary model")
     result = infer.evaluate(loaded, data, batch_size)
+    parts = {h: result[h] for h in loaded.heads if h} or {"": result}  # per output
     if per_class:
         from dlc.metrics import per_class_report
 
-        result["per_class"] = per_class_report(result["confusion_matrix"], loaded.labels)
+        for head, part in parts.items():
+            if "confusion_matrix" in part:
+                part["per_class"] = per_class_report(part["confusion_matrix"],
+                                                     loaded.labels_of(head))
     text = json.dumps(result, indent=1)
     if output:
         write_text(output, text + "\n")
+    for head, part in parts.items():
+        _print_metrics(part, f"{head}." if head else "")
+    if "" not in parts:
+        print(f"samples: {result['samples']}")
+
+
+def _print_metrics(result: dict, prefix: str) -> None:
+    """`name: value` lines, then the confusion matrix and the per-class table if present."""
+    from dlc.metrics import render_per_class
+
+    result = dict(result)
     cm = result.pop("confusion_matrix", None)
     report = result.pop("per_class", None)
     for key, value in result.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"{prefix}{key}: {value:.4f}" if isinstance(value, float) else
+              f"{prefix}{key}: {value}")
     if cm is not None:
-        print("confusion matrix (rows: true, columns: predicted):")
+        print(f"{prefix}confusion matrix (rows: true, columns: predicted):")
         for row in cm:
             print("  " + " ".join(f"{v:5d}" for v in row))
     if report is not None:
-        from dlc.metrics import render_per_class
-
         print("\n".join(render_per_class(report)))
 
 
