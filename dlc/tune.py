@@ -22,11 +22,8 @@ space (DISTRIBUTIONS), the trial's training, the results table and the best spec
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlc.errors import Diagnostic, DlcError, SpecError, UsageError
@@ -47,7 +44,6 @@ DISTRIBUTIONS = {
 }
 KINDS = tuple(DISTRIBUTIONS)
 INSTALL = "dlc tune needs Optuna: pip install 'dlc[tune]'"
-INSTALL_RAY = "--backend ray needs Ray Tune: pip install 'dlc[ray]'"
 
 
 def require_optuna():
@@ -56,18 +52,6 @@ def require_optuna():
     except ImportError:
         raise DlcError(INSTALL) from None
     return optuna
-
-
-def require_ray():
-    """(ray, ray.tune); a missing Ray (or a ray.tune dependency) is a usage error, one line."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment banner
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise UsageError(INSTALL_RAY) from None
-    return ray, tune
 
 
 def require_backend(backend: str, storage: str | None, address: str | None) -> None:
@@ -79,6 +63,8 @@ def require_backend(backend: str, storage: str | None, address: str | None) -> N
     if backend == "ray" and storage:
         raise UsageError("--storage is Optuna's study storage; --backend ray takes --address")
     if backend == "ray":
+        from dlc.tune_ray import require_ray
+
         require_ray()
     else:
         require_optuna()
@@ -151,11 +137,6 @@ def suggest(trial, key: str, kind: str, args: list):
     return DISTRIBUTIONS[kind][0](trial, key, args)
 
 
-def ray_space(tune, space: dict) -> dict:
-    """The search space as Ray Tune's param_space."""
-    return {key: DISTRIBUTIONS[kind][1](tune, args) for key, (kind, args) in space.items()}
-
-
 def lookup(data, path: str):
     """The value at a dotted path of plain data; KeyError when absent."""
     for part in path.split("."):
@@ -205,16 +186,19 @@ def choose_metric(spec, metric: str | None) -> tuple[str, bool]:
     """The validation column to optimise (default: the early-stopping monitor, else val_loss)."""
     from dlc.runtime.trainer import LOWER_IS_BETTER
 
+    from dlc.network import spec_heads
+
     es = spec.data["train"].get("early_stopping") or {}
     name = metric or es.get("monitor", "val_loss")
-    allowed = ["loss", *spec.data["task"]["metrics"]]
+    allowed = ["loss"] + [f"{h}.{m}" if h else m for h, task in spec_heads(spec.data).items()
+                          for m in [*(["loss"] if h else []), *task["metrics"]]]
     prefix, _, base = name.partition("_")
     if prefix not in ("val", "train") or base not in allowed:
         raise DlcError(f"--metric {name}: expected val_<m> or train_<m> with m one of "
-                       f"{', '.join(allowed)} (the spec's task.metrics)")
+                       f"{', '.join(allowed)} (the spec's metrics)")
     if prefix == "val" and not (spec.data.get("data") or {}).get("split", {}).get("val", 0.1):
         raise DlcError(f"--metric {name} needs a validation split; set data.split.val > 0")
-    return name, base in LOWER_IS_BETTER
+    return name, base.rsplit(".", 1)[-1] in LOWER_IS_BETTER
 
 
 def final_value(trainer, metric: str) -> float:
@@ -323,6 +307,8 @@ def tune(spec, trials: int, storage: str | None = None, study_name: str | None =
     seed = spec.data["train"].get("seed", 0) if seed is None else seed
     study_name = study_name or spec.data["name"]
     if backend == "ray":
+        from dlc.tune_ray import tune_ray
+
         return tune_ray(setup, trials, address, study_name, seed)
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our note
@@ -347,105 +333,6 @@ def _row(t) -> dict:
     return {"trial": t.number, "state": t.state.name.lower(), "value": t.value,
             "epochs": t.user_attrs.get("epochs"), "params": dict(t.params),
             "error": t.user_attrs.get("error")}
-
-
-# ---- Ray Tune -----------------------------------------------------------------------------
-def ray_trial(config: dict, setup: Setup) -> None:
-    """Ray Tune's function trainable, run in a Ray worker: one trial, reported every epoch."""
-    from ray import tune
-
-    def report(t) -> None:
-        es = t.cfg.get("early_stopping")
-        finished = t.state.epoch >= t.cfg["epochs"] or bool(  # Trainer.end_epoch's stop rule
-            es and t.state.bad_epochs >= es.get("patience", 5))
-        tune.report({setup.metric: float(t.state.history[-1][setup.metric]),
-                     "final": final_value(t, setup.metric), "finished": finished})
-
-    train_trial(setup, config, report)
-
-
-def start_ray(ray, address: str | None) -> bool:
-    """Connect to the cluster at `address`, or start a small, quiet local instance; True when
-    this call started Ray (and so must shut it down)."""
-    if ray.is_initialized():
-        return False
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
-                     object_store_memory=100 * 2**20, **quiet)
-    except Exception as e:  # noqa: BLE001 - unreachable clusters, ports, sessions: one message
-        raise DlcError(f"cannot start Ray{f' at {address}' if address else ''}: "
-                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return True
-
-
-def tune_ray(setup: Setup, trials: int, address: str | None, study: str, seed: int) -> dict:
-    """`trials` trials run by Ray Tune: seeded random search, the spec's own values first,
-    ASHA stopping poor trials on the per-epoch metric; Ray's files in runs/<study>/tune-<time>."""
-    ray, tune = require_ray()
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    epochs = max(candidates(*setup.space["train.epochs"]) if "train.epochs" in setup.space
-                 else [setup.spec.data["train"]["epochs"]])
-    own = spec_values(setup.spec, setup.space)
-    gpu = setup.device.startswith("cuda")  # Ray picks the GPU and hides the others
-    worker = replace(setup, note=None, device="cuda" if gpu else setup.device)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    started = start_ray(ray, address)
-    logging.getLogger("ray").setLevel(logging.CRITICAL)  # failed trials: our note, no traceback
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(tune.with_parameters(ray_trial, setup=worker),
-                                {"cpu": 1, "gpu": int(gpu)}),
-            param_space=ray_space(tune, setup.space),
-            tune_config=tune.TuneConfig(
-                metric=setup.metric, mode="min" if setup.lower_is_better else "max",
-                num_samples=trials, reuse_actors=True, trial_dirname_creator=_trial_dir,
-                scheduler=ASHAScheduler(max_t=epochs, grace_period=max(1, epochs // 4)),
-                search_alg=BasicVariantGenerator(points_to_evaluate=[own] if own else None,
-                                                 random_state=seed)),
-            run_config=tune.RunConfig(name=f"tune-{stamp}", verbose=0,
-                                      storage_path=str(Path("runs", study).resolve()))).fit()
-    finally:
-        if started:
-            ray.shutdown()
-    rows = sorted((_ray_row(r) for r in grid), key=lambda r: r["trial"])
-    for r in rows:  # the notes the Optuna path makes as each trial ends
-        setup.note(_ray_note(r, setup.metric))
-    return results(study, setup.metric, "minimize" if setup.lower_is_better else "maximize", rows)
-
-
-def _ray_note(row: dict, metric: str) -> str:
-    if row["error"]:
-        return f"trial {row['trial']}: failed: {row['error']}"
-    if row["state"] == "pruned":
-        return f"trial {row['trial']}: pruned after epoch {row['epochs']}"
-    return _done_note(row["trial"], metric, row["value"], row["params"])
-
-
-def _trial_dir(trial) -> str:
-    return f"trial_{int(trial.trial_id.rsplit('_', 1)[1])}"
-
-
-def _ray_row(r) -> dict:
-    """A Ray Tune result as a results row (the trial number from its folder, trial_<n>)."""
-    m = r.metrics or {}
-    error = getattr(r.error, "cause", None) or r.error
-    state = "fail" if error else "complete" if m.get("finished") else "pruned"
-    return {"trial": int(Path(r.path).name.split("_")[1]), "state": state,
-            "value": m["final"] if state == "complete" else None,
-            "epochs": m.get("training_iteration"),
-            "params": {k: _plain(v) for k, v in r.config.items()},
-            "error": str(error).strip().splitlines()[0] if error else None}
-
-
-def _plain(value):
-    """numpy scalars (Ray's samples) as Python values, for the table and the YAML."""
-    return value.item() if hasattr(value, "item") else value
 
 
 # ---- output -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import SPECS
 
-from dlc.errors import SpecError
+from dlc.errors import DlcError, SpecError
 from dlc.spec import load_spec
 
 SEARCH = """\
@@ -141,3 +141,17 @@ def test_tune_iris_finds_a_spec_at_least_as_good_and_shares_a_sqlite_study(cli, 
     print(f"\niris val_loss: spec as written {default:.4f}, tuned {found:.4f} "
           f"({study.best_params})")
     assert found == pytest.approx(study.best_value, rel=1e-6) and found <= default
+
+
+def test_metric_of_a_multi_output_spec_names_an_output():
+    from dlc.spec import load_spec
+    from dlc.tune import choose_metric
+
+    spec = load_spec(SPECS / "penguins_multitask.yaml")
+    assert choose_metric(spec, None) == ("val_loss", True)
+    assert choose_metric(spec, "val_species.accuracy") == ("val_species.accuracy", False)
+    assert choose_metric(spec, "val_bill_depth.mae") == ("val_bill_depth.mae", True)
+    assert choose_metric(spec, "train_sex.loss") == ("train_sex.loss", True)
+    with pytest.raises(DlcError, match="val_accuracy: expected val_<m> or train_<m> with m one "
+                                       "of loss, species.loss, species.accuracy"):
+        choose_metric(spec, "val_accuracy")
