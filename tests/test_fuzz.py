@@ -181,15 +181,17 @@ def _run_model(model, net) -> None:
                              np.int64 if "int64" in i.type else np.float32)
             for i in sess.get_inputs()}
     outs = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feed))}
-    # per-sample outputs (units,); per-token classification (T, classes), T as fed (2 when the
-    # token input's length is symbolic)
-    out = [2 if isinstance(d, str) else d for d in sess.get_outputs()[0].shape[1:]]
-    assert out[-1] == net.output_shape[-1] and len(out) == len(net.output_shape)
-    if net.kind == "regression":
-        assert outs["prediction"].shape == (2, *out)
-    else:
-        assert outs["logits"].shape == (2, *out)
-        assert outs["class_index"].shape == (2, *out[:-1])
+    shapes = {o.name: o.shape for o in sess.get_outputs()}
+    for head in net.heads:  # per output: logits / prediction, class_index of the promised shapes
+        name = lambda n: f"{head.name}.{n}" if head.name else n  # noqa: E731
+        first = name("prediction" if head.kind == "regression" else "logits")
+        # per-sample outputs (units,); per-token classification (T, classes), T as fed (2 when
+        # the token input's length is symbolic)
+        out = [2 if isinstance(d, str) else d for d in shapes[first][1:]]
+        assert out[-1] == head.shape[-1] and len(out) == len(head.shape)
+        assert outs[first].shape == (2, *out)
+        if head.kind != "regression":
+            assert outs[name("class_index")].shape == (2, *out[:-1])
 
 
 # ---- 1. schema-valid specs ------------------------------------------------------------------
@@ -876,9 +878,9 @@ task: {kind: binary, labels: [neg, pos]}
 MODEL_SPECS = {"iris": "iris.yaml", "diabetes": "diabetes.yaml", "binary": BINARY,
                "cnn": "digits_cnn.yaml", "multi": "penguins_wide_deep.yaml",
                "seq": "transformer_reverse.yaml", "text": "text_classifier.yaml",
-               "window": "lstm_forecast.yaml"}
+               "window": "lstm_forecast.yaml", "outputs": "penguins_multitask.yaml"}
 N_FEATURES = {"iris": 4, "diabetes": 10, "binary": 3, "cnn": 64, "multi": 6, "seq": 8, "text": 1,
-              "window": 24}
+              "window": 24, "outputs": 8}
 
 
 class Blob(bytes):
@@ -1003,7 +1005,7 @@ def _meta(raw: bytes) -> dict:
 
 
 def _good_input(name: str) -> tuple[str, bytes]:
-    if name == "multi":
+    if name in ("multi", "outputs"):
         return "in.csv", (SPECS / "data" / "penguins.csv").read_bytes()[:2000].rsplit(b"\n", 1)[0]
     if name == "text":
         return "in.txt", b"a small brown dog\nsomething you eat\n"
