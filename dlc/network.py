@@ -261,13 +261,13 @@ def build_network(spec) -> Network:
             owners[layer.name] = own
         shapes[layer.name] = out
         nodes[i] = Node(layer, sources[i], in_shapes, out)
-    at = _head_layers(spec, layers)  # output name -> index of the layer it reads
-    diags += _check_task(spec, layers, at, shapes if not diags else None)
+    layer_of = _head_layers(spec, layers)  # output name -> index of the layer it reads
+    diags += _check_task(spec, layers, layer_of, shapes if not diags else None)
     if diags:
         raise SpecError(diags)
     kept, heads = {i: nodes[i] for i in order}, []
     for name, task in spec_heads(data).items():
-        i = at[name]
+        i = layer_of[name]
         head = _strip_head(nodes[i], task["kind"])
         if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
             del kept[i]
@@ -321,13 +321,14 @@ def _check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diag
     return diags
 
 
-def _check_task(spec, layers: list[Layer], at: dict[str, int],
+def _check_task(spec, layers: list[Layer], layer_of: dict[str, int],
                 shapes: dict[str, Shape] | None) -> list[Diagnostic]:
     """Each output's loss, metrics, layer and shape against its kind; where softmax may stand.
-    `shapes`: every layer's output shape (None when earlier errors left them unknown)."""
+    `layer_of`: output name -> its layer's index (-1: unknown); `shapes`: every built layer's
+    output shape (None when earlier errors left them unknown)."""
     diags, heads = [], spec_heads(spec.data)
     for name, task in heads.items():
-        kind = task["kind"]
+        kind, i = task["kind"], layer_of[name]
         if task["loss"] not in LOSSES[kind]:
             allowed = ", ".join(sorted(LOSSES[kind]))
             diags.append(spec.diag(head_path(name, "loss"), f"loss '{task['loss']}' does not "
@@ -337,27 +338,27 @@ def _check_task(spec, layers: list[Layer], at: dict[str, int],
                 diags.append(spec.diag(head_path(name, "metrics", j), f"metric '{metric}' does "
                                        f"not fit a {kind} task; use one of "
                                        f"{', '.join(sorted(METRICS[kind]))}"))
-        if at[name] < 0:
+        out = shapes.get(layers[i].name) if shapes is not None and i >= 0 else None
+        if i < 0:
             hint = difflib.get_close_matches(task["layer"], [x.name for x in layers], n=1)
             diags.append(spec.diag(head_path(name, "layer"), f"unknown layer '{task['layer']}'"
                                    + (f"; did you mean '{hint[0]}'?" if hint else "")))
-        elif shapes is not None and layers[at[name]].name in shapes:
-            diags += _check_output(spec, name, task, shapes[layers[at[name]].name], at[name])
-        out = shapes.get(layers[at[name]].name) if shapes is not None and at[name] >= 0 else None
-        diags += imbalance.check(spec, name, task, out)
-    readers = {}
-    for name, i in at.items():
+        elif out is not None:
+            diags += _check_output(spec, name, task, out, i)
+        diags += imbalance.check(spec, name, task, out)  # class_weights, data.sampling
+    readers: dict[int, str] = {}
+    for name, i in layer_of.items():
         if i >= 0 and i in readers:
             diags.append(spec.diag(head_path(name, "layer"), f"outputs '{readers[i]}' and "
                                    f"'{name}' read the same layer; give each its own"))
         readers.setdefault(i, name)
-    diags += _check_softmax(spec, layers, {i: heads[n]["kind"] for n, i in at.items()})
+    diags += _check_softmax(spec, layers, {i: heads[n]["kind"] for n, i in layer_of.items()})
     diags += _check_monitor(spec, heads)
     for name, cfg in spec_inputs(spec.data).items():
         feats, shape = cfg.get("features"), cfg["shape"]
-        at_ = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
+        at = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
         if feats is not None and (len(shape) != 1 or len(feats) != shape[0]):
-            diags.append(spec.diag((*at_, "features"), f"{len(feats)} feature names for input "
+            diags.append(spec.diag((*at, "features"), f"{len(feats)} feature names for input "
                                    f"shape {shape}; give one name per feature of a flat input"))
     return diags
 
