@@ -1,12 +1,12 @@
 """Several named inputs (`inputs:`) and/or several outputs (`outputs:`) from one CSV file.
 
 Each input takes the columns named in its `features` (a single `input:` without them: every
-column that is no output's target). Each output takes its `target` column, encoded for its task
-kind; the split is stratified on the first classification or binary output. A float32 input parses them as numbers and
-is normalised with training-split statistics; an int64 input treats them as categories: per
-column, each value seen in the training split gets an id (1, 2, ... in sorted order, offset so
-that the columns of one input share one id space) and anything else gets 0. The category table
-travels in the exported model so `dlc predict` takes raw values.
+column that is no output's target). A float32 input parses them as numbers and is normalised with
+training-split statistics; an int64 input treats them as categories: per column, each value seen
+in the training split gets an id (1, 2, ... in sorted order, offset so that the columns of one
+input share one id space) and anything else gets 0. The category table travels in the exported
+model so `dlc predict` takes raw values. Each output takes its `target` column, encoded for its
+task kind; the split is stratified on the first classification or binary output.
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ def load_multi(spec: dict, spec_dir: Path):
     if not source.startswith("csv:"):
         raise DlcError("several named inputs (`inputs:`) or outputs (`outputs:`) read their "
                        "columns from a csv: source")
+    if data.get("augment"):
+        raise DlcError("data.augment applies to image inputs, not to the CSV columns of "
+                       "`inputs:` or `outputs:`; remove it")
     path = Path(source[4:])
     path = path if path.is_absolute() else spec_dir / path
     if not path.is_file():
