@@ -294,3 +294,13 @@ def test_an_output_at_weight_zero_is_not_trained(cli, tmp_path):
     initial = build_network(spec).init_params(0)
     np.testing.assert_array_equal(trained["sex.weight"], initial["sex.weight"])
     assert not np.array_equal(trained["species.weight"], initial["species.weight"])
+
+
+def test_augment_with_named_columns_is_one_line(cli, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(SINGLE_INPUT.replace("  features: [bill_length_mm, flipper_length_mm, "
+                                         "body_mass_g]\n", "  features: [bill_length_mm, "
+                                         "flipper_length_mm, body_mass_g]\n  augment: "
+                                         "{noise: 0.1}\n"))
+    r = cli("train", spec, "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and "data.augment applies to image inputs" in r.err, r
