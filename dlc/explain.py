@@ -71,12 +71,22 @@ def _stored(path: Path):
     meta = {p.key: p.value for p in proto.metadata_props}
     norm = json.loads(meta.get("dlc.normalize", "null"))
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    return model, norm, weights
+    scaling = json.loads(meta.get("dlc.target_norm", "null"))  # target_scaling: standard
+    stats = (scaling or {}).get("")
+    if stats is not None and not (isinstance(stats, dict) and all(
+            isinstance(stats.get(k), list) for k in ("offset", "scale"))):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.target_norm)")
+    return model, norm, weights, stats
 
 
-def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model"):
+def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model",
+                   target_norm: dict | None = None):
     """The ONNX model: inputs `input` [N, *shape] (raw) and `weight` [N, *out]; outputs
-    `logits` and `grad` = d sum(logits * weight) / d input."""
+    `logits` and `grad` = d sum(logits * weight) / d input. `target_norm`: a regression
+    model's target scaling, so that outputs are in the target's units as the model's are."""
+    from dataclasses import replace
+
+    from dlc import losses
     from dlc.autodiff import gradients
     from dlc.compile import lower_body, normalize_input
     from dlc.graph import Builder
@@ -96,6 +106,7 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     params = {p.name: b.initializer(p.name, weights[p.name]) for p in net.params}
     logits = lower_body(b, net, {"input": normalize_input(b, x, norm, shape)}, params,
                         Ctx(training=False))[net.head.name]
+    logits = losses.unscaled(b, replace(net.head, target_norm=target_norm), logits)
     _pool_indices(b)
     out_shape = list(net.output_shape)
     w = b.input("weight", "float32", ["N", *out_shape])
@@ -119,8 +130,8 @@ def _pool_indices(b) -> None:
 def load_explainer(path: str | Path) -> Explainer:
     from dlc.runtime.session import make_session
 
-    model, norm, weights = _stored(Path(path))
-    proto, net = gradient_model(model.spec, norm, weights, str(path))
+    model, norm, weights, target_norm = _stored(Path(path))
+    proto, net = gradient_model(model.spec, norm, weights, str(path), target_norm)
     session = make_session(proto.SerializeToString())
     return Explainer(session, model, tuple(net.input_shape), int(net.output_shape[-1]))
 

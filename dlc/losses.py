@@ -87,6 +87,46 @@ def distillation(b: Builder, student: str, teacher: str, temperature: float) -> 
     return b.Mul(_mean(b, kl), b.const(float(temperature) ** 2))
 
 
+def scale_targets(net, dataset):
+    """The network whose regression outputs with target_scaling: standard carry the training
+    split's target statistics (per column: offset = mean, scale = std, 1 where the std is 0);
+    the same network when there is nothing to scale."""
+    from dataclasses import replace
+
+    heads = []
+    for h in net.heads:
+        if h.task.get("target_scaling", "none") == "standard":
+            y = np.asarray(h.targets(dataset.train.y), np.float64).reshape(len(dataset.train), -1)
+            std = y.std(axis=0)
+            h = replace(h, target_norm={"offset": y.mean(axis=0).tolist(),
+                                        "scale": np.where(std > 0, std, 1.0).tolist()})
+        heads.append(h)
+    return net if heads == net.heads else replace(net, heads=heads)
+
+
+def _target_stats(b: Builder, head) -> tuple[str, str]:
+    norm = head.target_norm
+    return (b.const(np.asarray(norm["offset"], np.float32), name="target_offset"),
+            b.const(np.asarray(norm["scale"], np.float32), name="target_scale"))
+
+
+def standardised(b: Builder, head, y: str) -> str:
+    """The target the loss compares the logits to: (y - offset) / scale with target scaling."""
+    if head.target_norm is None:
+        return y
+    offset, scale = _target_stats(b, head)
+    return b.Div(b.Sub(y, offset), scale)
+
+
+def unscaled(b: Builder, head, logits: str) -> str:
+    """The prediction in the target's own units (what metrics, evaluate and predict see):
+    logits * scale + offset with target scaling."""
+    if head.target_norm is None:
+        return logits
+    offset, scale = _target_stats(b, head)
+    return b.Add(b.Mul(logits, scale), offset)
+
+
 LOSSES = {"cross_entropy": cross_entropy, "binary_cross_entropy": binary_cross_entropy,
           "mse": mse, "mae": mae, "huber": huber}
 

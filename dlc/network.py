@@ -65,6 +65,9 @@ class Head:
     task: dict
     node: str
     shape: Shape
+    # target_scaling: standard, once the training split is known: {"offset": [...], "scale": [...]}
+    # per target column (dlc.losses.scale_targets)
+    target_norm: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -338,6 +341,9 @@ def _check_task(spec, layers: list[Layer], layer_of: dict[str, int],
                 diags.append(spec.diag(head_path(name, "metrics", j), f"metric '{metric}' does "
                                        f"not fit a {kind} task; use one of "
                                        f"{', '.join(sorted(METRICS[kind]))}"))
+        if task.get("target_scaling", "none") != "none" and kind != "regression":
+            diags.append(spec.diag(head_path(name, "target_scaling"), "target scaling applies "
+                                   f"to regression targets, not to a {kind} task"))
         out = shapes.get(layers[i].name) if shapes is not None and i >= 0 else None
         if i < 0:
             hint = difflib.get_close_matches(task["layer"], [x.name for x in layers], n=1)

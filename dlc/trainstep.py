@@ -96,7 +96,9 @@ def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]
     for head in net.heads:
         y = b.input(suffixed("y", head.name), *target_spec(head))
         with b.scope(head.name) if head.name else contextlib.nullcontext():
-            loss = losses.loss(b, head.task, logits[head.name], y, head.shape[-1])
+            target = losses.standardised(b, head, y)  # target_scaling: standard
+            loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1])
+            logits[head.name] = losses.unscaled(b, head, logits[head.name])
         if not head.name:
             return logits, loss
         b.output(loss, suffixed("loss", head.name), "float32", [])

@@ -14,6 +14,7 @@ from conftest import SPECS
 from stepio import named, pack_feeds
 
 from dlc.errors import SpecError
+from dlc.runtime.infer import load_model
 from dlc.network import build_network
 from dlc.spec import load_spec_text
 from dlc.trainstep import build_eval_step, build_train_step
@@ -304,3 +305,85 @@ def test_augment_with_named_columns_is_one_line(cli, tmp_path):
                                          "{noise: 0.1}\n"))
     r = cli("train", spec, "--out", tmp_path / "run", "-q")
     assert r.code == 1 and "data.augment applies to image inputs" in r.err, r
+
+
+# ---- target_scaling: standard ----------------------------------------------------------------
+
+SCALED = """\
+dlc: 1
+name: scaled
+input: {shape: [3]}
+layers:
+  - {type: dense, name: h, units: 5, activation: tanh}
+  - {type: dense, name: out, units: 2}
+task: {kind: regression, loss: mse, target_scaling: standard}
+train: {optimizer: {type: sgd, lr: 0.1}}
+"""
+
+
+def test_target_scaling_trains_on_standardised_targets_and_predicts_in_units():
+    """The loss is mse(logits, (y - mean) / std) with the training split's statistics; the step's
+    logits output (what metrics see) is logits * std + mean. Against torch autograd."""
+    torch = pytest.importorskip("torch")
+    from dlc.data import Split
+    from dlc.losses import scale_targets
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    y = (rng.normal(size=(9, 2)) * [30.0, 0.5] + [150.0, -4.0]).astype(np.float32)
+    net = scale_targets(build_network(load_spec_text(SCALED, "s.yaml")),
+                        type("D", (), {"train": Split(x, y)})())
+    mean, std = y.astype(np.float64).mean(0), y.astype(np.float64).std(0)
+    np.testing.assert_allclose(net.head.target_norm["offset"], mean)
+    np.testing.assert_allclose(net.head.target_norm["scale"], std)
+    values = net.init_params(0)
+    step = build_train_step(net)
+    feeds = {"x": x, "y": y, "lr": np.array(LR, np.float32), "step": np.array(1.0, np.float32),
+             **pack_feeds(step, values)}
+    sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = named(step, dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))))
+
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
+    h = torch.tanh(torch.from_numpy(x.astype(np.float64)) @ p["h.weight"] + p["h.bias"])
+    logits = h @ p["out.weight"] + p["out.bias"]
+    target = (torch.from_numpy(y.astype(np.float64)) - torch.from_numpy(mean)) / \
+        torch.from_numpy(std)
+    loss = torch.nn.functional.mse_loss(logits, target)
+    loss.backward()
+    np.testing.assert_allclose(out["loss"], loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(out["logits"], logits.detach().numpy() * std + mean, rtol=1e-5)
+    for k, param in p.items():
+        g = (values[k].astype(np.float64) - out[f"{k}.new"].astype(np.float64)) / LR
+        assert np.abs(g - param.grad.numpy()).max() / float(param.grad.abs().max()) < 1e-4, k
+
+
+def test_target_scaling_model_predicts_in_the_targets_units(cli, tmp_path):
+    from dlc.explain import load_explainer
+
+    out = tmp_path / "run"
+    r = cli("train", SPECS / "diabetes.yaml", "--out", out, "-q", "--epochs", "3",
+            "--set", "task.target_scaling=standard")
+    assert r.code == 0, r
+    summary = json.loads((out / "summary.json").read_text())
+    model = load_model(out / "model.onnx")
+    from dlc.data import load_dataset
+    from dlc.spec import load_spec
+
+    from dlc.tools_quantize import denormalize
+
+    data = load_dataset(load_spec(SPECS / "diabetes.yaml").data, SPECS)
+    raw = denormalize(data.test.x, data.norm)  # the model takes raw inputs
+    pred = model.run(raw)["prediction"]
+    # three epochs from scratch: far from good, but already in the targets' units (mean ~152)
+    assert abs(pred.mean() - data.train.y.mean()) < 0.5 * data.train.y.std()
+    assert summary["test"]["mae"] == pytest.approx(np.abs(pred - data.test.y).mean(), rel=1e-4)
+    ex = load_explainer(out / "model.onnx")  # the explainer predicts what the model does
+    logits, _ = ex.run(raw, np.ones((len(raw), 1), np.float32))
+    np.testing.assert_allclose(logits, pred, rtol=1e-5, atol=1e-3)
+
+
+def test_target_scaling_needs_a_regression_task():
+    found = errors(BASE + "outputs:\n  a: {kind: classification, target_scaling: standard}\n"
+                   "  b: {kind: regression, target_scaling: standard}\n")
+    assert any("m.yaml:9:" in f and "target scaling applies to regression targets, not to a "
+               "classification task" in f for f in found), found

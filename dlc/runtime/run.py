@@ -178,11 +178,12 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
     summary.update(transfer.summary(trainer))  # train.init_from: matched / new / shape_mismatch
     summary.update(imbalance.summary(trainer))  # task.class_weights as used
     features = (spec.data.get("input") or {}).get("features") or dataset.features
+    scaling = {h.name: h.target_norm for h in trainer.net.heads if h.target_norm}
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
             "labels": labels, "features": features, "text": dataset.text,
-            "categories": dataset.categories}
-    model = inference_model(spec, net, params, dataset.norm, meta={k: v for k, v in meta.items()
-                                                                     if v is not None})
+            "categories": dataset.categories, "target_norm": scaling or None}
+    model = inference_model(spec, trainer.net, params, dataset.norm,  # target scaling baked in
+                            meta={k: v for k, v in meta.items() if v is not None})
     write_bytes(path / "model.onnx", model.SerializeToString())
     write_text(path / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

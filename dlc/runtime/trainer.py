@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc import imbalance
+from dlc import imbalance, losses
 from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
@@ -58,6 +58,7 @@ def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
 class Trainer:
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
         net = imbalance.resolve(net, dataset)  # task.class_weights: balanced, from this data
+        net = losses.scale_targets(net, dataset)  # target_scaling: standard, from this data
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
         self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
         self.eval_graph = build_eval_step(net)
