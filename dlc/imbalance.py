@@ -18,8 +18,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from dlc.errors import DlcError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # numpy is imported where it is used: dlc.network imports this module for `check`, and
 # `dlc validate` must stay free of heavy imports

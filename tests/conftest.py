@@ -45,3 +45,47 @@ def run_dlc(*args: str, cwd: Path | None = None, timeout: float = 300) -> Result
     proc = subprocess.run([sys.executable, "-m", "dlc", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def interrupt_in_epoch(monkeypatch, epoch: int):
+    """Ctrl-C as training starts epoch `epoch` (1-based): Trainer.train_epoch raises
+    KeyboardInterrupt there. Returns a function that restores the real train_epoch."""
+    from dlc.runtime.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def interrupted(self, on_step=None):
+        if self.state.epoch == epoch - 1:
+            raise KeyboardInterrupt
+        return original(self, on_step)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
+def straight_and_resumed(cli, monkeypatch, tmp_path: Path, spec, args, epoch: int):
+    """Train `spec` with `args` straight through (tmp_path/straight) and again interrupted in
+    epoch `epoch`, then resumed (tmp_path/broken); the two run folders."""
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    r = cli("train", spec, "--out", straight, *args)
+    assert r.code == 0, r
+    restore = interrupt_in_epoch(monkeypatch, epoch)
+    r = cli("train", spec, "--out", broken, *args)
+    assert r.code == 130, r
+    restore()
+    r = cli("train", "--resume", broken, "-q")
+    assert r.code == 0, r
+    return straight, broken
+
+
+def raises_one_line(fn, *substrings) -> str:
+    """fn() raises a one-line DlcError holding every substring; its message."""
+    from dlc.errors import DlcError
+
+    with pytest.raises(DlcError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message
+    for s in substrings:
+        assert s in message, message
+    return message

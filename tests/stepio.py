@@ -28,3 +28,15 @@ def named(step, out: dict) -> dict:
     for s in step.states:
         out.update({f"{p}.{s}.new": v for p, v in step.unpack(out[f"state.{s}.new"]).items()})
     return out
+
+
+def assert_close(actual, expected, what: str, tol: float) -> None:
+    """max |actual - expected| below `tol` relative to the largest |expected| (a torch tensor
+    or an array; compared in float64), with the same shape."""
+    expected = np.asarray(expected.detach() if hasattr(expected, "detach") else expected,
+                          np.float64)
+    actual = np.asarray(actual, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
+    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    assert err < tol, f"{what}: relative error {err:.3g} (max |expected| {scale:.3g})"

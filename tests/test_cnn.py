@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import stepio
 from conftest import SPECS
 from test_compile import numpy_forward, window_pads
 
@@ -29,6 +30,10 @@ F = torch.nn.functional
 
 LR = 1024.0
 TOL = 1e-4  # fp32 vs float64, relative to the largest |value| of the torch tensor
+
+
+def assert_close(actual, expected, what, tol=TOL):
+    stepio.assert_close(actual, expected, what, tol)
 
 
 # ---- specs ------------------------------------------------------------------------------------
@@ -237,12 +242,6 @@ def run_train_step(net, values, x, y, lr=LR):
     return out, new, grads
 
 
-def assert_close(actual, expected, what, tol=TOL):
-    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
-    assert err < tol, f"{what}: relative error {err:.3g} (max |expected| {scale:.3g})"
 
 
 # ---- train step parity ------------------------------------------------------------------------

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises_one_line
 
 from dlc.data import Dataset, Split, load_arrays, load_dataset, read_inputs
 from dlc.data._split import split_indices
-from dlc.errors import DlcError
 
 IRIS_HEADER = "sepal_length,sepal_width,petal_length,petal_width,species"
 
@@ -40,16 +40,6 @@ def iris_csv(tmp_path: Path, n_per_class: int = 10) -> Path:
             vals = ",".join(f"{v:.2f}" for v in rng.uniform(0, 8, 4))
             rows.append(f"{vals},{name}")
     return write_csv(tmp_path / "iris.csv", "\n".join(rows))
-
-
-def raises(fn, *substrings):
-    with pytest.raises(DlcError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for s in substrings:
-        assert s in message, message
-    return message
 
 
 # ---------------------------------------------------------------- builtins
@@ -87,7 +77,7 @@ def test_digits_reshaped_to_input_shape(shape):
 
 def test_shape_mismatch():
     spec = make_spec("builtin:digits", shape=(3, 32, 32))
-    raises(lambda: load_dataset(spec, Path()), "data has 64 features per sample", "3072")
+    raises_one_line(lambda: load_dataset(spec, Path()), "data has 64 features per sample", "3072")
 
 
 def test_task_labels_override_builtin_names():
@@ -97,12 +87,12 @@ def test_task_labels_override_builtin_names():
 
 
 def test_unknown_builtin_and_source():
-    raises(lambda: load_dataset(make_spec("builtin:mnist"), Path()), "mnist", "digits")
-    raises(lambda: load_dataset(make_spec("http://x"), Path()), "csv:PATH")
+    raises_one_line(lambda: load_dataset(make_spec("builtin:mnist"), Path()), "mnist", "digits")
+    raises_one_line(lambda: load_dataset(make_spec("http://x"), Path()), "csv:PATH")
 
 
 def test_binary_builtin_not_01():
-    raises(lambda: load_dataset(make_spec("builtin:iris", "binary"), Path()), "0 or 1", "2")
+    raises_one_line(lambda: load_dataset(make_spec("builtin:iris", "binary"), Path()), "0 or 1", "2")
 
 
 # ---------------------------------------------------------------- splits
@@ -149,9 +139,9 @@ def test_split_leaving_empty_set(tmp_path):
     path = write_csv(tmp_path / "tiny.csv", "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1")
     split = {"val": 0.1, "test": 0.2, "stratify": False, "seed": 0}
     spec = make_spec("csv:tiny.csv", shape=(2,), split=split)
-    raises(lambda: load_dataset(spec, tmp_path), "data.split", "val", "empty")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "data.split", "val", "empty")
     spec["data"]["split"] = {"val": 0.5, "test": 0.5, "stratify": False, "seed": 0}
-    raises(lambda: load_dataset(spec, tmp_path), "no training samples")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "no training samples")
     assert path.exists()
 
 
@@ -234,7 +224,7 @@ def test_csv_without_header(tmp_path):
     x, y, _, features = load_arrays("csv:d.csv", spec, tmp_path)
     assert x.shape == (2, 2) and y.tolist() == [1, 0] and features is None
     spec["data"]["target"] = "y"
-    raises(lambda: load_arrays("csv:d.csv", spec, tmp_path), "data.header is false")
+    raises_one_line(lambda: load_arrays("csv:d.csv", spec, tmp_path), "data.header is false")
 
 
 def test_csv_regression_and_binary(tmp_path):
@@ -260,7 +250,7 @@ def test_csv_without_target_allowed(tmp_path):
     spec = make_spec("csv:iris.csv")  # default target (last column) with exactly 4 columns
     x, y, _, _ = load_arrays("csv:p.csv", spec, tmp_path, require_target=False)
     assert y is None and x.shape == (1, 4)
-    raises(lambda: load_arrays("csv:p.csv", spec, tmp_path), "data has 3 features")
+    raises_one_line(lambda: load_arrays("csv:p.csv", spec, tmp_path), "data has 3 features")
 
 
 def test_csv_strict_labels(tmp_path):
@@ -268,7 +258,7 @@ def test_csv_strict_labels(tmp_path):
     run = lambda: load_arrays(  # noqa: E731
         "csv:iris.csv", make_spec(""), tmp_path, labels=["setosa", "versicolor"]
     )
-    raises(run, "iris.csv:22", "'virginica' is not one of the class names")
+    raises_one_line(run, "iris.csv:22", "'virginica' is not one of the class names")
 
 
 # ---------------------------------------------------------------- csv errors
@@ -276,20 +266,20 @@ def test_csv_strict_labels(tmp_path):
 
 def test_missing_file(tmp_path):
     spec = make_spec("csv:nope.csv")
-    raises(lambda: load_dataset(spec, tmp_path), "data file not found", "nope.csv", "data.source")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "data file not found", "nope.csv", "data.source")
 
 
 def test_missing_column_did_you_mean(tmp_path):
     iris_csv(tmp_path)
     spec = make_spec("csv:iris.csv", target="specis")
-    raises(
+    raises_one_line(
         lambda: load_dataset(spec, tmp_path),
         "data.target: column 'specis' not in iris.csv; did you mean 'species'?",
     )
     spec = make_spec("csv:iris.csv", features=["sepal_lenght"])
-    raises(lambda: load_dataset(spec, tmp_path), "data.features", "did you mean 'sepal_length'")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "data.features", "did you mean 'sepal_length'")
     spec = make_spec("csv:iris.csv", target=9)
-    raises(lambda: load_dataset(spec, tmp_path), "data.target", "out of range")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "data.target", "out of range")
 
 
 @pytest.mark.parametrize(
@@ -303,40 +293,40 @@ def test_missing_column_did_you_mean(tmp_path):
 )
 def test_bad_feature_cells(tmp_path, cell, expect):
     write_csv(tmp_path / "iris.csv", f"{IRIS_HEADER}\n1,2,3,4,a\n1,2,3,{cell},b\n1,2,3,4,a")
-    raises(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), expect)
+    raises_one_line(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), expect)
 
 
 def test_blank_lines_keep_line_numbers(tmp_path):
     write_csv(tmp_path / "iris.csv", f"{IRIS_HEADER}\n\n1,2,3,4,a\n\n1,x,3,4,b")
-    raises(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:5:", "'x'")
+    raises_one_line(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:5:", "'x'")
 
 
 def test_ragged_row_and_empty_target(tmp_path):
     write_csv(tmp_path / "iris.csv", f"{IRIS_HEADER}\n1,2,3,4,a\n1,2,3,b")
-    raises(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:3", "columns")
+    raises_one_line(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:3", "columns")
     write_csv(tmp_path / "iris.csv", f"{IRIS_HEADER}\n1,2,3,4,a\n1,2,3,4,")
-    raises(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:3", "empty")
+    raises_one_line(lambda: load_dataset(make_spec("csv:iris.csv"), tmp_path), "iris.csv:3", "empty")
 
 
 def test_binary_csv_target_not_01(tmp_path):
     write_csv(tmp_path / "b.csv", "a,t\n1,0\n2,1\n3,2")
     spec = make_spec("csv:b.csv", "binary", (1,))
-    raises(lambda: load_dataset(spec, tmp_path), "b.csv:4", "binary target must be 0 or 1")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "b.csv:4", "binary target must be 0 or 1")
     write_csv(tmp_path / "b.csv", "a,t\n1,x\n2,y\n3,z")
-    raises(lambda: load_dataset(spec, tmp_path), "binary target has 3 distinct values")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "binary target has 3 distinct values")
 
 
 def test_regression_target_not_number(tmp_path):
     write_csv(tmp_path / "r.csv", "a,t\n1,0.5\n2,oops")
     spec = make_spec("csv:r.csv", "regression", (1,))
-    raises(lambda: load_dataset(spec, tmp_path), "r.csv:3: column 't': 'oops' is not a number")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "r.csv:3: column 't': 'oops' is not a number")
 
 
 def test_class_index_beyond_task_labels(tmp_path):
     write_csv(tmp_path / "c.csv", "a,t\n1,0\n2,1\n3,5")
     spec = make_spec("csv:c.csv", shape=(1,))
     spec["task"]["labels"] = ["x", "y", "z"]
-    raises(lambda: load_dataset(spec, tmp_path), "c.csv:4", "class index 5 is out of range")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "c.csv:4", "class index 5 is out of range")
 
 
 # ---------------------------------------------------------------- npz
@@ -355,27 +345,27 @@ def test_npz_load_with_labels(tmp_path):
 def test_npz_errors(tmp_path):
     np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 2)), y=np.zeros(4))
     spec = make_spec("npz:d.npz", shape=(2,))
-    raises(lambda: load_dataset(spec, tmp_path), "no array 'x'", "inputs, y")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "no array 'x'", "inputs, y")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), target=np.zeros(4))
-    raises(lambda: load_dataset(spec, tmp_path), "no array 'y'", "target, x")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "no array 'y'", "target, x")
     x, y, _, _ = load_arrays("npz:d.npz", spec, tmp_path, require_target=False)
     assert y is None and x.shape == (4, 2)
     bad = np.zeros((4, 2))
     bad[2, 1] = np.nan
     np.savez(tmp_path / "d.npz", x=bad, y=np.zeros(4))
-    raises(lambda: load_dataset(spec, tmp_path), "NaN or inf", "sample 2")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "NaN or inf", "sample 2")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 3)), y=np.zeros(4))
-    raises(lambda: load_dataset(spec, tmp_path), "data has 3 features per sample")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "data has 3 features per sample")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.zeros(3))
-    raises(lambda: load_dataset(spec, tmp_path), "y has 3 samples")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "y has 3 samples")
     (tmp_path / "d.npz").write_text("not a zip")
-    raises(lambda: load_dataset(spec, tmp_path), "d.npz")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "d.npz")
 
 
 def test_npz_binary_not_01(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 3, 0]))
     spec = make_spec("npz:d.npz", "binary", (2,))
-    raises(lambda: load_dataset(spec, tmp_path), "y[2]", "binary target must be 0 or 1, found 3")
+    raises_one_line(lambda: load_dataset(spec, tmp_path), "y[2]", "binary target must be 0 or 1, found 3")
 
 
 def test_npz_regression_multi_output(tmp_path):
@@ -403,17 +393,17 @@ def test_read_inputs_csv_all_columns_and_no_header(tmp_path):
 def test_read_inputs_csv_errors(tmp_path):
     feats = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     path = write_csv(tmp_path / "input.csv", "a,b,c,d,e\n1,2,3,4,5")
-    raises(lambda: read_inputs(path, None, [4]), "input.csv has 5 columns; the model expects 4")
-    raises(
+    raises_one_line(lambda: read_inputs(path, None, [4]), "input.csv has 5 columns; the model expects 4")
+    raises_one_line(
         lambda: read_inputs(path, feats, [4]),
         "input.csv has 5 columns; the model expects 4 features (sepal_length, sepal_width",
     )
     header = "sepal_length,sepal_width,petal_lenght,petal_width,x"
     path = write_csv(tmp_path / "input.csv", header + "\n1,2,3,4,5")
-    raises(lambda: read_inputs(path, feats, [4]), "did you mean 'petal_lenght'")
+    raises_one_line(lambda: read_inputs(path, feats, [4]), "did you mean 'petal_lenght'")
     path = write_csv(tmp_path / "input.csv", ",".join(feats) + "\n1,2,x,4")
-    raises(lambda: read_inputs(path, feats, [4]), "input.csv:2: column 'petal_length': 'x'")
-    raises(lambda: read_inputs(tmp_path / "missing.csv", feats, [4]), "input file not found")
+    raises_one_line(lambda: read_inputs(path, feats, [4]), "input.csv:2: column 'petal_length': 'x'")
+    raises_one_line(lambda: read_inputs(tmp_path / "missing.csv", feats, [4]), "input file not found")
 
 
 def test_read_inputs_npz(tmp_path):
@@ -424,9 +414,9 @@ def test_read_inputs_npz(tmp_path):
     np.savez(tmp_path / "c.npz", x=np.ones((4,)))
     assert read_inputs(tmp_path / "c.npz", None, [4]).shape == (1, 4)
     np.savez(tmp_path / "d.npz", x=np.ones((2, 5)))
-    raises(lambda: read_inputs(tmp_path / "d.npz", None, [4]), "d.npz", "5 values", "4 features")
+    raises_one_line(lambda: read_inputs(tmp_path / "d.npz", None, [4]), "d.npz", "5 values", "4 features")
     np.savez(tmp_path / "e.npz", p=np.ones((2, 4)), q=np.ones((2, 4)))
-    raises(lambda: read_inputs(tmp_path / "e.npz", None, [4]), "no array 'x'", "p, q")
+    raises_one_line(lambda: read_inputs(tmp_path / "e.npz", None, [4]), "no array 'x'", "p, q")
     np.save(tmp_path / "f.npy", np.ones((2, 4)))
     assert read_inputs(tmp_path / "f.npy", None, [4]).shape == (2, 4)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises_one_line
 
 from dlc.data import load_arrays, load_dataset, read_inputs
-from dlc.errors import DlcError
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -25,16 +25,6 @@ def make_spec(source, shape=(3, 16, 16), kind="classification", **data):
         "task": {"kind": kind},
         "data": {"source": source, "x_key": "x", "y_key": "y", **data},
     }
-
-
-def raises(fn, *substrings):
-    with pytest.raises(DlcError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for s in substrings:
-        assert s in message, message
-    return message
 
 
 def save(path: Path, array: np.ndarray) -> Path:
@@ -110,7 +100,7 @@ def test_folder_end_to_end_load_dataset(tmp_path):
 def test_folder_corrupt_image_named(tmp_path):
     image_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "cats" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    raises(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
            "cannot read image imgs/cats/x.png: ")
 
 
@@ -118,26 +108,26 @@ def test_folder_empty_class_and_empty_folder(tmp_path):
     image_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "birds").mkdir()
     (tmp_path / "imgs" / "birds" / "readme.txt").write_text("no images")
-    raises(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
            "imgs/birds: class folder has no PNG/JPEG images")
     (tmp_path / "empty").mkdir()
-    raises(lambda: load_arrays("folder:empty", make_spec(""), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:empty", make_spec(""), tmp_path),
            "empty: no class sub-folders")
     save(tmp_path / "flat" / "a.png", np.zeros((4, 4)))
-    raises(lambda: load_arrays("folder:flat", make_spec(""), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:flat", make_spec(""), tmp_path),
            "no class sub-folders (1 images lie directly in it)")
 
 
 def test_folder_path_and_shape_errors(tmp_path):
     image_folder(tmp_path / "imgs")
-    raises(lambda: load_arrays("folder:nope", make_spec(""), tmp_path), "data folder not found")
+    raises_one_line(lambda: load_arrays("folder:nope", make_spec(""), tmp_path), "data folder not found")
     (tmp_path / "f.txt").write_text("x")
-    raises(lambda: load_arrays("folder:f.txt", make_spec(""), tmp_path), "is a file")
-    raises(lambda: load_arrays("folder:imgs", make_spec("", shape=(64,)), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:f.txt", make_spec(""), tmp_path), "is a file")
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec("", shape=(64,)), tmp_path),
            "input.shape [C, H, W]", "[64]")
-    raises(lambda: load_arrays("folder:imgs", make_spec("", shape=(2, 8, 8)), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec("", shape=(2, 8, 8)), tmp_path),
            "C 1 (grayscale) or 3 (RGB)")
-    raises(lambda: load_arrays("folder:imgs", make_spec("", kind="regression"), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec("", kind="regression"), tmp_path),
            "regression")
 
 
@@ -146,7 +136,7 @@ def test_folder_with_known_labels(tmp_path):
     spec = make_spec("")
     _, y, labels, _ = load_arrays("folder:imgs", spec, tmp_path, labels=["dogs", "cats", "cows"])
     assert labels == ["dogs", "cats", "cows"] and y.tolist() == [1, 1, 1, 0, 0, 0]
-    raises(lambda: load_arrays("folder:imgs", spec, tmp_path, labels=["dogs", "cows"]),
+    raises_one_line(lambda: load_arrays("folder:imgs", spec, tmp_path, labels=["dogs", "cows"]),
            "'cats' is not one of the class names")
     _, y, labels, _ = load_arrays("folder:imgs", make_spec("", kind="binary"), tmp_path)
     assert labels == ["cats", "dogs"] and y.shape == (6, 1)
@@ -162,7 +152,7 @@ def test_folder_without_pillow(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pil)
-    raises(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
+    raises_one_line(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
            "folder sources need Pillow: pip install 'dlc[images]'")
 
 
@@ -197,11 +187,11 @@ def test_npz_nhwc_grayscale_and_flat(tmp_path):
 
 def test_npz_layout_errors(tmp_path):
     np.savez(tmp_path / "a.npz", x=np.zeros((4, 8, 8, 3)), y=np.arange(4) % 2)
-    raises(lambda: load_arrays("npz:a.npz", make_spec("", shape=(3, 8, 8)), tmp_path),
+    raises_one_line(lambda: load_arrays("npz:a.npz", make_spec("", shape=(3, 8, 8)), tmp_path),
            "channels last", "data.layout: nhwc")
-    raises(lambda: load_arrays("npz:a.npz", make_spec("", shape=(3, 4, 16), layout="nhwc"),
+    raises_one_line(lambda: load_arrays("npz:a.npz", make_spec("", shape=(3, 4, 16), layout="nhwc"),
                                tmp_path), "samples have shape [8, 8, 3]", "needs [4, 16, 3]")
-    raises(lambda: load_arrays("npz:a.npz", make_spec("", shape=(192,), layout="nhwc"), tmp_path),
+    raises_one_line(lambda: load_arrays("npz:a.npz", make_spec("", shape=(192,), layout="nhwc"), tmp_path),
            "nhwc needs input.shape [C, H, W]")
 
 
@@ -222,9 +212,9 @@ def test_read_inputs_image_folder(tmp_path):
     x = read_inputs(tmp_path / "in", None, [3, 4, 4])
     assert x.shape == (2, 3, 4, 4) and np.allclose(x[0], 0) and np.allclose(x[1], 1)
     (tmp_path / "none").mkdir()
-    raises(lambda: read_inputs(tmp_path / "none", None, [3, 4, 4]), "no PNG/JPEG images")
+    raises_one_line(lambda: read_inputs(tmp_path / "none", None, [3, 4, 4]), "no PNG/JPEG images")
     (tmp_path / "in" / "c.png").write_bytes(b"junk")
-    raises(lambda: read_inputs(tmp_path / "in", None, [3, 4, 4]), "cannot read image in/c.png")
+    raises_one_line(lambda: read_inputs(tmp_path / "in", None, [3, 4, 4]), "cannot read image in/c.png")
 
 
 def test_read_inputs_npz_layouts(tmp_path):
@@ -235,7 +225,7 @@ def test_read_inputs_npz_layouts(tmp_path):
     assert np.array_equal(read_inputs(tmp_path / "a.npz", None, [3, 4, 6]), nchw)
     assert np.array_equal(read_inputs(tmp_path / "b.npz", None, [3, 4, 6], layout="nhwc"), nchw)
     assert np.array_equal(read_inputs(tmp_path / "one.npz", None, [3, 4, 6], "nhwc"), nchw[:1])
-    raises(lambda: read_inputs(tmp_path / "a.npz", None, [3, 4, 6], layout="nhwc"),
+    raises_one_line(lambda: read_inputs(tmp_path / "a.npz", None, [3, 4, 6], layout="nhwc"),
            "a.npz: samples have shape [3, 4, 6]")
 
 
@@ -244,12 +234,12 @@ def test_read_inputs_npz_layouts(tmp_path):
 
 def test_augment_checked_at_load(tmp_path):
     spec = make_spec("builtin:iris", shape=(4,), augment={"flip": "horizontal"})
-    raises(lambda: load_dataset(spec, Path()), "data.augment.flip needs image inputs", "[4]")
+    raises_one_line(lambda: load_dataset(spec, Path()), "data.augment.flip needs image inputs", "[4]")
     spec = make_spec("builtin:iris", shape=(4,), augment={"noise": 0.1})
     assert load_dataset(spec, Path()).train.x.shape[1:] == (4,)
     spec = make_spec("builtin:digits", shape=(1, 8, 8), augment={"shift": 8})
-    raises(lambda: load_dataset(spec, Path()), "data.augment.shift 8 must be smaller")
+    raises_one_line(lambda: load_dataset(spec, Path()), "data.augment.shift 8 must be smaller")
     spec = make_spec("builtin:digits", shape=(1, 8, 8), augment={"cutout": 9})
-    raises(lambda: load_dataset(spec, Path()), "data.augment.cutout 9 is larger")
+    raises_one_line(lambda: load_dataset(spec, Path()), "data.augment.cutout 9 is larger")
     spec = make_spec("builtin:digits", shape=(1, 8, 8), augment={"shift": 2, "rotate": 10})
     assert load_dataset(spec, Path()).train.x.shape[1:] == (1, 8, 8)

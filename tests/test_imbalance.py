@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import SPECS
+from conftest import SPECS, straight_and_resumed
 from stepio import pack_feeds
 
 from dlc.errors import DlcError, SpecError
@@ -212,23 +212,10 @@ def test_balanced_sampling_in_the_trainer_uses_its_generator(tmp_path):
 
 
 def test_resume_with_balanced_sampling_equals_uninterrupted(cli, tmp_path, monkeypatch):
-    from dlc.runtime.trainer import Trainer
-
     args = ["-q", "--epochs", "4", "--set", "data.sampling=balanced",
             "--set", "task.class_weights=balanced"]
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert cli("train", SPECS / "iris.yaml", "--out", straight, *args).code == 0
-    original = Trainer.train_epoch
-
-    def interrupt(self, on_step=None):
-        if self.state.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
-    assert cli("train", SPECS / "iris.yaml", "--out", broken, *args).code == 130
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert cli("train", "--resume", broken, "-q").code == 0
+    straight, broken = straight_and_resumed(cli, monkeypatch, tmp_path, SPECS / "iris.yaml",
+                                            args, epoch=3)
     assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
 
 

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
+import stepio
 from stepio import named, pack_feeds, state_names
 
 from dlc.network import build_network
@@ -25,6 +25,10 @@ from dlc.trainstep import build_train_step
 KINDS = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
 LRS = [0.05, 0.02, 0.08, 0.01, 0.04]  # one per step: proves lr is read from the feed
 TOL = 1e-5  # relative to the largest |value| of the reference tensor
+
+
+def assert_close(actual, expected, what, tol=TOL):
+    stepio.assert_close(actual, expected, what, tol)
 DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "alpha": 0.99}
 # Non-default values, each large enough to change the 5-step trajectory well beyond TOL.
 CUSTOM = {"momentum": 0.7, "beta1": 0.6, "beta2": 0.9, "eps": 0.05, "alpha": 0.8}
@@ -124,13 +128,6 @@ def numpy_trajectory(kind, wd, hp, values, lrs):
     return out
 
 
-def assert_close(actual, expected, what, tol=TOL):
-    expected = np.asarray(expected, np.float64)
-    actual = np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
-    assert err < tol, f"{what}: relative error {err:.3g} (max |expected| {scale:.3g})"
 
 
 def assert_trajectories_match(got, want, label):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import SPECS
+from conftest import SPECS, straight_and_resumed
 from onnx import numpy_helper
 
 from dlc.prune import due, prune_tensor, sparsity_at
@@ -117,19 +117,8 @@ def test_digits_mlp_pruned_to_80_percent_stays_accurate(cli, tmp_path):
 def test_resume_with_pruning_equals_uninterrupted(cli, tmp_path, monkeypatch):
     args = ["-q", "--epochs", "6", "--set", "train.prune={sparsity: 0.7, start_epoch: 2, "
             "end_epoch: 5, every: 1}"]
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert cli("train", SPECS / "iris.yaml", "--out", straight, *args).code == 0
-    original = Trainer.train_epoch
-
-    def interrupt_in_epoch_4(self, on_step=None):
-        if self.state.epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_4)
-    assert cli("train", SPECS / "iris.yaml", "--out", broken, *args).code == 130
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert cli("train", "--resume", broken, "-q").code == 0
+    straight, broken = straight_and_resumed(cli, monkeypatch, tmp_path, SPECS / "iris.yaml",
+                                            args, epoch=4)
     assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
     a, b = _weights(straight / "model.onnx"), _weights(broken / "model.onnx")
     assert all(np.array_equal(a[k], b[k]) for k in a)

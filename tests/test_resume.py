@@ -13,10 +13,9 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import SPECS
+from conftest import SPECS, interrupt_in_epoch
 from onnx import numpy_helper
 
-from dlc.runtime.trainer import Trainer
 
 ARGS = ["-q", "--epochs", "8", "--set", "train.schedule.type=cosine",
         "--set", "train.schedule.warmup_epochs=1"]
@@ -30,18 +29,11 @@ def _weights(path):
 def test_interrupt_then_resume_equals_uninterrupted(cli, tmp_path, monkeypatch, name):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert cli("train", SPECS / f"{name}.yaml", "--out", straight, *ARGS).code == 0
-    original = Trainer.train_epoch
-
-    def interrupt_in_epoch_5(self, on_step=None):
-        if self.state.epoch == 4:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_5)
+    restore = interrupt_in_epoch(monkeypatch, 5)
     r = cli("train", SPECS / f"{name}.yaml", "--out", broken, *ARGS)
     assert r.code == 130 and f"resume with: dlc train --resume {broken}" in r.err, r
     assert len((broken / "metrics.csv").read_text().splitlines()) == 5  # header + 4 epochs
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    restore()
     r = cli("train", "--resume", broken, "-q")
     assert r.code == 0, r
     assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import stepio
 from stepio import named, pack_feeds
 
 from dlc import metrics as M
@@ -33,6 +34,10 @@ F = torch.nn.functional
 
 LR = 1024.0
 TOL = 1e-4  # fp32 vs float64, relative to the largest |value| of the torch tensor
+
+
+def assert_close(actual, expected, what, tol=TOL):
+    stepio.assert_close(actual, expected, what, tol)
 CE = {"kind": "classification", "loss": "cross_entropy"}
 MSE = {"kind": "regression", "loss": "mse"}
 N, T = 4, 5
@@ -77,14 +82,6 @@ def step_of(layers, x, shape, dtype="float32", task=CE, y=None, seed=0):
     return net, out, noise, values, grads, y
 
 
-def assert_close(actual, expected, what, tol=TOL):
-    expected = np.asarray(expected.detach() if hasattr(expected, "detach") else expected,
-                          np.float64)
-    actual = np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
-    assert err < tol, f"{what}: relative error {err:.3g} (max |expected| {scale:.3g})"
 
 
 def check_step(out, grads, logits, loss, torch_grads: dict):

@@ -14,7 +14,7 @@ from dlc.errors import SpecError
 from dlc.runtime.tracking import MISSING, params_of
 from dlc.spec import load_spec_text
 
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, interrupt_in_epoch
 
 MLFLOW = ("--set", "train.tracking.backend=mlflow")
 
@@ -82,16 +82,7 @@ def test_diverging_run_is_failed(cli, tmp_path, store):
 
 
 def test_interrupted_run_is_killed(cli, tmp_path, store, monkeypatch):
-    from dlc.runtime.trainer import Trainer
-
-    original = Trainer.train_epoch
-
-    def interrupt_in_epoch_2(self, on_step=None):
-        if self.state.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_2)
+    interrupt_in_epoch(monkeypatch, 2)
     r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q", *MLFLOW,
             "--set", f"train.tracking.uri={store}", "--set", "train.epochs=3")
     assert r.code == 130, r

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
+import stepio
 from stepio import named, pack_feeds
 
 from dlc.network import build_network
@@ -28,6 +28,10 @@ F = torch.nn.functional
 
 LR = 1024.0  # the gradient read-back lr (see the module docstring)
 TOL = 1e-4  # relative to the largest |value| of the torch tensor
+
+
+def assert_close(actual, expected, what, tol=TOL):
+    stepio.assert_close(actual, expected, what, tol)
 
 
 # --- specs ------------------------------------------------------------------------------------
@@ -221,13 +225,6 @@ def read_grads(values, out, lr=LR):
             for k, v in values.items()}
 
 
-def assert_close(actual, expected, what, tol=TOL):
-    expected = np.asarray(expected, np.float64)
-    actual = np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
-    assert err < tol, f"{what}: relative error {err:.3g} (max |expected| {scale:.3g})"
 
 
 def build(name, train=None):

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SPECS
+from conftest import SPECS, straight_and_resumed
 from onnx import numpy_helper
 from stepio import pack_feeds
 
-from dlc.errors import DlcError, SpecError
+from dlc.errors import SpecError
 from dlc.network import build_network
 from dlc.spec import load_spec, load_spec_text
 from dlc.trainstep import build_train_step
@@ -233,23 +233,9 @@ def test_new_layers_keep_their_fresh_init(tmp_path, digits_model):
 
 
 def test_resume_keeps_the_checkpoint_and_the_report(cli, tmp_path, monkeypatch, digits_model):
-    from dlc.runtime.trainer import Trainer
-
     spec = _spec_file(tmp_path, extra=f"  init_from: {digits_model}\n")
     args = ["-q", "--set", "layers.0.trainable=false", "--set", "train.epochs=3"]
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert cli("train", spec, "--out", straight, *args).code == 0
-    original = Trainer.train_epoch
-
-    def interrupt(self, on_step=None):
-        if self.state.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
-    assert cli("train", spec, "--out", broken, *args).code == 130
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert cli("train", "--resume", broken, "-q").code == 0
+    straight, broken = straight_and_resumed(cli, monkeypatch, tmp_path, spec, args, epoch=2)
     assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
     a, b = _weights(straight / "model.onnx"), _weights(broken / "model.onnx")
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
