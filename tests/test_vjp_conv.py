@@ -88,9 +88,21 @@ CASES = [
     conv([2, 3, 5, 5], [3, 1, 3, 3], group=3, pads=[1, 1, 1, 1], tag="depthwise"),
     conv([1, 3, 6, 5], [6, 1, 3, 3], group=3, strides=[2, 2], tag="depthwise-x2-s2"),
     conv([2, 3, 4, 4], [5, 3, 1, 1], tag="pointwise"),
+    # C * prod(kernel) >= 64: dW by one GEMM per kernel offset, batch axis last (the cases
+    # above, with few input channels, take the batched per-image GEMM)
+    conv([2, 8, 5, 5], [3, 8, 3, 3], pads=[1, 1, 1, 1], tag="taps-same"),
+    conv([1, 8, 8, 7], [2, 8, 3, 3], strides=[2, 2], dilations=[2, 2], pads=[1, 0, 2, 1],
+         tag="taps-s2-d2-asym"),
+    conv([1, 11, 9, 6], [2, 11, 3, 2], strides=[2, 1], dilations=[1, 2], pads=[0, 2, 1, 0],
+         bias=False, tag="taps-kernel3x2-s2x1-d1x2-asym"),
+    conv([1, 64, 3, 2], [2, 64, 1, 1], tag="taps-pointwise"),
+    conv([1, 8, 5, 18], [2, 8, 3, 3], strides=[2, 1], dilations=[1, 2], pads=[1, 0, 0, 2],
+         tag="taps-wide-s2x1-d1x2-asym"),  # output rows >= 16 wide: [C, N, *S] layout
     # ---- Conv 1-D ----
     conv([2, 3, 9], [4, 3, 3], tag="1d-k3"),
     conv([2, 3, 10], [4, 3, 3], strides=[2], pads=[1, 2], dilations=[2], tag="1d-s2-d2-asym"),
+    conv([1, 16, 11], [2, 16, 4], strides=[2], pads=[2, 1], dilations=[2],
+         tag="1d-taps-s2-d2-asym"),
     conv([1, 4, 8], [4, 2, 2], group=2, strides=[3], tag="1d-groups2-s3"),
     conv([2, 2, 7], [2, 1, 3], bias=False, group=2, pads=[1, 1], tag="1d-depthwise-nobias"),
     # ---- MaxPool (values distinct so that the argmax is stable under +-EPS) ----
@@ -215,6 +227,62 @@ def test_vjp_matches_finite_differences(case: Case):
             {k: v.astype(np.float32) for k, v in feeds.items()})
         for k, v in out.items():
             assert out32[k].dtype == np.float32 and err(out32[k], v) < TOL32, k
+
+
+def infer_shapes_of(case: Case) -> list[int]:
+    b = Builder()
+    y = case.build(b, *[b.input(f"x{i}", "float32", s) for i, s in enumerate(case.shapes)])
+    return list(infer_shapes(b, [y])[0][y])
+
+
+@pytest.mark.parametrize("case", CASES_BY_OP["Conv"], ids=[c.id for c in CASES_BY_OP["Conv"]])
+def test_conv_weight_gradient_formulation(case: Case):
+    """groups == 1: dW by GEMMs (per kernel offset, Gemm, when C * prod(kernel) >= 64; else one
+    batched MatMul), never a Conv; grouped convolutions keep the Conv form."""
+    ops = [n.op_type for n in build_model(case, "float32").graph.node]
+    grouped = "group" in case.id or "depthwise" in case.id
+    if grouped:
+        assert ops.count("Conv") == 2, ops
+        return
+    assert ops.count("Conv") == 1, ops  # the forward one
+    per_offset = case.shapes[1][1] * int(np.prod(case.shapes[1][2:])) >= 64
+    assert ops.count("Gemm") == (int(np.prod(case.shapes[1][2:])) if per_offset else 0)
+    assert ("MatMul" in ops) != per_offset
+    if "taps" in case.id:
+        assert per_offset, "a 'taps' case must take the per-offset path"
+        rows = infer_shapes_of(case)[-1] >= 16
+        assert rows == ("wide" in case.id), "a 'taps-wide' case must have rows >= 16 wide"
+
+
+TORCH_WEIGHT_CASES = {  # name: (x shape, w shape, stride, padding (torch, symmetric), dilation)
+    "digits-conv1": ([64, 1, 8, 8], [32, 1, 3, 3], 1, 1, 1),
+    "digits-conv2": ([64, 32, 8, 8], [64, 32, 3, 3], 1, 1, 1),
+    "rgb-s2-d2": ([8, 3, 17, 16], [16, 3, 3, 3], 2, 2, 2),
+    "c16-k5-s2": ([8, 16, 15, 15], [24, 16, 5, 5], 2, 2, 1),
+    "c24-s3-d2-valid": ([4, 24, 16, 13], [8, 24, 3, 3], 3, 0, 2),
+    "cnn32-conv2": ([16, 32, 32, 32], [64, 32, 3, 3], 1, 1, 1),
+    "wide-s2-d2": ([4, 24, 20, 40], [8, 24, 3, 3], 2, 1, 2),
+}
+
+
+@pytest.mark.parametrize("name", TORCH_WEIGHT_CASES)
+def test_conv_weight_gradient_matches_torch(name):
+    """The float32 train-step formulation of dW (onnxruntime) against torch at realistic sizes,
+    including the per-offset GEMM path with strides, dilations and dropped input tails."""
+    torch = pytest.importorskip("torch")
+    xs, ws, s, p, d = TORCH_WEIGHT_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x, w = (rng.standard_normal(v).astype(np.float32) for v in (xs, ws))
+    b = Builder()
+    xi, wi = b.input("x", "float32", xs), b.input("w", "float32", ws)
+    y = b.Conv(xi, wi, strides=[s, s], pads=[p] * 4, dilations=[d, d])
+    r = rng.standard_normal(infer_shapes(b, [y])[0][y]).astype(np.float32)
+    dw = gradients(b, b.ReduceSum(b.Mul(y, b.const(r)), keepdims=0), [wi])[wi]
+    b.output(dw, "dw", "float32", ws)
+    got = Evaluator(b.model("dw"), allow_reference=False)({"x": x, "w": w})["dw"]
+    ref = torch.nn.grad.conv2d_weight(torch.from_numpy(x), ws, torch.from_numpy(r), stride=s,
+                                      padding=p, dilation=d).numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_reference_path_is_exercised_for_conv_and_avgpool():
