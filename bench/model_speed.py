@@ -6,7 +6,8 @@
 Both frameworks train the same architecture (hand-mirrored from the spec below), with the same
 optimizer (Adam, the spec's lr), loss, batch size, data and thread count, for the same number of
 epochs; an untimed warm-up epoch comes first for each. Timed: the whole epoch loop (shuffling,
-batch gathering, feeding, the step). One JSON line per model: samples/s of both, the ratio
+batch gathering, feeding, the step), repeats interleaved (dlc, torch, dlc, torch, ...) and the
+median taken. One JSON line per model: samples/s of both, the ratio
 dlc/torch, cores, load and `foreign_cpu_share` (read bench/README.md: a disturbed machine makes
 ratios meaningless). `--device cuda` runs both on the GPU (dlc through onnxruntime's CUDA
 provider with IOBinding, torch with .cuda()); that is the issue-9 GPU bench.
@@ -137,18 +138,21 @@ def torch_epoch(net, opt, lossf, x, y, batch: int, device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, epochs: int, repeats: int) -> tuple[float, float | None]:
-    """Median seconds per epoch over `repeats` runs of `epochs` epochs; foreign CPU share."""
-    runs, shares = [], []
+def timed(fns: dict, epochs: int, repeats: int) -> dict:
+    """{name: (median seconds per epoch over `repeats` runs of `epochs` epochs, the largest
+    foreign CPU share of those runs)}; the functions take turns (a, b, a, b, ...), so load drift
+    hits all of them alike."""
+    runs, shares = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(repeats):
-        with ForeignLoad() as fl:
-            t0 = time.perf_counter()
-            for _ in range(epochs):
-                fn()
-            runs.append((time.perf_counter() - t0) / epochs)
-        shares.append(fl.value)
-    known = [s for s in shares if s is not None]
-    return statistics.median(runs), (max(known) if known else None)
+        for name, fn in fns.items():
+            with ForeignLoad() as fl:
+                t0 = time.perf_counter()
+                for _ in range(epochs):
+                    fn()
+                runs[name].append((time.perf_counter() - t0) / epochs)
+            if fl.value is not None:
+                shares[name].append(fl.value)
+    return {k: (statistics.median(runs[k]), max(shares[k], default=None)) for k in fns}
 
 
 def bench(model: str, device: str, epochs: int, repeats: int) -> dict:
@@ -159,19 +163,25 @@ def bench(model: str, device: str, epochs: int, repeats: int) -> dict:
         trainer.train_epoch()
         trainer.state.epoch += 1
     dlc_epoch()  # warm-up: session initialisation, first allocations
-    dlc_s, dlc_share = timed(dlc_epoch, epochs, repeats)
+    fns = {"dlc": dlc_epoch}
+    try:
+        import torch  # noqa: F401
+
+        args = torch_setup(model, spec.data, ds, device)
+        fns["torch"] = lambda: torch_epoch(*args, batch, device)
+        fns["torch"]()  # warm-up
+    except ImportError:
+        pass
+    times = timed(fns, epochs, repeats)
+    dlc_s, dlc_share = times["dlc"]
     result = {"bench": "model_speed", "model": model, "device": device, "cores": cores(),
               "threads": THREADS["n"],
               "batch": batch, "train_samples": n, "epochs_timed": epochs, "repeats": repeats,
               "dlc_samples_per_s": round(n / dlc_s, 1), "foreign_cpu_share_dlc": dlc_share,
               "loadavg_1min": os.getloadavg()[0], **versions()}
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if "torch" not in times:
         return {**result, "torch_samples_per_s": None}
-    args = torch_setup(model, spec.data, ds, device)
-    torch_epoch(*args, batch, device)
-    torch_s, torch_share = timed(lambda: torch_epoch(*args, batch, device), epochs, repeats)
+    torch_s, torch_share = times["torch"]
     return {**result, "torch_samples_per_s": round(n / torch_s, 1),
             "ratio": round(torch_s / dlc_s, 3), "foreign_cpu_share_torch": torch_share}
 

@@ -1,7 +1,7 @@
 """Where the time of one dlc train step goes (CPU), with a few what-if variants.
 
     .venv/bin/python bench/profile_step.py [--spec specs/digits_mlp.yaml] [--steps 500]
-        [--epochs 5] [--rounds 5] [--batch-size 64] [--keep-val] [--no-variants]
+        [--epochs 5] [--rounds 5] [--batch-size 64] [--threads N] [--keep-val] [--no-variants]
         [--no-ort-profile] [--json-only]
 
 Measured on the spec's train-step graph with dlc's own Trainer, session and (CPU) HostStepper,
@@ -39,10 +39,11 @@ measures everything once, so load drift affects all measurements alike (`min_ove
   update_only_what_if dlc's Adam update (dlc.optim.Optimizer) in a graph of its own, gradients as
                       inputs: one flat buffer (what dlc does now) vs one tensor per parameter.
   ort_profile         onnxruntime's profiler (SessionOptions.enable_profiling): kernel time per
-                      run by op type (top 10), by graph phase (forward, loss, backward `*.grad`,
-                      param_views `params/`, grad_flatten `grad/`, clip, update, output_identity)
-                      and the share of model_run inside kernels. The profiler slows every kernel
-                      (model_run is ~2-3x the unprofiled run), so read these as proportions.
+                      run by op type (top 10) and by node (top 12), by graph phase (forward,
+                      loss, backward `*.grad`, param_views `params/`, grad_flatten `grad/`, clip,
+                      update, output_identity) and the share of model_run inside kernels. The
+                      profiler slows every kernel (model_run is ~2-3x the unprofiled run), so
+                      read these as proportions.
 
 Output: one JSON line on stdout and a small table on stderr (unless --json-only).
 """
@@ -66,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_SPEC, ForeignLoad, cores, load, versions  # noqa: E402
 
 US = 1e6
+THREADS = {"n": None}  # --threads: intra-op threads of every session (None: dlc's default)
 RESULTS = ("loss", "logits", "grad_norm")
 
 
@@ -134,7 +136,7 @@ def make_session(model_bytes: bytes, threads: int | None = None, spinning: bool 
 
     from dlc.runtime.session import session_options
 
-    opts = session_options(threads)
+    opts = session_options(threads or THREADS["n"])
     if spinning:  # dlc sets "0"; overriding logs a warning through the default logger
         ort.set_default_logger_severity(3)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
@@ -352,12 +354,14 @@ def ort_profile(model_bytes, feeds, steps: int, outputs: set, warmup: int = 5) -
             s.run(None, feeds)
         events = json.loads(Path(s.end_profiling()).read_text())
     by_op, by_phase, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    by_node = defaultdict(float)
     runs = []
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
             node = e["name"][: -len("_kernel_time")]
             by_op[op] += e["dur"]
+            by_node[f"{node} ({op})"] += e["dur"]
             by_phase[phase_of(node, op, outputs)] += e["dur"]
             counts[op] += 1
         elif e.get("cat") == "Session" and e["name"] == "model_run":
@@ -376,6 +380,8 @@ def ort_profile(model_bytes, feeds, steps: int, outputs: set, warmup: int = 5) -
         "kernels_per_run": round(sum(counts.values()) * scale),
         "top_ops_us_per_run": {k: round(v * scale, 1) for k, v in top},
         "top_ops_calls_per_run": {k: round(counts[k] * scale) for k, _ in top},
+        "top_nodes_us_per_run": {k: round(v * scale, 1) for k, v in
+                                 sorted(by_node.items(), key=lambda kv: -kv[1])[:12]},
         "by_phase_us_per_run": {k: round(v * scale, 1)
                                 for k, v in sorted(by_phase.items(), key=lambda kv: -kv[1])},
     }
@@ -409,6 +415,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads of every session (default: dlc's, os.cpu_count())")
     ap.add_argument("--keep-val", action="store_true")
     ap.add_argument("--no-ort-profile", action="store_true")
     ap.add_argument("--no-variants", action="store_true")
@@ -420,6 +428,11 @@ def main() -> None:
 
     spec, net, ds, note = load(args.spec, None, args.batch_size, args.keep_val)
     t = Trainer(net, ds, device=("cpu", 0), seed=0)
+    if args.threads:
+        from train_speed import _set_threads
+
+        THREADS["n"] = args.threads
+        _set_threads(t, args.threads)
     if not isinstance(t.stepper, HostStepper):
         sys.exit("profile_step expects dlc's CPU HostStepper")
     t.train_epoch()  # warm-up
@@ -459,7 +472,7 @@ def main() -> None:
     stats = graph_stats(model_bytes)
     stats["param_elements"] = int(getattr(t.step_graph, "total", 0))
     out = {"bench": "profile_step", "model": Path(args.spec).stem, "cores": cores(),
-           "intra_op_threads": cores(), "batch_size": bs, "steps": args.steps,
+           "intra_op_threads": args.threads or cores(), "batch_size": bs, "steps": args.steps,
            "rounds": args.rounds, "stat": "median over rounds", "unit": "us_per_step",
            "graph": stats,
            "epoch_per_step": med["epoch_per_step"],
@@ -509,6 +522,9 @@ def main() -> None:
         for k, v in prof["top_ops_us_per_run"].items():
             p(f"# {v:>10}    {k} x{prof['top_ops_calls_per_run'][k]}")
         p(f"# by phase: {prof['by_phase_us_per_run']}")
+        p("# top nodes:")
+        for k, v in prof["top_nodes_us_per_run"].items():
+            p(f"# {v:>10}    {k}")
 
 
 if __name__ == "__main__":
