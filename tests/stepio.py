@@ -30,9 +30,10 @@ def named(step, out: dict) -> dict:
     return out
 
 
-def assert_close(actual, expected, what: str, tol: float) -> None:
+def assert_close(actual, expected, what: str, tol: float = 1e-4) -> None:
     """max |actual - expected| below `tol` relative to the largest |expected| (a torch tensor
-    or an array; compared in float64), with the same shape."""
+    or an array; compared in float64), with the same shape. The default suits an fp32 train
+    step against a float64 reference."""
     expected = np.asarray(expected.detach() if hasattr(expected, "detach") else expected,
                           np.float64)
     actual = np.asarray(actual, np.float64)

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import stepio
 from conftest import SPECS
+from stepio import assert_close
 from test_compile import numpy_forward, window_pads
 
 from dlc.compile import compile_spec, inference_model
@@ -30,10 +30,6 @@ F = torch.nn.functional
 
 LR = 1024.0
 TOL = 1e-4  # fp32 vs float64, relative to the largest |value| of the torch tensor
-
-
-def assert_close(actual, expected, what, tol=TOL):
-    stepio.assert_close(actual, expected, what, tol)
 
 
 # ---- specs ------------------------------------------------------------------------------------

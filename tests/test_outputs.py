@@ -14,8 +14,8 @@ from conftest import SPECS
 from stepio import named, pack_feeds
 
 from dlc.errors import SpecError
-from dlc.runtime.infer import load_model
 from dlc.network import build_network
+from dlc.runtime.infer import load_model
 from dlc.spec import load_spec_text
 from dlc.trainstep import build_eval_step, build_train_step
 
@@ -368,7 +368,6 @@ def test_target_scaling_model_predicts_in_the_targets_units(cli, tmp_path):
     model = load_model(out / "model.onnx")
     from dlc.data import load_dataset
     from dlc.spec import load_spec
-
     from dlc.tools_quantize import denormalize
 
     data = load_dataset(load_spec(SPECS / "diabetes.yaml").data, SPECS)

@@ -16,7 +16,6 @@ import pytest
 from conftest import SPECS, interrupt_in_epoch
 from onnx import numpy_helper
 
-
 ARGS = ["-q", "--epochs", "8", "--set", "train.schedule.type=cosine",
         "--set", "train.schedule.warmup_epochs=1"]
 

@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import stepio
-from stepio import named, pack_feeds
+from stepio import assert_close, named, pack_feeds
 
 from dlc import metrics as M
 from dlc.compile import inference_model
@@ -33,11 +32,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 LR = 1024.0
-TOL = 1e-4  # fp32 vs float64, relative to the largest |value| of the torch tensor
-
-
-def assert_close(actual, expected, what, tol=TOL):
-    stepio.assert_close(actual, expected, what, tol)
 CE = {"kind": "classification", "loss": "cross_entropy"}
 MSE = {"kind": "regression", "loss": "mse"}
 N, T = 4, 5

@@ -9,12 +9,11 @@ import sys
 
 import onnx
 import pytest
+from conftest import ROOT, SPECS, interrupt_in_epoch
 
 from dlc.errors import SpecError
 from dlc.runtime.tracking import MISSING, params_of
 from dlc.spec import load_spec_text
-
-from conftest import ROOT, SPECS, interrupt_in_epoch
 
 MLFLOW = ("--set", "train.tracking.backend=mlflow")
 

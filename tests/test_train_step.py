@@ -16,8 +16,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import stepio
-from stepio import named, pack_feeds
+from stepio import assert_close, named, pack_feeds
 
 from dlc.network import build_network
 from dlc.spec import load_spec_text
@@ -27,11 +26,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 LR = 1024.0  # the gradient read-back lr (see the module docstring)
-TOL = 1e-4  # relative to the largest |value| of the torch tensor
-
-
-def assert_close(actual, expected, what, tol=TOL):
-    stepio.assert_close(actual, expected, what, tol)
 
 
 # --- specs ------------------------------------------------------------------------------------
