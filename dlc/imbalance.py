@@ -25,7 +25,7 @@ from dlc.errors import DlcError
 if TYPE_CHECKING:
     import numpy as np
 
-# numpy is imported where it is used: dlc.network imports this module for `check`, and
+# numpy is imported where it is used: dlc.semantics imports this module for `check`, and
 # `dlc validate` must stay free of heavy imports
 
 

@@ -1,7 +1,8 @@
-"""From a validated spec to a network: layers, per-sample shapes, parameters, semantic checks.
+"""From a validated spec to a network: layers, per-sample shapes, parameters, outputs.
 
-The semantic pass runs every layer's shape rule in order and checks the output against the task;
-each problem becomes a Diagnostic at the spec position it is about.
+The semantic pass runs every layer's shape rule in order, then the checks of dlc.semantics (ids,
+outputs against their tasks, softmax, monitor); each problem becomes a Diagnostic at the spec
+position it is about, and build_network raises them all at once.
 """
 
 from __future__ import annotations
@@ -10,18 +11,12 @@ import difflib
 import math
 from dataclasses import dataclass, field, replace
 
-from dlc import imbalance
 from dlc.errors import Diagnostic, SpecError
 from dlc.layers import Layer, Param, Shape, ShapeError, build_layer
 
 # The output activation each task kind implies. A spec may write it as its last layer (or as the
 # last dense layer's activation); training then takes the loss from the logits before it.
 HEAD = {"classification": "softmax", "binary": "sigmoid", "regression": None}
-LOSSES = {"classification": {"cross_entropy"}, "binary": {"binary_cross_entropy"},
-          "regression": {"mse", "mae", "huber"}}
-METRICS = {"classification": {"accuracy", "precision", "recall", "f1"},
-           "binary": {"accuracy", "precision", "recall", "f1"},
-           "regression": {"mse", "mae", "r2"}}
 
 
 # Limits that keep a valid spec compilable: every parameter is a float32 initializer inside one
@@ -226,13 +221,15 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
 
 def build_network(spec) -> Network:
     """Build and check the network of a loaded `Spec`; raise SpecError listing every problem."""
+    from dlc import semantics
+
     data = spec.data
     if bool(data.get("input")) == bool(data.get("inputs")):
         raise SpecError([spec.diag((), "give exactly one of `input:` (one input) and `inputs:` "
                                        "(several named inputs)")])
     layers = [build_layer(cfg) for cfg in data["layers"]]
     order, sources, diags = _order(spec, layers)
-    diags += _check_ids(spec, layers, sources)
+    diags += semantics.check_ids(spec, layers, sources)
     shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
     for name, shape in shapes.items():
         if math.prod(shape) > MAX_VALUES:
@@ -240,6 +237,31 @@ def build_network(spec) -> Network:
             diags.append(spec.diag(at, f"{list(shape)} is {math.prod(shape):,} values per "
                                        f"sample; the limit is {MAX_VALUES:,}"))
             order = []
+    nodes, params, frozen = _build_nodes(spec, layers, order, sources, shapes, diags)
+    layer_of = _head_layers(spec, layers)  # output name -> index of the layer it reads
+    diags += semantics.check_task(spec, layers, layer_of, shapes if not diags else None)
+    if diags:
+        raise SpecError(diags)
+    kept, heads = {i: nodes[i] for i in order}, []
+    for name, task in spec_heads(data).items():
+        i = layer_of[name]
+        head = _strip_head(nodes[i], task["kind"])
+        if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
+            del kept[i]
+            source = nodes[i].sources[0]
+            heads.append(Head(name, task, source, shapes[source]))
+        else:
+            kept[i] = head
+            heads.append(Head(name, task, head.name, head.out_shape))
+    return Network(data, list(kept.values()), params, heads, [nodes[i] for i in order],
+                   frozenset(frozen))
+
+
+def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list[str]],
+                 shapes: dict[str, Shape], diags: list[Diagnostic]):
+    """Each layer's shapes and parameters in topological order, until the first layer that
+    fails (its diagnostic appended to `diags`); `shapes` gains every built layer's output.
+    Returns (nodes by layer index, parameters, frozen parameter names)."""
     nodes, params, owners, frozen = {}, [], {}, []
     for i in order:
         layer = layers[i]
@@ -264,23 +286,7 @@ def build_network(spec) -> Network:
             owners[layer.name] = own
         shapes[layer.name] = out
         nodes[i] = Node(layer, sources[i], in_shapes, out)
-    layer_of = _head_layers(spec, layers)  # output name -> index of the layer it reads
-    diags += _check_task(spec, layers, layer_of, shapes if not diags else None)
-    if diags:
-        raise SpecError(diags)
-    kept, heads = {i: nodes[i] for i in order}, []
-    for name, task in spec_heads(data).items():
-        i = layer_of[name]
-        head = _strip_head(nodes[i], task["kind"])
-        if head is None:  # a trailing softmax/sigmoid layer: the logits are its input
-            del kept[i]
-            source = nodes[i].sources[0]
-            heads.append(Head(name, task, source, shapes[source]))
-        else:
-            kept[i] = head
-            heads.append(Head(name, task, head.name, head.out_shape))
-    return Network(data, list(kept.values()), params, heads, [nodes[i] for i in order],
-                   frozenset(frozen))
+    return nodes, params, frozen
 
 
 def _head_layers(spec, layers: list[Layer]) -> dict[str, int]:
@@ -305,124 +311,3 @@ def _too_big(layer: Layer, out: Shape, own: list[Param], before: list[Param]) ->
         return (f"{what} has {mine:,} parameters{upto}; the limit is {MAX_PARAMS:,} per model "
                 "(an ONNX file holds at most 2 GB)")
     return ""
-
-
-def _check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagnostic]:
-    """int64 model inputs hold ids: only id-taking layers (embedding) read them, and those read
-    nothing else."""
-    ints = {n for n, c in spec_inputs(spec.data).items() if c.get("dtype", "float32") == "int64"}
-    diags = []
-    for i, (layer, srcs) in enumerate(zip(layers, sources)):
-        takes_ids = getattr(layer, "takes_ids", False)
-        for src in srcs:
-            if takes_ids and src not in ints:
-                diags.append(spec.diag(("layers", i), f"{layer.cfg['type']} '{layer.name}' takes "
-                                       f"int64 ids, but '{src}' is not an int64 model input"))
-            elif not takes_ids and src in ints:
-                diags.append(spec.diag(("layers", i), f"input '{src}' holds int64 ids; only an "
-                                       f"embedding layer can take it, not {layer.cfg['type']}"))
-    return diags
-
-
-def _check_task(spec, layers: list[Layer], layer_of: dict[str, int],
-                shapes: dict[str, Shape] | None) -> list[Diagnostic]:
-    """Each output's loss, metrics, layer and shape against its kind; where softmax may stand.
-    `layer_of`: output name -> its layer's index (-1: unknown); `shapes`: every built layer's
-    output shape (None when earlier errors left them unknown)."""
-    diags, heads = [], spec_heads(spec.data)
-    for name, task in heads.items():
-        kind, i = task["kind"], layer_of[name]
-        if task["loss"] not in LOSSES[kind]:
-            allowed = ", ".join(sorted(LOSSES[kind]))
-            diags.append(spec.diag(head_path(name, "loss"), f"loss '{task['loss']}' does not "
-                                   f"fit a {kind} task; use one of {allowed}"))
-        for j, metric in enumerate(task["metrics"]):
-            if metric not in METRICS[kind]:
-                diags.append(spec.diag(head_path(name, "metrics", j), f"metric '{metric}' does "
-                                       f"not fit a {kind} task; use one of "
-                                       f"{', '.join(sorted(METRICS[kind]))}"))
-        if task.get("target_scaling", "none") != "none" and kind != "regression":
-            diags.append(spec.diag(head_path(name, "target_scaling"), "target scaling applies "
-                                   f"to regression targets, not to a {kind} task"))
-        out = shapes.get(layers[i].name) if shapes is not None and i >= 0 else None
-        if i < 0:
-            hint = difflib.get_close_matches(task["layer"], [x.name for x in layers], n=1)
-            diags.append(spec.diag(head_path(name, "layer"), f"unknown layer '{task['layer']}'"
-                                   + (f"; did you mean '{hint[0]}'?" if hint else "")))
-        elif out is not None:
-            diags += _check_output(spec, name, task, out, i)
-        diags += imbalance.check(spec, name, task, out)  # class_weights, data.sampling
-    readers: dict[int, str] = {}
-    for name, i in layer_of.items():
-        if i >= 0 and i in readers:
-            diags.append(spec.diag(head_path(name, "layer"), f"outputs '{readers[i]}' and "
-                                   f"'{name}' read the same layer; give each its own"))
-        readers.setdefault(i, name)
-    diags += _check_softmax(spec, layers, {i: heads[n]["kind"] for n, i in layer_of.items()})
-    diags += _check_monitor(spec, heads)
-    for name, cfg in spec_inputs(spec.data).items():
-        feats, shape = cfg.get("features"), cfg["shape"]
-        at = ("input",) if name == "input" and "input" in spec.data else ("inputs", name)
-        if feats is not None and (len(shape) != 1 or len(feats) != shape[0]):
-            diags.append(spec.diag((*at, "features"), f"{len(feats)} feature names for input "
-                                   f"shape {shape}; give one name per feature of a flat input"))
-    return diags
-
-
-def _check_monitor(spec, heads: dict[str, dict]) -> list[Diagnostic]:
-    """train.early_stopping.monitor must name a column that training reports."""
-    es = (spec.data.get("train") or {}).get("early_stopping") or {}
-    name = es.get("monitor", "val_loss")
-    known = ["val_loss"] + [column("val", h, m) for h, task in heads.items()
-                            for m in [*(["loss"] if h else []), *task["metrics"]]]
-    if name in known:
-        return []
-    hint = difflib.get_close_matches(name, known, n=1)
-    return [spec.diag(("train", "early_stopping", "monitor"), f"'{name}' is not reported; "
-                      f"training reports {', '.join(known)}"
-                      + (f"; did you mean '{hint[0]}'?" if hint else ""))]
-
-
-def _check_softmax(spec, layers: list[Layer], kinds: dict[int, str]) -> list[Diagnostic]:
-    """Softmax only as the activation of a classification output's layer, which nothing else
-    reads (training takes the loss from the logits before it)."""
-    diags, many = [], bool(spec.data.get("outputs"))
-    read = {src for layer in layers for src in layer.cfg.get("inputs") or []}
-    read |= {layers[i - 1].name for i in range(1, len(layers)) if not layers[i].cfg.get("inputs")}
-    for i, layer in enumerate(layers):
-        cfg = layer.cfg
-        fn = cfg["type"] if cfg["type"] in ("softmax", "sigmoid") else cfg.get("activation")
-        kind = kinds.get(i)
-        if fn == "softmax" and kind != "classification":
-            if many:
-                where = f"in the layer of a {kind} output" if kind else \
-                    "outside a classification output's layer"
-                why = "the losses expect unnormalised outputs"
-            else:
-                where = f"as the output of a {kind} task" if kind else "before the last layer"
-                why = f"the loss '{spec.data['task']['loss']}' expects unnormalised outputs"
-            diags.append(spec.diag(("layers", i), f"softmax {where}: {why}; remove it"))
-        elif many and kind and fn == HEAD[kind] and layer.name in read:
-            diags.append(spec.diag(("layers", i), f"'{layer.name}' is an output's layer and "
-                                   f"ends in {fn}, which training strips; other layers cannot "
-                                   "read it (move the activation into a separate layer)"))
-    return diags
-
-
-def _check_output(spec, name: str, task: dict, out: Shape, i: int) -> list[Diagnostic]:
-    kind, labels, at = task["kind"], task.get("labels"), ("layers", i)
-    per_token = kind == "classification" and len(out) == 2  # (steps, classes): y is [N, steps]
-    of = f"output '{name}': " if name else ""
-    if len(out) != 1 and not per_token:
-        return [spec.diag(at, f"{of or 'the model output '}has shape {list(out)}; a {kind} "
-                              "task needs a flat output (add flatten and dense layers)")]
-    units = out[-1]
-    if kind == "classification" and units < 2:
-        return [spec.diag(at, f"{of}a classification task needs one output unit per class "
-                              f"(at least 2), got {units}; use kind: binary for one unit")]
-    if kind == "binary" and units != 1:
-        return [spec.diag(at, f"{of}a binary task needs 1 output unit, got {units}")]
-    if kind == "classification" and labels is not None and len(labels) != units:
-        return [spec.diag(head_path(name, "labels"), f"{len(labels)} labels for {units} output "
-                                                     "units")]
-    return []

@@ -141,6 +141,31 @@ def _unpack(b: Builder, flat: str, layout: list[tuple[str, int, Shape]]) -> dict
                 for name, start, shape in layout}
 
 
+def _flat_gradient(b: Builder, loss: str, views: dict[str, str],
+                   layout: list[tuple[str, int, Shape]]) -> str:
+    """d loss / d params as one flat vector in layout order (zeros where loss does not depend
+    on a parameter)."""
+    found = gradients(b, loss, list(views.values()))
+    with b.scope("grad"):
+        parts = [b.Reshape(found[views[p]], b.const([-1])) if found[views[p]] else
+                 b.const(np.zeros(numel(shape), np.float32)) for p, _, shape in layout]
+        return b.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def _update(b: Builder, net: Network, flat: str, g: str, mask: str | None,
+            layout: list[tuple[str, int, Shape]]) -> tuple[str, dict[str, str]]:
+    """The optimizer step on the flat vector (inputs lr, step and `state.<s>`): the new
+    parameters (pruned ones stay exactly zero) and each new state by name."""
+    total = int(sum(numel(shape) for _, _, shape in layout))
+    lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
+    opt = Optimizer(b, net.spec.get("train", {}).get("optimizer", {"type": "adam", "lr": 1e-3}),
+                    lr, step, transfer.lr_scales(net, layout, total))  # optimizer.lr_scale
+    state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
+    with b.scope("update"):
+        w_new, state_new = opt.update(flat, g, state_in)
+        return prune.masked(b, w_new, mask), {s: state_new[s] for s in opt.states}
+
+
 def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
     the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
@@ -163,29 +188,17 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers, **frozen})
     if distill.config(net.spec) is not None:  # train.distill: the teacher's term
         loss = distill.add_loss(b, net, logits[net.head.name], loss, data_norm)
-    lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
-    found = gradients(b, loss, list(views.values()))
-    with b.scope("grad"):
-        parts = [b.Reshape(found[views[p]], b.const([-1])) if found[views[p]] else
-                 b.const(np.zeros(numel(shape), np.float32)) for p, _, shape in layout]
-        g = b.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
-    g = prune.masked(b, g, mask)  # pruned weights get no gradient
-    train = net.spec.get("train", {})
-    g, norm = _clip(b, g, train.get("clip_norm"))
-    opt = Optimizer(b, train.get("optimizer", {"type": "adam", "lr": 1e-3}), lr, step,
-                    transfer.lr_scales(net, layout, total))  # train.optimizer.lr_scale
-    state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
-    with b.scope("update"):
-        w_new, state_new = opt.update(flat, g, state_in)
-        w_new = prune.masked(b, w_new, mask)  # and stay exactly zero
+    g = prune.masked(b, _flat_gradient(b, loss, views, layout), mask)  # pruned: no gradient
+    g, norm = _clip(b, g, net.spec.get("train", {}).get("clip_norm"))
+    w_new, state_new = _update(b, net, flat, g, mask, layout)
     b.output(loss, "loss", "float32", [])
     _logits_outputs(b, net, logits)
     b.output(norm, "grad_norm", "float32", [])
     b.output(w_new, "params.new", "float32", [total])
-    for s in opt.states:
-        b.output(state_new[s], f"state.{s}.new", "float32", [total])
+    for s, value in state_new.items():
+        b.output(value, f"state.{s}.new", "float32", [total])
     for name in buffers:  # running statistics: their in-graph update, or unchanged
         b.output(ctx.updates.get(name, name), f"{name}.new", "float32", shapes[name])
-    states = [*opt.states, *prune.mask_output(b, mask, total)]  # the mask persists like a state
+    states = [*state_new, *prune.mask_output(b, mask, total)]  # the mask persists like a state
     return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
                 states, noise, layout, total, list(frozen))

@@ -227,6 +227,22 @@ def _swap01(ad, t, rank):
     return ad.b.Transpose(t, perm=[1, 0, *range(2, rank)])
 
 
+def _tap(b, t: str, u: tuple, axis: int, ys, s, d) -> str:
+    """The (padded) input positions that kernel offset u sees; spatial axes from `axis`."""
+    r = len(u)
+    start = [u[i] * d[i] for i in range(r)]
+    end = [start[i] + (ys[2 + i] - 1) * s[i] + 1 for i in range(r)]
+    return b.Slice(t, b.const(start), b.const(end), b.const(list(range(axis, axis + r))),
+                   b.const(list(s)))
+
+
+def _stack_taps(b, cols: list[str]) -> str:
+    """Per-offset tensors stacked on a new axis 2 (one tensor: as it is)."""
+    if len(cols) == 1:
+        return cols[0]
+    return b.Concat(*[b.Unsqueeze(c, b.const([2])) for c in cols], axis=2)
+
+
 def _conv_weight_grad_gemm(ad, x, g, ys, ws, s, d, p):
     """dW for groups == 1 as GEMMs over im2col columns cut by strided Slices: X_u is the padded
     input at the positions that kernel offset u sees. (onnxruntime runs the Conv form below, a
@@ -239,19 +255,10 @@ def _conv_weight_grad_gemm(ad, x, g, ys, ws, s, d, p):
     32x32, where its Transposes cost more."""
     b, r = ad.b, len(ws) - 2
     taps = list(np.ndindex(*ws[2:]))
-
-    def tap(t, u, axis):  # the input positions kernel offset u sees, spatial axes from `axis`
-        start = [u[i] * d[i] for i in range(r)]
-        end = [start[i] + (ys[2 + i] - 1) * s[i] + 1 for i in range(r)]
-        return b.Slice(t, b.const(start), b.const(end), b.const(list(range(axis, axis + r))),
-                       b.const(list(s)))
-
     if ws[1] * len(taps) < 64:
         xp = b.Pad(x, b.const([0, 0, *p[:r], 0, 0, *p[r:]])) if any(p) else x
-        cols = [tap(xp, u, 2) for u in taps]  # each [N, C, *out]
-        if len(cols) > 1:
-            cols = [b.Concat(*[b.Unsqueeze(c, b.const([2])) for c in cols], axis=2)]
-        cols = b.Reshape(cols[0], b.const([0, ws[1] * len(taps), -1]))  # [N, C*T, P]
+        cols = _stack_taps(b, [_tap(b, xp, u, 2, ys, s, d) for u in taps])  # [N, C, T, *out]
+        cols = b.Reshape(cols, b.const([0, ws[1] * len(taps), -1]))  # [N, C*T, P]
         per_image = b.MatMul(b.Reshape(g, b.const([0, ws[0], -1])),
                              b.Transpose(cols, perm=[0, 2, 1]))  # [N, F, C*T]
         return b.Reshape(b.ReduceSum(per_image, b.const([0]), keepdims=0), b.const(ws))
@@ -263,11 +270,9 @@ def _conv_weight_grad_gemm(ad, x, g, ys, ws, s, d, p):
     if any(p):
         xt = b.Pad(xt, b.const(pads))
     gt = b.Reshape(b.Transpose(g, perm=perm), b.const([ws[0], -1]))  # [F, K]
-    cols = [b.Gemm(gt, b.Reshape(tap(xt, u, axis), b.const([ws[1], -1])), transB=1)  # [F, C]
-            for u in taps]
-    if len(cols) > 1:
-        cols = [b.Concat(*[b.Unsqueeze(c, b.const([2])) for c in cols], axis=2)]
-    return b.Reshape(cols[0], b.const(ws))
+    cols = [b.Gemm(gt, b.Reshape(_tap(b, xt, u, axis, ys, s, d), b.const([ws[1], -1])),
+                   transB=1) for u in taps]  # each [F, C]
+    return b.Reshape(_stack_taps(b, cols), b.const(ws))
 
 
 def _conv_weight_grad(ad, x, g, ws, s, d, p, groups):

@@ -112,7 +112,28 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
 
 
 def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
-    """The metadata must be what dlc writes: a spec that passes the schema, string lists."""
+    """The metadata must be what dlc writes: a spec that builds, string lists, mappings."""
+    _check_spec(path, spec)
+    names_ok = lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    if "outputs" in spec and labels is not None:  # {output: class names or None}
+        if not isinstance(labels, dict) or not all(names_ok(v) for v in labels.values()):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a mapping of "
+                           "outputs to class names)")
+    elif not names_ok(labels):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a list of names)")
+    if not names_ok(features):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.features is not a list of names)")
+    flat = spec.get("input", {}).get("shape")
+    if features is not None and flat is not None and len(features) != int(np.prod(flat)):
+        raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
+                       f"input shape {flat})")
+    for key, value in (("text", text), ("categories", categories)):
+        if value is not None and not isinstance(value, dict):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a mapping)")
+
+
+def _check_spec(path: Path, spec) -> None:
+    """dlc.spec_resolved passes the schema, holds what dlc fills in, and builds a network."""
     from dlc.errors import SpecError
     from dlc.network import build_network
     from dlc.spec import Spec
@@ -138,22 +159,6 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
         d = e.diagnostics[0]
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
                        f"{d.path + ': ' if d.path else ''}{d.message})") from None
-    names_ok = lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
-    if "outputs" in spec and labels is not None:  # {output: class names or None}
-        if not isinstance(labels, dict) or not all(names_ok(v) for v in labels.values()):
-            raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a mapping of "
-                           "outputs to class names)")
-    elif not names_ok(labels):
-        raise DlcError(f"{path}: corrupt dlc metadata (dlc.labels is not a list of names)")
-    if not names_ok(features):
-        raise DlcError(f"{path}: corrupt dlc metadata (dlc.features is not a list of names)")
-    flat = spec.get("input", {}).get("shape")
-    if features is not None and flat is not None and len(features) != int(np.prod(flat)):
-        raise DlcError(f"{path}: corrupt dlc metadata ({len(features)} feature names for "
-                       f"input shape {flat})")
-    for key, value in (("text", text), ("categories", categories)):
-        if value is not None and not isinstance(value, dict):
-            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key} is not a mapping)")
 
 
 def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:

@@ -177,18 +177,9 @@ class Tracker:
         return False
 
 
-def start(spec, path: Path, history=()) -> Tracker:
-    """Open the tracking run for the run folder `path` (a no-op Tracker when tracking is off);
-    `history` (a resumed run's earlier epochs) is logged first."""
-    cfg = settings(spec)
-    if cfg is None:
-        return Tracker()
-    _mlflow()
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    from dlc import __version__
-
+def _store(cfg: dict) -> str:
+    """The tracking URI, with what its kind of store needs: file stores allowed, SQL stores
+    only with SQLAlchemy (full MLflow)."""
     uri = resolve_uri(cfg.get("uri"))
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme == "file":
@@ -200,6 +191,38 @@ def start(spec, path: Path, history=()) -> Tracker:
             raise DlcError(f"train.tracking.uri: {uri} needs the full MLflow with SQLAlchemy "
                            "(pip install mlflow); mlflow-skinny supports file: and http(s): "
                            "stores") from None
+    return uri
+
+
+def _tags(spec, path: Path, history) -> dict[str, str]:
+    """The run's tags: dlc version, spec hash, run folder, source file, user, resume point."""
+    from dlc import __version__
+
+    tags = {"dlc.version": __version__,
+            "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
+            "dlc.run_dir": str(path.resolve()),
+            "mlflow.source.name": str(Path(spec.file).resolve()),
+            "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        pass
+    if history:
+        tags["dlc.resumed_after_epoch"] = str(history[-1]["epoch"])
+    return tags
+
+
+def start(spec, path: Path, history=()) -> Tracker:
+    """Open the tracking run for the run folder `path` (a no-op Tracker when tracking is off);
+    `history` (a resumed run's earlier epochs) is logged first."""
+    cfg = settings(spec)
+    if cfg is None:
+        return Tracker()
+    _mlflow()
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = _store(cfg)
     try:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as max_len
     except ImportError:
@@ -213,18 +236,8 @@ def start(spec, path: Path, history=()) -> Tracker:
                        "restore it or set train.tracking.experiment")
     exp_id = (experiment.experiment_id if experiment is not None
               else tracker._call(client.create_experiment, name))
-    tags = {"dlc.version": __version__,
-            "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
-            "dlc.run_dir": str(path.resolve()),
-            "mlflow.source.name": str(Path(spec.file).resolve()),
-            "mlflow.source.type": "LOCAL"}
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        pass
-    if history:
-        tags["dlc.resumed_after_epoch"] = str(history[-1]["epoch"])
-    run = tracker._call(client.create_run, exp_id, run_name=path.name, tags=tags)
+    run = tracker._call(client.create_run, exp_id, run_name=path.name,
+                        tags=_tags(spec, path, history))
     tracker.client, tracker.run_id = client, run.info.run_id
     try:
         params = [Param(k, v) for k, v in params_of(spec.data, max_len).items()]

@@ -86,8 +86,8 @@ def _copy(block: dict, prefix: str, params: dict, source: str, src_path: tuple):
     return out, rename[local[-1]]
 
 
-def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
-    path = ("layers", i)
+def _block_of(data: dict, use: dict, path: tuple) -> tuple[str, dict]:
+    """(name, block) that a `type: block` layer uses, its layers checked to be placeable."""
     blocks = data.get("blocks") or {}
     if not isinstance(blocks, dict):
         raise _Fail(("blocks",), "expected a mapping of block names to blocks")
@@ -111,6 +111,13 @@ def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
                                                                "list the layers, or repeat it")
         if not isinstance(layer.get("name", ""), str):
             raise _Fail(("blocks", name, "layers", j, "name"), "expected a layer name")
+    return name, block
+
+
+def _expand_use(data: dict, i: int, use: dict, previous: str) -> list:
+    """The layers that `type: block` layer i stands for: `repeat` copies of the block."""
+    path = ("layers", i)
+    name, block = _block_of(data, use, path)
     repeat = use.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_COPIES:
         raise _Fail((*path, "repeat"), f"expected an integer from 1 to {MAX_COPIES}, got "
