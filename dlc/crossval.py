@@ -113,12 +113,15 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
                    part(held), labels, features, norm)
 
 
-def train_fold(net, dataset, device: tuple[str, int], seed: int) -> dict:
-    """Train a fresh model on the fold; every metric on the held-out part (loss included)."""
+def train_fold(spec, net, dataset, device: tuple[str, int], seed: int) -> dict:
+    """Train a fresh model on the fold (from train.init_from's parameters when the spec names
+    a model); every metric on the held-out part (loss included)."""
+    from dlc import transfer
     from dlc.runtime.report import Plain
     from dlc.runtime.trainer import Trainer
 
     trainer = Trainer(net, dataset, device, seed=seed)
+    transfer.init_from(spec, trainer, lambda _line: None)
     trainer.fit(Plain(quiet=True))
     losses, logits = trainer.predict_split(dataset.test, trainer.final_params())
     result = M.compute(net.kind, dataset.test.y, logits[net.head.name])
@@ -139,9 +142,11 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     from dlc.network import build_network
     from dlc.runtime.run import check_labels
     from dlc.runtime.session import choose_device
+    from dlc.traincheck import check_training
 
     net = build_network(spec)
     task_kind = net.kind  # one output only (net.kind says so in one line otherwise)
+    check_training(spec, net, Path(spec.file).resolve().parent)  # prune, distill, init_from
     raw = _raw_data(spec)
     data, cfg = spec.data["data"], spec.data["train"]
     split = data.get("split") or {}
@@ -152,7 +157,7 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     for k, (train, held) in enumerate(fold_indices(raw[1], len(raw[0]), folds, seed, classes)):
         dataset = fold_dataset(raw, train, held, spec.data, classes)
         check_labels(net, dataset)
-        result = train_fold(net, dataset, (kind, index), int(cfg.get("seed", 0)))
+        result = train_fold(spec, net, dataset, (kind, index), int(cfg.get("seed", 0)))
         rows.append({"fold": k, "train": len(dataset.train),
                      "val": len(dataset.val) if dataset.val is not None else 0,
                      "test": len(held), "epochs_run": result.pop("epochs_run"),

@@ -107,3 +107,20 @@ def test_cv_errors(cli):
     assert r.code == 2 and "--folds must be at least 2" in r.err
     r = cli("cv", SPECS / "iris.yaml", "--folds", "51")
     assert r.code == 1 and "more than the samples of every class" in r.err
+
+
+def test_cv_folds_start_from_init_from(cli, tmp_path):
+    """With train.init_from every fold starts from the named model's parameters: at a learning
+    rate too small to move them, each fold scores what the trained model scores (a fresh
+    initialisation, with the same learning rate, stays near chance)."""
+    trained = tmp_path / "trained"
+    assert cli("train", SPECS / "iris.yaml", "--out", trained, "-q").code == 0
+    still = ["--folds", "3", "--set", "train.epochs=1", "--set", "train.optimizer.lr=1e-9"]
+    r = cli("cv", SPECS / "iris.yaml", *still, "--set",
+            f"train.init_from={trained / 'model.onnx'}", "-o", tmp_path / "from.json")
+    assert r.code == 0, r
+    fresh = cli("cv", SPECS / "iris.yaml", *still, "-o", tmp_path / "fresh.json")
+    assert fresh.code == 0, fresh
+    loaded = json.loads((tmp_path / "from.json").read_text())["mean"]["accuracy"]
+    alone = json.loads((tmp_path / "fresh.json").read_text())["mean"]["accuracy"]
+    assert loaded > 0.9 and alone < 0.8, (loaded, alone)
