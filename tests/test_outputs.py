@@ -386,3 +386,51 @@ def test_target_scaling_needs_a_regression_task():
                    "  b: {kind: regression, target_scaling: standard}\n")
     assert any("m.yaml:9:" in f and "target scaling applies to regression targets, not to a "
                "classification task" in f for f in found), found
+
+
+def test_outputs_from_an_npz_archive(cli, tmp_path):
+    """One image input, three outputs, each target an array of the archive named by its
+    `target`: train, then evaluate and predict from npz files."""
+    from sklearn.datasets import load_digits
+
+    x, digit = load_digits(return_X_y=True)
+    np.savez(tmp_path / "digits.npz", images=x.reshape(-1, 1, 8, 8).astype(np.float32),
+             digit=digit, even=(digit % 2 == 0).astype(np.int64),
+             ink=x.sum(axis=1, keepdims=True).astype(np.float32))
+    spec = tmp_path / "multi.yaml"
+    spec.write_text("""\
+dlc: 1
+name: digits-three
+input: {shape: [1, 8, 8]}
+layers:
+  - {type: flatten, name: flat}
+  - {type: dense, name: trunk, units: 64, activation: relu}
+  - {type: dense, name: digit, units: 10}
+  - {type: dense, name: even, units: 1, inputs: [trunk]}
+  - {type: dense, name: ink, units: 1, inputs: [trunk]}
+outputs:
+  digit: {kind: classification, layer: digit}
+  even: {kind: binary, labels: [odd, even]}
+  ink: {kind: regression, target_scaling: standard, weight: 0.2}
+data: {source: npz:digits.npz, x_key: images, split: {val: 0.1, test: 0.2, seed: 0}}
+train: {epochs: 12, batch_size: 64, optimizer: {type: adam, lr: 0.003}}
+""")
+    out = tmp_path / "run"
+    r = cli("train", spec, "--out", out, "-q")
+    assert r.code == 0, r
+    test = json.loads((out / "summary.json").read_text())["test"]
+    assert test["digit.accuracy"] > 0.9 and test["even.accuracy"] > 0.9 and test["ink.r2"] > 0.9
+    r = cli("evaluate", out / "model.onnx", "--data", f"npz:{tmp_path / 'digits.npz'}",
+            "-o", tmp_path / "m.json")
+    assert r.code == 0, r
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["samples"] == len(x) and metrics["digit"]["accuracy"] > 0.9
+    np.savez(tmp_path / "new.npz", images=x[:4].reshape(-1, 1, 8, 8).astype(np.float32))
+    r = cli("predict", out / "model.onnx", tmp_path / "new.npz")
+    assert r.code == 0, r
+    assert r.out.splitlines()[0].startswith("digit.class_index,digit.label,digit.p_0,")
+    assert r.out.splitlines()[0].endswith(",even.p_even,ink.prediction")
+    np.savez(tmp_path / "no_ink.npz", images=x[:4].reshape(-1, 1, 8, 8), digit=digit[:4],
+             even=digit[:4] % 2)
+    r = cli("evaluate", out / "model.onnx", "--data", f"npz:{tmp_path / 'no_ink.npz'}")
+    assert r.code == 1 and "no array 'ink' (outputs.ink.target)" in r.err, r

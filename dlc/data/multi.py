@@ -115,9 +115,11 @@ def load_multi(spec: dict, spec_dir: Path):
 
     data = spec.get("data") or {}
     source = str(data.get("source", ""))
+    if source.startswith("npz:") and not spec.get("inputs"):
+        return _npz_dataset(spec, spec_dir)
     if not source.startswith("csv:"):
-        raise DlcError("several named inputs (`inputs:`) or outputs (`outputs:`) read their "
-                       "columns from a csv: source")
+        raise DlcError("several named inputs (`inputs:`) read their columns from a csv: source; "
+                       "several outputs (`outputs:`) from a csv: or npz: source")
     if data.get("augment"):
         raise DlcError("data.augment applies to image inputs, not to the CSV columns of "
                        "`inputs:` or `outputs:`; remove it")
@@ -127,12 +129,7 @@ def load_multi(spec: dict, spec_dir: Path):
         raise DlcError(f"data file not found: {source[4:]} (from data.source in spec)")
     table = read_table(path, source[4:], bool(data.get("header", True)))
     y, labels = _targets(spec, table, None, False, True)
-    split = {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0, **(data.get("split") or {})}
-    strata = _strata(spec, y) if split["stratify"] else None
-    n = len(table.rows)
-    tr, va, te = split_indices(strata, n, split["val"], split["test"], strata is not None,
-                               split["seed"])
-    check_split_sizes(n, split["val"], split["test"], (len(tr), len(va), len(te)))
+    tr, va, te = _split(spec, y, len(table.rows))
     xs, norms, cats = _inputs(spec, data, table, tr)
     features = None
     if not spec.get("inputs"):  # one `input:`: plain arrays, as every single-input model has
@@ -141,6 +138,57 @@ def load_multi(spec: dict, spec_dir: Path):
     subset = lambda idx: Split(xs[idx], y[idx]) if len(idx) else None  # noqa: E731
     return Dataset(subset(tr), subset(va), subset(te), labels, features, norms,
                    categories=cats or None)
+
+
+def _split(spec: dict, y, n: int):
+    """(train, val, test) indices, stratified on the first class output when asked."""
+    split = {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0,
+             **((spec.get("data") or {}).get("split") or {})}
+    strata = _strata(spec, y) if split["stratify"] else None
+    parts = split_indices(strata, n, split["val"], split["test"], strata is not None,
+                          split["seed"])
+    check_split_sizes(n, split["val"], split["test"], tuple(len(p) for p in parts))
+    return parts
+
+
+def read_npz_outputs(source: str, spec: dict, spec_dir: Path, labels: dict | None = None,
+                     require_target: bool = True):
+    """(x, y, labels) of an `input:` + `outputs:` model from an npz archive: x from
+    data.x_key (image layouts as for one output), each output's targets from the array its
+    `target` names; y None when an output's array is absent and not required. `labels`: a
+    trained model's class names per output (targets must fit them)."""
+    from dlc.data import load_arrays
+
+    ys, found, x = Columns(), {}, None
+    for name, task in spec["outputs"].items():
+        view = {**spec, "task": task, "data": {**(spec.get("data") or {}),
+                                               "y_key": str(task["target"])}}
+        try:
+            x, y, found[name], _ = load_arrays(source, view, spec_dir, require_target,
+                                               (labels or {}).get(name))
+        except DlcError as e:  # the array name comes from the output's `target`, not y_key
+            raise DlcError(str(e).replace("(data.y_key)", f"(outputs.{name}.target)")) from None
+        if y is None:
+            return x, None, labels
+        ys[name] = y
+    return x, ys, found
+
+
+def _npz_dataset(spec: dict, spec_dir: Path):
+    """`input:` with `outputs:` from an npz archive, split like any array data and normalised
+    with the training split's statistics (int64 ids stay ids)."""
+    from dlc.data import Dataset, Split
+    from dlc.data.augment import check_augment
+
+    data = spec["data"]
+    x, y, labels = read_npz_outputs(data["source"], spec, spec_dir)
+    check_augment(data.get("augment"), x.shape[1:])
+    tr, va, te = _split(spec, y, len(x))
+    ids = spec["input"].get("dtype") == "int64"
+    norm = None if ids else compute_norm(x[tr], data.get("normalize") or "standard")
+    x = x.astype(np.int64) if ids else apply_norm(x, norm)
+    subset = lambda idx: Split(x[idx], y[idx]) if len(idx) else None  # noqa: E731
+    return Dataset(subset(tr), subset(va), subset(te), labels, None, norm)
 
 
 def _feature_names(spec: dict, name: str, cfg: dict, table: Table) -> list[str]:

@@ -178,9 +178,11 @@ def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
                            f"{units} classes)")
 
 
-def _reads_columns(spec: dict) -> bool:
-    """Models whose inputs and targets are named CSV columns (data/multi.py)."""
-    return bool(spec.get("inputs") or spec.get("outputs"))
+def _reads_columns(spec: dict, source: str) -> bool:
+    """Models whose inputs and targets are named CSV columns (data/multi.py); an npz file for
+    an `input:` + `outputs:` model holds arrays instead."""
+    npz = source.startswith("npz:") or Path(source).suffix.lower() == ".npz"
+    return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
 @_one_line
@@ -188,11 +190,13 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
     output name) and the sample count."""
     from dlc.data import load_arrays
-    from dlc.data.multi import read_multi
+    from dlc.data.multi import read_multi, read_npz_outputs
 
-    if _reads_columns(model.spec):
+    if _reads_columns(model.spec, source):
         x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
                           model.features)
+    elif model.spec.get("outputs"):  # one input, several outputs, an npz archive
+        x, y, _ = read_npz_outputs(source, model.spec, Path.cwd(), model.labels)
     else:
         x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
                                  labels=model.labels, origin="--data", text=model.text)
@@ -213,7 +217,7 @@ def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, 
     from dlc.data import model_inputs
     from dlc.data.multi import read_multi
 
-    if _reads_columns(model.spec):
+    if _reads_columns(model.spec, input_path):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)
     else:
