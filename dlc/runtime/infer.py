@@ -178,10 +178,10 @@ def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
                            f"{units} classes)")
 
 
-def _reads_columns(spec: dict, source: str) -> bool:
+def _reads_columns(spec: dict, source) -> bool:
     """Models whose inputs and targets are named CSV columns (data/multi.py); an npz file for
-    an `input:` + `outputs:` model holds arrays instead."""
-    npz = source.startswith("npz:") or Path(source).suffix.lower() == ".npz"
+    an `input:` + `outputs:` model holds arrays instead. `source`: a path or `npz:PATH`."""
+    npz = str(source).startswith("npz:") or Path(source).suffix.lower() == ".npz"
     return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
