@@ -112,7 +112,8 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
     params = {p.name: b.initializer(p.name, values[p.name]) for p in net.params}
     logits = lower_body(b, net, xs, params, Ctx(training=False))
     for head in net.heads:
-        logits[head.name] = losses.unscaled(b, head, logits[head.name])  # target_scaling
+        logits[head.name] = losses.unscaled(b, losses.target_stats(b, head),  # target_scaling
+                                            logits[head.name])
         out_shape = list(head.shape)
         if steps and head.kind == "classification" and len(out_shape) == 2:  # per-token outputs
             logits[head.name] = b.Slice(logits[head.name], b.const([0]), steps,

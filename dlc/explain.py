@@ -106,7 +106,8 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     params = {p.name: b.initializer(p.name, weights[p.name]) for p in net.params}
     logits = lower_body(b, net, {"input": normalize_input(b, x, norm, shape)}, params,
                         Ctx(training=False))[net.head.name]
-    logits = losses.unscaled(b, replace(net.head, target_norm=target_norm), logits)
+    stats = losses.target_stats(b, replace(net.head, target_norm=target_norm))
+    logits = losses.unscaled(b, stats, logits)
     _pool_indices(b)
     out_shape = list(net.output_shape)
     w = b.input("weight", "float32", ["N", *out_shape])

@@ -57,21 +57,13 @@ def num_classes(head) -> int:
 
 
 def resolve(net, dataset):
-    """The network with class_weights: balanced replaced, per output, by the numbers from the
-    training split (the same network when there is nothing to resolve)."""
-    from dlc.network import spec_heads
-
+    """The network whose outputs with class_weights: balanced carry the numbers from the
+    training split in their task (the losses and the summary read them there); the same network
+    when there is nothing to resolve."""
     heads = [replace(h, task={**h.task, "class_weights": balanced_weights(
                  class_ids(h.targets(dataset.train.y), h.kind), num_classes(h))})
              if h.task.get("class_weights") == "balanced" else h for h in net.heads]
-    if heads == net.heads:
-        return net
-    spec = dict(net.spec)
-    if "task" in spec:
-        spec["task"] = heads[0].task
-    else:
-        spec["outputs"] = {**spec_heads(spec), **{h.name: h.task for h in heads}}
-    return replace(net, spec=spec, heads=heads)
+    return net if heads == net.heads else replace(net, heads=heads)
 
 
 def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.ndarray:

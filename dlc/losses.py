@@ -104,26 +104,30 @@ def scale_targets(net, dataset):
     return net if heads == net.heads else replace(net, heads=heads)
 
 
-def _target_stats(b: Builder, head) -> tuple[str, str]:
+def target_stats(b: Builder, head) -> tuple[str, str] | None:
+    """The constants (offset, scale) of an output's target scaling; None without it. Made once
+    per graph and shared by `standardised` and `unscaled`."""
     norm = head.target_norm
+    if norm is None:
+        return None
     return (b.const(np.asarray(norm["offset"], np.float32), name="target_offset"),
             b.const(np.asarray(norm["scale"], np.float32), name="target_scale"))
 
 
-def standardised(b: Builder, head, y: str) -> str:
+def standardised(b: Builder, stats: tuple[str, str] | None, y: str) -> str:
     """The target the loss compares the logits to: (y - offset) / scale with target scaling."""
-    if head.target_norm is None:
+    if stats is None:
         return y
-    offset, scale = _target_stats(b, head)
+    offset, scale = stats
     return b.Div(b.Sub(y, offset), scale)
 
 
-def unscaled(b: Builder, head, logits: str) -> str:
+def unscaled(b: Builder, stats: tuple[str, str] | None, logits: str) -> str:
     """The prediction in the target's own units (what metrics, evaluate and predict see):
     logits * scale + offset with target scaling."""
-    if head.target_norm is None:
+    if stats is None:
         return logits
-    offset, scale = _target_stats(b, head)
+    offset, scale = stats
     return b.Add(b.Mul(logits, scale), offset)
 
 

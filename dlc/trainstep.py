@@ -96,9 +96,10 @@ def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]
     for head in net.heads:
         y = b.input(suffixed("y", head.name), *target_spec(head))
         with b.scope(head.name) if head.name else contextlib.nullcontext():
-            target = losses.standardised(b, head, y)  # target_scaling: standard
+            stats = losses.target_stats(b, head)  # target_scaling: standard, else None
+            target = losses.standardised(b, stats, y)
             loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1])
-            logits[head.name] = losses.unscaled(b, head, logits[head.name])
+            logits[head.name] = losses.unscaled(b, stats, logits[head.name])
         if not head.name:
             return logits, loss
         b.output(loss, suffixed("loss", head.name), "float32", [])

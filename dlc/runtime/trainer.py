@@ -63,6 +63,8 @@ class Trainer:
         self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
         self.eval_graph = build_eval_step(net)
         self.x_names = x_names(net)
+        # the losses a step returns: `loss`, and `loss.<output>` for each of several outputs
+        self.loss_names = ["loss", *(suffixed("loss", h.name) for h in net.heads if h.name)]
         self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
         self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
         self.state = TrainState(np.random.default_rng(seed))
@@ -161,11 +163,6 @@ class Trainer:
                             {k: v / len(used) for k, v in sums.items()})
         row["samples_per_s"] = n / seconds if seconds else 0.0
         return row
-
-    @property
-    def loss_names(self) -> list[str]:
-        """The losses a step returns: `loss`, and `loss.<output>` for each of several outputs."""
-        return ["loss", *(suffixed("loss", h.name) for h in self.net.heads if h.name)]
 
     def _metrics(self, prefix: str, y, logits: dict[str, np.ndarray],
                  losses: dict[str, float]) -> dict:
