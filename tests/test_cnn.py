@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import SPECS
+from oracles import F, needs_torch, torch
 from stepio import assert_close
 from test_compile import numpy_forward, window_pads
 
@@ -25,8 +26,6 @@ from dlc.network import build_network
 from dlc.spec import load_spec, load_spec_text
 from dlc.trainstep import build_eval_step, build_train_step
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 LR = 1024.0
 TOL = 1e-4  # fp32 vs float64, relative to the largest |value| of the torch tensor
@@ -245,6 +244,7 @@ CASES = [(name, n) for name in CNN_SPECS for n in (5, 1)
          if not (n == 1 and name in HAS_DENSE_BATCHNORM)]
 
 
+@needs_torch
 @pytest.mark.parametrize("name,n", CASES, ids=[f"{a}-n{b}" for a, b in CASES])
 def test_train_step_matches_torch(name, n):
     net = build_network(make_spec(name))
@@ -271,6 +271,7 @@ def test_train_step_matches_torch(name, n):
         assert_close(new[k], v, f"{k} after one step")
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["batchnorm_conv_and_dense", "batchnorm_conv1d_regression"])
 def test_batchnorm_eval_uses_running_statistics(name):
     """Two train steps update the running statistics (matching torch after each); the eval
@@ -319,6 +320,7 @@ def _inference_outputs(model, x):
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
 
 
+@needs_torch
 @pytest.mark.parametrize("name", list(CNN_SPECS))
 def test_inference_model_matches_torch_eval_and_numpy(name):
     """The exported model (random running statistics, so that batchnorm's inference path is not
@@ -345,6 +347,7 @@ def test_inference_model_matches_torch_eval_and_numpy(name):
     assert_close(out[key], numpy_forward(spec, values, x), "numpy oracle")
 
 
+@needs_torch
 def test_digits_cnn_compiles_and_matches_torch():
     spec = load_spec(SPECS / "digits_cnn.yaml")
     net = build_network(spec)

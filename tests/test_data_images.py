@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import raises_one_line
+from oracles import Image, needs_pillow
 
 from dlc.data import load_arrays, load_dataset, read_inputs
-
-Image = pytest.importorskip("PIL.Image")
 
 
 def make_spec(source, shape=(3, 16, 16), kind="classification", **data):
@@ -50,6 +49,7 @@ def image_folder(root: Path) -> Path:
 # ---------------------------------------------------------------- folder sources
 
 
+@needs_pillow
 def test_folder_rgb_resized_and_labelled(tmp_path):
     image_folder(tmp_path / "imgs")
     x, y, labels, features = load_arrays("folder:imgs", make_spec(""), tmp_path)
@@ -63,6 +63,7 @@ def test_folder_rgb_resized_and_labelled(tmp_path):
     assert np.allclose(x[5, 0], 1.0) and np.allclose(x[5, 1:], 0.0)  # red RGBA -> RGB
 
 
+@needs_pillow
 def test_folder_grayscale_for_one_channel(tmp_path):
     image_folder(tmp_path / "imgs")
     x, y, _, _ = load_arrays("folder:imgs", make_spec("", shape=(1, 4, 6)), tmp_path)
@@ -72,6 +73,7 @@ def test_folder_grayscale_for_one_channel(tmp_path):
     assert np.allclose(x[5], red, atol=0.01)
 
 
+@needs_pillow
 def test_folder_bilinear_resize_of_a_gradient(tmp_path):
     ramp = np.tile(np.linspace(0, 255, 32), (32, 1))
     save(tmp_path / "d" / "a" / "r.png", ramp)
@@ -82,6 +84,7 @@ def test_folder_bilinear_resize_of_a_gradient(tmp_path):
     assert np.allclose(x[1, 0, 0], row[::-1], atol=1e-2)
 
 
+@needs_pillow
 def test_folder_end_to_end_load_dataset(tmp_path):
     rng = np.random.default_rng(0)
     for cls in ("ants", "bees"):
@@ -97,6 +100,7 @@ def test_folder_end_to_end_load_dataset(tmp_path):
     assert abs(float(ds.train.x.mean())) < 1e-5  # normalised with training statistics
 
 
+@needs_pillow
 def test_folder_corrupt_image_named(tmp_path):
     image_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "cats" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -104,6 +108,7 @@ def test_folder_corrupt_image_named(tmp_path):
            "cannot read image imgs/cats/x.png: ")
 
 
+@needs_pillow
 def test_folder_empty_class_and_empty_folder(tmp_path):
     image_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "birds").mkdir()
@@ -118,6 +123,7 @@ def test_folder_empty_class_and_empty_folder(tmp_path):
            "no class sub-folders (1 images lie directly in it)")
 
 
+@needs_pillow
 def test_folder_path_and_shape_errors(tmp_path):
     image_folder(tmp_path / "imgs")
     raises_one_line(lambda: load_arrays("folder:nope", make_spec(""), tmp_path), "data folder not found")
@@ -131,6 +137,7 @@ def test_folder_path_and_shape_errors(tmp_path):
            "regression")
 
 
+@needs_pillow
 def test_folder_with_known_labels(tmp_path):
     image_folder(tmp_path / "imgs")
     spec = make_spec("")
@@ -143,7 +150,9 @@ def test_folder_with_known_labels(tmp_path):
 
 
 def test_folder_without_pillow(tmp_path, monkeypatch):
-    image_folder(tmp_path / "imgs")
+    for name in ("cats/a.png", "dogs/b.png"):  # never decoded: the import fails first
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / name).write_bytes(b"\x89PNG\r\n\x1a\n")
     real_import = builtins.__import__
 
     def no_pil(name, *args, **kwargs):
@@ -205,6 +214,7 @@ def test_builtin_digits_as_image():
 # ---------------------------------------------------------------- predict inputs
 
 
+@needs_pillow
 def test_read_inputs_image_folder(tmp_path):
     save(tmp_path / "in" / "b.png", np.full((9, 9, 3), 255))
     save(tmp_path / "in" / "a.png", np.zeros((5, 5)))

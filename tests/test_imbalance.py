@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import SPECS, straight_and_resumed
+from oracles import F, needs_torch, torch
 from stepio import pack_feeds
 
 from dlc.errors import DlcError, SpecError
@@ -17,8 +18,6 @@ from dlc.network import build_network
 from dlc.spec import load_spec_text
 from dlc.trainstep import build_train_step
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 LR = 1024.0  # gradient read-back from an SGD step: g = (p - new) / lr (see test_train_step)
 TOL = 1e-4
@@ -62,6 +61,7 @@ def _compare(loss, grads, ref, t):
 
 
 # ---- weighted losses against torch ----------------------------------------------------------
+@needs_torch
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_weighted_cross_entropy_matches_torch(eps):
     weights = [0.2, 1.0, 3.5]
@@ -79,6 +79,7 @@ def test_weighted_cross_entropy_matches_torch(eps):
     assert abs(unweighted - loss) > 1e-3  # the weights do change the loss
 
 
+@needs_torch
 def test_weighted_cross_entropy_per_token_matches_torch():
     weights = [2.0, 0.5, 1.0]
     net = build_network(_spec({"kind": "classification", "class_weights": weights},
@@ -92,6 +93,7 @@ def test_weighted_cross_entropy_per_token_matches_torch():
     _compare(loss, grads, ref, t)
 
 
+@needs_torch
 def test_weighted_bce_matches_torch_weight_and_pos_weight():
     w0, w1 = 1.0, 4.0
     net = build_network(_spec({"kind": "binary", "class_weights": [w0, w1]}, units=1))

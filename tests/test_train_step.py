@@ -16,14 +16,13 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from oracles import F, needs_torch, torch
 from stepio import assert_close, named, pack_feeds
 
 from dlc.network import build_network
 from dlc.spec import load_spec_text
 from dlc.trainstep import build_train_step
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 LR = 1024.0  # the gradient read-back lr (see the module docstring)
 
@@ -230,6 +229,7 @@ def build(name, train=None):
 
 # --- tests ------------------------------------------------------------------------------------
 
+@needs_torch
 @pytest.mark.parametrize("n", [1, 7])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_loss_logits_and_grads_match_torch(name, n):
@@ -251,6 +251,7 @@ def test_loss_logits_and_grads_match_torch(name, n):
     assert_close(out["grad_norm"], norm, "grad_norm")
 
 
+@needs_torch
 def test_trailing_softmax_is_stripped_for_the_loss():
     """The loss of a spec that ends in softmax is CE over the pre-softmax logits (not over
     probabilities), the same as the spec without the softmax layer."""
@@ -275,6 +276,7 @@ def test_trailing_softmax_is_stripped_for_the_loss():
     assert not np.allclose(out["logits"].sum(-1), 1.0)
 
 
+@needs_torch
 def test_dropout_noise_is_the_mask():
     """Noise inputs are named `<layer>.noise` with shape [N, *per-sample shape]; u >= rate keeps
     (u == rate included) and scales by 1 / (1 - rate), u < rate drops."""
@@ -299,6 +301,7 @@ def test_dropout_noise_is_the_mask():
     assert_close(logits, ref.numpy(), "logits with a hand-made mask")
 
 
+@needs_torch
 def test_gradient_flows_only_through_kept_units():
     """A unit dropped for every sample gives a zero gradient to the weights it feeds."""
     net, step = build("dropout")
@@ -320,6 +323,7 @@ def test_gradient_flows_only_through_kept_units():
         assert_close(grads[k], p.grad.numpy(), f"d loss / d {k}")
 
 
+@needs_torch
 @pytest.mark.parametrize("n", [1, 6])
 @pytest.mark.parametrize("name", ["mse", "dropout", "ce_label_smoothing", "deep_no_bias"])
 def test_clip_norm_matches_torch(name, n):
@@ -353,6 +357,7 @@ def test_clip_norm_above_the_norm_is_a_no_op():
         np.testing.assert_allclose(out[k + ".new"], out0[k + ".new"], rtol=0, atol=1e-6)
 
 
+@needs_torch
 def test_sgd_step_at_lr_0_1():
     """The plain reading of the step: new = p - 0.1 * torch's gradient."""
     net, step = build("dropout")
