@@ -69,8 +69,12 @@ def test_evaluate_per_class_cli(cli, compiled, tmp_path):
     assert a == b and "per_class" not in a
     cm = np.array(a["confusion_matrix"])
     assert [c["recall"] for c in report["classes"]] == pytest.approx(np.diag(cm) / cm.sum(1))
-    if report["confused"]:
-        assert f"{report['confused'][0]['true']} -> " in r1.out
+    names = [c["class"] for c in report["classes"]]
+    off = cm - np.diag(np.diag(cm))
+    assert off.max() > 0, "an untrained model confuses some classes"  # so the pairs are exercised
+    top = report["confused"][0]
+    assert top["count"] == off.max() == cm[names.index(top["true"]), names.index(top["predicted"])]
+    assert f"  {top['true']} -> {top['predicted']}: {top['count']}" in r1.out
 
 
 def test_per_class_refuses_regression(cli, compiled):

@@ -48,7 +48,10 @@ def test_lstm_forecast_predicts_past_the_series_end(cli, forecast_run):
     assert lines[0] == ",".join(f"prediction_{j}" for j in range(6))
     assert len(lines) == 1 + 3126 - 24 + 1  # one forecast per window, the last past June 2009
     future = np.array([float(v) for v in lines[-1].split(",")])
-    assert np.all(np.abs(future) < 60)  # June 2009 was the solar minimum (values near 0-3)
+    recent = np.mean([float(r.split(",")[1]) for r in series.read_text().splitlines()[-12:]])
+    # the year to June 2009 was the solar minimum (mean 1.7; the whole series: 52): a forecast
+    # from that window stays near it (this run: 3.9-7.8, rising like the next cycle)
+    assert recent < 3 and np.all(np.abs(future - recent) < 10), (recent, future)
     r = cli("evaluate", forecast_run / "model.onnx", "--data", series)
     assert r.code == 0 and "samples: 3097" in r.out, r
 
