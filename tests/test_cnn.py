@@ -368,15 +368,16 @@ def test_digits_cnn_compiles_and_matches_torch():
 DIGITS_SAMPLE_LABELS = [8, 8, 4, 9, 0, 8, 9, 8]  # sklearn digits rows 1789..1796
 
 
+@pytest.mark.slow
 def test_train_digits_cnn_and_predict_csv(cli, tmp_path):
-    """`dlc train` of the CNN spec (2 epochs) writes a model; `dlc predict` feeds it the 64-column
-    csv, each row reshaped to the spec's 1x8x8 input (row-major, pixel_r_c)."""
+    """`dlc train` of the CNN spec as it is (20 epochs) reaches the README's target, accuracy
+    >= 0.985; `dlc predict` feeds it the 64-column csv, each row reshaped to the spec's 1x8x8
+    input (row-major, pixel_r_c)."""
     out = tmp_path / "run"
-    r = cli("train", SPECS / "digits_cnn.yaml", "--out", out, "--quiet",
-            "--set", "train.epochs=2")
+    r = cli("train", SPECS / "digits_cnn.yaml", "--out", out, "--quiet")
     assert r.code == 0, r
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["test"]["accuracy"] > 0.8, summary
+    assert summary["epochs_run"] == 20 and summary["test"]["accuracy"] >= 0.985, summary
     model_path = out / "model.onnx"
     onnx.checker.check_model(onnx.load(model_path), full_check=True)
 

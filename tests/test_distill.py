@@ -1,10 +1,8 @@
 """Knowledge distillation (train.distill): the KD term against torch and numpy, the whole train
-step (teacher inlined, de-normalised and reshaped input) against torch, and a small MLP taught by
-the digits CNN against the same MLP trained alone."""
+step (teacher inlined, de-normalised and reshaped input) against torch, and a small MLP pulled
+toward the digits CNN's predictions (the accuracy experiment over seeds: bench/distill.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -31,7 +29,6 @@ train:
   optimizer: {type: adam, lr: 0.01}
   seed: 0
 """
-SEEDS = range(5)
 
 
 @pytest.fixture(scope="module")
@@ -118,23 +115,29 @@ def test_train_step_loss_and_gradient_match_torch(teacher, student):
     assert not [i.name for i in trainer.step_graph.model.graph.input if "teacher" in i.name]
 
 
-def _test_accuracy(cli, spec, out, *extra) -> float:
-    r = cli("train", spec, "--out", out, "-q", "--force", *extra)
-    assert r.code == 0, r
-    return json.loads((out / "summary.json").read_text())["test"]["accuracy"]
+def _soft_kl(teacher_logits, student_logits, temperature: float) -> float:
+    """Mean KL(teacher_T || student_T) over the rows, as the KD term measures it."""
+    return _kd_reference(student_logits, teacher_logits, temperature) / temperature ** 2
 
 
-def test_distilled_student_beats_student_alone(cli, teacher, student, tmp_path):
-    """64 -> 32 -> 10 MLP, 10 epochs, same settings and seeds, with and without the CNN teacher
-    (T 4, alpha 0.7); mean test accuracy over five seeds."""
-    kd = f"train.distill={{teacher: {teacher}, temperature: 4, alpha: 0.7}}"
-    alone = [_test_accuracy(cli, student, tmp_path / f"a{s}", "--seed", str(s)) for s in SEEDS]
-    taught = [_test_accuracy(cli, student, tmp_path / f"k{s}", "--seed", str(s), "--set", kd)
-              for s in SEEDS]
-    teacher_acc = json.loads((teacher.parent / "summary.json").read_text())["test"]["accuracy"]
-    print(f"\nteacher CNN {teacher_acc:.4f}; student alone {np.mean(alone):.4f} {alone}; "
-          f"with teacher {np.mean(taught):.4f} {taught}")
-    assert np.mean(taught) > np.mean(alone)
+def test_distillation_pulls_the_student_toward_the_teacher(cli, teacher, student, tmp_path):
+    """Cheap and deterministic (the accuracy experiment over seeds is bench/distill.py): the
+    student trained 3 epochs on the teacher alone (alpha 1, T 4) matches the teacher's softened
+    predictions on the test split far better than the same student trained on the labels."""
+    from dlc.data import load_dataset
+    from dlc.runtime.infer import load_model
+    from dlc.spec import load_spec
+
+    kd = f"train.distill={{teacher: {teacher}, temperature: 4, alpha: 1.0}}"
+    for name, extra in (("alone", []), ("taught", ["--set", kd])):
+        r = cli("train", student, "--out", tmp_path / name, "-q", "--epochs", "3", *extra)
+        assert r.code == 0, r
+    data = load_dataset(load_spec(student).data, student.parent)
+    raw = data.test.x * np.float32(data.norm["scale"]) + np.float32(data.norm["offset"])
+    t = load_model(teacher).run(raw.reshape(-1, 1, 8, 8))["logits"]
+    kl = {name: _soft_kl(t, load_model(tmp_path / name / "model.onnx").run(raw)["logits"], 4.0)
+          for name in ("alone", "taught")}
+    assert kl["taught"] < 0.2 * kl["alone"], kl  # seed 0: 0.009 against 0.240
 
 
 def test_teacher_problems_are_reported(cli, student, tmp_path):

@@ -61,13 +61,13 @@ def text_run(tmp_path_factory):
     from dlc.runtime.run import train
 
     out = tmp_path_factory.mktemp("text") / "run"
-    train(load_spec(SPECS / "text_classifier.yaml", ["train.epochs=6"]), str(out), quiet=True)
+    train(load_spec(SPECS / "text_classifier.yaml"), str(out), quiet=True)  # as it is: 15 epochs
     return out
 
 
-def test_text_classifier_beats_chance(text_run):
+def test_text_classifier_reaches_its_target(text_run):
     summary = json.loads((text_run / "summary.json").read_text())
-    assert summary["test"]["accuracy"] >= 0.65, summary  # chance is 0.20 (5 balanced classes)
+    assert summary["test"]["accuracy"] >= 0.80, summary  # the README's target; chance is 0.20
 
 
 def test_text_model_stores_its_vocabulary_and_takes_raw_text(cli, text_run):

@@ -22,12 +22,12 @@ def test_no_file_level_importorskip():
 
 def test_oracle_free_tests_run_without_the_oracles(tmp_path):
     """With torch and Pillow made unimportable, the files of oracle tests still collect, and
-    their tests that need neither run (one from each file here)."""
+    their tests that need neither run (one from each file here; test_cnn's only one, a slow
+    training, is collected)."""
     (tmp_path / "torch.py").write_text("raise ImportError('torch hidden by the test')\n")
     (tmp_path / "PIL").mkdir()
     (tmp_path / "PIL" / "__init__.py").write_text("raise ImportError('Pillow hidden')\n")
-    tests = ["tests/test_cnn.py::test_train_digits_cnn_and_predict_csv",
-             "tests/test_data_images.py::test_npz_layout_errors",
+    tests = ["tests/test_data_images.py::test_npz_layout_errors",
              "tests/test_imbalance.py::test_balanced_weights_without_the_trainer_are_an_error",
              "tests/test_sequence.py::test_unrolled_lstm_hoists_the_input_projection",
              "tests/test_train_step.py::test_huber_and_mae_cover_both_branches"]
@@ -36,3 +36,7 @@ def test_oracle_free_tests_run_without_the_oracles(tmp_path):
                            *tests], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0 and f"{len(tests)} passed" in proc.stdout, proc.stdout[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--collect-only", "-m", "slow", "tests/test_cnn.py"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert "test_train_digits_cnn_and_predict_csv" in proc.stdout, proc.stdout[-2000:]
