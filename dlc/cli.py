@@ -203,7 +203,7 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
 def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0.0: all)."),
           port: int = typer.Option(8000, help="Port (0: a free one, printed)."),
           max_batch: int = typer.Option(64, help="Rows merged into one onnxruntime run."),
-          max_wait_ms: float = typer.Option(2.0, help="How long a request waits to share one."),
+          max_wait_ms: float = typer.Option(0.0, help="How long a request waits to share one."),
           max_rows: int = typer.Option(1024, help="Rows one request may hold."),
           device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")):
     """Serve a model over HTTP: POST /predict, GET /health and /schema, a page at /."""

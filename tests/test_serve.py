@@ -315,3 +315,12 @@ def test_help_loads_no_server_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60).stdout
     assert "--max-wait-ms" in out and out.strip().endswith("[]")
+
+
+def test_listening_socket_is_tcp():
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's
+    protocol says TCP; without it every response waited ~40 ms (Nagle vs delayed ACK)."""
+    from dlc.serve import listen
+
+    with listen("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0

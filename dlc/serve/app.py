@@ -92,7 +92,7 @@ class Server:
         return JSONResponse({"predictions": prediction_rows(self.model, out)})
 
 
-def create_app(model, max_batch: int = 64, max_wait_ms: float = 2.0,
+def create_app(model, max_batch: int = 64, max_wait_ms: float = 0.0,
                max_rows: int = 1024) -> Starlette:
     server = Server(model, max_batch, max_wait_ms, max_rows)
     page = render_page(server.model, server.fields)

@@ -37,7 +37,7 @@ class _Job:
 class Batcher:
     run: object  # Columns -> {output name: array}, blocking (Model.run)
     max_batch: int = 64
-    max_wait: float = 0.002  # seconds
+    max_wait: float = 0.0  # seconds
     stats: dict = field(default_factory=lambda: {"requests": 0, "rows": 0, "runs": 0,
                                                  "largest_run": 0})
 
