@@ -357,11 +357,12 @@ def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image
                                                            "integrated_gradients"),
             steps: int = typer.Option(32, help="Integrated-gradients interpolation steps."),
             target: Optional[str] = typer.Option(None, help="Class name or index (default: "
-                                                            "the predicted class).")):
+                                                            "the predicted class)."),
+            baseline: str = typer.Option("mean", help="mean (the training mean) | zero")):
     """Input attributions of the target logit, through dlc's own gradient pass."""
-    from dlc.explain import explain_file
+    from dlc.explain_report import explain_file
 
-    for line in explain_file(model, input, output, method, steps, target):
+    for line in explain_file(model, input, output, method, steps, target, baseline):
         print(line)
 
 
