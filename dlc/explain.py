@@ -72,7 +72,9 @@ class Explainer:
     def wrt(self) -> list[str]:
         return self.floats + [u.tensor for u in self.lookups]
 
-    def run(self, feed: dict, w: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def run(self, feed, w: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`feed`: by graph input name (an array: the one float input)."""
+        feed = feed if isinstance(feed, dict) else {self.floats[0]: feed}
         names = ["logits", *(f"grad:{t}" for t in self.wrt)]
         parts = [self.session.run(names, {**{k: v[i:i + MAX_ROWS] for k, v in feed.items()},
                                           "weight": w[i:i + MAX_ROWS]})
@@ -127,7 +129,7 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
 
     from dlc import losses
     from dlc.autodiff import gradients
-    from dlc.compile import lower_body, normalize_input
+    from dlc.compile import lower_body
     from dlc.graph import Builder
     from dlc.layers import Ctx
     from dlc.network import build_network
@@ -135,12 +137,8 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
 
     net = build_network(Spec(data=spec_data, text="", file=file))
     _check_explainable(spec_data, net, weights, file)
-    norms = norm if spec_data.get("inputs") else {"input": norm}
-    b, xs = Builder(), {}
-    for name, (shape, dtype) in net.inputs.items():
-        x = b.input(name, dtype, ["N", *shape])
-        xs[name] = normalize_input(b, x, (norms or {}).get(name), list(shape)) \
-            if dtype == "float32" else x
+    b = Builder()
+    xs = _raw_inputs(b, net, norm if spec_data.get("inputs") else {"input": norm})
     params = {p.name: b.initializer(p.name, weights[p.name]) for p in net.params}
     logits = lower_body(b, net, xs, params, Ctx(training=False))[net.head.name]
     stats = losses.target_stats(b, replace(net.head, target_norm=target_norm))
@@ -158,6 +156,18 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     for t, g in grads.items():  # an input the output ignores: a zero gradient
         b.output(g if g is not None else b.Mul(t, b.const(0.0)), f"grad:{t}", "float32")
     return b.model("explain"), net, lookups
+
+
+def _raw_inputs(b, net, norms: dict | None) -> dict[str, str]:
+    """The model inputs in raw units; float ones normalised in-graph as the model does."""
+    from dlc.compile import normalize_input
+
+    xs = {}
+    for name, (shape, dtype) in net.inputs.items():
+        x = b.input(name, dtype, ["N", *shape])
+        xs[name] = normalize_input(b, x, (norms or {}).get(name), list(shape)) \
+            if dtype == "float32" else x
+    return xs
 
 
 def _pool_indices(b) -> None:
