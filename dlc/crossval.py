@@ -2,7 +2,8 @@
 
 Every sample of `data.source` is held out exactly once (the spec's test fraction does not apply).
 Each fold trains a fresh model in-process on the other K-1 folds, normalised with statistics of
-its own training samples, then scores the held-out fold. A validation split (data.split.val of the
+its own training samples (for `inputs:` models also its category ids, from the CSV columns),
+then scores the held-out fold. A validation split (data.split.val of the
 training folds, stratified) is carved only when train.early_stopping needs one; otherwise every
 training-fold sample trains.
 
@@ -111,11 +112,11 @@ def _table_data(spec, source: str) -> tuple:
 
 def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, classes: bool):
     """Dataset of one fold: its training folds (minus a validation part when early stopping
-    needs one), the held-out fold as test; normalised with the training samples' statistics."""
+    needs one), the held-out fold as test; normalised with the training samples' statistics
+    (named inputs: their category tables too, as dlc.data.multi builds them for training)."""
     from dlc.data import Dataset, Split
-    from dlc.data._split import apply_norm, compute_norm, split_indices
-
     from dlc.data._csv import Table
+    from dlc.data._split import apply_norm, compute_norm, split_indices
     from dlc.data.multi import _inputs
 
     x, y, labels, features = raw

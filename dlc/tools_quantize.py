@@ -4,7 +4,8 @@ dynamic: weights int8, activations quantized at run time (no data needed). stati
 activations int8 (QDQ format) with activation ranges calibrated (MinMax) on raw samples: `--data`,
 or the training split of the model's own data source (its stored resolved spec,
 `dlc.spec_resolved`). Only Gemm/MatMul/Conv are quantized statically, so probabilities and class
-indices stay float/exact. The model is pre-processed first (`quant_pre_process`: shape inference
+indices stay float/exact. Models with named `inputs:` are calibrated, timed and compared on all
+of their inputs together (categorical ids pass through as ids). The model is pre-processed first (`quant_pre_process`: shape inference
 and graph optimisation; onnx shape inference alone if that fails). Every `dlc.*` metadata entry is
 copied over, plus `dlc.quantized`, so `dlc predict`/`dlc evaluate` work on the result.
 

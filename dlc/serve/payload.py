@@ -43,10 +43,6 @@ class Field:
     categories: dict | None = None  # category inputs: column -> known values (dlc.categories)
     text: dict | None = None  # text inputs: the stored tokenizer and vocabulary (dlc.text)
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
 
 def fields_of(model) -> list[Field]:
     """The model's inputs, from its stored spec and metadata."""
