@@ -4,6 +4,7 @@ in-process."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
 import socket
@@ -17,8 +18,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, SPECS
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+# the server's tests need the serve extra; the batcher, the listening socket, the help text and
+# the missing-extra message do not, and run without it
+needs_server = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn")),
+    reason="needs pip install 'dlc[serve]'")
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: no proxy
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -110,6 +114,7 @@ def csv_records(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@needs_server
 def test_health_schema_and_page(iris_server):
     status, health, _ = iris_server.request("health")
     assert status == 200 and health["model"] == "iris"
@@ -128,6 +133,7 @@ def test_health_schema_and_page(iris_server):
     assert "http" not in page.split("<script>")[1]  # no external assets
 
 
+@needs_server
 def test_predict_equals_dlc_predict(cli, iris_model, iris_server, tmp_path):
     """Rows as JSON records, as input arrays and as an uploaded CSV: the values of `dlc
     predict` on the same rows."""
@@ -145,6 +151,7 @@ def test_predict_equals_dlc_predict(cli, iris_model, iris_server, tmp_path):
     assert_same_predictions(got["predictions"], want)
 
 
+@needs_server
 def test_inputs_model_predicts_as_dlc_predict(cli, penguins_model, tmp_path):
     """Two named inputs (measurements, and species/island as categories): JSON records by
     column name, per-input arrays, and a CSV upload give dlc predict's values."""
@@ -202,6 +209,7 @@ BAD = [  # (body, content type, status, part of the error)
 ]
 
 
+@needs_server
 @pytest.mark.parametrize("body,ctype,status,message", BAD)
 def test_bad_requests_get_a_4xx_and_one_line(iris_server, body, ctype, status, message):
     got_status, got, kind = iris_server.request("predict", body, ctype)
@@ -209,11 +217,13 @@ def test_bad_requests_get_a_4xx_and_one_line(iris_server, body, ctype, status, m
     assert set(got) == {"error"} and message in got["error"] and "\n" not in got["error"]
 
 
+@needs_server
 def test_unknown_route_and_method_answer_json(iris_server):
     assert iris_server.request("nothing")[:2] == (404, {"error": "Not Found"})
     assert iris_server.request("predict")[0] == 405
 
 
+@needs_server
 def test_concurrent_requests_share_runs(iris_model):
     """24 clients at once, each with its own row: fewer onnxruntime runs than requests (the
     /health counters), and each client gets the prediction of its own row."""
@@ -296,6 +306,7 @@ def test_missing_extra_is_one_line(cli, iris_model, monkeypatch):
                                              "pip install 'dlc[serve]'")
 
 
+@needs_server
 def test_serve_errors_before_listening(cli, iris_model, tmp_path):
     r = cli("serve", tmp_path / "none.onnx")
     assert r.code == 1 and "model file not found" in r.err
