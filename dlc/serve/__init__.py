@@ -24,10 +24,11 @@ def listen(host: str, port: int) -> socket.socket:
     asyncio sets TCP_NODELAY only then, and without it a response's body waits ~40 ms behind
     its headers (Nagle against the client's delayed ACK)."""
     try:
-        family, kind, proto, _, _ = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)  # proto TCP: asyncio then sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as e:
         raise DlcError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
