@@ -200,6 +200,19 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
 
 
 @app.command()
+def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0.0: all)."),
+          port: int = typer.Option(8000, help="Port (0: a free one, printed)."),
+          max_batch: int = typer.Option(64, help="Rows merged into one onnxruntime run."),
+          max_wait_ms: float = typer.Option(0.0, help="How long a request waits to share one."),
+          max_rows: int = typer.Option(1024, help="Rows one request may hold."),
+          device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")):
+    """Serve a model over HTTP: POST /predict, GET /health and /schema, a page at /."""
+    from dlc.serve import serve as run_serve
+
+    run_serve(model, host, port, max_batch, max_wait_ms, max_rows, device)
+
+
+@app.command()
 def expand(spec: str, set_: Optional[List[str]] = SetOpt):
     """Print the spec with blocks expanded and every default filled."""
     import yaml
@@ -344,11 +357,12 @@ def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image
                                                            "integrated_gradients"),
             steps: int = typer.Option(32, help="Integrated-gradients interpolation steps."),
             target: Optional[str] = typer.Option(None, help="Class name or index (default: "
-                                                            "the predicted class).")):
+                                                            "the predicted class)."),
+            baseline: str = typer.Option("mean", help="mean (the training mean) | zero")):
     """Input attributions of the target logit, through dlc's own gradient pass."""
-    from dlc.explain import explain_file
+    from dlc.explain_report import explain_file
 
-    for line in explain_file(model, input, output, method, steps, target):
+    for line in explain_file(model, input, output, method, steps, target, baseline):
         print(line)
 
 

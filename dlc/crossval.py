@@ -2,7 +2,8 @@
 
 Every sample of `data.source` is held out exactly once (the spec's test fraction does not apply).
 Each fold trains a fresh model in-process on the other K-1 folds, normalised with statistics of
-its own training samples, then scores the held-out fold. A validation split (data.split.val of the
+its own training samples (for `inputs:` models also its category ids, from the CSV columns),
+then scores the held-out fold. A validation split (data.split.val of the
 training folds, stratified) is carved only when train.early_stopping needs one; otherwise every
 training-fold sample trains.
 
@@ -75,26 +76,48 @@ def fold_indices(y: np.ndarray | None, n: int, folds: int, seed: int,
 
 
 def _raw_data(spec) -> tuple:
-    """(x, y, labels, features) of the whole source, raw; unsupported data kinds refused."""
+    """(x, y, labels, features) of the whole source, raw; for `inputs:` models x is the CSV
+    table itself (each fold encodes and normalises it from its own training rows);
+    unsupported data kinds refused."""
     from dlc.data import load_arrays
     from dlc.data.text import text_config
     from dlc.data.windows import window_config
 
     data = spec.data.get("data") or {}
-    if spec.data.get("inputs") or window_config(data) is not None \
-            or text_config(spec.data) is not None:
-        raise DlcError("dlc cv handles single-input table and image data; not inputs:, "
-                       "data.window (time order) or data.text")
+    if window_config(data) is not None or text_config(spec.data) is not None:
+        raise DlcError("dlc cv handles table data (one input or named inputs:) and images; "
+                       "not data.window (time order) or data.text")
     if not data.get("source"):
         raise DlcError(f"{spec.file}: the spec has no data.source to cross-validate on")
+    if spec.data.get("inputs"):
+        return _table_data(spec, str(data["source"]))
     return load_arrays(data["source"], spec.data, Path(spec.file).resolve().parent)
+
+
+def _table_data(spec, source: str) -> tuple:
+    """(table, y, labels, None) of an `inputs:` model's CSV source."""
+    from dlc.data._csv import read_table
+    from dlc.data.multi import _targets
+
+    if not source.startswith("csv:"):
+        raise DlcError("several named inputs (`inputs:`) read their columns from a csv: source")
+    path = Path(source[4:])
+    path = path if path.is_absolute() else Path(spec.file).resolve().parent / path
+    if not path.is_file():
+        raise DlcError(f"data file not found: {source[4:]} (from data.source in spec)")
+    table = read_table(path, source[4:], bool(spec.data["data"].get("header", True)))
+    y, labels = _targets(spec.data, table, None, False, True)
+    return table, y, labels, None
 
 
 def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, classes: bool):
     """Dataset of one fold: its training folds (minus a validation part when early stopping
-    needs one), the held-out fold as test; normalised with the training samples' statistics."""
+    needs one), the held-out fold as test; normalised with the training samples' statistics
+    (named inputs: their category tables too, as dlc.data.multi builds them for training)."""
     from dlc.data import Dataset, Split
+    from dlc.data._csv import Table
     from dlc.data._split import apply_norm, compute_norm, split_indices
+    from dlc.data.multi import _inputs
 
     x, y, labels, features = raw
     data, val = spec.get("data") or {}, None
@@ -104,13 +127,17 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         tr, va, _ = split_indices(y[train], len(train), frac, 0.0, classes,
                                   int(split.get("seed", 0)))
         train, val = train[tr], train[va]
-    norm = compute_norm(x[train], data.get("normalize") or "standard")
+    if isinstance(x, Table):  # named inputs: categories and statistics of the training rows
+        xs, norm, cats = _inputs(spec, data, x, train)
+    else:
+        norm, cats = compute_norm(x[train], data.get("normalize") or "standard"), None
+        xs = apply_norm(x, norm)
 
     def part(idx):
-        return Split(apply_norm(x[idx], norm), np.ascontiguousarray(y[idx]))
+        return Split(xs[idx], np.ascontiguousarray(y[idx]))
 
     return Dataset(part(train), part(val) if val is not None and len(val) else None,
-                   part(held), labels, features, norm)
+                   part(held), labels, features, norm, categories=cats)
 
 
 def train_fold(spec, net, dataset, device: tuple[str, int], seed: int) -> dict:
@@ -154,7 +181,7 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     seed = int(split.get("seed", 0))
     kind, index, _ = choose_device(device)
     rows = []
-    for k, (train, held) in enumerate(fold_indices(raw[1], len(raw[0]), folds, seed, classes)):
+    for k, (train, held) in enumerate(fold_indices(raw[1], len(raw[1]), folds, seed, classes)):
         dataset = fold_dataset(raw, train, held, spec.data, classes)
         check_labels(net, dataset)
         result = train_fold(spec, net, dataset, (kind, index), int(cfg.get("seed", 0)))

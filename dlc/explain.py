@@ -2,16 +2,26 @@
 
 The inference graph is rebuilt from the model's stored resolved spec (`dlc.spec_resolved`), its
 trained weights (the model's initializers) and its input normalisation (`dlc.normalize`), with
-the raw input as a graph input. The explained quantity is the target logit of each sample, taken
+the raw inputs as graph inputs. The explained quantity is the target logit of each sample, taken
 as f = sum_i <logits_i, w_i> over the batch (w_i one-hot on the target class; +1/-1 on the single
 logit of a binary model, i.e. the log-odds of the target class; one-hot on an output for
 regression). `dlc.autodiff.gradients` emits df/dx as standard ONNX, so one onnxruntime run gives
 the logits and the gradient of each sample's target logit w.r.t. its own raw input (samples are
 independent in inference mode).
 
-Methods: grad_x_input (x * df/dx) and integrated_gradients ((x - x0) * mean_k df/dx at
-x0 + a_k (x - x0), a_k = (k + 1/2) / steps, the midpoint Riemann sum; baseline x0 = 0 in raw input
-units), whose attributions add up to f(x) - f(x0) up to the quadrature error (completeness).
+Methods, against a baseline x0: grad_x_input ((x - x0) * df/dx) and integrated_gradients
+((x - x0) * mean_k df/dx at x0 + a_k (x - x0), a_k = (k + 1/2) / steps, the midpoint Riemann
+sum), whose attributions add up to f(x) - f(x0) up to the quadrature error (completeness).
+Baselines: `mean`, the training split's mean in raw units (the offset of a standard
+normalisation, which the model carries; otherwise computed from the model's own training data),
+so a feature scores by how far it sits from the typical sample, not by its magnitude; or `zero`.
+
+Categorical columns (int64 inputs of `inputs:` models) are attributed through their embeddings:
+each lookup's output becomes a graph input, and the path runs from the baseline embedding to the
+sample's. An embedding is linear in the one-hot of its id, so this is the integrated gradient of
+the one-hot column; a column's attribution sums its embedding dimensions. Their baselines: zero
+(no category), or `mean`, the mean embedding of the column's known values (the model stores the
+values, not their frequencies).
 """
 
 from __future__ import annotations
@@ -25,17 +35,30 @@ import numpy as np
 from dlc.errors import DlcError, UsageError
 
 METHODS = ("grad_x_input", "integrated_gradients")
+BASELINES = ("mean", "zero")
 MAX_ROWS = 4096  # rows per onnxruntime run (samples x interpolation steps)
 
 
 @dataclass
+class Lookup:
+    """An embedding lookup of a categorical input, fed to the gradient graph as an input."""
+
+    tensor: str  # the lookup's output tensor, now a graph input [N, *shape, dim]
+    source: str  # the int64 model input it reads
+    table: np.ndarray  # the embedding weights [vocab, dim]
+
+
+@dataclass
 class Explainer:
-    """The gradient graph of one model: `run(x, w)` -> (logits, d<logits, w>/dx)."""
+    """The gradient graph of one model: `run(feed, w)` -> (logits, {tensor: d<logits, w>/d})."""
 
     session: object
     model: object  # dlc.runtime.infer.Model: the stored spec, class and feature names
-    input_shape: tuple
+    shapes: dict  # model input name -> per-sample shape
+    floats: list[str]  # the float inputs, differentiated directly
+    lookups: list[Lookup]
     outputs: int  # units of the model's output (last dim)
+    norm: dict | None  # the stored normalisation by input name
 
     @property
     def kind(self) -> str:
@@ -46,21 +69,23 @@ class Explainer:
         return self.model.labels
 
     @property
-    def features(self) -> list[str] | None:
-        return self.model.features
+    def wrt(self) -> list[str]:
+        return self.floats + [u.tensor for u in self.lookups]
 
-    def run(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, grads = [], []
-        for i in range(0, len(x), MAX_ROWS):
-            lo, gr = self.session.run(["logits", "grad"], {"input": x[i:i + MAX_ROWS],
-                                                          "weight": w[i:i + MAX_ROWS]})
-            logits.append(lo)
-            grads.append(gr)
-        return np.concatenate(logits), np.concatenate(grads)
+    def run(self, feed, w: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`feed`: by graph input name (an array: the one float input)."""
+        feed = feed if isinstance(feed, dict) else {self.floats[0]: feed}
+        names = ["logits", *(f"grad:{t}" for t in self.wrt)]
+        parts = [self.session.run(names, {**{k: v[i:i + MAX_ROWS] for k, v in feed.items()},
+                                          "weight": w[i:i + MAX_ROWS]})
+                 for i in range(0, len(w), MAX_ROWS)]
+        logits = np.concatenate([p[0] for p in parts])
+        return logits, {t: np.concatenate([p[k + 1] for p in parts])
+                        for k, t in enumerate(self.wrt)}
 
 
 def _stored(path: Path):
-    """(resolved spec, normalisation, {initializer: array}) of a dlc model file."""
+    """(model, normalisation by input name, {initializer: array}, target scaling)."""
     import onnx
     from onnx import numpy_helper
 
@@ -79,45 +104,70 @@ def _stored(path: Path):
     return model, norm, weights, stats
 
 
+def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
+    from dlc.data.text import text_config
+    from dlc.network import spec_inputs
+
+    tokens = [n for n, cfg in spec_inputs(spec_data).items()
+              if cfg.get("dtype", "float32") == "int64" and not cfg.get("features")]
+    if tokens or text_config(spec_data) is not None:
+        raise DlcError("dlc explain needs float inputs or categorical columns, not token ids")
+    missing = [p.name for p in net.params if p.name not in weights]
+    if missing:
+        raise DlcError(f"{file}: no weights for {missing[0]} in the model; corrupt or not "
+                       "made by dlc")
+
+
 def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model",
                    target_norm: dict | None = None):
-    """The ONNX model: inputs `input` [N, *shape] (raw) and `weight` [N, *out]; outputs
-    `logits` and `grad` = d sum(logits * weight) / d input. `target_norm`: a regression
-    model's target scaling, so that outputs are in the target's units as the model's are."""
+    """(ONNX model, network, lookups): inputs the raw model inputs, each categorical column's
+    embedding lookups, and `weight` [N, *out]; outputs `logits` and `grad:<tensor>` =
+    d sum(logits * weight) / d tensor per float input and lookup. `norm`: by input name for
+    `inputs:` models; `target_norm`: a regression model's target scaling, so that outputs are
+    in the target's units as the model's are."""
     from dataclasses import replace
 
     from dlc import losses
     from dlc.autodiff import gradients
-    from dlc.compile import lower_body, normalize_input
+    from dlc.compile import lower_body
     from dlc.graph import Builder
     from dlc.layers import Ctx
     from dlc.network import build_network
     from dlc.spec import Spec
 
     net = build_network(Spec(data=spec_data, text="", file=file))
-    if spec_data.get("inputs") or net.input_dtype != "float32":
-        raise DlcError("dlc explain needs one float input (not inputs:, not token ids)")
-    missing = [p.name for p in net.params if p.name not in weights]
-    if missing:
-        raise DlcError(f"{file}: no weights for {missing[0]} in the model; corrupt or not "
-                       "made by dlc")
-    b, shape = Builder(), list(net.input_shape)
-    x = b.input("input", "float32", ["N", *shape])
+    _check_explainable(spec_data, net, weights, file)
+    b = Builder()
+    xs = _raw_inputs(b, net, norm if spec_data.get("inputs") else {"input": norm})
     params = {p.name: b.initializer(p.name, weights[p.name]) for p in net.params}
-    logits = lower_body(b, net, {"input": normalize_input(b, x, norm, shape)}, params,
-                        Ctx(training=False))[net.head.name]
+    logits = lower_body(b, net, xs, params, Ctx(training=False))[net.head.name]
     stats = losses.target_stats(b, replace(net.head, target_norm=target_norm))
     logits = losses.unscaled(b, stats, logits)
     _pool_indices(b)
+    lookups = _lookups_as_inputs(b, net, weights)
     out_shape = list(net.output_shape)
     w = b.input("weight", "float32", ["N", *out_shape])
     target = b.ReduceSum(b.Mul(logits, w), keepdims=0)
-    grad = gradients(b, target, [x])[x]
-    if grad is None:
+    wrt = [n for n, (_, d) in net.inputs.items() if d == "float32"] + [u.tensor for u in lookups]
+    grads = gradients(b, target, wrt)
+    if all(g is None for g in grads.values()):
         raise DlcError("the model's output does not depend on its input; nothing to explain")
     b.output(logits, "logits", "float32", ["N", *out_shape])
-    b.output(grad, "grad", "float32", ["N", *shape])
-    return b.model("explain"), net
+    for t, g in grads.items():  # an input the output ignores: a zero gradient
+        b.output(g if g is not None else b.Mul(t, b.const(0.0)), f"grad:{t}", "float32")
+    return b.model("explain"), net, lookups
+
+
+def _raw_inputs(b, net, norms: dict | None) -> dict[str, str]:
+    """The model inputs in raw units; float ones normalised in-graph as the model does."""
+    from dlc.compile import normalize_input
+
+    xs = {}
+    for name, (shape, dtype) in net.inputs.items():
+        x = b.input(name, dtype, ["N", *shape])
+        xs[name] = normalize_input(b, x, (norms or {}).get(name), list(shape)) \
+            if dtype == "float32" else x
+    return xs
 
 
 def _pool_indices(b) -> None:
@@ -128,13 +178,29 @@ def _pool_indices(b) -> None:
             node.output.append(b.fresh(f"{node.name}/indices"))
 
 
+def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
+    """Replace each Gather of an int64 model input (an embedding lookup) by a graph input of
+    the same name, so that gradients reach it and a path can run through it."""
+    ids = {n: shape for n, (shape, d) in net.inputs.items() if d == "int64"}
+    lookups = []
+    for node in [n for n in b.nodes if n.op_type == "Gather" and n.input[1] in ids]:
+        b.nodes.remove(node)
+        table = weights[node.input[0]]
+        b.input(node.output[0], "float32", ["N", *ids[node.input[1]], table.shape[1]])
+        lookups.append(Lookup(node.output[0], node.input[1], table))
+    return lookups
+
+
 def load_explainer(path: str | Path) -> Explainer:
     from dlc.runtime.session import make_session
 
     model, norm, weights, target_norm = _stored(Path(path))
-    proto, net = gradient_model(model.spec, norm, weights, str(path), target_norm)
-    session = make_session(proto.SerializeToString())
-    return Explainer(session, model, tuple(net.input_shape), int(net.output_shape[-1]))
+    proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
+    norms = norm if model.spec.get("inputs") else {"input": norm}
+    floats = [n for n, (_, d) in net.inputs.items() if d == "float32"]
+    return Explainer(make_session(proto.SerializeToString()), model,
+                     {n: tuple(s) for n, (s, _) in net.inputs.items()}, floats, lookups,
+                     int(net.output_shape[-1]), norms)
 
 
 def parse_target(ex: Explainer, target: str | None) -> int | None:
@@ -166,153 +232,100 @@ def target_classes(ex: Explainer, w: np.ndarray) -> np.ndarray:
     return (w[:, 0] > 0).astype(np.int64) if ex.kind == "binary" else w.argmax(axis=1)
 
 
-def integrated_gradients(ex: Explainer, x: np.ndarray, w: np.ndarray, baseline: np.ndarray,
-                         steps: int) -> np.ndarray:
-    """(x - x0) * the midpoint Riemann mean of the gradients along the straight path."""
+def baselines(ex: Explainer, kind: str) -> dict[str, np.ndarray]:
+    """x0 of one sample for each float input and lookup tensor."""
+    if kind not in BASELINES:
+        raise UsageError(f"unknown --baseline '{kind}'; use {' or '.join(BASELINES)}")
+    if kind == "zero":
+        return {**{n: np.zeros(ex.shapes[n], np.float32) for n in ex.floats},
+                **{u.tensor: np.zeros((*ex.shapes[u.source], u.table.shape[1]), np.float32)
+                   for u in ex.lookups}}
+    return {**input_means(ex), **{u.tensor: category_means(ex, u) for u in ex.lookups}}
+
+
+def input_means(ex: Explainer) -> dict[str, np.ndarray]:
+    """The training split's mean of each float input, in raw units: a standard
+    normalisation's offset, else the mean of the model's own training data."""
+    from dlc.tools_quantize import spec_splits
+
+    norms = ex.norm or {}
+    if all((norms.get(n) or {}).get("kind") == "standard" for n in ex.floats):
+        return {n: np.asarray(norms[n]["offset"], np.float32).reshape(ex.shapes[n])
+                for n in ex.floats}
+    try:
+        train, _ = spec_splits(ex.model)
+    except DlcError as e:
+        raise DlcError(f"--baseline mean: the model's normalisation does not hold the training "
+                       f"mean, and its training data did not load ({e}); use --baseline zero "
+                       "or run where the data is") from None
+    train = train if isinstance(train, dict) else {ex.floats[0]: train}
+    return {n: train[n].mean(axis=0).astype(np.float32) for n in ex.floats}
+
+
+def category_means(ex: Explainer, lookup: Lookup) -> np.ndarray:
+    """[*shape, dim]: per column, the mean embedding of the column's known values (ids
+    offset + 1 .. offset + count, as dlc.data.multi.encode_categories numbers them)."""
+    from dlc.network import spec_inputs
+
+    columns = spec_inputs(ex.model.spec)[lookup.source]["features"]
+    known = (ex.model.categories or {}).get(lookup.source) or {}
+    rows, offset = [], 0
+    for column in columns:
+        count = len(known.get(column, []))
+        rows.append(lookup.table[offset + 1:offset + 1 + count].mean(axis=0) if count
+                    else np.zeros(lookup.table.shape[1]))
+        offset += count
+    return np.asarray(rows, np.float32).reshape(*ex.shapes[lookup.source], -1)
+
+
+def path_gradients(ex: Explainer, x: dict, x0: dict, w: np.ndarray, steps: int) -> dict:
+    """The midpoint Riemann mean of the gradients along the straight path x0 -> x (ids, which
+    only gate, stay the sample's)."""
     alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)
     per = max(1, MAX_ROWS // steps)
-    out = np.empty_like(x)
-    for i in range(0, len(x), per):
-        xb, wb = x[i:i + per], w[i:i + per]
-        delta = xb - baseline
-        path = baseline + alphas.reshape(1, steps, *[1] * (x.ndim - 1)) * delta[:, None]
-        _, g = ex.run(path.reshape(-1, *x.shape[1:]).astype(np.float32),
-                      np.repeat(wb, steps, axis=0))
-        out[i:i + per] = delta * g.reshape(len(xb), steps, *x.shape[1:]).mean(axis=1)
+    out = {t: np.empty_like(x[t]) for t in ex.wrt}
+    for i in range(0, len(w), per):
+        part = slice(i, i + per)
+        point = {}
+        for k, v in x.items():
+            if k not in out:
+                point[k] = np.repeat(v[part], steps, axis=0)
+                continue
+            a = alphas.reshape(1, steps, *[1] * (v.ndim - 1))
+            start = x0[k][part][:, None]
+            point[k] = (start + a * (v[part][:, None] - start)).reshape(-1, *v.shape[1:])
+        _, g = ex.run(point, np.repeat(w[part], steps, axis=0))
+        for t in out:
+            out[t][part] = g[t].reshape(-1, steps, *x[t].shape[1:]).mean(axis=1)
     return out
 
 
-def explain(ex: Explainer, x: np.ndarray, method: str = "grad_x_input", steps: int = 32,
-            target: str | None = None) -> dict:
-    """Attributions of each sample's target logit: {attributions, target, logit, baseline_logit,
-    method}."""
+def explain(ex: Explainer, x, method: str = "grad_x_input", steps: int = 32,
+            target: str | None = None, baseline: str = "mean") -> dict:
+    """Attributions of each sample's target logit: {attributions (by model input, each
+    [N, *shape]), target, logit, baseline_logit, method, baseline}. `x`: the raw inputs (an
+    array, or a mapping by input name)."""
     if method not in METHODS:
         raise UsageError(f"unknown --method '{method}'; use {' or '.join(METHODS)}")
     if steps < 1:
         raise UsageError("--steps must be at least 1")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    probe = np.zeros((len(x), ex.outputs), np.float32)
-    logits, _ = ex.run(x, probe)
+    feed = {k: np.ascontiguousarray(v, np.float32 if k in ex.floats else np.int64)
+            for k, v in (x.items() if isinstance(x, dict) else [(ex.floats[0], x)])}
+    n = len(next(iter(feed.values())))
+    full = {**feed, **{u.tensor: u.table[feed[u.source]] for u in ex.lookups}}
+    logits, _ = ex.run(full, np.zeros((n, ex.outputs), np.float32))
     w = target_weights(ex, logits, parse_target(ex, target))
-    baseline = np.zeros_like(x[:1])
-    _, grad = ex.run(x, w)
-    base_logits, _ = ex.run(np.repeat(baseline, len(x), axis=0), w)
-    attr = (x * grad if method == "grad_x_input"
-            else integrated_gradients(ex, x, w, baseline[0], steps))
-    return {"method": method, "attributions": attr, "target": target_classes(ex, w),
-            "logit": (logits * w).sum(axis=1), "baseline_logit": (base_logits * w).sum(axis=1)}
-
-
-def feature_names(ex: Explainer) -> list[str]:
-    size = int(np.prod(ex.input_shape))
-    if ex.features and len(ex.features) == size:
-        return list(ex.features)
-    if len(ex.input_shape) == 1:
-        return [f"x{i}" for i in range(size)]
-    return ["x[" + ",".join(map(str, ix)) + "]" for ix in np.ndindex(*ex.input_shape)]
-
-
-def class_name(ex: Explainer, k: int) -> str:
-    if ex.kind == "regression":
-        return f"output {k}"
-    return ex.labels[k] if ex.labels and k < len(ex.labels) else str(k)
-
-
-def ranked_table(ex: Explainer, result: dict, top: int = 20) -> list[str]:
-    """Features ranked by mean |attribution| over the samples (with the mean signed value)."""
-    attr = result["attributions"].reshape(len(result["attributions"]), -1)
-    names, mean_abs, mean = feature_names(ex), np.abs(attr).mean(axis=0), attr.mean(axis=0)
-    order = np.argsort(-mean_abs, kind="stable")[:top]
-    width = max(len(names[i]) for i in order)
-    lines = [f"{'rank':>4}  {'feature':<{width}}  {'mean |attr|':>12}  {'mean attr':>10}"]
-    lines += [f"{r + 1:>4}  {names[i]:<{width}}  {mean_abs[i]:12.4g}  {mean[i]:10.4g}"
-              for r, i in enumerate(order)]
-    return lines
-
-
-def sample_lines(ex: Explainer, result: dict) -> list[str]:
-    """Per sample: the target and its logit f(x); for integrated gradients also the
-    attribution sum against f(x) - f(baseline) (completeness)."""
-    total = result["attributions"].reshape(len(result["attributions"]), -1).sum(axis=1)
-    lines = []
-    for i, (t, f, f0, s) in enumerate(zip(result["target"], result["logit"],
-                                          result["baseline_logit"], total)):
-        what = "prediction" if ex.kind == "regression" else "logit"
-        line = f"sample {i}: target {class_name(ex, int(t))}  {what} {f:.4g}"
-        if result["method"] == "integrated_gradients":
-            line += f"  sum of attributions {s:.4g}  f(x) - f(0) {f - f0:.4g}"
-        lines.append(line)
-    return lines
-
-
-def write_table(ex: Explainer, result: dict, path: Path) -> None:
-    """Per-sample attributions: .csv (one row per sample) or .npz (arrays)."""
-    import csv
-    import io
-
-    from dlc.fileio import write_bytes, write_text
-
-    attr = result["attributions"]
-    if path.suffix.lower() == ".npz":
-        buf = io.BytesIO()
-        np.savez(buf, attributions=attr, target=result["target"], logit=result["logit"],
-                 baseline_logit=result["baseline_logit"])
-        write_bytes(path, buf.getvalue())
-        return
-    if path.suffix.lower() != ".csv":
-        raise UsageError(f"-o {path}: use .csv or .npz for a feature table")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["sample", "target", "logit", *feature_names(ex)])
-    for i, row in enumerate(attr.reshape(len(attr), -1)):
-        writer.writerow([i, class_name(ex, int(result["target"][i])),
-                         f"{result['logit'][i]:.6g}", *(f"{v:.6g}" for v in row)])
-    write_text(path, buf.getvalue())
-
-
-def saliency_pngs(ex: Explainer, x: np.ndarray, result: dict, folder: Path) -> list[Path]:
-    """One PNG per [C, H, W] sample: the input (channel mean) beside |attribution| summed over
-    channels (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DlcError("saliency images need matplotlib: pip install 'dlc[plot]'") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (xi, ai) in enumerate(zip(x, result["attributions"])):
-        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-        axes[0].imshow(xi.mean(axis=0), cmap="gray")
-        axes[0].set_title(f"input {i}")
-        axes[1].imshow(np.abs(ai).sum(axis=0), cmap="hot")
-        axes[1].set_title(f"{result['method']}: {class_name(ex, int(result['target'][i]))}")
-        for ax in axes:
-            ax.axis("off")
-        fig.tight_layout()
-        paths.append(folder / f"sample_{i:04d}.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    return paths
-
-
-def explain_file(model: str, input_path: str, output: str | None, method: str, steps: int,
-                 target: str | None) -> list[str]:
-    """`dlc explain`: attributions for the raw inputs in a file; returns the printed lines."""
-    from dlc.data import model_inputs
-
-    ex = load_explainer(model)
-    m = ex.model
-    x = model_inputs(Path(input_path), m.spec, m.features, m.text)
-    result = explain(ex, x, method, steps, target)
-    lines = sample_lines(ex, result)
-    if len(ex.input_shape) == 3:  # [C, H, W]: a saliency image per sample
-        folder = Path(output or "saliency")
-        lines += [f"wrote {p}" for p in saliency_pngs(ex, x, result, folder)]
-        return lines
-    lines += ranked_table(ex, result)
-    if output:
-        write_table(ex, result, Path(output))
-        lines.append(f"wrote {output}")
-    return lines
+    x0 = {**feed, **{t: np.broadcast_to(v, (n, *v.shape)).astype(np.float32)
+                     for t, v in baselines(ex, baseline).items()}}
+    base_logits, _ = ex.run(x0, w)
+    grads = ex.run(full, w)[1] if method == "grad_x_input" else \
+        path_gradients(ex, full, x0, w, steps)
+    per = {t: (full[t] - x0[t]) * grads[t] for t in ex.wrt}
+    attributions = {name: per[name] for name in ex.floats}
+    for u in ex.lookups:  # a categorical column: the sum over its embedding dimensions
+        summed = per[u.tensor].sum(axis=-1)
+        attributions[u.source] = attributions.get(u.source, 0) + summed
+    return {"method": method, "baseline": baseline,
+            "attributions": {k: attributions[k] for k in ex.shapes if k in attributions},
+            "target": target_classes(ex, w), "logit": (logits * w).sum(axis=1),
+            "baseline_logit": (base_logits * w).sum(axis=1)}

@@ -4,7 +4,8 @@ dynamic: weights int8, activations quantized at run time (no data needed). stati
 activations int8 (QDQ format) with activation ranges calibrated (MinMax) on raw samples: `--data`,
 or the training split of the model's own data source (its stored resolved spec,
 `dlc.spec_resolved`). Only Gemm/MatMul/Conv are quantized statically, so probabilities and class
-indices stay float/exact. The model is pre-processed first (`quant_pre_process`: shape inference
+indices stay float/exact. Models with named `inputs:` are calibrated, timed and compared on all
+of their inputs together (categorical ids pass through as ids). The model is pre-processed first (`quant_pre_process`: shape inference
 and graph optimisation; onnx shape inference alone if that fails). Every `dlc.*` metadata entry is
 copied over, plus `dlc.quantized`, so `dlc predict`/`dlc evaluate` work on the result.
 
@@ -43,6 +44,16 @@ def denormalize(x: np.ndarray, norm: dict | None) -> np.ndarray:
     return (flat * scale + offset).astype(np.float32).reshape(x.shape)
 
 
+def raw_inputs(x, norm):
+    """`denormalize` of one input, or of each input of a `Columns` mapping (norm by input
+    name; categorical ids have none and stay ids)."""
+    from dlc.data.multi import Columns
+
+    if isinstance(x, Columns):
+        return Columns({k: denormalize(v, (norm or {}).get(k)) for k, v in x.items()})
+    return denormalize(x, norm)
+
+
 def data_dir_of(model_path: Path) -> Path:
     """Where the spec's relative data paths point: the run folder's run.json, else the cwd."""
     info = Path(model_path).parent / "run.json"
@@ -54,19 +65,31 @@ def data_dir_of(model_path: Path) -> Path:
     return Path.cwd()
 
 
-def spec_splits(model) -> tuple[np.ndarray, tuple | None]:
-    """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data."""
+def spec_splits(model) -> tuple:
+    """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data
+    (inputs: one array, or `Columns` by input name for `inputs:` models)."""
     from dlc.data import load_dataset
 
     ds = load_dataset(model.spec, data_dir_of(model.path))
-    test = (denormalize(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
-    return denormalize(ds.train.x, ds.norm), test
+    test = (raw_inputs(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
+    return raw_inputs(ds.train.x, ds.norm), test
+
+
+def read_source(model, source: str) -> tuple:
+    """(raw inputs, targets or None) of a --data source, read for the model as dlc evaluate
+    reads one (named CSV columns for `inputs:` models)."""
+    from dlc.data import load_arrays
+    from dlc.data.multi import read_multi
+
+    if model.spec.get("inputs"):
+        return read_multi(source, model.spec, model.categories or {}, model.labels, False)
+    x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=False,
+                             labels=model.labels, origin="--data", text=model.text)
+    return x, y
 
 
 def _samples(model, data: str | None, need_calib: bool) -> tuple:
     """(calibration inputs or None, (x, y, description) for the comparison or None, notes)."""
-    from dlc.data import load_arrays
-
     notes, calib, evaluation = [], None, None
     try:
         train_x, test = spec_splits(model)
@@ -78,28 +101,33 @@ def _samples(model, data: str | None, need_calib: bool) -> tuple:
             raise DlcError(f"cannot load the model's data for calibration ({e}); pass --data")
         notes.append(f"the spec's data did not load ({e})")
     if data is not None:
-        x, y, _, _ = load_arrays(data, model.spec, Path.cwd(), require_target=False,
-                                 labels=model.labels, origin="--data", text=model.text)
+        x, y = read_source(model, data)
         calib = x
         if evaluation is None and y is not None:
             evaluation = (x, y, f"{data} (all samples)")
     return calib, evaluation, notes
 
 
+def feed_of(x) -> dict[str, np.ndarray]:
+    """The session feed of model inputs: one array is the input `input`."""
+    return dict(x) if isinstance(x, dict) else {"input": x}
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over fixed batches."""
 
-    def __init__(self, name: str, x: np.ndarray):
-        self.batches = iter([{name: x[i:i + CALIB_BATCH]} for i in range(0, len(x), CALIB_BATCH)])
+    def __init__(self, x):
+        self.batches = iter([feed_of(x[i:i + CALIB_BATCH]) for i in range(0, len(x), CALIB_BATCH)])
 
     def get_next(self):
         return next(self.batches, None)
 
 
-def calibration_set(x: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """`count` samples of x in a seeded random order (all of them when fewer)."""
+def calibration_set(x, count: int, seed: int = 0):
+    """`count` samples of x (an array or `Columns`) in a seeded random order (all of them when
+    fewer)."""
     idx = np.random.default_rng(seed).permutation(len(x))[:count]
-    return np.ascontiguousarray(x[np.sort(idx)])
+    return x[np.sort(idx)]
 
 
 def _preprocess(src: Path, dst: Path) -> str:
@@ -125,18 +153,18 @@ def _prune_opsets(model) -> None:
     model.opset_import.extend(keep)
 
 
-def _run_ort(pre: Path, out: Path, mode: str, calib: np.ndarray | None, input_name: str):
+def _run_ort(pre: Path, out: Path, mode: str, calib):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode == "dynamic":
         quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
     else:
-        quantize_static(str(pre), str(out), _Reader(input_name, calib),
+        quantize_static(str(pre), str(out), _Reader(calib),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def quantized_model(src: Path, mode: str, calib: np.ndarray | None, input_name: str):
+def quantized_model(src: Path, mode: str, calib):
     """The int8 ModelProto with the source model's metadata; and how it was pre-processed."""
     import onnx
 
@@ -149,7 +177,7 @@ def quantized_model(src: Path, mode: str, calib: np.ndarray | None, input_name: 
             pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
             how = _preprocess(src, pre)
             try:
-                _run_ort(pre, out, mode, calib, input_name)
+                _run_ort(pre, out, mode, calib)
             except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
                 raise DlcError(f"onnxruntime cannot quantize {src}: {str(e).splitlines()[0]}")
             model = onnx.load(str(out))
@@ -162,23 +190,22 @@ def quantized_model(src: Path, mode: str, calib: np.ndarray | None, input_name: 
     return model, how
 
 
-def throughput(sessions: list, x: np.ndarray, name: str, rounds: int = 5,
-               seconds: float = 0.2) -> list[float]:
+def throughput(sessions: list, x, rounds: int = 5, seconds: float = 0.2) -> list[float]:
     """Samples/s of each session on the same batch x: alternating rounds, best of each."""
-    best = [0.0] * len(sessions)
+    best, feed = [0.0] * len(sessions), feed_of(x)
     for s in sessions:
-        s.run(None, {name: x})  # warm-up
+        s.run(None, feed)  # warm-up
     for _ in range(rounds):
         for k, s in enumerate(sessions):
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds:
-                s.run(None, {name: x})
+                s.run(None, feed)
                 n += 1
             best[k] = max(best[k], n * len(x) / (time.perf_counter() - t0))
     return best
 
 
-def _scores(model, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+def _scores(model, x, y: np.ndarray) -> tuple[dict, np.ndarray]:
     out = model.run(x)
     values = out["prediction" if model.kind == "regression" else "logits"]
     result = M.compute(model.kind, y, values)
@@ -199,12 +226,12 @@ def compare(before, after, evaluation) -> dict:
     return result
 
 
-def _bench_batch(evaluation, calib, size: int = 1024) -> np.ndarray | None:
+def _bench_batch(evaluation, calib, size: int = 1024):
+    """`size` samples (repeated as needed) of the evaluation or calibration inputs."""
     x = evaluation[0] if evaluation is not None else calib
     if x is None or not len(x):
         return None
-    reps = -(-size // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:size])
+    return x[np.arange(size) % len(x)]
 
 
 def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | None = None,
@@ -219,15 +246,13 @@ def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | No
     src, out = Path(model_path), Path(output)
     before = load_model(src)
     _ = before.kind  # a one-output model: Model.kind says so in one line otherwise
-    if before.spec.get("inputs") or len(before.session.get_inputs()) != 1:
-        raise DlcError("dlc quantize handles single-input models (input:), not inputs:")
     if not out.parent.is_dir():
         raise DlcError(f"output folder {out.parent} does not exist")
     calib, evaluation, notes = _samples(before, data, mode == "static")
     calib = calibration_set(calib, calibration) if calib is not None else None
-    if mode == "static" and calib.dtype != np.float32:
+    if mode == "static" and all(v.dtype != np.float32 for v in feed_of(calib).values()):
         raise DlcError("--mode static needs float inputs; this model takes token ids")
-    model, how = quantized_model(src, mode, calib if mode == "static" else None, "input")
+    model, how = quantized_model(src, mode, calib if mode == "static" else None)
     info = {"mode": mode, "calibration": int(len(calib)) if mode == "static" else 0}
     model.metadata_props.add(key="dlc.quantized", value=json.dumps(info, sort_keys=True))
     write_bytes(out, model.SerializeToString())
@@ -237,8 +262,7 @@ def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | No
               "bytes_before": src.stat().st_size, "bytes_after": out.stat().st_size}
     batch = _bench_batch(evaluation, calib)
     if batch is not None:
-        speed = throughput([before.session, after.session], batch, "input",
-                           seconds=bench_seconds)
+        speed = throughput([before.session, after.session], batch, seconds=bench_seconds)
         report.update(batch=int(len(batch)), samples_per_s_before=speed[0],
                       samples_per_s_after=speed[1])
     if evaluation is not None:

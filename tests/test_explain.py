@@ -67,40 +67,42 @@ def test_grad_x_input_matches_finite_differences(iris_model):
     model, x = iris_inputs(iris_model)
     meta = {p.key: p.value for p in onnx.load(iris_model).metadata_props}
     steps = 1e-3 * np.asarray(json.loads(meta["dlc.normalize"])["scale"])
-    result = explain(load_explainer(iris_model), x, "grad_x_input")
+    result = explain(load_explainer(iris_model), x, "grad_x_input", baseline="zero")
+    attr = result["attributions"]["input"]
     out = model.run(x)
     assert np.array_equal(result["target"], out["class_index"])  # default: predicted class
     np.testing.assert_allclose(result["logit"], out["logits"].max(axis=1), rtol=1e-5)
     fd = central_differences(model, x, result["target"], steps)
     tol = np.abs(x) * fd_tolerance(out["logits"], steps)
-    assert np.all(np.abs(result["attributions"] - x * fd) <= tol), \
-        np.abs(result["attributions"] - x * fd).max()
-    assert np.abs(result["attributions"]).max() > 20 * tol.max()  # 5% off would show
+    assert np.all(np.abs(attr - x * fd) <= tol), np.abs(attr - x * fd).max()
+    assert np.abs(attr).max() > 20 * tol.max()  # 5% off would show
 
 
 def test_gradient_through_conv_and_maxpool_matches_finite_differences(cnn_model):
     model, ex = load_model(cnn_model), load_explainer(cnn_model)
     x = np.random.default_rng(0).uniform(0, 16, (6, 1, 8, 8)).astype(np.float32)
-    result = explain(ex, x, "grad_x_input")
+    result = explain(ex, x, "grad_x_input", baseline="zero")
+    attr = result["attributions"]["input"]
     steps = np.full(64, 1e-2)
     fd = central_differences(model, x, result["target"], steps)
     tol = np.abs(x) * fd_tolerance(model.run(x)["logits"], steps)[0]
-    err = np.abs(result["attributions"] - x * fd)
+    err = np.abs(attr - x * fd)
     assert np.all(err <= tol), err.max()
-    assert np.abs(result["attributions"]).max() > 10 * tol.max()
+    assert np.abs(attr).max() > 10 * tol.max()
 
 
-@pytest.mark.parametrize("target", [None, "virginica"])
-def test_integrated_gradients_completeness(iris_model, target):
+@pytest.mark.parametrize("target,baseline", [(None, "zero"), ("virginica", "zero"),
+                                             (None, "mean")])
+def test_integrated_gradients_completeness(iris_model, target, baseline):
     _, x = iris_inputs(iris_model)
     ex = load_explainer(iris_model)
-    result = explain(ex, x, "integrated_gradients", steps=32, target=target)
-    total = result["attributions"].sum(axis=1)
+    result = explain(ex, x, "integrated_gradients", steps=32, target=target, baseline=baseline)
+    total = result["attributions"]["input"].sum(axis=1)
     delta = result["logit"] - result["baseline_logit"]
     assert np.all(np.abs(total - delta) <= 0.03 * np.abs(delta) + 1e-3), (total, delta)
-    coarse = explain(ex, x, "integrated_gradients", steps=2, target=target)
-    fine = explain(ex, x, "integrated_gradients", steps=128, target=target)
-    gap = lambda r: np.abs(r["attributions"].sum(axis=1) - delta).sum()  # noqa: E731
+    coarse = explain(ex, x, "integrated_gradients", steps=2, target=target, baseline=baseline)
+    fine = explain(ex, x, "integrated_gradients", steps=128, target=target, baseline=baseline)
+    gap = lambda r: np.abs(r["attributions"]["input"].sum(axis=1) - delta).sum()  # noqa: E731
     assert gap(fine) <= gap(result) <= gap(coarse) and gap(coarse) > 0
 
 
@@ -112,7 +114,7 @@ def test_binary_target_zero_negates_the_log_odds():
     spec = load_spec(SPECS / "breast_cancer.yaml")
     proto = compile_spec(spec)
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
-    model, _ = gradient_model(spec.data, None, weights)
+    model, _, _ = gradient_model(spec.data, None, weights)
     from dlc.runtime.session import make_session
 
     sess = make_session(model.SerializeToString())

@@ -213,16 +213,22 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
 
 
 @_one_line
-def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
+def predict_inputs(model: Model, input_path: str):
+    """The model's raw inputs from a file, as `dlc predict` reads them: one array, or
+    `Columns` by input name for `inputs:`/`outputs:` models (`dlc serve` reads CSV uploads
+    through this too)."""
     from dlc.data import model_inputs
     from dlc.data.multi import read_multi
 
     if _reads_columns(model.spec, input_path):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)
-    else:
-        x = model_inputs(Path(input_path), model.spec, model.features, model.text)
-    return model.run(x, batch_size)
+        return x
+    return model_inputs(Path(input_path), model.spec, model.features, model.text)
+
+
+def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    return model.run(predict_inputs(model, input_path), batch_size)
 
 
 def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
@@ -247,6 +253,16 @@ def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
     return cols
 
 
+def prediction_rows(model: Model, out: dict[str, np.ndarray]) -> list[dict]:
+    """One mapping per sample, the prediction table's columns as keys (`dlc predict -o
+    x.json`, and what `dlc serve` answers)."""
+    return _records(_columns(model, out))
+
+
+def _records(cols: dict[str, list]) -> list[dict]:
+    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+
+
 def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None) -> str | None:
     """Write csv, npz or json by extension; with no path return the csv text."""
     cols = _columns(model, out)
@@ -257,8 +273,7 @@ def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None
         write_bytes(path, buf.getvalue())
         return None
     if suffix == ".json":
-        rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
-        write_text(path, json.dumps(rows, indent=1) + "\n")
+        write_text(path, json.dumps(_records(cols), indent=1) + "\n")
         return None
     if suffix != ".csv":
         raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
