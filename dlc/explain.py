@@ -128,12 +128,12 @@ def _pool_indices(b) -> None:
             node.output.append(b.fresh(f"{node.name}/indices"))
 
 
-def load_explainer(path: str | Path) -> Explainer:
-    from dlc.runtime.session import make_session
+def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
+    from dlc.runtime.session import choose_device, make_session
 
     model, norm, weights, target_norm = _stored(Path(path))
     proto, net = gradient_model(model.spec, norm, weights, str(path), target_norm)
-    session = make_session(proto.SerializeToString())
+    session = make_session(proto.SerializeToString(), *choose_device(device)[:2])
     return Explainer(session, model, tuple(net.input_shape), int(net.output_shape[-1]))
 
 
@@ -298,11 +298,11 @@ def saliency_pngs(ex: Explainer, x: np.ndarray, result: dict, folder: Path) -> l
 
 
 def explain_file(model: str, input_path: str, output: str | None, method: str, steps: int,
-                 target: str | None) -> list[str]:
+                 target: str | None, device: str = "cpu") -> list[str]:
     """`dlc explain`: attributions for the raw inputs in a file; returns the printed lines."""
     from dlc.data import model_inputs
 
-    ex = load_explainer(model)
+    ex = load_explainer(model, device)
     m = ex.model
     x = model_inputs(Path(input_path), m.spec, m.features, m.text)
     result = explain(ex, x, method, steps, target)
