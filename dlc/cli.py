@@ -127,7 +127,9 @@ def _print_run(path, log_format: str) -> None:
 
     result = json.loads((path / "summary.json").read_text())
     if log_format == "jsonl":
-        print(json.dumps({"event": "end", "run": str(path), **result}))
+        from dlc.runtime.report import json_event
+
+        print(json_event({"event": "end", "run": str(path), **result}))
         return
     print(f"run: {path}")
     for split in ("val", "test"):

@@ -65,7 +65,7 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
         test = "  ".join(f"{k} {v:.4g}" for k, v in r["test"].items() if isinstance(v, float))
         table.add_row(r["started"].replace("T", " ").replace("+00:00", ""), r["name"] or "",
                       r["run"], str(r["epochs"]), best, test, f"{r['samples_per_s'] or 0:,.0f}")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 400).print(table)  # piped: rows unfolded
 
 
 @app.command()

@@ -54,15 +54,24 @@ def list_runs(folder: Path) -> list[dict]:
     for summary in sorted(folder.glob("**/summary.json")):
         try:
             data = json.loads(summary.read_text())
-            spec = yaml.safe_load((summary.parent / "spec.yaml").read_text())
-        except (OSError, ValueError, yaml.YAMLError):
+        except (OSError, ValueError):
             continue
         run = summary.parent
+        spec = _spec_of(run)
         runs.append({"run": str(run), "started": _started(run), "name": spec.get("name"),
                      "epochs": data.get("epochs_run"), "best": _best(run, spec),
                      "test": data.get("test", {}), "val": data.get("val", {}),
                      "samples_per_s": data.get("train_samples_per_s")})
     return sorted(runs, key=lambda r: r["started"], reverse=True)
+
+
+def _spec_of(run: Path) -> dict:
+    """The run's resolved spec.yaml; {} when it is missing or unreadable."""
+    try:
+        spec = yaml.safe_load((run / "spec.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def _started(run: Path) -> str:

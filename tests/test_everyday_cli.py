@@ -60,7 +60,7 @@ def test_jsonl_log_format_is_json_on_stdout(cli, tmp_path):
                for e in epochs)
     assert epochs[-1]["eta_s"] == 0 and epochs[0]["elapsed_s"] <= epochs[-1]["elapsed_s"]
     end = events[-1]
-    assert end["event"] == "end" and end["run"] == str(tmp_path / "run")
+    assert end["event"] == "end" and end["run"] == str(tmp_path / "run") and "time" in end
     assert end["test"]["accuracy"] == json.loads((tmp_path / "run" / "summary.json")
                                                  .read_text())["test"]["accuracy"]
     assert "epoch 1/3" not in r.err
@@ -139,3 +139,14 @@ def test_predict_runs_on_auto_by_default(cli, monkeypatch, run_folder):
     r = cli("predict", run_folder / "model.onnx", SPECS / "data" / "iris_sample.csv")
     assert r.code == 0, r
     assert asked == ["auto"]
+
+
+def test_runs_lists_a_run_without_its_spec_file(cli, run_folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "runs" / "copy"
+    shutil.copytree(run_folder, copy)
+    (copy / "spec.yaml").write_text("[not a mapping\n")
+    (copy / "run.json").write_text("{}")  # no start time: run.json's own time stands in
+    r = cli("runs", tmp_path / "runs")
+    assert r.code == 0 and "copy" in r.out, r

@@ -67,12 +67,17 @@ class Plain:
         pass
 
 
+def json_event(event: dict) -> str:
+    """One `--log-format jsonl` line: the event's fields and the UTC time."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return json.dumps({**event, "time": stamp})
+
+
 class JsonLines(Plain):
     """One JSON object per event on stdout (`--log-format jsonl`)."""
 
     def _emit(self, event: dict) -> None:
-        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        print(json.dumps({**event, "time": stamp}), flush=True)
+        print(json_event(event), flush=True)
 
     def end_epoch(self, row: dict) -> None:
         if not self.quiet:
