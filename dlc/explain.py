@@ -59,14 +59,15 @@ class Explainer:
         return np.concatenate(logits), np.concatenate(grads)
 
 
-def _stored(path: Path):
-    """(resolved spec, normalisation, {initializer: array}) of a dlc model file."""
+def _stored(path: Path, device: str = "cpu"):
+    """(the loaded model, normalisation, {initializer: array}, target scaling) of a dlc model
+    file."""
     import onnx
     from onnx import numpy_helper
 
     from dlc.runtime.infer import load_model
 
-    model = load_model(path)  # checks that it is a dlc model with sane metadata
+    model = load_model(path, device)  # checks that it is a dlc model with sane metadata
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     norm = json.loads(meta.get("dlc.normalize", "null"))
@@ -131,7 +132,7 @@ def _pool_indices(b) -> None:
 def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
     from dlc.runtime.session import choose_device, make_session
 
-    model, norm, weights, target_norm = _stored(Path(path))
+    model, norm, weights, target_norm = _stored(Path(path), device)
     proto, net = gradient_model(model.spec, norm, weights, str(path), target_norm)
     session = make_session(proto.SerializeToString(), *choose_device(device)[:2])
     return Explainer(session, model, tuple(net.input_shape), int(net.output_shape[-1]))

@@ -130,15 +130,19 @@ def test_every_command_that_runs_a_model_defaults_to_auto(name):
     assert _device_default(name) == "auto"
 
 
-def test_predict_runs_on_auto_by_default(cli, monkeypatch, run_folder):
+@pytest.mark.parametrize("command", ["predict", "evaluate", "explain", "quantize"])
+def test_models_run_on_auto_by_default(cli, monkeypatch, run_folder, tmp_path, command):
     from dlc.runtime import session
 
     asked = []
     real = session.choose_device
     monkeypatch.setattr(session, "choose_device", lambda d: asked.append(d) or real("cpu"))
-    r = cli("predict", run_folder / "model.onnx", SPECS / "data" / "iris_sample.csv")
+    model, sample = run_folder / "model.onnx", SPECS / "data" / "iris_sample.csv"
+    args = {"predict": [sample], "evaluate": ["--data", "builtin:iris"], "explain": [sample],
+            "quantize": ["-o", tmp_path / "int8.onnx"]}[command]
+    r = cli(command, model, *args)
     assert r.code == 0, r
-    assert asked == ["auto"]
+    assert asked and set(asked) == {"auto"}
 
 
 def test_runs_lists_a_run_without_its_spec_file(cli, run_folder, tmp_path):
