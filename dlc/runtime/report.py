@@ -114,7 +114,8 @@ class Bar(Plain):
         super().start_epoch(epoch, epochs, steps)
         if self.task is None:  # the whole run, from the epoch this process starts at
             self.task = self.progress.add_task("", total=(epochs - epoch + 1) * steps,
-                                               epoch="", step="", loss=0.0, rate="-")
+                                               epoch=f"{epoch}/{epochs}", step="-",
+                                               loss=float("nan"), rate="-")
         self.progress.update(self.task, epoch=f"{epoch}/{epochs}")
 
     def step(self, i, n, loss):
