@@ -45,16 +45,17 @@ def test_scalars_and_graph_written_to_tb(cli, tmp_path):
             "--log-format", "jsonl")
     assert r.code == 0, r
     assert all(line.startswith("{") for line in r.out.splitlines())  # nothing else on stdout
-    found = scalars(out / "tb")
+    found = {split: scalars(out / "tb" / split) for split in ("train", "val", "test")}
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    for column, tag in (("train_loss", "train/loss"), ("val_accuracy", "val/accuracy"),
-                        ("lr", "lr")):
-        assert [s for s, _ in found[tag]] == [1, 2, 3]
-        assert [v for _, v in found[tag]] == pytest.approx([float(r[column]) for r in rows],
-                                                           rel=1e-6)
-    assert {"samples_per_s", "epoch_seconds", "test/accuracy", "test/loss"} <= set(found)
-    assert any(e.HasField("graph_def") for e in read_events(out / "tb"))
+    for column, split, tag in (("train_loss", "train", "loss"), ("val_loss", "val", "loss"),
+                               ("val_accuracy", "val", "accuracy"), ("lr", "train", "lr")):
+        assert [s for s, _ in found[split][tag]] == [1, 2, 3]
+        assert [v for _, v in found[split][tag]] == pytest.approx(
+            [float(r[column]) for r in rows], rel=1e-6)
+    assert {"samples_per_s", "epoch_seconds"} <= set(found["train"])
+    assert set(found["test"]) == {"loss", "accuracy", "f1"}
+    assert any(e.HasField("graph_def") for e in read_events(out / "tb" / "train"))
 
 
 def test_resume_continues_the_same_event_folder(cli, monkeypatch, tmp_path):
@@ -63,7 +64,7 @@ def test_resume_continues_the_same_event_folder(cli, monkeypatch, tmp_path):
     assert cli("train", SPECS / "iris.yaml", "--out", out, "--epochs", "4", "-q", *TB).code == 130
     restore()
     assert cli("train", "--resume", out, "-q").code == 0
-    steps = [s for s, _ in scalars(out / "tb")["val/loss"]]
+    steps = [s for s, _ in scalars(out / "tb" / "val")["loss"]]
     assert steps == [1, 2, 3, 4]  # epochs 1-2 before the interrupt, 3-4 after: none twice
 
 
