@@ -12,26 +12,17 @@ from typing import List, Optional
 
 import typer
 
+from dlc.cli_app import DeviceOpt, SetOpt, app, run
+from dlc.cli_app import load as _load
 from dlc.errors import DlcError, SpecError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="dlc: YAML model specs compiled to ONNX and trained in ONNX Runtime.")
 _state = {"debug": False}
-
-SetOpt = typer.Option(None, "--set", help="Override a spec field: --set train.epochs=5 "
-                                          "--set layers.0.units=128 (repeatable).")
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of unexpected "
                                                             "errors.")):
     _state["debug"] = debug
-
-
-def _load(path: str, overrides: Optional[List[str]] = None):
-    from dlc.spec import load_spec
-
-    return load_spec(path, overrides or [])
 
 
 @app.command()
@@ -102,27 +93,44 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
           set_: Optional[List[str]] = SetOpt,
           epochs: Optional[int] = typer.Option(None, help="Shorthand for --set train.epochs=N."),
           seed: Optional[int] = typer.Option(None, help="Shorthand for --set train.seed=S."),
-          device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+          device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (default "
+                                                          "train.device, auto)."),
           force: bool = typer.Option(False, "--force", help="Overwrite a non-empty run folder."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")):
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+          log_format: str = typer.Option("text", "--log-format", help="text (a progress bar on "
+                                         "a terminal, one line per epoch otherwise, on stderr) "
+                                         "| jsonl (one JSON object per epoch on stdout).")):
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
-    import json
-
+    from dlc.runtime.report import LOG_FORMATS
     from dlc.runtime.run import resume as run_resume
     from dlc.runtime.run import train as run_train
 
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"unknown --log-format '{log_format}'; use text or jsonl")
     overrides = list(set_ or [])
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
     if resume is not None:
         if spec is not None or out is not None:
             raise UsageError("--resume continues a run folder; give no SPEC and no --out with it")
-        path = run_resume(resume, overrides, device, quiet)
+        path = run_resume(resume, overrides, device, quiet, log_format)
     elif spec is None:
         raise UsageError("missing SPEC (or --resume RUN_DIR)")
     else:
-        path = run_train(_load(spec, overrides), out, force, device, quiet)
+        path = run_train(_load(spec, overrides), out, force, device, quiet, log_format)
+    _print_run(path, log_format)
+
+
+def _print_run(path, log_format: str) -> None:
+    """The run folder and its final metrics: text lines, or (jsonl) one `end` event."""
+    import json
+
     result = json.loads((path / "summary.json").read_text())
+    if log_format == "jsonl":
+        from dlc.runtime.report import json_event
+
+        print(json_event({"event": "end", "run": str(path), **result}))
+        return
     print(f"run: {path}")
     for split in ("val", "test"):
         if split in result:
@@ -134,7 +142,7 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
 def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH, "
                                                                       "npz:PATH or folder:PATH"),
              output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
-             batch_size: int = typer.Option(1024, min=1), device: str = "cpu",
+             batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt,
              per_class: bool = typer.Option(False, "--per-class", help="Precision, recall, F1 "
                                             "and support per class; the most confused pairs.")):
     """Metrics of a trained model on a data source (with targets)."""
@@ -187,7 +195,7 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help=".csv, .npz or .json (default: csv to "
                                                       "stdout)"),
-            batch_size: int = typer.Option(1024, min=1), device: str = "cpu"):
+            batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt):
     """Predictions with class names and probabilities (or regression values)."""
     from dlc.runtime import infer
 
@@ -205,7 +213,7 @@ def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0
           max_batch: int = typer.Option(64, help="Rows merged into one onnxruntime run."),
           max_wait_ms: float = typer.Option(0.0, help="How long a request waits to share one."),
           max_rows: int = typer.Option(1024, help="Rows one request may hold."),
-          device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")):
+          device: str = DeviceOpt):
     """Serve a model over HTTP: POST /predict, GET /health and /schema, a page at /."""
     from dlc.serve import serve as run_serve
 
@@ -213,80 +221,17 @@ def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0
 
 
 @app.command()
-def expand(spec: str, set_: Optional[List[str]] = SetOpt):
-    """Print the spec with blocks expanded and every default filled."""
-    import yaml
-
-    data = dict(_load(spec, set_).data)
-    data.pop("blocks", None)
-    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
-
-
-@app.command()
-def graph(spec: str, output: str = typer.Option("graph.svg", "-o", "--output",
-                                               help=".dot, .svg, .png or .pdf")):
-    """Draw the layer graph (Graphviz's dot renders svg/png/pdf)."""
-    from pathlib import Path
-
-    from dlc.drawing import render, to_dot
-
-    render(to_dot(_load(spec)), Path(output))
-    print(f"wrote {output}")
-
-
-@app.command()
-def diff(a: str, b: str):
-    """Semantic difference of two specs: changed fields (defaults filled) and parameter counts."""
-    from dlc.tools import diff_specs
-
-    for line in diff_specs(_load(a), _load(b)):
-        print(line)
-
-
-@app.command()
-def runs(folder: str = typer.Argument("runs", help="Folder to search for run folders.")):
-    """List runs (newest first) with their test metrics and training speed."""
-    from pathlib import Path
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from dlc.tools import list_runs
-
-    found = list_runs(Path(folder))
-    if not found:
-        raise DlcError(f"no runs under {folder}")
-    table = Table()
-    for col in ("run", "epochs", "test", "samples/s"):
-        table.add_column(col)
-    for r in found:
-        test = "  ".join(f"{k} {v:.4g}" for k, v in r["test"].items() if isinstance(v, float))
-        table.add_row(r["run"], str(r["epochs"]), test, f"{r['samples_per_s'] or 0:,.0f}")
-    Console().print(table)
-
-
-@app.command()
-def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
-    """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
-    from pathlib import Path
-
-    from dlc.tools import plot_run
-
-    plot_run(Path(run), Path(output))
-    print(f"wrote {output}")
-
-
-@app.command()
 def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help="int8.onnx path"),
              mode: str = typer.Option("dynamic", help="dynamic | static"),
              data: Optional[str] = typer.Option(None, "--data", help="Calibration (and, when the "
                                                 "spec's data does not load, comparison) source."),
-             calibration: int = typer.Option(256, help="Calibration samples (static).")):
+             calibration: int = typer.Option(256, help="Calibration samples (static)."),
+             device: str = DeviceOpt):
     """Quantize a trained model to int8 (onnxruntime); report size, speed and metric change."""
     from dlc.tools_quantize import quantize as run_quantize
     from dlc.tools_quantize import render
 
-    for line in render(run_quantize(model, output, mode, data, calibration)):
+    for line in render(run_quantize(model, output, mode, data, calibration, device=device)):
         print(line)
 
 
@@ -294,7 +239,7 @@ def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help=
 def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of folds K."),
        set_: Optional[List[str]] = SetOpt,
        output: Optional[str] = typer.Option(None, "-o", "--output", help="cv.json"),
-       device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N.")):
+       device: str = DeviceOpt):
     """K-fold cross-validation: a fresh model per fold; mean ± std of each metric."""
     import json
 
@@ -323,7 +268,7 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
          seed: Optional[int] = typer.Option(None, help="Sampler seed (default train.seed); give "
                                                        "each process sharing a study its own."),
          set_: Optional[List[str]] = SetOpt,
-         device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N."),
+         device: str = DeviceOpt,
          backend: str = typer.Option("optuna", help="optuna | ray (Ray Tune: random search, "
                                                     "ASHA early stopping)."),
          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the "
@@ -358,21 +303,13 @@ def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image
             steps: int = typer.Option(32, help="Integrated-gradients interpolation steps."),
             target: Optional[str] = typer.Option(None, help="Class name or index (default: "
                                                             "the predicted class)."),
-            baseline: str = typer.Option("mean", help="mean (the training mean) | zero")):
+            baseline: str = typer.Option("mean", help="mean (the training mean) | zero"),
+            device: str = DeviceOpt):
     """Input attributions of the target logit, through dlc's own gradient pass."""
     from dlc.explain_report import explain_file
 
-    for line in explain_file(model, input, output, method, steps, target, baseline):
+    for line in explain_file(model, input, output, method, steps, target, baseline, device):
         print(line)
-
-
-@app.command()
-def env():
-    """Versions, execution providers, and whether CUDA is usable here (and why not)."""
-    from dlc.tools import environment
-
-    for key, value in environment():
-        print(f"{key + ':':22} {value}")
 
 
 def _one_line(text: str) -> str:
@@ -382,7 +319,7 @@ def _one_line(text: str) -> str:
 
 def main() -> None:
     try:
-        app()
+        run()
     except DlcError as e:
         if isinstance(e, SpecError):  # one line per diagnostic
             print(str(e), file=sys.stderr)
@@ -398,3 +335,6 @@ def main() -> None:
         print(f"dlc: unexpected error: {type(e).__name__}: {_one_line(str(e))} (run with "
               "--debug for the traceback)", file=sys.stderr)
         sys.exit(3)
+
+
+from dlc import cli_tools  # noqa: E402,F401 - registers expand, graph, diff, runs, plot, env

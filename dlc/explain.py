@@ -84,14 +84,14 @@ class Explainer:
                         for k, t in enumerate(self.wrt)}
 
 
-def _stored(path: Path):
+def _stored(path: Path, device: str = "cpu"):
     """(model, normalisation by input name, {initializer: array}, target scaling)."""
     import onnx
     from onnx import numpy_helper
 
     from dlc.runtime.infer import load_model
 
-    model = load_model(path)  # checks that it is a dlc model with sane metadata
+    model = load_model(path, device)  # checks that it is a dlc model with sane metadata
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     norm = json.loads(meta.get("dlc.normalize", "null"))
@@ -191,14 +191,14 @@ def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
     return lookups
 
 
-def load_explainer(path: str | Path) -> Explainer:
-    from dlc.runtime.session import make_session
+def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
+    from dlc.runtime.session import choose_device, make_session
 
-    model, norm, weights, target_norm = _stored(Path(path))
+    model, norm, weights, target_norm = _stored(Path(path), device)
     proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
     norms = norm if model.spec.get("inputs") else {"input": norm}
     floats = [n for n, (_, d) in net.inputs.items() if d == "float32"]
-    return Explainer(make_session(proto.SerializeToString()), model,
+    return Explainer(make_session(proto.SerializeToString(), *choose_device(device)[:2]), model,
                      {n: tuple(s) for n, (s, _) in net.inputs.items()}, floats, lookups,
                      int(net.output_shape[-1]), norms)
 

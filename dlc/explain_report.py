@@ -126,12 +126,12 @@ def saliency_pngs(ex: Explainer, x: np.ndarray, result: dict, folder: Path) -> l
 
 
 def explain_file(model: str, input_path: str, output: str | None, method: str, steps: int,
-                 target: str | None, baseline: str = "mean") -> list[str]:
+                 target: str | None, baseline: str = "mean", device: str = "cpu") -> list[str]:
     """`dlc explain`: attributions for the raw inputs in a file (read as `dlc predict` reads
     them); returns the printed lines."""
     from dlc.runtime.infer import predict_inputs
 
-    ex = load_explainer(model)
+    ex = load_explainer(model, device)
     x = predict_inputs(ex.model, input_path)
     result = explain(ex, x, method, steps, target, baseline)
     lines = sample_lines(ex, result)

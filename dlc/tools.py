@@ -6,7 +6,10 @@ import csv
 import json
 import shutil
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from dlc.errors import DlcError
 
@@ -45,18 +48,59 @@ def diff_specs(a, b) -> list[str]:
 
 
 def list_runs(folder: Path) -> list[dict]:
-    """Every run under `folder` (a folder holding summary.json), newest first."""
+    """Every run under `folder` (a folder holding summary.json), newest first: when it started,
+    its spec's name, epochs, the best value of its monitored column, test metrics and speed."""
     runs = []
     for summary in sorted(folder.glob("**/summary.json")):
         try:
             data = json.loads(summary.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
-        runs.append({"run": str(summary.parent), "epochs": data.get("epochs_run"),
+        run = summary.parent
+        spec = _spec_of(run)
+        runs.append({"run": str(run), "started": _started(run), "name": spec.get("name"),
+                     "epochs": data.get("epochs_run"), "best": _best(run, spec),
                      "test": data.get("test", {}), "val": data.get("val", {}),
-                     "samples_per_s": data.get("train_samples_per_s"),
-                     "mtime": summary.stat().st_mtime})
-    return sorted(runs, key=lambda r: r["mtime"], reverse=True)
+                     "samples_per_s": data.get("train_samples_per_s")})
+    return sorted(runs, key=lambda r: r["started"], reverse=True)
+
+
+def _spec_of(run: Path) -> dict:
+    """The run's resolved spec.yaml; {} when it is missing or unreadable."""
+    try:
+        spec = yaml.safe_load((run / "spec.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _started(run: Path) -> str:
+    """run.json's start time (UTC, ISO 8601); for runs made before dlc wrote it, the time run.json
+    was written, which is when the run started."""
+    path = run / "run.json"
+    try:
+        started = json.loads(path.read_text()).get("started")
+        stamp = path.stat().st_mtime
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return started or datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def _best(run: Path, spec: dict) -> dict | None:
+    """{"column", "value", "epoch"}: the best epoch of the column early stopping monitors (its
+    default: val_loss, else train_loss), from metrics.csv."""
+    from dlc.runtime.trainer import monitor_of
+
+    try:
+        rows = read_metrics(run)
+        name, lower = monitor_of(spec.get("train") or {}, "val_loss" in rows[0])
+        scored = [(r[name], int(r["epoch"])) for r in rows if name in r]
+    except (DlcError, OSError, ValueError, IndexError, KeyError):
+        return None
+    if not scored:
+        return None
+    value, epoch = (min if lower else max)(scored, key=lambda t: t[0])  # ties: the earliest
+    return {"column": name, "value": value, "epoch": epoch}
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -235,8 +235,9 @@ def _bench_batch(evaluation, calib, size: int = 1024):
 
 
 def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | None = None,
-             calibration: int = 256, bench_seconds: float = 0.2) -> dict:
-    """Write the int8 model to `output`; return the before/after report."""
+             calibration: int = 256, bench_seconds: float = 0.2, device: str = "cpu") -> dict:
+    """Write the int8 model to `output`; return the before/after report (both models run on
+    `device`)."""
     from dlc.runtime.infer import load_model
 
     if mode not in MODES:
@@ -244,7 +245,7 @@ def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | No
     if calibration < 1:
         raise UsageError("--calibration must be at least 1")
     src, out = Path(model_path), Path(output)
-    before = load_model(src)
+    before = load_model(src, device)
     _ = before.kind  # a one-output model: Model.kind says so in one line otherwise
     if not out.parent.is_dir():
         raise DlcError(f"output folder {out.parent} does not exist")
@@ -256,7 +257,7 @@ def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | No
     info = {"mode": mode, "calibration": int(len(calib)) if mode == "static" else 0}
     model.metadata_props.add(key="dlc.quantized", value=json.dumps(info, sort_keys=True))
     write_bytes(out, model.SerializeToString())
-    after = load_model(out)
+    after = load_model(out, device)
     report = {"model": str(src), "output": str(out), **info, "preprocess": how, "notes": notes,
               "shown": list(before.spec["task"]["metrics"]),
               "bytes_before": src.stat().st_size, "bytes_after": out.stat().st_size}

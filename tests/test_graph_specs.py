@@ -191,13 +191,8 @@ def test_expand_and_graph_commands(cli, tmp_path):
     assert r.code == 0, r
     dot = (tmp_path / "g.dot").read_text()
     assert '"stem" -> "res1.sum"' in dot and "subgraph cluster_0" in dot
-    r = cli("graph", SPECS / "digits_resnet.yaml", "-o", tmp_path / "g.svg")
-    import shutil
-
-    if shutil.which("dot"):
-        assert r.code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml"), r
-    else:
-        assert r.code == 1 and "needs Graphviz" in r.err, r
+    r = cli("graph", SPECS / "digits_resnet.yaml", "-o", tmp_path / "g.svg")  # no dot needed
+    assert r.code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml"), r
     r = cli("summary", SPECS / "digits_resnet.yaml")
     assert r.code == 0 and "res1" in r.out and "block" in r.out, r
 

@@ -1,14 +1,13 @@
 """Data loading for training, evaluation and prediction.
 
 Sources (`data.source`): `builtin:digits|iris|wine|breast_cancer|diabetes` (scikit-learn's bundled
-copies), `csv:PATH`, `npz:PATH`, `folder:PATH` (one sub-folder of PNG/JPEG images per class; paths
+copies, shipped as package data), `csv:PATH`, `npz:PATH`, `folder:PATH` (one sub-folder of PNG/JPEG images per class; paths
 relative to the spec file). Image arrays are channels-first; `data.layout: nhwc` reads
 channels-last arrays. `data.augment` is checked here and applied per training batch by the trainer
 (`dlc.data.augment.augment`). `data.window` turns a csv/npz series into forecasting windows
 (`dlc.data.windows`, split in time order); `data.text` turns a CSV of raw text into token ids with a
 vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`). Every
-data problem raises a one-line DlcError. scikit-learn and Pillow are imported lazily, only for
-builtin and folder sources.
+data problem raises a one-line DlcError. Pillow is imported lazily, only for folder sources.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
 from dlc.errors import DlcError
 
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 SCHEMES = ("builtin", "csv", "npz", "folder")
 
@@ -48,24 +49,20 @@ def resolve_path(rest: str, spec_dir: Path, origin: str, folder: bool = False) -
 
 
 def load_builtin(name: str, kind: str, known: list[str] | None) -> Raw:
-    """One of sklearn's bundled datasets (offline)."""
+    """One of scikit-learn's five bundled toy data sets, shipped with dlc as package data
+    (dlc/data/builtin/NAME.npz, made by scripts/make_builtin_data.py), so no scikit-learn is
+    needed; the arrays equal scikit-learn's (tests/test_builtin_data.py)."""
     if name not in BUILTINS:
         raise DlcError(f"unknown builtin data set '{name}'; expected one of: {', '.join(BUILTINS)}")
-    try:
-        import sklearn.datasets as skd
-    except ImportError:  # pragma: no cover - sklearn is a dependency
-        raise DlcError("builtin data sets need scikit-learn: pip install scikit-learn") from None
-    bunch = getattr(skd, f"load_{name}")()
-    x = np.asarray(bunch.data, dtype=np.float64)
-    names = getattr(bunch, "target_names", None)
+    arrays = _read_npz(BUILTIN_DIR / f"{name}.npz", f"builtin:{name}")
+    x = arrays["x"].astype(np.float64)
+    names = _npz_names(arrays, "labels", None)
     if not known and names is not None and kind != "regression":
-        known = [str(n) for n in names]
+        known = names
     what = f"builtin:{name}"
-    y, labels = encode_numeric(
-        np.asarray(bunch.target), kind, known, lambda i: f"{what}: sample {i}", f"{what} target"
-    )
-    features = [str(f) for f in getattr(bunch, "feature_names", [])] or None
-    return x, y, labels, features
+    y, labels = encode_numeric(arrays["y"], kind, known, lambda i: f"{what}: sample {i}",
+                               f"{what} target")
+    return x, y, labels, _npz_names(arrays, "features", x.shape[1])
 
 
 def _read_npz(path: Path, display: str) -> dict[str, np.ndarray]:

@@ -97,18 +97,21 @@ def _prepare(spec, data_dir: Path):
 
 
 def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, log_format: str = "text") -> Path:
     """A new run of `spec` into `out` (default runs/<name>/<timestamp>)."""
     data_dir = Path(spec.file).resolve().parent
     net, dataset, labels = _prepare(spec, data_dir)
     path = run_dir(out, spec.data["name"], force)
     write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # for `dlc runs`
     write_text(path / "run.json", json.dumps({"spec": str(Path(spec.file).resolve()),
-                                              "data_dir": str(data_dir)}, indent=1) + "\n")
-    return _fit(spec, net, dataset, labels, path, device, quiet, resume=False)
+                                              "data_dir": str(data_dir), "started": started},
+                                             indent=1) + "\n")
+    return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), resume=False)
 
 
-def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False) -> Path:
+def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False,
+           log_format: str = "text") -> Path:
     """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
     schedule and history as if it had never stopped)."""
     from dlc.spec import load_spec
@@ -119,13 +122,14 @@ def resume(path: str | Path, overrides=(), device: str | None = None, quiet: boo
     spec = load_spec(path / "spec.yaml", overrides)
     info = json.loads((path / "run.json").read_text())
     net, dataset, labels = _prepare(spec, Path(info["data_dir"]))
-    return _fit(spec, net, dataset, labels, path, device, quiet, resume=True)
+    return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), resume=True)
 
 
-def _fit(spec, net, dataset, labels, path: Path, device, quiet: bool, resume: bool) -> Path:
+def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resume: bool) -> Path:
+    """`output`: (quiet, log format) for the reporter."""
     cfg = spec.data["train"]
     kind, index, info = choose_device(device or cfg.get("device", "auto"))
-    rep = reporter(quiet)
+    rep = reporter(*output, batch_size=cfg["batch_size"])
     if info:
         rep.note(info)
     trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))

@@ -8,8 +8,10 @@ short line from dlc instead of onnxruntime's multi-line dump.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import re
+import shutil
 
 from dlc.errors import DlcError, UsageError
 
@@ -23,10 +25,12 @@ def parse_device(device: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2) or 0)
 
 
-def resolve_device(device: str, available: list[str], usable) -> tuple[str, int, str | None]:
-    """(kind 'cpu'|'cuda', device id, info line or None). `usable(id)` -> (ok, reason)."""
+def resolve_device(device: str, available: list[str], usable,
+                   gpu_seen: bool = True) -> tuple[str, int, str | None]:
+    """(kind 'cpu'|'cuda', device id, info line or None). `usable(id)` -> (ok, reason). `auto`
+    on a machine where no GPU is seen is plain CPU: no probe, no fall-back line."""
     kind, index = parse_device(device)
-    if kind == "cpu":
+    if kind == "cpu" or (kind == "auto" and not gpu_seen):
         return "cpu", 0, None
     ok, reason = usable(index) if CUDA in available else (False, "onnxruntime has no CUDA provider")
     if ok:
@@ -83,7 +87,14 @@ def make_session(model_bytes: bytes, kind: str = "cpu", index: int = 0):
         raise DlcError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}")
 
 
+def gpu_present() -> bool:
+    """Does this machine seem to have an NVIDIA GPU: a device node (/dev/nvidiaN, WSL's /dev/dxg)
+    or the driver's nvidia-smi on PATH?"""
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")
+                or shutil.which("nvidia-smi"))
+
+
 def choose_device(device: str) -> tuple[str, int, str | None]:
     import onnxruntime as ort
 
-    return resolve_device(device, ort.get_available_providers(), cuda_usable)
+    return resolve_device(device, ort.get_available_providers(), cuda_usable, gpu_present())

@@ -1,4 +1,5 @@
-"""Optional experiment tracking of a training run: `train.tracking: {backend: mlflow}`.
+"""Optional experiment tracking of a training run: `train.tracking: {backend: mlflow}` (here) or
+`{backend: tensorboard}` (dlc.runtime.tracking_tb; `start` returns its tracker).
 
 One MLflow run per `dlc train` (or `--resume`), named after the run folder, in the experiment
 `train.tracking.experiment` (default: the spec's name), at `train.tracking.uri` (default
@@ -57,7 +58,14 @@ def _mlflow():
 
 def check(spec) -> None:
     """Fail now, before any work, when the spec asks for a tracker that is not installed."""
-    if settings(spec) is not None:
+    cfg = settings(spec)
+    if cfg is None:
+        return
+    if cfg["backend"] == "tensorboard":
+        from dlc.runtime.tracking_tb import writer_class
+
+        writer_class()
+    else:
         _mlflow()
 
 
@@ -218,6 +226,10 @@ def start(spec, path: Path, history=()) -> Tracker:
     cfg = settings(spec)
     if cfg is None:
         return Tracker()
+    if cfg["backend"] == "tensorboard":
+        from dlc.runtime import tracking_tb
+
+        return tracking_tb.start(path, history)
     _mlflow()
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
