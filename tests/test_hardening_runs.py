@@ -291,3 +291,51 @@ def test_written_files_honour_the_umask(cli, iris_run, tmp_path, umask, mode):
         os.umask(old)
     assert (out.stat().st_mode & 0o777) == mode
     assert ((tmp_path / "m.onnx").stat().st_mode & 0o777) == mode
+
+
+# ---- 6: an optimizer field its type does not use is refused, never ignored ---------------------
+def test_sgd_with_momentum_is_refused_with_the_right_type(cli):
+    r = cli("train", IRIS, "--set", "train.optimizer={type: sgd, momentum: 0.9}", "-q")
+    assert r.code == 2, r
+    assert "train.optimizer.momentum: optimizer sgd has no momentum; did you mean type: " \
+           "momentum or nesterov?" in r.err, r
+
+
+def test_models_and_run_folders_of_older_versions_still_load(cli, iris_run, tmp_path):
+    """dlc used to fill every optimizer field in for every type; those never acted, and a model
+    or run folder holding them is not corrupt."""
+    old = {"momentum": 0.9, "alpha": 0.99}
+    proto = onnx.load(iris_run / "model.onnx")
+    for p in proto.metadata_props:
+        if p.key == "dlc.spec_resolved":
+            spec = json.loads(p.value)
+            spec["train"]["optimizer"].update(old)
+            p.value = json.dumps(spec)
+    onnx.save(proto, tmp_path / "old.onnx")
+    r = cli("predict", tmp_path / "old.onnx", SPECS / "data" / "iris_sample.csv")
+    assert r.code == 0 and "label" in r.out, r
+    run = tmp_path / "run"
+    shutil.copytree(iris_run, run)
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    spec["train"]["optimizer"].update(old)
+    (run / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert cli("train", "--resume", run, "-q", "--epochs", "4").code == 0
+
+
+# ---- 9: evaluate on the model's own source scores the split it was tested on -------------------
+def test_evaluate_on_the_own_source_scores_the_test_split(cli, iris_run, tmp_path):
+    out = tmp_path / "m.json"
+    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:iris", "-o", out)
+    assert r.code == 0, r
+    result = _strict_json(out)
+    summary = _strict_json(iris_run / "summary.json")
+    assert result["samples"] == 30 and result["accuracy"] == pytest.approx(
+        summary["test"]["accuracy"])  # the rows training held out, not all 150
+    assert r.out.startswith("scored: the test split of builtin:iris (30 of 150 rows; the split "
+                            "the model was tested on)"), r
+    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:iris", "--split", "val")
+    assert r.code == 0 and "samples: 15" in r.out and "the val split" in r.out, r
+    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:iris", "--split", "all")
+    assert r.code == 0 and "samples: 150" in r.out and "all 150 rows" in r.out, r
+    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:wine", "--split", "test")
+    assert r.code == 2 and "use --split all" in r.err, r

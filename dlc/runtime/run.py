@@ -141,17 +141,35 @@ def read_run_info(path: Path) -> dict:
     return info
 
 
+def _run_spec(file: Path, overrides):
+    """A run folder's spec.yaml with `overrides`. Optimizer fields its type does not use, which
+    older dlc versions filled in for every type (they never acted), are dropped first."""
+    from dlc.spec import load_spec_text
+    from dlc.spec.schema import without_unused_optimizer_fields
+
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, ValueError) as e:
+        raise DlcError(f"cannot read {file}: {e}") from None
+    except (yaml.YAMLError, RecursionError):
+        data = None  # load_spec_text says what is wrong, and where
+    if isinstance(data, dict) and without_unused_optimizer_fields(data) != data:
+        text = yaml.safe_dump(without_unused_optimizer_fields(data), sort_keys=False)
+    return load_spec_text(text, str(file), overrides)
+
+
 def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False) -> Path:
     """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
     schedule and history as if it had never stopped). Overrides change spec.yaml (and so the
     model's dlc.spec) and are recorded in run.json's `resumes`, with the epoch they start at."""
-    from dlc.spec import load_spec, load_spec_text
+    from dlc.spec import load_spec_text
 
     path = Path(path)
     if not (path / "checkpoint.npz").is_file() or not (path / "run.json").is_file():
         raise DlcError(f"{path} holds no checkpoint to resume (checkpoint.npz, run.json)")
     with rundir.locked(path):
-        spec = load_spec(path / "spec.yaml", overrides)
+        spec = _run_spec(path / "spec.yaml", overrides)
         info = read_run_info(path)
         if overrides:  # the spec as it now is, so that dlc.spec and dlc.spec_resolved agree
             spec = load_spec_text(yaml.safe_dump(spec.data, sort_keys=False), spec.file)

@@ -179,6 +179,8 @@ def _simple_message(error: Any, path: tuple) -> str:
     kind, schema_ = error.validator, error.schema
     if kind == "type":
         return _type_message(error)
+    if kind == "not" and "x-refused" in schema_:  # a field refused here: the message says why
+        return schema_["x-refused"]
     if "x-message" in schema_:
         hint = _did_you_mean(error.instance, schema_.get("examples", []))
         sep = "; " if "," in schema_["x-message"] else ", "
@@ -229,6 +231,21 @@ def validate(data: Any) -> list[Problem]:
     """Every schema problem in `data` (empty when it is valid), one per mistake."""
     errors = validator().iter_errors(data)
     return _prune([p for e in errors for p in _problems(e)])
+
+
+def without_unused_optimizer_fields(data: dict) -> dict:
+    """`data` without the train.optimizer fields its type does not use (the schema's `not`
+    branches). Specs that dlc resolved before such fields were refused hold them at their
+    defaults (spec.yaml of old run folders, dlc.spec_resolved of old models); they never acted."""
+    optimizer = (data.get("train") or {}).get("optimizer")
+    if not isinstance(optimizer, dict):
+        return data
+    node = _resolve(schema()["properties"]["train"]["properties"]["optimizer"])
+    evolve = validator().evolve
+    unused = {key for branch in node["allOf"] if evolve(schema=branch["if"]).is_valid(optimizer)
+              for key, rule in branch["then"]["properties"].items() if "not" in rule}
+    kept = {k: v for k, v in optimizer.items() if k not in unused}
+    return {**data, "train": {**data["train"], "optimizer": kept}}
 
 
 def fill_defaults(data: Any) -> None:
