@@ -339,3 +339,43 @@ def test_evaluate_on_the_own_source_scores_the_test_split(cli, iris_run, tmp_pat
     assert r.code == 0 and "samples: 150" in r.out and "all 150 rows" in r.out, r
     r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:wine", "--split", "test")
     assert r.code == 2 and "use --split all" in r.err, r
+
+
+# ---- 5: task.labels name exactly the target's values -------------------------------------------
+def _labelled(tmp_path, cells, labels):
+    rows = ["a,b,stance"] + [f"{i % 7},{i % 3},{cells[i % len(cells)]}" for i in range(40)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    spec = tmp_path / "s.yaml"
+    units = len(labels) if labels else len(set(cells))
+    spec.write_text(f"dlc: 1\nname: csv\ninput: {{shape: [2]}}\nlayers:\n  - {{type: dense, "
+                    f"units: {units}}}\ntask: {{kind: classification"
+                    f"{', labels: ' + json.dumps(labels) if labels else ''}}}\ndata:\n"
+                    "  source: csv:d.csv\n  split: {val: 0.0, test: 0.0}\ntrain: {epochs: 1}\n")
+    return spec
+
+
+def test_a_typo_in_task_labels_is_an_error_naming_it(cli, tmp_path):
+    spec = _labelled(tmp_path, ["independent", "aligned"], ["independant", "aligned"])
+    line = _one_error_line(cli("train", spec, "--out", tmp_path / "run", "-q"))
+    assert "the data has 'independent', not in task.labels" in line, line
+    assert "task.labels has 'independant', not in the data" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_labels_in_another_order_than_sorted_are_kept(cli, tmp_path):
+    spec = _labelled(tmp_path, ["independent", "aligned"], ["independent", "aligned"])
+    assert cli("train", spec, "--out", tmp_path / "run", "-q").code == 0
+    r = cli("predict", tmp_path / "run" / "model.onnx", tmp_path / "d.csv")
+    assert r.code == 0 and r.out.splitlines()[0].endswith("p_independent,p_aligned"), r
+
+
+def test_duplicate_task_labels_are_a_spec_error(cli, tmp_path):
+    spec = _labelled(tmp_path, ["x", "y"], ["x", "y", "x"])
+    r = cli("train", spec, "--out", tmp_path / "run", "-q")
+    assert r.code == 2 and "task.labels: items must be unique" in r.err, r
+
+
+def test_one_class_written_two_ways_is_an_error(cli, tmp_path):
+    spec = _labelled(tmp_path, ["0", "1", "1e0"], None)
+    line = _one_error_line(cli("train", spec, "--out", tmp_path / "run", "-q"))
+    assert "'1e0' and '1' are both class 1" in line, line
