@@ -137,6 +137,7 @@ def _check_one_spelling(cells: list[str], ints: list[int], loc: Locator) -> None
             raise DlcError(f"{loc(i)}: '{cell.strip()}' and '{seen}' are both class {value}, "
                            "written two ways; write each class one way")
 
+
 def _encode_categorical(
     cells: list[str], kind: str, known: list[str] | None, strict: bool, loc: Locator
 ) -> tuple[np.ndarray, list[str]]:

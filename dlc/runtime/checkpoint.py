@@ -110,9 +110,8 @@ def load(path: Path, trainer) -> None:
         raise DlcError(f"checkpoint {path} is damaged: the best epoch's parameters are missing")
     try:
         st.rng.bit_generator.state = meta["rng"]
-        sched = meta["schedule"]
-        trainer.schedule.load_state({"scale": float(sched["scale"]),
-                                     "best": None if sched["best"] is None else float(sched["best"]),
+        sched, number = meta["schedule"], lambda v: None if v is None else float(v)
+        trainer.schedule.load_state({"scale": float(sched["scale"]), "best": number(sched["best"]),
                                      "bad_epochs": int(sched["bad_epochs"])})
         best = meta["best"] and {"epoch": int(meta["best"]["epoch"]),
                                  "value": float(meta["best"]["value"])}

@@ -137,11 +137,11 @@ def _check_spec(path: Path, spec) -> None:
     from dlc.errors import SpecError
     from dlc.network import build_network
     from dlc.spec import Spec
-    from dlc.spec.schema import render_path, validate, without_unused_optimizer_fields
+    from dlc.spec.schema import render_path, validate, without_filled_optimizer_fields
 
     if not isinstance(spec, dict):
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved is not a mapping)")
-    problems = validate(without_unused_optimizer_fields(spec))  # models of older dlc versions
+    problems = validate(without_filled_optimizer_fields(spec))  # models of older dlc versions
     if problems:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "

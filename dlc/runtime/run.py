@@ -142,10 +142,10 @@ def read_run_info(path: Path) -> dict:
 
 
 def _run_spec(file: Path, overrides):
-    """A run folder's spec.yaml with `overrides`. Optimizer fields its type does not use, which
-    older dlc versions filled in for every type (they never acted), are dropped first."""
+    """A run folder's spec.yaml with `overrides`; the optimizer fields dlc filled in are dropped
+    first (see without_filled_optimizer_fields), so that --set may switch the optimizer type."""
     from dlc.spec import load_spec_text
-    from dlc.spec.schema import without_unused_optimizer_fields
+    from dlc.spec.schema import without_filled_optimizer_fields
 
     try:
         text = file.read_text(encoding="utf-8")
@@ -154,8 +154,8 @@ def _run_spec(file: Path, overrides):
         raise DlcError(f"cannot read {file}: {e}") from None
     except (yaml.YAMLError, RecursionError):
         data = None  # load_spec_text says what is wrong, and where
-    if isinstance(data, dict) and without_unused_optimizer_fields(data) != data:
-        text = yaml.safe_dump(without_unused_optimizer_fields(data), sort_keys=False)
+    if isinstance(data, dict) and without_filled_optimizer_fields(data) != data:
+        text = yaml.safe_dump(without_filled_optimizer_fields(data), sort_keys=False)
     return load_spec_text(text, str(file), overrides)
 
 

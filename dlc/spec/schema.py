@@ -233,18 +233,21 @@ def validate(data: Any) -> list[Problem]:
     return _prune([p for e in errors for p in _problems(e)])
 
 
-def without_unused_optimizer_fields(data: dict) -> dict:
-    """`data` without the train.optimizer fields its type does not use (the schema's `not`
-    branches). Specs that dlc resolved before such fields were refused hold them at their
-    defaults (spec.yaml of old run folders, dlc.spec_resolved of old models); they never acted."""
+def without_filled_optimizer_fields(data: dict) -> dict:
+    """`data` without the train.optimizer fields that a resolved spec may hold but need not:
+    those its type does not use (the schema's `not` branches; dlc versions before they were
+    refused filled them in for every type, and they never acted) and those at their type's
+    default (filled in again on load). For specs dlc wrote: spec.yaml of a run folder, which
+    `--resume --set train.optimizer.type=...` may switch, and dlc.spec_resolved of a model."""
     optimizer = (data.get("train") or {}).get("optimizer")
     if not isinstance(optimizer, dict):
         return data
     node = _resolve(schema()["properties"]["train"]["properties"]["optimizer"])
     evolve = validator().evolve
-    unused = {key for branch in node["allOf"] if evolve(schema=branch["if"]).is_valid(optimizer)
-              for key, rule in branch["then"]["properties"].items() if "not" in rule}
-    kept = {k: v for k, v in optimizer.items() if k not in unused}
+    branches = [b for b in node["allOf"] if evolve(schema=b["if"]).is_valid(optimizer)]
+    rules = {key: rule for b in branches for key, rule in b["then"]["properties"].items()}
+    kept = {k: v for k, v in optimizer.items() if k not in rules
+            or not ("not" in rules[k] or rules[k].get("default") == v)}
     return {**data, "train": {**data["train"], "optimizer": kept}}
 
 
