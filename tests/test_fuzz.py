@@ -339,7 +339,8 @@ def _conditional(node: dict, path: tuple):
             covered.update(sub.get("enum", [sub.get("const")]))
         then = _resolve(branch["then"])
         props = dict(rest.get("properties", {}))
-        for key, sub in then.get("properties", {}).items():  # a branch refines a property...
+        refined = [*cond.items(), *then.get("properties", {}).items()]
+        for key, sub in refined:  # the branch's `if` and `then` refine a property...
             props[key] = {**props.get(key, {}), **sub}
             if sub.get("not") == {}:  # ...or refuses it (optimizer fields of another type)
                 del props[key]
