@@ -286,16 +286,14 @@ def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of 
        output: Optional[str] = typer.Option(None, "-o", "--output", help="cv.json"),
        device: str = typer.Option("cpu", help="auto | cpu | cuda | cuda:N.")):
     """K-fold cross-validation: a fresh model per fold; mean ± std of each metric."""
-    import json
-
     from dlc.crossval import cross_validate, render
-    from dlc.fileio import write_text
+    from dlc.fileio import write_json
 
     report = cross_validate(_load(spec, set_), folds, device, note=print)
     for line in render(report):
         print(line)
     if output:
-        write_text(output, json.dumps(report, indent=1) + "\n")
+        write_json(output, report, indent=1)  # standard JSON: null for a NaN fold metric
         print(f"wrote {output}")
 
 

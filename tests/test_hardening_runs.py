@@ -294,8 +294,9 @@ def test_written_files_honour_the_umask(cli, iris_run, tmp_path, umask, mode):
 
 
 # ---- 6: an optimizer field its type does not use is refused, never ignored ---------------------
-def test_sgd_with_momentum_is_refused_with_the_right_type(cli):
-    r = cli("train", IRIS, "--set", "train.optimizer={type: sgd, momentum: 0.9}", "-q")
+def test_sgd_with_momentum_is_refused_with_the_right_type(cli, tmp_path):
+    r = cli("train", IRIS, "--set", "train.optimizer={type: sgd, momentum: 0.9}", "-q",
+            "--out", tmp_path / "run")
     assert r.code == 2, r
     assert "train.optimizer.momentum: optimizer sgd has no momentum; did you mean type: " \
            "momentum or nesterov?" in r.err, r
