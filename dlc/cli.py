@@ -144,17 +144,21 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
              output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
              batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt,
              per_class: bool = typer.Option(False, "--per-class", help="Precision, recall, F1 "
-                                            "and support per class; the most confused pairs.")):
-    """Metrics of a trained model on a data source (with targets)."""
-    import json
-
-    from dlc.fileio import write_text
+                                            "and support per class; the most confused pairs."),
+             split: Optional[str] = typer.Option(None, "--split", help="test | val | train | "
+                                                 "all: part of the model's own data source "
+                                                 "(default test there, all elsewhere).")):
+    """Metrics of a trained model on a data source (with targets); says which rows it scored."""
+    from dlc.fileio import write_json
     from dlc.runtime import infer
 
+    if split is not None and split not in infer.SPLITS:
+        raise UsageError(f"--split {split}: expected one of {', '.join(infer.SPLITS)}")
     loaded = infer.load_model(model, device)
     if per_class and all(t["kind"] == "regression" for t in loaded.heads.values()):
         raise UsageError("--per-class needs a classification or binary model")
-    result = infer.evaluate(loaded, data, batch_size)
+    result = infer.evaluate(loaded, data, batch_size, split)
+    print(f"scored: {result['scored']}")
     parts = {h: result[h] for h in loaded.heads if h} or {"": result}  # per output
     if per_class:
         from dlc.metrics import per_class_report
@@ -163,11 +167,10 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
             if "confusion_matrix" in part:
                 part["per_class"] = per_class_report(part["confusion_matrix"],
                                                      loaded.labels_of(head))
-    text = json.dumps(result, indent=1)
     if output:
-        write_text(output, text + "\n")
+        write_json(output, result, indent=1)  # null for a NaN metric: standard JSON
     for head, part in parts.items():
-        _print_metrics(part, f"{head}." if head else "")
+        _print_metrics({k: v for k, v in part.items() if k != "scored"}, f"{head}." if head else "")
     if "" not in parts:
         print(f"samples: {result['samples']}")
 
@@ -241,16 +244,14 @@ def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of 
        output: Optional[str] = typer.Option(None, "-o", "--output", help="cv.json"),
        device: str = DeviceOpt):
     """K-fold cross-validation: a fresh model per fold; mean ± std of each metric."""
-    import json
-
     from dlc.crossval import cross_validate, render
-    from dlc.fileio import write_text
+    from dlc.fileio import write_json
 
     report = cross_validate(_load(spec, set_), folds, device, note=print)
     for line in render(report):
         print(line)
     if output:
-        write_text(output, json.dumps(report, indent=1) + "\n")
+        write_json(output, report, indent=1)  # standard JSON: null for a NaN fold metric
         print(f"wrote {output}")
 
 

@@ -198,8 +198,8 @@ def _run_model(model, net) -> None:
 
 SCHEMA = schema()
 DEFS = SCHEMA["$defs"]
-ANNOTATIONS = {"description", "default", "examples", "x-message", "title", "$schema", "$id",
-               "$comment", "$defs"}
+ANNOTATIONS = {"description", "default", "examples", "x-message", "x-refused", "title", "$schema",
+               "$id", "$comment", "$defs"}
 KNOWN = ANNOTATIONS | {"$ref", "type", "enum", "const", "properties", "required",
                        "additionalProperties", "items", "minItems", "maxItems", "uniqueItems",
                        "contains", "minContains", "maxContains", "minimum", "maximum",
@@ -338,9 +338,16 @@ def _conditional(node: dict, path: tuple):
         for key, sub in cond.items():
             covered.update(sub.get("enum", [sub.get("const")]))
         then = _resolve(branch["then"])
-        branches.append(schema_values({**rest, **then,
-                                       "properties": {**rest.get("properties", {}),
-                                                      **then.get("properties", {})}}, path))
+        props = dict(rest.get("properties", {}))
+        refined = [*cond.items(), *then.get("properties", {}).items()]
+        for key, sub in refined:  # the branch's `if` and `then` refine a property...
+            props[key] = {**props.get(key, {}), **sub}
+            if sub.get("not") == {}:  # ...or refuses it (optimizer fields of another type)
+                del props[key]
+        required = sorted({*rest.get("required", []), *then.get("required", []),
+                           *branch["if"].get("required", [])})  # the branch's `if` holds too
+        branches.append(schema_values({**rest, **then, "properties": props,
+                                       "required": required}, path))
     disc = rest.get("properties", {}).get("type", {})
     uncovered = [v for v in disc.get("enum", []) if v not in covered]
     if uncovered:

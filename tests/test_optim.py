@@ -72,6 +72,13 @@ def mse_grads(values, x, y):
 
 # --- the dlc side -------------------------------------------------------------------------------
 
+def used(kind, hp):
+    """The hyperparameters of `hp` that optimizer `kind` takes (the schema refuses the others);
+    the loader fills in exactly those."""
+    filled = make_net(kind, 0.0, {}).spec["train"]["optimizer"]
+    return {k: v for k, v in hp.items() if k in filled}
+
+
 def make_net(kind, wd, hp):
     opt = {"type": kind, "lr": 0.5, "weight_decay": wd, **hp}  # spec lr: unused by the graph
     data = {"dlc": 1, "name": "opt", "input": {"shape": [3]},
@@ -153,7 +160,7 @@ def test_matches_numpy_reference(case):
     kind, wd, which = case
     hp = DEFAULTS if which == "default" else CUSTOM
     # "default": the spec leaves the hyperparameters out and the loader fills them in.
-    net = make_net(kind, wd, {} if which == "default" else hp)
+    net = make_net(kind, wd, {} if which == "default" else used(kind, hp))
     step, got = dlc_trajectory(net, LRS)
     assert step.states == STATES[kind]
     want = numpy_trajectory(kind, wd, hp, initial(net), LRS)
@@ -203,7 +210,7 @@ def torch_trajectory(kind, wd, hp, values, lrs):
 def test_matches_torch_optim(case):
     kind, wd, which = case
     hp = DEFAULTS if which == "default" else CUSTOM
-    net = make_net(kind, wd, {} if which == "default" else hp)
+    net = make_net(kind, wd, {} if which == "default" else used(kind, hp))
     want = torch_trajectory(kind, wd, hp, initial(net), LRS)
     _, got = dlc_trajectory(net, LRS)
     assert_trajectories_match(got, want, f"torch {kind}")
@@ -217,17 +224,35 @@ def test_torch_defaults_are_dlc_defaults():
     rms = torch.optim.RMSprop(w).defaults
     assert adam["betas"] == (DEFAULTS["beta1"], DEFAULTS["beta2"]) and adam["eps"] == DEFAULTS["eps"]
     assert rms["alpha"] == DEFAULTS["alpha"] and rms["eps"] == DEFAULTS["eps"]
-    net = make_net("adam", 0.0, {})
-    opt = net.spec["train"]["optimizer"]
-    assert {k: opt[k] for k in DEFAULTS} == DEFAULTS
+    filled = {k: v for kind in ("momentum", "adam", "rmsprop")
+              for k, v in make_net(kind, 0.0, {}).spec["train"]["optimizer"].items()}
+    assert {k: filled[k] for k in DEFAULTS} == DEFAULTS
 
 
 # --- the graph reads what the spec and the feeds say ---------------------------------------------
 
-@pytest.mark.parametrize("kind,key", [("momentum", "momentum"), ("nesterov", "momentum"),
-                                      ("adam", "beta1"), ("adam", "beta2"), ("adam", "eps"),
-                                      ("adamw", "beta1"), ("adamw", "beta2"), ("adamw", "eps"),
-                                      ("rmsprop", "alpha"), ("rmsprop", "eps")])
+HYPERPARAMETERS = [("momentum", "momentum"), ("nesterov", "momentum"), ("adam", "beta1"),
+                   ("adam", "beta2"), ("adam", "eps"), ("adamw", "beta1"), ("adamw", "beta2"),
+                   ("adamw", "eps"), ("rmsprop", "alpha"), ("rmsprop", "eps")]
+
+
+def test_every_accepted_hyperparameter_is_tested_and_no_other_accepted():
+    """Issue 15 item 6: the fields the schema accepts per optimizer type are exactly those the
+    test below proves act; any other (sgd + momentum) is refused with the type that has it."""
+    from dlc.errors import SpecError
+
+    accepted = set()
+    for kind in KINDS:
+        for key, value in CUSTOM.items():
+            try:
+                make_net(kind, 0.0, {key: value})
+                accepted.add((kind, key))
+            except SpecError as e:
+                assert "did you mean type:" in str(e), e
+    assert accepted == set(HYPERPARAMETERS)
+
+
+@pytest.mark.parametrize("kind,key", HYPERPARAMETERS)
 def test_each_hyperparameter_comes_from_the_spec(kind, key):
     """Changing one hyperparameter in the spec changes the trajectory, to what the reference
     says for that value."""

@@ -220,7 +220,7 @@ def test_multitask_example_trains_evaluates_and_predicts(cli, tmp_path):
     assert r.code == 0, r
     assert "species.accuracy:" in r.out and "bill_depth.r2:" in r.out and "samples: 333" in r.out
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"species", "sex", "bill_depth", "samples"}
+    assert set(metrics) == {"species", "sex", "bill_depth", "samples", "scored"}
 
     # predict takes raw columns without any target column; one column group per output
     table = _csv(data)

@@ -55,9 +55,9 @@ def compiled(tmp_path_factory):
 
 def test_evaluate_per_class_cli(cli, compiled, tmp_path):
     plain, with_flag = tmp_path / "plain.json", tmp_path / "flag.json"
-    r0 = cli("evaluate", compiled / "iris.onnx", "--data", "builtin:iris", "-o", plain)
-    r1 = cli("evaluate", compiled / "iris.onnx", "--data", "builtin:iris", "--per-class",
-             "-o", with_flag)
+    every = ["--data", "builtin:iris", "--split", "all"]
+    r0 = cli("evaluate", compiled / "iris.onnx", *every, "-o", plain)
+    r1 = cli("evaluate", compiled / "iris.onnx", *every, "--per-class", "-o", with_flag)
     assert r0.code == 0 and r1.code == 0, (r0, r1)
     assert r1.out.startswith(r0.out) and "precision" not in r0.out.split("matrix")[1]
     table = r1.out[len(r0.out):].splitlines()

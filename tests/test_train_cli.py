@@ -74,7 +74,8 @@ def test_evaluate_matches_sklearn(cli, iris_run, tmp_path):
     from dlc.runtime import infer
 
     out = tmp_path / "metrics.json"
-    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:iris", "-o", out)
+    r = cli("evaluate", iris_run / "model.onnx", "--data", "builtin:iris", "--split", "all",
+            "-o", out)
     assert r.code == 0, r
     result = json.loads(out.read_text())
     x, y = load_iris(return_X_y=True)

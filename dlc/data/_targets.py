@@ -76,6 +76,18 @@ def _encode_classes(
     return y.astype(np.int64), labels
 
 
+def _labels_differ(cells: list[str], values: list[str], known: list[str], loc: Locator) -> str:
+    """task.labels and the target's values must be the same set: a typo would otherwise train
+    with the data's (sorted) names and predict with the spec's, every class swapped."""
+    extra = [v for v in values if v not in known]
+    missing = [k for k in known if k not in values]
+    at = loc(cells.index(extra[0])) if extra else loc(0)
+    quoted = lambda names: name_list([f"'{n}'" for n in names])  # noqa: E731
+    parts = ([f"the data has {quoted(extra)}, not in task.labels"] if extra else []) + \
+        ([f"task.labels has {quoted(missing)}, not in the data"] if missing else [])
+    return f"{at}: task.labels does not match the target's values: {'; '.join(parts)}"
+
+
 def _as_int(text: str) -> int | None:
     try:
         return int(text)
@@ -110,22 +122,32 @@ def encode_cells(
         return np.asarray(values, dtype=np.float32)[:, None], None
     ints = [_as_int(c.strip()) for c in cells]
     if all(v is not None for v in ints):
+        _check_one_spelling(cells, ints, loc)
         y = np.asarray(ints, dtype=np.float64)
         return encode_numeric(y, kind, known, loc, "target")
     return _encode_categorical([c.strip() for c in cells], kind, known, strict, loc)
+
+
+def _check_one_spelling(cells: list[str], ints: list[int], loc: Locator) -> None:
+    """Class numbers written two ways ('1' and '1e0', '1.0') would silently be one class."""
+    first: dict[int, str] = {}
+    for i, (cell, value) in enumerate(zip(cells, ints)):
+        seen = first.setdefault(value, cell.strip())
+        if seen != cell.strip():
+            raise DlcError(f"{loc(i)}: '{cell.strip()}' and '{seen}' are both class {value}, "
+                           "written two ways; write each class one way")
 
 
 def _encode_categorical(
     cells: list[str], kind: str, known: list[str] | None, strict: bool, loc: Locator
 ) -> tuple[np.ndarray, list[str]]:
     values = sorted(set(cells))
-    if known and set(values) <= set(known):
-        labels = known
-    elif strict and known:
+    if known and strict and not set(values) <= set(known):  # a trained model's classes
         i = next(i for i, c in enumerate(cells) if c not in known)
         raise DlcError(f"{loc(i)}: '{cells[i]}' is not one of the class names ({name_list(known)})")
-    else:
-        labels = values
+    if known and not strict and set(values) != set(known):  # task.labels name the data's values
+        raise DlcError(_labels_differ(cells, values, known, loc))
+    labels = known or values
     if kind == "binary" and len(labels) != 2:
         if labels is known:
             raise DlcError(f"binary task needs exactly 2 class names, found {len(labels)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +57,48 @@ def to_bytes(trainer) -> bytes:
     return buf.getvalue()
 
 
-def load(path: Path, trainer) -> None:
-    """Restore `trainer` from a checkpoint written by `save` for the same spec."""
+# what `meta` must hold, by key: (type, description); a damaged file fails here, not later
+META = {"epoch": (int, "an epoch count"), "step": (int, "a step count"),
+        "rng": (dict, "an RNG state"), "schedule": (dict, "a schedule state"),
+        "history": (list, "a list of metric rows"), "bad_epochs": (int, "a count"),
+        "skipped_steps": (int, "a count"), "best": ((dict, type(None)), "the best epoch")}
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(arrays, meta) of a checkpoint file, or DlcError naming what is damaged."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        if "meta" not in arrays:
+            raise DlcError("no meta record")
         meta = json.loads(arrays.pop("meta").tobytes())
-    except (OSError, ValueError, KeyError) as e:
-        raise DlcError(f"cannot read checkpoint {path}: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, DlcError) as e:
+        raise DlcError(f"cannot read checkpoint {path}: {e or type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise DlcError(f"checkpoint {path} is damaged: meta is not a mapping")
+    meta.setdefault("skipped_steps", 0)
+    for key, (kind, what) in META.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or \
+                (isinstance(value, int) and value < 0):
+            raise DlcError(f"checkpoint {path} is damaged: meta.{key} is not {what}")
+    if not all(isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values())
+               for row in meta["history"]):
+        raise DlcError(f"checkpoint {path} is damaged: meta.history is not {META['history'][1]}")
+    return arrays, meta
+
+
+def epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file holds; None when there is none, or none readable."""
+    try:
+        return _read(path)[1]["epoch"]
+    except DlcError:
+        return None
+
+
+def load(path: Path, trainer) -> None:
+    """Restore `trainer` from a checkpoint written by `save` for the same spec."""
+    arrays, meta = _read(path)
     st = trainer.state
     params, states = trainer.params, trainer.opt_states
     for group, target in (("param", params), ("state", states)):
@@ -71,10 +106,20 @@ def load(path: Path, trainer) -> None:
             if f"{group}/{k}" not in arrays or arrays[f"{group}/{k}"].shape != target[k].shape:
                 raise DlcError(f"checkpoint {path} does not match the spec: {group} {k}")
             target[k] = arrays[f"{group}/{k}"]
+    if meta["best"] and not all(f"best/{k}" in arrays for k in params):
+        raise DlcError(f"checkpoint {path} is damaged: the best epoch's parameters are missing")
+    try:
+        st.rng.bit_generator.state = meta["rng"]
+        sched, number = meta["schedule"], lambda v: None if v is None else float(v)
+        trainer.schedule.load_state({"scale": float(sched["scale"]), "best": number(sched["best"]),
+                                     "bad_epochs": int(sched["bad_epochs"])})
+        best = meta["best"] and {"epoch": int(meta["best"]["epoch"]),
+                                 "value": float(meta["best"]["value"])}
+    except (TypeError, ValueError, KeyError) as e:
+        raise DlcError(f"checkpoint {path} is damaged: bad RNG, schedule or best-epoch state "
+                       f"({type(e).__name__}: {e})") from None
     trainer.params, trainer.opt_states = params, states
     st.epoch, st.step, st.history = meta["epoch"], meta["step"], meta["history"]
-    st.rng.bit_generator.state = meta["rng"]
-    st.bad_epochs, st.skipped_steps = meta["bad_epochs"], meta.get("skipped_steps", 0)
-    trainer.schedule.load_state(meta["schedule"])
-    if meta["best"]:
-        st.best = {**meta["best"], "params": {k: arrays[f"best/{k}"] for k in params}}
+    st.bad_epochs, st.skipped_steps = meta["bad_epochs"], meta["skipped_steps"]
+    if best:
+        st.best = {**best, "params": {k: arrays[f"best/{k}"] for k in params}}

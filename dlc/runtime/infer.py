@@ -13,7 +13,7 @@ import numpy as np
 
 from dlc import metrics as M
 from dlc.compile import OUTPUTS, output_name
-from dlc.errors import DlcError
+from dlc.errors import DlcError, UsageError
 from dlc.network import spec_heads
 from dlc.fileio import write_bytes, write_text
 from dlc.runtime.session import make_session
@@ -137,11 +137,11 @@ def _check_spec(path: Path, spec) -> None:
     from dlc.errors import SpecError
     from dlc.network import build_network
     from dlc.spec import Spec
-    from dlc.spec.schema import render_path, validate
+    from dlc.spec.schema import render_path, validate, without_filled_optimizer_fields
 
     if not isinstance(spec, dict):
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved is not a mapping)")
-    problems = validate(spec)
+    problems = validate(without_filled_optimizer_fields(spec))  # models of older dlc versions
     if problems:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
@@ -185,13 +185,46 @@ def _reads_columns(spec: dict, source) -> bool:
     return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
+SPLITS = ("test", "val", "train", "all")
+
+
+def _own_split(model: Model, source, split: str | None) -> str:
+    """The split to score: the model's own data source is split as in training (same seed, same
+    stratification), so that by default its test split is scored, not rows the model was trained
+    on; any other source is scored whole."""
+    data = model.spec.get("data") or {}
+    own = str(source) == data.get("source") and not data.get("window") \
+        and not (model.spec.get("inputs") or model.spec.get("outputs"))
+    if split not in (None, "all") and not own:
+        raise UsageError(f"--split {split} scores part of the model's own data source "
+                         f"({data.get('source', 'none')}, a one-input, one-output model without "
+                         f"data.window); use --split all with {source}")
+    return split or ("test" if own and data.get("split", {}).get("test", 0) > 0 else "all")
+
+
+def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | None, str]:
+    """The row indices of `split` (None: all) and the words for them."""
+    from dlc.data import _random_split, _split_config
+
+    if split == "all":
+        return None, f"all {n} rows of {source}"
+    data = model.spec["data"]
+    parts = dict(zip(("train", "val", "test"), _random_split(model.spec, y, n,
+                                                             _split_config(data))))
+    if not len(parts[split]):
+        raise UsageError(f"the model's data has no {split} split (data.split)")
+    tested = "; the split the model was tested on" if split == "test" else ""
+    return parts[split], f"the {split} split of {source} ({len(parts[split])} of {n} rows{tested})"
+
+
 @_one_line
-def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
+def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | None = None) -> dict:
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
-    output name) and the sample count."""
+    output name), the sample count and which rows were scored (`scored`; see _rows)."""
     from dlc.data import load_arrays
     from dlc.data.multi import read_multi, read_npz_outputs
 
+    split = _own_split(model, source, split)
     if _reads_columns(model.spec, source):
         x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
                           model.features)
@@ -200,16 +233,17 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
     else:
         x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
                                  labels=model.labels, origin="--data", text=model.text)
+    rows, scored = _rows(model, source, split, y, len(x))
+    if rows is not None:
+        x, y = x[rows], y[rows]
     out = model.run(x, batch_size)
     result = {}
     for head, task in model.heads.items():
         kind = task["kind"]
         values = out[output_name(head, "prediction" if kind == "regression" else "logits")]
-        metrics = M.compute(kind, y[head] if head else y, values)
-        if not head:
-            return {**metrics, "samples": int(len(x))}
-        result[head] = metrics
-    return {**result, "samples": int(len(x))}
+        result[head] = M.compute(kind, y[head] if head else y, values)
+    flat = result.pop("") if "" in result else result
+    return {**flat, "samples": int(len(x)), "scored": scored}
 
 
 @_one_line

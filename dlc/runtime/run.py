@@ -7,9 +7,11 @@ atomically. An existing non-empty folder is never overwritten without --force.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,30 +22,13 @@ import yaml
 from dlc import imbalance, prune, transfer
 from dlc.compile import inference_model
 from dlc.errors import DlcError
-from dlc.fileio import write_bytes, write_text
+from dlc.fileio import WriteError, write_bytes, write_json, write_text
 from dlc.network import Network, build_network
-from dlc.runtime import checkpoint, tracking
+from dlc.runtime import checkpoint, rundir, tracking
 from dlc.runtime.report import reporter
 from dlc.runtime.session import choose_device
 from dlc.runtime.trainer import Diverged, Trainer
 from dlc.traincheck import check_training
-
-
-def run_dir(out: str | None, name: str, force: bool) -> Path:
-    if out is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / name / stamp
-    else:
-        path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise DlcError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise DlcError(f"output folder {path} is not empty; pass --force to overwrite it")
-    try:
-        path.mkdir(parents=True, exist_ok=True)  # like runs/<name>/<time>: parents are made
-    except OSError as e:
-        raise DlcError(f"cannot create the run folder {path}: {e.strerror or e}") from None
-    return path
 
 
 def check_labels(net: Network, dataset):
@@ -84,6 +69,37 @@ class Interrupted(DlcError):
     exit_code = 130
 
 
+class Unusable(DlcError):
+    """Training ended but the model is not finite: model.onnx is not written."""
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during training: handled like Ctrl-C, exit 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """Schedulers (SIGTERM), `timeout` and closed terminals (SIGHUP) stop a training the way
+    Ctrl-C does: the step in flight is abandoned, the checkpoint stays, the resume hint is
+    printed. Off the main thread (where Python cannot set handlers) signals keep their default."""
+    def handler(signum, frame):
+        raise Signalled(signum)
+
+    old = {}
+    with contextlib.suppress(ValueError):  # not the main thread
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            old[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+
+
 def _prepare(spec, data_dir: Path):
     from dlc.data import load_dataset
 
@@ -98,35 +114,121 @@ def _prepare(spec, data_dir: Path):
 
 def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
           quiet: bool = False, log_format: str = "text") -> Path:
-    """A new run of `spec` into `out` (default runs/<name>/<timestamp>)."""
+    """A new run of `spec` into `out` (default runs/<name>/<timestamp>), an emptied folder that
+    no other training writes in while this one runs."""
     data_dir = Path(spec.file).resolve().parent
     net, dataset, labels = _prepare(spec, data_dir)
-    path = run_dir(out, spec.data["name"], force)
-    write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # for `dlc runs`
-    write_text(path / "run.json", json.dumps({"spec": str(Path(spec.file).resolve()),
-                                              "data_dir": str(data_dir), "started": started},
-                                             indent=1) + "\n")
-    return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), resume=False)
+    path = rundir.create(out, spec.data["name"])
+    if not force:  # before the lock file is made: a refused folder is left as it was
+        rundir.check_empty(path, force)
+    with rundir.locked(path):
+        rundir.check_empty(path, force)
+        write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # for `dlc runs`
+        write_json(path / "run.json", {"spec": str(Path(spec.file).resolve()),
+                                       "data_dir": str(data_dir), "started": started}, indent=1)
+        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format))
+
+
+def read_run_info(path: Path) -> dict:
+    """run.json of a run folder: a mapping with the data folder; DlcError when damaged."""
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DlcError(f"cannot read {path / 'run.json'}: {e}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("data_dir"), str) \
+            or not isinstance(info.get("resumes", []), list):
+        raise DlcError(f"{path / 'run.json'} is damaged: expected a mapping with data_dir (a "
+                       "folder) and resumes (a list)")
+    return info
+
+
+def _run_spec(file: Path, overrides):
+    """A run folder's spec.yaml with `overrides`; the optimizer fields dlc filled in are dropped
+    first (see without_filled_optimizer_fields), so that --set may switch the optimizer type."""
+    from dlc.spec import load_spec_text
+    from dlc.spec.schema import without_filled_optimizer_fields
+
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, ValueError) as e:
+        raise DlcError(f"cannot read {file}: {e}") from None
+    except (yaml.YAMLError, RecursionError):
+        data = None  # load_spec_text says what is wrong, and where
+    if isinstance(data, dict) and without_filled_optimizer_fields(data) != data:
+        text = yaml.safe_dump(without_filled_optimizer_fields(data), sort_keys=False)
+    return load_spec_text(text, str(file), overrides)
 
 
 def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False,
            log_format: str = "text") -> Path:
     """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
-    schedule and history as if it had never stopped)."""
-    from dlc.spec import load_spec
+    schedule and history as if it had never stopped). Overrides change spec.yaml (and so the
+    model's dlc.spec) and are recorded in run.json's `resumes`, with the epoch they start at."""
+    from dlc.spec import load_spec_text
 
     path = Path(path)
     if not (path / "checkpoint.npz").is_file() or not (path / "run.json").is_file():
         raise DlcError(f"{path} holds no checkpoint to resume (checkpoint.npz, run.json)")
-    spec = load_spec(path / "spec.yaml", overrides)
-    info = json.loads((path / "run.json").read_text())
-    net, dataset, labels = _prepare(spec, Path(info["data_dir"]))
-    return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), resume=True)
+    with rundir.locked(path):
+        spec = _run_spec(path / "spec.yaml", overrides)
+        info = read_run_info(path)
+        if overrides:  # the spec as it now is, so that dlc.spec and dlc.spec_resolved agree
+            spec = load_spec_text(yaml.safe_dump(spec.data, sort_keys=False), spec.file)
+        net, dataset, labels = _prepare(spec, Path(info["data_dir"]))
+
+        def record(epoch: int) -> None:  # once the checkpoint is loaded and there is work
+            if overrides:
+                write_text(path / "spec.yaml", spec.text)
+            info["resumes"] = [*info.get("resumes", []), {"epoch": epoch,
+                                                          "overrides": list(overrides)}]
+            write_json(path / "run.json", info, indent=1)
+
+        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format),
+                    resumed=record)
 
 
-def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resume: bool) -> Path:
-    """`output`: (quiet, log format) for the reporter."""
+def _stopped(e: BaseException, trainer: Trainer, path: Path) -> DlcError:
+    """The error for a training that stopped early, saying what the run folder really holds
+    (read back: a signal may have come during a checkpoint write)."""
+    epoch = checkpoint.epoch_of(path / "checkpoint.npz")
+    held = (f"checkpoint.npz holds epoch {epoch}; resume with: dlc train --resume {path}"
+            if epoch is not None else f"{path} holds no readable checkpoint")
+    if isinstance(e, Signalled):
+        name = signal.Signals(e.signum).name
+        error = Interrupted(f"stopped by {name} in epoch {trainer.state.epoch + 1}; {held}")
+        error.exit_code = 128 + e.signum
+        return error
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; {held}")
+    if isinstance(e, Diverged) and epoch is not None:
+        return Diverged(f"{e}; the last good checkpoint (epoch {epoch}) is {path}/checkpoint.npz")
+    return type(e)(f"{e}; {held}")  # a failed write: the old checkpoint is intact
+
+
+def _start(spec, trainer: Trainer, path: Path, rep, resumed) -> bool:
+    """Load the checkpoint (a resume) or write the first one, of the initial weights (a new run),
+    so that the run folder always holds one to resume from. False when there is nothing to do."""
+    cfg = spec.data["train"]
+    if resumed is None:
+        write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
+        checkpoint.save(path / "checkpoint.npz", trainer)
+        return True
+    checkpoint.load(path / "checkpoint.npz", trainer)
+    epoch = trainer.state.epoch
+    if epoch >= cfg["epochs"] and (path / "model.onnx").is_file():
+        rep.note(f"nothing to do: {path} has trained {epoch} epochs and train.epochs is "
+                 f"{cfg['epochs']}; pass --epochs N with N > {epoch} to train on")
+        return False
+    rep.note(f"resuming {path} after epoch {epoch}")
+    resumed(epoch)
+    return True
+
+
+def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=None) -> Path:
+    """`output`: (quiet, log format) for the reporter; `resumed`: None for a new run, else the
+    function that records a resume."""
     cfg = spec.data["train"]
     kind, index, info = choose_device(device or cfg.get("device", "auto"))
     rep = reporter(*output, batch_size=cfg["batch_size"])
@@ -134,12 +236,9 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resume: 
         rep.note(info)
     trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))
     # train.init_from: load parameters by name (a resume only rebuilds the report)
-    trainer.init_report = transfer.init_from(spec, trainer, rep.note, apply=not resume)
-    if resume:
-        checkpoint.load(path / "checkpoint.npz", trainer)
-        rep.note(f"resuming {path} after epoch {trainer.state.epoch}")
-    else:
-        write_bytes(path / "train.onnx", trainer.step_graph.model.SerializeToString())
+    trainer.init_report = transfer.init_from(spec, trainer, rep.note, apply=resumed is None)
+    if not _start(spec, trainer, path, rep, resumed):
+        return path
     tracker = tracking.start(spec, path, trainer.state.history)  # no-op unless train.tracking
 
     def save(t: Trainer) -> None:
@@ -148,24 +247,35 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resume: 
         tracker.log_epoch(t)
 
     t0 = time.perf_counter()
-    with tracker:  # ends the tracking run: FINISHED, or FAILED when anything here raises
+    with tracker, signals_as_interrupt():  # tracking: FINISHED, or FAILED when this raises
         try:
-            trainer.fit(rep, on_epoch_end=save)
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted in epoch {trainer.state.epoch + 1}; checkpoint.npz "
-                              f"holds epoch {trainer.state.epoch}; resume with: dlc train "
-                              f"--resume {path}") from None
-        except Diverged as e:
-            raise Diverged(f"{e}; the last good checkpoint (epoch {trainer.state.epoch}) is in "
-                           f"{path}") from None
-        finally:
-            rep.close()
-        tracker.log_summary(finish(spec, net, dataset, trainer, labels, path,
-                                   time.perf_counter() - t0))
+            try:
+                trainer.fit(rep, on_epoch_end=save)
+            finally:
+                rep.close()
+            tracker.log_summary(finish(spec, net, dataset, trainer, labels, path,
+                                       time.perf_counter() - t0))
+        except (KeyboardInterrupt, Diverged, WriteError) as e:
+            raise _stopped(e, trainer, path) from None
     return path
 
 
+def _not_finite(params: dict, summary: dict) -> str | None:
+    """What makes a trained model unusable: a parameter or a final metric that is NaN/inf."""
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            return f"parameter {name} holds NaN or infinite values"
+    for split in ("val", "test"):
+        bad = [k for k, v in summary.get(split, {}).items()
+               if isinstance(v, float) and not np.isfinite(v)]
+        if bad:
+            return f"the {split} {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite"
+    return None
+
+
 def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: float) -> dict:
+    """Final metrics, model.onnx and summary.json; a model that is not finite is not written
+    (Unusable: exit 1) and its summary.json says why, with null for each non-finite value."""
     params = trainer.final_params()
     summary = {"epochs_run": trainer.state.epoch, "seconds": seconds,
                "train_samples_per_s": float(np.mean([r["samples_per_s"]
@@ -181,6 +291,18 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
     summary.update(prune.summary(trainer, params))  # train.prune: zeros per pruned tensor
     summary.update(transfer.summary(trainer))  # train.init_from: matched / new / shape_mismatch
     summary.update(imbalance.summary(trainer))  # task.class_weights as used
+    problem = _not_finite(params, summary)
+    if problem:
+        write_json(path / "summary.json", {**summary, "error": problem})
+        raise Unusable(f"the trained model is unusable: {problem}; model.onnx not written "
+                       f"(summary.json says so; checkpoint.npz holds the final state)")
+    write_bytes(path / "model.onnx", _model(spec, dataset, trainer, labels, params, summary))
+    write_json(path / "summary.json", summary)
+    return summary
+
+
+def _model(spec, dataset, trainer: Trainer, labels, params: dict, summary: dict) -> bytes:
+    """model.onnx's bytes: the inference graph with the final parameters and dlc's metadata."""
     features = (spec.data.get("input") or {}).get("features") or dataset.features
     scaling = {h.name: h.target_norm for h in trainer.net.heads if h.target_norm}
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
@@ -188,6 +310,4 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
             "categories": dataset.categories, "target_norm": scaling or None}
     model = inference_model(spec, trainer.net, params, dataset.norm,  # target scaling baked in
                             meta={k: v for k, v in meta.items() if v is not None})
-    write_bytes(path / "model.onnx", model.SerializeToString())
-    write_text(path / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return model.SerializeToString()

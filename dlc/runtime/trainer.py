@@ -55,6 +55,17 @@ def monitor_of(train_cfg: dict, has_val: bool) -> tuple[str, bool]:
     return name, name.split("_", 1)[1].rsplit(".", 1)[-1] in LOWER_IS_BETTER
 
 
+def batches_per_epoch(net: Network, n: int, batch_size: int) -> int:
+    """Batches per epoch; a last batch of one sample is dropped when the network has batchnorm:
+    one sample has no batch variance (its running variance would be 0/0, a NaN model). torch
+    refuses such a batch in training; dropping it is DataLoader(drop_last)'s remedy, for the
+    one sample that it affects (a different one each epoch: the order is reshuffled)."""
+    if n % batch_size == 1 and n > 1 and any(layer["type"] == "batchnorm"
+                                             for layer in net.spec["layers"]):
+        return n // batch_size
+    return math.ceil(n / batch_size)
+
+
 class Trainer:
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
         net = imbalance.resolve(net, dataset)  # task.class_weights: balanced, from this data
@@ -77,8 +88,7 @@ class Trainer:
                         if device[0] == "cuda" else HostStepper(self.sess, persistent,
                                                                 self.frozen))
         self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
-        n, bs = len(dataset.train.x), self.cfg["batch_size"]
-        self.steps_per_epoch = math.ceil(n / bs)
+        self.steps_per_epoch = batches_per_epoch(net, len(dataset.train.x), self.cfg["batch_size"])
         self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
                                  self.cfg["epochs"], self.steps_per_epoch)
         self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)

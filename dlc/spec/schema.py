@@ -179,6 +179,8 @@ def _simple_message(error: Any, path: tuple) -> str:
     kind, schema_ = error.validator, error.schema
     if kind == "type":
         return _type_message(error)
+    if kind == "not" and "x-refused" in schema_:  # a field refused here: the message says why
+        return schema_["x-refused"]
     if "x-message" in schema_:
         hint = _did_you_mean(error.instance, schema_.get("examples", []))
         sep = "; " if "," in schema_["x-message"] else ", "
@@ -229,6 +231,24 @@ def validate(data: Any) -> list[Problem]:
     """Every schema problem in `data` (empty when it is valid), one per mistake."""
     errors = validator().iter_errors(data)
     return _prune([p for e in errors for p in _problems(e)])
+
+
+def without_filled_optimizer_fields(data: dict) -> dict:
+    """`data` without the train.optimizer fields that a resolved spec may hold but need not:
+    those its type does not use (the schema's `not` branches; dlc versions before they were
+    refused filled them in for every type, and they never acted) and those at their type's
+    default (filled in again on load). For specs dlc wrote: spec.yaml of a run folder, which
+    `--resume --set train.optimizer.type=...` may switch, and dlc.spec_resolved of a model."""
+    optimizer = (data.get("train") or {}).get("optimizer")
+    if not isinstance(optimizer, dict):
+        return data
+    node = _resolve(schema()["properties"]["train"]["properties"]["optimizer"])
+    evolve = validator().evolve
+    branches = [b for b in node["allOf"] if evolve(schema=b["if"]).is_valid(optimizer)]
+    rules = {key: rule for b in branches for key, rule in b["then"]["properties"].items()}
+    kept = {k: v for k, v in optimizer.items() if k not in rules
+            or not ("not" in rules[k] or rules[k].get("default") == v)}
+    return {**data, "train": {**data["train"], "optimizer": kept}}
 
 
 def fill_defaults(data: Any) -> None:
