@@ -73,12 +73,13 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def make_session(model_bytes: bytes, kind: str = "cpu", index: int = 0):
+def make_session(model_bytes: bytes, kind: str = "cpu", index: int = 0,
+                 threads: int | None = None):
     import onnxruntime as ort
 
     providers = [(CUDA, {"device_id": index}), CPU] if kind == "cuda" else [CPU]
     try:
-        return ort.InferenceSession(model_bytes, session_options(), providers=providers)
+        return ort.InferenceSession(model_bytes, session_options(threads), providers=providers)
     except Exception as e:  # noqa: BLE001
         raise DlcError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}")
 
