@@ -70,7 +70,7 @@ class Trainer:
         self.x_names = x_names(net)
         # the losses a step returns: `loss`, and `loss.<output>` for each of several outputs
         self.loss_names = ["loss", *(suffixed("loss", h.name) for h in net.heads if h.name)]
-        self.sess = make_session(self.step_graph.model.SerializeToString(), *device, threads)
+        self.sess = make_session(self.step_graph.model, *device, threads)
         self.state = TrainState(np.random.default_rng(seed))
         params, step = net.init_params(seed), self.step_graph
         persistent = {"params": step.pack(params),
@@ -90,8 +90,7 @@ class Trainer:
     def eval_sess(self):
         """The inference-mode session, made on first use (validation or the final evaluation):
         a command that never evaluates never pays for it."""
-        graph = build_eval_step(self.net).model
-        return make_session(graph.SerializeToString(), *self.device, self.threads)
+        return make_session(build_eval_step(self.net).model, *self.device, self.threads)
 
     @property
     def params(self) -> dict[str, np.ndarray]:
