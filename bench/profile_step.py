@@ -13,8 +13,8 @@ measures everything once, so load drift affects all measurements alike (`min_ove
   breakdown           the same loop as train_epoch + BoundStepper.run, instrumented part by part:
                         gather  order slice, train.x[idx] (+ augment), train.y[idx]
                         feeds   Trainer._feeds(): x, y, lr, step (+ dropout noise)
-                        bind    the batch feeds and result outputs rebound on the prebuilt
-                                IOBinding
+                        bind    the batch feeds rebound on the prebuilt IOBinding (result
+                                buffers: bound once per batch size)
                         run     run_with_iobinding
                         unpack  results to host arrays, the finiteness check, commit, the
                                 streaming train-metric sums
@@ -99,13 +99,11 @@ def breakdown(t, epochs: int) -> dict:
             binding = stepper.bindings[stepper.cur]
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, value)
-            for name in stepper.results:
-                binding.bind_output(name, "cpu")
+            outs = stepper._result_buffers(binding, len(idx))
             t3 = pc()
             sess.run_with_iobinding(binding)
             t4 = pc()
-            values = binding.get_outputs()[-len(stepper.results):]
-            out = {k: np.array(v.numpy()) for k, v in zip(stepper.results, values)}
+            out = {k: np.array(v.numpy()) for k, v in outs.items()}
             st.step += 1
             if math.isfinite(float(out["loss"])) and math.isfinite(float(out["grad_norm"])):
                 stepper.commit()

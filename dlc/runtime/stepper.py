@@ -70,6 +70,10 @@ class BoundStepper:
                      for _ in range(2)]
         self.constants = {k: self._owned(v) for k, v in (constants or {}).items()}
         self.bindings = [self._binding(cur) for cur in (0, 1)]
+        self.batched = next(i.name for i in sess.get_inputs()  # an input [N, ...]: the batch size
+                            if i.shape and isinstance(i.shape[0], str))
+        self.outs: dict[int, dict] = {}  # batch size -> result buffers
+        self.bound = [None, None]  # the batch size each binding's results are bound for
         self.cur = 0
 
     def _owned(self, value: np.ndarray):
@@ -82,7 +86,7 @@ class BoundStepper:
         return owned
 
     def _binding(self, cur: int):
-        """Set `cur` in, the other set out (results are bound per run, after them)."""
+        """Set `cur` in, the other set out (results: bound for each batch size, after them)."""
         binding = self.sess.io_binding()
         for name, value in self.constants.items():
             binding.bind_ortvalue_input(name, value)
@@ -107,11 +111,22 @@ class BoundStepper:
         binding = self.bindings[self.cur]
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name in self.results:  # rebound: a kept result would fix its shape (batch size)
-            binding.bind_output(name, "cpu")
+        outs = self._result_buffers(binding, len(feeds[self.batched]))
         self.sess.run_with_iobinding(binding)
-        values = binding.get_outputs()[-len(self.results):]  # bound last, on the host
-        return {name: np.array(value.numpy()) for name, value in zip(self.results, values)}
+        return {name: np.array(value.numpy()) for name, value in outs.items()}
+
+    def _result_buffers(self, binding, n: int) -> dict:
+        """Host buffers for the results of an `n`-sample step, made once per batch size and bound
+        when the size changes (a result is `[N, ...]` or a scalar)."""
+        if n not in self.outs:
+            self.outs[n] = {o.name: self.ort.OrtValue.ortvalue_from_shape_and_type(
+                [n if isinstance(d, str) else d for d in o.shape], np.float32, "cpu", 0)
+                for o in self.sess.get_outputs() if o.name in self.results}
+        if self.bound[self.cur] != n:
+            for name, value in self.outs[n].items():
+                binding.bind_ortvalue_output(name, value)
+            self.bound[self.cur] = n
+        return self.outs[n]
 
     def commit(self) -> None:
         """Accept the last step's update: the set it wrote becomes the input of the next."""
