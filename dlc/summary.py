@@ -23,32 +23,55 @@ def rows(spec) -> list[tuple[str, str, tuple, int, int]]:
     return table
 
 
+def _tensor_bytes(model, batch: int) -> dict[str, int]:
+    """Bytes of each tensor of `model` whose shape onnx's shape inference finds, at `batch`
+    samples (the one symbolic dimension a tensor may have is the batch)."""
+    from onnx import TensorProto, helper, shape_inference
+
+    graph = shape_inference.infer_shapes(model).graph
+    sizes = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if t.HasField("shape") and dims.count(None) <= 1 and t.elem_type != TensorProto.UNDEFINED:
+            item = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            sizes[vi.name] = math.prod(batch if d is None else d for d in dims) * item
+    return sizes
+
+
+def _peak_alive(model, sizes: dict[str, int]) -> int:
+    """The most bytes alive at once when the nodes run in graph order: inputs throughout, each
+    node's outputs from the node to their last reader (graph outputs to the end)."""
+    nodes = model.graph.node
+    last = {name: len(nodes) for name in [o.name for o in model.graph.output] +
+            [i.name for i in model.graph.input]}
+    for k, node in enumerate(nodes):
+        for name in node.input:
+            last[name] = max(last.get(name, k), k)
+    alive = {i.name: sizes.get(i.name, 0) for i in model.graph.input}
+    peak = total = sum(alive.values())
+    for k, node in enumerate(nodes):
+        for name in node.output:
+            alive[name] = sizes.get(name, 0)
+            total += alive[name]
+        peak = max(peak, total)
+        for name in [n for n in (*node.input, *node.output) if last.get(n, k) <= k]:
+            total -= alive.pop(name, 0)
+    return peak
+
+
 def memory(spec) -> dict[str, int]:
-    """Bytes (float32) for a batch of train.batch_size. `training`: every layer output is kept for
-    the backward pass, plus the largest one's gradient in flight, plus parameters, their gradient
-    and the optimizer's states; `inference`: the most layer outputs alive at once (each lives from
-    its layer to its last reader). Tensors inside a layer (attention scores, gates) and
-    onnxruntime's own buffers come on top, so these are lower bounds."""
-    from dlc.optim import STATES
+    """Bytes for a batch of train.batch_size, from the graphs dlc runs: `training` the train
+    step (parameters, optimizer states, every activation the backward pass keeps, gradients),
+    `inference` the forward pass with its loss; each the most tensors alive at once in graph
+    order. onnxruntime's reuse of buffers lowers it and its arena rounding raises it."""
+    from dlc.trainstep import build_eval_step, build_train_step
 
     net = build_network(spec)
-    train = spec.data.get("train") or {}
-    batch = train.get("batch_size", 32)
-    size = {n.name: math.prod(n.out_shape) * batch * 4 for n in net.graph}
-    size.update({k: math.prod(shape) * batch * 4 for k, (shape, _) in net.inputs.items()})
-    last = {}  # tensor -> index of its last reader
-    for i, node in enumerate(net.graph):
-        last.update({src if src != "input" else next(iter(net.inputs)): i
-                     for src in node.sources})
-    alive, peak = dict.fromkeys(net.inputs, 0), 0
-    for i, node in enumerate(net.graph):
-        alive[node.name] = i
-        peak = max(peak, sum(size[t] for t in alive))
-        alive = {t: j for t, j in alive.items() if last.get(t, len(net.graph)) > i}
-    states = len(STATES.get((train.get("optimizer") or {}).get("type", "adam"), []))
-    params = sum(math.prod(p.shape) for p in net.params) * 4
-    return {"batch": batch, "inference": peak, "params": params,
-            "training": sum(size.values()) + max(size.values()) + params * (2 + states)}
+    batch = (spec.data.get("train") or {}).get("batch_size", 32)
+    graphs = {"training": build_train_step(net).model, "inference": build_eval_step(net).model}
+    out = {name: _peak_alive(m, _tensor_bytes(m, batch)) for name, m in graphs.items()}
+    return {"batch": batch, **out}
 
 
 def device_memory(device: str) -> tuple[int | None, str]:
@@ -79,14 +102,14 @@ def _size(n: int) -> str:
 def memory_lines(spec, device: str = "cpu") -> tuple[list[str], str | None]:
     """The summary's memory lines, and a warning when training would not fit the device."""
     m = memory(spec)
-    lines = [f"activation memory at batch {m['batch']} (lower bounds): training "
-             f"{_size(m['training'])} (with parameters, gradients and optimizer states), "
-             f"inference {_size(m['inference'])}"]
+    lines = [f"memory at batch {m['batch']} (tensors alive at once): training "
+             f"{_size(m['training'])} (activations kept for the backward pass, parameters, "
+             f"gradients, optimizer states), inference {_size(m['inference'])}"]
     have, what = device_memory(device)
     if have is None:
         return lines, None
     if m["training"] > have:
-        return lines, (f"warning: training at batch {m['batch']} needs at least "
+        return lines, (f"warning: training at batch {m['batch']} needs about "
                        f"{_size(m['training'])}, more than the {_size(have)} of {what}; lower "
                        "train.batch_size")
     return lines, None
