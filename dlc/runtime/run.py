@@ -66,7 +66,8 @@ def check_labels(net: Network, dataset):
     return found[""] if "" in found else found
 
 
-TIMING = ("samples_per_s", "run_samples_per_s", "seconds")  # kept out of metrics.csv so equal seeds give equal files
+# kept out of metrics.csv so equal seeds give equal files
+TIMING = ("samples_per_s", "run_samples_per_s", "seconds")
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:

@@ -61,12 +61,13 @@ def cuda_usable(index: int = 0) -> tuple[bool, str]:
 
 
 # How a graph is prepared, by its size: (most nodes, onnxruntime optimisation level, plan memory
-# reuse, keep the optimised graph across runs); the first row that fits. Measured on the 2-core
-# machine (bench/startup.py): onnxruntime's memory-reuse planner grows about quadratically with the
-# graph: 4.5 of the 5.0 s creating the 5,845-node train step of a 2x256 LSTM over 64 steps, and
-# 0.5-0.9 of the 0.7-1.1 s of a 1,571-node 6-layer Transformer, whose peak RSS it lowers by 3 %
-# (1,235 against 1,267 MiB); ORT_ENABLE_ALL took 2.3 s on the LSTM against 0.8 s for EXTENDED at
-# the same step time. Small graphs keep everything and are ready in milliseconds.
+# reuse, keep the optimised graph across runs); the first row that fits. Measured with
+# `bench/first_step.py --levels` (one thread, busy 2-core machine): onnxruntime's memory-reuse
+# planner grows about quadratically with the graph: sessions of the 5,845-node train step of a
+# 2x256 LSTM over 64 steps took 9.0-10.9 s with it and 0.6-3.3 s without, at every level, for no
+# lower peak RSS; on the 1,571-node 6-layer Transformer 0.6-1.1 s against 0.1-0.4 s, for 2-5 %
+# lower peak RSS. On the LSTM (no reuse) ORT_ENABLE_ALL took 3.3 s, EXTENDED 2.5 s, BASIC 1.9 s.
+# Small graphs keep everything and are ready in milliseconds.
 PREPARE = ((500, "ORT_ENABLE_ALL", True, False),
            (1000, "ORT_ENABLE_ALL", True, True),
            (3000, "ORT_ENABLE_ALL", False, True),

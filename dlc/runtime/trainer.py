@@ -152,13 +152,13 @@ class Trainer:
         st.skipped_steps += 1
         return False
 
-    def _step(self, idx: np.ndarray, lr: float) -> tuple[dict | None, float]:
-        """One optimizer step on the training samples `idx`: its results (None when skipped
-        for a non-finite loss) and the seconds spent inside onnxruntime."""
+    def _step(self, idx: np.ndarray, yb, lr: float) -> tuple[dict | None, float]:
+        """One optimizer step on the training samples `idx` (targets `yb`): its results (None
+        when skipped for a non-finite loss) and the seconds spent inside onnxruntime."""
         st, train = self.state, self.data.train
         aug = (self.net.spec.get("data") or {}).get("augment")
         xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
-        feeds = self._feeds(xb, train.y[idx], lr)
+        feeds = self._feeds(xb, yb, lr)
         t0 = time.perf_counter()
         out = self.stepper.run(feeds)
         seconds = time.perf_counter() - t0
@@ -179,14 +179,15 @@ class Trainer:
         sums, kept, run_seconds = dict.fromkeys(self.loss_names, 0.0), [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            out, seconds = self._step(idx, self.schedule.lr(st.epoch, i))
+            yb = train.y[idx]
+            out, seconds = self._step(idx, yb, self.schedule.lr(st.epoch, i))
             run_seconds += seconds
             if out is None:
                 continue
             for name in self.loss_names:
                 sums[name] += float(out[name]) * len(idx)
             for h in self.net.heads:  # streaming sums: no batch's logits are kept
-                running[h.name].add(h.targets(train.y[idx]), out[suffixed("logits", h.name)])
+                running[h.name].add(h.targets(yb), out[suffixed("logits", h.name)])
             kept.append(idx)
             if on_step:
                 on_step(i + 1, self.steps_per_epoch, float(out["loss"]))
