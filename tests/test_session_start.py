@@ -166,3 +166,17 @@ def test_summary_shows_memory_and_warns_past_the_device(cli):
     assert r.code == 0 and "more than the" in r.err and "of host RAM" in r.err, r
     r = cli("summary", SPECS / "digits_mlp.yaml", "--device", "tpu")
     assert r.code == 2 and "unknown device" in r.err, r
+
+
+@pytest.mark.parametrize("spec, overrides", [
+    ("lstm_forecast.yaml", []),
+    ("digits_resnet.yaml", ["layers.1.repeat=4"]),  # convolutions: onnxruntime's NCHWc layouts
+])
+def test_runs_from_a_cold_and_a_warm_cache_agree(cli, cache, tmp_path, spec, overrides):
+    args = ["-q", "--epochs", "1", *[a for o in overrides for a in ("--set", o)]]
+    for run in ("cold", "warm"):
+        r = cli("train", SPECS / spec, "--out", tmp_path / run, *args)
+        assert r.code == 0, r
+    assert len(list(cache.glob("*.onnx"))) >= 1  # the train step's optimised graph
+    assert ((tmp_path / "cold" / "metrics.csv").read_text()
+            == (tmp_path / "warm" / "metrics.csv").read_text())
