@@ -48,7 +48,7 @@ def child(spec_path: str, threads: int, steps: int, level: str | None, reuse: bo
     from dlc.runtime.session import make_session, session_options
     from dlc.runtime.stepper import BoundStepper
     from dlc.spec import load_spec
-    from dlc.trainstep import build_train_step
+    from dlc.trainstep import build_train_step, persistent_values
 
     t1 = time.perf_counter()
     spec = load_spec(spec_path)
@@ -64,11 +64,7 @@ def child(spec_path: str, threads: int, steps: int, level: str | None, reuse: bo
         sess = ort.InferenceSession(step.model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
     t3 = time.perf_counter()
-    params = net.init_params(0)
-    persistent = {"params": step.pack(params),
-                  **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-                  **{p.name: params[p.name] for p in net.buffers}}
-    stepper = BoundStepper(sess, persistent, "cpu", 0)
+    stepper = BoundStepper(sess, persistent_values(net, step, net.init_params(0)), "cpu", 0)
     rng = np.random.default_rng(0)
     batch = spec.data["train"]["batch_size"]
     feeds = {**synthetic_feeds(net, batch, rng), "lr": np.array(1e-4, np.float32),

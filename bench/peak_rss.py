@@ -36,7 +36,7 @@ def run_dlc(spec_path: str, steps: int, threads: int) -> dict:
     from dlc.runtime.session import make_session
     from dlc.runtime.stepper import BoundStepper
     from dlc.spec import load_spec
-    from dlc.trainstep import build_train_step
+    from dlc.trainstep import build_train_step, persistent_values
 
     import onnxruntime  # noqa: F401 - counted in the base, as torch is on its side
 
@@ -44,10 +44,8 @@ def run_dlc(spec_path: str, steps: int, threads: int) -> dict:
     spec = load_spec(spec_path)
     net = build_network(spec)
     step = build_train_step(net)
-    params = step.pack(net.init_params(0))
     stepper = BoundStepper(make_session(step.model, threads=threads),
-                           {"params": params, **{f"state.{s}": np.zeros_like(params)
-                                                 for s in step.states}})
+                           persistent_values(net, step, net.init_params(0)))
     rng = np.random.default_rng(0)
     batch = spec.data["train"]["batch_size"]
     for i in range(steps):

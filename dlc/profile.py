@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dlc.layers.base import numel
-from dlc.network import Network, build_network
-from dlc.trainstep import build_train_step, target_spec, x_names
+from dlc.network import Network, build_network, suffixed
+from dlc.trainstep import build_train_step, persistent_values, target_spec, x_names
 
 OPTIMIZER = ("params", "grad", "clip", "update")  # scopes of the flat-vector work
 LOSS, OTHER = "(loss)", "(other)"
@@ -62,8 +62,7 @@ def synthetic_feeds(net: Network, batch: int, rng: np.random.Generator) -> dict[
     for head in net.heads:
         dtype, shape = target_spec(head)
         shape = [batch, *shape[1:]]
-        y = ("y" if not head.name else f"y.{head.name}")
-        feeds[y] = (rng.integers(0, head.shape[-1], shape) if dtype == "int64" else
+        feeds[suffixed("y", head.name)] = (rng.integers(0, head.shape[-1], shape) if dtype == "int64" else
                     rng.integers(0, 2, shape).astype(np.float32) if head.kind == "binary" else
                     rng.normal(size=shape).astype(np.float32))
     return feeds
@@ -129,14 +128,9 @@ def run(spec, steps: int = 20, batch: int | None = None, device: str = "cpu") ->
     kind, index, info = choose_device(device)
     rng = np.random.default_rng(0)
     params = net.init_params(0)
-    persistent = {"params": step.pack(params),
-                  **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-                  **{p.name: params[p.name] for p in net.buffers}}
-    if "state.mask" in persistent:  # train.prune: keep every weight
-        persistent["state.mask"][:] = 1.0
     with tempfile.TemporaryDirectory() as tmp:
         sess = make_session(step.model, kind, index, profile=str(Path(tmp) / "dlc"))
-        stepper = BoundStepper(sess, persistent, kind, index,
+        stepper = BoundStepper(sess, persistent_values(net, step, params), kind, index,
                                {n: params[n] for n in step.frozen})
         feeds = {**synthetic_feeds(net, batch, rng), "lr": np.array(1e-6, np.float32)}
         for i in range(steps + 1):  # the first is a warm-up

@@ -24,7 +24,8 @@ from dlc.prune import Pruner
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper
-from dlc.trainstep import build_eval_step, build_train_step, x_feeds, x_names, y_feeds
+from dlc.trainstep import (build_eval_step, build_train_step, persistent_values, x_feeds, x_names,
+                           y_feeds)
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024
@@ -73,11 +74,9 @@ class Trainer:
         self.sess = make_session(self.step_graph.model, *device, threads)
         self.state = TrainState(np.random.default_rng(seed))
         params, step = net.init_params(seed), self.step_graph
-        persistent = {"params": step.pack(params),
-                      **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-                      **{p.name: params[p.name] for p in net.buffers}}
         self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
-        self.stepper = BoundStepper(self.sess, persistent, *device, self.frozen)
+        self.stepper = BoundStepper(self.sess, persistent_values(net, step, params), *device,
+                                    self.frozen)
         self._noise: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # by batch size
         self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
         n, bs = len(dataset.train.x), self.cfg["batch_size"]
