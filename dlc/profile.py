@@ -68,16 +68,16 @@ def synthetic_feeds(net: Network, batch: int, rng: np.random.Generator) -> dict[
     return feeds
 
 
-def _owner(node: str, layers: dict[str, str]) -> tuple[str, bool]:
-    """(row, backward?) of a kernel by its node name."""
+def _owner(node: str, layers: dict[str, str], heads: set[str]) -> tuple[str, bool]:
+    """(row, backward?) of a kernel by its node name. An output's loss is scoped by the
+    output's name (`species/loss/...`), which may also name a layer."""
     scope = node.split("/")
     backward = any(part.endswith(".grad") for part in scope)
+    if "loss" in scope[:2] or (scope[0] in heads and scope[0] not in layers):
+        return LOSS, backward
     if scope[0] in layers:
         return scope[0], backward
-    if scope[0] in OPTIMIZER:
-        return "update", False
-    return (LOSS if scope[0] == "loss" or len(scope) > 1 and scope[1] == "loss" else OTHER,
-            backward)
+    return ("update", False) if scope[0] in OPTIMIZER else (OTHER, backward)
 
 
 def _kernels(events: list[dict]) -> tuple[dict[str, float], float, int]:
@@ -100,8 +100,9 @@ def attribute(net: Network, layout, by_node: dict[str, float], runs: int) -> lis
     rows = {name: Row(name, kind) for name, kind in layers.items()}
     rows[LOSS], rows[OTHER] = Row(LOSS, "loss"), Row(OTHER, "")
     update = 0.0
+    heads = {h.name for h in net.heads if h.name}
     for node, us in by_node.items():
-        owner, backward = _owner(node, layers)
+        owner, backward = _owner(node, layers, heads)
         if owner == "update":
             update += us / runs
         elif backward:

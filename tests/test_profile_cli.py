@@ -45,3 +45,17 @@ def test_profile_bad_input_is_one_line(cli, tmp_path):
     assert r.code == 2 and "Traceback" not in r.err, r
     r = cli("profile", tmp_path / "missing.yaml")
     assert r.code in (1, 2) and "Traceback" not in r.err and r.err.strip(), r
+
+
+def test_kernels_go_to_the_layer_their_node_is_named_after():
+    from dlc.profile import LOSS, OTHER, _owner
+
+    layers, heads = {"fc1": "dense", "species": "dense"}, {"species", "bill_depth"}
+    cases = {"fc1/Gemm": ("fc1", False), "fc1/relu/Relu.grad/Greater": ("fc1", True),
+             "species/Gemm.grad/Gemm_1": ("species", True),  # a layer named like an output
+             "species/loss/LogSoftmax": (LOSS, False), "loss/Mul.grad/Mul": (LOSS, True),
+             "bill_depth/Sub": (LOSS, False),  # an output's target scaling
+             "update/Sqrt": ("update", False), "params/Slice_3": ("update", False),
+             "grad/Concat": ("update", False), "logits": (OTHER, False)}
+    for node, want in cases.items():
+        assert _owner(node, layers, heads) == want, node
