@@ -62,9 +62,10 @@ def synthetic_feeds(net: Network, batch: int, rng: np.random.Generator) -> dict[
     for head in net.heads:
         dtype, shape = target_spec(head)
         shape = [batch, *shape[1:]]
-        feeds[suffixed("y", head.name)] = (rng.integers(0, head.shape[-1], shape) if dtype == "int64" else
-                    rng.integers(0, 2, shape).astype(np.float32) if head.kind == "binary" else
-                    rng.normal(size=shape).astype(np.float32))
+        y = (rng.integers(0, head.shape[-1], shape) if dtype == "int64" else
+             rng.integers(0, 2, shape).astype(np.float32) if head.kind == "binary" else
+             rng.normal(size=shape).astype(np.float32))
+        feeds[suffixed("y", head.name)] = y
     return feeds
 
 
