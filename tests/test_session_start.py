@@ -180,3 +180,22 @@ def test_runs_from_a_cold_and_a_warm_cache_agree(cli, cache, tmp_path, spec, ove
     assert len(list(cache.glob("*.onnx"))) >= 1  # the train step's optimised graph
     assert ((tmp_path / "cold" / "metrics.csv").read_text()
             == (tmp_path / "warm" / "metrics.csv").read_text())
+
+
+def test_cache_keeps_the_newest_graphs_and_drops_stale_temporaries(cache, monkeypatch):
+    import os
+    import time
+
+    from dlc.runtime import graphcache
+    from dlc.runtime.session import make_session
+
+    monkeypatch.setattr(graphcache, "KEEP", 2)
+    cache.mkdir(parents=True)
+    stale, fresh = cache / ".dead.1.tmp", cache / ".busy.2.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    for k in range(3):
+        make_session(_chain(600 + k), threads=1)
+    assert len(list(cache.glob("*.onnx"))) == 2
+    assert not stale.exists() and fresh.exists()

@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 from dlc.errors import DlcError
@@ -100,10 +101,19 @@ def _store(where: Path, name: str, tmp: Path) -> None:
 
 
 def _trim(where: Path) -> None:
+    """Keep the newest `KEEP` graphs; drop temporary files a killed process left (an hour old)."""
     files = []
     for p in where.glob("*.onnx"):
         with contextlib.suppress(OSError):
             files.append((p.stat().st_mtime, p))
-    for _, path in sorted(files, reverse=True)[KEEP:]:
+    stale = [p for p in where.glob(".*.tmp") if _age(p) > 3600]
+    for path in [p for _, p in sorted(files, reverse=True)[KEEP:]] + stale:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
