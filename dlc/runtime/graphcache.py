@@ -7,8 +7,8 @@ user's cache folder: `$DLC_CACHE_DIR`, else `$XDG_CACHE_HOME/dlc`, else `~/.cach
 the optimisation settings, onnxruntime's version and the machine (an optimised graph may hold
 CPU-specific kernels), the digest the file's own bytes. A file whose bytes do not match its
 digest, or that onnxruntime cannot load, is deleted and rebuilt; files are written atomically, so
-processes racing on one key each write a whole file and the last rename wins. Only the newest
-`KEEP` files are kept. CPU sessions only: a CUDA graph carries device copies placed for one
+processes racing on one key each write a whole file and the last rename wins. Only the `KEEP`
+most recently used files are kept. CPU sessions only: a CUDA graph carries device copies placed for one
 device.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from dlc.errors import DlcError
 from dlc.fileio import write_bytes
 
-KEEP = 64  # optimised graphs kept (the oldest are deleted beyond that)
+KEEP = 64  # optimised graphs kept (the least recently used are deleted beyond that)
 
 
 def folder() -> Path | None:
@@ -65,6 +65,7 @@ def load(where: Path, name: str) -> bytes | None:
         with contextlib.suppress(OSError):
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest()[:16] == path.stem.rsplit("-", 1)[1]:
+                os.utime(path)  # recently used: the last to be trimmed
                 return data
             path.unlink()
     return None
@@ -101,7 +102,8 @@ def _store(where: Path, name: str, tmp: Path) -> None:
 
 
 def _trim(where: Path) -> None:
-    """Keep the newest `KEEP` graphs; drop temporary files a killed process left (an hour old)."""
+    """Keep the `KEEP` most recently used graphs; drop temporary files a killed process left (an
+    hour old)."""
     files = []
     for p in where.glob("*.onnx"):
         with contextlib.suppress(OSError):
