@@ -59,11 +59,7 @@ def dlc_setup(model: str, device: str):
         ds = Dataset(Split(x, rng.integers(0, 10, 4096)), None, None, None, None, None)
     else:
         ds = load_dataset(spec.data, ROOT / "specs")
-    trainer = Trainer(net, ds, (device, 0), seed=0)
-    if THREADS["n"] != cores() and device == "cpu":
-        from train_speed import _set_threads
-
-        _set_threads(trainer, THREADS["n"])
+    trainer = Trainer(net, ds, (device, 0), seed=0, threads=THREADS["n"])
     return spec, trainer, ds
 
 

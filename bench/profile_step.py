@@ -4,21 +4,23 @@
         [--epochs 5] [--rounds 5] [--batch-size 64] [--threads N] [--keep-val] [--no-variants]
         [--no-ort-profile] [--json-only]
 
-Measured on the spec's train-step graph with dlc's own Trainer, session and (CPU) HostStepper,
+Measured on the spec's train-step graph with dlc's own Trainer, session and BoundStepper (CPU),
 after one untimed warm-up epoch. Microseconds per step, median over --rounds rounds; every round
 measures everything once, so load drift affects all measurements alike (`min_over_rounds` too):
 
   epoch_per_step      Trainer.train_epoch() wall time / steps, --epochs epochs per round: the
                       real thing (shuffle, gather, feeds, run, unpack, per-epoch train metrics).
-  breakdown           the same loop as train_epoch + HostStepper.run, instrumented part by part:
+  breakdown           the same loop as train_epoch + BoundStepper.run, instrumented part by part:
                         gather  order slice, train.x[idx] (+ augment), train.y[idx]
                         feeds   Trainer._feeds(): x, y, lr, step (+ dropout noise)
-                        merge   {**feeds, **stepper.values} (HostStepper.run's feed dict)
-                        run     session.run(None, merged)
-                        unpack  outputs -> dicts, the finiteness check (float() of loss/norm),
-                                commit, per-step bookkeeping
-                        metrics the per-epoch train metrics, divided by steps per epoch
-  run_prebuilt        session.run alone, the same prebuilt (merged) feed dict every call.
+                        bind    the batch feeds rebound on the prebuilt IOBinding (result
+                                buffers: bound once per batch size)
+                        run     run_with_iobinding
+                        unpack  results to host arrays, the finiteness check, commit, the
+                                streaming train-metric sums
+                        metrics the per-epoch train metrics from those sums, / steps per epoch
+  run_prebuilt        plain session.run alone (HostStepper's way: parameters and states fed as
+                      numpy arrays), the same prebuilt feed dict every call.
   variants_run_only   session.run-only cost under other settings / graph tweaks, each a fresh
                       session with dlc's session options unless named, round-robin in blocks of
                       --steps calls, median and min over --rounds blocks:
@@ -73,61 +75,63 @@ RESULTS = ("loss", "logits", "grad_norm")
 
 # ---------------------------------------------------------------- breakdown --------------------
 def breakdown(t, epochs: int) -> dict:
-    """Trainer.train_epoch with HostStepper.run inlined, timed part by part (same work, same
+    """Trainer.train_epoch with BoundStepper.run inlined, timed part by part (same work, same
     order), for `epochs` epochs; microseconds per step for each part."""
     from dlc import metrics as M
+    from dlc.data.augment import augment
+    from dlc.network import suffixed
 
-    try:
-        from dlc.data.augment import augment
-    except ImportError:  # older dlc
-        augment = None
     st, train, stepper, sess = t.state, t.data.train, t.stepper, t.sess
     bs, n = t.cfg["batch_size"], len(train.x)
     aug = (t.net.spec.get("data") or {}).get("augment")
-    names = [o.name for o in sess.get_outputs()]
-    parts = defaultdict(float)
-    done = 0
-    pc = time.perf_counter
+    parts, done, pc = defaultdict(float), 0, time.perf_counter
     for _ in range(epochs):
         order = st.rng.permutation(n)
-        outputs, kept, losses = [], [], []
+        running, kept = {h.name: M.Running(h.kind) for h in t.net.heads}, []
         for i in range(t.steps_per_epoch):
             t0 = pc()
             idx = order[i * bs:(i + 1) * bs]
-            xb = augment(train.x[idx], aug, st.rng) if aug and augment else train.x[idx]
+            xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
             yb = train.y[idx]
             t1 = pc()
             feeds = t._feeds(xb, yb, t.schedule.lr(st.epoch, i))
             t2 = pc()
-            merged = {**feeds, **stepper.values}
+            binding = stepper.bindings[stepper.cur]
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            outs = stepper._result_buffers(binding, len(idx))
             t3 = pc()
-            res = sess.run(None, merged)
+            sess.run_with_iobinding(binding)
             t4 = pc()
-            out = dict(zip(names, res))
-            stepper._pending = {k: out[f"{k}.new"] for k in stepper.values}
-            result = {k: out[k] for k in RESULTS}
+            out = {k: np.array(v.numpy()) for k, v in outs.items()}
             st.step += 1
-            if math.isfinite(float(result["loss"])) and math.isfinite(float(result["grad_norm"])):
+            if math.isfinite(float(out["loss"])) and math.isfinite(float(out["grad_norm"])):
                 stepper.commit()
-                losses.append(float(result["loss"]) * len(idx))
-                outputs.append(result["logits"])
+                for h in t.net.heads:
+                    running[h.name].add(h.targets(yb), out[suffixed("logits", h.name)])
                 kept.append(idx)
             t5 = pc()
-            parts["gather"] += t1 - t0
-            parts["feeds"] += t2 - t1
-            parts["merge"] += t3 - t2
-            parts["run"] += t4 - t3
-            parts["unpack"] += t5 - t4
+            for k, a, b in (("gather", t0, t1), ("feeds", t1, t2), ("bind", t2, t3),
+                            ("run", t3, t4), ("unpack", t4, t5)):
+                parts[k] += b - a
             done += 1
         t0 = pc()
-        used = np.concatenate(kept)
-        M.compute(t.net.kind, train.y[used], np.concatenate(outputs))
+        y = train.y[np.concatenate(kept)]
+        for h in t.net.heads:
+            running[h.name].result(h.targets(y))
         parts["metrics"] += pc() - t0
         st.epoch += 1
     return {k: v / done * US for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------- variants ---------------------
+def persistent_values(t) -> dict:
+    """Host copies of the stepper's persistent tensors and the frozen parameters (the feeds a
+    plain session.run needs beside the batch)."""
+    return {**{n: t.stepper.get(n) for n in t.stepper.sets[0]}, **t.frozen}
+
+
+
 def make_session(model_bytes: bytes, threads: int | None = None, spinning: bool = False,
                  profile_prefix: str | None = None):
     """A CPU session with dlc's own session options (dlc.runtime.session.session_options),
@@ -235,7 +239,7 @@ def variants(t, batch_feeds: dict, steps: int, blocks: int, logits_shape: tuple)
     """session.run-only cost of the step under other settings / small graph changes."""
     model_bytes = t.step_graph.model.SerializeToString()
     lean = strip_output_identities(model_bytes)
-    persistent = dict(t.stepper.values)
+    persistent = persistent_values(t)
     full = {**batch_feeds, **persistent}
     fns = {"dlc_session": lambda: t.sess.run(None, full)}
     plain = {"default": (model_bytes, {}), "spin": (model_bytes, {"spinning": True}),
@@ -423,25 +427,18 @@ def main() -> None:
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
 
-    from dlc.runtime.stepper import HostStepper
     from dlc.runtime.trainer import Trainer
 
     spec, net, ds, note = load(args.spec, None, args.batch_size, args.keep_val)
-    t = Trainer(net, ds, device=("cpu", 0), seed=0)
-    if args.threads:
-        from train_speed import _set_threads
-
-        THREADS["n"] = args.threads
-        _set_threads(t, args.threads)
-    if not isinstance(t.stepper, HostStepper):
-        sys.exit("profile_step expects dlc's CPU HostStepper")
+    THREADS["n"] = args.threads
+    t = Trainer(net, ds, device=("cpu", 0), seed=0, threads=args.threads)
     t.train_epoch()  # warm-up
     t.state.epoch += 1
     bs = args.batch_size
     idx = np.arange(min(bs, len(ds.train.x)))
     lr = t.schedule.lr(0, 0)
     batch_feeds = t._feeds(ds.train.x[idx], ds.train.y[idx], lr)
-    full = {**batch_feeds, **t.stepper.values}
+    full = {**batch_feeds, **persistent_values(t)}
     logits_shape = (len(idx), *net.output_shape)
 
     def epochs_per_step() -> float:

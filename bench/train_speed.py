@@ -46,9 +46,7 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
     from dlc.runtime.trainer import Trainer
 
     t0 = time.perf_counter()
-    t = Trainer(net, ds, device=("cpu", 0), seed=seed)  # intra-op threads = os.cpu_count()
-    if THREADS != cores():  # --threads: rebuild the sessions with the requested thread count
-        _set_threads(t, THREADS)
+    t = Trainer(net, ds, device=("cpu", 0), seed=seed, threads=THREADS)
     setup = time.perf_counter() - t0
     run_seconds, seen, wall = 0.0, 0, 0.0
     needs_val = t.monitor.startswith("val_")
@@ -63,7 +61,7 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
             stop = t.end_epoch(row)  # state.epoch += 1, schedule + early-stopping bookkeeping
             wall += time.perf_counter() - t0
             seen += len(ds.train.x)
-            run_seconds += len(ds.train.x) / row["samples_per_s"]  # time inside session.run only
+            run_seconds += len(ds.train.x) / row["run_samples_per_s"]  # inside onnxruntime only
             if stop:
                 break
     acc = t.evaluate(ds.test, "test", t.final_params()).get("test_accuracy") if ds.test else None
@@ -73,25 +71,10 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
             "epochs_run": t.state.epoch}
 
 
-def _set_threads(t, threads: int) -> None:
-    import onnxruntime as ort
-
-    from dlc.runtime.session import session_options
-
-    for attr, graph in (("sess", t.step_graph), ("eval_sess", t.eval_graph)):
-        setattr(t, attr, ort.InferenceSession(graph.model.SerializeToString(),
-                                              session_options(threads),
-                                              providers=["CPUExecutionProvider"]))
-    if hasattr(t, "stepper"):  # the stepper holds its own reference to the train session
-        t.stepper.sess = t.sess
-
-
 def dlc_warmup(net, ds) -> None:
     from dlc.runtime.trainer import Trainer
 
-    t = Trainer(net, ds, device=("cpu", 0), seed=1)
-    if THREADS != cores():
-        _set_threads(t, THREADS)
+    t = Trainer(net, ds, device=("cpu", 0), seed=1, threads=THREADS)
     t.train_epoch()
 
 
@@ -276,6 +259,9 @@ def main() -> None:
            "repeats": args.repeats, "stat": "median",
            "dlc_samples_per_s": round(med(dlc_runs, "samples_per_s"), 1),
            "dlc_run_only_samples_per_s": round(med(dlc_runs, "run_only_samples_per_s"), 1),
+           # share of dlc's step spent outside onnxruntime (gathering, feeds, bookkeeping)
+           "dlc_outside_run_share": round(1 - med(dlc_runs, "samples_per_s")
+                                          / med(dlc_runs, "run_only_samples_per_s"), 3),
            "dlc_wall_s": round(med(dlc_runs, "wall_s"), 4),
            "dlc_epochs_run": dlc_runs[0]["epochs_run"],
            "dlc_setup_s": round(med(dlc_runs, "setup_s"), 4),
@@ -306,7 +292,8 @@ def main() -> None:
     if not args.json_only:
         r = out["ratio"]
         print(f"# {cores()} cores, {THREADS} threads: dlc {out['dlc_samples_per_s']:.0f} samples/s "
-              f"(session.run only {out['dlc_run_only_samples_per_s']:.0f}), torch "
+              f"(session.run only {out['dlc_run_only_samples_per_s']:.0f}, "
+              f"{out['dlc_outside_run_share']:.1%} outside it), torch "
               f"{out['torch_samples_per_s'] or float('nan'):.0f} samples/s, dlc/torch "
               f"{r if r is not None else math.nan}; test acc dlc {out['dlc_test_acc']} torch "
               f"{out['torch_test_acc']}", file=sys.stderr)

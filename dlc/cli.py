@@ -77,11 +77,23 @@ def compile_(spec: str, output: str = typer.Option(..., "-o", "--output", help="
 
 
 @app.command()
-def summary(spec: str, set_: Optional[List[str]] = SetOpt):
-    """Print the layer table: output shapes, parameters and FLOPs per sample."""
+def summary(spec: str, set_: Optional[List[str]] = SetOpt, device: str = typer.Option(
+        "cpu", "--device", help="Warn when activations exceed its memory: cpu, cuda[:N].")):
+    """Print the layer table: output shapes, parameters, FLOPs and activation memory."""
     from dlc.summary import render
 
-    render(_load(spec, set_))
+    render(_load(spec, set_), device)
+
+
+@app.command()
+def profile(spec: str, steps: int = typer.Option(20, "--steps", min=1, help="Timed steps."),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+            device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto."),
+            set_: Optional[List[str]] = SetOpt):
+    """Per-layer forward, backward and update time of a train step, on synthetic data."""
+    from dlc import profile as P
+
+    print("\n".join(P.render(P.run(_load(spec, set_), steps, batch_size, device))))
 
 
 @app.command()

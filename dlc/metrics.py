@@ -30,26 +30,62 @@ def _precision_recall_f1(cm: np.ndarray, kind: str) -> tuple[float, float, float
     return float(precision.mean()), float(recall.mean()), float(f1.mean())
 
 
-def classification_metrics(kind: str, y: np.ndarray, logits: np.ndarray) -> dict:
-    """Per-sample logits [n, C] with y [n]; per-token logits [n, T, C] with y [n, T] count each
-    token as one prediction (token accuracy)."""
+def confusion(kind: str, y: np.ndarray, logits: np.ndarray,
+              into: np.ndarray | None = None) -> np.ndarray:
+    """The confusion matrix of per-sample logits [n, C] with y [n], or of per-token logits
+    [n, T, C] with y [n, T], each token counted as one prediction (token accuracy); added to
+    `into` in place when given."""
     y = y.reshape(-1).astype(np.int64)
     if kind != "binary" and logits.ndim > 2:
         logits = logits.reshape(-1, logits.shape[-1])
-    pred = predicted_classes(kind, logits)
     classes = 2 if kind == "binary" else logits.shape[1]
-    cm = confusion_matrix(y, pred, classes)
+    cm = np.zeros((classes, classes), np.int64) if into is None else into
+    np.add.at(cm, (y, predicted_classes(kind, logits)), 1)
+    return cm
+
+
+def confusion_metrics(kind: str, cm: np.ndarray) -> dict:
     precision, recall, f1 = _precision_recall_f1(cm, kind)
-    return {"accuracy": float((pred == y).mean()), "precision": precision, "recall": recall,
-            "f1": f1, "confusion_matrix": cm.tolist()}
+    return {"accuracy": float(np.trace(cm) / cm.sum()), "precision": precision,
+            "recall": recall, "f1": f1, "confusion_matrix": cm.tolist()}
+
+
+def classification_metrics(kind: str, y: np.ndarray, logits: np.ndarray) -> dict:
+    return confusion_metrics(kind, confusion(kind, y, logits))
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    y, pred = y.astype(np.float64), pred.astype(np.float64)
-    err = pred - y
-    total = ((y - y.mean(axis=0)) ** 2).sum()
-    return {"mse": float((err ** 2).mean()), "mae": float(np.abs(err).mean()),
-            "r2": float(1 - (err ** 2).sum() / total) if total > 0 else 0.0}
+    running = Running("regression")
+    running.add(y, pred)
+    return running.result(y)
+
+
+class Running:
+    """One output's metrics summed batch by batch, so a training epoch keeps no logits: the
+    confusion matrix (classification: the metrics come out exactly as from all logits at once)
+    or the squared and absolute error sums (regression; R²'s total sum of squares from the
+    targets at the end)."""
+
+    def __init__(self, kind: str):
+        self.kind, self.cm, self.sq, self.abs, self.count = kind, None, 0.0, 0.0, 0
+
+    def add(self, y: np.ndarray, outputs: np.ndarray) -> None:
+        if self.kind != "regression":
+            self.cm = confusion(self.kind, y, outputs, self.cm)
+            return
+        err = outputs.astype(np.float64) - y.astype(np.float64)
+        self.sq += float((err ** 2).sum())
+        self.abs += float(np.abs(err).sum())
+        self.count += err.size
+
+    def result(self, y: np.ndarray) -> dict:
+        """Every metric the task kind knows; `y`: all targets added (R² needs their mean)."""
+        if self.kind != "regression":
+            return confusion_metrics(self.kind, self.cm)
+        y = y.astype(np.float64)
+        total = float(((y - y.mean(axis=0)) ** 2).sum())
+        return {"mse": self.sq / self.count, "mae": self.abs / self.count,
+                "r2": 1 - self.sq / total if total > 0 else 0.0}
 
 
 def compute(kind: str, y: np.ndarray, outputs: np.ndarray) -> dict:

@@ -56,6 +56,17 @@ class Step:
         return {n: flat[o:o + numel(s)].reshape(s) for n, o, s in self.layout}
 
 
+def persistent_values(net: Network, step: Step, params: dict) -> dict[str, np.ndarray]:
+    """What the train step carries from step to step, at the start of training: the flat
+    parameters, each optimizer state at zero (train.prune's keep-mask at one) and the buffers."""
+    values = {"params": step.pack(params),
+              **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
+              **{p.name: params[p.name] for p in net.buffers}}
+    if prune.MASK in values:
+        values[prune.MASK][:] = 1.0
+    return values
+
+
 def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
     layout, offset = [], 0
     for p in net.params:

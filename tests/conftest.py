@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _graph_cache(tmp_path_factory):
+    """Optimised graphs (dlc/runtime/graphcache.py) of the tests go to a temporary folder, not
+    the user's cache (a DLC_CACHE_DIR set outside wins)."""
+    os.environ.setdefault("DLC_CACHE_DIR", str(tmp_path_factory.mktemp("dlc-cache")))
+
+
 class Result:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

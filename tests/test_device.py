@@ -72,11 +72,12 @@ def test_bound_stepper_ping_pong_equals_host_stepper(overrides):
     """IOBinding with two buffer sets (bound on the CPU here) gives the same parameters as
     plain session.run, step for step; a skipped (uncommitted) step leaves them unchanged.
     Frozen parameters are bound once as constants (uploaded to the device at start)."""
-    from dlc.runtime.stepper import BoundStepper
+    from dlc.runtime.stepper import BoundStepper, HostStepper
 
     host, bound = _trainer(overrides=overrides), _trainer(overrides=overrides)
-    assert bool(host.frozen) == bool(overrides)
-    bound.stepper = BoundStepper(bound.sess, host.stepper.values, "cpu", 0, bound.frozen)
+    assert bool(host.frozen) == bool(overrides) and type(bound.stepper) is BoundStepper
+    persistent = {name: bound.stepper.get(name) for name in bound.stepper.sets[0]}
+    host.stepper = HostStepper(host.sess, persistent, host.frozen)
     host.train_epoch()
     bound.train_epoch()
     for name, value in host.params.items():

@@ -89,16 +89,16 @@ def test_checkpoint_every_keep_and_best(cli, tmp_path):
 
 
 def test_divergence_skip_drops_only_bad_steps(cli, tmp_path, monkeypatch):
-    from dlc.runtime.stepper import HostStepper
+    from dlc.runtime.stepper import BoundStepper
 
-    run, calls = HostStepper.run, []
+    run, calls = BoundStepper.run, []
 
     def every_third_step_nan(self, feeds):
         out = run(self, feeds)
         calls.append(1)
         return {**out, "loss": np.float32("nan")} if len(calls) % 3 == 0 else out
 
-    monkeypatch.setattr(HostStepper, "run", every_third_step_nan)
+    monkeypatch.setattr(BoundStepper, "run", every_third_step_nan)
     r = cli("train", SPECS / "diabetes.yaml", "--out", tmp_path / "skip", "-q", "--epochs", "2",
             "--set", "train.on_divergence.action=skip")
     assert r.code == 0, r

@@ -7,6 +7,7 @@ whole, so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,12 +18,14 @@ from dlc import imbalance, losses
 from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
+from dlc.layers.base import numel
 from dlc.network import Network, column, suffixed
 from dlc.prune import Pruner
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
-from dlc.runtime.stepper import BoundStepper, HostStepper
-from dlc.trainstep import build_eval_step, build_train_step, x_feeds, x_names, y_feeds
+from dlc.runtime.stepper import BoundStepper
+from dlc.trainstep import (build_eval_step, build_train_step, persistent_values, x_feeds, x_names,
+                           y_feeds)
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024
@@ -67,31 +70,36 @@ def batches_per_epoch(net: Network, n: int, batch_size: int) -> int:
 
 
 class Trainer:
-    def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0):
+    """`threads`: onnxruntime intra-op threads (default: every core)."""
+
+    def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0,
+                 threads: int | None = None):
         net = imbalance.resolve(net, dataset)  # task.class_weights: balanced, from this data
         net = losses.scale_targets(net, dataset)  # target_scaling: standard, from this data
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
+        self.device, self.threads = device, threads
         self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
-        self.eval_graph = build_eval_step(net)
         self.x_names = x_names(net)
         # the losses a step returns: `loss`, and `loss.<output>` for each of several outputs
         self.loss_names = ["loss", *(suffixed("loss", h.name) for h in net.heads if h.name)]
-        self.sess = make_session(self.step_graph.model.SerializeToString(), *device)
-        self.eval_sess = make_session(self.eval_graph.model.SerializeToString(), *device)
+        self.sess = make_session(self.step_graph.model, *device, threads)
         self.state = TrainState(np.random.default_rng(seed))
         params, step = net.init_params(seed), self.step_graph
-        persistent = {"params": step.pack(params),
-                      **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-                      **{p.name: params[p.name] for p in net.buffers}}
         self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
-        self.stepper = (BoundStepper(self.sess, persistent, "cuda", device[1], self.frozen)
-                        if device[0] == "cuda" else HostStepper(self.sess, persistent,
-                                                                self.frozen))
+        self.stepper = BoundStepper(self.sess, persistent_values(net, step, params), *device,
+                                    self.frozen)
+        self._noise: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # by batch size
         self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
         self.steps_per_epoch = batches_per_epoch(net, len(dataset.train.x), self.cfg["batch_size"])
         self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
                                  self.cfg["epochs"], self.steps_per_epoch)
         self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)
+
+    @functools.cached_property
+    def eval_sess(self):
+        """The inference-mode session, made on first use (validation or the final evaluation):
+        a command that never evaluates never pays for it."""
+        return make_session(build_eval_step(self.net).model, *self.device, self.threads)
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -120,12 +128,24 @@ class Trainer:
 
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
-        st = self.state
         feeds = {**x_feeds(self.x_names, xb), **y_feeds(yb), "lr": np.array(lr, np.float32),
-                 "step": np.array(st.step + 1, np.float32)}
-        for name, shape in self.step_graph.noise:
-            feeds[name] = st.rng.random((len(xb), *shape), dtype=np.float32)
+                 "step": np.array(self.state.step + 1, np.float32)}
+        if self.step_graph.noise:
+            feeds.update(self._dropout_noise(len(xb)))
         return feeds
+
+    def _dropout_noise(self, n: int) -> dict[str, np.ndarray]:
+        """Every noise input of a step of `n` samples from one draw into a buffer kept per batch
+        size: the same numbers as one draw per tensor (resume stays exact), without allocating
+        and faulting in fresh pages every step."""
+        if n not in self._noise:
+            sizes = [n * numel(shape) for _, shape in self.step_graph.noise]
+            buf, offsets = np.empty(sum(sizes), np.float32), np.cumsum([0, *sizes])
+            self._noise[n] = buf, {name: buf[o:o + size].reshape(n, *shape) for (name, shape), o,
+                                   size in zip(self.step_graph.noise, offsets, sizes)}
+        buf, views = self._noise[n]
+        self.state.rng.random(out=buf, dtype=np.float32)
+        return views
 
     def _finite(self, out: dict) -> bool:
         """True for a usable step; False to skip it (on_divergence: skip); else raise.
@@ -141,46 +161,61 @@ class Trainer:
         st.skipped_steps += 1
         return False
 
-    def train_epoch(self, on_step=None) -> dict:
+    def _step(self, idx: np.ndarray, yb, lr: float) -> tuple[dict | None, float]:
+        """One optimizer step on the training samples `idx` (targets `yb`): its results (None
+        when skipped for a non-finite loss) and the seconds spent inside onnxruntime."""
         st, train = self.state, self.data.train
-        bs, n = self.cfg["batch_size"], len(train.x)
         aug = (self.net.spec.get("data") or {}).get("augment")
+        xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
+        feeds = self._feeds(xb, yb, lr)
+        t0 = time.perf_counter()
+        out = self.stepper.run(feeds)
+        seconds = time.perf_counter() - t0
+        st.step += 1
+        if not self._finite(out):
+            return None, seconds
+        self.stepper.commit()
+        return out, seconds
+
+    def train_epoch(self, on_step=None) -> dict:
+        """One pass over the training split. `samples_per_s` times the whole epoch loop (batch
+        gathering, feeds, the run, metrics, bookkeeping: comparable with other frameworks' loop
+        timings); `run_samples_per_s` only the time inside onnxruntime."""
+        t_start, st, train = time.perf_counter(), self.state, self.data.train
+        bs, n = self.cfg["batch_size"], len(train.x)
         order = imbalance.epoch_order(st.rng, train.y, self.net.spec)  # data.sampling
-        sums, outputs, kept, seconds = {}, [], [], 0.0
+        running = {h.name: M.Running(h.kind) for h in self.net.heads}
+        sums, kept, run_seconds = dict.fromkeys(self.loss_names, 0.0), [], 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            xb = augment(train.x[idx], aug, st.rng) if aug else train.x[idx]
-            feeds = self._feeds(xb, train.y[idx], self.schedule.lr(st.epoch, i))
-            t0 = time.perf_counter()
-            out = self.stepper.run(feeds)
-            seconds += time.perf_counter() - t0
-            st.step += 1
-            if not self._finite(out):
+            yb = train.y[idx]
+            out, seconds = self._step(idx, yb, self.schedule.lr(st.epoch, i))
+            run_seconds += seconds
+            if out is None:
                 continue
-            self.stepper.commit()
             for name in self.loss_names:
-                sums[name] = sums.get(name, 0.0) + float(out[name]) * len(idx)
-            outputs.append(out)
+                sums[name] += float(out[name]) * len(idx)
+            for h in self.net.heads:  # streaming sums: no batch's logits are kept
+                running[h.name].add(h.targets(yb), out[suffixed("logits", h.name)])
             kept.append(idx)
             if on_step:
                 on_step(i + 1, self.steps_per_epoch, float(out["loss"]))
         if not kept:
             raise Diverged(f"every step of epoch {st.epoch + 1} diverged")
         used = np.concatenate(kept)
-        logits = {h.name: np.concatenate([o[suffixed("logits", h.name)] for o in outputs])
-                  for h in self.net.heads}
-        row = self._metrics("train", train.y[used], logits,
+        row = self._metrics("train", {h.name: running[h.name].result(h.targets(train.y[used]))
+                                      for h in self.net.heads},
                             {k: v / len(used) for k, v in sums.items()})
-        row["samples_per_s"] = n / seconds if seconds else 0.0
+        row["samples_per_s"] = n / (time.perf_counter() - t_start)
+        row["run_samples_per_s"] = n / run_seconds if run_seconds else 0.0
         return row
 
-    def _metrics(self, prefix: str, y, logits: dict[str, np.ndarray],
-                 losses: dict[str, float]) -> dict:
+    def _metrics(self, prefix: str, results: dict[str, dict], losses: dict[str, float]) -> dict:
         """A metrics row: `<prefix>_loss`, and per output its loss (several outputs) and the
-        metrics its task names."""
+        metrics its task names (`results`: every metric of each output, by output name)."""
         row = {f"{prefix}_loss": losses["loss"]}
         for h in self.net.heads:
-            values = M.compute(h.kind, h.targets(y), logits[h.name])
+            values = dict(results[h.name])
             if h.name:
                 values["loss"] = losses[suffixed("loss", h.name)]
             row.update({column(prefix, h.name, m): values[m]
@@ -207,7 +242,9 @@ class Trainer:
 
     def evaluate(self, split, prefix: str, params=None) -> dict:
         losses, logits = self.predict_split(split, params)
-        return self._metrics(prefix, split.y, logits, losses)
+        return self._metrics(prefix, {h.name: M.compute(h.kind, h.targets(split.y),
+                                                        logits[h.name])
+                                      for h in self.net.heads}, losses)
 
     # ---- the loop ---------------------------------------------------------------------------
     def end_epoch(self, row: dict) -> bool:
