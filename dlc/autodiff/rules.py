@@ -48,8 +48,16 @@ def _y(n):
 defvjp("Identity")(lambda ad, n, g: (g[0],))
 defvjp("Add", "elementwise")(lambda ad, n, g: (g[0], g[0]))
 defvjp("Sub", "elementwise")(lambda ad, n, g: (g[0], ad.b.Neg(g[0])))
-defvjp("Mul", "elementwise")(lambda ad, n, g: (ad.b.Mul(g[0], n.input[1]),
-                                               ad.b.Mul(g[0], n.input[0])))
+
+
+@defvjp("Mul", "elementwise")
+def _mul(ad, n, g):  # a square x * x: one pass, 2 x g, not two products summed by the driver
+    a, c = n.input
+    if a == c:
+        return ad.b.Mul(g[0], ad.b.Add(a, a)), None
+    return ad.b.Mul(g[0], c), ad.b.Mul(g[0], a)
+
+
 defvjp("Div", "elementwise")(lambda ad, n, g: (ad.b.Div(g[0], n.input[1]),
                                                ad.b.Neg(ad.b.Div(ad.b.Mul(g[0], _y(n)),
                                                                  n.input[1]))))
@@ -210,9 +218,9 @@ def _reduce_sum(ad, n, g):
 
 
 @defvjp("ReduceMean")
-def _reduce_mean(ad, n, g):
+def _reduce_mean(ad, n, g):  # divided while still reduced, then broadcast back
     count = ad.b.Cast(ad.b.Div(ad.b.Size(_x(n)), ad.b.Size(_y(n))), to=ad.types[_x(n)])
-    return (ad.b.Div(_reduce_back(ad, n, g), count),) + (None,) * (len(n.input) - 1)
+    return (_reduce_back(ad, n, [ad.b.Div(g[0], count)]),) + (None,) * (len(n.input) - 1)
 
 
 # ---- no gradient ------------------------------------------------------------------------------
