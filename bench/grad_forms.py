@@ -12,6 +12,9 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               MatMul (a^T g per sample) plus a ReduceSum over the batch, against one Gemm over
               the flattened B*T rows (what dlc emits)
   matmul_dx   dX of the same: MatMul with a transposed weight, against Gemm(g', W, transB=1)
+  recurrent_dw  the LSTM's recurrent weight gradient over 64 steps ([64, 256] x [64, 1024] per
+              step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
+              over the steps' rows concatenated
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -109,6 +112,30 @@ def gather_dw(rng):
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
 
 
+def recurrent_dw(rng):
+    """The LSTM's recurrent weight: used by all 64 steps, so dW_hh = sum_t h_t^T dz_t."""
+    steps = 64
+    h = rng.standard_normal((steps, 64, 256), np.float32)
+    dz = rng.standard_normal((steps, 64, 1024), np.float32)
+
+    def per_step(b, h, dz):  # what the unrolled graph's driver emits: one GEMM per step, summed
+        parts = [b.Squeeze(x, b.const([0])) for x in (
+            b.Split(h, b.const([1] * steps), axis=0, outputs=steps))]
+        grads = [b.Squeeze(x, b.const([0])) for x in (
+            b.Split(dz, b.const([1] * steps), axis=0, outputs=steps))]
+        total = b.Gemm(parts[0], grads[0], transA=1)
+        for a, g in zip(parts[1:], grads[1:]):
+            total = b.Add(total, b.Gemm(a, g, transA=1))
+        return [total]
+
+    def stacked(b, h, dz):  # one GEMM over the steps' rows (the per-step inputs concatenated)
+        flat = [b.Reshape(b.Concat(*b.Split(x, b.const([1] * steps), axis=0, outputs=steps),
+                                   axis=0), b.const([-1, width]))
+                for x, width in ((h, 256), (dz, 1024))]
+        return [b.Gemm(flat[0], flat[1], transA=1)]
+    return {"h": h, "dz": dz}, {"per_step": per_step, "stacked": stacked}
+
+
 def _layer(kind: str, in_shape, cfg=None):
     from dlc.layers import LAYERS
 
@@ -138,6 +165,7 @@ def norm_case(kind: str, shape):
 
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
+         "recurrent_dw": recurrent_dw,
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32))}
 
