@@ -14,7 +14,7 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   matmul_dx   dX of the same: MatMul with a transposed weight, against Gemm(g', W, transB=1)
   recurrent_dw  the LSTM's recurrent weight gradient over 64 steps ([64, 256] x [64, 1024] per
               step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
-              over the steps' rows concatenated
+              over the steps' rows concatenated (measured no faster: not adopted)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it

@@ -163,18 +163,3 @@ def test_split_with_an_unused_output_gives_it_zeros():
         return b.Split(x, axis=0, num_outputs=2, outputs=2)[1]
     dx, _ = _grad(build, np.ones((4, 3)))
     np.testing.assert_array_equal(dx, np.r_[np.zeros((2, 3)), np.ones((2, 3))])
-
-
-def test_recurrent_weight_gradient_is_one_gemm_over_all_steps():
-    """w is used at every step; its gradient is ONE GEMM over the steps' rows stacked (K = steps
-    x batch), not one small GEMM per step summed (issue 14). Values: the FD case above."""
-    b = Builder(float_type="float64")
-    x, w = b.input("x", "float64", [2, 3, 4]), b.input("w", "float64", [4, 4])
-    loss = b.ReduceSum(_unrolled(b, x, w), keepdims=0)
-    n_forward = len(b.nodes)
-    gradients(b, loss, [x, w])
-    backward = b.nodes[n_forward:]
-    weight_grads = [nd for nd in backward if nd.op_type == "Gemm"
-                    and any(a.name == "transA" and a.i for a in nd.attribute)]
-    assert len(weight_grads) == 1
-    assert "Concat" in [nd.op_type for nd in backward]

@@ -2,9 +2,7 @@
 
 Every rule has the contract `rule(ad, node, g) -> tuple` with one entry per ONNX input (None where
 the input is not differentiable); `g` holds the cotangent of each output (None when no path
-reaches it). An entry may also be an `Outer` term (a weight's a^T g), which the driver stacks
-with the weight's other terms into one GEMM. Broadcasting is undone here, once, for the ops the
-table marks as broadcasting.
+reaches it). Broadcasting is undone here, once, for the ops the table marks as broadcasting.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from dataclasses import dataclass
 import onnx
 
 from dlc.autodiff.rules import BROADCAST, VJP
-from dlc.autodiff.rules_linalg import Outer, stack_outer
 from dlc.errors import DlcError
 from dlc.graph import IR_VERSION, OPSET, Builder
 
@@ -85,30 +82,12 @@ def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str)
 
 def _grad_shape(ad: AD, node, i: int) -> Dims:
     """The shape of the gradient a broadcasting rule returns for input i: the output's, or for
-    MatMul the batch axes of the output and the operand's matrix axes."""
+    MatMul the batch axes of the output and the operand's matrix axes (a 2-D weight's gradient
+    is one GEMM over the flattened batch: its own shape)."""
     out, inp = ad.shapes[node.output[0]], ad.shapes[node.input[i]]
-    return out[:-2] + inp[-2:] if BROADCAST[node.op_type] == "matmul" else out
-
-
-class Cotangents:
-    """The gradient of each tensor, summed over its consumers. `Outer` terms (weight gradients
-    a^T g) are kept apart and stacked into one GEMM when the weight's gradient is first read;
-    the reverse walk has visited every consumer of a tensor by then."""
-
-    def __init__(self, b: Builder, loss: str):
-        self.b, self.dense, self.outer = b, {loss: b.const(1.0)}, {}
-
-    def add(self, name: str, g) -> None:
-        if isinstance(g, Outer):
-            self.outer.setdefault(name, []).append(g)
-        else:
-            self.dense[name] = g if name not in self.dense else self.b.Add(self.dense[name], g)
-
-    def take(self, name: str) -> str | None:
-        if name in self.outer:
-            with self.b.scope(f"{name}.grad"):
-                self.add(name, stack_outer(self.b, self.outer.pop(name)))
-        return self.dense.get(name)
+    if BROADCAST[node.op_type] != "matmul":
+        return out
+    return inp if i == 1 and len(inp) == 2 else out[:-2] + inp[-2:]
 
 
 def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
@@ -116,9 +95,9 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
     shapes, types = infer_shapes(b, [loss])
     ad = AD(b, shapes, types)
     active, depends = _active_nodes(list(b.nodes), loss, set(wrt))
-    grads = Cotangents(b, loss)
+    grads: dict[str, str] = {loss: b.const(1.0)}
     for node in reversed(active):
-        g = [grads.take(o) for o in node.output]
+        g = [grads.get(o) for o in node.output]
         if all(gi is None for gi in g):  # its outputs reach the loss only through gradient-free ops
             continue
         rule = VJP.get(node.op_type)
@@ -133,7 +112,7 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
             for i, (name, gi) in enumerate(zip(node.input, g_in)):
                 if gi is None or name not in depends or ad.types.get(name) not in FLOATS:
                     continue
-                if node.op_type in BROADCAST and not isinstance(gi, Outer):
+                if node.op_type in BROADCAST:
                     gi = unbroadcast(b, gi, _grad_shape(ad, node, i), shapes[name], name)
-                grads.add(name, gi)
-    return {w: grads.take(w) for w in wrt}
+                grads[name] = gi if name not in grads else b.Add(grads[name], gi)
+    return {w: grads.get(w) for w in wrt}

@@ -1,11 +1,9 @@
 """VJP rules for the linear-algebra ops, Gemm and MatMul, shaped as the GEMMs a BLAS wants.
 Registered into the table of rules.py (`defvjp`), with the same contract:
-`rule(ad, node, g) -> one gradient (or None, or an `Outer` term) per ONNX input`.
+`rule(ad, node, g) -> one gradient (or None) per ONNX input`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from dlc.autodiff.rules import defvjp
 from dlc.graph import attr
@@ -36,37 +34,23 @@ def _swap_last(ad, name):
     return ad.b.Transpose(name, perm=[*range(r - 2), r - 1, r - 2])
 
 
-@dataclass(frozen=True)
-class Outer:
-    """A weight-gradient term a^T g (a: [rows, d], g: [rows, n]) left for the driver, which
-    stacks every such term of one weight into ONE GEMM over all their rows: a recurrent weight
-    used at 64 time steps gets one GEMM with K = 64 x batch, not 64 with K = batch summed."""
-
-    a: str
-    g: str
-
-
-def stack_outer(b, terms: list[Outer]) -> str:
-    if len(terms) == 1:
-        return b.Gemm(terms[0].a, terms[0].g, transA=1)
-    return b.Gemm(b.Concat(*[t.a for t in terms], axis=0),
-                  b.Concat(*[t.g for t in terms], axis=0), transA=1)
-
-
 @defvjp("MatMul", "matmul")
 def _matmul(ad, n, g):
-    """An activation times a 2-D weight (dense layers over sequences, attention projections,
-    recurrent steps): 2-D GEMMs over the flattened leading axes, dW = a'^T g' (an `Outer` term)
-    with a' = a flattened to [-1, d], and dA = g' W^T reshaped back; BLAS sees long GEMMs, and no
-    [B, d, n] per-sample product is made for the driver to sum over B (that cost 66% of a
-    12-layer Transformer step). Otherwise (batched operands, attention's scores): batched
-    MatMuls, batch axes summed by the driver."""
+    """An N-D activation times a 2-D weight (dense layers over sequences, attention projections):
+    one 2-D GEMM each over the flattened leading axes, dW = a'^T g' with a' = a flattened to
+    [-1, d], and dA = g' W^T reshaped back; BLAS sees one long GEMM, and no [B, d, n] per-sample
+    product is made for the driver to sum over B (that cost 66% of a 12-layer Transformer step).
+    The weight's gradient comes back 2-D, as the driver expects of a 2-D MatMul operand.
+    Otherwise (batched operands, attention's scores): batched MatMuls, batch axes summed by the
+    driver. (A weight used by many MatMuls, as an unrolled LSTM's recurrent one, gets one GEMM
+    per use, summed: stacking them into one GEMM over all uses' rows measured no faster,
+    bench/grad_forms.py recurrent_dw.)"""
     b, (a, c) = ad.b, n.input
     if ad.rank(a) < 2 or ad.rank(c) < 2:
         raise NotImplementedError("MatMul gradient with a 1-D operand")
-    if ad.rank(c) == 2:
+    if ad.rank(a) > 2 and ad.rank(c) == 2:
         last = ad.rank(a) - 1
-        flat_a, flat_g = (b.Flatten(t, axis=last) if last > 1 else t for t in (a, g[0]))
-        ga = b.Gemm(flat_g, c, transB=1)
-        return b.Reshape(ga, b.Shape(a)) if last > 1 else ga, Outer(flat_a, flat_g)
+        flat_a, flat_g = b.Flatten(a, axis=last), b.Flatten(g[0], axis=last)
+        return (b.Reshape(b.Gemm(flat_g, c, transB=1), b.Shape(a)),
+                b.Gemm(flat_a, flat_g, transA=1))
     return b.MatMul(g[0], _swap_last(ad, c)), b.MatMul(_swap_last(ad, a), g[0])
