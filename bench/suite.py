@@ -300,6 +300,20 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_cuda(with_torch: bool) -> None:
+    """--device cuda needs onnxruntime's CUDA provider (and torch's CUDA): one line if not."""
+    from dlc.runtime.session import cuda_usable
+
+    ok, why = cuda_usable(0)
+    if not ok:
+        raise SystemExit(f"--device cuda: onnxruntime cannot use CUDA: {why}")
+    if with_torch:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch.cuda.is_available() is False (use --no-torch)")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -333,6 +347,8 @@ def main() -> None:
         fn = {"dlc": dlc_worker, "torch": torch_worker, "init": init_worker}[a.worker]
         print(json.dumps(fn(a)), flush=True)
         return
+    if a.device == "cuda":
+        check_cuda(a.torch)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads in [int(t) for t in a.threads.split(",")]:
