@@ -126,33 +126,20 @@ def dlc_profile(trainer, net, xb, yb) -> dict:
 
 
 def init_worker(a) -> dict:
-    """dlc's initial weights (seed 0), trainable ones in the spec's order, for the torch side."""
-    _, net = load_net(a.model)
+    """dlc's initial weights (seed 0), trainable ones in the spec's order, for the torch side;
+    and the FLOPs of a training step per sample: 3x the forward FLOPs that `dlc summary` counts
+    (forward, input gradients, weight gradients)."""
+    from dlc.summary import rows
+
+    spec, net = load_net(a.model)
     values = net.init_params(0)
     order = [p.name for p in net.params if p.trainable]
     np.savez(a.weights, **{f"{i:04d}": values[n] for i, n in enumerate(order)})
     return {"params": len(order), "train": net.spec["train"],
-            "train_flops_per_sample": 3 * forward_flops(net)}
-
-
-def forward_flops(net) -> int:
-    """Forward FLOPs per sample by dlc's layer rules (`dlc summary`); a training step is
-    counted as 3x the forward pass (forward, input gradients, weight gradients)."""
-    total = 0
-    for node in net.graph:
-        layer = node.layer
-        total += layer.flops(node.in_shapes if layer.multi else node.in_shapes[0])
-    return total
+            "train_flops_per_sample": 3 * sum(row[4] for row in rows(spec))}
 
 
 # ---------------------------------------------------------------- torch side -------------------
-def torch_module(model: str):
-    """The PyTorch twin of bench/specs/<model>.yaml; parameters registered in dlc's order."""
-    import torch_models
-
-    return torch_models.build(model)
-
-
 def copy_weights(module, path: str) -> None:
     """dlc's initial values into `module`, by order (checked by shape). 2-D weights of linear,
     attention and recurrent layers are stored [in, out] by dlc, [out, in] by torch."""
@@ -175,6 +162,7 @@ def copy_weights(module, path: str) -> None:
 
 def torch_worker(a) -> dict:
     import torch
+    import torch_models
 
     from train_speed import torch_optimizer
 
@@ -185,7 +173,7 @@ def torch_worker(a) -> dict:
     base = peak_rss_mb()
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    net = torch_module(a.model)
+    net = torch_models.build(a.model)
     copy_weights(net, a.weights)
     net = net.to(a.device).train()
     opt = torch_optimizer(net.parameters(), cfg["optimizer"])
@@ -248,7 +236,7 @@ def run_model(model: str, threads: int, a, tmp: str) -> dict:
     out = {"bench": "suite", "model": model, "what": MODELS[model][0], "device": a.device,
            "threads": threads, "cores": cores(), "steps": steps(model, a), "warmup": a.warmup,
            "repeats": a.repeats, "train_gflop_per_sample": init["train_flops_per_sample"] / 1e9,
-           "jax_samples_per_s": None if not jax_available() else "not implemented"}
+           "jax": "no JAX twin yet" if jax_available() else "jax not installed"}
     for side, rs in runs.items():
         if not rs:
             continue
