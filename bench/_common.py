@@ -9,6 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from a checkout without installing
     sys.path.insert(0, str(ROOT))
+if os.environ.get("DLC_SRC"):  # dlc from another source tree (before/after figures in one run)
+    sys.path.insert(0, os.environ["DLC_SRC"])
 
 DEFAULT_SPEC = ROOT / "specs" / "digits_mlp.yaml"
 

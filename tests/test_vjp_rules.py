@@ -144,6 +144,8 @@ CASES = [
     C("MatMul", lambda b, x, y: b.MatMul(x, y), [2, 3, 4], [4, 5], tag="2x3x4@4x5"),
     C("MatMul", lambda b, x, y: b.MatMul(x, y), [3, 4], [2, 4, 5], tag="3x4@2x4x5"),
     C("MatMul", lambda b, x, y: b.MatMul(x, y), [2, 1, 3, 4], [3, 4, 2], tag="4d-bcast"),
+    C("MatMul", lambda b, x, y: b.MatMul(x, y), [3, 5, 4], [4, 6], tag="batch-seq@weight"),
+    C("MatMul", lambda b, x, y: b.MatMul(x, y), [2, 3, 2, 4], [4, 1], tag="4d@weight-n1"),
     # ---- shape ----
     C("Reshape", lambda b, x: b.Reshape(x, b.const(_i64(6, 4))), [2, 3, 4], tag="6x4"),
     C("Reshape", lambda b, x: b.Reshape(x, b.const(_i64(-1, 3))), [2, 3, 2], tag="minus1"),
@@ -380,6 +382,7 @@ TORCH_CASES = {  # name: (dlc build, torch fn, input shapes)
     "Selu": (lambda b, x: b.Selu(x), lambda x: SELU_G * x.where(x > 0, SELU_A * x.expm1()),
              ([3, 4],)),
     "Elu": (lambda b, x: b.Elu(x, alpha=0.5), lambda x: _tf().elu(x, alpha=0.5), ([3, 4],)),
+    "MatMul-seq": (lambda b, x, w: b.MatMul(x, w), lambda x, w: x @ w, ([4, 7, 5], [5, 6])),
 }
 
 
@@ -396,3 +399,16 @@ def test_matches_torch_autograd(name):
     (y * r).sum().backward()
     for i, t in enumerate(xs):
         assert err(out[f"dx{i}"], t.grad.numpy()) < 1e-9, f"dx{i}"
+
+
+def test_sequence_times_weight_gradient_is_two_gemms_without_batch_sum():
+    """[B, T, d] @ [d, n]: dW is one GEMM over the flattened B*T rows, never a per-sample
+    [B, d, n] product summed over B by a ReduceSum (issue 14), and dX needs no Transpose of W."""
+    b = Builder(float_type="float32")
+    x, w = b.input("x", "float32", ["N", 64, 32]), b.input("w", "float32", [32, 128])
+    loss = b.ReduceSum(b.MatMul(x, w), keepdims=0)
+    n_forward = len(b.nodes)
+    gradients(b, loss, [x, w])
+    ops = [nd.op_type for nd in b.nodes[n_forward:]]
+    assert ops.count("Gemm") == 2 and "MatMul" not in ops and "Transpose" not in ops, ops
+    assert ops.count("ReduceSum") == 0, ops

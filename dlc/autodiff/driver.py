@@ -81,8 +81,13 @@ def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str)
 
 
 def _grad_shape(ad: AD, node, i: int) -> Dims:
+    """The shape of the gradient a broadcasting rule returns for input i: the output's, or for
+    MatMul the batch axes of the output and the operand's matrix axes (a 2-D weight's gradient
+    is one GEMM over the flattened batch: its own shape)."""
     out, inp = ad.shapes[node.output[0]], ad.shapes[node.input[i]]
-    return out[:-2] + inp[-2:] if BROADCAST[node.op_type] == "matmul" else out
+    if BROADCAST[node.op_type] != "matmul":
+        return out
+    return inp if i == 1 and len(inp) == 2 else out[:-2] + inp[-2:]
 
 
 def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:

@@ -48,8 +48,16 @@ def _y(n):
 defvjp("Identity")(lambda ad, n, g: (g[0],))
 defvjp("Add", "elementwise")(lambda ad, n, g: (g[0], g[0]))
 defvjp("Sub", "elementwise")(lambda ad, n, g: (g[0], ad.b.Neg(g[0])))
-defvjp("Mul", "elementwise")(lambda ad, n, g: (ad.b.Mul(g[0], n.input[1]),
-                                               ad.b.Mul(g[0], n.input[0])))
+
+
+@defvjp("Mul", "elementwise")
+def _mul(ad, n, g):  # a square x * x: one pass, 2 x g, not two products summed by the driver
+    a, c = n.input
+    if a == c:
+        return ad.b.Mul(g[0], ad.b.Add(a, a)), None
+    return ad.b.Mul(g[0], c), ad.b.Mul(g[0], a)
+
+
 defvjp("Div", "elementwise")(lambda ad, n, g: (ad.b.Div(g[0], n.input[1]),
                                                ad.b.Neg(ad.b.Div(ad.b.Mul(g[0], _y(n)),
                                                                  n.input[1]))))
@@ -135,39 +143,6 @@ def _dropout(ad, n, g):  # the forward mask, never a recomputed one
     return ad.b.Where(n.input[2], scaled, masked), None, None
 
 
-# ---- linear algebra ---------------------------------------------------------------------------
-@defvjp("Gemm", "elementwise")
-def _gemm(ad, n, g):  # Y = alpha op(A) op(B) + beta C
-    b, (a_, b_) = ad.b, n.input[:2]
-    alpha, beta = attr(n, "alpha", 1.0), attr(n, "beta", 1.0)
-    ta, tb = attr(n, "transA", 0), attr(n, "transB", 0)
-    if ta:  # dA = alpha op(B) g^T
-        ga = b.Gemm(b_, g[0], alpha=alpha, transA=tb, transB=1)
-    else:  # dA = alpha g op(B)^T
-        ga = b.Gemm(g[0], b_, alpha=alpha, transB=1 - tb)
-    if tb:  # dB = alpha g^T op(A)
-        gb = b.Gemm(g[0], a_, alpha=alpha, transA=1, transB=ta)
-    else:  # dB = alpha op(A)^T g
-        gb = b.Gemm(a_, g[0], alpha=alpha, transA=1 - ta)
-    gc = None
-    if len(n.input) > 2 and n.input[2]:
-        gc = g[0] if beta == 1.0 else b.Mul(g[0], b.const(beta))
-    return (ga, gb, gc)[:len(n.input)]
-
-
-def _swap_last(ad, name):
-    r = ad.rank(name)
-    return ad.b.Transpose(name, perm=[*range(r - 2), r - 1, r - 2])
-
-
-@defvjp("MatMul", "matmul")
-def _matmul(ad, n, g):  # batch dims broadcast; the driver sums them away
-    a, c = n.input
-    if ad.rank(a) < 2 or ad.rank(c) < 2:
-        raise NotImplementedError("MatMul gradient with a 1-D operand")
-    return ad.b.MatMul(g[0], _swap_last(ad, c)), ad.b.MatMul(_swap_last(ad, a), g[0])
-
-
 # ---- shape ------------------------------------------------------------------------------------
 def _reshape_back(ad, n, g):
     return (ad.b.Reshape(g[0], ad.b.Shape(_x(n))),) + (None,) * (len(n.input) - 1)
@@ -199,9 +174,9 @@ def _reduce_sum(ad, n, g):
 
 
 @defvjp("ReduceMean")
-def _reduce_mean(ad, n, g):
+def _reduce_mean(ad, n, g):  # divided while still reduced, then broadcast back
     count = ad.b.Cast(ad.b.Div(ad.b.Size(_x(n)), ad.b.Size(_y(n))), to=ad.types[_x(n)])
-    return (ad.b.Div(_reduce_back(ad, n, g), count),) + (None,) * (len(n.input) - 1)
+    return (_reduce_back(ad, n, [ad.b.Div(g[0], count)]),) + (None,) * (len(n.input) - 1)
 
 
 # ---- no gradient ------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""Gradient formulations head to head at the suite's sizes, one small ONNX graph each.
+
+    .venv/bin/python bench/grad_forms.py [--cases matmul_dw,...] [--threads 1] [--reps 20]
+        [--rounds 5] [--baseline DIR] [--json-only]
+
+Each case times two or more standard-ONNX graphs that compute the same thing (checked equal to
+1e-4 relative first), in onnxruntime with dlc's session options, interleaved round by round so
+that load drift hits every variant alike; the median over rounds of the mean time per run is
+reported, with `foreign_cpu_share` (bench/README.md). Cases:
+
+  matmul_dw   dW of [32, 64, 256] @ [256, 1024] (the Transformer's ff layer): a batched
+              MatMul (a^T g per sample) plus a ReduceSum over the batch, against one Gemm over
+              the flattened B*T rows (what dlc emits)
+  matmul_dx   dX of the same: MatMul with a transposed weight, against Gemm(g', W, transB=1)
+  recurrent_dw  the LSTM's recurrent weight gradient over 64 steps ([64, 256] x [64, 1024] per
+              step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
+              over the steps' rows concatenated (measured no faster: not adopted)
+  gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
+              ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
+  layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
+  batchnorm   forward + backward of training-mode batch normalisation over [128, 16, 32, 32]
+  step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
+              transformer, textcls) from its initial weights: `session.run` alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import ForeignLoad, cores, versions  # noqa: E402  (adds ROOT to sys.path)
+
+
+def session(model_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    from dlc.runtime.session import session_options
+
+    return ort.InferenceSession(model_bytes, session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
+def graph(inputs: dict, build, name: str) -> bytes:
+    """A model of `build(b, *input names) -> [output names]` over `inputs` (name: array)."""
+    from dlc.graph import Builder
+
+    b = Builder()
+    names = [b.input(k, "int64" if v.dtype == np.int64 else "float32", list(v.shape))
+             for k, v in inputs.items()]
+    for i, out in enumerate(build(b, *names)):
+        b.output(out, f"out{i}", "float32")
+    return b.model(name).SerializeToString()
+
+
+def with_grads(forward):
+    """build(b, x, *params, r) -> [dx, dparams...] of ReduceSum(forward(...) * r) by dlc."""
+    from dlc.autodiff import gradients
+
+    def build(b, *names):
+        *xs, r = names
+        loss = b.ReduceSum(b.Mul(forward(b, *xs), r), keepdims=0)
+        g = gradients(b, loss, list(xs))
+        return [g[x] for x in xs]
+    return build
+
+
+# ---- the cases --------------------------------------------------------------------------------
+def matmul_dw(rng):
+    a, g = rng.standard_normal((32, 64, 256), np.float32), rng.standard_normal((32, 64, 1024),
+                                                                                 np.float32)
+    return {"a": a, "g": g}, {
+        "batched_matmul_reducesum": lambda b, a, g: [b.ReduceSum(
+            b.MatMul(b.Transpose(a, perm=[0, 2, 1]), g), b.const([0]), keepdims=0)],
+        "gemm_flat": lambda b, a, g: [b.Gemm(b.Flatten(a, axis=2), b.Flatten(g, axis=2),
+                                             transA=1)]}
+
+
+def matmul_dx(rng):
+    g, w = rng.standard_normal((32, 64, 1024), np.float32), rng.standard_normal((256, 1024),
+                                                                                 np.float32)
+    return {"g": g, "w": w}, {
+        "matmul_transposed_w": lambda b, g, w: [b.MatMul(g, b.Transpose(w, perm=[1, 0]))],
+        "gemm_flat": lambda b, g, w: [b.Reshape(b.Gemm(b.Flatten(g, axis=2), w, transB=1),
+                                                b.const([32, 64, 256]))]}
+
+
+def gather_dw(rng):
+    ids = (rng.zipf(1.3, (128, 64)) % 29999 + 1).astype(np.int64)
+    g = rng.standard_normal((128, 64, 128), np.float32)
+
+    def zeros(b):
+        import onnx
+
+        return b.ConstantOfShape(b.const([30000, 128]), value=onnx.helper.make_tensor(
+            "value", onnx.TensorProto.FLOAT, [1], [0.0]))
+
+    def scatter_nd(b, ids, g):
+        return [b.ScatterND(zeros(b), b.Reshape(ids, b.const([-1, 1])),
+                            b.Reshape(g, b.const([-1, 128])), reduction="add")]
+
+    def scatter_elements(b, ids, g):
+        idx = b.Expand(b.Reshape(ids, b.const([-1, 1])), b.const([1, 128]))
+        return [b.ScatterElements(zeros(b), idx, b.Reshape(g, b.const([-1, 128])), axis=0,
+                                  reduction="add")]
+    return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
+
+
+def recurrent_dw(rng):
+    """The LSTM's recurrent weight: used by all 64 steps, so dW_hh = sum_t h_t^T dz_t."""
+    steps = 64
+    h = rng.standard_normal((steps, 64, 256), np.float32)
+    dz = rng.standard_normal((steps, 64, 1024), np.float32)
+
+    def per_step(b, h, dz):  # what the unrolled graph's driver emits: one GEMM per step, summed
+        parts = [b.Squeeze(x, b.const([0])) for x in (
+            b.Split(h, b.const([1] * steps), axis=0, outputs=steps))]
+        grads = [b.Squeeze(x, b.const([0])) for x in (
+            b.Split(dz, b.const([1] * steps), axis=0, outputs=steps))]
+        total = b.Gemm(parts[0], grads[0], transA=1)
+        for a, g in zip(parts[1:], grads[1:]):
+            total = b.Add(total, b.Gemm(a, g, transA=1))
+        return [total]
+
+    def stacked(b, h, dz):  # one GEMM over the steps' rows (the per-step inputs concatenated)
+        flat = [b.Reshape(b.Concat(*b.Split(x, b.const([1] * steps), axis=0, outputs=steps),
+                                   axis=0), b.const([-1, width]))
+                for x, width in ((h, 256), (dz, 1024))]
+        return [b.Gemm(flat[0], flat[1], transA=1)]
+    return {"h": h, "dz": dz}, {"per_step": per_step, "stacked": stacked}
+
+
+def _layer(kind: str, in_shape, cfg=None):
+    from dlc.layers import LAYERS
+
+    return LAYERS[kind]("n", {"type": kind, **(cfg or {})}), in_shape
+
+
+class _Ctx:
+    training, updates = True, {}
+
+
+def norm_case(kind: str, shape):
+    def make(rng):
+        x = rng.standard_normal(shape, np.float32)
+        c = shape[-1] if kind == "layernorm" else shape[1]
+        inputs = {"x": x, "gamma": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                  "beta": rng.standard_normal(c, np.float32),
+                  "r": rng.standard_normal(shape, np.float32)}
+        layer, in_shape = _layer(kind, shape[1:])
+
+        def forward(b, x, gamma, beta):
+            p = {"n.gamma": gamma, "n.beta": beta,
+                 "n.running_mean": b.const(np.zeros(c, np.float32)),
+                 "n.running_var": b.const(np.ones(c, np.float32))}
+            return layer.lower(b, x, p, _Ctx(), in_shape)
+        return inputs, {"dlc": with_grads(forward)}
+    return make
+
+
+def train_step(model: str):
+    """The whole train-step graph of a bench/suite.py model, from its initial weights."""
+    def make(rng):
+        import suite
+        from dlc.trainstep import build_train_step, x_feeds, x_names, y_feeds
+
+        spec, net = suite.load_net(model)
+        batch = spec.data["train"]["batch_size"]
+        x, y = suite.synthetic(model, batch)
+        step, params = build_train_step(net, None), net.init_params(0)
+        inputs = {**x_feeds(x_names(net), x), **y_feeds(y), "lr": np.array(1e-3, np.float32),
+                  "step": np.array(1, np.float32), "params": step.pack(params),
+                  **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
+                  **{p.name: params[p.name] for p in net.buffers},
+                  **{n: rng.random((batch, *shape), dtype=np.float32) for n, shape in step.noise}}
+        return inputs, {"dlc": step.model.SerializeToString()}
+    return make
+
+
+CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
+         "recurrent_dw": recurrent_dw,
+         "layernorm": norm_case("layernorm", (32, 64, 256)),
+         "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
+         **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
+                                                 "textcls")}}
+
+
+def models(name: str) -> tuple[dict, dict[str, bytes]]:
+    inputs, variants = CASES[name](np.random.default_rng(0))
+    return inputs, {v: build if isinstance(build, bytes) else graph(inputs, build, v)
+                    for v, build in variants.items()}
+
+
+def baseline_models(name: str, src: str) -> dict[str, bytes]:
+    """The same case's graphs built by the dlc in source tree `src` (a subprocess with
+    DLC_SRC=src), named `<variant>@baseline`: old and new formulations timed in one process."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, __file__, "--emit", name, "--out", d], check=True,
+                       env={**os.environ, "DLC_SRC": str(Path(src).resolve())})
+        return {f"{f.stem}@baseline": f.read_bytes() for f in sorted(Path(d).glob("*.onnx"))}
+
+
+def check_same(name: str, sessions: dict, inputs: dict) -> None:
+    """Every variant computes the same values: to 1e-4 of each output's largest magnitude, or
+    1e-2 for whole train steps, whose fp32 gradients of a deep net differ by rounding (ResNet-20
+    against float64 torch: worst parameter 2.3e-3 relative now, 2.0e-2 before the batchnorm
+    change). A train step's new parameters are left out: Adam moves a parameter by about lr
+    whatever the size of its gradient, so rounding-level gradients (a conv feeding batchnorm
+    has an exactly zero one in exact arithmetic) move differently; the new first moment,
+    (1 - beta1) x the gradient, is compared instead."""
+    tol = 1e-2 if name.startswith("step_") else 1e-4
+    ref = None
+    for v, s in sessions.items():
+        names = [o.name for o in s.get_outputs()]
+        out = {k: x for k, x in zip(names, s.run(None, inputs)) if k != "params.new"}
+        ref = ref or out
+        for k, e in ref.items():
+            err = float(np.abs(out[k] - e).max()) / max(float(np.abs(e).max()), 1e-6)
+            assert err < tol, f"{name}: {v} differs in {k} (relative {err:.2g})"
+
+
+def run_case(name: str, threads: int, reps: int, rounds: int, baseline: str | None) -> dict:
+    inputs, built = models(name)
+    if baseline:
+        built.update(baseline_models(name, baseline))
+    sessions = {v: session(m, threads) for v, m in built.items()}
+    check_same(name, sessions, inputs)
+    times = {v: [] for v in sessions}
+    with ForeignLoad() as fl:
+        for _ in range(rounds):
+            for v, s in sessions.items():
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    s.run(None, inputs)
+                times[v].append((time.perf_counter() - t0) / reps * 1e3)
+    return {"bench": "grad_forms", "case": name, "threads": threads, "reps": reps,
+            "rounds": rounds, "ms_per_run": {v: round(statistics.median(t), 3)
+                                             for v, t in times.items()},
+            "ms_min": {v: round(min(t), 3) for v, t in times.items()},
+            "foreign_cpu_share": fl.value, "cores": cores(), **versions()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--baseline", help="also time each case's graphs as built by the dlc in "
+                   "this source tree (e.g. `git archive` of an older commit)")
+    p.add_argument("--json-only", action="store_true")
+    p.add_argument("--emit", help=argparse.SUPPRESS)  # internal: write a case's graphs to --out
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.emit:
+        for v, m in models(a.emit)[1].items():
+            Path(a.out, f"{v}.onnx").write_bytes(m)
+        return
+    for name in a.cases.split(","):
+        r = run_case(name, a.threads, a.reps, a.rounds, a.baseline)
+        print(json.dumps(r), flush=True)
+        if not a.json_only:
+            print(f"# {name}: " + ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
+                  + f"  (foreign share {r['foreign_cpu_share']:.2f})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""bench/suite.py compares like with like: each PyTorch twin (bench/torch_models.py), given
+dlc's initial weights by suite.copy_weights, computes the same logits as dlc's compiled model
+(inference mode: batchnorm on running statistics, no dropout)."""
+
+from __future__ import annotations
+
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import suite  # noqa: E402
+import torch_models  # noqa: E402
+
+
+@pytest.mark.parametrize("model", list(suite.MODELS))
+def test_torch_twin_with_dlc_weights_computes_dlc_logits(model, tmp_path):
+    import onnxruntime as ort
+
+    from dlc.compile import compile_spec
+
+    weights = str(tmp_path / "w.npz")
+    init = suite.init_worker(Namespace(model=model, weights=weights))
+    assert init["train_flops_per_sample"] > 0
+    spec, _ = suite.load_net(model)
+    x, _ = suite.synthetic(model, 4)
+    sess = ort.InferenceSession(compile_spec(spec, seed=0).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {sess.get_inputs()[0].name: x})[0]
+    net = torch_models.build(model)
+    suite.copy_weights(net, weights)
+    with torch.no_grad():
+        expected = net.eval()(torch.from_numpy(x)).numpy()
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    assert float(np.abs(logits - expected).max()) < 1e-4 * max(scale, 1.0)
+
+
+def test_copy_weights_refuses_a_twin_of_another_shape(tmp_path):
+    weights = str(tmp_path / "w.npz")
+    suite.init_worker(Namespace(model="mlp", weights=weights))
+    with pytest.raises(SystemExit, match="parameters"):
+        suite.copy_weights(torch_models.build("textcls"), weights)

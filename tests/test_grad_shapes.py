@@ -1,0 +1,54 @@
+"""How much memory traffic the normalisation layers' backward passes make (issue 14): counted as
+the nodes whose output is as large as the activation, in the forward + backward graph that
+dlc's lowering and VJP table emit. Values are checked elsewhere (tests/test_cnn.py and
+tests/test_sequence.py against torch, tests/test_vjp_rules.py against finite differences)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from dlc.autodiff import gradients
+from dlc.graph import Builder
+from dlc.layers import LAYERS
+
+
+class Ctx:
+    training = True
+
+    def __init__(self):
+        self.updates = {}
+
+
+def full_size_ops(kind: str, shape: tuple) -> Counter:
+    b = Builder()
+    c = shape[1] if kind == "batchnorm" else shape[-1]
+    x = b.input("x", "float32", list(shape))
+    p = {f"n.{k}": b.input(f"n.{k}", "float32", [c]) for k in ("gamma", "beta")}
+    p.update({f"n.{k}": b.const(np.full(c, v, np.float32))
+              for k, v in (("running_mean", 0.0), ("running_var", 1.0))})
+    y = LAYERS[kind]("n", {"type": kind}).lower(b, x, p, Ctx(), shape[1:])
+    loss = b.ReduceSum(b.Mul(y, y), keepdims=0)
+    for name, g in gradients(b, loss, [x, *p.values()][:3]).items():
+        b.output(g, f"d.{name}", "float32")
+    model = onnx.shape_inference.infer_shapes(b.model("norm"), strict_mode=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in model.graph.value_info}
+    size = math.prod(shape)
+    return Counter(n.op_type for n in model.graph.node
+                   if n.op_type != "Identity" and math.prod(shapes.get(n.output[0], [0])) == size)
+
+
+@pytest.mark.parametrize("kind,shape,most", [("batchnorm", (8, 4, 6, 6), 13),
+                                             ("layernorm", (4, 5, 16), 16)])
+def test_norm_backward_divides_only_small_statistics(kind, shape, most):
+    """No Div, Sub or Neg over activation-sized tensors: each was an extra pass over memory.
+    21 activation-sized nodes before for either layer (the test loss's own Mul included),
+    13 for batchnorm and 16 for layernorm now."""
+    ops = full_size_ops(kind, shape)
+    assert not {"Div", "Sub", "Neg"} & set(ops), ops
+    assert sum(ops.values()) <= most, ops
