@@ -61,13 +61,13 @@ class Explainer:
 
 def _stored(path: Path):
     """(resolved spec, normalisation, {initializer: array}) of a dlc model file."""
-    import onnx
     from onnx import numpy_helper
 
     from dlc.runtime.infer import load_model
+    from dlc.userfiles import read_model
 
     model = load_model(path)  # checks that it is a dlc model with sane metadata
-    proto = onnx.load(str(path))
+    proto = read_model(path)
     meta = {p.key: p.value for p in proto.metadata_props}
     norm = json.loads(meta.get("dlc.normalize", "null"))
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}

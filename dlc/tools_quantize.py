@@ -140,7 +140,9 @@ def quantized_model(src: Path, mode: str, calib: np.ndarray | None, input_name: 
     """The int8 ModelProto with the source model's metadata; and how it was pre-processed."""
     import onnx
 
-    source = onnx.load(str(src))
+    from dlc.userfiles import read_model
+
+    source = read_model(src)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization warns through the root logger

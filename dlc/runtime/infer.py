@@ -76,18 +76,14 @@ def _one_line(fn):
 
 @_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
-    import onnx
-    from google.protobuf.message import DecodeError
-
     from dlc.runtime.session import choose_device
+    from dlc.userfiles import read_model
 
     path = Path(path)
-    if not path.is_file():
-        raise DlcError(f"model file not found: {path}")
+    proto = read_model(path)
     try:  # protobuf decodes string fields lazily: invalid UTF-8 fails at p.key, not at load
-        proto = onnx.load_model_from_string(path.read_bytes())
         meta = {p.key: p.value for p in proto.metadata_props}
-    except (DecodeError, ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
         raise DlcError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
     if "dlc.spec_resolved" not in meta:
         raise DlcError(f"{path} is not a dlc model (no dlc metadata); train one with dlc train")
