@@ -192,7 +192,7 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
     from dlc.runtime import infer
 
     m = infer.load_model(model, device)
-    text = infer.write_predictions(m, infer.predict(m, input, batch_size), output)
+    text = infer.write_predictions(m, infer.predict(m, input, batch_size, output), output)
     if text is not None:
         sys.stdout.write(text)
     else:

@@ -209,7 +209,10 @@ def evaluate(model: Model, source: str, batch_size: int = 1024) -> dict:
 
 
 @_one_line
-def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
+def predict(model: Model, input_path: str, batch_size: int = 1024,
+            output: str | None = None) -> dict[str, np.ndarray]:
+    """The model's outputs on the raw inputs in `input_path`; `output` (the path they will be
+    written to) bounds the row count before the model runs (see _check_rows)."""
     from dlc.data import model_inputs
     from dlc.data.multi import read_multi
 
@@ -218,10 +221,29 @@ def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, 
                           model.features)
     else:
         x = model_inputs(Path(input_path), model.spec, model.features, model.text)
+    _check_rows(len(x), output)
     return model.run(x, batch_size)
 
 
-def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
+# CSV and JSON predictions turn every value into a Python object and then text (about 100 bytes
+# a value): a small compressed npz input could otherwise ask for gigabytes. npz output is arrays.
+MAX_TEXT_ROWS = 1_000_000
+
+
+def _format(path: str | None) -> str:
+    suffix = Path(path).suffix.lower() if path else ".csv"
+    if suffix not in (".csv", ".npz", ".json"):
+        raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
+    return suffix
+
+
+def _check_rows(n: int, path: str | None) -> None:
+    if n > MAX_TEXT_ROWS and _format(path) != ".npz":
+        raise DlcError(f"{n:,} samples: CSV and JSON predictions hold at most {MAX_TEXT_ROWS:,} "
+                       "rows (MAX_TEXT_ROWS); write them with -o predictions.npz")
+
+
+def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Prediction table, per output: class index, class name and one probability column per
     class, or the regression values. Columns of `outputs:` models start with `<output>.`."""
     cols = {}
@@ -230,39 +252,50 @@ def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
         if task["kind"] == "regression":
             pred = out[name("prediction")]
             cols.update({name(f"prediction_{j}" if pred.shape[1] > 1 else "prediction"):
-                         pred[:, j].tolist() for j in range(pred.shape[1])})
+                         pred[:, j] for j in range(pred.shape[1])})
             continue
         idx, probs = out[name("class_index")], out[name("probabilities")]
         labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[1], 2))]
-        cols.update({name("class_index"): idx.tolist(), name("label"): [labels[i] for i in idx]})
+        cols.update({name("class_index"): idx, name("label"): np.asarray(labels)[idx]})
         if task["kind"] == "binary":
-            cols[name(f"p_{labels[1]}")] = probs[:, 0].tolist()
+            cols[name(f"p_{labels[1]}")] = probs[:, 0]
         else:
-            cols.update({name(f"p_{labels[j]}"): probs[:, j].tolist()
-                         for j in range(probs.shape[1])})
+            cols.update({name(f"p_{labels[j]}"): probs[:, j] for j in range(probs.shape[1])})
     return cols
+
+
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): class names come from the
+# training data, so a label `=HYPERLINK(...)` is prefixed with ' and shown as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None) -> str | None:
     """Write csv, npz or json by extension; with no path return the csv text."""
     cols = _columns(model, out)
-    suffix = Path(path).suffix.lower() if path else ".csv"
+    suffix = _format(path)
     if suffix == ".npz":
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in cols.items()})
+        np.savez(buf, **cols)
         write_bytes(path, buf.getvalue())
         return None
+    _check_rows(len(next(iter(cols.values()))), path)
+    cols = {k: v.tolist() for k, v in cols.items()}
     if suffix == ".json":
         rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
         write_text(path, json.dumps(rows, indent=1) + "\n")
         return None
-    if suffix != ".csv":
-        raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
+    writer.writerow([_cell(c) for c in cols])
     for vals in zip(*cols.values()):
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in vals])
+        writer.writerow([_cell(v) for v in vals])
     if path is None:
         return buf.getvalue()
     write_text(path, buf.getvalue())

@@ -223,15 +223,11 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load the spec file at `path` (named in diagnostics as given); DlcError if unreadable."""
+    from dlc.userfiles import MAX_SPEC_BYTES, read_bytes
+
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DlcError(f"spec file not found: {file}") from None
-    except IsADirectoryError:
-        raise DlcError(f"spec file is a directory: {file}") from None
+        text = read_bytes(path, "spec file", MAX_SPEC_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DlcError(f"spec file is not UTF-8 text: {file} (byte {exc.start})") from None
-    except OSError as exc:
-        raise DlcError(f"cannot read spec file {file}: {exc.strerror or exc}") from None
     return load_spec_text(text, file, overrides)
