@@ -240,9 +240,10 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
 
     from dlc.tools import list_runs
 
-    found = list_runs(Path(folder))
+    found, unread = list_runs(Path(folder))
     if not found:
-        raise DlcError(f"no runs under {folder}")
+        raise DlcError(f"no runs under {folder}" + (f" ({unread} unreadable summary.json)"
+                                                   if unread else ""))
     table = Table()
     for col in ("run", "epochs", "test", "samples/s"):
         table.add_column(col)
@@ -250,6 +251,8 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
         test = "  ".join(f"{k} {v:.4g}" for k, v in r["test"].items() if isinstance(v, float))
         table.add_row(r["run"], str(r["epochs"]), test, f"{r['samples_per_s'] or 0:,.0f}")
     Console().print(table)
+    if unread:
+        print(f"note: {unread} summary.json not readable as a dlc summary, left out")
 
 
 @app.command()
@@ -259,7 +262,8 @@ def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
 
     from dlc.tools import plot_run
 
-    plot_run(Path(run), Path(output))
+    for note in plot_run(Path(run), Path(output)):
+        print(f"note: {note}")
     print(f"wrote {output}")
 
 

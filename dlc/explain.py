@@ -16,7 +16,6 @@ units), whose attributions add up to f(x) - f(x0) up to the quadrature error (co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,19 +63,26 @@ def _stored(path: Path):
     from onnx import numpy_helper
 
     from dlc.runtime.infer import load_model
-    from dlc.userfiles import read_model
+    from dlc.userfiles import load_json, read_model
 
     model = load_model(path)  # checks that it is a dlc model with sane metadata
     proto = read_model(path)
     meta = {p.key: p.value for p in proto.metadata_props}
-    norm = json.loads(meta.get("dlc.normalize", "null"))
+    norm = load_json(meta.get("dlc.normalize", "null"), f"{path}: dlc.normalize")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    scaling = json.loads(meta.get("dlc.target_norm", "null"))  # target_scaling: standard
-    stats = (scaling or {}).get("")
-    if stats is not None and not (isinstance(stats, dict) and all(
-            isinstance(stats.get(k), list) for k in ("offset", "scale"))):
-        raise DlcError(f"{path}: corrupt dlc metadata (dlc.target_norm)")
+    scaling = load_json(meta.get("dlc.target_norm", "null"), f"{path}: dlc.target_norm")
+    stats = scaling.get("") if isinstance(scaling, dict) else scaling  # target_scaling: standard
+    for key, value in (("normalize", norm), ("target_norm", stats)):
+        if not _is_stats(value):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key})")
     return model, norm, weights, stats
+
+
+def _is_stats(value) -> bool:
+    """None, or {offset: [numbers], scale: [numbers]} as dlc writes it."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return value is None or isinstance(value, dict) and all(
+        isinstance(value.get(k), list) and all(map(number, value[k])) for k in ("offset", "scale"))
 
 
 def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model",

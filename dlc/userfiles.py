@@ -19,6 +19,7 @@ MAX_TABLE_BYTES = 2**30  # a CSV data or input file
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit for one message
 MAX_ARRAY_BYTES = 2**30  # one array of an .npy/.npz file, once decompressed
 MAX_NPZ_BYTES = 2**31  # all arrays of one .npz file together, once decompressed
+MAX_NESTING = 64  # lists/mappings in a spec, --set value or JSON metadata (real specs: ~6)
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -58,6 +59,33 @@ def read_bytes(path: str | Path, what: str, limit: int) -> bytes:
             return f.read(limit + 1)[:limit]
     except OSError as e:
         raise DlcError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def too_deep(value, limit: int = MAX_NESTING) -> bool:
+    """Whether lists/dicts nest deeper than `limit` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
+                                                  else item))
+    return False
+
+
+def load_json(text: str | bytes, what: str):
+    """JSON from a file or metadata dlc wrote, refused with one line when it is not JSON or
+    nests deeper than MAX_NESTING (json.loads itself recurses once per level)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        raise DlcError(f"{what} is not valid JSON") from None
+    if too_deep(value):
+        raise DlcError(f"{what} nests deeper than {MAX_NESTING} levels (MAX_NESTING)")
+    return value
 
 
 # ---- .npy / .npz ----------------------------------------------------------------------------

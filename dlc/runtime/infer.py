@@ -46,10 +46,16 @@ class Model:
         return (self.labels or {}).get(head) if head else self.labels
 
     def run(self, x: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+        """The outputs by name. onnxruntime's own log of a failed run (a coloured line on
+        stderr) is silenced, as for the CUDA probe: dlc's one-line error says it."""
+        import onnxruntime as ort
+
         names = [o.name for o in self.session.get_outputs()]
         feed = lambda xb: dict(xb) if isinstance(xb, dict) else {"input": xb}  # noqa: E731
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # fatal only
         try:
-            parts = [self.session.run(None, feed(x[i:i + batch_size]))
+            parts = [self.session.run(None, feed(x[i:i + batch_size]), quiet)
                      for i in range(0, len(x), batch_size)]
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -77,7 +83,7 @@ def _one_line(fn):
 @_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
     from dlc.runtime.session import choose_device
-    from dlc.userfiles import read_model
+    from dlc.userfiles import load_json, read_model
 
     path = Path(path)
     proto = read_model(path)
@@ -87,14 +93,10 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         raise DlcError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
     if "dlc.spec_resolved" not in meta:
         raise DlcError(f"{path} is not a dlc model (no dlc metadata); train one with dlc train")
-    try:
-        spec = json.loads(meta["dlc.spec_resolved"])
-        labels = json.loads(meta.get("dlc.labels", "null"))
-        features = json.loads(meta.get("dlc.features", "null"))
-        text = json.loads(meta.get("dlc.text", "null"))
-        categories = json.loads(meta.get("dlc.categories", "null"))
-    except (ValueError, TypeError):  # bad JSON, or bytes (protobuf gives invalid UTF-8 as bytes)
-        raise DlcError(f"{path}: corrupt dlc metadata") from None
+    # bad JSON, too deep, or bytes (protobuf gives invalid UTF-8 as bytes): one line each
+    spec, labels, features, text, categories = (
+        load_json(meta.get(f"dlc.{key}", "null"), f"{path}: corrupt dlc metadata: dlc.{key}")
+        for key in ("spec_resolved", "labels", "features", "text", "categories"))
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
@@ -142,6 +144,9 @@ def _check_spec(path: Path, spec) -> None:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
                        f"{problems[0].message})")
+    if "blocks" in spec or any(layer.get("type") == "block" for layer in spec["layers"]):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved holds blocks, which dlc "
+                       "expands before it writes a model)")
     names = [layer.get("name") for layer in spec["layers"]]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) \
             or ("task" in spec) == ("outputs" in spec) \

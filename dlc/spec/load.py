@@ -11,6 +11,7 @@ from dlc.errors import Diagnostic, DlcError, SpecError
 from dlc.spec.expand import expand
 from dlc.spec.schema import fill_defaults, one_line, render_path, show, validate
 from dlc.spec.yamlload import Loaded, parse_yaml
+from dlc.userfiles import MAX_NESTING, MAX_SPEC_BYTES, read_bytes
 
 _KIND_LOSS = {"classification": "cross_entropy", "binary": "binary_cross_entropy",
               "regression": "mse"}
@@ -54,8 +55,10 @@ def _parse_override(raw: str, file: str) -> _Override:
     """`layers.2.units=128` -> path ("layers", "2", "units") (numbers resolved when applied)."""
     key, sep, text = raw.partition("=")
     parts = tuple(key.strip().split("."))
-    if not sep or not all(parts):
-        message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5"
+    if not sep or not all(parts) or len(parts) > MAX_NESTING:
+        message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5" \
+            if len(parts) <= MAX_NESTING else f"--set: a path of {len(parts)} keys is deeper " \
+            f"than a spec nests (MAX_NESTING {MAX_NESTING})"
         raise SpecError([Diagnostic(file, 0, 0, "", one_line(message))])
     try:
         loaded = parse_yaml(text, file) if text.strip() else Loaded(None)
@@ -223,8 +226,6 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load the spec file at `path` (named in diagnostics as given); DlcError if unreadable."""
-    from dlc.userfiles import MAX_SPEC_BYTES, read_bytes
-
     file = str(path)
     try:
         text = read_bytes(path, "spec file", MAX_SPEC_BYTES).decode("utf-8")

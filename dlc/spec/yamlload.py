@@ -17,6 +17,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from dlc.errors import Diagnostic, SpecError
 from dlc.spec.schema import one_line
+from dlc.userfiles import MAX_NESTING
 
 Path = tuple  # a path into the data: ("layers", 2, "units")
 Pos = tuple[int, int]  # 1-based (line, col)
@@ -42,6 +43,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.problems: list[tuple[Any, str]] = []  # (mark, message)
+        self.depth = 0  # PyYAML's composer and our builder recurse once per level
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
@@ -55,7 +57,14 @@ class _Loader(yaml.SafeLoader):
         if getattr(event, "tag", None) is not None:
             self.problems.append((event.start_mark, "tags are not allowed"))
             event.tag = None
-        return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_NESTING} "
+                                              "levels", event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
