@@ -25,6 +25,7 @@ from dlc.errors import DlcError, UsageError
 
 METHODS = ("grad_x_input", "integrated_gradients")
 MAX_ROWS = 4096  # rows per onnxruntime run (samples x interpolation steps)
+MAX_STEPS = 1024  # integrated-gradients steps; the midpoint rule's error is ~1/steps^2 already
 
 
 @dataclass
@@ -194,8 +195,8 @@ def explain(ex: Explainer, x: np.ndarray, method: str = "grad_x_input", steps: i
     method}."""
     if method not in METHODS:
         raise UsageError(f"unknown --method '{method}'; use {' or '.join(METHODS)}")
-    if steps < 1:
-        raise UsageError("--steps must be at least 1")
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be between 1 and {MAX_STEPS} (MAX_STEPS), not {steps}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     probe = np.zeros((len(x), ex.outputs), np.float32)
     logits, _ = ex.run(x, probe)

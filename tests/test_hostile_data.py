@@ -160,3 +160,8 @@ def test_token_id_beyond_vocab_size_in_npz(cli, tmp_path):
                     "task: {kind: classification}\ndata: {source: npz:ids.npz}\n")
     one_line(cli("train", spec, "--out", tmp_path / "run", "-q", "--epochs", "1"), 1,
              "ids.npz: sample 1", "id 9", "vocab_size 8")
+
+
+def test_explain_steps_are_bounded(cli, iris):
+    r = cli("explain", iris, SAMPLE, "--method", "integrated_gradients", "--steps", "100000000")
+    one_line(r, 2, "--steps", "MAX_STEPS")
