@@ -269,7 +269,8 @@ def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
 
 @app.command()
 def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help="int8.onnx path"),
-             mode: str = typer.Option("dynamic", help="dynamic | static"),
+             mode: Optional[str] = typer.Option(None, help="dynamic | static (default: the "
+                                                "faster here)"),
              data: Optional[str] = typer.Option(None, "--data", help="Calibration (and, when the "
                                                 "spec's data does not load, comparison) source."),
              calibration: int = typer.Option(256, help="Calibration samples (static).")):
