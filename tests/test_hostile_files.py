@@ -143,3 +143,25 @@ def test_failed_run_has_no_onnxruntime_log_line(tmp_path):
     r = run_dlc("predict", path, SAMPLE)
     one_line(r, 1, "onnxruntime cannot run")
     assert r.err.startswith("error:") and "\x1b[" not in r.err, r
+
+
+def test_readme_states_the_limits_dlc_applies():
+    """The figures of the README's "What dlc trusts and what it refuses" are the constants."""
+    from conftest import ROOT
+    from dlc import tools, userfiles
+    from dlc.data._targets import MAX_CLASSES
+    from dlc.runtime.infer import MAX_TEXT_ROWS
+    from dlc.spec.expand import MAX_LAYERS
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What dlc trusts and what it refuses")[1].split("\n## ")[0]
+    section = " ".join(section.split())  # line breaks as spaces
+    gib = lambda n: f"{n // 2**30} GiB"  # noqa: E731
+    for figure in (f"{userfiles.MAX_SPEC_BYTES // 2**20} MiB (`MAX_SPEC_BYTES`)",
+                   f"{userfiles.MAX_NESTING} levels deep (`MAX_NESTING`",
+                   f"{MAX_LAYERS:,} layers", f"{gib(userfiles.MAX_TABLE_BYTES)} (`MAX_TABLE_BYTES`)",
+                   f"over {gib(userfiles.MAX_ARRAY_BYTES)} (`MAX_ARRAY_BYTES`, "
+                   f"{gib(userfiles.MAX_NPZ_BYTES)} for a whole archive)",
+                   f"under {MAX_CLASSES:,} (`MAX_CLASSES`)", f"{MAX_TEXT_ROWS:,} rows",
+                   f"{['zero', 'one', 'two', 'three', 'four'][tools.RUN_DEPTH]} folders deep"):
+        assert figure in section, figure
