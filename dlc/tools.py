@@ -75,10 +75,13 @@ def _run_row(summary: Path) -> dict | None:
     if not isinstance(data, dict):
         return None
     pick = lambda key: data[key] if isinstance(data.get(key), dict) else {}  # noqa: E731
-    number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
-    return {"run": str(summary.parent), "epochs": number(data.get("epochs_run")),
+    return {"run": str(summary.parent), "epochs": _number(data.get("epochs_run")),
             "test": pick("test"), "val": pick("val"),
-            "samples_per_s": number(data.get("train_samples_per_s")), "mtime": mtime}
+            "samples_per_s": _number(data.get("train_samples_per_s")), "mtime": mtime}
+
+
+def _number(value) -> int | float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def list_runs(folder: Path) -> tuple[list[dict], int]:

@@ -47,7 +47,7 @@ def check_file(path: str | Path, what: str, limit: int | None = None) -> Path:
             raise DlcError(f"{what} {path} is {kind}, not a regular file")
     if limit is not None and st.st_size > limit:
         raise DlcError(f"{what} {path} is {_size(st.st_size)}; dlc reads at most "
-                       f"{_size(limit)} ({what})")
+                       f"{_size(limit)} of a {what}")
     return path
 
 
@@ -56,9 +56,12 @@ def read_bytes(path: str | Path, what: str, limit: int) -> bytes:
     path = check_file(path, what, limit)
     try:
         with open(path, "rb") as f:
-            return f.read(limit + 1)[:limit]
+            data = f.read(limit + 1)
     except OSError as e:
         raise DlcError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > limit:  # it grew since check_file looked
+        raise DlcError(f"{what} {path} is over {_size(limit)}; dlc reads at most that")
+    return data
 
 
 def too_deep(value, limit: int = MAX_NESTING) -> bool:

@@ -55,10 +55,12 @@ def _parse_override(raw: str, file: str) -> _Override:
     """`layers.2.units=128` -> path ("layers", "2", "units") (numbers resolved when applied)."""
     key, sep, text = raw.partition("=")
     parts = tuple(key.strip().split("."))
-    if not sep or not all(parts) or len(parts) > MAX_NESTING:
-        message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5" \
-            if len(parts) <= MAX_NESTING else f"--set: a path of {len(parts)} keys is deeper " \
-            f"than a spec nests (MAX_NESTING {MAX_NESTING})"
+    if len(parts) > MAX_NESTING:
+        message = f"--set: a path of {len(parts)} keys is deeper than a spec nests (MAX_NESTING " \
+                  f"{MAX_NESTING})"
+        raise SpecError([Diagnostic(file, 0, 0, "", message)])
+    if not sep or not all(parts):
+        message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5"
         raise SpecError([Diagnostic(file, 0, 0, "", one_line(message))])
     try:
         loaded = parse_yaml(text, file) if text.strip() else Loaded(None)

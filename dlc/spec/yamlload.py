@@ -15,8 +15,8 @@ import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
-from yaml.resolver import Resolver
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 from dlc.errors import Diagnostic, SpecError
 from dlc.spec.schema import one_line
@@ -79,6 +79,9 @@ try:  # libyaml's scanner and parser (C) under the same composer: about 6x faste
     from yaml._yaml import CParser
 
     class _FastLoader(_Checks, Composer, CParser, SafeConstructor, Resolver):
+        """Composer before CParser, so that PyYAML's composer (and _Checks) runs on libyaml's
+        events; these classes do not chain __init__, hence each one called here."""
+
         def __init__(self, stream: str):
             CParser.__init__(self, stream)
             SafeConstructor.__init__(self)
