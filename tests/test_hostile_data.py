@@ -5,6 +5,7 @@ would execute (20), paths that are not regular files (21), ids beyond an embeddi
 from __future__ import annotations
 
 import csv
+import json
 import io
 import os
 import zipfile
@@ -165,3 +166,32 @@ def test_token_id_beyond_vocab_size_in_npz(cli, tmp_path):
 def test_explain_steps_are_bounded(cli, iris):
     r = cli("explain", iris, SAMPLE, "--method", "integrated_gradients", "--steps", "100000000")
     one_line(r, 2, "--steps", "MAX_STEPS")
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """transformer_reverse compiled: int64 token ids in, a class per token out (vocab 10)."""
+    from dlc.compile import compile_spec
+    from dlc.spec import load_spec
+
+    path = tmp_path_factory.mktemp("tokens") / "seq.onnx"
+    path.write_bytes(compile_spec(load_spec(SPECS / "transformer_reverse.yaml"))
+                     .SerializeToString())
+    return path
+
+
+def test_predict_token_id_beyond_vocab_size(cli, tmp_path, tokens):
+    np.savez(tmp_path / "ids.npz", x=np.array([[1, 2, 3, 4, 5, 6, 7, 99]]))
+    one_line(cli("predict", tokens, tmp_path / "ids.npz"), 1, "ids.npz: sample 0", "id 99",
+             "vocab_size 10")
+
+
+def test_predict_token_ids_from_npz(cli, tmp_path, tokens):
+    """int64 ids from a file reach the model as int64 (they were fed as float32: exit 1), and
+    per-token predictions go to JSON or npz (CSV has one row per sample: one line, exit 1)."""
+    np.savez(tmp_path / "ids.npz", x=np.array([[1, 2, 3, 4, 5, 6, 7, 9]] * 3))
+    one_line(cli("predict", tokens, tmp_path / "ids.npz"), 1, "a class per token", ".json")
+    r = cli("predict", tokens, tmp_path / "ids.npz", "-o", tmp_path / "p.json")
+    assert r.code == 0, r
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert len(rows) == 3 and len(rows[0]["label"]) == 8 and len(rows[0]["probabilities"][0]) == 10

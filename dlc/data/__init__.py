@@ -264,4 +264,7 @@ def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
         if values is not None:
             return input_windows(values, win).reshape((-1, *shape))
     layout = (spec.get("data") or {}).get("layout", "nchw")
-    return read_inputs(path, features, shape, layout)
+    x = read_inputs(path, features, shape, layout)
+    if spec["input"].get("dtype") == "int64":  # ids, checked against the embedding's vocabulary
+        return _as_ids(x, spec, path.name)
+    return x

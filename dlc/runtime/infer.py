@@ -260,9 +260,11 @@ def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                          pred[:, j] for j in range(pred.shape[1])})
             continue
         idx, probs = out[name("class_index")], out[name("probabilities")]
-        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[1], 2))]
+        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[-1], 2))]
         cols.update({name("class_index"): idx, name("label"): np.asarray(labels)[idx]})
-        if task["kind"] == "binary":
+        if idx.ndim > 1:  # a class per token: [n, T] indices, [n, T, classes] probabilities
+            cols[name("probabilities")] = probs
+        elif task["kind"] == "binary":
             cols[name(f"p_{labels[1]}")] = probs[:, 0]
         else:
             cols.update({name(f"p_{labels[j]}"): probs[:, j] for j in range(probs.shape[1])})
@@ -296,6 +298,9 @@ def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None
         rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
         write_text(path, json.dumps(rows, indent=1) + "\n")
         return None
+    if any(isinstance(v[0], list) for v in cols.values() if v):
+        raise DlcError("this model predicts a class per token: write the predictions with "
+                       "-o predictions.json or -o predictions.npz")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([_cell(c) for c in cols])
