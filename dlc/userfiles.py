@@ -26,6 +26,11 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"))
 
 
+def _why(e: BaseException) -> str:
+    """An exception's first line (its type when it has no message: EOFError)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+
+
 def _size(n: int) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
@@ -103,8 +108,7 @@ def _array_bytes(f, where: str) -> int:
                   else npformat.read_array_header_2_0)
         shape, _, dtype = reader(f)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise DlcError(f"{where}: not a valid .npy array ({str(e).splitlines()[0][:120]})") \
-            from None
+        raise DlcError(f"{where}: not a valid .npy array ({_why(e)})") from None
     count = 1
     for d in shape:
         count *= int(d)
@@ -136,7 +140,7 @@ def check_numpy_file(path: Path, display: str) -> str:
                     total += _array_bytes(member, f"{display}: {info.filename}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError,
             OSError, EOFError) as e:
-        raise DlcError(f"cannot read {display} as npz: {str(e).splitlines()[0][:120]}") from None
+        raise DlcError(f"cannot read {display} as npz: {_why(e)}") from None
     if total > MAX_NPZ_BYTES:
         raise DlcError(f"{display}: its arrays hold {_size(total)} together; dlc reads at most "
                        f"{_size(MAX_NPZ_BYTES)} (MAX_NPZ_BYTES)")
