@@ -90,8 +90,8 @@ def check_ids(spec: dict, name: str, ids: np.ndarray, cell) -> None:
     if bad.any():
         at = int(np.argmax(bad))
         raise DlcError(f"{cell(at)} gets id {flat[at]}, outside the vocabulary of embedding "
-                       f"'{vocab[0]}' (vocab_size {vocab[1]}); {_where(spec, name)} needs "
-                       f"vocab_size >= {max(int(flat.max()) + 1, 1)}")
+                       f"'{vocab[0]}' (vocab_size {vocab[1]}); the data needs a vocab_size of "
+                       f"at least {max(int(flat.max()) + 1, 1)}")
 
 
 def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):

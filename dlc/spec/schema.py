@@ -274,8 +274,8 @@ _NAMES = ("name", "share", "inputs")  # what a layer's own names and its sources
 def _layer_key(layer: Any) -> str | None:
     """The layer as JSON with its names replaced by placeholders the schema accepts alike, so
     that two layers with one key are both valid or both not (None: not a layer of that kind)."""
-    if not isinstance(layer, dict):
-        return None
+    if not isinstance(layer, dict) or not all(isinstance(k, str) for k in layer):
+        return None  # (JSON would write the key 1 as "1")
     name = schema()["$defs"]["layerName"]["pattern"]
     canon = dict(layer)
     if "name" in canon:
