@@ -99,6 +99,8 @@ def load_json(text: str | bytes, what: str):
 # ---- .npy / .npz ----------------------------------------------------------------------------
 def _array_bytes(f, where: str) -> int:
     """The decompressed size an .npy stream's header claims (read before the array is)."""
+    import tokenize
+
     import numpy as np
     from numpy.lib import format as npformat
 
@@ -107,7 +109,8 @@ def _array_bytes(f, where: str) -> int:
         reader = (npformat.read_array_header_1_0 if version == (1, 0)
                   else npformat.read_array_header_2_0)
         shape, _, dtype = reader(f)
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the header dict with Python's tokenizer: a NUL in it is a TokenError
         raise DlcError(f"{where}: not a valid .npy array ({_why(e)})") from None
     count = 1
     for d in shape:

@@ -1290,6 +1290,8 @@ FOUND_CLI = [  # (id, model, metadata changes, input file name, input bytes, par
     ("npz-truncated", "binary", {}, "in.npz", b"PK\x03\x04" + b"\x00" * 30, "cannot read"),
     ("npz-encrypted", "binary", {}, "in.npz", "encrypted", "cannot read"),
     ("npz-member-ends-early", "binary", {}, "in.npz", SHORT_MEMBER_NPZ, "(EOFError)"),
+    ("npy-header-nul", "binary", {}, "in.npz",  # numpy's header parser: a TokenError
+     _npz({"x": np.ones((500, 3))}).replace(b"), }", b"), \x00", 1), "not a valid .npy array"),
     ("csv-cell-newline", "diabetes", {}, "in.csv",
      b'"a\nb",1,1,1,1,1,1,1,1,1\nnan,1,1,1,1,1,1,1,1,1\n', "column 'a\\nb'"),
 ]
