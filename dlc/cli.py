@@ -215,7 +215,7 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
     from dlc.runtime import infer
 
     m = infer.load_model(model, device)
-    text = infer.write_predictions(m, infer.predict(m, input, batch_size), output)
+    text = infer.write_predictions(m, infer.predict(m, input, batch_size, output), output)
     if text is not None:
         sys.stdout.write(text)
     else:
@@ -237,7 +237,8 @@ def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0
 
 @app.command()
 def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help="int8.onnx path"),
-             mode: str = typer.Option("dynamic", help="dynamic | static"),
+             mode: Optional[str] = typer.Option(None, help="dynamic | static (default: the "
+                                                "faster here)"),
              data: Optional[str] = typer.Option(None, "--data", help="Calibration (and, when the "
                                                 "spec's data does not load, comparison) source."),
              calibration: int = typer.Option(256, help="Calibration samples (static)."),

@@ -53,9 +53,10 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
 
     from dlc.tools import list_runs
 
-    found = list_runs(Path(folder))
+    found, unread = list_runs(Path(folder))
     if not found:
-        raise DlcError(f"no runs under {folder}")
+        raise DlcError(f"no runs under {folder}" + (f" ({unread} unreadable summary.json)"
+                                                   if unread else ""))
     table = Table()
     for col in ("started (UTC)", "spec", "run", "epochs", "best", "test", "samples/s"):
         table.add_column(col, overflow="fold")
@@ -66,6 +67,8 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
         table.add_row(r["started"].replace("T", " ").replace("+00:00", ""), r["name"] or "",
                       r["run"], str(r["epochs"]), best, test, f"{r['samples_per_s'] or 0:,.0f}")
     Console(width=None if sys.stdout.isatty() else 400).print(table)  # piped: rows unfolded
+    if unread:
+        print(f"note: {unread} summary.json not readable as a dlc summary, left out")
 
 
 @app.command()
@@ -73,7 +76,8 @@ def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
     """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
     from dlc.tools import plot_run
 
-    plot_run(Path(run), Path(output))
+    for note in plot_run(Path(run), Path(output)):
+        print(f"note: {note}")
     print(f"wrote {output}")
 
 

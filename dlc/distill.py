@@ -51,17 +51,14 @@ def check(spec, base_dir: Path) -> None:
 def load_teacher(path: str):
     """The teacher ModelProto and (input name, per-sample input shape, classes)."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     from dlc.graph import OPSET
+    from dlc.userfiles import read_model
 
     try:
-        model = onnx.load_model_from_string(Path(path).read_bytes())
-    except OSError as e:
-        raise DlcError(f"train.distill.teacher: cannot read {path}: {e.strerror or e}") from None
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise DlcError(f"train.distill.teacher: {path} is not a valid ONNX model "
-                       f"({type(e).__name__})") from None
+        model = read_model(path, "teacher model")
+    except DlcError as e:
+        raise DlcError(f"train.distill.teacher: {e}") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if "dlc.spec_resolved" not in meta:
         raise DlcError(f"train.distill.teacher: {path} is not a dlc model (no dlc metadata)")

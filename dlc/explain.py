@@ -26,7 +26,6 @@ values, not their frequencies).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from dlc.errors import DlcError, UsageError
 METHODS = ("grad_x_input", "integrated_gradients")
 BASELINES = ("mean", "zero")
 MAX_ROWS = 4096  # rows per onnxruntime run (samples x interpolation steps)
+MAX_STEPS = 1024  # integrated-gradients steps; the midpoint rule's error is ~1/steps^2 already
 
 
 @dataclass
@@ -86,21 +86,22 @@ class Explainer:
 
 def _stored(path: Path, device: str = "cpu"):
     """(model, normalisation by input name, {initializer: array}, target scaling)."""
-    import onnx
     from onnx import numpy_helper
 
     from dlc.runtime.infer import load_model
+    from dlc.userfiles import load_json, read_model
 
     model = load_model(path, device)  # checks that it is a dlc model with sane metadata
-    proto = onnx.load(str(path))
+    proto = read_model(path)
     meta = {p.key: p.value for p in proto.metadata_props}
-    norm = json.loads(meta.get("dlc.normalize", "null"))
+    norm = load_json(meta.get("dlc.normalize", "null"), f"{path}: dlc.normalize")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    scaling = json.loads(meta.get("dlc.target_norm", "null"))  # target_scaling: standard
-    stats = (scaling or {}).get("")
-    if stats is not None and not (isinstance(stats, dict) and all(
-            isinstance(stats.get(k), list) for k in ("offset", "scale"))):
-        raise DlcError(f"{path}: corrupt dlc metadata (dlc.target_norm)")
+    scaling = load_json(meta.get("dlc.target_norm", "null"), f"{path}: dlc.target_norm")
+    stats = scaling.get("") if isinstance(scaling, dict) else scaling  # target_scaling: standard
+    per_input = norm.values() if model.spec.get("inputs") and isinstance(norm, dict) else [norm]
+    for key, values in (("normalize", per_input), ("target_norm", [stats])):
+        if not all(map(_is_stats, values)):
+            raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key})")
     return model, norm, weights, stats
 
 
@@ -116,6 +117,13 @@ def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
     if missing:
         raise DlcError(f"{file}: no weights for {missing[0]} in the model; corrupt or not "
                        "made by dlc")
+
+
+def _is_stats(value) -> bool:
+    """None, or {offset: [numbers], scale: [numbers]} as dlc writes it."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return value is None or isinstance(value, dict) and all(
+        isinstance(value.get(k), list) and all(map(number, value[k])) for k in ("offset", "scale"))
 
 
 def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model",
@@ -307,8 +315,8 @@ def explain(ex: Explainer, x, method: str = "grad_x_input", steps: int = 32,
     array, or a mapping by input name)."""
     if method not in METHODS:
         raise UsageError(f"unknown --method '{method}'; use {' or '.join(METHODS)}")
-    if steps < 1:
-        raise UsageError("--steps must be at least 1")
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be between 1 and {MAX_STEPS} (MAX_STEPS), not {steps}")
     feed = {k: np.ascontiguousarray(v, np.float32 if k in ex.floats else np.int64)
             for k, v in (x.items() if isinstance(x, dict) else [(ex.floats[0], x)])}
     n = len(next(iter(feed.values())))

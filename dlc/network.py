@@ -8,6 +8,7 @@ position it is about, and build_network raises them all at once.
 from __future__ import annotations
 
 import difflib
+import heapq
 import math
 from dataclasses import dataclass, field, replace
 
@@ -184,20 +185,38 @@ def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[
         sources.append(srcs)
     if diags:
         return [], sources, diags
-    # a layer that shares another's parameters is placed after it
-    deps = [srcs + ([layers[i].cfg["share"]] if layers[i].cfg.get("share") in names else [])
-            for i, srcs in enumerate(sources)]
-    order, placed, pending = [], set(model_inputs), list(range(len(layers)))
-    while pending:
-        ready = [i for i in pending if all(s in placed for s in deps[i])]
-        if not ready:
-            cycle = ", ".join(layers[i].name for i in pending)
-            return [], sources, [spec.diag(("layers", pending[0], "inputs"),
-                                           f"the layers {cycle} form a cycle")]
-        order.append(ready[0])
-        placed.add(layers[ready[0]].name)
-        pending.remove(ready[0])
+    order = _topological(layers, sources, names, set(model_inputs))
+    if len(order) < len(layers):
+        pending = sorted(set(range(len(layers))) - set(order))
+        cycle = ", ".join(layers[i].name for i in pending)
+        return [], sources, [spec.diag(("layers", pending[0], "inputs"),
+                                       f"the layers {cycle} form a cycle")]
     return order, sources, []
+
+
+def _topological(layers: list[Layer], sources: list[list[str]], names: dict[str, int],
+                 model_inputs: set[str]) -> list[int]:
+    """Kahn's algorithm, always placing the lowest-numbered ready layer (so a spec already in
+    order keeps its order); a layer with `share: other` is placed after `other`. Layers on a
+    cycle are left out. Linear in layers + edges (a min-heap of the ready ones)."""
+    waiting, users = [], [[] for _ in layers]
+    for i, srcs in enumerate(sources):
+        deps = set(srcs) | ({layers[i].cfg["share"]} if layers[i].cfg.get("share") in names
+                            else set())
+        deps -= model_inputs
+        for d in deps:
+            users[names[d]].append(i)
+        waiting.append(len(deps))
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in users[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    return order
 
 
 def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict) -> list[Param]:
@@ -207,11 +226,11 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
         return [spec.diag(("layers", i, "share"), f"share: no layer '{other}' with "
                                                   "parameters to share")]
     mine = [(p.name[len(layer.name) + 1:], p.shape) for p in params]
-    theirs = [(p.name[len(other) + 1:], p.shape) for p in owners[other]]
+    owner, owned = owners[other]
+    theirs = [(p.name[len(other) + 1:], p.shape) for p in owned]
     if mine != theirs:
         return [spec.diag(("layers", i, "share"), f"cannot share the parameters of '{other}': "
                                                   f"{theirs} here would need {mine}")]
-    owner = next(x for x in layers if x.name == other)
     if layer.cfg.get("trainable", True) != owner.cfg.get("trainable", True):
         return [spec.diag(("layers", i, "trainable"), f"shares the parameters of '{other}', "
                           f"whose trainable is {str(owner.cfg.get('trainable', True)).lower()}; "
@@ -262,7 +281,7 @@ def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list
     """Each layer's shapes and parameters in topological order, until the first layer that
     fails (its diagnostic appended to `diags`); `shapes` gains every built layer's output.
     Returns (nodes by layer index, parameters, frozen parameter names)."""
-    nodes, params, owners, frozen = {}, [], {}, []
+    nodes, params, owners, frozen, total = {}, [], {}, [], 0
     for i in order:
         layer = layers[i]
         in_shapes = [shapes[s] for s in sources[i]]
@@ -272,10 +291,12 @@ def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list
         except ShapeError as e:
             diags.append(spec.diag(("layers", i), f"{layer.cfg['type']} '{layer.name}': {e}"))
             break
-        size = _too_big(layer, out, [] if layer.cfg.get("share") else own, params)
+        mine = 0 if layer.cfg.get("share") else sum(math.prod(p.shape) for p in own)
+        size = _too_big(layer, out, mine, total)
         if size:
             diags.append(spec.diag(("layers", i), size))
             break
+        total += mine
         if layer.cfg.get("share"):
             diags += _shared(spec, layers, i, own, owners)
         else:
@@ -283,7 +304,7 @@ def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list
                 frozen += [p.name for p in own if p.trainable]
                 own = [replace(p, trainable=False) for p in own]
             params += own
-            owners[layer.name] = own
+            owners[layer.name] = (layer, own)
         shapes[layer.name] = out
         nodes[i] = Node(layer, sources[i], in_shapes, out)
     return nodes, params, frozen
@@ -298,14 +319,14 @@ def _head_layers(spec, layers: list[Layer]) -> dict[str, int]:
     return {name: index.get(cfg["layer"], -1) for name, cfg in spec.data["outputs"].items()}
 
 
-def _too_big(layer: Layer, out: Shape, own: list[Param], before: list[Param]) -> str:
-    """Why the layer's output or parameters exceed the limits ("" when they do not)."""
+def _too_big(layer: Layer, out: Shape, mine: int, before: int) -> str:
+    """Why the layer's output or parameters (`mine` values; `before` in the layers placed
+    before it) exceed the limits ("" when they do not)."""
     what = f"{layer.cfg['type']} '{layer.name}'"
     if math.prod(out) > MAX_VALUES:
         return (f"{what}: its output {list(out)} is {math.prod(out):,} values per sample; the "
                 f"limit is {MAX_VALUES:,}")
-    mine = sum(math.prod(p.shape) for p in own)
-    total = mine + sum(math.prod(p.shape) for p in before)
+    total = mine + before
     if total > MAX_PARAMS:
         upto = "" if mine > MAX_PARAMS else f" ({total:,} with the layers before it)"
         return (f"{what} has {mine:,} parameters{upto}; the limit is {MAX_PARAMS:,} per model "

@@ -168,7 +168,9 @@ def quantized_model(src: Path, mode: str, calib):
     """The int8 ModelProto with the source model's metadata; and how it was pre-processed."""
     import onnx
 
-    source = onnx.load(str(src))
+    from dlc.userfiles import read_model
+
+    source = read_model(src)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization warns through the root logger
@@ -234,41 +236,82 @@ def _bench_batch(evaluation, calib, size: int = 1024):
     return x[np.arange(size) % len(x)]
 
 
-def quantize(model_path: str, output: str, mode: str = "dynamic", data: str | None = None,
-             calibration: int = 256, bench_seconds: float = 0.2, device: str = "cpu") -> dict:
-    """Write the int8 model to `output`; return the before/after report (both models run on
-    `device`)."""
+def _source_model(src: Path, out: Path, device: str):
+    """The float model, checked for what dlc quantize handles."""
     from dlc.runtime.infer import load_model
 
-    if mode not in MODES:
-        raise UsageError(f"unknown --mode '{mode}'; use dynamic or static")
-    if calibration < 1:
-        raise UsageError("--calibration must be at least 1")
-    src, out = Path(model_path), Path(output)
     before = load_model(src, device)
     _ = before.kind  # a one-output model: Model.kind says so in one line otherwise
     if not out.parent.is_dir():
         raise DlcError(f"output folder {out.parent} does not exist")
+    return before
+
+
+def _pick(before, built: dict, batch, seconds: float, device: str) -> tuple[str, dict]:
+    """(the fastest mode, samples/s by "float" and mode) on the comparison batch. Static
+    quantization can be slower than float (QDQ around each Conv: 0.40x on a CNN), so with no
+    --mode each candidate is measured. No batch: no data, so dynamic is the one candidate."""
+    from dlc.runtime.session import choose_device, make_session
+
+    if batch is None:
+        return next(iter(built)), {}
+    where = choose_device(device)[:2]
+    sessions = [make_session(m.SerializeToString(), *where) for m, _ in built.values()]
+    speed = throughput([before.session, *sessions], batch, seconds=seconds)
+    speeds = {"float": speed[0], **dict(zip(built, speed[1:]))}
+    return max(built, key=speeds.get), speeds
+
+
+def quantize(model_path: str, output: str, mode: str | None = None, data: str | None = None,
+             calibration: int = 256, bench_seconds: float = 0.2, device: str = "cpu") -> dict:
+    """Write the int8 model to `output`; return the before/after report (both models run on
+    `device`). Without `mode`, the faster of dynamic and static (static when the inputs are
+    floats and data loads)."""
+    from dlc.runtime.infer import load_model
+
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"unknown --mode '{mode}'; use dynamic or static")
+    if calibration < 1:
+        raise UsageError("--calibration must be at least 1")
+    src, out = Path(model_path), Path(output)
+    before = _source_model(src, out, device)
     calib, evaluation, notes = _samples(before, data, mode == "static")
     calib = calibration_set(calib, calibration) if calib is not None else None
-    if mode == "static" and all(v.dtype != np.float32 for v in feed_of(calib).values()):
+    floats = calib is not None and any(v.dtype == np.float32 for v in feed_of(calib).values())
+    if mode == "static" and not floats:
         raise DlcError("--mode static needs float inputs; this model takes token ids")
-    model, how = quantized_model(src, mode, calib if mode == "static" else None)
-    info = {"mode": mode, "calibration": int(len(calib)) if mode == "static" else 0}
+    built = {m: quantized_model(src, m, calib if m == "static" else None)
+             for m in ([mode] if mode else ["dynamic", "static"] if floats else ["dynamic"])}
+    batch = _bench_batch(evaluation, calib)
+    chosen, speeds = _pick(before, built, batch, bench_seconds, device)
+    model, how = built[chosen]
+    info = {"mode": chosen, "calibration": int(len(calib)) if chosen == "static" else 0}
     model.metadata_props.add(key="dlc.quantized", value=json.dumps(info, sort_keys=True))
     write_bytes(out, model.SerializeToString())
     after = load_model(out, device)
     report = {"model": str(src), "output": str(out), **info, "preprocess": how, "notes": notes,
-              "shown": list(before.spec["task"]["metrics"]),
+              "shown": list(before.spec["task"]["metrics"]), "chosen_by": mode or "speed",
               "bytes_before": src.stat().st_size, "bytes_after": out.stat().st_size}
-    batch = _bench_batch(evaluation, calib)
-    if batch is not None:
-        speed = throughput([before.session, after.session], batch, seconds=bench_seconds)
-        report.update(batch=int(len(batch)), samples_per_s_before=speed[0],
-                      samples_per_s_after=speed[1])
+    if speeds:
+        report.update(batch=int(len(batch)), samples_per_s_before=speeds["float"],
+                      samples_per_s_after=speeds[chosen], samples_per_s=speeds)
     if evaluation is not None:
         report["metrics"] = compare(before, after, evaluation)
     return report
+
+
+def _speed_notes(report: dict, ratio: float) -> list[str]:
+    """Which mode was chosen and why; a warning when int8 runs slower than float."""
+    lines = []
+    speeds = {m: s for m, s in report["samples_per_s"].items() if m != "float"}
+    if report["chosen_by"] == "speed" and len(speeds) > 1:
+        shown = ", ".join(f"{m} {s:,.0f}" for m, s in speeds.items())
+        lines.append(f"mode: {report['mode']}, the faster int8 model here ({shown} samples/s); "
+                     "choose with --mode")
+    if ratio < 1:
+        lines.append(f"note: the int8 model runs at {ratio:.2f}x the float model's speed on this "
+                     f"CPU; it is {report['bytes_after'] / report['bytes_before']:.2f}x the size")
+    return lines
 
 
 def render(report: dict) -> list[str]:
@@ -281,6 +324,7 @@ def render(report: dict) -> list[str]:
         s0, s1 = report["samples_per_s_before"], report["samples_per_s_after"]
         lines.append(f"speed (batch {report['batch']}, CPU): {s0:,.0f} -> {s1:,.0f} samples/s "
                      f"({s1 / s0:.2f}x)")
+        lines += _speed_notes(report, s1 / s0)
     m = report.get("metrics")
     if m:
         lines.append(f"metrics on {m['data']} ({m['samples']} samples):")

@@ -92,17 +92,17 @@ def check(spec, net, base_dir: Path) -> None:
 # ---- init_from ------------------------------------------------------------------------------
 def load_parameters(path: str | Path) -> dict[str, np.ndarray]:
     """The initializers of a trained dlc model.onnx, by name; one-line DlcError if unreadable."""
-    import onnx
-    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
+    from dlc.userfiles import read_model
+
     try:
-        model = onnx.load_model_from_string(Path(path).read_bytes())
+        model = read_model(path)
         meta = {p.key for p in model.metadata_props}
         values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    except OSError as e:
-        raise DlcError(f"train.init_from: cannot read {path}: {e.strerror or e}") from None
-    except (DecodeError, ValueError, RuntimeError, TypeError) as e:
+    except DlcError as e:
+        raise DlcError(f"train.init_from: {e}") from None
+    except (ValueError, RuntimeError, TypeError) as e:
         raise DlcError(f"train.init_from: {path} is not a valid ONNX model "
                        f"({type(e).__name__})") from None
     if "dlc.spec_resolved" not in meta:

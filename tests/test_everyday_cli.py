@@ -103,7 +103,8 @@ def run_folder(tmp_path_factory):
 def test_runs_lists_start_spec_epochs_and_best(cli, run_folder):
     from dlc.tools import list_runs
 
-    (found,) = list_runs(run_folder.parent)
+    (found,), unread = list_runs(run_folder.parent)
+    assert unread == 0
     with (run_folder / "metrics.csv").open() as f:
         val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
     assert found["name"] == "iris" and found["epochs"] == 4

@@ -27,6 +27,7 @@ from dlc.data.windows import (Window, check_window_spec, input_windows, load_ser
                               make_windows, read_series_csv, split_series, window_config,
                               window_norm)
 from dlc.errors import DlcError
+from dlc.userfiles import check_file
 
 __all__ = ["Dataset", "Split", "TextSpec", "load_arrays", "load_dataset", "model_inputs",
            "read_inputs"]
@@ -162,7 +163,7 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     check_augment(data.get("augment"), x.shape[1:])
     tr, va, te = _random_split(spec, y, len(x), _split_config(data))
     if (spec.get("input") or {}).get("dtype") == "int64":  # token ids: exact, never normalised
-        x, norm = _as_ids(x, data["source"]), None
+        x, norm = _as_ids(x, spec, data["source"]), None
     else:
         norm = compute_norm(x[tr], data.get("normalize") or "standard")
     return Dataset(
@@ -175,10 +176,14 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     )
 
 
-def _as_ids(x: np.ndarray, source: str) -> np.ndarray:
+def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:
+    from dlc.data.multi import check_ids
+
     if (x != np.round(x)).any() or (x < 0).any():
         raise DlcError(f"{source}: an int64 input needs non-negative integer ids")
-    return x.astype(np.int64)
+    ids, per = x.astype(np.int64), int(np.prod(x.shape[1:]))
+    check_ids(spec, "input", ids, lambda at: f"{source}: sample {at // per}")
+    return ids
 
 
 def _random_split(spec: dict, y: np.ndarray, n: int, cfg: dict):
@@ -249,8 +254,7 @@ def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
         if text is None:
             raise DlcError("this model stores no vocabulary (dlc.text); only a model trained "
                            "with dlc train can tokenise raw text")
-        if not path.is_file():
-            raise DlcError(f"input file not found: {path}")
+        check_file(path, "input file")
         stored = TextSpec.from_meta(text)
         return stored.encode(read_texts(path, stored.column))
     win = window_config(spec.get("data") or {})
@@ -259,4 +263,7 @@ def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
         if values is not None:
             return input_windows(values, win).reshape((-1, *shape))
     layout = (spec.get("data") or {}).get("layout", "nchw")
-    return read_inputs(path, features, shape, layout)
+    x = read_inputs(path, features, shape, layout)
+    if spec["input"].get("dtype") == "int64":  # ids, checked against the embedding's vocabulary
+        return _as_ids(x, spec, path.name)
+    return x

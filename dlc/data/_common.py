@@ -20,6 +20,16 @@ NPZ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
               zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 
 
+# Data is trained and predicted in float32: a value beyond its range (1e39) is finite as a
+# float64 but inf once cast, so finiteness is judged in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite32(x: np.ndarray) -> np.ndarray:
+    """Elementwise: finite and within float32's range."""
+    return np.isfinite(x) & (np.abs(x) <= FLOAT32_MAX)
+
+
 def name_list(names: Sequence[str], limit: int = 8) -> str:
     """`a, b, c` (at most `limit` names, then `...`)."""
     shown = [str(n) for n in names[:limit]]
@@ -47,6 +57,9 @@ def parse_float(cell: str, where: str, column: str) -> float:
         raise DlcError(f"{where}: column '{column}': '{text}' is not a number") from None
     if not math.isfinite(value):
         raise DlcError(f"{where}: column '{column}': '{text}' is not a finite number (NaN/inf)")
+    if abs(value) > FLOAT32_MAX:
+        raise DlcError(f"{where}: column '{column}': '{text}' is beyond float32's range "
+                       f"(±{FLOAT32_MAX:.4g}), in which dlc trains and predicts")
     return value
 
 
@@ -58,7 +71,7 @@ def parse_matrix(
         return np.zeros((0, len(columns)), dtype=np.float64)
     try:
         out = np.asarray(cells, dtype=np.float64)
-        if np.isfinite(out).all():
+        if finite32(out).all():
             return out
     except ValueError:
         pass
@@ -69,11 +82,12 @@ def parse_matrix(
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
-    """DlcError naming the first sample holding NaN or inf."""
-    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.zeros(0, bool)
+    """DlcError naming the first sample holding NaN, inf or a value beyond float32's range."""
+    bad = ~finite32(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.zeros(0, bool)
     if bad.any():
         first = int(np.argmax(bad))
-        raise DlcError(f"{what} contains NaN or inf (first at sample {first})")
+        raise DlcError(f"{what} contains NaN or inf or a value beyond float32's range "
+                       f"(±{FLOAT32_MAX:.4g}) (first at sample {first})")
 
 
 def fit_shape(x: np.ndarray, input_shape: Sequence[int], what: str) -> np.ndarray:

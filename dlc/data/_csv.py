@@ -11,6 +11,7 @@ import numpy as np
 from dlc.data._common import parse_matrix, suggest
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
+from dlc.userfiles import MAX_TABLE_BYTES, check_file
 
 
 @dataclass
@@ -27,6 +28,7 @@ def read_table(path: Path, display: str, header: bool) -> Table:
     rows: list[list[str]] = []
     lines: list[int] = []
     names: list[str] | None = None
+    check_file(path, "data file", MAX_TABLE_BYTES)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)

@@ -13,6 +13,7 @@ from dlc.data._common import (NPZ_ERRORS, as_numeric, check_finite, name_list, p
 from dlc.data._csv import Table, read_table
 from dlc.data._images import read_image_dir, to_nchw
 from dlc.errors import DlcError
+from dlc.userfiles import check_file, check_numpy_file
 
 
 def _is_number(cell: str) -> bool:
@@ -70,6 +71,7 @@ def _read_csv(path: Path, features: list[str] | None, need: int) -> np.ndarray:
 
 def _read_array(path: Path) -> np.ndarray:
     """Key "x" of an npz (or its only array), or a .npy array."""
+    check_numpy_file(path, path.name)
     try:  # an npz reads its members lazily: a corrupt archive fails at z[key], not at np.load
         z = np.load(path, allow_pickle=False)
         if isinstance(z, np.ndarray):
@@ -128,8 +130,7 @@ def read_inputs(
     shape = [int(d) for d in input_shape]
     if path.is_dir():
         return read_image_dir(path, shape)
-    if not path.is_file():
-        raise DlcError(f"input file not found: {path}")
+    check_file(path, "input file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         x = _read_csv(path, features, int(np.prod(shape)) if shape else 1)

@@ -12,6 +12,7 @@ from dlc.data._csv import load_csv
 from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
 from dlc.errors import DlcError
+from dlc.userfiles import check_file, check_numpy_file
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -42,9 +43,13 @@ def resolve_path(rest: str, spec_dir: Path, origin: str, folder: bool = False) -
         path = Path(spec_dir) / path
     if folder and path.is_file():
         raise DlcError(f"data folder {path} is a file; folder: needs a folder (from {origin})")
-    if not (path.is_dir() if folder else path.is_file()):
-        what = "folder" if folder else "file"
-        raise DlcError(f"data {what} not found: {path} (from {origin})")
+    if folder and not path.is_dir():
+        raise DlcError(f"data folder not found: {path} (from {origin})")
+    if not folder:
+        try:
+            check_file(path, "data file")
+        except DlcError as e:
+            raise DlcError(f"{e} (from {origin})") from None
     return path
 
 
@@ -66,11 +71,10 @@ def load_builtin(name: str, kind: str, known: list[str] | None) -> Raw:
 
 
 def _read_npz(path: Path, display: str) -> dict[str, np.ndarray]:
+    if check_numpy_file(path, display) != "npz":
+        raise DlcError(f"{display}: not an npz archive (write it with numpy.savez)")
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise DlcError(f"{display}: not an npz archive (write it with numpy.savez)")
-        with z:
+        with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except NPZ_ERRORS as e:
         raise DlcError(f"cannot read {display} as npz: {e}") from None

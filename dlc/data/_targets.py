@@ -9,6 +9,9 @@ import numpy as np
 from dlc.data._common import check_finite, name_list, parse_float
 from dlc.errors import DlcError
 
+# Class indices name classes 0..max: a cell claiming class 10^20 would build 10^20 names.
+MAX_CLASSES = 100_000
+
 Locator = Callable[[int], str]  # sample index -> "file:line: column 'c'" prefix for messages
 
 
@@ -72,6 +75,11 @@ def _encode_classes(
             )
         labels = list(known)
     else:
+        if y.max() >= MAX_CLASSES:
+            i = int(np.argmax(y.reshape(len(y), -1).max(axis=1)))
+            raise DlcError(f"{loc(i)}: class index {y.max():.0f} is over dlc's limit of "
+                           f"{MAX_CLASSES:,} classes (MAX_CLASSES); give class names in "
+                           "task.labels or fix the target column")
         labels = [str(i) for i in range(int(y.max()) + 1)]
     return y.astype(np.int64), labels
 

@@ -20,6 +20,7 @@ from dlc.data._csv import Table, read_table
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
+from dlc.userfiles import check_file
 
 
 class Columns(dict):
@@ -64,6 +65,33 @@ def encode_categories(cells: list[list[str]], columns: list[str],
         ids[:, j] = [index.get(row[j].strip(), 0) for row in cells]
         offset += len(cats[name])
     return ids
+
+
+def _embedding_vocab(spec: dict, name: str) -> tuple[str, int] | None:
+    """(layer name, vocab_size) of the smallest embedding that reads int64 input `name`."""
+    def reads(i: int, layer: dict) -> bool:
+        srcs = layer.get("inputs")
+        return name in (srcs or []) or (i == 0 and not srcs and not spec.get("inputs"))
+
+    found = [(layer.get("name", f"layers[{i}]"), int(layer["vocab_size"]))
+             for i, layer in enumerate(spec.get("layers") or [])
+             if layer.get("type") == "embedding" and reads(i, layer)]
+    return min(found, key=lambda f: f[1], default=None)
+
+
+def check_ids(spec: dict, name: str, ids: np.ndarray, cell) -> None:
+    """Ids must lie in the vocabulary of the embedding reading them (onnxruntime's Gather
+    would fail mid-training); `cell(flat index)` names the value that does not."""
+    vocab = _embedding_vocab(spec, name)
+    flat = ids.reshape(-1)
+    if vocab is None or not flat.size:
+        return
+    bad = (flat < 0) | (flat >= vocab[1])
+    if bad.any():
+        at = int(np.argmax(bad))
+        raise DlcError(f"{cell(at)} gets id {flat[at]}, outside the vocabulary of embedding "
+                       f"'{vocab[0]}' (vocab_size {vocab[1]}); the data needs a vocab_size of "
+                       f"at least {max(int(flat.max()) + 1, 1)}")
 
 
 def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
@@ -125,8 +153,7 @@ def load_multi(spec: dict, spec_dir: Path):
                        "`inputs:` or `outputs:`; remove it")
     path = Path(source[4:])
     path = path if path.is_absolute() else spec_dir / path
-    if not path.is_file():
-        raise DlcError(f"data file not found: {source[4:]} (from data.source in spec)")
+    check_file(path, "data file")
     table = read_table(path, source[4:], bool(data.get("header", True)))
     y, labels = _targets(spec, table, None, False, True)
     tr, va, te = _split(spec, y, len(table.rows))
@@ -187,6 +214,10 @@ def _npz_dataset(spec: dict, spec_dir: Path):
     ids = spec["input"].get("dtype") == "int64"
     norm = None if ids else compute_norm(x[tr], data.get("normalize") or "standard")
     x = x.astype(np.int64) if ids else apply_norm(x, norm)
+    if ids:
+        per = int(np.prod(x.shape[1:]))
+        check_ids(spec, "input", x, lambda at: f"{data['source']}: {data.get('x_key') or 'x'} "
+                  f"sample {at // per}")
     subset = lambda idx: Split(x[idx], y[idx]) if len(idx) else None  # noqa: E731
     return Dataset(subset(tr), subset(va), subset(te), labels, None, norm)
 
@@ -228,6 +259,10 @@ def _inputs(spec: dict, data: dict, table: Table, train_rows: np.ndarray):
             cats[name] = categories_of(table, cols, train_rows)
             cells = [[row[c] for c in cols] for row in table.rows]
             xs[name] = encode_categories(cells, names, cats[name]).reshape(-1, *cfg["shape"])
+            k = len(names)
+            check_ids(spec, name, xs[name], lambda at: f"{table.display}:"
+                      f"{table.lines[at // k]}: column '{names[at % k]}' value "
+                      f"'{cells[at // k][at % k].strip()}'")
             norms[name] = None
             continue
         x = _floats(table, cols).reshape(-1, *cfg["shape"])
@@ -245,8 +280,7 @@ def read_multi(source: str, spec: dict, categories: dict, labels, require_target
     from dlc.network import spec_inputs
 
     path = Path(source[4:] if source.startswith("csv:") else source)
-    if not path.is_file():
-        raise DlcError(f"input file not found: {path}")
+    check_file(path, "input file")
     data = spec.get("data") or {}
     table = read_table(path, str(path), bool(data.get("header", True)))
     xs = Columns()

@@ -25,6 +25,7 @@ import numpy as np
 from dlc.data._csv import Table, _column_index, read_table
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
+from dlc.userfiles import MAX_TABLE_BYTES, read_bytes
 
 PAD, OOV = 0, 1
 SPECIALS = ["<pad>", "<oov>"]
@@ -161,8 +162,9 @@ def read_texts(path: Path, column: str | int) -> list[str]:
     model's text column (by its header name), or a CSV of a single column (no header)."""
     if path.suffix.lower() == ".txt":
         try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
+            lines = read_bytes(path, "input file", MAX_TABLE_BYTES).decode("utf-8-sig") \
+                .splitlines()
+        except UnicodeDecodeError as e:
             raise DlcError(f"cannot read {path.name}: {e}") from None
         texts = [line for line in lines if line.strip()]
         if not texts:

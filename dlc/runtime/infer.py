@@ -46,10 +46,16 @@ class Model:
         return (self.labels or {}).get(head) if head else self.labels
 
     def run(self, x: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+        """The outputs by name. onnxruntime's own log of a failed run (a coloured line on
+        stderr) is silenced, as for the CUDA probe: dlc's one-line error says it."""
+        import onnxruntime as ort
+
         names = [o.name for o in self.session.get_outputs()]
         feed = lambda xb: dict(xb) if isinstance(xb, dict) else {"input": xb}  # noqa: E731
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # fatal only
         try:
-            parts = [self.session.run(None, feed(x[i:i + batch_size]))
+            parts = [self.session.run(None, feed(x[i:i + batch_size]), quiet)
                      for i in range(0, len(x), batch_size)]
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -76,29 +82,21 @@ def _one_line(fn):
 
 @_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
-    import onnx
-    from google.protobuf.message import DecodeError
-
     from dlc.runtime.session import choose_device
+    from dlc.userfiles import load_json, read_model
 
     path = Path(path)
-    if not path.is_file():
-        raise DlcError(f"model file not found: {path}")
+    proto = read_model(path)
     try:  # protobuf decodes string fields lazily: invalid UTF-8 fails at p.key, not at load
-        proto = onnx.load_model_from_string(path.read_bytes())
         meta = {p.key: p.value for p in proto.metadata_props}
-    except (DecodeError, ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
         raise DlcError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
     if "dlc.spec_resolved" not in meta:
         raise DlcError(f"{path} is not a dlc model (no dlc metadata); train one with dlc train")
-    try:
-        spec = json.loads(meta["dlc.spec_resolved"])
-        labels = json.loads(meta.get("dlc.labels", "null"))
-        features = json.loads(meta.get("dlc.features", "null"))
-        text = json.loads(meta.get("dlc.text", "null"))
-        categories = json.loads(meta.get("dlc.categories", "null"))
-    except (ValueError, TypeError):  # bad JSON, or bytes (protobuf gives invalid UTF-8 as bytes)
-        raise DlcError(f"{path}: corrupt dlc metadata") from None
+    # bad JSON, too deep, or bytes (protobuf gives invalid UTF-8 as bytes): one line each
+    spec, labels, features, text, categories = (
+        load_json(meta.get(f"dlc.{key}", "null"), f"{path}: corrupt dlc metadata: dlc.{key}")
+        for key in ("spec_resolved", "labels", "features", "text", "categories"))
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
@@ -146,6 +144,9 @@ def _check_spec(path: Path, spec) -> None:
         where = render_path(problems[0].path) or "the spec"
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: {where}: "
                        f"{problems[0].message})")
+    if "blocks" in spec or any(layer.get("type") == "block" for layer in spec["layers"]):
+        raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved holds blocks, which dlc "
+                       "expands before it writes a model)")
     names = [layer.get("name") for layer in spec["layers"]]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) \
             or ("task" in spec) == ("outputs" in spec) \
@@ -261,11 +262,34 @@ def predict_inputs(model: Model, input_path: str):
     return model_inputs(Path(input_path), model.spec, model.features, model.text)
 
 
-def predict(model: Model, input_path: str, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    return model.run(predict_inputs(model, input_path), batch_size)
+def predict(model: Model, input_path: str, batch_size: int = 1024,
+            output: str | None = None) -> dict[str, np.ndarray]:
+    """The model's outputs on the raw inputs in `input_path`; `output` (the path they will be
+    written to) bounds the row count before the model runs (see _check_rows)."""
+    x = predict_inputs(model, input_path)
+    _check_rows(len(x), output)
+    return model.run(x, batch_size)
 
 
-def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
+# CSV and JSON predictions turn every value into a Python object and then text (about 100 bytes
+# a value): a small compressed npz input could otherwise ask for gigabytes. npz output is arrays.
+MAX_TEXT_ROWS = 1_000_000
+
+
+def _format(path: str | None) -> str:
+    suffix = Path(path).suffix.lower() if path else ".csv"
+    if suffix not in (".csv", ".npz", ".json"):
+        raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
+    return suffix
+
+
+def _check_rows(n: int, path: str | None) -> None:
+    if n > MAX_TEXT_ROWS and _format(path) != ".npz":
+        raise DlcError(f"{n:,} samples: CSV and JSON predictions hold at most {MAX_TEXT_ROWS:,} "
+                       "rows (MAX_TEXT_ROWS); write them with -o predictions.npz")
+
+
+def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Prediction table, per output: class index, class name and one probability column per
     class, or the regression values. Columns of `outputs:` models start with `<output>.`."""
     cols = {}
@@ -274,48 +298,64 @@ def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, list]:
         if task["kind"] == "regression":
             pred = out[name("prediction")]
             cols.update({name(f"prediction_{j}" if pred.shape[1] > 1 else "prediction"):
-                         pred[:, j].tolist() for j in range(pred.shape[1])})
+                         pred[:, j] for j in range(pred.shape[1])})
             continue
         idx, probs = out[name("class_index")], out[name("probabilities")]
-        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[1], 2))]
-        cols.update({name("class_index"): idx.tolist(), name("label"): [labels[i] for i in idx]})
-        if task["kind"] == "binary":
-            cols[name(f"p_{labels[1]}")] = probs[:, 0].tolist()
+        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[-1], 2))]
+        cols.update({name("class_index"): idx, name("label"): np.asarray(labels)[idx]})
+        if idx.ndim > 1:  # a class per token: [n, T] indices, [n, T, classes] probabilities
+            cols[name("probabilities")] = probs
+        elif task["kind"] == "binary":
+            cols[name(f"p_{labels[1]}")] = probs[:, 0]
         else:
-            cols.update({name(f"p_{labels[j]}"): probs[:, j].tolist()
-                         for j in range(probs.shape[1])})
+            cols.update({name(f"p_{labels[j]}"): probs[:, j] for j in range(probs.shape[1])})
     return cols
 
 
 def prediction_rows(model: Model, out: dict[str, np.ndarray]) -> list[dict]:
     """One mapping per sample, the prediction table's columns as keys (`dlc predict -o
     x.json`, and what `dlc serve` answers)."""
-    return _records(_columns(model, out))
+    return _records({k: v.tolist() for k, v in _columns(model, out).items()})
 
 
 def _records(cols: dict[str, list]) -> list[dict]:
     return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
 
 
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): class names come from the
+# training data, so a label `=HYPERLINK(...)` is prefixed with ' and shown as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None) -> str | None:
     """Write csv, npz or json by extension; with no path return the csv text."""
     cols = _columns(model, out)
-    suffix = Path(path).suffix.lower() if path else ".csv"
+    suffix = _format(path)
     if suffix == ".npz":
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in cols.items()})
+        np.savez(buf, **cols)
         write_bytes(path, buf.getvalue())
         return None
+    _check_rows(len(next(iter(cols.values()))), path)
+    cols = {k: v.tolist() for k, v in cols.items()}
     if suffix == ".json":
         write_text(path, json.dumps(_records(cols), indent=1) + "\n")
         return None
-    if suffix != ".csv":
-        raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
+    if any(isinstance(v[0], list) for v in cols.values() if v):
+        raise DlcError("this model predicts a class per token: write the predictions with "
+                       "-o predictions.json or -o predictions.npz")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
+    writer.writerow([_cell(c) for c in cols])
     for vals in zip(*cols.values()):
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in vals])
+        writer.writerow([_cell(v) for v in vals])
     if path is None:
         return buf.getvalue()
     write_text(path, buf.getvalue())

@@ -172,13 +172,18 @@ def _nearest(positions: dict, path: tuple) -> tuple[int, int]:
 
 
 def _move_positions(out: list, positions: dict, key_positions: dict) -> None:
-    """Expanded layer i takes the positions of the layer it came from."""
+    """Expanded layer i takes the positions of the layer it came from (the paths under each
+    source are found through one index by prefix: linear in layers + positions)."""
+    lengths = {len(src) for _, src in out}
     for table in (positions, key_positions):
+        under: dict[tuple, list] = {}
+        for path, pos in table.items():
+            for n in lengths:
+                under.setdefault(path[:n], []).append((path, pos))
         moved = {}
         for i, (_, src) in enumerate(out):
-            for path, pos in table.items():
-                if path[:len(src)] == src:
-                    moved[("layers", i, *path[len(src):])] = pos
+            for path, pos in under.get(src, ()):
+                moved[("layers", i, *path[len(src):])] = pos
         for path in [p for p in table if p[:1] == ("layers",)]:
             del table[path]
         table.update(moved)

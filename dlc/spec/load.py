@@ -11,6 +11,7 @@ from dlc.errors import Diagnostic, DlcError, SpecError
 from dlc.spec.expand import expand
 from dlc.spec.schema import fill_defaults, one_line, render_path, show, validate
 from dlc.spec.yamlload import Loaded, parse_yaml
+from dlc.userfiles import MAX_NESTING, MAX_SPEC_BYTES, read_bytes
 
 _KIND_LOSS = {"classification": "cross_entropy", "binary": "binary_cross_entropy",
               "regression": "mse"}
@@ -54,6 +55,10 @@ def _parse_override(raw: str, file: str) -> _Override:
     """`layers.2.units=128` -> path ("layers", "2", "units") (numbers resolved when applied)."""
     key, sep, text = raw.partition("=")
     parts = tuple(key.strip().split("."))
+    if len(parts) > MAX_NESTING:
+        message = f"--set: a path of {len(parts)} keys is deeper than a spec nests (MAX_NESTING " \
+                  f"{MAX_NESTING})"
+        raise SpecError([Diagnostic(file, 0, 0, "", message)])
     if not sep or not all(parts):
         message = f"--set {raw}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5"
         raise SpecError([Diagnostic(file, 0, 0, "", one_line(message))])
@@ -225,13 +230,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load the spec file at `path` (named in diagnostics as given); DlcError if unreadable."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DlcError(f"spec file not found: {file}") from None
-    except IsADirectoryError:
-        raise DlcError(f"spec file is a directory: {file}") from None
+        text = read_bytes(path, "spec file", MAX_SPEC_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DlcError(f"spec file is not UTF-8 text: {file} (byte {exc.start})") from None
-    except OSError as exc:
-        raise DlcError(f"cannot read spec file {file}: {exc.strerror or exc}") from None
     return load_spec_text(text, file, overrides)

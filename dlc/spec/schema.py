@@ -227,8 +227,7 @@ def _prune(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def validate(data: Any) -> list[Problem]:
-    """Every schema problem in `data` (empty when it is valid), one per mistake."""
+def _validate_all(data: Any) -> list[Problem]:
     errors = validator().iter_errors(data)
     return _prune([p for e in errors for p in _problems(e)])
 
@@ -251,9 +250,71 @@ def without_filled_optimizer_fields(data: dict) -> dict:
     return {**data, "train": {**data["train"], "optimizer": kept}}
 
 
+def validate(data: Any) -> list[Problem]:
+    """Every schema problem in `data` (empty when it is valid), one per mistake. Layers that
+    differ only in their names are checked once (see _layer_key); when a layer has a problem,
+    every layer is checked, so that each mistake is reported where it is."""
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list):
+        return _validate_all(data)
+    distinct = list({_layer_key(layer) or i: layer for i, layer in enumerate(layers)}.values())
+    problems = _validate_all({**data, "layers": distinct})
+    if len(distinct) < len(layers) and any(p.path[:1] == ("layers",) for p in problems):
+        return _validate_all(data)
+    return problems
+
+
 def fill_defaults(data: Any) -> None:
-    """Fill schema defaults in place, inside objects that are present (data must be valid)."""
-    _fill(schema(), data, validator().evolve)
+    """Fill schema defaults in place, inside objects that are present (data must be valid).
+    Layers are filled once per _layer_key and copied: a 10,000-layer spec is a few kinds."""
+    evolve = validator().evolve
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list):
+        _fill(schema(), data, evolve)
+        return
+    data["layers"] = []
+    _fill(schema(), data, evolve)
+    item, filled = schema()["properties"]["layers"]["items"], {}
+    for i, layer in enumerate(layers):
+        key = _layer_key(layer)
+        if key is None:
+            _fill(item, layer, evolve)
+            continue
+        if key not in filled:
+            filled[key] = json.loads(key)
+            _fill(item, filled[key], evolve)
+        layers[i] = {k: layer[k] if k in _NAMES else v
+                     for k, v in json.loads(json.dumps(filled[key])).items()}
+    data["layers"] = layers
+
+
+_NAMES = ("name", "share", "inputs")  # what a layer's own names and its sources' are
+
+
+def _layer_key(layer: Any) -> str | None:
+    """The layer as JSON with its names replaced by placeholders the schema accepts alike, so
+    that two layers with one key are both valid or both not (None: not a layer of that kind)."""
+    if not isinstance(layer, dict) or not all(isinstance(k, str) for k in layer):
+        return None  # (JSON would write the key 1 as "1")
+    name = schema()["$defs"]["layerName"]["pattern"]
+    canon = dict(layer)
+    if "name" in canon:
+        if not isinstance(canon["name"], str) or not re.search(_strict_end(name), canon["name"]):
+            return None
+        canon["name"] = "n"
+    if "share" in canon:
+        if not isinstance(canon["share"], str) or not canon["share"]:
+            return None
+        canon["share"] = "n"
+    if "inputs" in canon:
+        srcs = canon["inputs"]
+        if not isinstance(srcs, list) or not all(isinstance(s, str) and s for s in srcs):
+            return None
+        canon["inputs"] = ["n"] * len(srcs)
+    try:
+        return json.dumps(canon)
+    except (TypeError, ValueError):
+        return None
 
 
 def _resolve(node: dict) -> dict:
