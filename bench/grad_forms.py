@@ -15,6 +15,9 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   recurrent_dw  the LSTM's recurrent weight gradient over 64 steps ([64, 256] x [64, 1024] per
               step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
               over the steps' rows concatenated (measured no faster: not adopted)
+  conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
+              ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
+              (measured no faster at 1 thread: not adopted)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -114,6 +117,21 @@ def gather_dw(rng):
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
 
 
+def conv_dx(rng):
+    """ResNet-20's first stage: dX of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]."""
+    g = rng.standard_normal((128, 16, 32, 32), np.float32)
+    w = rng.standard_normal((16, 16, 3, 3), np.float32)
+
+    def flipped_conv(b, g, w):  # correlation with the flipped, channel-swapped kernel
+        end = np.iinfo(np.int64).min
+        flip = b.Slice(w, b.const([-1, -1]), b.const([end, end]), b.const([2, 3]),
+                       b.const([-1, -1]))
+        return [b.Conv(g, b.Transpose(flip, perm=[1, 0, 2, 3]), pads=[1, 1, 1, 1])]
+    return {"g": g, "w": w}, {
+        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
+        "flipped_conv": flipped_conv}
+
+
 def recurrent_dw(rng):
     """The LSTM's recurrent weight: used by all 64 steps, so dW_hh = sum_t h_t^T dz_t."""
     steps = 64
@@ -186,7 +204,7 @@ def train_step(model: str):
 
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
-         "recurrent_dw": recurrent_dw,
+         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx,
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",

@@ -92,7 +92,8 @@ def dlc_worker(a) -> dict:
     x, y = synthetic(a.model, batch * (a.warmup + a.steps))
     base = peak_rss_mb()
     options = session.session_options  # every session of this process gets --threads threads
-    session.session_options = lambda threads=None: options(threads or a.threads)
+    session.session_options = lambda threads=None, *rest, **kw: options(threads or a.threads,
+                                                                       *rest, **kw)
     t0 = time.perf_counter()
     trainer = Trainer(net, Dataset(Split(x, y), None, None, None, None, None), (a.device, 0), 0)
     setup, marks = time.perf_counter() - t0, []

@@ -46,3 +46,20 @@ def test_copy_weights_refuses_a_twin_of_another_shape(tmp_path):
     suite.init_worker(Namespace(model="mlp", weights=weights))
     with pytest.raises(SystemExit, match="parameters"):
         suite.copy_weights(torch_models.build("textcls"), weights)
+
+
+def test_suite_runs_both_sides_end_to_end():
+    """One short run of the smallest model through the real command: each side in its own
+    worker process, the profiler breakdown, the markdown table (numbers not checked: timing)."""
+    import json
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(BENCH / "suite.py"), "--models", "mlp", "--threads",
+                        "1", "--repeats", "1", "--steps", "1", "--warmup", "1", "--markdown",
+                        "--json-only"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.splitlines()[0])
+    for side in ("dlc", "torch"):
+        assert result[side]["samples_per_s"] > 0 and result[side]["peak_rss_mb"] > 0
+    assert "Gemm" in result["dlc"]["profile"]["top_ops"]
+    assert "| MLP 784-1024-1024-10, batch 256, Adam | 1 |" in r.stdout

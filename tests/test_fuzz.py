@@ -1415,9 +1415,6 @@ def test_damaged_run_folders(run_folder, data):
         check_cli(*run_cli("plot", run, "-o", run / "c.png"))
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="damaged run.json/checkpoint.npz on --resume: issue 15 item 12, fixed "
-                          "on branch harden-a; drop this mark when both are merged")
 @fuzz_settings(0.1, phases=[Phase.explicit, Phase.generate])  # an epoch each: no shrinking
 @given(data=st.data())
 def test_resume_damaged_run_folders(run_folder, data):

@@ -9,7 +9,12 @@ import struct
 import pytest
 from conftest import SPECS, interrupt_in_epoch
 
-pytest.importorskip("tensorboardX")
+try:
+    import tensorboardX
+except ImportError:  # the `tensorboard` extra is not installed
+    tensorboardX = None
+needs_tensorboardx = pytest.mark.skipif(tensorboardX is None,
+                                        reason="pip install 'dlc[tensorboard]'")
 TB = ("--set", "train.tracking.backend=tensorboard")
 
 
@@ -39,6 +44,7 @@ def scalars(folder) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+@needs_tensorboardx
 def test_scalars_and_graph_written_to_tb(cli, tmp_path):
     out = tmp_path / "run"
     r = cli("train", SPECS / "iris.yaml", "--out", out, "--epochs", "3", *TB,
@@ -58,6 +64,7 @@ def test_scalars_and_graph_written_to_tb(cli, tmp_path):
     assert any(e.HasField("graph_def") for e in read_events(out / "tb" / "train"))
 
 
+@needs_tensorboardx
 def test_resume_continues_the_same_event_folder(cli, monkeypatch, tmp_path):
     out = tmp_path / "run"
     restore = interrupt_in_epoch(monkeypatch, 3)

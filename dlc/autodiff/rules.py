@@ -51,7 +51,7 @@ defvjp("Sub", "elementwise")(lambda ad, n, g: (g[0], ad.b.Neg(g[0])))
 
 
 @defvjp("Mul", "elementwise")
-def _mul(ad, n, g):  # a square x * x: one pass, 2 x g, not two products summed by the driver
+def _mul(ad, n, g):  # a square x * x: g * 2x, not two products g * x for the driver to add
     a, c = n.input
     if a == c:
         return ad.b.Mul(g[0], ad.b.Add(a, a)), None

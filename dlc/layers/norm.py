@@ -71,7 +71,7 @@ class LayerNorm(Layer):
         return 5 * numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        centred, _, _, inv_std = normalise(b, x, b.const([-1]), float(self.cfg.get("epsilon",
-                                                                               1e-5)))
+        eps = float(self.cfg.get("epsilon", 1e-5))
+        centred, _, _, inv_std = normalise(b, x, b.const([-1]), eps)
         xhat = b.Mul(centred, inv_std)
         return b.Add(b.Mul(xhat, p[f"{self.name}.gamma"]), p[f"{self.name}.beta"])
