@@ -14,6 +14,9 @@ Knobs (environment):
 
 The full campaign (>= 10,000 generated specs over the three spec properties):
   DLC_FUZZ_EXAMPLES=4000 DLC_FUZZ_RANDOM=1 pytest tests/test_fuzz.py --hypothesis-show-statistics
+Issue 15's campaign, in chunks with -k (10,250 cases, no exit 3): models 3,000 and inputs 3,500
+(DLC_FUZZ_EXAMPLES=6000/7000, -k test_predict_corrupt_...), specs 3,250 (1000), run folders 500
+(5000, -k test_damaged_run_folders: about half a second each, for matplotlib).
 
 hypothesis-jsonschema's `from_schema` cannot generate this schema: with Hypothesis >= 6.1xx
 every object schema fails inside it ('many' object has no attribute 'more'), and canonicalising
