@@ -143,12 +143,12 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
 def train_fold(spec, net, dataset, device: tuple[str, int], seed: int) -> dict:
     """Train a fresh model on the fold (from train.init_from's parameters when the spec names
     a model); every metric on the held-out part (loss included)."""
-    from dlc import transfer
+    from dlc import features
     from dlc.runtime.report import Plain
     from dlc.runtime.trainer import Trainer
 
     trainer = Trainer(net, dataset, device, seed=seed)
-    transfer.init_from(spec, trainer, lambda _line: None)
+    features.begin(trainer, lambda _line: None)  # e.g. train.init_from's parameters
     trainer.fit(Plain(quiet=True))
     losses, logits = trainer.predict_split(dataset.test, trainer.final_params())
     result = M.compute(net.kind, dataset.test.y, logits[net.head.name])

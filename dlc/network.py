@@ -70,6 +70,12 @@ class Head:
         return self.task["kind"]
 
     @property
+    def classes(self) -> int:
+        """Classes of a classification output (its last axis) or a binary one (2: negative,
+        positive); the owner of that count for losses, class weights, metrics and checks."""
+        return 2 if self.kind == "binary" else int(self.shape[-1])
+
+    @property
     def weight(self) -> float:
         return float(self.task.get("weight", 1.0))
 
