@@ -79,14 +79,14 @@ def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.
 def check(spec, name: str, task: dict, out) -> list:
     """Diagnostics for one output's class_weights, and for data.sampling (`name`: "" for
     `task:`; `out`: the output's shape, or None)."""
-    from dlc.network import head_path
+    from dlc.network import class_count, head_path
 
     kind, data, diags = task["kind"], spec.data.get("data") or {}, []
     weights, at = task.get("class_weights"), head_path(name, "class_weights")
     if weights is not None and kind == "regression":
         diags.append(spec.diag(at, "class weights need a classification or binary task"))
     elif isinstance(weights, list) and out is not None:
-        classes = 2 if kind == "binary" else out[-1]
+        classes = class_count(kind, out[-1])
         if len(weights) != classes:
             diags.append(spec.diag(at, f"{len(weights)} class weights for {classes} classes"
                                    + (" (binary: [negative, positive])" if kind == "binary"

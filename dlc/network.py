@@ -71,9 +71,8 @@ class Head:
 
     @property
     def classes(self) -> int:
-        """Classes of a classification output (its last axis) or a binary one (2: negative,
-        positive); the owner of that count for losses, class weights, metrics and checks."""
-        return 2 if self.kind == "binary" else int(self.shape[-1])
+        """Classes of a classification or binary output (see class_count)."""
+        return class_count(self.kind, self.shape[-1])
 
     @property
     def weight(self) -> float:
@@ -82,6 +81,12 @@ class Head:
     def targets(self, y):
         """This head's targets in a split's y (a mapping by output name for `outputs:`)."""
         return y[self.name] if self.name else y
+
+
+def class_count(kind: str, last_axis):
+    """Classes of a classification output (its logits' last axis) or a binary one (2: negative,
+    positive): the one rule for class weights, labels, metrics and the teacher's check."""
+    return 2 if kind == "binary" else last_axis
 
 
 @dataclass

@@ -28,11 +28,11 @@ MASK = "state.mask"
 
 def config(spec_data: dict) -> dict | None:
     """train.prune with its end epoch filled (default: the last epoch), or None."""
-    train = spec_data.get("train") or {}
+    train = spec_data["train"]
     cfg = train.get("prune")
     if cfg is None:
         return None
-    return {**cfg, "end_epoch": cfg.get("end_epoch", train.get("epochs", 10))}
+    return {**cfg, "end_epoch": cfg.get("end_epoch", train["epochs"])}
 
 
 # ---- checks ---------------------------------------------------------------------------------

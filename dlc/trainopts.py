@@ -58,6 +58,13 @@ class OnDivergence:
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    every: int  # epochs between saves (and the last epoch)
+    keep: int  # per-epoch copies kept in checkpoints/
+    best: bool  # checkpoints/best.npz
+
+
+@dataclass(frozen=True)
 class TrainOptions:
     epochs: int
     batch_size: int
@@ -65,6 +72,7 @@ class TrainOptions:
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     on_divergence: OnDivergence
+    checkpoint: CheckpointPolicy
     early_stopping: EarlyStopping | None = None
     clip_norm: float | None = None
 
@@ -77,4 +85,5 @@ class TrainOptions:
                    _pick(OptimizerConfig, train["optimizer"]),
                    _pick(ScheduleConfig, train["schedule"]),
                    _pick(OnDivergence, train["on_divergence"]),
+                   _pick(CheckpointPolicy, train["checkpoint"]),
                    _pick(EarlyStopping, es) if es else None, train.get("clip_norm"))

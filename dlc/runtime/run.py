@@ -39,7 +39,7 @@ def check_labels(net: Network, dataset):
         labels = h.task.get("labels") or (dataset.labels.get(h.name) if h.name
                                           else dataset.labels)
         if h.kind == "classification":
-            units = h.shape[-1]
+            units = h.classes
             seen = int(h.targets(dataset.train.y).max()) + 1
             count = len(labels) if labels else seen
             if count != units or seen > units:
@@ -243,7 +243,7 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=
     tracker = tracking.start(spec, path, trainer.state.history)  # no-op unless train.tracking
 
     def save(t: Trainer) -> None:
-        checkpoint.save_epoch(path, t, cfg["checkpoint"])
+        checkpoint.save_epoch(path, t)
         write_metrics_csv(path / "metrics.csv", t.state.history)
         tracker.log_epoch(t)
 
