@@ -200,14 +200,13 @@ def _lr_scale(net: Network, feats: list, layout, total: int) -> np.ndarray | Non
     return scale
 
 
-def _update(b: Builder, net: Network, feats: list, flat: str, g: str, mask: str | None,
-            layout: list[tuple[str, int, Shape]]) -> tuple[str, dict[str, str]]:
+def _update(b: Builder, net: Network, opts: TrainOptions, feats: list, flat: str, g: str,
+            mask: str | None, layout: list[tuple[str, int, Shape]]) -> tuple[str, dict[str, str]]:
     """The optimizer step on the flat vector (inputs lr, step and `state.<s>`): the new
     parameters (masked ones stay exactly zero) and each new state by name."""
     total = int(sum(numel(shape) for _, _, shape in layout))
     lr, step = b.input(LR, "float32", []), b.input("step", "float32", [])
-    opt = Optimizer(b, TrainOptions.of(net.spec).optimizer, lr, step,
-                    _lr_scale(net, feats, layout, total))
+    opt = Optimizer(b, opts.optimizer, lr, step, _lr_scale(net, feats, layout, total))
     state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
     with b.scope("update"):
         w_new, state_new = opt.update(flat, g, state_in)
@@ -218,7 +217,7 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
     the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
     `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
-    b, feats = Builder(), features.active(net.spec, net)
+    b, feats, opts = Builder(), features.active(net.spec, net), TrainOptions.of(net.spec)
     noise: list[tuple[str, Shape]] = []
 
     def noise_input(layer: str, shape: Shape) -> str:
@@ -238,8 +237,8 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
     g = _masked(b, _flat_gradient(b, loss, views, layout), mask)  # masked: no gradient
-    g, norm = _clip(b, g, TrainOptions.of(net.spec).clip_norm)
-    w_new, state_new = _update(b, net, feats, flat, g, mask, layout)
+    g, norm = _clip(b, g, opts.clip_norm)
+    w_new, state_new = _update(b, net, opts, feats, flat, g, mask, layout)
     b.output(loss, "loss", "float32", [])
     _logits_outputs(b, net, logits)
     b.output(norm, "grad_norm", "float32", [])
