@@ -93,7 +93,8 @@ def x_feeds(names: dict[str, str], xb) -> dict:
     """Feeds for a batch: an array for one input, a mapping name -> array for several."""
     if isinstance(xb, dict):
         return {names[k]: v for k, v in xb.items()}
-    return {"x": xb}
+    (name,) = names.values()  # x_names owns the graph input's name
+    return {name: xb}
 
 
 def y_feeds(yb) -> dict:
