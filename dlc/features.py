@@ -118,11 +118,21 @@ def resolve(net, dataset):
     return net
 
 
-def begin(trainer, note: Callable[[str], None], fresh: bool = True) -> None:
+def _keep(trainer, f: Feature, state) -> None:
+    if state is not None:
+        trainer.feature_state[f.name] = state
+
+
+def start(trainer) -> None:
+    """When the Trainer is built (its stepper holds the initial values)."""
     for f in trainer.features:
-        state = f.begin(trainer, note, fresh)
-        if state is not None:
-            trainer.feature_state[f.name] = state
+        _keep(trainer, f, f.start(trainer))
+
+
+def begin(trainer, note: Callable[[str], None], fresh: bool = True) -> None:
+    """Before the first epoch of a run (fresh) or a resume, or of a cross-validation fold."""
+    for f in trainer.features:
+        _keep(trainer, f, f.begin(trainer, note, fresh))
 
 
 def summary(trainer, params: dict) -> dict:

@@ -126,8 +126,9 @@ class Imbalance(Feature):
         return resolve(net, dataset)
 
     def epoch_order(self, rng, y, spec_data: dict):
-        return epoch_order(rng, y, spec_data) if spec_data["data"]["sampling"] == "balanced" \
-            else None
+        if spec_data["data"]["sampling"] != "balanced":
+            return None  # class weights alone: the Trainer's shuffle
+        return epoch_order(rng, y, spec_data)
 
     def summary(self, trainer, params: dict) -> dict:
         return summary(trainer)

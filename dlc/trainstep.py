@@ -1,9 +1,9 @@
 """The train-step graph: forward, loss, dlc's own backward pass and the optimizer update, as one
 standard ONNX model so that one onnxruntime `run` is one training step.
 
-Inputs: x, y, lr (`LR`), step, the dropout noise tensors, `params` (every trainable parameter in one flat
-vector), `state.<s>` (each optimizer state, flat alike), the buffers (running statistics) and the
-frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
+Inputs: x, y, lr (`LR`), step, the dropout noise tensors, `params` (every trainable parameter in
+one flat vector), `state.<s>` (each optimizer state, flat alike), the buffers (running statistics)
+and the frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
 Training features (dlc.features) add their hooks: keep-masks, frozen inputs, lr scales, loss
 terms and persistent tensors.
 Outputs: loss, logits, grad_norm (before clipping), `params.new`, `state.<s>.new`, `<buffer>.new`.

@@ -91,10 +91,7 @@ class Trainer:
         self.stepper = BoundStepper(self.sess, persistent_values(net, step, params), *device,
                                     self.frozen)
         self._noise: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # by batch size
-        for f in self.features:  # e.g. train.prune's mask schedule
-            state = f.start(self)
-            if state is not None:
-                self.feature_state[f.name] = state
+        features.start(self)  # e.g. train.prune's mask schedule
         opts = self.opts
         self.steps_per_epoch = batches_per_epoch(net, len(dataset.train.x), opts.batch_size)
         self.schedule = Schedule(opts.schedule, opts.optimizer.lr, opts.epochs,
