@@ -21,7 +21,7 @@ import numpy as np
 
 from dlc import losses
 from dlc.errors import DlcError, SpecError
-from dlc.features import Feature
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 PREFIX = "teacher"

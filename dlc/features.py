@@ -2,8 +2,9 @@
 one registry, and the loops over it that the train step, the Trainer and the run call.
 
 A feature is a training option that reaches into several stages of a run; each implements the
-hooks of `Feature` it needs, in its own module, and the rest of dlc calls them only through the
-loops below, never by name. Adding one touches its module, `REGISTRY` and its tests.
+hooks of `Feature` (dlc.feature_protocol) it needs, in its own module, and the rest of dlc calls
+them only through the loops below, never by name. Adding one touches its module, `REGISTRY` and
+its tests.
 
 `REGISTRY` says when a spec turns each feature on without importing its module: feature modules
 need numpy, and `dlc validate` must stay free of it (a spec that uses no feature imports none).
@@ -15,66 +16,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-
-class Feature:
-    """The hooks of one training feature; each default does nothing. `name`: its key in a
-    Trainer's `feature_state` (what `start`/`begin` returned) and in messages."""
-
-    name = ""
-
-    # ---- before any data (dlc validate, dlc train before loading) ----------------------------
-    def check(self, spec, net, base_dir) -> None:
-        """Raise SpecError/DlcError naming the problem; may make paths absolute in spec.data."""
-
-    # ---- with the data ------------------------------------------------------------------------
-    def resolve(self, net, dataset):
-        """The network with what this feature computes from the training split filled in."""
-        return net
-
-    # ---- the train-step graph -----------------------------------------------------------------
-    def keep_mask(self, b, net, total: int) -> str | None:
-        """A flat 0/1 mask multiplying the parameters, their gradient and their update."""
-        return None
-
-    def frozen_inputs(self, b, net) -> dict[str, str]:
-        """Parameters fed as plain inputs: read, never differentiated nor written."""
-        return {}
-
-    def lr_scale(self, net, layout, total: int):
-        """Per-element learning-rate multipliers of the flat parameter vector, or None."""
-        return None
-
-    def loss(self, b, net, inputs: dict[str, str], logits: dict[str, str], loss: str,
-             data_norm: dict | None) -> str:
-        """The train step's loss with this feature's term (`inputs`: each model input's tensor,
-        `logits`: each output's, by output name)."""
-        return loss
-
-    def persistent(self, b, total: int) -> dict[str, Any]:
-        """Extra tensors the train step carries from step to step like optimizer states: state
-        name -> its initial flat value (the feature outputs `state.<name>.new` itself)."""
-        return {}
-
-    # ---- the Trainer and the run --------------------------------------------------------------
-    def start(self, trainer) -> Any:
-        """When a Trainer is built; what it returns is kept in trainer.feature_state."""
-        return None
-
-    def begin(self, trainer, note: Callable[[str], None], fresh: bool) -> Any:
-        """Before the first epoch of a run or fold (fresh: not a resume, whose parameters come
-        from its checkpoint); what it returns (not None) replaces trainer.feature_state[name]."""
-        return None
-
-    def epoch_start(self, trainer) -> None:
-        """At the start of each epoch, before its first step."""
-
-    def epoch_order(self, rng, y, spec_data: dict):
-        """The training-sample order of one epoch, or None for the Trainer's shuffle."""
-        return None
-
-    def summary(self, trainer, params: dict) -> dict:
-        """Entries for summary.json."""
-        return {}
+from dlc.feature_protocol import Feature
 
 
 @dataclass(frozen=True)

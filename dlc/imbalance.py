@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dlc.errors import DlcError
-from dlc.features import Feature
+from dlc.feature_protocol import Feature
 
 if TYPE_CHECKING:
     import numpy as np

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.errors import DlcError, SpecError
-from dlc.features import Feature
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 PRUNABLE = ("dense", "conv1d", "conv2d")  # layer types whose `.weight` is pruned by default

@@ -5,7 +5,7 @@ graphs as constants (dlc.losses lowers them); metrics and predictions stay in th
 
 from __future__ import annotations
 
-from dlc.features import Feature
+from dlc.feature_protocol import Feature
 from dlc.losses import scale_targets
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError, SpecError
-from dlc.features import Feature
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 SHOWN = 8  # names listed per group in the printed note (summary.json has them all)

@@ -15,7 +15,8 @@ from conftest import SPECS
 
 from dlc import features
 from dlc.errors import SpecError
-from dlc.features import Feature, Registered
+from dlc.feature_protocol import Feature
+from dlc.features import Registered
 
 DLC = Path(features.__file__).parent
 # the modules that drive training: they loop over the registry, never name a feature
@@ -46,6 +47,13 @@ def test_every_registered_module_exposes_a_feature():
     found = [importlib.import_module(r.module).FEATURE for r in features.REGISTRY]
     assert all(isinstance(f, Feature) for f in found)
     assert len({f.name for f in found}) == len(found) and all(f.name for f in found)
+
+
+@pytest.mark.parametrize("module", [r.module for r in features.REGISTRY])
+def test_features_do_not_import_the_registry(module):
+    """The registry loads the feature modules; they see only the protocol: no circle."""
+    path = DLC / (module.removeprefix("dlc.").replace(".", "/") + ".py")
+    assert "dlc.features" not in imported_modules(path)
 
 
 class Toy(Feature):
