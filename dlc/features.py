@@ -27,15 +27,11 @@ class Registered:
     on: Callable[[dict, Any], bool]
 
 
-def _train(spec_data: dict) -> dict:
-    return spec_data.get("train") or {}
-
-
 REGISTRY: list[Registered] = [
-    Registered("dlc.prune", lambda s, net: bool(_train(s).get("prune"))),
+    Registered("dlc.prune", lambda s, net: "prune" in s["train"]),
     Registered("dlc.transfer", lambda s, net: bool(
-        net.frozen or _train(s).get("init_from") or _train(s)["optimizer"].get("lr_scale"))),
-    Registered("dlc.distill", lambda s, net: bool(_train(s).get("distill"))),
+        net.frozen or s["train"].get("init_from") or s["train"]["optimizer"].get("lr_scale"))),
+    Registered("dlc.distill", lambda s, net: "distill" in s["train"]),
     Registered("dlc.imbalance", lambda s, net: (s.get("data") or {}).get("sampling") == "balanced"
                or any(h.task.get("class_weights") is not None for h in net.heads)),
     Registered("dlc.targetscale", lambda s, net: any(
@@ -50,11 +46,13 @@ def active(spec_data: dict, net) -> list[Feature]:
 
 # ---- the loops --------------------------------------------------------------------------------
 def check(spec, net, base_dir) -> None:
+    """Each active feature's data-free checks (dlc validate, and train/cv/tune before loading)."""
     for f in active(spec.data, net):
         f.check(spec, net, base_dir)
 
 
 def resolve(net, dataset):
+    """The network with each active feature's numbers from the training split filled in."""
     for f in active(net.spec, net):
         net = f.resolve(net, dataset)
     return net
@@ -78,6 +76,7 @@ def begin(trainer, note: Callable[[str], None], fresh: bool = True) -> None:
 
 
 def summary(trainer, params: dict) -> dict:
+    """summary.json's entries from every active feature."""
     out: dict = {}
     for f in trainer.features:
         out.update(f.summary(trainer, params))
