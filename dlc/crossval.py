@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc import features
 from dlc import metrics as M
 from dlc.errors import DlcError, UsageError
 
@@ -140,15 +141,14 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
                    part(held), labels, features, norm, categories=cats)
 
 
-def train_fold(spec, net, dataset, device: tuple[str, int], seed: int) -> dict:
+def train_fold(net, dataset, device: tuple[str, int], seed: int) -> dict:
     """Train a fresh model on the fold (from train.init_from's parameters when the spec names
     a model); every metric on the held-out part (loss included)."""
-    from dlc import transfer
     from dlc.runtime.report import Plain
     from dlc.runtime.trainer import Trainer
 
     trainer = Trainer(net, dataset, device, seed=seed)
-    transfer.init_from(spec, trainer, lambda _line: None)
+    features.begin(trainer, lambda _line: None)  # e.g. train.init_from's parameters
     trainer.fit(Plain(quiet=True))
     losses, logits = trainer.predict_split(dataset.test, trainer.final_params())
     result = M.compute(net.kind, dataset.test.y, logits[net.head.name])
@@ -184,7 +184,7 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     for k, (train, held) in enumerate(fold_indices(raw[1], len(raw[1]), folds, seed, classes)):
         dataset = fold_dataset(raw, train, held, spec.data, classes)
         check_labels(net, dataset)
-        result = train_fold(spec, net, dataset, (kind, index), int(cfg.get("seed", 0)))
+        result = train_fold(net, dataset, (kind, index), int(cfg["seed"]))
         rows.append({"fold": k, "train": len(dataset.train),
                      "val": len(dataset.val) if dataset.val is not None else 0,
                      "test": len(held), "epochs_run": result.pop("epochs_run"),

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc import losses
 from dlc.errors import DlcError, SpecError
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 PREFIX = "teacher"
@@ -133,21 +135,34 @@ def teacher_input(b, x: str, norm: dict | None, student: tuple, teacher: tuple) 
     return x
 
 
-def add_loss(b, net, logits: str, loss: str, norm: dict | None) -> str:
-    """The train step's loss with the distillation term (unchanged without train.distill)."""
-    from dlc import losses
-    from dlc.trainstep import x_names
-
+def add_loss(b, net, x: str, logits: str, loss: str, norm: dict | None) -> str:
+    """The train step's loss with the distillation term; `x`: the student's (normalised) input
+    tensor in the train step, `logits`: its output's."""
     cfg = config(net.spec)
-    if cfg is None:
-        return loss
     model, (name, shape, classes) = load_teacher(cfg["teacher"])
-    if classes != net.output_shape[-1]:
+    if classes != net.head.classes:
         raise DlcError(f"train.distill: the teacher has {classes} classes, the student "
-                       f"{net.output_shape[-1]}")
-    x = teacher_input(b, x_names(net)[next(iter(net.inputs))], norm, net.input_shape, shape)
+                       f"{net.head.classes}")
+    x = teacher_input(b, x, norm, net.input_shape, shape)
     teacher = inline(b, model, {name: x})["logits"]
     alpha = float(cfg["alpha"])
     with b.scope("distill"):
         soft = losses.distillation(b, logits, teacher, float(cfg["temperature"]))
         return b.Add(b.Mul(soft, b.const(alpha)), b.Mul(loss, b.const(1.0 - alpha)))
+
+
+class Distill(Feature):
+    """The teacher's soft-target term in the train step's loss."""
+
+    name = "distill"
+
+    def check(self, spec, net, base_dir) -> None:
+        check(spec, base_dir)
+
+    def loss(self, b, net, inputs: dict[str, str], logits: dict[str, str], loss: str,
+             data_norm: dict | None) -> str:
+        (x,) = inputs.values()  # check: one `input:`
+        return add_loss(b, net, x, logits[net.head.name], loss, data_norm)
+
+
+FEATURE = Distill()

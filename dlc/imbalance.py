@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dlc.errors import DlcError
+from dlc.feature_protocol import Feature
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,16 +53,12 @@ def balanced_weights(ids: np.ndarray, classes: int) -> list[float]:
     return [float(w) for w in len(ids) / (classes * counts.astype(np.float64))]
 
 
-def num_classes(head) -> int:
-    return 2 if head.kind == "binary" else int(head.shape[-1])
-
-
 def resolve(net, dataset):
     """The network whose outputs with class_weights: balanced carry the numbers from the
     training split in their task (the losses and the summary read them there); the same network
     when there is nothing to resolve."""
     heads = [replace(h, task={**h.task, "class_weights": balanced_weights(
-                 class_ids(h.targets(dataset.train.y), h.kind), num_classes(h))})
+                 class_ids(h.targets(dataset.train.y), h.kind), h.classes)})
              if h.task.get("class_weights") == "balanced" else h for h in net.heads]
     return net if heads == net.heads else replace(net, heads=heads)
 
@@ -82,14 +79,14 @@ def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.
 def check(spec, name: str, task: dict, out) -> list:
     """Diagnostics for one output's class_weights, and for data.sampling (`name`: "" for
     `task:`; `out`: the output's shape, or None)."""
-    from dlc.network import head_path
+    from dlc.network import class_count, head_path
 
     kind, data, diags = task["kind"], spec.data.get("data") or {}, []
     weights, at = task.get("class_weights"), head_path(name, "class_weights")
     if weights is not None and kind == "regression":
         diags.append(spec.diag(at, "class weights need a classification or binary task"))
     elif isinstance(weights, list) and out is not None:
-        classes = 2 if kind == "binary" else out[-1]
+        classes = class_count(kind, out[-1])
         if len(weights) != classes:
             diags.append(spec.diag(at, f"{len(weights)} class weights for {classes} classes"
                                    + (" (binary: [negative, positive])" if kind == "binary"
@@ -116,3 +113,25 @@ def summary(trainer) -> dict:
     if not used:
         return {}
     return {"class_weights": used[""] if "" in used else used}
+
+
+class Imbalance(Feature):
+    """Balanced class weights from the training split, balanced sampling of each epoch, and
+    the weights used in summary.json. Its checks need the output shapes: dlc.semantics runs
+    `check` per output."""
+
+    name = "imbalance"
+
+    def resolve(self, net, dataset):
+        return resolve(net, dataset)
+
+    def epoch_order(self, rng, y, spec_data: dict):
+        if spec_data["data"]["sampling"] != "balanced":
+            return None  # class weights alone: the Trainer's shuffle
+        return epoch_order(rng, y, spec_data)
+
+    def summary(self, trainer, params: dict) -> dict:
+        return summary(trainer)
+
+
+FEATURE = Imbalance()

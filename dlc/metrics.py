@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlc.network import class_count
+
 
 def predicted_classes(kind: str, logits: np.ndarray) -> np.ndarray:
     if kind == "binary":
@@ -38,7 +40,7 @@ def confusion(kind: str, y: np.ndarray, logits: np.ndarray,
     y = y.reshape(-1).astype(np.int64)
     if kind != "binary" and logits.ndim > 2:
         logits = logits.reshape(-1, logits.shape[-1])
-    classes = 2 if kind == "binary" else logits.shape[1]
+    classes = class_count(kind, logits.shape[1])
     cm = np.zeros((classes, classes), np.int64) if into is None else into
     np.add.at(cm, (y, predicted_classes(kind, logits)), 1)
     return cm

@@ -70,12 +70,23 @@ class Head:
         return self.task["kind"]
 
     @property
+    def classes(self) -> int:
+        """Classes of a classification or binary output (see class_count)."""
+        return class_count(self.kind, self.shape[-1])
+
+    @property
     def weight(self) -> float:
         return float(self.task.get("weight", 1.0))
 
     def targets(self, y):
         """This head's targets in a split's y (a mapping by output name for `outputs:`)."""
         return y[self.name] if self.name else y
+
+
+def class_count(kind: str, last_axis):
+    """Classes of a classification output (its logits' last axis) or a binary one (2: negative,
+    positive): the one rule for class weights, labels, metrics and the teacher's check."""
+    return 2 if kind == "binary" else last_axis
 
 
 @dataclass

@@ -9,18 +9,19 @@ bias correction needs no new graph. Each optimizer names its per-parameter state
 from __future__ import annotations
 
 from dlc.graph import Builder
+from dlc.trainopts import OptimizerConfig
 
 STATES = {"sgd": [], "momentum": ["velocity"], "nesterov": ["velocity"], "adam": ["m", "v"],
           "adamw": ["m", "v"], "rmsprop": ["square_avg"]}
 
 
 class Optimizer:
-    def __init__(self, b: Builder, cfg: dict, lr: str, step: str, scale=None):
+    def __init__(self, b: Builder, cfg: OptimizerConfig, lr: str, step: str, scale=None):
         self.b, self.cfg, self.lr, self.step = b, cfg, lr, step
         if scale is not None:  # lr_scale: one multiplier per flat element, so the lr is a vector
             with b.scope("optimizer"):
                 self.lr = b.Mul(lr, b.const(scale, name="lr_scale"))
-        self.kind = cfg["type"]
+        self.kind = cfg.type
         self.states = STATES[self.kind]
         self._scalars: dict[str, str] = {}
 
@@ -39,7 +40,7 @@ class Optimizer:
     def update(self, w: str, g: str, state: dict[str, str]) -> tuple[str, dict[str, str]]:
         """Emit one update of parameter `w` with gradient `g`; return (new w, new states)."""
         b, c = self.b, self.cfg
-        wd = float(c.get("weight_decay", 0.0))
+        wd = float(c.weight_decay)
         if wd and self.kind != "adamw":
             g = b.Add(g, b.Mul(w, b.const(wd)))
         return getattr(self, "_" + self.kind)(b, c, w, g, state, wd)
@@ -52,7 +53,7 @@ class Optimizer:
         return b.Sub(w, b.Mul(g, self.lr)), {}
 
     def _momentum(self, b, c, w, g, state, wd, nesterov=False):
-        mu = b.const(float(c.get("momentum", 0.9)))
+        mu = b.const(float(c.momentum))
         v = b.Add(b.Mul(state["velocity"], mu), g)
         direction = b.Add(g, b.Mul(v, mu)) if nesterov else v
         return b.Sub(w, b.Mul(direction, self.lr)), {"velocity": v}
@@ -61,12 +62,12 @@ class Optimizer:
         return self._momentum(b, c, w, g, state, wd, nesterov=True)
 
     def _adam(self, b, c, w, g, state, wd):
-        beta1, beta2 = float(c.get("beta1", 0.9)), float(c.get("beta2", 0.999))
+        beta1, beta2 = float(c.beta1), float(c.beta2)
         m = self._ema(state["m"], g, beta1)
         v = self._ema(state["v"], b.Mul(g, g), beta2)
         step = self._scalar("adam_step", lambda: b.Div(self.lr, self._bias_correction(beta1)))
         root_bc2 = self._scalar("adam_rbc2", lambda: b.Sqrt(self._bias_correction(beta2)))
-        denom = b.Add(b.Div(b.Sqrt(v), root_bc2), b.const(float(c.get("eps", 1e-8))))
+        denom = b.Add(b.Div(b.Sqrt(v), root_bc2), b.const(float(c.eps)))
         return b.Sub(w, b.Mul(b.Div(m, denom), step)), {"m": m, "v": v}
 
     def _adamw(self, b, c, w, g, state, wd):
@@ -75,6 +76,6 @@ class Optimizer:
         return self._adam(b, c, w, g, state, wd)
 
     def _rmsprop(self, b, c, w, g, state, wd):
-        sq = self._ema(state["square_avg"], b.Mul(g, g), float(c.get("alpha", 0.99)))
-        denom = b.Add(b.Sqrt(sq), b.const(float(c.get("eps", 1e-8))))
+        sq = self._ema(state["square_avg"], b.Mul(g, g), float(c.alpha))
+        denom = b.Add(b.Sqrt(sq), b.const(float(c.eps)))
         return b.Sub(w, b.Mul(b.Div(g, denom), self.lr)), {"square_avg": sq}

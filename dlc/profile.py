@@ -21,7 +21,7 @@ import numpy as np
 
 from dlc.layers.base import numel
 from dlc.network import Network, build_network, suffixed
-from dlc.trainstep import build_train_step, persistent_values, target_spec, x_names
+from dlc.trainstep import LR, build_train_step, persistent_values, target_spec, x_names
 
 OPTIMIZER = ("params", "grad", "clip", "update")  # scopes of the flat-vector work
 LOSS, OTHER = "(loss)", "(other)"
@@ -134,7 +134,7 @@ def run(spec, steps: int = 20, batch: int | None = None, device: str = "cpu") ->
         sess = make_session(step.model, kind, index, profile=str(Path(tmp) / "dlc"))
         stepper = BoundStepper(sess, persistent_values(net, step, params), kind, index,
                                {n: params[n] for n in step.frozen})
-        feeds = {**synthetic_feeds(net, batch, rng), "lr": np.array(1e-6, np.float32)}
+        feeds = {**synthetic_feeds(net, batch, rng), LR: np.array(1e-6, np.float32)}
         for i in range(steps + 1):  # the first is a warm-up
             noise = {n: rng.random((batch, *s), dtype=np.float32) for n, s in step.noise}
             stepper.run({**feeds, **noise, "step": np.array(i + 1, np.float32)})

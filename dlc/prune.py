@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.errors import DlcError
+from dlc.errors import DlcError, SpecError
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 PRUNABLE = ("dense", "conv1d", "conv2d")  # layer types whose `.weight` is pruned by default
@@ -27,30 +28,11 @@ MASK = "state.mask"
 
 def config(spec_data: dict) -> dict | None:
     """train.prune with its end epoch filled (default: the last epoch), or None."""
-    train = spec_data.get("train") or {}
+    train = spec_data["train"]
     cfg = train.get("prune")
     if cfg is None:
         return None
-    return {**cfg, "end_epoch": cfg.get("end_epoch", train.get("epochs", 10))}
-
-
-# ---- the graph side -------------------------------------------------------------------------
-def mask_input(b, net, total: int) -> str | None:
-    """The flat keep-mask input of the train step (only with train.prune)."""
-    return b.input(MASK, "float32", [total]) if config(net.spec) else None
-
-
-def masked(b, x: str, mask: str | None) -> str:
-    """x * mask, or x unchanged without pruning."""
-    return x if mask is None else b.Mul(x, mask)
-
-
-def mask_output(b, mask: str | None, total: int) -> list[str]:
-    """The mask goes out unchanged as `state.mask.new`; returns the extra state names (["mask"])."""
-    if mask is None:
-        return []
-    b.output(mask, f"{MASK}.new", "float32", [total])
-    return ["mask"]
+    return {**cfg, "end_epoch": cfg.get("end_epoch", train["epochs"])}
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -75,8 +57,6 @@ def targets(net) -> list[str]:
 
 def check(spec, net) -> None:
     """Semantic checks of train.prune, as diagnostics at their spec positions."""
-    from dlc.errors import SpecError
-
     cfg = config(spec.data)
     if cfg is None:
         return
@@ -136,11 +116,9 @@ class Pruner:
         self.cfg, self.spans = cfg, spans  # param -> (offset, size) in the flat vector
 
     @classmethod
-    def of(cls, trainer) -> Pruner | None:
-        """The trainer's pruner, with an all-ones mask set (None without train.prune)."""
+    def of(cls, trainer) -> Pruner:
+        """The trainer's pruner, with an all-ones mask set."""
         cfg = config(trainer.net.spec)
-        if cfg is None:
-            return None
         offsets = {n: (o, numel(s)) for n, o, s in trainer.step_graph.layout}
         spans = {}
         for name in targets(trainer.net):
@@ -167,10 +145,33 @@ class Pruner:
         return target
 
 
-def summary(trainer, params: dict[str, np.ndarray]) -> dict:
-    """{"sparsity": {param: fraction of exact zeros}} of the pruned tensors (empty without)."""
-    pruner = getattr(trainer, "pruner", None)
-    if pruner is None:
-        return {}
-    return {"sparsity": {name: float(np.mean(np.asarray(params[name]) == 0))
-                         for name in pruner.spans}}
+class Prune(Feature):
+    """The keep-mask in the train step (an input, and a persistent state that starts at one),
+    the magnitude schedule at each epoch's start, and the sparsity reached in summary.json."""
+
+    name = "prune"
+
+    def check(self, spec, net, base_dir) -> None:
+        check(spec, net)
+
+    def keep_mask(self, b, net, total: int) -> str:
+        return b.input(MASK, "float32", [total])
+
+    def persistent(self, b, total: int) -> dict[str, float]:
+        b.output(MASK, f"{MASK}.new", "float32", [total])  # unchanged: Python updates it
+        return {"mask": 1.0}
+
+    def start(self, trainer) -> Pruner:
+        return Pruner.of(trainer)
+
+    def epoch_start(self, trainer) -> None:  # before the epoch the sparsity applies to
+        trainer.feature_state[self.name].update(trainer)
+
+    def summary(self, trainer, params: dict) -> dict:
+        """{"sparsity": {param: fraction of exact zeros}} of the pruned tensors."""
+        spans = trainer.feature_state[self.name].spans
+        return {"sparsity": {name: float(np.mean(np.asarray(params[name]) == 0))
+                             for name in spans}}
+
+
+FEATURE = Prune()

@@ -1,9 +1,11 @@
 """The train-step graph: forward, loss, dlc's own backward pass and the optimizer update, as one
 standard ONNX model so that one onnxruntime `run` is one training step.
 
-Inputs: x, y, lr, step, the dropout noise tensors, `params` (every trainable parameter in one flat
-vector), `state.<s>` (each optimizer state, flat alike), the buffers (running statistics) and the
-frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
+Inputs: x, y, lr (`LR`), step, the dropout noise tensors, `params` (every trainable parameter in
+one flat vector), `state.<s>` (each optimizer state, flat alike), the buffers (running statistics)
+and the frozen parameters (`trainable: false`: inputs by name, with no `.new` output).
+Training features (dlc.features) add their hooks: keep-masks, frozen inputs, lr scales, loss
+terms and persistent tensors.
 Outputs: loss, logits, grad_norm (before clipping), `params.new`, `state.<s>.new`, `<buffer>.new`.
 The eval graph is the same forward and loss without dropout or update.
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from dlc import distill, losses, prune, transfer
+from dlc import features, losses
 from dlc.autodiff import gradients
 from dlc.compile import lower_body
 from dlc.graph import Builder
@@ -27,6 +29,10 @@ from dlc.layers import Ctx, Shape
 from dlc.layers.base import numel
 from dlc.network import Head, Network, suffixed
 from dlc.optim import Optimizer
+from dlc.trainopts import TrainOptions
+
+
+LR = "lr"  # the learning-rate input of the train step, fed each step by the Trainer
 
 
 def target_spec(head: Head) -> tuple[str, list]:
@@ -41,6 +47,7 @@ class Step:
     model: onnx.ModelProto
     params: list[str]  # trainable parameters, in flat-vector order
     states: list[str]  # optimizer state names ("m", "v", ...): inputs `state.<s>`, each [total]
+    fills: dict[str, float] = field(default_factory=dict)  # a state's start value, when not 0
     noise: list[tuple[str, Shape]] = field(default_factory=list)  # (input name, per-sample shape)
     layout: list[tuple[str, int, Shape]] = field(default_factory=list)  # (param, offset, shape)
     total: int = 0
@@ -58,13 +65,12 @@ class Step:
 
 def persistent_values(net: Network, step: Step, params: dict) -> dict[str, np.ndarray]:
     """What the train step carries from step to step, at the start of training: the flat
-    parameters, each optimizer state at zero (train.prune's keep-mask at one) and the buffers."""
-    values = {"params": step.pack(params),
-              **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
-              **{p.name: params[p.name] for p in net.buffers}}
-    if prune.MASK in values:
-        values[prune.MASK][:] = 1.0
-    return values
+    parameters, each optimizer state at zero (or a feature's start value: train.prune's
+    keep-mask at one) and the buffers."""
+    return {"params": step.pack(params),
+            **{f"state.{s}": np.full(step.total, step.fills.get(s, 0.0), np.float32)
+               for s in step.states},
+            **{p.name: params[p.name] for p in net.buffers}}
 
 
 def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
@@ -87,7 +93,8 @@ def x_feeds(names: dict[str, str], xb) -> dict:
     """Feeds for a batch: an array for one input, a mapping name -> array for several."""
     if isinstance(xb, dict):
         return {names[k]: v for k, v in xb.items()}
-    return {"x": xb}
+    (name,) = names.values()  # x_names owns the graph input's name
+    return {name: xb}
 
 
 def y_feeds(yb) -> dict:
@@ -97,11 +104,16 @@ def y_feeds(yb) -> dict:
     return {"y": yb}
 
 
-def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, params: dict[str, str]):
+def _model_inputs(b: Builder, net: Network) -> dict[str, str]:
+    """Each model input's graph input, by model input name."""
+    return {name: b.input(graph_name, net.inputs[name][1], ["N", *net.inputs[name][0]])
+            for name, graph_name in x_names(net).items()}
+
+
+def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, xs: dict[str, str],
+                      params: dict[str, str]):
     """Each output's logits, and the loss: one task's, or the weighted sum over outputs (each
     output's own loss is a graph output too)."""
-    xs = {name: b.input(graph_name, net.inputs[name][1], ["N", *net.inputs[name][0]])
-          for name, graph_name in x_names(net).items()}
     logits = lower_body(b, net, xs, params, ctx)
     total = None
     for head in net.heads:
@@ -129,7 +141,7 @@ def build_eval_step(net: Network) -> Step:
     """Forward and loss in inference mode; every parameter a separate input."""
     b = Builder()
     params = {p.name: b.input(p.name, "float32", list(p.shape)) for p in net.params}
-    logits, loss = _forward_and_loss(b, net, Ctx(training=False), params)
+    logits, loss = _forward_and_loss(b, net, Ctx(training=False), _model_inputs(b, net), params)
     b.output(loss, "loss", "float32", [])
     _logits_outputs(b, net, logits)
     return Step(b.model(f"{net.spec['name']}-eval"), list(params), [])
@@ -164,25 +176,49 @@ def _flat_gradient(b: Builder, loss: str, views: dict[str, str],
         return b.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
 
 
-def _update(b: Builder, net: Network, flat: str, g: str, mask: str | None,
-            layout: list[tuple[str, int, Shape]]) -> tuple[str, dict[str, str]]:
+def _masked(b: Builder, x: str, mask: str | None) -> str:
+    """x * mask, or x unchanged without a keep-mask."""
+    return x if mask is None else b.Mul(x, mask)
+
+
+def _keep_mask(b: Builder, net: Network, feats: list, total: int) -> str | None:
+    """The product of the features' keep-masks (None: no feature masks)."""
+    mask = None
+    for f in feats:
+        m = f.keep_mask(b, net, total)
+        if m is not None:
+            mask = m if mask is None else b.Mul(mask, m)
+    return mask
+
+
+def _lr_scale(net: Network, feats: list, layout, total: int) -> np.ndarray | None:
+    """The product of the features' per-element lr multipliers (None: none)."""
+    scale = None
+    for f in feats:
+        s = f.lr_scale(net, layout, total)
+        if s is not None:
+            scale = s if scale is None else scale * s
+    return scale
+
+
+def _update(b: Builder, net: Network, opts: TrainOptions, feats: list, flat: str, g: str,
+            mask: str | None, layout: list[tuple[str, int, Shape]]) -> tuple[str, dict[str, str]]:
     """The optimizer step on the flat vector (inputs lr, step and `state.<s>`): the new
-    parameters (pruned ones stay exactly zero) and each new state by name."""
+    parameters (masked ones stay exactly zero) and each new state by name."""
     total = int(sum(numel(shape) for _, _, shape in layout))
-    lr, step = b.input("lr", "float32", []), b.input("step", "float32", [])
-    opt = Optimizer(b, net.spec.get("train", {}).get("optimizer", {"type": "adam", "lr": 1e-3}),
-                    lr, step, transfer.lr_scales(net, layout, total))  # optimizer.lr_scale
+    lr, step = b.input(LR, "float32", []), b.input("step", "float32", [])
+    opt = Optimizer(b, opts.optimizer, lr, step, _lr_scale(net, feats, layout, total))
     state_in = {s: b.input(f"state.{s}", "float32", [total]) for s in opt.states}
     with b.scope("update"):
         w_new, state_new = opt.update(flat, g, state_in)
-        return prune.masked(b, w_new, mask), {s: state_new[s] for s in opt.states}
+        return _masked(b, w_new, mask), {s: state_new[s] for s in opt.states}
 
 
 def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
     the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
     `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
-    b = Builder()
+    b, feats, opts = Builder(), features.active(net.spec, net), TrainOptions.of(net.spec)
     noise: list[tuple[str, Shape]] = []
 
     def noise_input(layer: str, shape: Shape) -> str:
@@ -191,18 +227,19 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
 
     layout, total = flat_layout(net)
     flat = b.input("params", "float32", [total])
-    mask = prune.mask_input(b, net, total)  # train.prune: the flat 0/1 keep-mask, else None
-    views = _unpack(b, prune.masked(b, flat, mask), layout)
+    mask = _keep_mask(b, net, feats, total)  # train.prune: the flat 0/1 keep-mask
+    views = _unpack(b, _masked(b, flat, mask), layout)
     shapes = {p.name: list(p.shape) for p in net.buffers}
     buffers = {name: b.input(name, "float32", shape) for name, shape in shapes.items()}
-    frozen = transfer.frozen_inputs(b, net)  # read, never differentiated nor written
+    frozen = {k: v for f in feats for k, v in f.frozen_inputs(b, net).items()}
+    xs = _model_inputs(b, net)
     ctx = Ctx(training=True, noise=noise_input)
-    logits, loss = _forward_and_loss(b, net, ctx, {**views, **buffers, **frozen})
-    if distill.config(net.spec) is not None:  # train.distill: the teacher's term
-        loss = distill.add_loss(b, net, logits[net.head.name], loss, data_norm)
-    g = prune.masked(b, _flat_gradient(b, loss, views, layout), mask)  # pruned: no gradient
-    g, norm = _clip(b, g, net.spec.get("train", {}).get("clip_norm"))
-    w_new, state_new = _update(b, net, flat, g, mask, layout)
+    logits, loss = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen})
+    for f in feats:  # train.distill: the teacher's term
+        loss = f.loss(b, net, xs, logits, loss, data_norm)
+    g = _masked(b, _flat_gradient(b, loss, views, layout), mask)  # masked: no gradient
+    g, norm = _clip(b, g, opts.clip_norm)
+    w_new, state_new = _update(b, net, opts, feats, flat, g, mask, layout)
     b.output(loss, "loss", "float32", [])
     _logits_outputs(b, net, logits)
     b.output(norm, "grad_norm", "float32", [])
@@ -211,6 +248,6 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
         b.output(value, f"state.{s}.new", "float32", [total])
     for name in buffers:  # running statistics: their in-graph update, or unchanged
         b.output(ctx.updates.get(name, name), f"{name}.new", "float32", shapes[name])
-    states = [*state_new, *prune.mask_output(b, mask, total)]  # the mask persists like a state
+    fills = {k: v for f in feats for k, v in f.persistent(b, total).items()}  # like states
     return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
-                states, noise, layout, total, list(frozen))
+                [*state_new, *fills], fills, noise, layout, total, list(frozen))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError, SpecError
+from dlc.feature_protocol import Feature
 from dlc.layers.base import numel
 
 SHOWN = 8  # names listed per group in the printed note (summary.json has them all)
@@ -154,11 +155,11 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def init_from(spec, trainer, note, apply: bool = True) -> dict | None:
+def init_from(trainer, note, apply: bool = True) -> dict | None:
     """train.init_from: load matching parameters into `trainer` (apply=False: a resumed run,
     whose parameters come from its checkpoint; only the report is rebuilt, quietly, and an
     unreadable file then just leaves it out). Returns the report (None without init_from)."""
-    path = (spec.data.get("train") or {}).get("init_from")
+    path = trainer.net.spec["train"].get("init_from")
     if not path:
         return None
     try:
@@ -179,7 +180,28 @@ def init_from(spec, trainer, note, apply: bool = True) -> dict | None:
     return report
 
 
-def summary(trainer) -> dict:
-    """summary.json's init_from entry (when the run started from a model)."""
-    report = getattr(trainer, "init_report", None)
-    return {"init_from": report} if report else {}
+class Transfer(Feature):
+    """Frozen parameters as plain train-step inputs, lr_scale as a per-element lr vector, and
+    init_from's parameters loaded before the first epoch (its report in summary.json)."""
+
+    name = "transfer"
+
+    def check(self, spec, net, base_dir) -> None:
+        check(spec, net, base_dir)
+
+    def frozen_inputs(self, b, net) -> dict[str, str]:
+        return frozen_inputs(b, net)
+
+    def lr_scale(self, net, layout, total: int) -> np.ndarray | None:
+        return lr_scales(net, layout, total)
+
+    def begin(self, trainer, note, fresh: bool) -> dict | None:
+        return init_from(trainer, note, apply=fresh)
+
+    def summary(self, trainer, params: dict) -> dict:
+        """summary.json's init_from entry (when the run started from a model)."""
+        report = trainer.feature_state.get(self.name)
+        return {"init_from": report} if report else {}
+
+
+FEATURE = Transfer()

@@ -224,7 +224,7 @@ def test_new_layers_keep_their_fresh_init(tmp_path, digits_model):
     net = build_network(spec)
     trainer = Trainer(net, load_dataset(spec.data, tmp_path))
     fresh, notes = trainer.params, []
-    report = init_from(spec, trainer, notes.append)
+    report = init_from(trainer, notes.append)
     assert report["new"] == ["extra.weight", "extra.bias"] and len(report["matched"]) == 6
     after, source = trainer.params, _weights(digits_model)
     assert after["extra.weight"].tobytes() == fresh["extra.weight"].tobytes()

@@ -21,22 +21,23 @@ def save(path: Path, trainer) -> None:
     write_bytes(path, to_bytes(trainer))
 
 
-def save_epoch(run: Path, trainer, cfg: dict) -> None:
-    """After an epoch: checkpoint.npz every `every` epochs (and at the last one), a copy per
-    epoch in checkpoints/ keeping the last `keep`, and checkpoints/best.npz for the best epoch."""
-    st = trainer.state
-    if st.epoch % cfg.get("every", 1) and st.epoch < trainer.cfg["epochs"]:
+def save_epoch(run: Path, trainer) -> None:
+    """After an epoch (train.checkpoint): checkpoint.npz every `every` epochs (and at the last
+    one), a copy per epoch in checkpoints/ keeping the last `keep`, and checkpoints/best.npz for
+    the best epoch."""
+    st, cfg = trainer.state, trainer.opts.checkpoint
+    if st.epoch % cfg.every and st.epoch < trainer.opts.epochs:
         return
     data = to_bytes(trainer)
     write_bytes(run / "checkpoint.npz", data)
-    keep, folder = cfg.get("keep", 0), run / "checkpoints"
-    if keep or cfg.get("best", True):
+    keep, folder = cfg.keep, run / "checkpoints"
+    if keep or cfg.best:
         folder.mkdir(exist_ok=True)
     if keep:
         write_bytes(folder / f"epoch-{st.epoch:04d}.npz", data)
         for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
             old.unlink()
-    if cfg.get("best", True) and st.best and st.best["epoch"] == st.epoch:
+    if cfg.best and st.best and st.best["epoch"] == st.epoch:
         write_bytes(folder / "best.npz", data)
 
 

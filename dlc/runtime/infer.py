@@ -14,7 +14,7 @@ import numpy as np
 from dlc import metrics as M
 from dlc.compile import OUTPUTS, output_name
 from dlc.errors import DlcError, UsageError
-from dlc.network import spec_heads
+from dlc.network import class_count, spec_heads
 from dlc.fileio import write_bytes, write_text
 from dlc.runtime.session import make_session
 
@@ -173,7 +173,7 @@ def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
                        "not made by dlc")
     if labels is not None and kind != "regression":
         shape = outputs[output_name(head, "probabilities")]
-        units = 2 if kind == "binary" else (shape[-1] if shape else None)
+        units = class_count(kind, shape[-1] if shape else None)
         if isinstance(units, int) and len(labels) != units:
             raise DlcError(f"{path}: corrupt dlc metadata ({len(labels)} class names for "
                            f"{units} classes)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dlc import imbalance, prune, transfer
+from dlc import features
 from dlc.compile import inference_model
 from dlc.errors import DlcError
 from dlc.fileio import WriteError, write_bytes, write_json, write_text
@@ -39,7 +39,7 @@ def check_labels(net: Network, dataset):
         labels = h.task.get("labels") or (dataset.labels.get(h.name) if h.name
                                           else dataset.labels)
         if h.kind == "classification":
-            units = h.shape[-1]
+            units = h.classes
             seen = int(h.targets(dataset.train.y).max()) + 1
             count = len(labels) if labels else seen
             if count != units or seen > units:
@@ -231,19 +231,19 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=
     """`output`: (quiet, log format) for the reporter; `resumed`: None for a new run, else the
     function that records a resume."""
     cfg = spec.data["train"]
-    kind, index, info = choose_device(device or cfg.get("device", "auto"))
+    kind, index, info = choose_device(device or cfg["device"])
     rep = reporter(*output, batch_size=cfg["batch_size"])
     if info:
         rep.note(info)
-    trainer = Trainer(net, dataset, (kind, index), seed=cfg.get("seed", 0))
-    # train.init_from: load parameters by name (a resume only rebuilds the report)
-    trainer.init_report = transfer.init_from(spec, trainer, rep.note, apply=resumed is None)
+    trainer = Trainer(net, dataset, (kind, index), seed=cfg["seed"])
+    # e.g. train.init_from: load parameters by name (a resume only rebuilds the report)
+    features.begin(trainer, rep.note, fresh=resumed is None)
     if not _start(spec, trainer, path, rep, resumed):
         return path
     tracker = tracking.start(spec, path, trainer.state.history)  # no-op unless train.tracking
 
     def save(t: Trainer) -> None:
-        checkpoint.save_epoch(path, t, cfg.get("checkpoint", {}))
+        checkpoint.save_epoch(path, t)
         write_metrics_csv(path / "metrics.csv", t.state.history)
         tracker.log_epoch(t)
 
@@ -291,9 +291,7 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
         summary["best_epoch"] = trainer.state.best["epoch"]
     if trainer.state.skipped_steps:
         summary["skipped_steps"] = trainer.state.skipped_steps
-    summary.update(prune.summary(trainer, params))  # train.prune: zeros per pruned tensor
-    summary.update(transfer.summary(trainer))  # train.init_from: matched / new / shape_mismatch
-    summary.update(imbalance.summary(trainer))  # task.class_weights as used
+    summary.update(features.summary(trainer, params))  # e.g. sparsity, init_from, class weights
     problem = _not_finite(params, summary)
     if problem:
         write_json(path / "summary.json", {**summary, "error": problem})

@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc import imbalance, losses
+from dlc import features
 from dlc import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
 from dlc.layers.base import numel
 from dlc.network import Network, column, suffixed
-from dlc.prune import Pruner
 from dlc.runtime.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper
-from dlc.trainstep import (build_eval_step, build_train_step, persistent_values, x_feeds, x_names,
-                           y_feeds)
+from dlc.trainopts import TrainOptions
+from dlc.trainstep import (LR, build_eval_step, build_train_step, persistent_values, x_feeds,
+                           x_names, y_feeds)
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024
@@ -74,9 +74,11 @@ class Trainer:
 
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0,
                  threads: int | None = None):
-        net = imbalance.resolve(net, dataset)  # task.class_weights: balanced, from this data
-        net = losses.scale_targets(net, dataset)  # target_scaling: standard, from this data
+        net = features.resolve(net, dataset)  # e.g. class_weights: balanced, from this data
         self.net, self.data, self.cfg = net, dataset, net.spec["train"]
+        self.opts = TrainOptions.of(net.spec)
+        self.features = features.active(net.spec, net)
+        self.feature_state: dict = {}  # what each feature's start/begin returned, by its name
         self.device, self.threads = device, threads
         self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
         self.x_names = x_names(net)
@@ -89,10 +91,11 @@ class Trainer:
         self.stepper = BoundStepper(self.sess, persistent_values(net, step, params), *device,
                                     self.frozen)
         self._noise: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # by batch size
-        self.pruner = Pruner.of(self)  # train.prune: sets the all-ones mask; None without
-        self.steps_per_epoch = batches_per_epoch(net, len(dataset.train.x), self.cfg["batch_size"])
-        self.schedule = Schedule(self.cfg.get("schedule", {}), self.cfg["optimizer"]["lr"],
-                                 self.cfg["epochs"], self.steps_per_epoch)
+        features.start(self)  # e.g. train.prune's mask schedule
+        opts = self.opts
+        self.steps_per_epoch = batches_per_epoch(net, len(dataset.train.x), opts.batch_size)
+        self.schedule = Schedule(opts.schedule, opts.optimizer.lr, opts.epochs,
+                                 self.steps_per_epoch)
         self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)
 
     @functools.cached_property
@@ -128,7 +131,7 @@ class Trainer:
 
     # ---- one epoch --------------------------------------------------------------------------
     def _feeds(self, xb, yb, lr: float) -> dict:
-        feeds = {**x_feeds(self.x_names, xb), **y_feeds(yb), "lr": np.array(lr, np.float32),
+        feeds = {**x_feeds(self.x_names, xb), **y_feeds(yb), LR: np.array(lr, np.float32),
                  "step": np.array(self.state.step + 1, np.float32)}
         if self.step_graph.noise:
             feeds.update(self._dropout_noise(len(xb)))
@@ -156,7 +159,7 @@ class Trainer:
         st = self.state
         message = (f"training diverged at epoch {st.epoch + 1}, step {st.step}: "
                    f"loss {loss}, gradient norm {norm}")
-        if self.cfg.get("on_divergence", {}).get("action", "stop") != "skip":
+        if self.opts.on_divergence.action != "skip":
             raise Diverged(message)
         st.skipped_steps += 1
         return False
@@ -182,8 +185,8 @@ class Trainer:
         gathering, feeds, the run, metrics, bookkeeping: comparable with other frameworks' loop
         timings); `run_samples_per_s` only the time inside onnxruntime."""
         t_start, st, train = time.perf_counter(), self.state, self.data.train
-        bs, n = self.cfg["batch_size"], len(train.x)
-        order = imbalance.epoch_order(st.rng, train.y, self.net.spec)  # data.sampling
+        bs, n = self.opts.batch_size, len(train.x)
+        order = self._epoch_order()
         running = {h.name: M.Running(h.kind) for h in self.net.heads}
         sums, kept, run_seconds = dict.fromkeys(self.loss_names, 0.0), [], 0.0
         for i in range(self.steps_per_epoch):
@@ -209,6 +212,15 @@ class Trainer:
         row["samples_per_s"] = n / (time.perf_counter() - t_start)
         row["run_samples_per_s"] = n / run_seconds if run_seconds else 0.0
         return row
+
+    def _epoch_order(self) -> np.ndarray:
+        """The training-sample order of the next epoch: a feature's (data.sampling: balanced),
+        else a fresh permutation, from the run's checkpointed generator."""
+        for f in self.features:
+            order = f.epoch_order(self.state.rng, self.data.train.y, self.net.spec)
+            if order is not None:
+                return order
+        return self.state.rng.permutation(len(self.data.train.y))
 
     def _metrics(self, prefix: str, results: dict[str, dict], losses: dict[str, float]) -> dict:
         """A metrics row: `<prefix>_loss`, and per output its loss (several outputs) and the
@@ -249,12 +261,12 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------
     def end_epoch(self, row: dict) -> bool:
         """Record the epoch; update schedule and early stopping. True when training should stop."""
-        st, es = self.state, self.cfg.get("early_stopping")
+        st, es = self.state, self.opts.early_stopping
         st.epoch += 1
         st.history.append({"epoch": st.epoch, **row})
         value = row[self.monitor]
         self.schedule.end_epoch(value, self.lower_is_better)
-        delta = (es or {}).get("min_delta", 0.0)
+        delta = es.min_delta if es else 0.0
         improved = st.best is None or (value < st.best["value"] - delta if self.lower_is_better
                                        else value > st.best["value"] + delta)
         if improved:
@@ -262,11 +274,11 @@ class Trainer:
                                       "params": self.params}, 0
         else:
             st.bad_epochs += 1
-        return bool(es) and st.bad_epochs >= es.get("patience", 5)
+        return es is not None and st.bad_epochs >= es.patience
 
     def final_params(self) -> dict[str, np.ndarray]:
-        es = self.cfg.get("early_stopping")
-        if es and es.get("restore_best", True) and self.state.best:
+        es = self.opts.early_stopping
+        if es and es.restore_best and self.state.best:
             return self.state.best["params"]
         return self.params
 
@@ -281,8 +293,7 @@ class Trainer:
 
     def _epoch_with_retries(self, reporter) -> dict:
         """One training epoch; on divergence with action retry, restart it at half the lr."""
-        policy = self.cfg.get("on_divergence", {})
-        retries = policy.get("retries", 3) if policy.get("action") == "retry" else 0
+        retries = self.opts.on_divergence.retry_budget
         snap = self._snapshot() if retries else None
         while True:
             try:
@@ -297,11 +308,12 @@ class Trainer:
                               f"rate halved (x{self.schedule.scale:g})")
 
     def fit(self, reporter, on_epoch_end=None) -> None:
-        while self.state.epoch < self.cfg["epochs"]:
+        epochs = self.opts.epochs
+        while self.state.epoch < epochs:
             t0 = time.perf_counter()
-            reporter.start_epoch(self.state.epoch + 1, self.cfg["epochs"], self.steps_per_epoch)
-            if self.pruner:  # the magnitude schedule, before the epoch it applies to
-                self.pruner.update(self)
+            reporter.start_epoch(self.state.epoch + 1, epochs, self.steps_per_epoch)
+            for f in self.features:  # e.g. train.prune's schedule, before its epoch
+                f.epoch_start(self)
             row = self._epoch_with_retries(reporter)
             if self.data.val is not None:
                 row.update(self.evaluate(self.data.val, "val"))
@@ -314,5 +326,5 @@ class Trainer:
             if stop:
                 reporter.note(f"early stopping after epoch {self.state.epoch}: "
                               f"{self.monitor} did not improve for "
-                              f"{self.cfg['early_stopping']['patience']} epochs")
+                              f"{self.opts.early_stopping.patience} epochs")
                 break
