@@ -27,7 +27,7 @@ from dlc.data.windows import (Window, check_window_spec, input_windows, load_ser
                               make_windows, read_series_csv, split_series, window_config,
                               window_norm)
 from dlc.errors import DlcError
-from dlc.userfiles import check_file
+from dlc.files.untrusted import check_file
 
 __all__ = ["Dataset", "Split", "TextSpec", "load_arrays", "load_dataset", "model_inputs",
            "read_inputs"]

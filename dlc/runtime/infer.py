@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc import metrics as M
-from dlc.compile import OUTPUTS, output_name
+from dlc.model import metrics as M
+from dlc.model.compile import OUTPUTS, output_name
 from dlc.errors import DlcError, UsageError
-from dlc.network import spec_heads
-from dlc.fileio import write_bytes, write_text
+from dlc.model.network import spec_heads
+from dlc.files.atomic import write_bytes, write_text
 from dlc.runtime.session import make_session
 
 
@@ -72,7 +72,7 @@ def _one_line(fn):
             return fn(*args, **kwargs)
         except DlcError as e:
             from dlc.errors import SpecError
-            from dlc.spec.schema import one_line
+            from dlc.model.spec.schema import one_line
 
             if isinstance(e, SpecError) or one_line(str(e)) == str(e):
                 raise
@@ -83,7 +83,7 @@ def _one_line(fn):
 @_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
     from dlc.runtime.session import choose_device
-    from dlc.userfiles import load_json, read_model
+    from dlc.files.untrusted import load_json, read_model
 
     path = Path(path)
     proto = read_model(path)
@@ -133,9 +133,9 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
 def _check_spec(path: Path, spec) -> None:
     """dlc.spec_resolved passes the schema, holds what dlc fills in, and builds a network."""
     from dlc.errors import SpecError
-    from dlc.network import build_network
-    from dlc.spec import Spec
-    from dlc.spec.schema import render_path, validate, without_filled_optimizer_fields
+    from dlc.model.network import build_network
+    from dlc.model.spec import Spec
+    from dlc.model.spec.schema import render_path, validate, without_filled_optimizer_fields
 
     if not isinstance(spec, dict):
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved is not a mapping)")
