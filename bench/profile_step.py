@@ -79,7 +79,7 @@ def breakdown(t, epochs: int) -> dict:
     order), for `epochs` epochs; microseconds per step for each part."""
     from dlc.model import metrics as M
     from dlc.data.augment import augment
-    from dlc.model.network import suffixed
+    from dlc.model.names import suffixed
 
     st, train, stepper, sess = t.state, t.data.train, t.stepper, t.sess
     bs, n = t.cfg["batch_size"], len(train.x)

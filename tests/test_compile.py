@@ -173,7 +173,7 @@ NUMPY_ORACLE_SKIPS = {"lstm", "gru", "simple_rnn", "multi_head_attention", "tran
 
 
 def random_inputs(spec, n: int = 7) -> dict:
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     rng, xs = np.random.default_rng(0), {}
     for name, cfg in spec_inputs(spec.data).items():

@@ -229,7 +229,7 @@ def test_wide_deep_predicts_raw_categories(cli, tmp_path):
 def test_summary_and_graph_of_every_example(cli, tmp_path, path):
     """Every example (one input or several, one output or several) has a summary and a graph
     that shows each model input (and each output of an `outputs:` spec)."""
-    from dlc.model.network import spec_heads, spec_inputs
+    from dlc.model.names import spec_heads, spec_inputs
 
     spec = load_spec(path)
     summary = cli("summary", path)

@@ -107,7 +107,7 @@ def _stored(path: Path, device: str = "cpu"):
 
 def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
     from dlc.data.text import text_config
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     tokens = [n for n, cfg in spec_inputs(spec_data).items()
               if cfg.get("dtype", "float32") == "int64" and not cfg.get("features")]
@@ -273,7 +273,7 @@ def input_means(ex: Explainer) -> dict[str, np.ndarray]:
 def category_means(ex: Explainer, lookup: Lookup) -> np.ndarray:
     """[*shape, dim]: per column, the mean embedding of the column's known values (ids
     offset + 1 .. offset + count, as dlc.data.multi.encode_categories numbers them)."""
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     columns = spec_inputs(ex.model.spec)[lookup.source]["features"]
     known = (ex.model.categories or {}).get(lookup.source) or {}

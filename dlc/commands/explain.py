@@ -16,7 +16,7 @@ BASELINE_TEXT = {"mean": "the training mean", "zero": "zero"}
 def _names(ex: Explainer, name: str) -> list[str]:
     """One input's feature names: its columns, else x0.. (x[c,h,w] for images); inputs of
     several-input models are prefixed by their name."""
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     shape = ex.shapes[name]
     cfg = spec_inputs(ex.model.spec)[name]

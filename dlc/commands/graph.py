@@ -37,7 +37,8 @@ class LayerGraph:
 def layer_graph(spec) -> LayerGraph:
     """One box per model input, layer and (for `outputs:`) output; arrows along inputs, dashed
     ones labelled `shares` for shared weights; layers named `block.x` grouped by block."""
-    from dlc.model.network import build_network, spec_inputs
+    from dlc.model.network import build_network
+    from dlc.model.names import spec_inputs
 
     net = build_network(spec)
     g = LayerGraph(spec.data["name"])

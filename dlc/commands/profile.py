@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from dlc.model.layers.base import numel
-from dlc.model.network import Network, build_network, suffixed
+from dlc.model.network import Network, build_network
+from dlc.model.names import suffixed
 from dlc.model.spec import load_spec
-from dlc.train.step import build_train_step, persistent_values, target_spec, x_names
+from dlc.train.step import build_train_step, persistent_values, target_spec
+from dlc.model.names import x_names
 
 OPTIMIZER = ("params", "grad", "clip", "update")  # scopes of the flat-vector work
 LOSS, OTHER = "(loss)", "(other)"

@@ -120,7 +120,7 @@ def render(spec, device: str = "cpu") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dlc.model.network import spec_heads, spec_inputs
+    from dlc.model.names import spec_heads, spec_inputs
 
     data = rows(spec)
     kinds = ", ".join(f"{h}: {t['kind']}" if h else t["kind"]

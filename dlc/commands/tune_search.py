@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlc.errors import Diagnostic, DlcError, SpecError
-from dlc.model.network import spec_heads
+from dlc.model.names import spec_heads
 from dlc.model.spec import load_spec_text, render_path
 from dlc.runtime.session import choose_device
 from dlc.train.features.checks import checked_network

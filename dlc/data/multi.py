@@ -98,7 +98,7 @@ def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
     """(y, labels): one array and its class names for `task:`, or for `outputs:` a Columns
     mapping output -> array and a mapping output -> class names. None for y when a target
     column is absent and not required."""
-    from dlc.model.network import spec_heads
+    from dlc.model.names import spec_heads
 
     data, ys, found = spec.get("data") or {}, Columns(), {}
     for name, task in spec_heads(spec).items():
@@ -128,7 +128,7 @@ def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
 def _strata(spec: dict, y) -> np.ndarray | None:
     """The class targets to stratify the split on: the task's, or the first classification or
     binary output's (None: no class target)."""
-    from dlc.model.network import spec_heads
+    from dlc.model.names import spec_heads
 
     for name, task in spec_heads(spec).items():
         if task["kind"] != "regression":
@@ -225,7 +225,7 @@ def _npz_dataset(spec: dict, spec_dir: Path):
 def _feature_names(spec: dict, name: str, cfg: dict, table: Table) -> list[str]:
     """The columns an input takes: its `features`; for a single `input:` without them
     data.features, else every column that is no output's target."""
-    from dlc.model.network import spec_heads
+    from dlc.model.names import spec_heads
 
     names = cfg.get("features")
     if names:
@@ -245,7 +245,7 @@ def _where(spec: dict, name: str) -> str:
 
 
 def _inputs(spec: dict, data: dict, table: Table, train_rows: np.ndarray):
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     xs, norms, cats = Columns(), {}, {}
     for name, cfg in spec_inputs(spec).items():
@@ -277,7 +277,7 @@ def read_multi(source: str, spec: dict, categories: dict, labels, require_target
     `outputs:` from a CSV, encoded with the model's stored category table: for `dlc predict`
     and `dlc evaluate`. x is `Columns` by input name (the model's input names); a single
     `input:` takes the stored feature names `features`."""
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     path = Path(source[4:] if source.startswith("csv:") else source)
     check_file(path, "input file")

@@ -12,7 +12,8 @@ from dlc import __version__
 from dlc.model import losses
 from dlc.graph import Builder
 from dlc.model.layers import Ctx
-from dlc.model.network import Network, spec_inputs
+from dlc.model.network import Network
+from dlc.model.names import spec_inputs
 
 OUTPUTS = {  # task kind -> the inference model's output names (add_head emits them)
     "classification": ("logits", "probabilities", "class_index"),

@@ -13,43 +13,14 @@ import math
 from dataclasses import dataclass, field, replace
 
 from dlc.errors import Diagnostic, SpecError
+from dlc.model import semantics
 from dlc.model.layers import Layer, Param, Shape, ShapeError, build_layer
-
-# The output activation each task kind implies. A spec may write it as its last layer (or as the
-# last dense layer's activation); training then takes the loss from the logits before it.
-HEAD = {"classification": "softmax", "binary": "sigmoid", "regression": None}
-
+from dlc.model.names import HEAD, spec_heads, spec_inputs
 
 # Limits that keep a valid spec compilable: every parameter is a float32 initializer inside one
 # ONNX file, which protobuf caps at 2 GB; shapes become int64 ONNX dimensions and attributes.
 MAX_PARAMS = 500_000_000
 MAX_VALUES = 2 ** 31 - 1  # values per sample of a model input or of a layer's output
-
-
-def spec_inputs(data: dict) -> dict[str, dict]:
-    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input."""
-    return dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
-
-
-def spec_heads(data: dict) -> dict[str, dict]:
-    """The model's outputs, each a task (kind, loss, metrics, ...): `outputs:` as written, or
-    the one `task:` under the empty name (its graph names then carry no output name)."""
-    return dict(data["outputs"]) if data.get("outputs") else {"": data["task"]}
-
-
-def head_path(name: str, *keys) -> tuple:
-    """The spec path of a head's key: ("task", key) or ("outputs", name, key)."""
-    return ("outputs", name, *keys) if name else ("task", *keys)
-
-
-def suffixed(base: str, head: str) -> str:
-    """A train/eval graph name of one head: `y`, `logits` for `task:`, `y.<head>` for outputs."""
-    return f"{base}.{head}" if head else base
-
-
-def column(split: str, head: str, metric: str) -> str:
-    """A metrics.csv column: `val_accuracy`, or `val_<output>.accuracy` for `outputs:`."""
-    return f"{split}_{head}.{metric}" if head else f"{split}_{metric}"
 
 
 @dataclass(frozen=True)
@@ -240,8 +211,6 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
 
 def build_network(spec) -> Network:
     """Build and check the network of a loaded `Spec`; raise SpecError listing every problem."""
-    from dlc.model import semantics
-
     data = spec.data
     if bool(data.get("input")) == bool(data.get("inputs")):
         raise SpecError([spec.diag((), "give exactly one of `input:` (one input) and `inputs:` "

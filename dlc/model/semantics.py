@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import difflib
 
-from dlc.train.features import imbalance
 from dlc.errors import Diagnostic
 from dlc.model.layers import Layer, Shape
-from dlc.model.network import HEAD, column, head_path, spec_heads, spec_inputs
+from dlc.model.names import HEAD, column, head_path, spec_heads, spec_inputs
 
 LOSSES = {"classification": {"cross_entropy"}, "binary": {"binary_cross_entropy"},
           "regression": {"mse", "mae", "huber"}}
@@ -86,7 +85,7 @@ def _check_head(spec, layers: list[Layer], name: str, task: dict, i: int,
                                + (f"; did you mean '{hint[0]}'?" if hint else "")))
     elif out is not None:
         diags += _check_output(spec, name, task, out, i)
-    return diags + imbalance.check(spec, name, task, out)  # class_weights, data.sampling
+    return diags + check_class_balance(spec, name, task, out)  # class_weights, data.sampling
 
 
 def _check_monitor(spec, heads: dict[str, dict]) -> list[Diagnostic]:
@@ -146,3 +145,31 @@ def _check_output(spec, name: str, task: dict, out: Shape, i: int) -> list[Diagn
         return [spec.diag(head_path(name, "labels"), f"{len(labels)} labels for {units} output "
                                                      "units")]
     return []
+
+
+def check_class_balance(spec, name: str, task: dict, out) -> list:
+    """Diagnostics for one output's class_weights, and for data.sampling (`name`: "" for
+    `task:`; `out`: the output's shape, or None)."""
+    kind, data, diags = task["kind"], spec.data.get("data") or {}, []
+    weights, at = task.get("class_weights"), head_path(name, "class_weights")
+    if weights is not None and kind == "regression":
+        diags.append(spec.diag(at, "class weights need a classification or binary task"))
+    elif isinstance(weights, list) and out is not None:
+        classes = 2 if kind == "binary" else out[-1]
+        if len(weights) != classes:
+            diags.append(spec.diag(at, f"{len(weights)} class weights for {classes} classes"
+                                   + (" (binary: [negative, positive])" if kind == "binary"
+                                      else "")))
+    if data.get("sampling") == "balanced":
+        if name:  # reported once, with the first output
+            if name == next(iter(spec.data["outputs"])):
+                diags.append(spec.diag(("data", "sampling"), "balanced sampling needs one "
+                                       "class target; with several outputs weigh classes per "
+                                       "output (class_weights)"))
+        elif kind == "regression":
+            diags.append(spec.diag(("data", "sampling"), "balanced sampling needs a "
+                                                         "classification or binary task"))
+        elif out is not None and len(out) == 2 and kind == "classification":
+            diags.append(spec.diag(("data", "sampling"), "balanced sampling needs one class per "
+                                   "sample; per-token outputs have many (use class_weights)"))
+    return diags

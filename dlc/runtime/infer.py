@@ -14,7 +14,7 @@ import numpy as np
 from dlc.model import metrics as M
 from dlc.model.compile import OUTPUTS, output_name
 from dlc.errors import DlcError, UsageError
-from dlc.model.network import spec_heads
+from dlc.model.names import spec_heads
 from dlc.files.atomic import write_bytes, write_text
 from dlc.runtime.session import make_session
 

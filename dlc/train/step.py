@@ -28,7 +28,8 @@ from dlc.model.compile import lower_body
 from dlc.graph import Builder
 from dlc.model.layers import Ctx, Shape
 from dlc.model.layers.base import numel
-from dlc.model.network import Head, Network, suffixed
+from dlc.model.network import Head, Network
+from dlc.model.names import x_names, suffixed
 from dlc.train.optim import Optimizer
 
 
@@ -77,20 +78,6 @@ def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
             layout.append((p.name, offset, tuple(p.shape)))
             offset += numel(p.shape)
     return layout, offset
-
-
-def x_names(net: Network) -> dict[str, str]:
-    """Model input -> train/eval graph input: `x` for one input, `x.<name>` for several."""
-    if len(net.inputs) == 1:
-        return {next(iter(net.inputs)): "x"}
-    return {name: f"x.{name}" for name in net.inputs}
-
-
-def x_feeds(names: dict[str, str], xb) -> dict:
-    """Feeds for a batch: an array for one input, a mapping name -> array for several."""
-    if isinstance(xb, dict):
-        return {names[k]: v for k, v in xb.items()}
-    return {"x": xb}
 
 
 def y_feeds(yb) -> dict:

@@ -20,13 +20,14 @@ from dlc.model import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
 from dlc.model.layers.base import numel
-from dlc.model.network import Network, column, suffixed
+from dlc.model.network import Network
+from dlc.model.names import column, suffixed
 from dlc.train.features.prune import Pruner
 from dlc.train.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper
-from dlc.train.step import (build_eval_step, build_train_step, persistent_values, x_feeds, x_names,
-                           y_feeds)
+from dlc.train.step import build_eval_step, build_train_step, persistent_values, y_feeds
+from dlc.model.names import x_feeds, x_names
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024

@@ -47,7 +47,7 @@ class Field:
 def fields_of(model) -> list[Field]:
     """The model's inputs, from its stored spec and metadata."""
     from dlc.data.text import text_config
-    from dlc.model.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     out = []
     for name, cfg in spec_inputs(model.spec).items():

@@ -136,7 +136,7 @@ def teacher_input(b, x: str, norm: dict | None, student: tuple, teacher: tuple) 
 def add_loss(b, net, logits: str, loss: str, norm: dict | None) -> str:
     """The train step's loss with the distillation term (unchanged without train.distill)."""
     from dlc.model import losses
-    from dlc.train.step import x_names
+    from dlc.model.names import x_names
 
     cfg = config(net.spec)
     if cfg is None:

@@ -79,36 +79,6 @@ def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.
     return rng.choice(n, size=n, replace=True, p=p / p.sum())
 
 
-def check(spec, name: str, task: dict, out) -> list:
-    """Diagnostics for one output's class_weights, and for data.sampling (`name`: "" for
-    `task:`; `out`: the output's shape, or None)."""
-    from dlc.model.network import head_path
-
-    kind, data, diags = task["kind"], spec.data.get("data") or {}, []
-    weights, at = task.get("class_weights"), head_path(name, "class_weights")
-    if weights is not None and kind == "regression":
-        diags.append(spec.diag(at, "class weights need a classification or binary task"))
-    elif isinstance(weights, list) and out is not None:
-        classes = 2 if kind == "binary" else out[-1]
-        if len(weights) != classes:
-            diags.append(spec.diag(at, f"{len(weights)} class weights for {classes} classes"
-                                   + (" (binary: [negative, positive])" if kind == "binary"
-                                      else "")))
-    if data.get("sampling") == "balanced":
-        if name:  # reported once, with the first output
-            if name == next(iter(spec.data["outputs"])):
-                diags.append(spec.diag(("data", "sampling"), "balanced sampling needs one "
-                                       "class target; with several outputs weigh classes per "
-                                       "output (class_weights)"))
-        elif kind == "regression":
-            diags.append(spec.diag(("data", "sampling"), "balanced sampling needs a "
-                                                         "classification or binary task"))
-        elif out is not None and len(out) == 2 and kind == "classification":
-            diags.append(spec.diag(("data", "sampling"), "balanced sampling needs one class per "
-                                   "sample; per-token outputs have many (use class_weights)"))
-    return diags
-
-
 def summary(trainer) -> dict:
     """summary.json: the class weights each loss used (balanced: as computed)."""
     used = {h.name: h.task["class_weights"] for h in trainer.net.heads
