@@ -133,11 +133,17 @@ def test_every_command_that_runs_a_model_defaults_to_auto(name):
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "explain", "quantize"])
 def test_models_run_on_auto_by_default(cli, monkeypatch, run_folder, tmp_path, command):
+    import importlib
+    import sys
+
     from dlc.runtime import session
 
     asked = []
     real = session.choose_device
-    monkeypatch.setattr(session, "choose_device", lambda d: asked.append(d) or real("cpu"))
+    importlib.import_module(f"dlc.commands.{command}")  # and what it imports by name
+    for module in [m for n, m in sys.modules.items() if n.startswith("dlc.")
+                   and getattr(m, "choose_device", None) is real]:
+        monkeypatch.setattr(module, "choose_device", lambda d: asked.append(d) or real("cpu"))
     model, sample = run_folder / "model.onnx", SPECS / "data" / "iris_sample.csv"
     args = {"predict": [sample], "evaluate": ["--data", "builtin:iris"], "explain": [sample],
             "quantize": ["-o", tmp_path / "int8.onnx"]}[command]

@@ -26,12 +26,25 @@ values, not their frequencies).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from dlc.autodiff import gradients
+from dlc.commands.quantize import spec_splits
+from dlc.data.text import text_config
 from dlc.errors import DlcError, UsageError
+from dlc.files.untrusted import load_json, read_model
+from dlc.graph import Builder
+from dlc.model import losses
+from dlc.model.compile import lower_body, normalize_input
+from dlc.model.layers import Ctx
+from dlc.model.names import spec_inputs
+from dlc.model.network import build_network
+from dlc.model.spec import Spec
+from dlc.runtime.infer import load_model
+from dlc.runtime.session import choose_device, make_session
 
 METHODS = ("grad_x_input", "integrated_gradients")
 BASELINES = ("mean", "zero")
@@ -88,9 +101,6 @@ def _stored(path: Path, device: str = "cpu"):
     """(model, normalisation by input name, {initializer: array}, target scaling)."""
     from onnx import numpy_helper
 
-    from dlc.runtime.infer import load_model
-    from dlc.files.untrusted import load_json, read_model
-
     model = load_model(path, device)  # checks that it is a dlc model with sane metadata
     proto = read_model(path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -106,9 +116,6 @@ def _stored(path: Path, device: str = "cpu"):
 
 
 def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
-    from dlc.data.text import text_config
-    from dlc.model.names import spec_inputs
-
     tokens = [n for n, cfg in spec_inputs(spec_data).items()
               if cfg.get("dtype", "float32") == "int64" and not cfg.get("features")]
     if tokens or text_config(spec_data) is not None:
@@ -133,16 +140,6 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     d sum(logits * weight) / d tensor per float input and lookup. `norm`: by input name for
     `inputs:` models; `target_norm`: a regression model's target scaling, so that outputs are
     in the target's units as the model's are."""
-    from dataclasses import replace
-
-    from dlc.model import losses
-    from dlc.autodiff import gradients
-    from dlc.model.compile import lower_body
-    from dlc.graph import Builder
-    from dlc.model.layers import Ctx
-    from dlc.model.network import build_network
-    from dlc.model.spec import Spec
-
     net = build_network(Spec(data=spec_data, text="", file=file))
     _check_explainable(spec_data, net, weights, file)
     b = Builder()
@@ -168,8 +165,6 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
 
 def _raw_inputs(b, net, norms: dict | None) -> dict[str, str]:
     """The model inputs in raw units; float ones normalised in-graph as the model does."""
-    from dlc.model.compile import normalize_input
-
     xs = {}
     for name, (shape, dtype) in net.inputs.items():
         x = b.input(name, dtype, ["N", *shape])
@@ -200,8 +195,6 @@ def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
 
 
 def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
-    from dlc.runtime.session import choose_device, make_session
-
     model, norm, weights, target_norm = _stored(Path(path), device)
     proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
     norms = norm if model.spec.get("inputs") else {"input": norm}
@@ -254,8 +247,6 @@ def baselines(ex: Explainer, kind: str) -> dict[str, np.ndarray]:
 def input_means(ex: Explainer) -> dict[str, np.ndarray]:
     """The training split's mean of each float input, in raw units: a standard
     normalisation's offset, else the mean of the model's own training data."""
-    from dlc.commands.quantize import spec_splits
-
     norms = ex.norm or {}
     if all((norms.get(n) or {}).get("kind") == "standard" for n in ex.floats):
         return {n: np.asarray(norms[n]["offset"], np.float32).reshape(ex.shapes[n])
@@ -273,8 +264,6 @@ def input_means(ex: Explainer) -> dict[str, np.ndarray]:
 def category_means(ex: Explainer, lookup: Lookup) -> np.ndarray:
     """[*shape, dim]: per column, the mean embedding of the column's known values (ids
     offset + 1 .. offset + count, as dlc.data.multi.encode_categories numbers them)."""
-    from dlc.model.names import spec_inputs
-
     columns = spec_inputs(ex.model.spec)[lookup.source]["features"]
     known = (ex.model.categories or {}).get(lookup.source) or {}
     rows, offset = [], 0

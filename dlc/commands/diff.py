@@ -24,8 +24,6 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
 
 def diff_specs(a, b) -> list[str]:
     """Field-level differences of two resolved specs (defaults filled), then parameter counts."""
-    from dlc.commands.summary import rows
-
     fa, fb = _flatten(a.data), _flatten(b.data)
     lines = []
     for key in sorted(fa.keys() | fb.keys()):

@@ -3,12 +3,17 @@ every input, by name), a per-sample .csv/.npz table, or a saliency PNG per image
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
-from dlc.errors import DlcError, UsageError
 from dlc.commands.attribution import Explainer, explain, load_explainer
+from dlc.errors import DlcError, UsageError
+from dlc.files.atomic import write_bytes, write_text
+from dlc.model.names import spec_inputs
+from dlc.runtime.infer import predict_inputs
 
 BASELINE_TEXT = {"mean": "the training mean", "zero": "zero"}
 
@@ -16,8 +21,6 @@ BASELINE_TEXT = {"mean": "the training mean", "zero": "zero"}
 def _names(ex: Explainer, name: str) -> list[str]:
     """One input's feature names: its columns, else x0.. (x[c,h,w] for images); inputs of
     several-input models are prefixed by their name."""
-    from dlc.model.names import spec_inputs
-
     shape = ex.shapes[name]
     cfg = spec_inputs(ex.model.spec)[name]
     columns = cfg.get("features") if ex.model.spec.get("inputs") else ex.model.features
@@ -74,11 +77,6 @@ def sample_lines(ex: Explainer, result: dict) -> list[str]:
 
 def write_table(ex: Explainer, result: dict, path: Path) -> None:
     """Per-sample attributions: .csv (one row per sample) or .npz (arrays)."""
-    import csv
-    import io
-
-    from dlc.files.atomic import write_bytes, write_text
-
     attr = flat(result)
     if path.suffix.lower() == ".npz":
         buf = io.BytesIO()
@@ -129,8 +127,6 @@ def explain_file(model: str, input_path: str, output: str | None, method: str, s
                  target: str | None, baseline: str = "mean", device: str = "cpu") -> list[str]:
     """`dlc explain`: attributions for the raw inputs in a file (read as `dlc predict` reads
     them); returns the printed lines."""
-    from dlc.runtime.infer import predict_inputs
-
     ex = load_explainer(model, device)
     x = predict_inputs(ex.model, input_path)
     result = explain(ex, x, method, steps, target, baseline)

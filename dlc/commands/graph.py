@@ -16,6 +16,9 @@ from html import escape
 from pathlib import Path
 
 from dlc.errors import DlcError
+from dlc.files.atomic import write_bytes, write_text
+from dlc.model.names import spec_inputs
+from dlc.model.network import build_network
 from dlc.model.spec import load_spec
 
 
@@ -37,9 +40,6 @@ class LayerGraph:
 def layer_graph(spec) -> LayerGraph:
     """One box per model input, layer and (for `outputs:`) output; arrows along inputs, dashed
     ones labelled `shares` for shared weights; layers named `block.x` grouped by block."""
-    from dlc.model.network import build_network
-    from dlc.model.names import spec_inputs
-
     net = build_network(spec)
     g = LayerGraph(spec.data["name"])
     for name, cfg in spec_inputs(spec.data).items():
@@ -191,8 +191,6 @@ DOT_FORMATS = ("png", "pdf")  # rendered by Graphviz's dot
 
 
 def render(g: LayerGraph, out: Path) -> None:
-    from dlc.files.atomic import write_bytes, write_text
-
     fmt = out.suffix.lstrip(".").lower()
     if fmt in WRITERS:
         write_text(out, WRITERS[fmt](g))

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from dlc.model.layers.base import numel
+from dlc.model.names import suffixed, x_names
 from dlc.model.network import Network, build_network
-from dlc.model.names import suffixed
 from dlc.model.spec import load_spec
+from dlc.runtime.session import choose_device, make_session
+from dlc.runtime.stepper import BoundStepper
 from dlc.train.step import build_train_step, persistent_values, target_spec
-from dlc.model.names import x_names
 
 OPTIMIZER = ("params", "grad", "clip", "update")  # scopes of the flat-vector work
 LOSS, OTHER = "(loss)", "(other)"
@@ -124,9 +125,6 @@ def attribute(net: Network, layout, by_node: dict[str, float], runs: int) -> lis
 
 
 def run(spec, steps: int = 20, batch: int | None = None, device: str = "cpu") -> Profile:
-    from dlc.runtime.session import choose_device, make_session
-    from dlc.runtime.stepper import BoundStepper
-
     net = build_network(spec)
     batch = batch or spec.data.get("train", {}).get("batch_size", 32)
     step = build_train_step(net)

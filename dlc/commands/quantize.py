@@ -25,9 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.model import metrics as M
+from dlc.data import load_arrays, load_dataset
+from dlc.data.multi import Columns, read_multi
 from dlc.errors import DlcError, UsageError
 from dlc.files.atomic import write_bytes
+from dlc.files.untrusted import read_model
+from dlc.model import metrics as M
+from dlc.runtime.infer import load_model
+from dlc.runtime.session import choose_device, make_session
 
 MODES = ("dynamic", "static")
 STATIC_OPS = ["Gemm", "MatMul", "Conv"]
@@ -47,8 +52,6 @@ def denormalize(x: np.ndarray, norm: dict | None) -> np.ndarray:
 def raw_inputs(x, norm):
     """`denormalize` of one input, or of each input of a `Columns` mapping (norm by input
     name; categorical ids have none and stay ids)."""
-    from dlc.data.multi import Columns
-
     if isinstance(x, Columns):
         return Columns({k: denormalize(v, (norm or {}).get(k)) for k, v in x.items()})
     return denormalize(x, norm)
@@ -68,8 +71,6 @@ def data_dir_of(model_path: Path) -> Path:
 def spec_splits(model) -> tuple:
     """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data
     (inputs: one array, or `Columns` by input name for `inputs:` models)."""
-    from dlc.data import load_dataset
-
     ds = load_dataset(model.spec, data_dir_of(model.path))
     test = (raw_inputs(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
     return raw_inputs(ds.train.x, ds.norm), test
@@ -78,9 +79,6 @@ def spec_splits(model) -> tuple:
 def read_source(model, source: str) -> tuple:
     """(raw inputs, targets or None) of a --data source, read for the model as dlc evaluate
     reads one (named CSV columns for `inputs:` models)."""
-    from dlc.data import load_arrays
-    from dlc.data.multi import read_multi
-
     if model.spec.get("inputs"):
         return read_multi(source, model.spec, model.categories or {}, model.labels, False)
     x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=False,
@@ -168,8 +166,6 @@ def quantized_model(src: Path, mode: str, calib):
     """The int8 ModelProto with the source model's metadata; and how it was pre-processed."""
     import onnx
 
-    from dlc.files.untrusted import read_model
-
     source = read_model(src)
     root = logging.getLogger()
     level = root.level
@@ -238,8 +234,6 @@ def _bench_batch(evaluation, calib, size: int = 1024):
 
 def _source_model(src: Path, out: Path, device: str):
     """The float model, checked for what dlc quantize handles."""
-    from dlc.runtime.infer import load_model
-
     before = load_model(src, device)
     _ = before.kind  # a one-output model: Model.kind says so in one line otherwise
     if not out.parent.is_dir():
@@ -251,8 +245,6 @@ def _pick(before, built: dict, batch, seconds: float, device: str) -> tuple[str,
     """(the fastest mode, samples/s by "float" and mode) on the comparison batch. Static
     quantization can be slower than float (QDQ around each Conv: 0.40x on a CNN), so with no
     --mode each candidate is measured. No batch: no data, so dynamic is the one candidate."""
-    from dlc.runtime.session import choose_device, make_session
-
     if batch is None:
         return next(iter(built)), {}
     where = choose_device(device)[:2]
@@ -267,8 +259,6 @@ def quantize(model_path: str, output: str, mode: str | None = None, data: str | 
     """Write the int8 model to `output`; return the before/after report (both models run on
     `device`). Without `mode`, the faster of dynamic and static (static when the inputs are
     floats and data loads)."""
-    from dlc.runtime.infer import load_model
-
     if mode is not None and mode not in MODES:
         raise UsageError(f"unknown --mode '{mode}'; use dynamic or static")
     if calibration < 1:

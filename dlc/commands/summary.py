@@ -4,10 +4,15 @@ and an estimate of the memory a batch of the spec's size needs, checked against 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
+from dlc.model.names import spec_heads, spec_inputs
 from dlc.model.network import build_network
 from dlc.model.spec import load_spec
+from dlc.runtime.session import parse_device
+from dlc.train.step import build_eval_step, build_train_step
 
 
 def rows(spec) -> list[tuple[str, str, tuple, int, int]]:
@@ -66,8 +71,6 @@ def memory(spec) -> dict[str, int]:
     step (parameters, optimizer states, every activation the backward pass keeps, gradients),
     `inference` the forward pass with its loss; each the most tensors alive at once in graph
     order. onnxruntime's reuse of buffers lowers it and its arena rounding raises it."""
-    from dlc.train.step import build_eval_step, build_train_step
-
     net = build_network(spec)
     batch = (spec.data.get("train") or {}).get("batch_size", 32)
     graphs = {"training": build_train_step(net).model, "inference": build_eval_step(net).model}
@@ -78,11 +81,6 @@ def memory(spec) -> dict[str, int]:
 def device_memory(device: str) -> tuple[int | None, str]:
     """(bytes, what) of the device a spec would train on: host RAM for cpu, the GPU's memory
     (nvidia-smi) for cuda[:N]; None when it cannot be told."""
-    import os
-    import subprocess
-
-    from dlc.runtime.session import parse_device
-
     kind, index = parse_device(device)
     if kind != "cuda":
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host RAM"
@@ -119,8 +117,6 @@ def memory_lines(spec, device: str = "cpu") -> tuple[list[str], str | None]:
 def render(spec, device: str = "cpu") -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from dlc.model.names import spec_heads, spec_inputs
 
     data = rows(spec)
     kinds = ", ".join(f"{h}: {t['kind']}" if h else t["kind"]

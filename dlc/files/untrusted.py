@@ -7,8 +7,10 @@ allocated for it; the error names the limit, so a user with a real need knows wh
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -85,8 +87,6 @@ def too_deep(value, limit: int = MAX_NESTING) -> bool:
 def load_json(text: str | bytes, what: str):
     """JSON from a file or metadata dlc wrote, refused with one line when it is not JSON or
     nests deeper than MAX_NESTING (json.loads itself recurses once per level)."""
-    import json
-
     try:
         value = json.loads(text)
     except (ValueError, TypeError, RecursionError):
@@ -99,8 +99,6 @@ def load_json(text: str | bytes, what: str):
 # ---- .npy / .npz ----------------------------------------------------------------------------
 def _array_bytes(f, where: str) -> int:
     """The decompressed size an .npy stream's header claims (read before the array is)."""
-    import tokenize
-
     import numpy as np
     from numpy.lib import format as npformat
 

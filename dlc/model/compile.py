@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 
 from dlc import __version__
-from dlc.model import losses
 from dlc.graph import Builder
+from dlc.model import losses
 from dlc.model.layers import Ctx
-from dlc.model.network import Network
 from dlc.model.names import spec_inputs
+from dlc.model.network import Network, build_network
 
 OUTPUTS = {  # task kind -> the inference model's output names (add_head emits them)
     "classification": ("logits", "probabilities", "class_index"),
@@ -150,8 +150,6 @@ def metadata(spec, norm: dict | None, extra: dict | None) -> dict[str, str]:
 
 def compile_spec(spec, seed: int | None = None) -> onnx.ModelProto:
     """`dlc compile`: freshly initialised weights (seeded), no normalisation (no data seen yet)."""
-    from dlc.model.network import build_network
-
     net = build_network(spec)
     seed = spec.data.get("train", {}).get("seed", 0) if seed is None else seed
     return inference_model(spec, net, net.init_params(seed), meta={"seed": str(seed)})

@@ -6,8 +6,11 @@ so the loss needs no rule of its own.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from dlc.errors import DlcError
 from dlc.graph import Builder
 
 
@@ -19,8 +22,6 @@ def _class_weights(task: dict) -> list[float] | None:
     """task.class_weights, one per class, or None (every class weighs 1)."""
     weights = task.get("class_weights")
     if isinstance(weights, str):  # "balanced": dlc.train.features.imbalance.resolve fills in the numbers
-        from dlc.errors import DlcError
-
         raise DlcError("task.class_weights: balanced is computed from the training data; "
                        "build the train step through the Trainer (or give the weights)")
     return None if weights is None else [float(w) for w in weights]
@@ -91,8 +92,6 @@ def scale_targets(net, dataset):
     """The network whose regression outputs with target_scaling: standard carry the training
     split's target statistics (per column: offset = mean, scale = std, 1 where the std is 0);
     the same network when there is nothing to scale."""
-    from dataclasses import replace
-
     heads = []
     for h in net.heads:
         if h.task.get("target_scaling", "none") == "standard":

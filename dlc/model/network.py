@@ -12,7 +12,7 @@ import heapq
 import math
 from dataclasses import dataclass, field, replace
 
-from dlc.errors import Diagnostic, SpecError
+from dlc.errors import Diagnostic, DlcError, SpecError
 from dlc.model import semantics
 from dlc.model.layers import Layer, Param, Shape, ShapeError, build_layer
 from dlc.model.names import HEAD, spec_heads, spec_inputs
@@ -96,8 +96,6 @@ class Network:
     def head(self) -> Head:
         """The one output of a `task:` model; a clear error for code that handles only those."""
         if len(self.heads) != 1 or self.heads[0].name:
-            from dlc.errors import DlcError
-
             raise DlcError("this works on models with one output (`task:`); this one has "
                            f"outputs: {', '.join(h.name for h in self.heads)}")
         return self.heads[0]

@@ -19,18 +19,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dlc.train.features import imbalance
-from dlc.train.features import prune
-from dlc.train.features import finetune
-from dlc.model.compile import inference_model
+from dlc.data import load_dataset
 from dlc.errors import DlcError
 from dlc.files.atomic import WriteError, write_bytes, write_json, write_text
+from dlc.model.compile import inference_model
 from dlc.model.network import Network, build_network
-from dlc.train import checkpoint, rundir, tracking
-from dlc.train.report import reporter
+from dlc.model.spec import load_spec_text
+from dlc.model.spec.schema import without_filled_optimizer_fields
 from dlc.runtime.session import choose_device
-from dlc.train.trainer import Diverged, Trainer
+from dlc.train import checkpoint, rundir, tracking
+from dlc.train.features import finetune, imbalance, prune
 from dlc.train.features.checks import checked_network
+from dlc.train.report import reporter
+from dlc.train.trainer import Diverged, Trainer
 
 
 def check_labels(net: Network, dataset):
@@ -104,8 +105,6 @@ def signals_as_interrupt():
 
 
 def prepare(spec, data_dir: Path):
-    from dlc.data import load_dataset
-
     tracking.check(spec)  # train.tracking: MLflow missing -> one line, before any work
     net = checked_network(spec, data_dir)  # every data-free check, before any data is loaded
     if "data" not in spec.data:
@@ -148,9 +147,6 @@ def read_run_info(path: Path) -> dict:
 def _run_spec(file: Path, overrides):
     """A run folder's spec.yaml with `overrides`; the optimizer fields dlc filled in are dropped
     first (see without_filled_optimizer_fields), so that --set may switch the optimizer type."""
-    from dlc.model.spec import load_spec_text
-    from dlc.model.spec.schema import without_filled_optimizer_fields
-
     try:
         text = file.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
@@ -168,8 +164,6 @@ def resume(path: str | Path, overrides=(), device: str | None = None, quiet: boo
     """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
     schedule and history as if it had never stopped). Overrides change spec.yaml (and so the
     model's dlc.spec) and are recorded in run.json's `resumes`, with the epoch they start at."""
-    from dlc.model.spec import load_spec_text
-
     path = Path(path)
     if not (path / "checkpoint.npz").is_file() or not (path / "run.json").is_file():
         raise DlcError(f"{path} holds no checkpoint to resume (checkpoint.npz, run.json)")

@@ -19,17 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from dlc.train.features import distill
-from dlc.model import losses
-from dlc.train.features import prune
-from dlc.train.features import finetune
 from dlc.autodiff import gradients
-from dlc.model.compile import lower_body
 from dlc.graph import Builder
+from dlc.model import losses
+from dlc.model.compile import lower_body
 from dlc.model.layers import Ctx, Shape
 from dlc.model.layers.base import numel
+from dlc.model.names import suffixed, x_names
 from dlc.model.network import Head, Network
-from dlc.model.names import x_names, suffixed
+from dlc.train.features import distill, finetune, prune
 from dlc.train.optim import Optimizer
 
 

@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dlc import __version__
 from dlc.errors import DlcError
+from dlc.train import tracking_tb
+from dlc.train.tracking_tb import writer_class
 
 MISSING = "train.tracking: mlflow needs MLflow: pip install 'dlc[mlflow]'"
 ARTIFACTS = ("model.onnx", "metrics.csv", "spec.yaml", "summary.json")
@@ -62,8 +65,6 @@ def check(spec) -> None:
     if cfg is None:
         return
     if cfg["backend"] == "tensorboard":
-        from dlc.train.tracking_tb import writer_class
-
         writer_class()
     else:
         _mlflow()
@@ -204,8 +205,6 @@ def _store(cfg: dict) -> str:
 
 def _tags(spec, path: Path, history) -> dict[str, str]:
     """The run's tags: dlc version, spec hash, run folder, source file, user, resume point."""
-    from dlc import __version__
-
     tags = {"dlc.version": __version__,
             "dlc.spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
             "dlc.run_dir": str(path.resolve()),
@@ -227,8 +226,6 @@ def start(spec, path: Path, history=()) -> Tracker:
     if cfg is None:
         return Tracker()
     if cfg["backend"] == "tensorboard":
-        from dlc.train import tracking_tb
-
         return tracking_tb.start(path, history)
     _mlflow()
     from mlflow.entities import Param

@@ -14,20 +14,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc.train.features import imbalance
-from dlc.model import losses
-from dlc.model import metrics as M
 from dlc.data.augment import augment
 from dlc.errors import DlcError
+from dlc.model import losses, metrics as M
 from dlc.model.layers.base import numel
+from dlc.model.names import column, suffixed, x_feeds, x_names
 from dlc.model.network import Network
-from dlc.model.names import column, suffixed
-from dlc.train.features.prune import Pruner
-from dlc.train.schedule import Schedule
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper
+from dlc.train.features import imbalance
+from dlc.train.features.prune import Pruner
+from dlc.train.schedule import Schedule
 from dlc.train.step import build_eval_step, build_train_step, persistent_values, y_feeds
-from dlc.model.names import x_feeds, x_names
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
 EVAL_BATCH = 1024

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import socket
 
+from dlc.commands.serve.app import create_app
 from dlc.errors import DlcError, UsageError
+from dlc.runtime.infer import load_model
 
 
 def _require() -> None:
@@ -43,9 +45,6 @@ def serve(model_path: str, host: str, port: int, max_batch: int, max_wait_ms: fl
                          "least 0")
     _require()
     import uvicorn
-
-    from dlc.runtime.infer import load_model
-    from dlc.commands.serve.app import create_app
 
     model = load_model(model_path, device)
     app = create_app(model, max_batch, max_wait_ms, max_rows)

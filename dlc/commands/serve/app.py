@@ -22,11 +22,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from dlc.errors import DlcError
 from dlc.commands.serve.batcher import Batcher
 from dlc.commands.serve.page import render_page
 from dlc.commands.serve.payload import (RequestError, check, fields_of, limit_rows, request_schema,
-                               rows_in, to_feed)
+                                        rows_in, to_feed)
+from dlc.data.multi import Columns
+from dlc.errors import DlcError
+from dlc.runtime.infer import predict_inputs, prediction_rows
 
 
 class Server:
@@ -68,9 +70,6 @@ class Server:
         return to_feed(self.fields, data)
 
     def _read_csv(self, body: bytes):
-        from dlc.data.multi import Columns
-        from dlc.runtime.infer import predict_inputs
-
         with tempfile.TemporaryDirectory(prefix="dlc-serve-") as tmp:
             path = Path(tmp) / "upload.csv"
             path.write_bytes(body)
@@ -81,8 +80,6 @@ class Server:
         return x if isinstance(x, Columns) else Columns({self.fields[0].name: x})
 
     async def predict(self, request) -> JSONResponse:
-        from dlc.runtime.infer import prediction_rows
-
         try:
             out = await self.batcher.predict(await self.read(request))
         except RequestError as e:

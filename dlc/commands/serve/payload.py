@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc.data.multi import Columns, encode_categories
+from dlc.data.text import TextSpec, text_config
+from dlc.model.names import spec_inputs
+from dlc.model.spec.schema import one_line, render_path, show
 
 KINDS = {  # input kind -> the JSON Schema of one value
     "number": {"type": "number"},
@@ -46,9 +49,6 @@ class Field:
 
 def fields_of(model) -> list[Field]:
     """The model's inputs, from its stored spec and metadata."""
-    from dlc.data.text import text_config
-    from dlc.model.names import spec_inputs
-
     out = []
     for name, cfg in spec_inputs(model.spec).items():
         features = cfg.get("features") if model.spec.get("inputs") else model.features
@@ -136,16 +136,12 @@ def _types(value) -> str:
 
 
 def _show(value) -> str:
-    from dlc.model.spec.schema import show
-
     return show(value)
 
 
 def check(validator, body) -> None:
     """RequestError (422) naming the first problem of `body` against the request schema."""
     from jsonschema.exceptions import best_match
-
-    from dlc.model.spec.schema import one_line, render_path
 
     error = best_match(validator.iter_errors(body))
     if error is None:
@@ -173,8 +169,6 @@ def limit_rows(n: int, max_rows: int) -> None:
 def _array(field: Field, samples: list, where: str, columns: list[str] | None = None):
     """A checked field's samples -> the array the model takes (raw values, as dlc predict
     reads them). `columns`: the names of the samples' values (rows given as objects)."""
-    from dlc.data.text import TextSpec
-
     if field.kind == "text":
         return TextSpec.from_meta(field.text).encode(samples)
     if field.kind == "category":

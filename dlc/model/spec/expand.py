@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from dlc.errors import Diagnostic
+from dlc.model.spec.schema import one_line, render_path
 
 MAX_COPIES = 1000  # repeat above this is refused: a spec cannot expand into a huge graph
 MAX_LAYERS = 10000
@@ -154,7 +155,6 @@ def expand(data: dict, positions: dict, key_positions: dict, file: str) -> list[
                 if isinstance(last, dict) else previous
     except _Fail as e:
         line, col = _nearest(positions, e.path)
-        from dlc.model.spec.schema import one_line, render_path
 
         return [Diagnostic(file, line, col, render_path(e.path), one_line(e.message))]
     if len(out) > MAX_LAYERS:

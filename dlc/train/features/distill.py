@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError, SpecError
+from dlc.files.untrusted import read_model
+from dlc.graph import OPSET
+from dlc.model import losses
 from dlc.model.layers.base import numel
+from dlc.model.names import x_names
 
 PREFIX = "teacher"
 
@@ -51,9 +55,6 @@ def check(spec, base_dir: Path) -> None:
 def load_teacher(path: str):
     """The teacher ModelProto and (input name, per-sample input shape, classes)."""
     import onnx
-
-    from dlc.graph import OPSET
-    from dlc.files.untrusted import read_model
 
     try:
         model = read_model(path, "teacher model")
@@ -135,9 +136,6 @@ def teacher_input(b, x: str, norm: dict | None, student: tuple, teacher: tuple) 
 
 def add_loss(b, net, logits: str, loss: str, norm: dict | None) -> str:
     """The train step's loss with the distillation term (unchanged without train.distill)."""
-    from dlc.model import losses
-    from dlc.model.names import x_names
-
     cfg = config(net.spec)
     if cfg is None:
         return loss

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError, SpecError
+from dlc.files.untrusted import read_model
 from dlc.model.layers.base import numel
 
 SHOWN = 8  # names listed per group in the printed note (summary.json has them all)
@@ -93,8 +94,6 @@ def check(spec, net, base_dir: Path) -> None:
 def load_parameters(path: str | Path) -> dict[str, np.ndarray]:
     """The initializers of a trained dlc model.onnx, by name; one-line DlcError if unreadable."""
     from onnx import numpy_helper
-
-    from dlc.files.untrusted import read_model
 
     try:
         model = read_model(path)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.errors import DlcError
+from dlc.errors import DlcError, SpecError
 from dlc.model.layers.base import numel
 
 PRUNABLE = ("dense", "conv1d", "conv2d")  # layer types whose `.weight` is pruned by default
@@ -75,8 +75,6 @@ def targets(net) -> list[str]:
 
 def check(spec, net) -> None:
     """Semantic checks of train.prune, as diagnostics at their spec positions."""
-    from dlc.errors import SpecError
-
     cfg = config(spec.data)
     if cfg is None:
         return
