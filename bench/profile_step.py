@@ -38,8 +38,9 @@ measures everything once, so load drift affects all measurements alike (`min_ove
                         dlc_bound_stepper_cpu   dlc's own BoundStepper (the CUDA path's IOBinding
                                       ping-pong) used on CPU: run + commit per step
                         ...+threads1 etc.: combinations.
-  update_only_what_if dlc's Adam update (dlc.train.optim.Optimizer) in a graph of its own, gradients as
-                      inputs: one flat buffer (what dlc does now) vs one tensor per parameter.
+  update_only_what_if dlc's Adam update (dlc.train.optim.Optimizer) in a graph of its own,
+                      gradients as inputs: one flat buffer (what dlc does now) vs one tensor
+                      per parameter.
   ort_profile         onnxruntime's profiler (SessionOptions.enable_profiling): kernel time per
                       run by op type (top 10) and by node (top 12), by graph phase (forward,
                       loss, backward `*.grad`, param_views `params/`, grad_flatten `grad/`, clip,
@@ -293,9 +294,9 @@ def variants(t, batch_feeds: dict, steps: int, blocks: int, logits_shape: tuple)
 
 
 def update_microbench(t, steps: int, blocks: int) -> dict:
-    """dlc's optimizer update (dlc.train.optim.Optimizer, the ops of the train step) as a graph of its
-    own with gradients as inputs: one flat buffer of all parameters (dlc now) vs one tensor per
-    parameter (dlc before the flat layout)."""
+    """dlc's optimizer update (dlc.train.optim.Optimizer, the ops of the train step) as a graph
+    of its own with gradients as inputs: one flat buffer of all parameters (dlc now) vs one
+    tensor per parameter (dlc before the flat layout)."""
     from dlc.graph import Builder
     from dlc.train.optim import Optimizer
 

@@ -9,7 +9,7 @@ import sys
 from conftest import ROOT
 
 MODULE_SKIP = re.compile(r"^(\w+ = )?pytest\.importorskip\(", re.M)
-WHOLE_FILE = {"test_tune_ray.py"}  # every test in it runs Ray Tune (dlc.commands.tune_ray imports ray)
+WHOLE_FILE = {"test_tune_ray.py"}  # every test in it runs Ray Tune (commands.tune_ray imports ray)
 
 
 def test_no_file_level_importorskip():

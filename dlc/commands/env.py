@@ -19,7 +19,8 @@ def environment() -> list[tuple[str, str]]:
     """What `dlc env` prints: versions, providers, and whether CUDA is usable (and why not)."""
     providers = ort.get_available_providers()
     ok, reason = cuda_usable(0) if CUDA in providers else (False, "no CUDA provider in this build")
-    rows = [("dlc", __version__), ("python", platform.python_version()), ("numpy", numpy.__version__),
+    rows = [("dlc", __version__), ("python", platform.python_version()),
+            ("numpy", numpy.__version__),
             ("onnx", onnx.__version__), ("onnxruntime", ort.__version__),
             ("model IR / opset", f"{IR_VERSION} / {OPSET}"),
             ("available providers", ", ".join(providers)),

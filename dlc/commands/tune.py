@@ -15,8 +15,9 @@ give each its own --seed.
 
 `--backend ray` runs the trials with Ray Tune instead: seeded random search (the spec's own values
 first, though ASHA may stop that trial too) and ASHA early stopping on the same per-epoch metric,
-on a local Ray instance or, with `--address`, on a Ray cluster. Both backends share the search
-space (DISTRIBUTIONS), the trial's training, the results table and the best spec.
+on a local Ray instance or, with `--address`, on a Ray cluster. Both backends share
+dlc.commands.tune_search (the search space, the trial's training, the results); the table and the
+best spec are written here.
 """
 
 from __future__ import annotations

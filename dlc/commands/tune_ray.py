@@ -1,7 +1,8 @@
-"""`dlc tune --backend ray`: the trials of dlc.commands.tune run by Ray Tune, on a local Ray instance or,
-with `--address`, on a Ray cluster. Seeded random search over the same search space table
-(dlc.commands.tune_search.DISTRIBUTIONS) with the spec's own values first, ASHA early stopping on the per-epoch
-metric, and the same trial training, results and best spec as the Optuna path.
+"""`dlc tune --backend ray`: the trials of dlc.commands.tune run by Ray Tune, on a local Ray
+instance or, with `--address`, on a Ray cluster. Seeded random search over the same search space
+table (dlc.commands.tune_search.DISTRIBUTIONS) with the spec's own values first, ASHA early
+stopping on the per-epoch metric, and the same trial training, results and best spec as the
+Optuna path.
 
 Connecting to a cluster of Ray 2.60 needs its token authentication (RAY_AUTH_MODE=token in the
 environment and the cluster's ~/.ray/auth_token), as Ray itself documents.

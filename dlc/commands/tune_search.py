@@ -34,8 +34,6 @@ DISTRIBUTIONS = {
     "choice": (lambda trial, key, a: trial.suggest_categorical(key, list(a)),
                lambda tune, a: tune.choice(list(a))),
 }
-
-
 KINDS = tuple(DISTRIBUTIONS)
 
 

@@ -21,7 +21,7 @@ def _mean(b: Builder, x: str) -> str:
 def _class_weights(task: dict) -> list[float] | None:
     """task.class_weights, one per class, or None (every class weighs 1)."""
     weights = task.get("class_weights")
-    if isinstance(weights, str):  # "balanced": dlc.train.features.imbalance.resolve fills in the numbers
+    if isinstance(weights, str):  # "balanced": train.features.imbalance.resolve fills them in
         raise DlcError("task.class_weights: balanced is computed from the training data; "
                        "build the train step through the Trainer (or give the weights)")
     return None if weights is None else [float(w) for w in weights]

@@ -1,8 +1,8 @@
 """From a validated spec to a network: layers, per-sample shapes, parameters, outputs.
 
-The semantic pass runs every layer's shape rule in order, then the checks of dlc.model.semantics (ids,
-outputs against their tasks, softmax, monitor); each problem becomes a Diagnostic at the spec
-position it is about, and build_network raises them all at once.
+The semantic pass runs every layer's shape rule in order, then the checks of
+dlc.model.semantics (ids, outputs against their tasks, softmax, monitor); each problem becomes a
+Diagnostic at the spec position it is about, and build_network raises them all at once.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list
         if layer.cfg.get("share"):
             diags += _shared(spec, layers, i, own, owners)
         else:
-            if layer.cfg.get("trainable") is False:  # frozen (dlc.train.features.finetune): not in the flat vector
+            if layer.cfg.get("trainable") is False:  # frozen (finetune): not in the flat vector
                 frozen += [p.name for p in own if p.trainable]
                 own = [replace(p, trainable=False) for p in own]
             params += own

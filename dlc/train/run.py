@@ -23,7 +23,7 @@ from dlc.data import load_dataset
 from dlc.errors import DlcError
 from dlc.files.atomic import WriteError, write_bytes, write_json, write_text
 from dlc.model.compile import inference_model
-from dlc.model.network import Network, build_network
+from dlc.model.network import Network
 from dlc.model.spec import load_spec_text
 from dlc.model.spec.schema import without_filled_optimizer_fields
 from dlc.runtime.session import choose_device
