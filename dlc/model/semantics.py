@@ -1,6 +1,7 @@
 """The semantic checks of a spec's network (after the schema, once shapes are known): int64 id
 inputs, each output's loss, metrics, layer and shape against its task kind, where softmax may
-stand, and the early-stopping monitor. Each problem is a Diagnostic at the spec position it is
+stand, the early-stopping monitor, and class weights and balanced sampling
+(check_class_balance). Each problem is a Diagnostic at the spec position it is
 about; dlc.model.network.build_network collects them all."""
 
 from __future__ import annotations

@@ -13,27 +13,23 @@
   with probability proportional to 1 / count(its class) (torch's WeightedRandomSampler with
   num_samples = the training-split size), so each class present is drawn equally often on
   average. The draw comes from the run's checkpointed generator: a resumed run continues exactly.
+
+Their data-free checks are dlc.model.semantics.check_class_balance (they run in every `dlc
+validate`, which loads no numpy).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from dlc.errors import DlcError
-
-if TYPE_CHECKING:
-    import numpy as np
-
-# numpy is imported where it is used: dlc.model.semantics imports this module for `check`, and
-# `dlc validate` must stay free of heavy imports
 
 
 def class_ids(y: np.ndarray, kind: str) -> np.ndarray:
     """Integer class of every label: classification ids as they are (per-token: every token),
     binary targets thresholded at 0.5."""
-    import numpy as np
-
     y = np.asarray(y)
     if kind == "binary":
         return (y.reshape(len(y), -1)[:, 0] > 0.5).astype(np.int64)
@@ -42,8 +38,6 @@ def class_ids(y: np.ndarray, kind: str) -> np.ndarray:
 
 def balanced_weights(ids: np.ndarray, classes: int) -> list[float]:
     """scikit-learn's compute_class_weight("balanced", classes=arange(classes), y=ids)."""
-    import numpy as np
-
     counts = np.bincount(ids, minlength=classes)
     if (counts == 0).any():
         missing = [int(c) for c in np.flatnonzero(counts == 0)]
@@ -69,8 +63,6 @@ def resolve(net, dataset):
 def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.ndarray:
     """The training-sample order of one epoch: a permutation, or with data.sampling balanced
     len(y) class-balanced draws with replacement."""
-    import numpy as np
-
     n = len(y)
     if (spec_data.get("data") or {}).get("sampling", "shuffle") != "balanced":
         return rng.permutation(n)
