@@ -28,8 +28,8 @@ def load(spec_path: Path, epochs: int | None, batch_size: int | None, keep_val: 
     The validation split is kept anyway (and `note` says why) when early stopping monitors a
     val_ metric, or when loading without it fails."""
     from dlc.data import load_dataset
-    from dlc.network import build_network
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
 
     overrides = list(extra)
     if epochs is not None:

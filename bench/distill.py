@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dlc.runtime.run import train  # noqa: E402
-from dlc.spec import load_spec, load_spec_text  # noqa: E402
+from dlc.train.run import train  # noqa: E402
+from dlc.model.spec import load_spec, load_spec_text  # noqa: E402
 
 STUDENT = """\
 dlc: 1

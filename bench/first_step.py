@@ -43,12 +43,12 @@ def child(spec_path: str, threads: int, steps: int, level: str | None, reuse: bo
     import numpy as np
     import onnxruntime as ort
 
-    from dlc.network import build_network
-    from dlc.profile import synthetic_feeds
+    from dlc.model.network import build_network
+    from dlc.commands.profile import synthetic_feeds
     from dlc.runtime.session import make_session, session_options
     from dlc.runtime.stepper import BoundStepper
-    from dlc.spec import load_spec
-    from dlc.trainstep import build_train_step, persistent_values
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_train_step, persistent_values
 
     t1 = time.perf_counter()
     spec = load_spec(spec_path)

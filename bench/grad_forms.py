@@ -157,7 +157,7 @@ def recurrent_dw(rng):
 
 
 def _layer(kind: str, in_shape, cfg=None):
-    from dlc.layers import LAYERS
+    from dlc.model.layers import LAYERS
 
     return LAYERS[kind]("n", {"type": kind, **(cfg or {})}), in_shape
 
@@ -188,7 +188,8 @@ def train_step(model: str):
     """The whole train-step graph of a bench/suite.py model, from its initial weights."""
     def make(rng):
         import suite
-        from dlc.trainstep import build_train_step, x_feeds, x_names, y_feeds
+        from dlc.train.step import build_train_step, y_feeds
+        from dlc.model.names import x_feeds, x_names
 
         spec, net = suite.load_net(model)
         batch = spec.data["train"]["batch_size"]

@@ -45,9 +45,9 @@ THREADS = {"n": cores()}  # --threads: intra-op threads of both frameworks
 
 def dlc_setup(model: str, device: str):
     from dlc.data import Dataset, Split, load_dataset
-    from dlc.network import build_network
-    from dlc.runtime.trainer import Trainer
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.train.trainer import Trainer
+    from dlc.model.spec import load_spec
 
     name, overrides = SPECS[model]
     spec = load_spec(ROOT / "specs" / name, [*overrides, "data.split.val=0",

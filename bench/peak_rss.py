@@ -31,12 +31,12 @@ def rss_mib() -> int:
 def run_dlc(spec_path: str, steps: int, threads: int) -> dict:
     import numpy as np
 
-    from dlc.network import build_network
-    from dlc.profile import synthetic_feeds
+    from dlc.model.network import build_network
+    from dlc.commands.profile import synthetic_feeds
     from dlc.runtime.session import make_session
     from dlc.runtime.stepper import BoundStepper
-    from dlc.spec import load_spec
-    from dlc.trainstep import build_train_step, persistent_values
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_train_step, persistent_values
 
     import onnxruntime  # noqa: F401 - counted in the base, as torch is on its side
 
@@ -60,9 +60,9 @@ def run_torch(spec_path: str, steps: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from dlc.network import build_network
-    from dlc.profile import synthetic_feeds
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.commands.profile import synthetic_feeds
+    from dlc.model.spec import load_spec
 
     torch.set_num_threads(threads)
     base = rss_mib()

@@ -38,8 +38,9 @@ measures everything once, so load drift affects all measurements alike (`min_ove
                         dlc_bound_stepper_cpu   dlc's own BoundStepper (the CUDA path's IOBinding
                                       ping-pong) used on CPU: run + commit per step
                         ...+threads1 etc.: combinations.
-  update_only_what_if dlc's Adam update (dlc.optim.Optimizer) in a graph of its own, gradients as
-                      inputs: one flat buffer (what dlc does now) vs one tensor per parameter.
+  update_only_what_if dlc's Adam update (dlc.train.optim.Optimizer) in a graph of its own,
+                      gradients as inputs: one flat buffer (what dlc does now) vs one tensor
+                      per parameter.
   ort_profile         onnxruntime's profiler (SessionOptions.enable_profiling): kernel time per
                       run by op type (top 10) and by node (top 12), by graph phase (forward,
                       loss, backward `*.grad`, param_views `params/`, grad_flatten `grad/`, clip,
@@ -77,9 +78,9 @@ RESULTS = ("loss", "logits", "grad_norm")
 def breakdown(t, epochs: int) -> dict:
     """Trainer.train_epoch with BoundStepper.run inlined, timed part by part (same work, same
     order), for `epochs` epochs; microseconds per step for each part."""
-    from dlc import metrics as M
+    from dlc.model import metrics as M
     from dlc.data.augment import augment
-    from dlc.network import suffixed
+    from dlc.model.names import suffixed
 
     st, train, stepper, sess = t.state, t.data.train, t.stepper, t.sess
     bs, n = t.cfg["batch_size"], len(train.x)
@@ -293,11 +294,11 @@ def variants(t, batch_feeds: dict, steps: int, blocks: int, logits_shape: tuple)
 
 
 def update_microbench(t, steps: int, blocks: int) -> dict:
-    """dlc's optimizer update (dlc.optim.Optimizer, the ops of the train step) as a graph of its
-    own with gradients as inputs: one flat buffer of all parameters (dlc now) vs one tensor per
-    parameter (dlc before the flat layout)."""
+    """dlc's optimizer update (dlc.train.optim.Optimizer, the ops of the train step) as a graph
+    of its own with gradients as inputs: one flat buffer of all parameters (dlc now) vs one
+    tensor per parameter (dlc before the flat layout)."""
     from dlc.graph import Builder
-    from dlc.optim import Optimizer
+    from dlc.train.optim import Optimizer
 
     cfg = t.cfg["optimizer"]
     shapes = {n: tuple(np.shape(v)) for n, v in t.params.items()
@@ -427,7 +428,7 @@ def main() -> None:
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
 
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     spec, net, ds, note = load(args.spec, None, args.batch_size, args.keep_val)
     THREADS["n"] = args.threads

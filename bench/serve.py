@@ -119,8 +119,8 @@ def measure(name: str, call, clients: int, seconds: float, server_pid: int | Non
 
 
 def default_model(folder: Path) -> Path:
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     spec = load_spec(ROOT / "specs" / "digits_mlp.yaml", ["train.epochs=1"])
     train(spec, str(folder / "run"), quiet=True)

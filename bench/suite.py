@@ -70,8 +70,8 @@ def synthetic(model: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_net(model: str):
-    from dlc.network import build_network
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
 
     spec = load_spec(SPECS / f"{model}.yaml")
     return spec, build_network(spec)
@@ -85,7 +85,7 @@ def peak_rss_mb() -> float:
 def dlc_worker(a) -> dict:
     import dlc.runtime.session as session
     from dlc.data import Dataset, Split
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     spec, net = load_net(a.model)
     batch = spec.data["train"]["batch_size"]
@@ -130,7 +130,7 @@ def init_worker(a) -> dict:
     """dlc's initial weights (seed 0), trainable ones in the spec's order, for the torch side;
     and the FLOPs of a training step per sample: 3x the forward FLOPs that `dlc summary` counts
     (forward, input gradients, weight gradients)."""
-    from dlc.summary import rows
+    from dlc.commands.summary import rows
 
     spec, net = load_net(a.model)
     values = net.init_params(0)

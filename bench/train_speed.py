@@ -43,7 +43,7 @@ THREADS = cores()  # --threads overrides (both frameworks)
 
 # ---------------------------------------------------------------- dlc ---------------------------
 def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     t0 = time.perf_counter()
     t = Trainer(net, ds, device=("cpu", 0), seed=seed, threads=THREADS)
@@ -72,7 +72,7 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
 
 
 def dlc_warmup(net, ds) -> None:
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     t = Trainer(net, ds, device=("cpu", 0), seed=1, threads=THREADS)
     t.train_epoch()

@@ -1,6 +1,8 @@
-"""The `dlc` command line: parse, dispatch, map errors to exit codes. No logic lives here.
+"""The `dlc` command line: parse, dispatch, map errors to exit codes. No logic lives here: each
+command's body is `command(...)` in its module of dlc.commands.
 
-Imports are lazy so that `dlc --help` and `dlc validate` never load numpy or onnxruntime.
+Each command imports its module when it runs, so that `dlc --help` loads none of them and
+`dlc validate` only its own (no numpy, no onnxruntime).
 Exit codes: 0 ok, 1 a problem with files, data or training, 2 a spec or usage error,
 3 an unexpected error (run with --debug for the traceback), 130 interrupted.
 """
@@ -12,9 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from dlc.cli_app import DeviceOpt, SetOpt, app, run
-from dlc.cli_app import load as _load
-from dlc.errors import DlcError, SpecError, UsageError
+from dlc.commands.app import DeviceOpt, SetOpt, app, run
+from dlc.errors import DlcError, SpecError
 
 _state = {"debug": False}
 
@@ -28,30 +29,21 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of 
 @app.command()
 def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")):
     """Check spec files against the schema and the semantic rules; print ok or every error."""
-    failed = []
-    for path in specs:
-        try:
-            spec = _load(path)
-            from pathlib import Path
+    from dlc.commands import validate as command
 
-            from dlc.network import build_network
-            from dlc.traincheck import check_training
+    code = command.command(specs)
+    if code:
+        raise typer.Exit(code)
 
-            check_training(spec, build_network(spec), Path(path).resolve().parent)
-            print(f"{path}: ok")
-        except DlcError as e:
-            print(str(e) if isinstance(e, SpecError) else f"{path}: {e}", file=sys.stderr)
-            failed.append(e)
-    if failed:
-        raise typer.Exit(max(e.exit_code for e in failed))
 
 
 @app.command()
 def schema():
     """Print the spec language's JSON Schema (also used by editors)."""
-    from dlc.spec import schema_path
+    from dlc.commands import schema as command
 
-    sys.stdout.write(schema_path().read_text())
+    command.command()
+
 
 
 @app.command("compile")
@@ -60,29 +52,20 @@ def compile_(spec: str, output: str = typer.Option(..., "-o", "--output", help="
                                                            "train.seed)."),
              set_: Optional[List[str]] = SetOpt):
     """Compile a spec to an ONNX inference model with freshly initialised weights."""
-    from pathlib import Path
+    from dlc.commands import compile as command
 
-    import onnx
+    command.command(spec, output, seed, set_ or [])
 
-    from dlc.compile import compile_spec
-    from dlc.fileio import write_bytes
-
-    model = compile_spec(_load(spec, set_), seed)
-    onnx.checker.check_model(model, full_check=True)
-    out = Path(output)
-    if not out.parent.is_dir():
-        raise DlcError(f"output folder {out.parent} does not exist")
-    write_bytes(out, model.SerializeToString())
-    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
 
 
 @app.command()
 def summary(spec: str, set_: Optional[List[str]] = SetOpt, device: str = typer.Option(
         "cpu", "--device", help="Warn when activations exceed its memory: cpu, cuda[:N].")):
     """Print the layer table: output shapes, parameters, FLOPs and activation memory."""
-    from dlc.summary import render
+    from dlc.commands import summary as command
 
-    render(_load(spec, set_), device)
+    command.command(spec, set_ or [], device)
+
 
 
 @app.command()
@@ -91,9 +74,10 @@ def profile(spec: str, steps: int = typer.Option(20, "--steps", min=1, help="Tim
             device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto."),
             set_: Optional[List[str]] = SetOpt):
     """Per-layer forward, backward and update time of a train step, on synthetic data."""
-    from dlc import profile as P
+    from dlc.commands import profile as command
 
-    print("\n".join(P.render(P.run(_load(spec, set_), steps, batch_size, device))))
+    command.command(spec, steps, batch_size, device, set_ or [])
+
 
 
 @app.command()
@@ -113,41 +97,13 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
                                          "a terminal, one line per epoch otherwise, on stderr) "
                                          "| jsonl (one JSON object per epoch on stdout).")):
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
-    from dlc.runtime.report import LOG_FORMATS
-    from dlc.runtime.run import resume as run_resume
-    from dlc.runtime.run import train as run_train
+    from dlc.commands import train as command
 
-    if log_format not in LOG_FORMATS:
-        raise UsageError(f"unknown --log-format '{log_format}'; use text or jsonl")
     overrides = list(set_ or [])
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
-    if resume is not None:
-        if spec is not None or out is not None:
-            raise UsageError("--resume continues a run folder; give no SPEC and no --out with it")
-        path = run_resume(resume, overrides, device, quiet, log_format)
-    elif spec is None:
-        raise UsageError("missing SPEC (or --resume RUN_DIR)")
-    else:
-        path = run_train(_load(spec, overrides), out, force, device, quiet, log_format)
-    _print_run(path, log_format)
+    command.command(spec, resume, out, overrides, device, force, quiet, log_format)
 
-
-def _print_run(path, log_format: str) -> None:
-    """The run folder and its final metrics: text lines, or (jsonl) one `end` event."""
-    import json
-
-    result = json.loads((path / "summary.json").read_text())
-    if log_format == "jsonl":
-        from dlc.runtime.report import json_event
-
-        print(json_event({"event": "end", "run": str(path), **result}))
-        return
-    print(f"run: {path}")
-    for split in ("val", "test"):
-        if split in result:
-            shown = {k: round(v, 4) for k, v in result[split].items() if isinstance(v, float)}
-            print(f"{split}: {shown}")
 
 
 @app.command()
@@ -161,48 +117,10 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
                                                  "all: part of the model's own data source "
                                                  "(default test there, all elsewhere).")):
     """Metrics of a trained model on a data source (with targets); says which rows it scored."""
-    from dlc.fileio import write_json
-    from dlc.runtime import infer
+    from dlc.commands import evaluate as command
 
-    if split is not None and split not in infer.SPLITS:
-        raise UsageError(f"--split {split}: expected one of {', '.join(infer.SPLITS)}")
-    loaded = infer.load_model(model, device)
-    if per_class and all(t["kind"] == "regression" for t in loaded.heads.values()):
-        raise UsageError("--per-class needs a classification or binary model")
-    result = infer.evaluate(loaded, data, batch_size, split)
-    print(f"scored: {result['scored']}")
-    parts = {h: result[h] for h in loaded.heads if h} or {"": result}  # per output
-    if per_class:
-        from dlc.metrics import per_class_report
+    command.command(model, data, output, batch_size, device, per_class, split)
 
-        for head, part in parts.items():
-            if "confusion_matrix" in part:
-                part["per_class"] = per_class_report(part["confusion_matrix"],
-                                                     loaded.labels_of(head))
-    if output:
-        write_json(output, result, indent=1)  # null for a NaN metric: standard JSON
-    for head, part in parts.items():
-        _print_metrics({k: v for k, v in part.items() if k != "scored"}, f"{head}." if head else "")
-    if "" not in parts:
-        print(f"samples: {result['samples']}")
-
-
-def _print_metrics(result: dict, prefix: str) -> None:
-    """`name: value` lines, then the confusion matrix and the per-class table if present."""
-    from dlc.metrics import render_per_class
-
-    result = dict(result)
-    cm = result.pop("confusion_matrix", None)
-    report = result.pop("per_class", None)
-    for key, value in result.items():
-        print(f"{prefix}{key}: {value:.4f}" if isinstance(value, float) else
-              f"{prefix}{key}: {value}")
-    if cm is not None:
-        print(f"{prefix}confusion matrix (rows: true, columns: predicted):")
-        for row in cm:
-            print("  " + " ".join(f"{v:5d}" for v in row))
-    if report is not None:
-        print("\n".join(render_per_class(report)))
 
 
 @app.command()
@@ -212,14 +130,10 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
                                                       "stdout)"),
             batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt):
     """Predictions with class names and probabilities (or regression values)."""
-    from dlc.runtime import infer
+    from dlc.commands import predict as command
 
-    m = infer.load_model(model, device)
-    text = infer.write_predictions(m, infer.predict(m, input, batch_size, output), output)
-    if text is not None:
-        sys.stdout.write(text)
-    else:
-        print(f"wrote {output}", file=sys.stderr)
+    command.command(model, input, output, batch_size, device)
+
 
 
 @app.command()
@@ -230,9 +144,10 @@ def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0
           max_rows: int = typer.Option(1024, help="Rows one request may hold."),
           device: str = DeviceOpt):
     """Serve a model over HTTP: POST /predict, GET /health and /schema, a page at /."""
-    from dlc.serve import serve as run_serve
+    from dlc.commands.serve import serve as command
 
-    run_serve(model, host, port, max_batch, max_wait_ms, max_rows, device)
+    command(model, host, port, max_batch, max_wait_ms, max_rows, device)
+
 
 
 @app.command()
@@ -244,11 +159,10 @@ def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help=
              calibration: int = typer.Option(256, help="Calibration samples (static)."),
              device: str = DeviceOpt):
     """Quantize a trained model to int8 (onnxruntime); report size, speed and metric change."""
-    from dlc.tools_quantize import quantize as run_quantize
-    from dlc.tools_quantize import render
+    from dlc.commands import quantize as command
 
-    for line in render(run_quantize(model, output, mode, data, calibration, device=device)):
-        print(line)
+    command.command(model, output, mode, data, calibration, device)
+
 
 
 @app.command()
@@ -257,15 +171,10 @@ def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of 
        output: Optional[str] = typer.Option(None, "-o", "--output", help="cv.json"),
        device: str = DeviceOpt):
     """K-fold cross-validation: a fresh model per fold; mean ± std of each metric."""
-    from dlc.crossval import cross_validate, render
-    from dlc.fileio import write_json
+    from dlc.commands import cv as command
 
-    report = cross_validate(_load(spec, set_), folds, device, note=print)
-    for line in render(report):
-        print(line)
-    if output:
-        write_json(output, report, indent=1)  # standard JSON: null for a NaN fold metric
-        print(f"wrote {output}")
+    command.command(spec, folds, set_ or [], output, device)
+
 
 
 @app.command()
@@ -290,20 +199,11 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
                                                "Ray).")):
     """Hyperparameter search over the spec's search: section (Optuna: TPE, median pruning;
     or Ray Tune)."""
-    from dlc.fileio import write_text
-    from dlc.tune import best_spec_text, print_table, require_backend
-    from dlc.tune import tune as run_tune
+    from dlc.commands import tune as command
 
-    require_backend(backend, storage, address)  # bad options, missing library: before any work
-    loaded = _load(spec, set_)
-    result = run_tune(loaded, trials, storage, study, set_ or [], metric, seed, device,
-                      backend=backend, address=address)
-    print_table(result)
-    best = result["best"]
-    print(f"best: trial {best['trial']}  {result['metric']} {best['value']:.6g}  {best['params']}")
-    if output:
-        write_text(output, best_spec_text(loaded, set_ or [], result))
-        print(f"wrote {output}")
+    command.command(spec, trials, storage, study, output, metric, seed, set_ or [], device,
+                    backend, address)
+
 
 
 @app.command()
@@ -320,10 +220,68 @@ def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image
             baseline: str = typer.Option("mean", help="mean (the training mean) | zero"),
             device: str = DeviceOpt):
     """Input attributions of the target logit, through dlc's own gradient pass."""
-    from dlc.explain_report import explain_file
+    from dlc.commands import explain as command
 
-    for line in explain_file(model, input, output, method, steps, target, baseline, device):
-        print(line)
+    command.command(model, input, output, method, steps, target, baseline, device)
+
+
+
+@app.command()
+def expand(spec: str, set_: Optional[List[str]] = SetOpt):
+    """Print the spec with blocks expanded and every default filled."""
+    from dlc.commands import expand as command
+
+    command.command(spec, set_ or [])
+
+
+
+@app.command()
+def graph(spec: str, output: str = typer.Option("graph.svg", "-o", "--output",
+                                               help=".svg, .mmd (Mermaid), .md (Mermaid in "
+                                                    "Markdown), .dot; .png/.pdf need Graphviz"),
+          set_: Optional[List[str]] = SetOpt):
+    """Draw the layer graph: SVG and Mermaid written by dlc; png/pdf through Graphviz's dot."""
+    from dlc.commands import graph as command
+
+    command.command(spec, output, set_ or [])
+
+
+
+@app.command()
+def diff(a: str, b: str):
+    """Semantic difference of two specs: changed fields (defaults filled) and parameter counts."""
+    from dlc.commands import diff as command
+
+    command.command(a, b)
+
+
+
+@app.command()
+def runs(folder: str = typer.Argument("runs", help="Folder to search for run folders.")):
+    """List runs, newest first: start time, spec name, epochs, best monitored value, test
+    metrics and training speed."""
+    from dlc.commands import runs as command
+
+    command.command(folder)
+
+
+
+@app.command()
+def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
+    """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
+    from dlc.commands import plot as command
+
+    command.command(run, output)
+
+
+
+@app.command()
+def env():
+    """Versions, execution providers, and whether CUDA is usable here (and why not)."""
+    from dlc.commands import env as command
+
+    command.command()
+
 
 
 def _one_line(text: str) -> str:
@@ -349,6 +307,3 @@ def main() -> None:
         print(f"dlc: unexpected error: {type(e).__name__}: {_one_line(str(e))} (run with "
               "--debug for the traceback)", file=sys.stderr)
         sys.exit(3)
-
-
-from dlc import cli_tools  # noqa: E402,F401 - registers expand, graph, diff, runs, plot, env

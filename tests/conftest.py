@@ -57,7 +57,7 @@ def run_dlc(*args: str, cwd: Path | None = None, timeout: float = 300) -> Result
 def interrupt_in_epoch(monkeypatch, epoch: int):
     """Ctrl-C as training starts epoch `epoch` (1-based): Trainer.train_epoch raises
     KeyboardInterrupt there. Returns a function that restores the real train_epoch."""
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     original = Trainer.train_epoch
 

@@ -9,7 +9,7 @@ import pytest
 
 from dlc.data.augment import augment, check_augment, config, rotate
 from dlc.errors import DlcError, SpecError
-from dlc.spec import load_spec_text
+from dlc.model.spec import load_spec_text
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ALL = {"shift": 2, "flip": "horizontal", "rotate": 10, "noise": 0.05, "cutout": 2}
@@ -199,8 +199,8 @@ def test_schema_rejects_bad_augment(extra, expected):
 
 def test_trainer_augments_training_batches(monkeypatch):
     from dlc.data import load_dataset
-    from dlc.network import build_network
-    from dlc.runtime import trainer as T
+    from dlc.model.network import build_network
+    from dlc.train import trainer as T
 
     text = spec_text("  split: {val: 0.1, test: 0.1}\n  augment: {shift: 1, noise: 0.1}\n")
     text += "train: {epochs: 1, batch_size: 256}\n"

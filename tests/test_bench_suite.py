@@ -22,7 +22,7 @@ import torch_models  # noqa: E402
 def test_torch_twin_with_dlc_weights_computes_dlc_logits(model, tmp_path):
     import onnxruntime as ort
 
-    from dlc.compile import compile_spec
+    from dlc.model.compile import compile_spec
 
     weights = str(tmp_path / "w.npz")
     init = suite.init_worker(Namespace(model=model, weights=weights))

@@ -21,10 +21,10 @@ from oracles import F, needs_torch, torch
 from stepio import assert_close
 from test_compile import numpy_forward, window_pads
 
-from dlc.compile import compile_spec, inference_model
-from dlc.network import build_network
-from dlc.spec import load_spec, load_spec_text
-from dlc.trainstep import build_eval_step, build_train_step
+from dlc.model.compile import compile_spec, inference_model
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec, load_spec_text
+from dlc.train.step import build_eval_step, build_train_step
 
 
 LR = 1024.0

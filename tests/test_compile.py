@@ -12,9 +12,9 @@ import pytest
 from conftest import SPECS
 from onnx import numpy_helper
 
-from dlc.compile import compile_spec
+from dlc.model.compile import compile_spec
 from dlc.graph import IR_VERSION, OPSET
-from dlc.spec import load_spec, load_spec_text
+from dlc.model.spec import load_spec, load_spec_text
 
 EXAMPLES = sorted(SPECS.glob("*.yaml"))
 
@@ -173,7 +173,7 @@ NUMPY_ORACLE_SKIPS = {"lstm", "gru", "simple_rnn", "multi_head_attention", "tran
 
 
 def random_inputs(spec, n: int = 7) -> dict:
-    from dlc.network import spec_inputs
+    from dlc.model.names import spec_inputs
 
     rng, xs = np.random.default_rng(0), {}
     for name, cfg in spec_inputs(spec.data).items():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import SPECS
 
-from dlc.crossval import fold_dataset, fold_indices
+from dlc.commands.cv import fold_dataset, fold_indices
 
 RNG = np.random.default_rng(7)
 LABELS = {
@@ -99,8 +99,8 @@ def test_cv_iris_cli(cli, tmp_path):
 
 
 def test_cv_regression_is_not_stratified(tmp_path):
-    from dlc.crossval import cross_validate
-    from dlc.spec import load_spec
+    from dlc.commands.cv import cross_validate
+    from dlc.model.spec import load_spec
 
     spec = load_spec(SPECS / "diabetes.yaml", ["train.epochs=1"])
     report = cross_validate(spec, 2)

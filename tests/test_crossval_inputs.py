@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import SPECS
 
-from dlc.crossval import _raw_data, fold_dataset, fold_indices
+from dlc.commands.cv import _raw_data, fold_dataset, fold_indices
 
 
 def test_folds_encode_and_normalise_from_their_training_rows(tmp_path):
     """A species that occurs in one fold's held-out rows only is unknown (id 0) to that fold;
     the measurements are standardised with the training rows' means."""
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     lines = (SPECS / "data" / "penguins.csv").read_text().splitlines()
     rows = [lines[0]] + [line for line in lines[1:] if ",NA" not in line][:90]

@@ -374,7 +374,7 @@ def fake_text_model(path: Path, spec: dict, text: dict, labels: list[str]) -> np
 def test_predict_and_evaluate_tokenise_raw_text(cli, tmp_path):
     from dlc.runtime.infer import load_model, predict
 
-    from dlc.spec import load_spec_text
+    from dlc.model.spec import load_spec_text
 
     write_texts(tmp_path / "t.csv", TEXTS)
     spec = text_spec("csv:t.csv")
@@ -419,7 +419,7 @@ def test_window_split_without_validation_part():
     from pathlib import Path
 
     from dlc.data import load_dataset
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     root = Path(__file__).resolve().parent.parent / "specs"
     spec = load_spec(root / "lstm_forecast.yaml", ["data.split.val=0"])

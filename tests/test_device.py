@@ -55,9 +55,9 @@ def test_auto_falls_back_quietly_through_the_cli(tmp_path):
 
 def _trainer(device=("cpu", 0), overrides=()):
     from dlc.data import load_dataset
-    from dlc.network import build_network
-    from dlc.runtime.trainer import Trainer
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.train.trainer import Trainer
+    from dlc.model.spec import load_spec
 
     spec = load_spec(SPECS / "digits_cnn.yaml", ["train.epochs=1", "train.batch_size=128",
                                                  *overrides])
@@ -111,8 +111,8 @@ def test_cpu_and_cuda_agree_on_one_train_step():
 @pytest.mark.gpu
 @gpu
 def test_cuda_training_reaches_cpu_accuracy(tmp_path):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = train(load_spec(SPECS / "digits_mlp.yaml"), str(tmp_path / "run"), device="cuda",
                 quiet=True)

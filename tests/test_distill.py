@@ -9,7 +9,7 @@ import pytest
 from conftest import SPECS
 
 from dlc.graph import Builder
-from dlc.losses import distillation
+from dlc.model.losses import distillation
 
 STUDENT = """\
 dlc: 1
@@ -34,8 +34,8 @@ train:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """specs/digits_cnn.yaml trained for 8 epochs (its own min-max normalisation, [1, 8, 8])."""
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("teacher")
     train(load_spec(SPECS / "digits_cnn.yaml", ["train.epochs=8"]), str(out), force=True,
@@ -88,13 +88,13 @@ def test_train_step_loss_and_gradient_match_torch(teacher, student):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     from dlc.runtime.infer import load_model
-    from dlc.runtime.run import _prepare
-    from dlc.runtime.trainer import Trainer
-    from dlc.spec import load_spec
+    from dlc.train.run import prepare
+    from dlc.train.trainer import Trainer
+    from dlc.model.spec import load_spec
 
     spec = load_spec(student, [f"train.distill={{teacher: {teacher}, temperature: 3, alpha: 0.6}}",
                                "train.optimizer.type=sgd"])
-    net, data, _ = _prepare(spec, student.parent)
+    net, data, _ = prepare(spec, student.parent)
     trainer = Trainer(net, data)
     x, y, flat = data.train.x[:64], data.train.y[:64], trainer.stepper.get("params")
     out = dict(zip([o.name for o in trainer.sess.get_outputs()], trainer.sess.run(None, {
@@ -126,7 +126,7 @@ def test_distillation_pulls_the_student_toward_the_teacher(cli, teacher, student
     predictions on the test split far better than the same student trained on the labels."""
     from dlc.data import load_dataset
     from dlc.runtime.infer import load_model
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     kd = f"train.distill={{teacher: {teacher}, temperature: 4, alpha: 1.0}}"
     for name, extra in (("alone", []), ("taught", ["--set", kd])):
@@ -155,8 +155,8 @@ def test_teacher_problems_are_reported(cli, student, tmp_path):
 
 
 def test_teacher_input_must_hold_as_many_values(cli, tmp_path):
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     model = compile_spec(load_spec(SPECS / "digits_mlp.yaml", ["input.shape=[32]"]))
     (tmp_path / "t.onnx").write_bytes(model.SerializeToString())

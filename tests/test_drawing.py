@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import SPECS
 
-from dlc.drawing import layer_graph, ranks
-from dlc.spec import load_spec
+from dlc.commands.graph import layer_graph, ranks
+from dlc.model.spec import load_spec
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -74,7 +74,7 @@ def test_unknown_log_format_is_a_usage_error(cli, tmp_path):
 def test_terminal_bar_shows_elapsed_eta_and_throughput():
     from rich.console import Console
 
-    from dlc.runtime.report import Bar
+    from dlc.train.report import Bar
 
     out = io.StringIO()
     bar = Bar(64, Console(file=out, force_terminal=True, width=160))
@@ -91,8 +91,8 @@ def test_terminal_bar_shows_elapsed_eta_and_throughput():
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("runs") / "iris-run"
     train(load_spec(SPECS / "iris.yaml", ["train.epochs=4"]), str(out), quiet=True,
@@ -101,7 +101,7 @@ def run_folder(tmp_path_factory):
 
 
 def test_runs_lists_start_spec_epochs_and_best(cli, run_folder):
-    from dlc.tools import list_runs
+    from dlc.commands.runs import list_runs
 
     (found,), unread = list_runs(run_folder.parent)
     assert unread == 0
@@ -133,11 +133,17 @@ def test_every_command_that_runs_a_model_defaults_to_auto(name):
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "explain", "quantize"])
 def test_models_run_on_auto_by_default(cli, monkeypatch, run_folder, tmp_path, command):
+    import importlib
+    import sys
+
     from dlc.runtime import session
 
     asked = []
     real = session.choose_device
-    monkeypatch.setattr(session, "choose_device", lambda d: asked.append(d) or real("cpu"))
+    importlib.import_module(f"dlc.commands.{command}")  # and what it imports by name
+    for module in [m for n, m in sys.modules.items() if n.startswith("dlc.")
+                   and getattr(m, "choose_device", None) is real]:
+        monkeypatch.setattr(module, "choose_device", lambda d: asked.append(d) or real("cpu"))
     model, sample = run_folder / "model.onnx", SPECS / "data" / "iris_sample.csv"
     args = {"predict": [sample], "evaluate": ["--data", "builtin:iris"], "explain": [sample],
             "quantize": ["-o", tmp_path / "int8.onnx"]}[command]

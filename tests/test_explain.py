@@ -11,7 +11,7 @@ import pytest
 from conftest import SPECS
 
 from dlc.data import model_inputs
-from dlc.explain import explain, load_explainer
+from dlc.commands.attribution import explain, load_explainer
 from dlc.runtime.infer import load_model
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -19,8 +19,8 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 @pytest.fixture(scope="module")
 def iris_model(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("iris") / "run"
     train(load_spec(SPECS / "iris.yaml"), str(out), quiet=True)
@@ -30,8 +30,8 @@ def iris_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cnn_model(tmp_path_factory):
     """digits_cnn compiled with seeded weights (Conv, MaxPool, Gemm; no training needed)."""
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
     path.write_bytes(compile_spec(load_spec(SPECS / "digits_cnn.yaml")).SerializeToString())
@@ -107,9 +107,9 @@ def test_integrated_gradients_completeness(iris_model, target, baseline):
 
 
 def test_binary_target_zero_negates_the_log_odds():
-    from dlc.compile import compile_spec
-    from dlc.explain import gradient_model
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.commands.attribution import gradient_model
+    from dlc.model.spec import load_spec
 
     spec = load_spec(SPECS / "breast_cancer.yaml")
     proto = compile_spec(spec)

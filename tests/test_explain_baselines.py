@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from conftest import SPECS
 
-from dlc.explain import baselines, explain, load_explainer
+from dlc.commands.attribution import baselines, explain, load_explainer
 from dlc.runtime.infer import load_model, predict_inputs
 
 IRIS_SAMPLE = SPECS / "data" / "iris_sample.csv"
 
 
 def _train(tmp_path_factory, spec: str, *overrides: str):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp(spec.split(".")[0]) / "run"
     train(load_spec(SPECS / spec, list(overrides)), str(out), quiet=True)
@@ -42,7 +42,7 @@ def test_mean_baseline_is_the_training_mean_in_raw_units(iris_minmax, iris_stand
     split recomputed from the data (minmax models) are the same numbers: the raw-unit means of
     iris' training split, not zero and not normalised values."""
     from dlc.data import load_dataset
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     carried = baselines(load_explainer(iris_standard), "mean")["input"]
     recomputed = baselines(load_explainer(iris_minmax), "mean")["input"]

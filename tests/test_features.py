@@ -1,4 +1,4 @@
-"""The training-feature interface (dlc.features): the train step, the Trainer and the run reach
+"""The training-feature interface (dlc.train.features.registry): the train step, the Trainer and the run reach
 the features only through it, and a feature registered from outside plugs into every stage."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 from conftest import SPECS
 
-from dlc import features
+from dlc.train.features import registry as features
 from dlc.errors import SpecError
-from dlc.feature_protocol import Feature
-from dlc.features import Registered
+from dlc.train.features.protocol import Feature
+from dlc.train.features.registry import Registered
 
-DLC = Path(features.__file__).parent
+DLC = Path(features.__file__).parents[2]  # the dlc package
 # the modules that drive training: they loop over the registry, never name a feature
-DRIVERS = ["trainstep.py", "runtime/trainer.py", "runtime/run.py", "traincheck.py", "crossval.py"]
+DRIVERS = ["train/step.py", "train/trainer.py", "train/run.py", "train/features/checks.py",
+           "commands/cv.py"]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -38,7 +39,7 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_drivers_do_not_name_a_feature_module(driver):
     named = imported_modules(DLC / driver) & {r.module for r in features.REGISTRY}
-    assert not named, f"dlc/{driver} imports {sorted(named)}: go through dlc.features"
+    assert not named, f"dlc/{driver} imports {sorted(named)}: go through dlc.train.features.registry"
 
 
 def test_every_registered_module_exposes_a_feature():
@@ -53,7 +54,8 @@ def test_every_registered_module_exposes_a_feature():
 def test_features_do_not_import_the_registry(module):
     """The registry loads the feature modules; they see only the protocol: no circle."""
     path = DLC / (module.removeprefix("dlc.").replace(".", "/") + ".py")
-    assert "dlc.features" not in imported_modules(path)
+    assert not {"dlc.train.features.registry", "dlc.train.features.checks"} & \
+        imported_modules(path)
 
 
 class Toy(Feature):

@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from dlc.errors import DlcError, SpecError
-from dlc.spec import load_spec, load_spec_text, schema
+from dlc.model.spec import load_spec, load_spec_text, schema
 
 pytestmark = pytest.mark.fuzz
 
@@ -143,8 +143,8 @@ def run_spec(text: str, overrides=()) -> str:
     """load -> build -> compile (-> check, -> run); any SpecError is checked. The outcome."""
     import onnx
 
-    from dlc.compile import compile_spec
-    from dlc.network import build_network
+    from dlc.model.compile import compile_spec
+    from dlc.model.network import build_network
 
     with time_limit(HANG_S):
         try:
@@ -554,7 +554,7 @@ def dump(doc, flow: bool | None = None, width: int = 80) -> str:
 
 
 def _valid(doc) -> bool:
-    from dlc.spec.schema import validator
+    from dlc.model.spec.schema import validator
 
     return validator().is_valid(doc)
 
@@ -596,7 +596,7 @@ def test_generated_specs_are_valid(doc):
     doc.pop("blocks", None)
     doc["layers"] = [layer for layer in doc["layers"] if layer["type"] != "block"] or \
         [{"type": "flatten"}]
-    from dlc.spec.schema import validator
+    from dlc.model.spec.schema import validator
 
     errors = [e.message for e in validator().iter_errors(doc)]
     assert not errors, errors
@@ -910,7 +910,7 @@ class Models(dict):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Compiled models (fresh weights; enough for predict and evaluate) as bytes, and a folder."""
-    from dlc.compile import compile_spec
+    from dlc.model.compile import compile_spec
 
     out = Models()
     for name, spec in MODEL_SPECS.items():
@@ -1249,14 +1249,14 @@ def test_found_specs(case_id, text, overrides, part):
         assert outcome.startswith("compiled"), outcome
         return
     with pytest.raises(SpecError) as info:
-        from dlc.network import build_network
+        from dlc.model.network import build_network
 
         build_network(load_spec_text(text, FILE, overrides))
     assert part in str(info.value)
 
 
 def _compiled(name: str) -> bytes:
-    from dlc.compile import compile_spec
+    from dlc.model.compile import compile_spec
 
     return compile_spec(load_spec_text(BASES.get(MODEL_SPECS[name], MODEL_SPECS[name])))\
         .SerializeToString()
@@ -1341,7 +1341,7 @@ RUN_FILES = ["run.json", "checkpoint.npz", "metrics.csv", "summary.json", "spec.
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A finished two-epoch iris run: its files as bytes, and a scratch folder."""
-    from dlc.runtime.run import train
+    from dlc.train.run import train
 
     out = tmp_path_factory.mktemp("fuzz_run") / "run"
     spec = load_spec(SPECS / "iris.yaml", ["train.epochs=2"])

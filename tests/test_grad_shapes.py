@@ -14,7 +14,7 @@ import pytest
 
 from dlc.autodiff import gradients
 from dlc.graph import Builder
-from dlc.layers import LAYERS
+from dlc.model.layers import LAYERS
 
 
 class Ctx:

@@ -10,9 +10,9 @@ from conftest import SPECS
 from stepio import named, pack_feeds
 
 from dlc.errors import SpecError
-from dlc.network import build_network
-from dlc.spec import load_spec, load_spec_text
-from dlc.trainstep import build_train_step
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec, load_spec_text
+from dlc.train.step import build_train_step
 
 HEAD = "dlc: 1\nname: g\ninput: {shape: [6]}\n"
 TASK = "task: {kind: regression}\n"
@@ -229,7 +229,7 @@ def test_wide_deep_predicts_raw_categories(cli, tmp_path):
 def test_summary_and_graph_of_every_example(cli, tmp_path, path):
     """Every example (one input or several, one output or several) has a summary and a graph
     that shows each model input (and each output of an `outputs:` spec)."""
-    from dlc.network import spec_heads, spec_inputs
+    from dlc.model.names import spec_heads, spec_inputs
 
     spec = load_spec(path)
     summary = cli("summary", path)

@@ -59,7 +59,7 @@ def test_batchnorm_with_a_last_batch_of_one_trains_a_finite_model(cli, tmp_path)
 
 
 def test_a_model_that_is_not_finite_is_not_written(cli, tmp_path, monkeypatch):
-    from dlc.runtime.trainer import Trainer
+    from dlc.train.trainer import Trainer
 
     real = Trainer.final_params
 
@@ -143,8 +143,8 @@ def test_interrupt_before_the_first_checkpoint_says_what_is_true(cli, tmp_path, 
 # ---- 11: failed writes are one line; the old checkpoint stays ----------------------------------
 @pytest.fixture(scope="module")
 def iris_run(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("iris") / "run"
     train(load_spec(IRIS, ["train.epochs=3", "train.batch_size=32"]), str(out), quiet=True)
@@ -163,7 +163,7 @@ def test_output_naming_a_folder_is_one_line(cli, iris_run, tmp_path, command):
 
 
 def test_disk_full_during_training_keeps_the_checkpoint(cli, tmp_path, monkeypatch):
-    import dlc.fileio
+    import dlc.files.atomic
 
     out, real = tmp_path / "run", os.fsync
 
@@ -173,7 +173,7 @@ def test_disk_full_during_training_keeps_the_checkpoint(cli, tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         return real(fd)
 
-    monkeypatch.setattr(dlc.fileio.os, "fsync", full_at_epoch_3)
+    monkeypatch.setattr(dlc.files.atomic.os, "fsync", full_at_epoch_3)
     line = _one_error_line(cli("train", IRIS, "--out", out, "--epochs", "6", *FAST))
     assert "No space left on device" in line and f"resume with: dlc train --resume {out}" in line
     assert "checkpoint.npz holds epoch 2" in line, line

@@ -22,8 +22,8 @@ HEADER = "sepal_length,sepal_width,petal_length,petal_width"
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory):
     """A compiled iris model (seeded weights: enough to predict) with hostile class names."""
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     path = tmp_path_factory.mktemp("hostile") / "iris.onnx"
     labels = "task.labels=['=HYPERLINK(\"http://x\")', '+cmd', '@SUM(1)']"
@@ -171,8 +171,8 @@ def test_explain_steps_are_bounded(cli, iris):
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
     """transformer_reverse compiled: int64 token ids in, a class per token out (vocab 10)."""
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     path = tmp_path_factory.mktemp("tokens") / "seq.onnx"
     path.write_bytes(compile_spec(load_spec(SPECS / "transformer_reverse.yaml"))

@@ -23,8 +23,8 @@ def one_line(r, code: int, *parts: str) -> None:
 
 def _iris(tmp_path, name: str, change) -> str:
     """A compiled iris model whose dlc.spec_resolved (a dict) went through `change`."""
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     model = compile_spec(load_spec(SPECS / "iris.yaml"))
     for p in model.metadata_props:
@@ -148,10 +148,11 @@ def test_failed_run_has_no_onnxruntime_log_line(tmp_path):
 def test_readme_states_the_limits_dlc_applies():
     """The figures of the README's "What dlc trusts and what it refuses" are the constants."""
     from conftest import ROOT
-    from dlc import tools, userfiles
+    from dlc.commands import runs as tools
+    from dlc.files import untrusted as userfiles
     from dlc.data._targets import MAX_CLASSES
     from dlc.runtime.infer import MAX_TEXT_ROWS
-    from dlc.spec.expand import MAX_LAYERS
+    from dlc.model.spec.expand import MAX_LAYERS
 
     text = (ROOT / "README.md").read_text()
     section = text.split("## What dlc trusts and what it refuses")[1].split("\n## ")[0]

@@ -32,8 +32,8 @@ def _external(raw: bytes, location: str) -> bytes:
 @pytest.fixture
 def evil(tmp_path, monkeypatch):
     """A folder holding a secret and a compiled iris model that reads it; the working folder."""
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "id_rsa").write_bytes(SECRET)

@@ -13,10 +13,10 @@ from oracles import F, needs_torch, torch
 from stepio import pack_feeds
 
 from dlc.errors import DlcError, SpecError
-from dlc.imbalance import balanced_weights, class_ids, epoch_order
-from dlc.network import build_network
-from dlc.spec import load_spec_text
-from dlc.trainstep import build_train_step
+from dlc.train.features.imbalance import balanced_weights, class_ids, epoch_order
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec_text
+from dlc.train.step import build_train_step
 
 
 LR = 1024.0  # gradient read-back from an SGD step: g = (p - new) / lr (see test_train_step)
@@ -156,7 +156,7 @@ def test_balanced_class_weights_come_from_the_training_split(cli, tmp_path):
     from sklearn.utils.class_weight import compute_class_weight
 
     from dlc.data import load_dataset
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     spec = _imbalanced_digits(tmp_path)
     r = cli("train", spec, "--out", tmp_path / "run", "-q")
@@ -194,8 +194,8 @@ def test_balanced_sampling_draws_classes_uniformly():
 
 def test_balanced_sampling_in_the_trainer_uses_its_generator(tmp_path):
     from dlc.data import load_dataset
-    from dlc.runtime.trainer import Trainer
-    from dlc.spec import load_spec
+    from dlc.train.trainer import Trainer
+    from dlc.model.spec import load_spec
 
     spec = load_spec(_imbalanced_digits(tmp_path))
     net, data = build_network(spec), load_dataset(spec.data, tmp_path)

@@ -17,10 +17,10 @@ import pytest
 import stepio
 from stepio import named, pack_feeds, state_names
 
-from dlc.network import build_network
-from dlc.optim import STATES
-from dlc.spec import load_spec_text
-from dlc.trainstep import build_train_step
+from dlc.model.network import build_network
+from dlc.train.optim import STATES
+from dlc.model.spec import load_spec_text
+from dlc.train.step import build_train_step
 
 KINDS = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
 LRS = [0.05, 0.02, 0.08, 0.01, 0.04]  # one per step: proves lr is read from the feed

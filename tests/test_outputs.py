@@ -14,10 +14,10 @@ from conftest import SPECS
 from stepio import named, pack_feeds
 
 from dlc.errors import SpecError
-from dlc.network import build_network
+from dlc.model.network import build_network
 from dlc.runtime.infer import load_model
-from dlc.spec import load_spec_text
-from dlc.trainstep import build_eval_step, build_train_step
+from dlc.model.spec import load_spec_text
+from dlc.train.step import build_eval_step, build_train_step
 
 LR = 1024.0  # the gradient read-back lr of test_train_step: g = (p - new) / lr
 
@@ -326,7 +326,7 @@ def test_target_scaling_trains_on_standardised_targets_and_predicts_in_units():
     logits output (what metrics see) is logits * std + mean. Against torch autograd."""
     torch = pytest.importorskip("torch")
     from dlc.data import Split
-    from dlc.losses import scale_targets
+    from dlc.model.losses import scale_targets
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 3)).astype(np.float32)
@@ -358,7 +358,7 @@ def test_target_scaling_trains_on_standardised_targets_and_predicts_in_units():
 
 
 def test_target_scaling_model_predicts_in_the_targets_units(cli, tmp_path):
-    from dlc.explain import load_explainer
+    from dlc.commands.attribution import load_explainer
 
     out = tmp_path / "run"
     r = cli("train", SPECS / "diabetes.yaml", "--out", out, "-q", "--epochs", "3",
@@ -367,8 +367,8 @@ def test_target_scaling_model_predicts_in_the_targets_units(cli, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     model = load_model(out / "model.onnx")
     from dlc.data import load_dataset
-    from dlc.spec import load_spec
-    from dlc.tools_quantize import denormalize
+    from dlc.model.spec import load_spec
+    from dlc.commands.quantize import denormalize
 
     data = load_dataset(load_spec(SPECS / "diabetes.yaml").data, SPECS)
     raw = denormalize(data.test.x, data.norm)  # the model takes raw inputs

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import SPECS
 
-from dlc.metrics import confusion_matrix, per_class_report
+from dlc.model.metrics import confusion_matrix, per_class_report
 
 
 @pytest.mark.parametrize("classes,seed", [(3, 0), (5, 1), (2, 2)])
@@ -43,8 +43,8 @@ def test_most_confused_pairs_in_order():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     folder = tmp_path_factory.mktemp("models")
     for name in ("iris", "diabetes"):

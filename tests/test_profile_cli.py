@@ -21,8 +21,8 @@ def _rows(out: str) -> dict[str, tuple[float, ...]]:
     ("transformer_reverse.yaml", ["embed", "position", "encoder", "head"]),
 ])
 def test_profile_names_every_layer_and_shares_add_up(cli, spec, layers):
-    from dlc.network import build_network
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
 
     assert [n.name for n in build_network(load_spec(SPECS / spec)).graph] == layers
     r = cli("profile", SPECS / spec, "--steps", "2", "--batch-size", "16")
@@ -48,7 +48,7 @@ def test_profile_bad_input_is_one_line(cli, tmp_path):
 
 
 def test_kernels_go_to_the_layer_their_node_is_named_after():
-    from dlc.profile import LOSS, OTHER, _owner
+    from dlc.commands.profile import LOSS, OTHER, _owner
 
     layers, heads = {"fc1": "dense", "species": "dense"}, {"species", "bill_depth"}
     cases = {"fc1/Gemm": ("fc1", False), "fc1/relu/Relu.grad/Greater": ("fc1", True),

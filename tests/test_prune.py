@@ -11,8 +11,8 @@ import pytest
 from conftest import SPECS, straight_and_resumed
 from onnx import numpy_helper
 
-from dlc.prune import due, prune_tensor, sparsity_at
-from dlc.runtime.trainer import Trainer
+from dlc.train.features.prune import due, prune_tensor, sparsity_at
+from dlc.train.trainer import Trainer
 
 PRUNE = "train.prune={sparsity: 0.8, start_epoch: 1, end_epoch: 10, every: 1}"
 
@@ -46,11 +46,11 @@ def test_prune_tensor_counts_and_keeps_pruned_weights_pruned():
 
 
 def _trainer(spec_overrides):
-    from dlc.spec import load_spec
-    from dlc.runtime.run import _prepare
+    from dlc.model.spec import load_spec
+    from dlc.train.run import prepare
 
     spec = load_spec(SPECS / "digits_mlp.yaml", spec_overrides)
-    net, data, _ = _prepare(spec, SPECS)
+    net, data, _ = prepare(spec, SPECS)
     return Trainer(net, data), data
 
 

@@ -16,8 +16,8 @@ from dlc.data._split import apply_norm, split_indices
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("digits") / "run"
     train(load_spec(SPECS / "digits_mlp.yaml"), str(out), quiet=True)
@@ -41,7 +41,7 @@ def accuracy(path, x, y) -> float:
 @pytest.mark.parametrize("mode,marker", [("dynamic", "MatMulInteger"),
                                          ("static", "QuantizeLinear")])
 def test_quantized_digits_keeps_accuracy_and_shrinks(digits_run, tmp_path, mode, marker):
-    from dlc.tools_quantize import quantize
+    from dlc.commands.quantize import quantize
 
     src, out = digits_run / "model.onnx", tmp_path / f"{mode}.onnx"
     report = quantize(str(src), str(out), mode, bench_seconds=0.02)
@@ -79,7 +79,7 @@ def test_metadata_is_kept_and_cli_predicts(cli, digits_run, tmp_path):
 
 
 def test_calibration_from_data_option(digits_run, tmp_path):
-    from dlc.tools_quantize import quantize
+    from dlc.commands.quantize import quantize
 
     out = tmp_path / "int8.onnx"
     report = quantize(str(digits_run / "model.onnx"), str(out), "static",
@@ -90,7 +90,7 @@ def test_calibration_from_data_option(digits_run, tmp_path):
 
 
 def test_denormalize_inverts_the_dataset_normalisation():
-    from dlc.tools_quantize import denormalize
+    from dlc.commands.quantize import denormalize
 
     rng = np.random.default_rng(0)
     x = rng.normal(3, 2, (50, 1, 4, 4)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_denormalize_inverts_the_dataset_normalisation():
 
 
 def test_calibration_set_is_seeded_and_bounded():
-    from dlc.tools_quantize import calibration_set
+    from dlc.commands.quantize import calibration_set
 
     x = np.arange(100, dtype=np.float32)[:, None]
     a, b = calibration_set(x, 10), calibration_set(x, 10)

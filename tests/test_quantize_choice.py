@@ -15,8 +15,8 @@ from conftest import SPECS
 
 @pytest.fixture(scope="module")
 def iris_model(tmp_path_factory):
-    from dlc.compile import compile_spec
-    from dlc.spec import load_spec
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
 
     path = tmp_path_factory.mktemp("q") / "iris.onnx"
     path.write_bytes(compile_spec(load_spec(SPECS / "iris.yaml")).SerializeToString())
@@ -37,7 +37,7 @@ def test_no_mode_keeps_the_faster(cli, iris_model, tmp_path):
 
 def test_slower_int8_is_reported(cli, iris_model, tmp_path, monkeypatch):
     """The measured speeds are fixed here (float 100, dynamic 40, static 30 samples/s)."""
-    from dlc import tools_quantize
+    from dlc.commands import quantize as tools_quantize
 
     monkeypatch.setattr(tools_quantize, "throughput", lambda sessions, *a, **k: [100.0, 40.0,
                                                                                 30.0][:len(sessions)])
@@ -48,7 +48,7 @@ def test_slower_int8_is_reported(cli, iris_model, tmp_path, monkeypatch):
 
 
 def test_chosen_mode_is_kept(cli, iris_model, tmp_path, monkeypatch):
-    from dlc import tools_quantize
+    from dlc.commands import quantize as tools_quantize
 
     monkeypatch.setattr(tools_quantize, "throughput", lambda sessions, *a, **k: [100.0, 400.0])
     r = cli("quantize", iris_model, "-o", tmp_path / "int8.onnx", "--mode", "static")

@@ -13,8 +13,8 @@ from conftest import SPECS
 
 @pytest.fixture(scope="module")
 def penguins(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("penguins") / "run"
     train(load_spec(SPECS / "penguins_wide_deep.yaml", ["train.epochs=20"]), str(out), quiet=True)
@@ -46,7 +46,7 @@ def test_inputs_model_quantizes_and_predicts(cli, penguins, tmp_path, mode, mark
 
 
 def test_inputs_model_calibrates_on_a_data_option(penguins, tmp_path):
-    from dlc.tools_quantize import quantize
+    from dlc.commands.quantize import quantize
 
     rows = tmp_path / "rows.csv"
     rows.write_text("\n".join((SPECS / "data" / "penguins.csv").read_text().splitlines()[:41]))

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from dlc.network import build_network
-from dlc.spec import load_spec_text
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec_text
 
 
 def plain(n: int) -> str:

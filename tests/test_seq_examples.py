@@ -12,7 +12,7 @@ import pytest
 from conftest import SPECS
 
 from dlc.data import load_dataset
-from dlc.spec import load_spec
+from dlc.model.spec import load_spec
 
 
 def naive_mae(split, norm) -> float:
@@ -23,7 +23,7 @@ def naive_mae(split, norm) -> float:
 
 @pytest.fixture(scope="module")
 def forecast_run(tmp_path_factory):
-    from dlc.runtime.run import train
+    from dlc.train.run import train
 
     out = tmp_path_factory.mktemp("forecast") / "run"
     spec = load_spec(SPECS / "lstm_forecast.yaml", ["train.epochs=30"])
@@ -58,7 +58,7 @@ def test_lstm_forecast_predicts_past_the_series_end(cli, forecast_run):
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    from dlc.runtime.run import train
+    from dlc.train.run import train
 
     out = tmp_path_factory.mktemp("text") / "run"
     train(load_spec(SPECS / "text_classifier.yaml"), str(out), quiet=True)  # as it is: 15 epochs

@@ -22,12 +22,12 @@ import pytest
 from oracles import F, needs_torch, torch
 from stepio import assert_close, named, pack_feeds
 
-from dlc import metrics as M
-from dlc.compile import inference_model
+from dlc.model import metrics as M
+from dlc.model.compile import inference_model
 from dlc.errors import SpecError
-from dlc.network import build_network
-from dlc.spec import load_spec_text
-from dlc.trainstep import build_train_step
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec_text
+from dlc.train.step import build_train_step
 
 
 LR = 1024.0

@@ -66,8 +66,8 @@ class Served:
 
 
 def _train(tmp_path_factory, spec: str, *extra: str):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp(spec.split(".")[0]) / "run"
     train(load_spec(SPECS / spec, list(extra)), str(out), quiet=True)
@@ -266,7 +266,7 @@ def test_batcher_merges_splits_and_isolates_failures():
     fail gets the error, its neighbours their results; differently shaped samples never
     share a run."""
     from dlc.data.multi import Columns
-    from dlc.serve.batcher import Batcher
+    from dlc.commands.serve.batcher import Batcher
 
     calls = []
 
@@ -331,7 +331,7 @@ def test_help_loads_no_server_library():
 def test_listening_socket_is_tcp():
     """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's
     protocol says TCP; without it every response waited ~40 ms (Nagle vs delayed ACK)."""
-    from dlc.serve import listen
+    from dlc.commands.serve import listen
 
     with listen("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0

@@ -114,11 +114,11 @@ def test_concurrent_processes_share_one_cache_entry(cache):
 
 def test_cached_train_session_trains_identically(cache):
     """The train step from the cached optimised graph gives the very same step as a fresh one."""
-    from dlc.network import build_network
+    from dlc.model.network import build_network
     from dlc.runtime.session import make_session
     from dlc.runtime.stepper import HostStepper
-    from dlc.spec import load_spec
-    from dlc.trainstep import build_train_step
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_train_step
 
     net = build_network(load_spec(SPECS / "lstm_forecast.yaml", ["layers.0.units=4"]))
     step = build_train_step(net)
@@ -140,7 +140,7 @@ def test_cached_train_session_trains_identically(cache):
 
 
 def test_memory_is_the_most_bytes_alive_at_once():
-    from dlc.summary import _peak_alive, _tensor_bytes
+    from dlc.commands.summary import _peak_alive, _tensor_bytes
 
     model = _chain(5)  # x -> Add -> Add -> ... -> y, each [N, 4] float32
     sizes = _tensor_bytes(model, 10)
@@ -150,8 +150,8 @@ def test_memory_is_the_most_bytes_alive_at_once():
 
 
 def test_summary_shows_memory_and_warns_past_the_device(cli):
-    from dlc.spec import load_spec
-    from dlc.summary import memory
+    from dlc.model.spec import load_spec
+    from dlc.commands.summary import memory
 
     m = memory(load_spec(SPECS / "digits_mlp.yaml"))
     hidden, params = (256 + 256) * 64 * 4, 85002 * 4  # fc1 and fc2 outputs; every parameter

@@ -6,7 +6,7 @@ import pytest
 from broken_specs import BROKEN_OVERRIDES, BROKEN_SPECS, EXPECTED_COLUMNS, VALID_SPEC, mutate
 
 from dlc.errors import DlcError, SpecError
-from dlc.spec import load_spec, load_spec_text
+from dlc.model.spec import load_spec, load_spec_text
 
 
 def _only_diagnostic(text: str, overrides=()):

@@ -10,7 +10,7 @@ import pytest
 from broken_specs import VALID_SPEC, mutate, with_layer
 
 from dlc.errors import Diagnostic, SpecError
-from dlc.spec import Spec, load_spec, load_spec_text, render_path, schema, schema_path
+from dlc.model.spec import Spec, load_spec, load_spec_text, render_path, schema, schema_path
 
 
 @pytest.fixture
@@ -226,7 +226,7 @@ def test_schema_layer_types_each_have_a_branch():
 
 
 def test_import_does_not_pull_numpy_or_onnx():
-    code = ("import sys, dlc.spec; dlc.spec.load_spec_text(sys.argv[1]); "
+    code = ("import sys, dlc.model.spec; dlc.model.spec.load_spec_text(sys.argv[1]); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('numpy', 'onnx', 'onnxruntime')))")
     out = subprocess.run([sys.executable, "-c", code, VALID_SPEC],

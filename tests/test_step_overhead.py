@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from conftest import SPECS, straight_and_resumed
 
-from dlc import metrics as M
+from dlc.model import metrics as M
 
 
 def _trainer(spec_path, *overrides):
     from dlc.data import load_dataset
-    from dlc.network import build_network
-    from dlc.runtime.trainer import Trainer
-    from dlc.spec import load_spec
+    from dlc.model.network import build_network
+    from dlc.train.trainer import Trainer
+    from dlc.model.spec import load_spec
 
     spec = load_spec(spec_path, list(overrides))
     return Trainer(build_network(spec), load_dataset(spec.data, spec_path.parent), seed=0,

@@ -86,7 +86,7 @@ def test_missing_tensorboardx_is_one_line(cli, monkeypatch, tmp_path):
 
 
 def test_schema_accepts_tensorboard():
-    from dlc.spec import load_spec
+    from dlc.model.spec import load_spec
 
     loaded = load_spec(SPECS / "iris.yaml", ["train.tracking.backend=tensorboard"])
     assert loaded.data["train"]["tracking"]["backend"] == "tensorboard"

@@ -30,8 +30,8 @@ def test_overrides_reach_the_compiled_model(cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("runs") / "iris-a"
     train(load_spec(SPECS / "iris.yaml", ["train.epochs=3"]), str(out), quiet=True)

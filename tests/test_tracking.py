@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, SPECS, interrupt_in_epoch
 
 from dlc.errors import SpecError
-from dlc.runtime.tracking import MISSING, params_of
-from dlc.spec import load_spec_text
+from dlc.train.tracking import MISSING, params_of
+from dlc.model.spec import load_spec_text
 
 MLFLOW = ("--set", "train.tracking.backend=mlflow")
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import SPECS
 
 from dlc.data import load_dataset
-from dlc.spec import load_spec
+from dlc.model.spec import load_spec
 
 TARGETS = [("digits_mlp", "accuracy", 0.97), ("iris", "accuracy", 0.93),
            ("breast_cancer", "accuracy", 0.95), ("diabetes", "r2", 0.40)]
@@ -34,8 +34,8 @@ def test_example_spec_reaches_target(cli, tmp_path, name, metric, target):
 
 @pytest.fixture(scope="module")
 def iris_run(tmp_path_factory):
-    from dlc.runtime.run import train
-    from dlc.spec import load_spec
+    from dlc.train.run import train
+    from dlc.model.spec import load_spec
 
     out = tmp_path_factory.mktemp("iris") / "run"
     train(load_spec(SPECS / "iris.yaml"), str(out), quiet=True)

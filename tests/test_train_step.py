@@ -19,9 +19,9 @@ import pytest
 from oracles import F, needs_torch, torch
 from stepio import assert_close, named, pack_feeds
 
-from dlc.network import build_network
-from dlc.spec import load_spec_text
-from dlc.trainstep import build_train_step
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec_text
+from dlc.train.step import build_train_step
 
 
 LR = 1024.0  # the gradient read-back lr (see the module docstring)

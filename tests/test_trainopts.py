@@ -1,4 +1,4 @@
-"""Typed training options (dlc.trainopts): built once from the validated spec, whose schema
+"""Typed training options (dlc.train.options): built once from the validated spec, whose schema
 fills every default, so the training code never repeats one."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from dlc import trainopts
-from dlc.network import build_network
-from dlc.spec import load_spec_text
-from dlc.spec.schema import schema
+from dlc.train import options as trainopts
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec_text
+from dlc.model.spec.schema import schema
 
-DLC = Path(trainopts.__file__).parent
-# modules that read training options: through dlc.trainopts, or cfg[key] of the filled spec
-READERS = ["optim.py", "runtime/schedule.py", "trainstep.py", "runtime/trainer.py",
-           "runtime/checkpoint.py", "prune.py", "transfer.py", "distill.py", "features.py",
-           "trainopts.py"]
+DLC = Path(trainopts.__file__).parents[1]  # the dlc package
+# modules that read training options: through dlc.train.options, or cfg[key] of the filled spec
+READERS = ["train/optim.py", "train/schedule.py", "train/step.py", "train/trainer.py",
+           "train/checkpoint.py", "train/features/prune.py", "train/features/finetune.py",
+           "train/features/distill.py", "train/features/registry.py", "train/options.py"]
 
 SPEC = """dlc: 1
 name: opts
@@ -55,7 +55,7 @@ def _properties(*path: str) -> set[str]:
 
 
 @pytest.mark.parametrize("cls, path, untyped", [
-    (trainopts.OptimizerConfig, ("optimizer",), {"lr_scale"}),  # lr_scale: dlc.transfer's
+    (trainopts.OptimizerConfig, ("optimizer",), {"lr_scale"}),  # lr_scale: finetune's
     (trainopts.ScheduleConfig, ("schedule",), set()),
     (trainopts.EarlyStopping, ("early_stopping",), set()),
     (trainopts.OnDivergence, ("on_divergence",), set()),

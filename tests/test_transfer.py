@@ -14,10 +14,10 @@ from onnx import numpy_helper
 from stepio import pack_feeds
 
 from dlc.errors import SpecError
-from dlc.network import build_network
-from dlc.spec import load_spec, load_spec_text
-from dlc.trainstep import build_train_step
-from dlc.transfer import matches
+from dlc.model.network import build_network
+from dlc.model.spec import load_spec, load_spec_text
+from dlc.train.step import build_train_step
+from dlc.train.features.finetune import matches
 
 MLP = """\
 dlc: 1
@@ -53,7 +53,7 @@ def _weights(path):
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
     """The small digits MLP trained for 2 epochs: the model to fine-tune from."""
-    from dlc.runtime.run import train
+    from dlc.train.run import train
 
     folder = tmp_path_factory.mktemp("source")
     train(load_spec(_spec_file(folder)), str(folder / "run"), force=True, quiet=True)
@@ -214,8 +214,8 @@ def test_head_with_other_units_is_reported_as_shape_mismatch(cli, tmp_path, digi
 
 def test_new_layers_keep_their_fresh_init(tmp_path, digits_model):
     from dlc.data import load_dataset
-    from dlc.runtime.trainer import Trainer
-    from dlc.transfer import init_from
+    from dlc.train.trainer import Trainer
+    from dlc.train.features.finetune import init_from
 
     text = MLP.replace("  - {type: dense, name: out", "  - {type: dense, name: extra, units: 16}\n"
                                                      "  - {type: dense, name: out")
@@ -310,7 +310,7 @@ def test_lr_scale_costs_one_mul_and_zero_holds_under_adam():
      "only frozen ones"),
 ])
 def test_lr_scale_keys_must_select_trainable_parameters(tmp_path, sets, message):
-    from dlc.transfer import check
+    from dlc.train.features.finetune import check
 
     spec = load_spec(SPECS / "digits_mlp.yaml", sets)
     with pytest.raises(SpecError, match=message):

@@ -11,7 +11,7 @@ import pytest
 from conftest import SPECS
 
 from dlc.errors import DlcError, SpecError
-from dlc.spec import load_spec
+from dlc.model.spec import load_spec
 
 SEARCH = """\
 search:
@@ -35,7 +35,7 @@ def _line_of(path, needle: str) -> int:
 
 
 def test_unknown_paths_and_empty_ranges_are_spec_errors_at_their_line(tmp_path):
-    from dlc.tune import search_space
+    from dlc.commands.tune_search import search_space
 
     path = tmp_path / "s.yaml"
     path.write_text((SPECS / "iris.yaml").read_text() + "search:\n"
@@ -76,8 +76,8 @@ def test_missing_optuna_is_one_line(cli, spec, monkeypatch):
 
 
 def test_every_distribution_of_the_schema_has_one_row_for_both_backends():
-    from dlc.spec.schema import schema
-    from dlc.tune import DISTRIBUTIONS
+    from dlc.model.spec.schema import schema
+    from dlc.commands.tune_search import DISTRIBUTIONS
 
     kinds = [d["required"][0] for d in schema()["$defs"]["distribution"]["oneOf"]]
     assert list(DISTRIBUTIONS) == kinds
@@ -137,7 +137,7 @@ def test_tune_iris_shares_a_sqlite_study_and_its_best_spec_retrains_to_its_value
     tuned = load_spec(best)
     assert "search" not in tuned.data
     for key, value in study.best_params.items():
-        from dlc.tune import lookup
+        from dlc.commands.tune_search import lookup
         assert lookup(tuned.data, key) == value
     default, found = _val_loss(cli, spec, tmp_path / "d"), _val_loss(cli, best, tmp_path / "b")
     print(f"\niris val_loss: spec as written {default:.4f}, tuned {found:.4f} "
@@ -148,8 +148,8 @@ def test_tune_iris_shares_a_sqlite_study_and_its_best_spec_retrains_to_its_value
 
 
 def test_metric_of_a_multi_output_spec_names_an_output():
-    from dlc.spec import load_spec
-    from dlc.tune import choose_metric
+    from dlc.model.spec import load_spec
+    from dlc.commands.tune_search import choose_metric
 
     spec = load_spec(SPECS / "penguins_multitask.yaml")
     assert choose_metric(spec, None) == ("val_loss", True)

@@ -13,9 +13,10 @@ pytest.importorskip("ray.tune")
 from conftest import SPECS  # noqa: E402
 from test_tune import SEARCH  # noqa: E402
 
-from dlc.spec import load_spec  # noqa: E402
-from dlc.tune import lookup, suggest  # noqa: E402
-from dlc.tune_ray import ray_space  # noqa: E402
+from dlc.model.spec import load_spec  # noqa: E402
+from dlc.commands.tune import suggest  # noqa: E402
+from dlc.commands.tune_search import lookup  # noqa: E402
+from dlc.commands.tune_ray import ray_space  # noqa: E402
 
 SPACE = {"a": ("loguniform", [1.0e-3, 1.0e-1]), "b": ("uniform", [-1, 2]),
          "c": ("int", [1, 3]), "d": ("choice", ["adam", "sgd"])}

@@ -12,118 +12,25 @@ data problem raises a one-line DlcError. Pillow is imported lazily, only for fol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import fit_shape
 from dlc.data._inputs import _csv_table, read_inputs
-from dlc.data._sources import load_raw, parse_source, resolve_path
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
+from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
+from dlc.data.multi import check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
-from dlc.data.windows import (Window, check_window_spec, input_windows, load_series,
-                              make_windows, read_series_csv, split_series, window_config,
-                              window_norm)
+from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
+                              read_series_csv, split_series, window_config, window_norm)
 from dlc.errors import DlcError
-from dlc.userfiles import check_file
+from dlc.files.untrusted import check_file
 
 __all__ = ["Dataset", "Split", "TextSpec", "load_arrays", "load_dataset", "model_inputs",
            "read_inputs"]
 
 _SPLIT_DEFAULTS = {"val": 0.1, "test": 0.2, "stratify": True, "seed": 0}
-
-
-@dataclass
-class Split:
-    """x: float32 [n, *input_shape] (int64 [n, T] token ids for text); y: int64 [n]
-    (classification), float32 [n, 1] (binary), float32 [n, k] (regression; [n, horizon] for
-    windows)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-
-@dataclass
-class Dataset:
-    train: Split
-    val: Split | None
-    test: Split | None
-    labels: list[str] | None  # class names (classification/binary); None for regression
-    features: list[str] | None  # per-feature names when known
-    norm: dict | None  # {"kind", "offset", "scale"}: x_norm = (x_raw - offset) / scale
-    text: dict | None = None  # text data: tokenizer settings and vocabulary (TextSpec.to_meta())
-    categories: dict | None = None  # several inputs: {input: {column: values}} (data/multi.py)
-    # with `outputs:`, y of each split is a Columns mapping (output -> targets) and labels a
-    # mapping (output -> class names or None)
-
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Apply this data set's normalisation to raw x [n, *input_shape] -> float32."""
-        return apply_norm(x, self.norm)
-
-    @property
-    def n_classes(self) -> int | None:
-        return len(self.labels) if self.labels is not None else None
-
-
-def load_arrays(
-    source: str,
-    spec: dict,
-    spec_dir: Path,
-    require_target: bool = True,
-    labels: list[str] | None = None,
-    origin: str = "data.source in spec",
-    text: dict | TextSpec | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
-    """Raw (x, y, labels, features) from one source, x float32 [n, *input.shape] unnormalised.
-
-    Column options (target, features, header, x_key, y_key) come from spec["data"] when present.
-    `labels`: the model's class names; categorical targets must be among them (strict), integer
-    targets must index them. Without it, task.labels is used when it covers the data. With
-    require_target false, a missing target column/array gives y None. `origin` names where the
-    source came from in the file-not-found message (e.g. "--data").
-
-    With data.window: every window of the whole series (no split). With data.text: x int64 token
-    ids, tokenised with `text` (a trained model's stored settings and vocabulary)."""
-    task = spec.get("task") or {}
-    known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
-    win = window_config(spec.get("data") or {})
-    if win is not None:
-        return _window_arrays(source, spec, Path(spec_dir), win, origin)
-    if text_config(spec) is not None:
-        stored = TextSpec.from_meta(text) if isinstance(text, dict) else text
-        if stored is None:
-            raise DlcError("data.text: tokenising needs a trained model's vocabulary; "
-                           "evaluate a model trained with dlc train")
-        path, display = _csv_path(source, spec_dir, origin, "data.text")
-        texts, y, found = load_text_csv(path, display, spec, stored, known, bool(labels),
-                                        require_target)
-        return stored.encode(texts), y, found, None
-    x, y, found, features = load_raw(
-        source, spec, Path(spec_dir), known, bool(labels), require_target, origin
-    )
-    shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
-    x = fit_shape(x, shape, str(source))
-    return x, y, found, features
-
-
-def _csv_path(source: str, spec_dir: Path, origin: str, key: str) -> tuple[Path, str]:
-    scheme, rest = parse_source(source)
-    if scheme != "csv":
-        raise DlcError(f"{key} needs a csv: source with a text column; found '{source}'")
-    return resolve_path(rest, Path(spec_dir), origin), rest
-
-
-def _window_arrays(source: str, spec: dict, spec_dir: Path, win: Window, origin: str):
-    series = load_series(source, spec, spec_dir, win, origin)
-    check_window_spec(spec, win, series.inputs.shape[1])
-    x, y = make_windows(series.inputs, series.target, win)
-    shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
-    return x.reshape((len(x), *shape)), y, None, None
 
 
 def _split_config(data: dict) -> dict:
@@ -146,8 +53,6 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
     if spec.get("inputs") or spec.get("outputs"):  # several named inputs or outputs: one CSV
-        from dlc.data.multi import load_multi
-
         return load_multi(spec, spec_dir)
     data = spec.get("data") or {}
     if not data.get("source"):
@@ -177,8 +82,6 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
 
 
 def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:
-    from dlc.data.multi import check_ids
-
     if (x != np.round(x)).any() or (x < 0).any():
         raise DlcError(f"{source}: an int64 input needs non-negative integer ids")
     ids, per = x.astype(np.int64), int(np.prod(x.shape[1:]))
@@ -227,7 +130,7 @@ def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
     data = spec["data"]
     if data.get("augment"):
         raise DlcError("data.augment does not apply to text (token ids); remove it")
-    path, display = _csv_path(data["source"], spec_dir, "data.source in spec", "data.text")
+    path, display = text_csv_path(data["source"], spec_dir, "data.source in spec", "data.text")
     task = spec.get("task") or {}
     texts, y, labels = load_text_csv(path, display, spec, ts, task.get("labels"), False)
     tr, va, te = _random_split(spec, y, len(texts), _split_config(data))

@@ -11,7 +11,7 @@ import numpy as np
 from dlc.data._common import parse_matrix, suggest
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
-from dlc.userfiles import MAX_TABLE_BYTES, check_file
+from dlc.files.untrusted import MAX_TABLE_BYTES, check_file
 
 
 @dataclass

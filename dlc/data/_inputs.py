@@ -13,7 +13,7 @@ from dlc.data._common import (NPZ_ERRORS, as_numeric, check_finite, name_list, p
 from dlc.data._csv import Table, read_table
 from dlc.data._images import read_image_dir, to_nchw
 from dlc.errors import DlcError
-from dlc.userfiles import check_file, check_numpy_file
+from dlc.files.untrusted import check_file, check_numpy_file
 
 
 def _is_number(cell: str) -> bool:

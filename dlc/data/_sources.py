@@ -12,7 +12,7 @@ from dlc.data._csv import load_csv
 from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
 from dlc.errors import DlcError
-from dlc.userfiles import check_file, check_numpy_file
+from dlc.files.untrusted import check_file, check_numpy_file
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")

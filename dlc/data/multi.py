@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc.data.arrays import Dataset, Split, load_arrays
 from dlc.data._common import parse_float, suggest
 from dlc.data._csv import Table, read_table
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data._targets import encode_cells
+from dlc.data.augment import check_augment
 from dlc.errors import DlcError
-from dlc.userfiles import check_file
+from dlc.files.untrusted import check_file
+from dlc.model.names import spec_heads, spec_inputs
 
 
 class Columns(dict):
@@ -98,8 +101,6 @@ def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
     """(y, labels): one array and its class names for `task:`, or for `outputs:` a Columns
     mapping output -> array and a mapping output -> class names. None for y when a target
     column is absent and not required."""
-    from dlc.network import spec_heads
-
     data, ys, found = spec.get("data") or {}, Columns(), {}
     for name, task in spec_heads(spec).items():
         ref = task["target"] if name else data.get("target", table.columns[-1])
@@ -128,8 +129,6 @@ def _targets(spec: dict, table: Table, labels, strict: bool, require: bool):
 def _strata(spec: dict, y) -> np.ndarray | None:
     """The class targets to stratify the split on: the task's, or the first classification or
     binary output's (None: no class target)."""
-    from dlc.network import spec_heads
-
     for name, task in spec_heads(spec).items():
         if task["kind"] != "regression":
             return y[name] if name else y
@@ -139,8 +138,6 @@ def _strata(spec: dict, y) -> np.ndarray | None:
 def load_multi(spec: dict, spec_dir: Path):
     """Dataset whose x are `Columns` by input (one array for a single `input:`) and y `Columns`
     by output (one array for `task:`); norm and categories likewise by input."""
-    from dlc.data import Dataset, Split
-
     data = spec.get("data") or {}
     source = str(data.get("source", ""))
     if source.startswith("npz:") and not spec.get("inputs"):
@@ -184,8 +181,6 @@ def read_npz_outputs(source: str, spec: dict, spec_dir: Path, labels: dict | Non
     data.x_key (image layouts as for one output), each output's targets from the array its
     `target` names; y None when an output's array is absent and not required. `labels`: a
     trained model's class names per output (targets must fit them)."""
-    from dlc.data import load_arrays
-
     ys, found, x = Columns(), {}, None
     for name, task in spec["outputs"].items():
         view = {**spec, "task": task, "data": {**(spec.get("data") or {}),
@@ -204,9 +199,6 @@ def read_npz_outputs(source: str, spec: dict, spec_dir: Path, labels: dict | Non
 def _npz_dataset(spec: dict, spec_dir: Path):
     """`input:` with `outputs:` from an npz archive, split like any array data and normalised
     with the training split's statistics (int64 ids stay ids)."""
-    from dlc.data import Dataset, Split
-    from dlc.data.augment import check_augment
-
     data = spec["data"]
     x, y, labels = read_npz_outputs(data["source"], spec, spec_dir)
     check_augment(data.get("augment"), x.shape[1:])
@@ -225,8 +217,6 @@ def _npz_dataset(spec: dict, spec_dir: Path):
 def _feature_names(spec: dict, name: str, cfg: dict, table: Table) -> list[str]:
     """The columns an input takes: its `features`; for a single `input:` without them
     data.features, else every column that is no output's target."""
-    from dlc.network import spec_heads
-
     names = cfg.get("features")
     if names:
         return names
@@ -245,8 +235,6 @@ def _where(spec: dict, name: str) -> str:
 
 
 def _inputs(spec: dict, data: dict, table: Table, train_rows: np.ndarray):
-    from dlc.network import spec_inputs
-
     xs, norms, cats = Columns(), {}, {}
     for name, cfg in spec_inputs(spec).items():
         names = _feature_names(spec, name, cfg, table)
@@ -277,8 +265,6 @@ def read_multi(source: str, spec: dict, categories: dict, labels, require_target
     `outputs:` from a CSV, encoded with the model's stored category table: for `dlc predict`
     and `dlc evaluate`. x is `Columns` by input name (the model's input names); a single
     `input:` takes the stored feature names `features`."""
-    from dlc.network import spec_inputs
-
     path = Path(source[4:] if source.startswith("csv:") else source)
     check_file(path, "input file")
     data = spec.get("data") or {}

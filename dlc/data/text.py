@@ -25,7 +25,7 @@ import numpy as np
 from dlc.data._csv import Table, _column_index, read_table
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
-from dlc.userfiles import MAX_TABLE_BYTES, read_bytes
+from dlc.files.untrusted import MAX_TABLE_BYTES, read_bytes
 
 PAD, OOV = 0, 1
 SPECIALS = ["<pad>", "<oov>"]

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dlc import __version__
+
 IR_VERSION = 8  # the lowest IR that carries opset 18; loads on every onnxruntime since ~1.14
 OPSET = 18  # ScatterElements reduction=add (16), LayerNormalization (17), Reduce* axes as input (18)
 
@@ -151,7 +153,6 @@ class Builder:
                                   doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="dlc", ir_version=IR_VERSION)
-        from dlc import __version__
 
         model.producer_version = __version__
         for key, value in (metadata or {}).items():

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from dlc.errors import DlcError
-from dlc.fileio import write_bytes
+from dlc.files.atomic import write_bytes
 
 KEEP = 64  # optimised graphs kept (the least recently used are deleted beyond that)
 

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc import metrics as M
-from dlc.compile import OUTPUTS, output_name
-from dlc.errors import DlcError, UsageError
-from dlc.network import class_count, spec_heads
-from dlc.fileio import write_bytes, write_text
-from dlc.runtime.session import make_session
+from dlc.data import _random_split, _split_config, load_arrays, model_inputs
+from dlc.data.multi import read_multi, read_npz_outputs
+from dlc.errors import DlcError, SpecError, UsageError
+from dlc.files.atomic import write_bytes, write_text
+from dlc.files.untrusted import load_json, read_model
+from dlc.model import metrics as M
+from dlc.model.compile import OUTPUTS, output_name
+from dlc.model.names import class_count, spec_heads
+from dlc.model.network import build_network
+from dlc.model.spec import Spec
+from dlc.model.spec.schema import one_line, render_path, validate, without_filled_optimizer_fields
+from dlc.runtime.session import choose_device, make_session
 
 
 @dataclass
@@ -71,9 +77,6 @@ def _one_line(fn):
         try:
             return fn(*args, **kwargs)
         except DlcError as e:
-            from dlc.errors import SpecError
-            from dlc.spec.schema import one_line
-
             if isinstance(e, SpecError) or one_line(str(e)) == str(e):
                 raise
             raise type(e)(one_line(str(e))) from None
@@ -82,9 +85,6 @@ def _one_line(fn):
 
 @_one_line
 def load_model(path: str | Path, device: str = "cpu") -> Model:
-    from dlc.runtime.session import choose_device
-    from dlc.userfiles import load_json, read_model
-
     path = Path(path)
     proto = read_model(path)
     try:  # protobuf decodes string fields lazily: invalid UTF-8 fails at p.key, not at load
@@ -132,11 +132,6 @@ def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
 
 def _check_spec(path: Path, spec) -> None:
     """dlc.spec_resolved passes the schema, holds what dlc fills in, and builds a network."""
-    from dlc.errors import SpecError
-    from dlc.network import build_network
-    from dlc.spec import Spec
-    from dlc.spec.schema import render_path, validate, without_filled_optimizer_fields
-
     if not isinstance(spec, dict):
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved is not a mapping)")
     problems = validate(without_filled_optimizer_fields(spec))  # models of older dlc versions
@@ -205,8 +200,6 @@ def _own_split(model: Model, source, split: str | None) -> str:
 
 def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | None, str]:
     """The row indices of `split` (None: all) and the words for them."""
-    from dlc.data import _random_split, _split_config
-
     if split == "all":
         return None, f"all {n} rows of {source}"
     data = model.spec["data"]
@@ -222,9 +215,6 @@ def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | Non
 def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | None = None) -> dict:
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
     output name), the sample count and which rows were scored (`scored`; see _rows)."""
-    from dlc.data import load_arrays
-    from dlc.data.multi import read_multi, read_npz_outputs
-
     split = _own_split(model, source, split)
     if _reads_columns(model.spec, source):
         x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
@@ -252,9 +242,6 @@ def predict_inputs(model: Model, input_path: str):
     """The model's raw inputs from a file, as `dlc predict` reads them: one array, or
     `Columns` by input name for `inputs:`/`outputs:` models (`dlc serve` reads CSV uploads
     through this too)."""
-    from dlc.data import model_inputs
-    from dlc.data.multi import read_multi
-
     if _reads_columns(model.spec, input_path):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)

@@ -14,6 +14,8 @@ import re
 import shutil
 
 from dlc.errors import DlcError, UsageError
+from dlc.graph import Builder
+from dlc.runtime import graphcache
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -44,8 +46,6 @@ def resolve_device(device: str, available: list[str], usable,
 def cuda_usable(index: int = 0) -> tuple[bool, str]:
     """Try to create a CUDA session on a one-node model; report why not in one line."""
     import onnxruntime as ort
-
-    from dlc.graph import Builder
 
     b = Builder()
     b.output(b.Identity(b.input("x", "float32", [1])), "y", "float32", [1])
@@ -106,8 +106,6 @@ def make_session(model, kind: str = "cpu", index: int = 0, threads: int | None =
     import onnx
     import onnxruntime as ort
 
-    from dlc.runtime import graphcache
-
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
     data = model if isinstance(model, bytes) else model.SerializeToString()
     nodes = len(proto.graph.node)
@@ -134,8 +132,6 @@ def gpu_present() -> bool:
 def _cached(data: bytes, opts, providers, where):
     """The session from the cached optimised graph, or a new one whose graph is cached."""
     import onnxruntime as ort
-
-    from dlc.runtime import graphcache
 
     name = graphcache.key(data, f"{opts.graph_optimization_level}|{opts.enable_mem_reuse}")
     optimised = graphcache.load(where, name)

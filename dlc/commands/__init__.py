@@ -1,0 +1,2 @@
+"""One module per `dlc` command (dlc.cli parses and dispatches to them). Kept empty: `dlc --help`
+imports this package."""

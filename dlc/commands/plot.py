@@ -1,0 +1,52 @@
+"""`dlc plot`: loss and metrics per epoch of a run folder, train against validation
+(matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dlc.commands.runs import read_metrics
+from dlc.errors import DlcError
+
+
+def plot_run(run: Path, out: Path) -> list[str]:
+    """Loss and each metric per epoch, train against validation, one panel each; returns notes
+    on the metrics.csv rows it skipped."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DlcError("dlc plot needs matplotlib: pip install 'dlc[plot]'") from None
+    rows, notes = read_metrics(run)
+    keys = {k for r in rows for k in r}
+    names = sorted({k.split("_", 1)[1] for k in keys if k.startswith(("train_", "val_"))},
+                   key=lambda n: (n != "loss", n))
+    if not names:
+        raise DlcError(f"{run}/metrics.csv has no train_ or val_ columns to plot")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    epochs = [r["epoch"] for r in rows]
+    for ax, name in zip(axes[0], names):
+        for split in ("train", "val"):
+            key = f"{split}_{name}"
+            if key in keys:
+                ax.plot(epochs, [r.get(key, math.nan) for r in rows], marker=".", label=split)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(run))
+    fig.tight_layout()
+    if not out.parent.is_dir():
+        raise DlcError(f"output folder {out.parent} does not exist")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return notes
+
+
+def command(run: str, output: str) -> None:
+    for note in plot_run(Path(run), Path(output)):
+        print(f"note: {note}")
+    print(f"wrote {output}")

@@ -1,0 +1,40 @@
+"""`dlc train`: a new run of a spec, or `--resume` of a run folder; then the run folder and its
+final metrics (text lines, or one jsonl `end` event)."""
+
+from __future__ import annotations
+
+import json
+
+from dlc.errors import UsageError
+from dlc.model.spec import load_spec
+from dlc.train.report import LOG_FORMATS, json_event
+from dlc.train.run import resume as run_resume
+from dlc.train.run import train as run_train
+
+
+def command(spec: str | None, resume: str | None, out: str | None, overrides: list,
+            device: str | None, force: bool, quiet: bool, log_format: str) -> None:
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"unknown --log-format '{log_format}'; use text or jsonl")
+    if resume is not None:
+        if spec is not None or out is not None:
+            raise UsageError("--resume continues a run folder; give no SPEC and no --out with it")
+        path = run_resume(resume, overrides, device, quiet, log_format)
+    elif spec is None:
+        raise UsageError("missing SPEC (or --resume RUN_DIR)")
+    else:
+        path = run_train(load_spec(spec, overrides), out, force, device, quiet, log_format)
+    print_run(path, log_format)
+
+
+def print_run(path, log_format: str) -> None:
+    """The run folder and its final metrics: text lines, or (jsonl) one `end` event."""
+    result = json.loads((path / "summary.json").read_text())
+    if log_format == "jsonl":
+        print(json_event({"event": "end", "run": str(path), **result}))
+        return
+    print(f"run: {path}")
+    for split in ("val", "test"):
+        if split in result:
+            shown = {k: round(v, 4) for k, v in result[split].items() if isinstance(v, float)}
+            print(f"{split}: {shown}")

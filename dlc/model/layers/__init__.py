@@ -1,0 +1,51 @@
+"""Layer types by spec `type`: one table, one class per type."""
+
+from __future__ import annotations
+
+from dlc.model.layers.activations import ACTIVATIONS, Activation
+from dlc.model.layers.attention import MultiHeadAttention, TransformerEncoder
+from dlc.model.layers.base import Ctx, Layer, Param, Shape, ShapeError
+from dlc.model.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
+                             ZeroPadding)
+from dlc.model.layers.core import Dense, Dropout, Flatten, Reshape
+from dlc.model.layers.merge import Concat, Merge
+from dlc.model.layers.norm import BatchNorm, LayerNorm
+from dlc.model.layers.sequence import Embedding, PositionalEncoding, Recurrent, SequencePool
+
+LAYERS: dict[str, type[Layer]] = {
+    "dense": Dense,
+    "dropout": Dropout,
+    "flatten": Flatten,
+    "reshape": Reshape,
+    "conv1d": Conv1D,
+    "conv2d": Conv,
+    "maxpool1d": MaxPool1D,
+    "maxpool2d": MaxPool,
+    "avgpool1d": AvgPool1D,
+    "avgpool2d": AvgPool,
+    "global_avg_pool": GlobalPool,
+    "global_max_pool": GlobalPool,
+    "zero_padding": ZeroPadding,
+    "batchnorm": BatchNorm,
+    "layernorm": LayerNorm,
+    "add": Merge,
+    "multiply": Merge,
+    "average": Merge,
+    "concat": Concat,
+    "embedding": Embedding,
+    "simple_rnn": Recurrent,
+    "lstm": Recurrent,
+    "gru": Recurrent,
+    "multi_head_attention": MultiHeadAttention,
+    "transformer_encoder": TransformerEncoder,
+    "positional_encoding": PositionalEncoding,
+    "sequence_pool": SequencePool,
+    **{name: Activation for name in ACTIVATIONS},
+}
+
+
+def build_layer(cfg: dict) -> Layer:
+    return LAYERS[cfg["type"]].from_spec(cfg)
+
+
+__all__ = ["LAYERS", "Ctx", "Layer", "Param", "Shape", "ShapeError", "build_layer"]

@@ -1,0 +1,172 @@
+"""Convolution and pooling over channels-first inputs: (C, L) for 1-D, (C, H, W) for 2-D."""
+
+from __future__ import annotations
+
+import math
+
+from dlc.model.layers import activations
+from dlc.model.layers.base import Layer, Param, Shape, ShapeError, numel
+from dlc.model.layers.init import initializer
+
+
+MAX_SIZE = 2 ** 31 - 1  # a kernel, stride, dilation or padding (a per-sample size, too)
+
+
+def _tuple(value, rank: int, what: str) -> list[int]:
+    values = [value] * rank if isinstance(value, int) else list(value)
+    if len(values) != rank:
+        raise ShapeError(f"{what} needs {rank} value(s), got {values}")
+    return values
+
+
+def _pads(padding, in_sp, k, s, d) -> list[int]:
+    """ONNX pads [begin..., end...] for valid, same (TensorFlow's split) or explicit padding."""
+    rank = len(in_sp)
+    if padding == "valid":
+        return [0] * (2 * rank)
+    if padding == "same":
+        total = [max((math.ceil(i / st) - 1) * st + dd * (kk - 1) + 1 - i, 0)
+                 for i, kk, st, dd in zip(in_sp, k, s, d)]
+        return [t // 2 for t in total] + [t - t // 2 for t in total]
+    pads = list(padding)
+    if len(pads) == rank:
+        return pads + pads
+    if len(pads) != 2 * rank:
+        raise ShapeError(f"padding needs {rank} (symmetric) or {2 * rank} (begin..., end...) "
+                         f"values, got {pads}")
+    return pads
+
+
+def _out_sizes(in_sp, k, s, d, pads) -> list[int]:
+    rank = len(in_sp)
+    return [(i + pads[j] + pads[rank + j] - dd * (kk - 1) - 1) // st + 1
+            for j, (i, kk, st, dd) in enumerate(zip(in_sp, k, s, d))]
+
+
+class _Windowed(Layer):
+    """Shared geometry of conv and pooling layers."""
+
+    rank = 2
+
+    def geometry(self, in_shape: Shape):
+        if len(in_shape) != self.rank + 1:
+            raise ShapeError(f"{self.cfg['type']} takes (channels, {self.rank} spatial dims), got "
+                             f"shape {list(in_shape)}" + ("; add {type: reshape, shape: [1, ...]}"
+                                                          if len(in_shape) == 1 else ""))
+        k = _tuple(self.cfg.get("kernel", self.cfg.get("pool")), self.rank, "kernel")
+        s = _tuple(self.cfg.get("stride") or k if "pool" in self.cfg else
+                   self.cfg.get("stride", 1), self.rank, "stride")
+        d = _tuple(self.cfg.get("dilation", 1), self.rank, "dilation")
+        pads = _pads(self.cfg.get("padding", "valid"), in_shape[1:], k, s, d)
+        if max(*k, *s, *d, *pads) > MAX_SIZE:  # ONNX attributes are int64
+            raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
+                             f"got kernel {k}, stride {s}, dilation {d}, pads {pads}")
+        out = _out_sizes(in_shape[1:], k, s, d, pads)
+        if min(out) < 1:
+            raise ShapeError(f"window {k} does not fit input {list(in_shape)} (output {out})")
+        return k, s, d, pads, out
+
+
+class Conv(_Windowed):
+    def output_shape(self, in_shape: Shape) -> Shape:
+        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        if in_shape[0] % groups or filters % groups:
+            raise ShapeError(f"groups {groups} must divide both input channels {in_shape[0]} and "
+                             f"filters {filters}")
+        return (filters, *self.geometry(in_shape)[4])
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        k = self.geometry(in_shape)[0]
+        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        shape = (filters, in_shape[0] // groups, *k)
+        fans = (shape[1] * math.prod(k), filters * math.prod(k) // groups)
+        init = self.cfg.get("initializer", "auto")
+        if init == "auto":
+            init = activations.AUTO_INIT.get(self.cfg.get("activation", "linear"), "glorot_uniform")
+        params = [Param(f"{self.name}.weight", shape, initializer(init, fans))]
+        if self.cfg.get("use_bias", True):
+            params.append(Param(f"{self.name}.bias", (filters,), initializer("zeros")))
+        return params
+
+    def flops(self, in_shape: Shape) -> int:
+        k, out = self.geometry(in_shape)[0], self.output_shape(in_shape)
+        per_output = 2 * in_shape[0] // self.cfg.get("groups", 1) * math.prod(k)
+        return per_output * numel(out)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        k, s, d, pads, _ = self.geometry(in_shape)
+        y = b.Conv(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), kernel_shape=k,
+                   strides=s, dilations=d, pads=pads, group=self.cfg.get("groups", 1))
+        return activations.apply(b, y, self.cfg.get("activation", "linear"), self.cfg)
+
+
+class Conv1D(Conv):
+    rank = 1
+
+
+class MaxPool(_Windowed):
+    def output_shape(self, in_shape: Shape) -> Shape:
+        return (in_shape[0], *self.geometry(in_shape)[4])
+
+    def flops(self, in_shape: Shape) -> int:
+        return math.prod(self.geometry(in_shape)[0]) * numel(self.output_shape(in_shape))
+
+    def lower(self, b, x, p, ctx, in_shape):
+        k, s, _, pads, _ = self.geometry(in_shape)
+        if not ctx.training:
+            return b.MaxPool(x, kernel_shape=k, strides=s, pads=pads)
+        return b.MaxPool(x, kernel_shape=k, strides=s, pads=pads, outputs=2)[0]  # + Indices
+
+
+class MaxPool1D(MaxPool):
+    rank = 1
+
+
+class AvgPool(MaxPool):
+    def lower(self, b, x, p, ctx, in_shape):
+        k, s, _, pads, _ = self.geometry(in_shape)
+        return b.AveragePool(x, kernel_shape=k, strides=s, pads=pads, count_include_pad=0)
+
+
+class AvgPool1D(AvgPool):
+    rank = 1
+
+
+class GlobalPool(Layer):
+    """(C, spatial...) -> (C,): the mean or max over every spatial position."""
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) < 2:
+            raise ShapeError(f"{self.cfg['type']} takes (channels, spatial...), got "
+                             f"{list(in_shape)}")
+        return (in_shape[0],)
+
+    def flops(self, in_shape: Shape) -> int:
+        return numel(in_shape)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        axes = b.const(list(range(2, len(in_shape) + 1)))
+        if self.cfg["type"] == "global_max_pool":
+            return b.ReduceMax(x, axes, keepdims=0)
+        return b.ReduceMean(x, axes, keepdims=0)
+
+
+class ZeroPadding(Layer):
+    """Zeros around the spatial dims: padding p, [p per dim], or [begin..., end...]."""
+
+    def pads(self, in_shape: Shape) -> list[int]:
+        rank = len(in_shape) - 1
+        if rank < 1:
+            raise ShapeError(f"zero_padding takes (channels, spatial...), got {list(in_shape)}")
+        pad = self.cfg["padding"]
+        return _pads([pad] * rank if isinstance(pad, int) else pad, in_shape[1:], [1] * rank,
+                     [1] * rank, [1] * rank)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        pads, rank = self.pads(in_shape), len(in_shape) - 1
+        return (in_shape[0], *(n + pads[i] + pads[rank + i] for i, n in enumerate(in_shape[1:])))
+
+    def lower(self, b, x, p, ctx, in_shape):
+        pads, rank = self.pads(in_shape), len(in_shape) - 1
+        full = [0, 0, *pads[:rank], 0, 0, *pads[rank:]]
+        return b.Pad(x, b.const(full), mode="constant")

@@ -1,0 +1,77 @@
+"""Normalisation layers. Training graphs decompose them into primitive ops the VJP table
+differentiates (onnxruntime's CUDA BatchNormalization refuses training mode at opset >= 14)."""
+
+from __future__ import annotations
+
+from dlc.model.layers.base import Layer, Param, Shape, numel
+from dlc.model.layers.init import initializer
+
+
+def normalise(b, x: str, axes: str, eps: float) -> tuple[str, str, str, str]:
+    """(x - mean, mean, biased variance, 1 / sqrt(variance + eps)) over `axes`, in the form whose
+    VJP-table gradient makes the fewest passes over x-sized tensors: the mean is negated and
+    added (its gradient is one ReduceSum, negated after the sum), the square is one Mul of a
+    tensor by itself (one pass back), and every division happens on the small statistics."""
+    mean = b.ReduceMean(x, axes, keepdims=1)
+    centred = b.Add(x, b.Neg(mean))
+    var = b.ReduceMean(b.Mul(centred, centred), axes, keepdims=1)
+    return centred, mean, var, b.Reciprocal(b.Sqrt(b.Add(var, b.const(eps))))
+
+
+class BatchNorm(Layer):
+    """Per-channel (axis 1) batch statistics in training, running statistics at inference.
+
+    running = momentum * running + (1 - momentum) * batch, with the unbiased batch variance
+    (as torch) for the running variance; the normalisation itself uses the biased one."""
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        c, n = (in_shape[0],), self.name
+        return [Param(f"{n}.gamma", c, initializer("ones")),
+                Param(f"{n}.beta", c, initializer("zeros")),
+                Param(f"{n}.running_mean", c, initializer("zeros"), trainable=False),
+                Param(f"{n}.running_var", c, initializer("ones"), trainable=False)]
+
+    def flops(self, in_shape: Shape) -> int:
+        return 4 * numel(in_shape)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        n, eps = self.name, float(self.cfg.get("epsilon", 1e-5))
+        if not ctx.training:
+            return b.BatchNormalization(x, p[f"{n}.gamma"], p[f"{n}.beta"],
+                                        p[f"{n}.running_mean"], p[f"{n}.running_var"],
+                                        epsilon=eps)
+        axes = b.const([0, *range(2, len(in_shape) + 1)])
+        per_channel = b.const([1, in_shape[0], *[1] * (len(in_shape) - 1)])
+        centred, mean, var, inv_std = normalise(b, x, axes, eps)
+        scale = b.Mul(inv_std, b.Reshape(p[f"{n}.gamma"], per_channel))  # per channel: tiny
+        y = b.Add(b.Mul(centred, scale), b.Reshape(p[f"{n}.beta"], per_channel))
+        self._update_running(b, x, p, ctx, mean, var, in_shape[0])
+        return y
+
+    def _update_running(self, b, x, p, ctx, mean, var, channels):
+        n, m = self.name, float(self.cfg.get("momentum", 0.9))
+        flat = b.const([channels])
+        count = b.Cast(b.Div(b.Size(x), b.const(channels)), to=1)
+        unbiased = b.Mul(var, b.Div(count, b.Sub(count, b.const(1.0))))
+        for stat, batch in (("running_mean", mean), ("running_var", unbiased)):
+            old = p[f"{n}.{stat}"]
+            ctx.updates[f"{n}.{stat}"] = b.Add(b.Mul(old, b.const(m)),
+                                               b.Mul(b.Reshape(batch, flat), b.const(1.0 - m)))
+
+
+class LayerNorm(Layer):
+    """Normalise each sample over its last axis; gamma and beta of that axis' size."""
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        d = (in_shape[-1],)
+        return [Param(f"{self.name}.gamma", d, initializer("ones")),
+                Param(f"{self.name}.beta", d, initializer("zeros"))]
+
+    def flops(self, in_shape: Shape) -> int:
+        return 5 * numel(in_shape)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        eps = float(self.cfg.get("epsilon", 1e-5))
+        centred, _, _, inv_std = normalise(b, x, b.const([-1]), eps)
+        xhat = b.Mul(centred, inv_std)
+        return b.Add(b.Mul(xhat, p[f"{self.name}.gamma"]), p[f"{self.name}.beta"])
