@@ -1,6 +1,6 @@
 """Graph builder: `b.Gemm(x, w, bias, transB=1)` appends one node and returns its output name.
 
-Inputs are positional (tensor names, or None for a skipped optional input) and attributes are
+Inputs are positional (tensor names or handles, or None for a skipped optional input) and attributes are
 keyword-only, as in onnxscript and spox. Each call is checked against the ONNX schema of the
 pinned opset, so a wrong op name or arity fails at the line that built it. IR version and opset
 are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which onnxruntime < 1.32
@@ -24,11 +24,18 @@ DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": 
 
 
 @lru_cache(maxsize=None)
-def _schema(op_type: str) -> onnx.defs.OpSchema:
+def schema(op_type: str) -> onnx.defs.OpSchema:
+    """The ONNX schema of `op_type` in the pinned opset (AttributeError when there is none)."""
     try:
         return onnx.defs.get_schema(op_type, OPSET)
     except onnx.defs.SchemaError:
         raise AttributeError(f"{op_type} is not an ONNX op in opset {OPSET}") from None
+
+
+def _tensor_name(t) -> str:
+    """An op input: a tensor name, None for a skipped optional input, or a handle with a `name`
+    (dlc.autodiff's Var)."""
+    return "" if t is None else t if isinstance(t, str) else t.name
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -77,22 +84,22 @@ class Builder:
     # ---- nodes ------------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs):
         """Append one node; return its output name (or a list when outputs > 1)."""
-        schema = _schema(op_type)
-        if len(inputs) < schema.min_input or len(inputs) > schema.max_input:
-            raise TypeError(f"{op_type} takes {schema.min_input}..{schema.max_input} inputs, "
+        formal = schema(op_type)
+        if len(inputs) < formal.min_input or len(inputs) > formal.max_input:
+            raise TypeError(f"{op_type} takes {formal.min_input}..{formal.max_input} inputs, "
                             f"got {len(inputs)}")
         name = self.fresh(op_type)
         outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
         self._used.update(outs)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, ["" if i is None else i for i in inputs],
-                                           outs, name=name, **attrs))
+        self.nodes.append(helper.make_node(op_type, [_tensor_name(i) for i in inputs], outs,
+                                           name=name, **attrs))
         return outs[0] if outputs == 1 else outs
 
     def __getattr__(self, op_type: str):
         if not op_type[:1].isupper():
             raise AttributeError(op_type)
-        _schema(op_type)
+        schema(op_type)
         return lambda *inputs, **attrs: self.op(op_type, *inputs, **attrs)
 
     # ---- constants and graph interface ------------------------------------------------------

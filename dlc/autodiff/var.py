@@ -1,0 +1,136 @@
+"""What a VJP rule reads and writes: Var (a tensor whose Python operators emit ONNX arithmetic),
+`op` (any other ONNX op on Vars, onnxscript style) and Node (a forward node with named operands).
+
+So a rule reads like its formula: `dy * (y * (1.0 - y))` emits Sub, Mul, Mul in that order,
+the nodes the nested calls `b.Mul(dy, b.Mul(y, b.Sub(b.const(1.0), y)))` make. Operands that
+are not tensors (Python numbers, lists, numpy arrays) become constants: floats in the graph's
+float type, integers int64, as `Builder.const` makes them.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx.defs import OpSchema
+
+from dlc.graph import attr, schema
+
+VARIADIC = OpSchema.FormalParameterOption.Variadic
+
+
+class Var:
+    """A tensor of the graph being differentiated. Forward tensors also carry their static facts
+    (shape, rank, element type, constant value). Operators: + - * / @ ** unary -, `>` (Greater)
+    and `.T` (the last two axes swapped); `==` stays Python identity."""
+
+    __slots__ = ("ad", "name")
+
+    def __init__(self, ad, name: str):
+        self.ad, self.name = ad, name
+
+    def __repr__(self) -> str:
+        return f"Var({self.name!r})"
+
+    @property
+    def shape(self) -> list:
+        return self.ad.shapes[self.name]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> int:
+        return self.ad.types[self.name]
+
+    @property
+    def value(self):
+        """The value of a constant initializer (numpy), else None (computed at run time)."""
+        return self.ad.b.consts.get(self.name)
+
+    @property
+    def T(self) -> Var:  # noqa: N802 (numpy's name)
+        r = self.rank
+        return op.Transpose(self, perm=[*range(r - 2), r - 1, r - 2])
+
+    def __add__(self, other): return op.Add(self, other)
+    def __radd__(self, other): return op.Add(other, self)
+    def __sub__(self, other): return op.Sub(self, other)
+    def __rsub__(self, other): return op.Sub(other, self)
+    def __mul__(self, other): return op.Mul(self, other)
+    def __rmul__(self, other): return op.Mul(other, self)
+    def __truediv__(self, other): return op.Div(self, other)
+    def __rtruediv__(self, other): return op.Div(other, self)
+    def __matmul__(self, other): return op.MatMul(self, other)
+    def __pow__(self, other): return op.Pow(self, other)
+    def __neg__(self): return op.Neg(self)
+    def __gt__(self, other): return op.Greater(self, other)
+
+
+def _emit(op_type: str, *inputs, outputs: int = 1, **attrs):
+    """One node in the graph of the first Var operand; Vars (or lists of them) come back."""
+    ad = next((t.ad for t in inputs if isinstance(t, Var)), None)
+    if ad is None:
+        raise TypeError(f"op.{op_type} needs a Var operand to know its graph")
+    names = [t if t is None or isinstance(t, (str, Var)) else ad.b.const(t) for t in inputs]
+    out = ad.b.op(op_type, *names, outputs=outputs, **attrs)
+    return Var(ad, out) if outputs == 1 else [Var(ad, o) for o in out]
+
+
+class _Ops:
+    """`op.ConvTranspose(dy, w, strides=s)`: inputs positional, attributes keyword-only."""
+
+    def __getattr__(self, op_type: str):
+        schema(op_type)
+        return lambda *inputs, **attrs: _emit(op_type, *inputs, **attrs)
+
+
+op = _Ops()
+
+
+def full(shape: Var, fill, dtype: int) -> Var:
+    """A tensor of run-time shape `shape` (int64 vector) filled with `fill`, element type `dtype`."""
+    return op.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", dtype, [1], [fill]))
+
+
+class Node:
+    """A forward node as its rule reads it: named operands (`x, w, bias = node.inputs`: one per
+    input slot of the op, None where an optional one is absent; variadic ops: one per input),
+    outputs likewise (`node.y` is the first), attributes with defaults (`node.attr("alpha",
+    0.01)`). Anything else (input, output, op_type, name) is read from the NodeProto."""
+
+    def __init__(self, ad, proto: onnx.NodeProto):
+        self.ad, self.proto = ad, proto
+
+    def __getattr__(self, name: str):
+        if name == "proto":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.proto, name)
+
+    @property
+    def inputs(self) -> tuple:
+        return self._slots(self.proto.input, schema(self.proto.op_type).inputs)
+
+    @property
+    def outputs(self) -> tuple:
+        return self._slots(self.proto.output, schema(self.proto.op_type).outputs)
+
+    @property
+    def x(self) -> Var:
+        return self.inputs[0]
+
+    @property
+    def y(self) -> Var:
+        return self.outputs[0]
+
+    def attr(self, name: str, default=None):
+        return attr(self.proto, name, default)
+
+    def const(self, value) -> Var:
+        """A constant in this node's graph (an operand's default when no other operand is a Var)."""
+        return Var(self.ad, self.ad.b.const(value))
+
+    def _slots(self, names, formal) -> tuple:
+        present = [Var(self.ad, t) if t else None for t in names]
+        if formal and formal[-1].option == VARIADIC:
+            return tuple(present)
+        return tuple(present + [None] * (len(formal) - len(present)))
