@@ -111,7 +111,7 @@ def test_node_view_names_operands_per_input_slot():
     assert len(concat.inputs) == 3  # variadic: one per input
 
 
-# ---- Gemm: C alone is un-broadcast -----------------------------------------------------------------
+# ---- Gemm: C alone is un-broadcast ---------------------------------------------------------
 def _gemm(ta=0, tb=0):
     return lambda b, a, w, *c: b.Gemm(a, w, *c, transA=ta, transB=tb, alpha=0.7, beta=1.3)
 
@@ -124,7 +124,8 @@ BIAS_CASES = [  # (transA, transB, m, k, n, C shape): every C shape Gemm accepts
 
 
 @pytest.mark.parametrize("ta,tb,m,k,n,c", BIAS_CASES,
-                         ids=[f"tA{t[0]}tB{t[1]}-m{t[2]}k{t[3]}n{t[4]}-C{t[5]}" for t in BIAS_CASES])
+                         ids=[f"tA{ta}tB{tb}-m{m}k{k}n{n}-C{c}"
+                              for ta, tb, m, k, n, c in BIAS_CASES])
 def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c):
     """Finite differences for each bias shape, and the backward pass reduces only for C: one
     ReduceSum at most (none when C is [m, n]), never for dA or dB."""

@@ -82,14 +82,14 @@ def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str)
     return b.Reshape(g, b.Shape(like)) if lead else g
 
 
-def _checked(node: Node, g_in) -> tuple:
+def _checked(node: Node, g_in) -> list:
     """The rule's gradients as tensor names, one per input of the node (a rule may also answer
     per input slot of the op, with None for the absent optional inputs)."""
     g_in, n = tuple(g_in), len(node.input)
     if len(g_in) != n and (len(g_in) != len(node.inputs) or any(g_in[n:])):
         raise AssertionError(f"VJP rule for {node.op_type} returned {len(g_in)} gradients for "
                              f"the {n} inputs of node {node.name}")
-    return tuple(gi if gi is None or isinstance(gi, str) else gi.name for gi in g_in[:n])
+    return [gi if gi is None or isinstance(gi, str) else gi.name for gi in g_in[:n]]
 
 
 def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:

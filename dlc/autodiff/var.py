@@ -9,6 +9,8 @@ float type, integers int64, as `Builder.const` makes them.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import onnx
 from onnx.defs import OpSchema
 
@@ -66,10 +68,13 @@ class Var:
     def __gt__(self, other): return op.Greater(self, other)
 
 
-def _emit(op_type: str, *inputs, outputs: int = 1, **attrs):
+def _emit(op_type: str, inputs: tuple, outputs: int, attrs: dict):
     """One node in the graph of the first Var operand; Vars (or lists of them) come back."""
-    ad = next((t.ad for t in inputs if isinstance(t, Var)), None)
-    if ad is None:
+    for t in inputs:
+        if isinstance(t, Var):
+            ad = t.ad
+            break
+    else:
         raise TypeError(f"op.{op_type} needs a Var operand to know its graph")
     names = [t if t is None or isinstance(t, (str, Var)) else ad.b.const(t) for t in inputs]
     out = ad.b.op(op_type, *names, outputs=outputs, **attrs)
@@ -81,14 +86,18 @@ class _Ops:
 
     def __getattr__(self, op_type: str):
         schema(op_type)
-        return lambda *inputs, **attrs: _emit(op_type, *inputs, **attrs)
+
+        def emit(*inputs, outputs: int = 1, **attrs):
+            return _emit(op_type, inputs, outputs, attrs)
+        setattr(self, op_type, emit)  # found directly from now on
+        return emit
 
 
 op = _Ops()
 
 
 def full(shape: Var, fill, dtype: int) -> Var:
-    """A tensor of run-time shape `shape` (int64 vector) filled with `fill`, element type `dtype`."""
+    """A tensor of run-time shape `shape` (int64 vector) filled with `fill` of type `dtype`."""
     return op.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", dtype, [1], [fill]))
 
 
@@ -106,11 +115,11 @@ class Node:
             raise AttributeError(name)
         return getattr(self.proto, name)
 
-    @property
+    @cached_property
     def inputs(self) -> tuple:
         return self._slots(self.proto.input, schema(self.proto.op_type).inputs)
 
-    @property
+    @cached_property
     def outputs(self) -> tuple:
         return self._slots(self.proto.output, schema(self.proto.op_type).outputs)
 

@@ -32,12 +32,6 @@ def schema(op_type: str) -> onnx.defs.OpSchema:
         raise AttributeError(f"{op_type} is not an ONNX op in opset {OPSET}") from None
 
 
-def _tensor_name(t) -> str:
-    """An op input: a tensor name, None for a skipped optional input, or a handle with a `name`
-    (dlc.autodiff's Var)."""
-    return "" if t is None else t if isinstance(t, str) else t.name
-
-
 def attr(node: onnx.NodeProto, name: str, default=None):
     """The value of attribute `name` of `node`, or `default`."""
     for a in node.attribute:
@@ -92,8 +86,9 @@ class Builder:
         outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
         self._used.update(outs)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, [_tensor_name(i) for i in inputs], outs,
-                                           name=name, **attrs))
+        names = ["" if i is None else i if isinstance(i, str) else i.name  # a handle: its name
+                 for i in inputs]  # (dlc.autodiff's Var)
+        self.nodes.append(helper.make_node(op_type, names, outs, name=name, **attrs))
         return outs[0] if outputs == 1 else outs
 
     def __getattr__(self, op_type: str):
