@@ -99,7 +99,7 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
     active, depends = _active_nodes(list(b.nodes), loss, set(wrt))
     grads: dict[str, str] = {loss: b.const(1.0)}
     for node in reversed(active):
-        g = [Var(ad, grads[o]) if o in grads else None for o in node.output]
+        g = [grads.get(o) for o in node.output]
         if all(gi is None for gi in g):  # its outputs reach the loss only through gradient-free ops
             continue
         rule = VJP.get(node.op_type)
@@ -108,7 +108,7 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
                            "this layer cannot be trained yet")
         with b.scope(f"{node.name}.grad"):
             view, kind = Node(ad, node), BROADCAST.get(node.op_type)
-            g_in = _checked(view, rule(ad, view, g))
+            g_in = _checked(view, rule(ad, view, [Var(ad, gi) if gi else None for gi in g]))
             for i, (name, gi) in enumerate(zip(node.input, g_in)):
                 if gi is None or name not in depends or ad.types.get(name) not in FLOATS:
                     continue

@@ -9,8 +9,6 @@ float type, integers int64, as `Builder.const` makes them.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import onnx
 from onnx.defs import OpSchema
 
@@ -54,30 +52,42 @@ class Var:
         r = self.rank
         return op.Transpose(self, perm=[*range(r - 2), r - 1, r - 2])
 
-    def __add__(self, other): return op.Add(self, other)
-    def __radd__(self, other): return op.Add(other, self)
-    def __sub__(self, other): return op.Sub(self, other)
-    def __rsub__(self, other): return op.Sub(other, self)
-    def __mul__(self, other): return op.Mul(self, other)
-    def __rmul__(self, other): return op.Mul(other, self)
-    def __truediv__(self, other): return op.Div(self, other)
-    def __rtruediv__(self, other): return op.Div(other, self)
-    def __matmul__(self, other): return op.MatMul(self, other)
-    def __pow__(self, other): return op.Pow(self, other)
-    def __neg__(self): return op.Neg(self)
-    def __gt__(self, other): return op.Greater(self, other)
+    def __add__(self, other): return _binary("Add", self, other)
+    def __radd__(self, other): return _binary("Add", other, self)
+    def __sub__(self, other): return _binary("Sub", self, other)
+    def __rsub__(self, other): return _binary("Sub", other, self)
+    def __mul__(self, other): return _binary("Mul", self, other)
+    def __rmul__(self, other): return _binary("Mul", other, self)
+    def __truediv__(self, other): return _binary("Div", self, other)
+    def __rtruediv__(self, other): return _binary("Div", other, self)
+    def __matmul__(self, other): return _binary("MatMul", self, other)
+    def __pow__(self, other): return _binary("Pow", self, other)
+    def __gt__(self, other): return _binary("Greater", self, other)
+    def __neg__(self): return Var(self.ad, self.ad.b.op("Neg", self.name))
+
+
+def _binary(op_type: str, a, c) -> Var:
+    """The node of an operator: one operand is a Var, the other a Var, a tensor name or a
+    constant (what op.X does, without its generality: operators are most of a rule's nodes)."""
+    ad = a.ad if isinstance(a, Var) else c.ad
+    return Var(ad, ad.b.op(op_type, a.name if isinstance(a, Var) else _operand(ad, a),
+                           c.name if isinstance(c, Var) else _operand(ad, c)))
+
+
+def _operand(ad, t):
+    """An op input: a Var's name, a tensor name or None as they are, anything else a constant."""
+    return t.name if isinstance(t, Var) else t if t is None or isinstance(t, str) \
+        else ad.b.const(t)
 
 
 def _emit(op_type: str, inputs: tuple, outputs: int, attrs: dict):
     """One node in the graph of the first Var operand; Vars (or lists of them) come back."""
-    for t in inputs:
-        if isinstance(t, Var):
-            ad = t.ad
-            break
-    else:
+    first = inputs[0] if inputs else None  # usually the Var
+    ad = first.ad if isinstance(first, Var) else next(
+        (t.ad for t in inputs if isinstance(t, Var)), None)
+    if ad is None:
         raise TypeError(f"op.{op_type} needs a Var operand to know its graph")
-    names = [t if t is None or isinstance(t, (str, Var)) else ad.b.const(t) for t in inputs]
-    out = ad.b.op(op_type, *names, outputs=outputs, **attrs)
+    out = ad.b.op(op_type, *[_operand(ad, t) for t in inputs], outputs=outputs, **attrs)
     return Var(ad, out) if outputs == 1 else [Var(ad, o) for o in out]
 
 
@@ -109,19 +119,24 @@ class Node:
 
     def __init__(self, ad, proto: onnx.NodeProto):
         self.ad, self.proto = ad, proto
+        self._inputs = self._outputs = None  # made on first use
 
     def __getattr__(self, name: str):
         if name == "proto":  # not set yet
             raise AttributeError(name)
         return getattr(self.proto, name)
 
-    @cached_property
+    @property
     def inputs(self) -> tuple:
-        return self._slots(self.proto.input, schema(self.proto.op_type).inputs)
+        if self._inputs is None:
+            self._inputs = self._slots(self.proto.input, schema(self.proto.op_type).inputs)
+        return self._inputs
 
-    @cached_property
+    @property
     def outputs(self) -> tuple:
-        return self._slots(self.proto.output, schema(self.proto.op_type).outputs)
+        if self._outputs is None:
+            self._outputs = self._slots(self.proto.output, schema(self.proto.op_type).outputs)
+        return self._outputs
 
     @property
     def x(self) -> Var:
