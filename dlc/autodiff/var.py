@@ -150,7 +150,7 @@ class Node:
         return attr(self.proto, name, default)
 
     def const(self, value) -> Var:
-        """A constant in this node's graph (an operand's default when no other operand is a Var)."""
+        """A constant of this node's graph as a Var (for an absent operand's default value)."""
         return Var(self.ad, self.ad.b.const(value))
 
     def _slots(self, names, formal) -> tuple:

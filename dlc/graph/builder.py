@@ -1,10 +1,10 @@
 """Graph builder: `b.Gemm(x, w, bias, transB=1)` appends one node and returns its output name.
 
-Inputs are positional (tensor names or handles, or None for a skipped optional input) and attributes are
-keyword-only, as in onnxscript and spox. Each call is checked against the ONNX schema of the
-pinned opset, so a wrong op name or arity fails at the line that built it. IR version and opset
-are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which onnxruntime < 1.32
-rejects.
+Inputs are positional (tensor names or handles with a `name`, None for a skipped optional input)
+and attributes are keyword-only, as in onnxscript and spox. Each call is checked against the ONNX
+schema of the pinned opset, so a wrong op name or arity fails at the line that built it. IR
+version and opset are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which
+onnxruntime < 1.32 rejects.
 """
 
 from __future__ import annotations
