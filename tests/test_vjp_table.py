@@ -41,6 +41,11 @@ def test_each_op_type_is_registered_in_exactly_one_module():
     assert "rules" not in {m for mods in found.values() for m in mods}, "the registry holds rules"
 
 
+def test_driver_stays_small():
+    """STYLE.md convention 3: the driver is four steps and an arity check, at most 150 lines."""
+    assert len((AUTODIFF / "driver.py").read_text().splitlines()) <= 150
+
+
 def test_registering_an_op_twice_is_refused():
     with pytest.raises(ValueError, match="Relu already has a VJP rule"):
         defvjp("Relu")(lambda ad, n, g: (None,))
