@@ -1,6 +1,6 @@
-"""The indexing and slicing rules of the VJP table (rules_shape.py: Gather, Slice, Concat, Split),
-checked against central finite differences in float64 with the harness of test_vjp_rules, plus
-the patterns sequence layers build from them (unrolled time steps, stacked outputs).
+"""The indexing and slicing rules of the VJP table (indexing.py: Gather; shape.py: Slice, Concat,
+Split), checked against central finite differences in float64 with the harness of test_vjp_rules,
+plus the patterns sequence layers build from them (unrolled time steps, stacked outputs).
 
 Every op here has a float64 kernel in onnxruntime CPU, so each case runs there directly.
 """

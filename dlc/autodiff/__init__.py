@@ -1,9 +1,9 @@
-"""Reverse-mode autodiff over ONNX graphs: a table of VJP rules (rules.py, rules_linalg.py,
-rules_shape.py) and one driver."""
+"""Reverse-mode autodiff over ONNX graphs: the VJP table (rules.py), filled by one module per op
+family, and one driver (driver.py)."""
 
-from dlc.autodiff import rules_linalg  # noqa: F401  (registers Gemm, MatMul)
-from dlc.autodiff import rules_shape  # noqa: F401  (registers Gather, Slice, Concat, Split)
+from dlc.autodiff import (  # noqa: F401  (each registers its family's rules)
+    activations, conv, elementwise, indexing, linalg, reductions, shape)
 from dlc.autodiff.driver import gradients, infer_shapes
-from dlc.autodiff.rules import BROADCAST, VJP
+from dlc.autodiff.rules import BROADCAST, VJP, defdx, defvjp, defzero
 
-__all__ = ["BROADCAST", "VJP", "gradients", "infer_shapes"]
+__all__ = ["BROADCAST", "VJP", "defdx", "defvjp", "defzero", "gradients", "infer_shapes"]

@@ -1,8 +1,9 @@
 """The driver: prune to the params -> loss path, walk it in reverse, sum fan-out, undo broadcasting.
 
-Every rule has the contract `rule(ad, node, g) -> tuple` with one entry per ONNX input (None where
-the input is not differentiable); `g` holds the cotangent of each output (None when no path
-reaches it). Broadcasting is undone here, once, for the ops the table marks as broadcasting.
+Every rule has the contract `rule(ad, node, g) -> tuple` (dlc.autodiff.rules): one entry per
+input of the node or per input slot of its op, None where the input is not differentiable; `g`
+holds the cotangent of each output as a Var (None when no path reaches it). The driver checks the
+arity of what comes back, and undoes broadcasting here, once, for the ops the table marks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from dlc.autodiff.rules import BROADCAST, VJP
+from dlc.autodiff.rules import BROADCAST, GRAD_SHAPE, VJP
+from dlc.autodiff.var import Node, Var
 from dlc.errors import DlcError
 from dlc.graph import IR_VERSION, OPSET, Builder
 
@@ -80,14 +82,14 @@ def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str)
     return b.Reshape(g, b.Shape(like)) if lead else g
 
 
-def _grad_shape(ad: AD, node, i: int) -> Dims:
-    """The shape of the gradient a broadcasting rule returns for input i: the output's, or for
-    MatMul the batch axes of the output and the operand's matrix axes (a 2-D weight's gradient
-    is one GEMM over the flattened batch: its own shape)."""
-    out, inp = ad.shapes[node.output[0]], ad.shapes[node.input[i]]
-    if BROADCAST[node.op_type] != "matmul":
-        return out
-    return inp if i == 1 and len(inp) == 2 else out[:-2] + inp[-2:]
+def _checked(node: Node, g_in) -> list:
+    """The rule's gradients as tensor names, one per input of the node (a rule may also answer
+    per input slot of the op, with None for the absent optional inputs)."""
+    g_in, n = tuple(g_in), len(node.input)
+    if len(g_in) != n and (len(g_in) != len(node.inputs) or any(g_in[n:])):
+        raise AssertionError(f"VJP rule for {node.op_type} returned {len(g_in)} gradients for "
+                             f"the {n} inputs of node {node.name}")
+    return [gi if gi is None or isinstance(gi, str) else gi.name for gi in g_in[:n]]
 
 
 def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
@@ -105,14 +107,13 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
             raise DlcError(f"no gradient rule for ONNX op {node.op_type} (node {node.name}); "
                            "this layer cannot be trained yet")
         with b.scope(f"{node.name}.grad"):
-            g_in = rule(ad, node, g)
-            if len(g_in) != len(node.input):
-                raise AssertionError(f"VJP rule for {node.op_type} returned {len(g_in)} "
-                                     f"gradients for {len(node.input)} inputs")
+            view, kind = Node(ad, node), BROADCAST.get(node.op_type)
+            g_in = _checked(view, rule(ad, view, [Var(ad, gi) if gi else None for gi in g]))
             for i, (name, gi) in enumerate(zip(node.input, g_in)):
                 if gi is None or name not in depends or ad.types.get(name) not in FLOATS:
                     continue
-                if node.op_type in BROADCAST:
-                    gi = unbroadcast(b, gi, _grad_shape(ad, node, i), shapes[name], name)
+                shaped = GRAD_SHAPE[kind](ad, node, i) if kind else None
+                if shaped is not None:
+                    gi = unbroadcast(b, gi, shaped, shapes[name], name)
                 grads[name] = gi if name not in grads else b.Add(grads[name], gi)
     return {w: grads.get(w) for w in wrt}

@@ -1,5 +1,5 @@
 """A small typed builder over onnx.helper: the one place ONNX nodes are made."""
 
-from dlc.graph.builder import IR_VERSION, OPSET, Builder, attr
+from dlc.graph.builder import IR_VERSION, OPSET, Builder, attr, schema
 
-__all__ = ["IR_VERSION", "OPSET", "Builder", "attr"]
+__all__ = ["IR_VERSION", "OPSET", "Builder", "attr", "schema"]

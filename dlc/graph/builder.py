@@ -1,10 +1,10 @@
 """Graph builder: `b.Gemm(x, w, bias, transB=1)` appends one node and returns its output name.
 
-Inputs are positional (tensor names, or None for a skipped optional input) and attributes are
-keyword-only, as in onnxscript and spox. Each call is checked against the ONNX schema of the
-pinned opset, so a wrong op name or arity fails at the line that built it. IR version and opset
-are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which onnxruntime < 1.32
-rejects.
+Inputs are positional (tensor names or handles with a `name`, None for a skipped optional input)
+and attributes are keyword-only, as in onnxscript and spox. Each call is checked against the ONNX
+schema of the pinned opset, so a wrong op name or arity fails at the line that built it. IR
+version and opset are pinned here and nowhere else: onnx >= 1.23 stamps IR 14 by default, which
+onnxruntime < 1.32 rejects.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": 
 
 
 @lru_cache(maxsize=None)
-def _schema(op_type: str) -> onnx.defs.OpSchema:
+def schema(op_type: str) -> onnx.defs.OpSchema:
+    """The ONNX schema of `op_type` in the pinned opset (AttributeError when there is none)."""
     try:
         return onnx.defs.get_schema(op_type, OPSET)
     except onnx.defs.SchemaError:
@@ -79,22 +80,23 @@ class Builder:
     # ---- nodes ------------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs):
         """Append one node; return its output name (or a list when outputs > 1)."""
-        schema = _schema(op_type)
-        if len(inputs) < schema.min_input or len(inputs) > schema.max_input:
-            raise TypeError(f"{op_type} takes {schema.min_input}..{schema.max_input} inputs, "
+        formal = schema(op_type)
+        if len(inputs) < formal.min_input or len(inputs) > formal.max_input:
+            raise TypeError(f"{op_type} takes {formal.min_input}..{formal.max_input} inputs, "
                             f"got {len(inputs)}")
         name = self.fresh(op_type)
         outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
         self._used.update(outs)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, ["" if i is None else i for i in inputs],
-                                           outs, name=name, **attrs))
+        names = ["" if i is None else i if isinstance(i, str) else i.name  # a handle: its name
+                 for i in inputs]  # (dlc.autodiff's Var)
+        self.nodes.append(helper.make_node(op_type, names, outs, name=name, **attrs))
         return outs[0] if outputs == 1 else outs
 
     def __getattr__(self, op_type: str):
         if not op_type[:1].isupper():
             raise AttributeError(op_type)
-        _schema(op_type)
+        schema(op_type)
         return lambda *inputs, **attrs: self.op(op_type, *inputs, **attrs)
 
     # ---- constants and graph interface ------------------------------------------------------
