@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlc.layers.activations import ACTIVATIONS, Activation
+from dlc.layers.activations import LAYER_CLASSES as ACTIVATION_LAYERS
 from dlc.layers.attention import MultiHeadAttention, TransformerEncoder
 from dlc.layers.base import Ctx, Layer, Param, Shape, ShapeError
 from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
@@ -12,11 +12,14 @@ from dlc.layers.merge import Concat, Merge
 from dlc.layers.norm import BatchNorm, LayerNorm
 from dlc.layers.sequence import Embedding, PositionalEncoding, Recurrent, SequencePool
 
+# The one list of layer types: the schema's type enum, its per-type entries and the layer
+# reference are generated from it (python -m dlc.spec.generate). A new layer: its class + a line.
 LAYERS: dict[str, type[Layer]] = {
     "dense": Dense,
     "dropout": Dropout,
     "flatten": Flatten,
     "reshape": Reshape,
+    **ACTIVATION_LAYERS,
     "conv1d": Conv1D,
     "conv2d": Conv,
     "maxpool1d": MaxPool1D,
@@ -40,7 +43,6 @@ LAYERS: dict[str, type[Layer]] = {
     "transformer_encoder": TransformerEncoder,
     "positional_encoding": PositionalEncoding,
     "sequence_pool": SequencePool,
-    **{name: Activation for name in ACTIVATIONS},
 }
 
 

@@ -6,6 +6,7 @@ import math
 
 from dlc.layers import activations
 from dlc.layers.base import Layer, Param, Shape, ShapeError, numel
+from dlc.layers.fields import AUTO_INIT_DOC, Field, INITIALIZERS, boolean, enum, integer, ref
 from dlc.layers.init import initializer
 
 
@@ -48,16 +49,20 @@ class _Windowed(Layer):
 
     rank = 2
 
+    def window(self):
+        """(kernel, stride, dilation) as written: an int or one per spatial dim."""
+        return self.cfg["kernel"], self.cfg["stride"], self.cfg["dilation"]
+
     def geometry(self, in_shape: Shape):
         if len(in_shape) != self.rank + 1:
             raise ShapeError(f"{self.cfg['type']} takes (channels, {self.rank} spatial dims), got "
                              f"shape {list(in_shape)}" + ("; add {type: reshape, shape: [1, ...]}"
                                                           if len(in_shape) == 1 else ""))
-        k = _tuple(self.cfg.get("kernel", self.cfg.get("pool")), self.rank, "kernel")
-        s = _tuple(self.cfg.get("stride") or k if "pool" in self.cfg else
-                   self.cfg.get("stride", 1), self.rank, "stride")
-        d = _tuple(self.cfg.get("dilation", 1), self.rank, "dilation")
-        pads = _pads(self.cfg.get("padding", "valid"), in_shape[1:], k, s, d)
+        kernel, stride, dilation = self.window()
+        k = _tuple(kernel, self.rank, "kernel")
+        s = _tuple(stride, self.rank, "stride")
+        d = _tuple(dilation, self.rank, "dilation")
+        pads = _pads(self.cfg["padding"], in_shape[1:], k, s, d)
         if max(*k, *s, *d, *pads) > MAX_SIZE:  # ONNX attributes are int64
             raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
                              f"got kernel {k}, stride {s}, dilation {d}, pads {pads}")
@@ -68,8 +73,31 @@ class _Windowed(Layer):
 
 
 class Conv(_Windowed):
+    schema_name = "conv"
+    spec_doc = ("Convolution over channels-first input: conv1d takes (channels, length), conv2d "
+                "(channels, height, width).")
+    type_doc = "Layer type: conv1d or conv2d."
+    fields = (
+        Field("filters", "Number of output channels.", integer(minimum=1), required=True),
+        Field("kernel",
+              "Kernel size: one integer for every spatial dimension, or one per dimension.",
+              ref("ints"), required=True),
+        Field("stride", "Stride (default 1).", ref("ints"), default=1),
+        Field("padding", "valid, same, or explicit zero padding (default valid).",
+              ref("padding"), default="valid"),
+        Field("dilation", "Dilation of the kernel (default 1).", ref("ints"), default=1),
+        Field("groups",
+              "Grouped convolution: channels and filters split into this many groups (groups = "
+              "channels: depthwise).",
+              integer(minimum=1), default=1),
+        Field("activation", "Activation applied after the convolution (default linear: none).",
+              ref("activationName"), default="linear"),
+        Field("use_bias", "Whether to add a learned bias per filter.", boolean(), default=True),
+        Field("initializer", AUTO_INIT_DOC, enum(*INITIALIZERS), default="auto"),
+    )
+
     def output_shape(self, in_shape: Shape) -> Shape:
-        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
         if in_shape[0] % groups or filters % groups:
             raise ShapeError(f"groups {groups} must divide both input channels {in_shape[0]} and "
                              f"filters {filters}")
@@ -77,27 +105,27 @@ class Conv(_Windowed):
 
     def params(self, in_shape: Shape) -> list[Param]:
         k = self.geometry(in_shape)[0]
-        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
         shape = (filters, in_shape[0] // groups, *k)
         fans = (shape[1] * math.prod(k), filters * math.prod(k) // groups)
-        init = self.cfg.get("initializer", "auto")
+        init = self.cfg["initializer"]
         if init == "auto":
-            init = activations.AUTO_INIT.get(self.cfg.get("activation", "linear"), "glorot_uniform")
+            init = activations.AUTO_INIT.get(self.cfg["activation"], "glorot_uniform")
         params = [Param(f"{self.name}.weight", shape, initializer(init, fans))]
-        if self.cfg.get("use_bias", True):
+        if self.cfg["use_bias"]:
             params.append(Param(f"{self.name}.bias", (filters,), initializer("zeros")))
         return params
 
     def flops(self, in_shape: Shape) -> int:
         k, out = self.geometry(in_shape)[0], self.output_shape(in_shape)
-        per_output = 2 * in_shape[0] // self.cfg.get("groups", 1) * math.prod(k)
+        per_output = 2 * in_shape[0] // self.cfg["groups"] * math.prod(k)
         return per_output * numel(out)
 
     def lower(self, b, x, p, ctx, in_shape):
         k, s, d, pads, _ = self.geometry(in_shape)
         y = b.Conv(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), kernel_shape=k,
-                   strides=s, dilations=d, pads=pads, group=self.cfg.get("groups", 1))
-        return activations.apply(b, y, self.cfg.get("activation", "linear"), self.cfg)
+                   strides=s, dilations=d, pads=pads, group=self.cfg["groups"])
+        return activations.apply(b, y, self.cfg["activation"], self.cfg)
 
 
 class Conv1D(Conv):
@@ -105,6 +133,21 @@ class Conv1D(Conv):
 
 
 class MaxPool(_Windowed):
+    schema_name = "pool"
+    spec_doc = ("Max or average pooling over channels-first input (average excludes padding from "
+                "the count).")
+    type_doc = "Layer type: maxpool1d, maxpool2d, avgpool1d or avgpool2d."
+    fields = (
+        Field("pool", "Window size.", ref("ints"), required=True),
+        Field("stride", "Stride (default: the window size).", ref("ints")),
+        Field("padding", "valid (no padding) or same (output size = ceil(input / stride)).",
+              enum("valid", "same"), default="valid"),
+    )
+
+    def window(self):
+        """Pooling has no dilation; its stride defaults to the window."""
+        return self.cfg["pool"], self.cfg.get("stride") or self.cfg["pool"], 1
+
     def output_shape(self, in_shape: Shape) -> Shape:
         return (in_shape[0], *self.geometry(in_shape)[4])
 
@@ -134,6 +177,9 @@ class AvgPool1D(AvgPool):
 
 class GlobalPool(Layer):
     """(C, spatial...) -> (C,): the mean or max over every spatial position."""
+    schema_name = "global_pool"
+    spec_doc = "Mean or maximum over every spatial position: (channels, ...) -> (channels,)."
+    type_doc = "Layer type: global_avg_pool or global_max_pool."
 
     def output_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) < 2:
@@ -153,6 +199,15 @@ class GlobalPool(Layer):
 
 class ZeroPadding(Layer):
     """Zeros around the spatial dims: padding p, [p per dim], or [begin..., end...]."""
+    schema_name = "zero_padding"
+    spec_doc = "Zeros around the spatial dimensions of channels-first input."
+    type_doc = "Layer type: zero padding."
+    fields = (
+        Field("padding", "One integer (every side), one per spatial dimension (both sides), or "
+              "begin... then end...",
+              {"oneOf": [integer(minimum=0), {"type": "array", "items": integer(minimum=0),
+                                              "minItems": 1, "maxItems": 6}]}, required=True),
+    )
 
     def pads(self, in_shape: Shape) -> list[int]:
         rank = len(in_shape) - 1
