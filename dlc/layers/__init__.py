@@ -5,8 +5,8 @@ from __future__ import annotations
 from dlc.layers.activations import LAYER_CLASSES as ACTIVATION_LAYERS
 from dlc.layers.attention import MultiHeadAttention, TransformerEncoder
 from dlc.layers.base import Ctx, Layer, Param, Shape, ShapeError
-from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, GlobalPool, MaxPool, MaxPool1D,
-                             ZeroPadding)
+from dlc.layers.conv import (AvgPool, AvgPool1D, Conv, Conv1D, ConvTranspose, GlobalPool, MaxPool,
+                             MaxPool1D, ZeroPadding)
 from dlc.layers.core import Dense, Dropout, Flatten, Reshape
 from dlc.layers.merge import Concat, Merge
 from dlc.layers.norm import BatchNorm, LayerNorm
@@ -22,6 +22,7 @@ LAYERS: dict[str, type[Layer]] = {
     **ACTIVATION_LAYERS,
     "conv1d": Conv1D,
     "conv2d": Conv,
+    "conv_transpose2d": ConvTranspose,
     "maxpool1d": MaxPool1D,
     "maxpool2d": MaxPool,
     "avgpool1d": AvgPool1D,

@@ -44,6 +44,13 @@ def _out_sizes(in_sp, k, s, d, pads) -> list[int]:
             for j, (i, kk, st, dd) in enumerate(zip(in_sp, k, s, d))]
 
 
+def _check_int64(*sizes) -> None:
+    """ONNX attributes are int64."""
+    if max(v for vs in sizes for v in vs) > MAX_SIZE:
+        raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
+                         "got kernel {}, stride {}, dilation {}, pads {}".format(*sizes[:4]))
+
+
 class _Windowed(Layer):
     """Shared geometry of conv and pooling layers."""
 
@@ -53,19 +60,20 @@ class _Windowed(Layer):
         """(kernel, stride, dilation) as written: an int or one per spatial dim."""
         return self.cfg["kernel"], self.cfg["stride"], self.cfg["dilation"]
 
-    def geometry(self, in_shape: Shape):
+    def spatial(self, in_shape: Shape) -> tuple[list[int], list[int], list[int]]:
+        """(kernel, stride, dilation), one per spatial dim, for an input of the right rank."""
         if len(in_shape) != self.rank + 1:
             raise ShapeError(f"{self.cfg['type']} takes (channels, {self.rank} spatial dims), got "
                              f"shape {list(in_shape)}" + ("; add {type: reshape, shape: [1, ...]}"
                                                           if len(in_shape) == 1 else ""))
         kernel, stride, dilation = self.window()
-        k = _tuple(kernel, self.rank, "kernel")
-        s = _tuple(stride, self.rank, "stride")
-        d = _tuple(dilation, self.rank, "dilation")
+        return (_tuple(kernel, self.rank, "kernel"), _tuple(stride, self.rank, "stride"),
+                _tuple(dilation, self.rank, "dilation"))
+
+    def geometry(self, in_shape: Shape):
+        k, s, d = self.spatial(in_shape)
         pads = _pads(self.cfg["padding"], in_shape[1:], k, s, d)
-        if max(*k, *s, *d, *pads) > MAX_SIZE:  # ONNX attributes are int64
-            raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
-                             f"got kernel {k}, stride {s}, dilation {d}, pads {pads}")
+        _check_int64(k, s, d, pads)
         out = _out_sizes(in_shape[1:], k, s, d, pads)
         if min(out) < 1:
             raise ShapeError(f"window {k} does not fit input {list(in_shape)} (output {out})")
@@ -108,12 +116,16 @@ class Conv(_Windowed):
         groups, filters = self.cfg["groups"], self.cfg["filters"]
         shape = (filters, in_shape[0] // groups, *k)
         fans = (shape[1] * math.prod(k), filters * math.prod(k) // groups)
+        return self._weight_and_bias(shape, fans)
+
+    def _weight_and_bias(self, shape, fans) -> list[Param]:
         init = self.cfg["initializer"]
         if init == "auto":
             init = activations.AUTO_INIT.get(self.cfg["activation"], "glorot_uniform")
         params = [Param(f"{self.name}.weight", shape, initializer(init, fans))]
         if self.cfg["use_bias"]:
-            params.append(Param(f"{self.name}.bias", (filters,), initializer("zeros")))
+            params.append(Param(f"{self.name}.bias", (self.cfg["filters"],),
+                                initializer("zeros")))
         return params
 
     def flops(self, in_shape: Shape) -> int:
@@ -130,6 +142,68 @@ class Conv(_Windowed):
 
 class Conv1D(Conv):
     rank = 1
+
+
+class ConvTranspose(Conv):
+    """The adjoint of conv2d (a 'deconvolution', torch.nn.ConvTranspose2d): each input position
+    spreads kernel-weighted copies into a (stride-spaced) output, which `padding` then crops.
+    Output size (in - 1) * stride + dilation * (kernel - 1) + 1 + output_padding - pads; padding
+    same gives in * stride. Weight [in channels, filters / groups, kh, kw] as in torch and ONNX."""
+    schema_name = "conv_transpose"
+    spec_doc = ("Transposed convolution over (channels, height, width): upsamples by the stride "
+                "(the adjoint of conv2d, torch.nn.ConvTranspose2d).")
+    type_doc = "Layer type: conv_transpose2d."
+    fields = (
+        *(f for f in Conv.fields if f.name != "padding"),
+        Field("padding", "valid (output (in - 1) * stride + dilation * (kernel - 1) + 1), same "
+              "(output in * stride), or explicit zeros cropped from the output (default valid).",
+              ref("padding"), default="valid"),
+        Field("output_padding", "Extra positions at the end of each output dimension (smaller "
+              "than the stride or the dilation), to reach sizes the stride skips (default 0).",
+              {"oneOf": [integer(minimum=0), {"type": "array", "items": integer(minimum=0),
+                                              "minItems": 1, "maxItems": 2}]}, default=0),
+    )
+
+    def geometry(self, in_shape: Shape):
+        k, s, d = self.spatial(in_shape)
+        extra = _tuple(self.cfg["output_padding"], self.rank, "output_padding")
+        if any(e >= max(st, dd) for e, st, dd in zip(extra, s, d)):
+            raise ShapeError(f"output_padding {extra} must be smaller than the stride {s} or the "
+                             f"dilation {d}")
+        full = [(i - 1) * st + dd * (kk - 1) + 1 + e
+                for i, kk, st, dd, e in zip(in_shape[1:], k, s, d, extra)]
+        if self.cfg["padding"] == "same":
+            total = [f - i * st for f, i, st in zip(full, in_shape[1:], s)]
+            if min(total) < 0:
+                raise ShapeError(f"padding same needs dilation * (kernel - 1) + 1 + "
+                                 f"output_padding >= stride, got kernel {k}, stride {s}")
+            pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            pads = _pads(self.cfg["padding"], in_shape[1:], k, s, d)
+        _check_int64(k, s, d, pads, extra)
+        out = [f - pads[j] - pads[self.rank + j] for j, f in enumerate(full)]
+        if min(out) < 1:
+            raise ShapeError(f"padding {pads} crops the whole output {full}")
+        return k, s, d, pads, out
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        k = self.geometry(in_shape)[0]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
+        shape = (in_shape[0], filters // groups, *k)
+        fans = (shape[1] * math.prod(k), in_shape[0] // groups * math.prod(k))
+        return self._weight_and_bias(shape, fans)
+
+    def flops(self, in_shape: Shape) -> int:
+        k = self.geometry(in_shape)[0]
+        return 2 * numel(in_shape) * self.cfg["filters"] // self.cfg["groups"] * math.prod(k)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        k, s, d, pads, _ = self.geometry(in_shape)
+        extra = _tuple(self.cfg["output_padding"], self.rank, "output_padding")
+        y = b.ConvTranspose(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"),
+                            kernel_shape=k, strides=s, dilations=d, pads=pads,
+                            output_padding=extra, group=self.cfg["groups"])
+        return activations.apply(b, y, self.cfg["activation"], self.cfg)
 
 
 class MaxPool(_Windowed):
