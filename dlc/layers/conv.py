@@ -159,7 +159,7 @@ class ConvTranspose(Conv):
               "(output in * stride), or explicit zeros cropped from the output (default valid).",
               ref("padding"), default="valid"),
         Field("output_padding", "Extra positions at the end of each output dimension (smaller "
-              "than the stride or the dilation), to reach sizes the stride skips (default 0).",
+              "than the stride), to reach sizes the stride skips (default 0).",
               {"oneOf": [integer(minimum=0), {"type": "array", "items": integer(minimum=0),
                                               "minItems": 1, "maxItems": 2}]}, default=0),
     )
@@ -167,9 +167,8 @@ class ConvTranspose(Conv):
     def geometry(self, in_shape: Shape):
         k, s, d = self.spatial(in_shape)
         extra = _tuple(self.cfg["output_padding"], self.rank, "output_padding")
-        if any(e >= max(st, dd) for e, st, dd in zip(extra, s, d)):
-            raise ShapeError(f"output_padding {extra} must be smaller than the stride {s} or the "
-                             f"dilation {d}")
+        if any(e >= st for e, st in zip(extra, s)):  # onnxruntime refuses it, even < dilation
+            raise ShapeError(f"output_padding {extra} must be smaller than the stride {s}")
         full = [(i - 1) * st + dd * (kk - 1) + 1 + e
                 for i, kk, st, dd, e in zip(in_shape[1:], k, s, d, extra)]
         if self.cfg["padding"] == "same":
