@@ -5,6 +5,8 @@ from __future__ import annotations
 from dlc.layers.base import Layer, Shape, ShapeError, numel
 from dlc.layers.fields import Field, integer, string
 
+SOURCES = {"type": "array", "items": string(minLength=1), "minItems": 2}  # two or more inputs
+
 
 class Merge(Layer):
     """Elementwise add / multiply / average of inputs of equal shape (no broadcasting)."""
@@ -12,8 +14,7 @@ class Merge(Layer):
     spec_doc = "Elementwise merge of two or more inputs of equal shape: add, multiply or average."
     type_doc = "Layer type: add, multiply or average."
     fields = (
-        Field("inputs", "The layers to merge (two or more, equal shapes).",
-              {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2},
+        Field("inputs", "The layers to merge (two or more, equal shapes).", SOURCES,
               required=True),
     )
 
@@ -45,9 +46,7 @@ class Concat(Layer):
     spec_doc = "Concatenation of two or more inputs along one per-sample axis."
     type_doc = "Layer type: concatenation."
     fields = (
-        Field("inputs", "The layers to concatenate (two or more).",
-              {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2},
-              required=True),
+        Field("inputs", "The layers to concatenate (two or more).", SOURCES, required=True),
         Field("axis", "Per-sample axis (0 = the first axis after the batch; -1 = the last).",
               integer(), default=-1),
     )
