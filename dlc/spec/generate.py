@@ -18,7 +18,7 @@ from dlc.layers.activations import ACTIVATIONS
 from dlc.layers.fields import NO_DEFAULT
 
 BASE = Path(__file__).with_name("schema_base.json")
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "schemas").is_dir())  # the repo
 SCHEMA = ROOT / "schemas" / "dlc.schema.json"
 DOCS = ROOT / "docs" / "spec-language.md"
 BEGIN = "<!-- layer reference: generated from dlc/layers by python -m dlc.spec.generate -->"
