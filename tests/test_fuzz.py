@@ -217,7 +217,10 @@ UNSUPPORTED: set[str] = set()  # what schema_values met and could not honour
 def _resolve(node: dict) -> dict:
     while "$ref" in node:
         extra = {k: v for k, v in node.items() if k != "$ref"}
-        node = {**DEFS[node["$ref"].rsplit("/", 1)[1]], **extra}
+        target = SCHEMA  # a JSON pointer: "#/$defs/ints", "#/$defs/layerCommon/properties/name"
+        for key in node["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        node = {**target, **extra}
     return node
 
 

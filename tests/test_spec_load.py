@@ -211,8 +211,10 @@ def test_schema_describes_every_property_and_closes_every_object():
             continue
         assert node.get("additionalProperties") is False, where
         for key, prop in node["properties"].items():
-            if "$ref" in prop:  # a shared definition (task fields in task: and outputs:)
-                prop = schema()["$defs"][prop["$ref"].rsplit("/", 1)[1]]
+            if "$ref" in prop:  # shared: task fields in task: and outputs:, layerCommon's keys
+                pointer, prop = prop["$ref"], schema()
+                for part in pointer.removeprefix("#/").split("/"):
+                    prop = prop[part]
             assert prop.get("description"), f"{where}/properties/{key}"
 
 

@@ -14,6 +14,7 @@ import math
 
 from dlc.model.layers.base import Layer, Param, Shape, ShapeError
 from dlc.model.layers.core import Dense, Dropout
+from dlc.model.layers.fields import Field, boolean, enum, integer, number
 from dlc.model.layers.init import initializer
 from dlc.model.layers.norm import LayerNorm
 from dlc.model.layers.sequence import PAD_ID, needs_sequence, positions, split, token_ids
@@ -36,6 +37,23 @@ def _causal(b, steps: int) -> str:
 class MultiHeadAttention(Layer):
     """Self-attention: (steps, dim) -> (steps, dim), `heads` heads of size key_dim (default
     dim / heads), optional causal mask, padding mask on token inputs, attention dropout."""
+    schema_name = "attention"
+    spec_doc = ("Multi-head self-attention over (steps, dim) -> (steps, dim), with an output "
+                "projection.")
+    type_doc = "Layer type: multi-head self-attention."
+    fields = (
+        Field("heads", "Number of attention heads.", integer(minimum=1), required=True),
+        Field("key_dim", "Size of each head's queries, keys and values (default dim / heads).",
+              integer(minimum=1)),
+        Field("causal", "Each step attends only to itself and earlier steps.",
+              boolean(), default=False),
+        Field("dropout", "Dropout rate on the attention weights while training.",
+              number(minimum=0, exclusiveMaximum=1), default=0.0),
+        Field("mask_padding",
+              "On int64 token inputs: ignore padding positions (token id 0). No effect on float "
+              "inputs.",
+              boolean(), default=True),
+    )
 
     def sizes(self, in_shape: Shape) -> tuple[int, int, int, int]:
         """(steps, dim, heads, key_dim)."""
@@ -67,7 +85,7 @@ class MultiHeadAttention(Layer):
 
     def mask(self, b, ctx, steps: int) -> str | None:
         """The additive mask: [T, T] causal, [N, 1, 1, T] key padding, their sum, or None."""
-        bias = _causal(b, steps) if self.cfg.get("causal", False) else None
+        bias = _causal(b, steps) if self.cfg["causal"] else None
         ids = token_ids(b, ctx, self.cfg, steps)
         if ids is not None:
             pad = b.Cast(b.Equal(ids, b.const(PAD_ID)), to=b.float_code)
@@ -87,7 +105,7 @@ class MultiHeadAttention(Layer):
         scores = b.MatMul(q, key)  # [N, H, T, T]
         bias = self.mask(b, ctx, t)
         weights = b.Softmax(scores if bias is None else b.Add(scores, bias), axis=-1)
-        rate = float(self.cfg.get("dropout", 0.0))
+        rate = float(self.cfg["dropout"])
         if rate:
             weights = dropout(b, weights, ctx, f"{n}.attn", rate, (h, t, t))
         out = b.Transpose(b.MatMul(weights, v), perm=[0, 2, 1, 3])  # [N, T, H, K]
@@ -99,18 +117,48 @@ class TransformerEncoder(Layer):
     """num_layers encoder blocks (torch.nn.TransformerEncoderLayer): self-attention and a
     feed-forward net (dense ff_dim, activation, dense dim), each with dropout and a residual add;
     layernorm after each residual (post-norm) or before each sublayer (norm_first)."""
+    schema_name = "transformer_encoder"
+    spec_doc = ("Transformer encoder blocks over (steps, dim) -> (steps, dim): self-attention and "
+                "a feed-forward net, each with dropout, a residual add and layer normalisation (as"
+                " torch.nn.TransformerEncoderLayer).")
+    type_doc = "Layer type: a stack of transformer encoder blocks."
+    fields = (
+        Field("heads", "Number of attention heads.", integer(minimum=1), required=True),
+        Field("ff_dim", "Hidden size of the feed-forward net.", integer(minimum=1), required=True),
+        Field("key_dim", "Size of each attention head (default dim / heads).", integer(minimum=1)),
+        Field("num_layers", "Number of blocks (each with its own parameters), at most 64.",
+              integer(minimum=1, maximum=64), default=1),
+        Field("dropout",
+              "Dropout rate on the attention weights, after each sublayer and inside the feed-"
+              "forward net.",
+              number(minimum=0, exclusiveMaximum=1), default=0.1),
+        Field("activation", "Activation of the feed-forward net: relu or gelu.",
+              enum("relu", "gelu"), default="relu"),
+        Field("norm_first",
+              "false: layernorm after each residual add (post-norm); true: before each sublayer "
+              "(pre-norm).",
+              boolean(), default=False),
+        Field("causal", "Each step attends only to itself and earlier steps.",
+              boolean(), default=False),
+        Field("epsilon", "Added to the variance in the layer normalisations.",
+              number(exclusiveMinimum=0), default=1e-05),
+        Field("mask_padding",
+              "On int64 token inputs: ignore padding positions (token id 0). No effect on float "
+              "inputs.",
+              boolean(), default=True),
+    )
 
     def parts(self, i: int, in_shape: Shape) -> dict[str, Layer]:
         """Block i's sublayers, named `<name>.<i>.<part>` (torch's names)."""
         cfg, pre = self.cfg, f"{self.name}.{i}"
-        eps = {"epsilon": cfg.get("epsilon", 1e-5)}
+        eps = {"epsilon": cfg["epsilon"]}
         return {
             "self_attn": MultiHeadAttention(f"{pre}.self_attn", {
                 "type": "multi_head_attention", "heads": cfg["heads"],
-                "key_dim": cfg.get("key_dim"), "causal": cfg.get("causal", False),
-                "dropout": cfg.get("dropout", 0.1), "mask_padding": cfg.get("mask_padding", True)}),
+                "key_dim": cfg.get("key_dim"), "causal": cfg["causal"],
+                "dropout": cfg["dropout"], "mask_padding": cfg["mask_padding"]}),
             "linear1": Dense(f"{pre}.linear1", {"type": "dense", "units": cfg["ff_dim"],
-                                                "activation": cfg.get("activation", "relu")}),
+                                                "activation": cfg["activation"]}),
             "linear2": Dense(f"{pre}.linear2", {"type": "dense", "units": in_shape[-1]}),
             "norm1": LayerNorm(f"{pre}.norm1", {"type": "layernorm", **eps}),
             "norm2": LayerNorm(f"{pre}.norm2", {"type": "layernorm", **eps}),
@@ -122,7 +170,7 @@ class TransformerEncoder(Layer):
 
     def params(self, in_shape: Shape) -> list[Param]:
         out = []
-        for i in range(self.cfg.get("num_layers", 1)):
+        for i in range(self.cfg["num_layers"]):
             parts = self.parts(i, in_shape)
             hidden = parts["linear1"].output_shape(in_shape)
             for key, layer in parts.items():
@@ -134,16 +182,16 @@ class TransformerEncoder(Layer):
         hidden = parts["linear1"].output_shape(in_shape)
         per = sum(layer.flops(hidden if key == "linear2" else in_shape)
                   for key, layer in parts.items())
-        return self.cfg.get("num_layers", 1) * (per + 2 * in_shape[0] * in_shape[1])
+        return self.cfg["num_layers"] * (per + 2 * in_shape[0] * in_shape[1])
 
     def lower(self, b, x, p, ctx, in_shape):
-        for i in range(self.cfg.get("num_layers", 1)):
+        for i in range(self.cfg["num_layers"]):
             with b.scope(str(i)):
                 x = self._block(b, x, p, ctx, i, in_shape)
         return x
 
     def _drop(self, b, x, ctx, name: str, shape: Shape) -> str:
-        rate = float(self.cfg.get("dropout", 0.1))
+        rate = float(self.cfg["dropout"])
         return dropout(b, x, ctx, name, rate, shape) if rate else x
 
     def _block(self, b, x, p, ctx, i: int, shape: Shape) -> str:
@@ -166,7 +214,7 @@ class TransformerEncoder(Layer):
             with b.scope(key):
                 return parts[key].lower(b, h, p, ctx, shape)
 
-        if self.cfg.get("norm_first", False):
+        if self.cfg["norm_first"]:
             x = b.Add(x, attend(norm("norm1", x)))
             return b.Add(x, feed_forward(norm("norm2", x)))
         x = norm("norm1", b.Add(x, attend(x)))

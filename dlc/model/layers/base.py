@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
+
+from dlc.model.layers.fields import Field, defaults
 
 Shape = tuple[int, ...]
 
@@ -38,11 +40,23 @@ class Ctx:
 
 @dataclass
 class Layer:
-    """Base class; subclasses set `type` and override the four methods they need."""
+    """Base class; subclasses declare their spec fields and override the methods they need.
+
+    `schema_name` names the layer's schema entry (several types may share one: conv1d and
+    conv2d), `spec_doc` and `type_doc` describe it, `fields` lists its keys (see fields.py).
+    The field defaults are filled in here, so a layer reads `cfg[k]` and layers built inside
+    other layers (a transformer's dense parts) need not repeat them."""
 
     name: str
     cfg: dict = field(default_factory=dict)
-    multi = False  # True: takes several inputs; shapes and tensors come as lists
+    multi: ClassVar[bool] = False  # True: takes several inputs; shapes and tensors come as lists
+    schema_name: ClassVar[str] = ""
+    spec_doc: ClassVar[str] = ""
+    type_doc: ClassVar[str] = ""
+    fields: ClassVar[tuple[Field, ...]] = ()
+
+    def __post_init__(self):
+        self.cfg = {**defaults(self.fields), **self.cfg}
 
     @classmethod
     def from_spec(cls, cfg: dict) -> "Layer":

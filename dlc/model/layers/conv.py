@@ -6,6 +6,7 @@ import math
 
 from dlc.model.layers import activations
 from dlc.model.layers.base import Layer, Param, Shape, ShapeError, numel
+from dlc.model.layers.fields import AUTO_INIT_DOC, Field, INITIALIZERS, boolean, enum, integer, ref
 from dlc.model.layers.init import initializer
 
 
@@ -43,24 +44,36 @@ def _out_sizes(in_sp, k, s, d, pads) -> list[int]:
             for j, (i, kk, st, dd) in enumerate(zip(in_sp, k, s, d))]
 
 
+def _check_int64(*sizes) -> None:
+    """ONNX attributes are int64."""
+    if max(v for vs in sizes for v in vs) > MAX_SIZE:
+        raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
+                         "got kernel {}, stride {}, dilation {}, pads {}".format(*sizes[:4]))
+
+
 class _Windowed(Layer):
     """Shared geometry of conv and pooling layers."""
 
     rank = 2
 
-    def geometry(self, in_shape: Shape):
+    def window(self):
+        """(kernel, stride, dilation) as written: an int or one per spatial dim."""
+        return self.cfg["kernel"], self.cfg["stride"], self.cfg["dilation"]
+
+    def spatial(self, in_shape: Shape) -> tuple[list[int], list[int], list[int]]:
+        """(kernel, stride, dilation), one per spatial dim, for an input of the right rank."""
         if len(in_shape) != self.rank + 1:
             raise ShapeError(f"{self.cfg['type']} takes (channels, {self.rank} spatial dims), got "
                              f"shape {list(in_shape)}" + ("; add {type: reshape, shape: [1, ...]}"
                                                           if len(in_shape) == 1 else ""))
-        k = _tuple(self.cfg.get("kernel", self.cfg.get("pool")), self.rank, "kernel")
-        s = _tuple(self.cfg.get("stride") or k if "pool" in self.cfg else
-                   self.cfg.get("stride", 1), self.rank, "stride")
-        d = _tuple(self.cfg.get("dilation", 1), self.rank, "dilation")
-        pads = _pads(self.cfg.get("padding", "valid"), in_shape[1:], k, s, d)
-        if max(*k, *s, *d, *pads) > MAX_SIZE:  # ONNX attributes are int64
-            raise ShapeError(f"kernel, stride, dilation and padding must be at most {MAX_SIZE:,}, "
-                             f"got kernel {k}, stride {s}, dilation {d}, pads {pads}")
+        kernel, stride, dilation = self.window()
+        return (_tuple(kernel, self.rank, "kernel"), _tuple(stride, self.rank, "stride"),
+                _tuple(dilation, self.rank, "dilation"))
+
+    def geometry(self, in_shape: Shape):
+        k, s, d = self.spatial(in_shape)
+        pads = _pads(self.cfg["padding"], in_shape[1:], k, s, d)
+        _check_int64(k, s, d, pads)
         out = _out_sizes(in_shape[1:], k, s, d, pads)
         if min(out) < 1:
             raise ShapeError(f"window {k} does not fit input {list(in_shape)} (output {out})")
@@ -68,8 +81,31 @@ class _Windowed(Layer):
 
 
 class Conv(_Windowed):
+    schema_name = "conv"
+    spec_doc = ("Convolution over channels-first input: conv1d takes (channels, length), conv2d "
+                "(channels, height, width).")
+    type_doc = "Layer type: conv1d or conv2d."
+    fields = (
+        Field("filters", "Number of output channels.", integer(minimum=1), required=True),
+        Field("kernel",
+              "Kernel size: one integer for every spatial dimension, or one per dimension.",
+              ref("ints"), required=True),
+        Field("stride", "Stride (default 1).", ref("ints"), default=1),
+        Field("padding", "valid, same, or explicit zero padding (default valid).",
+              ref("padding"), default="valid"),
+        Field("dilation", "Dilation of the kernel (default 1).", ref("ints"), default=1),
+        Field("groups",
+              "Grouped convolution: channels and filters split into this many groups (groups = "
+              "channels: depthwise).",
+              integer(minimum=1), default=1),
+        Field("activation", "Activation applied after the convolution (default linear: none).",
+              ref("activationName"), default="linear"),
+        Field("use_bias", "Whether to add a learned bias per filter.", boolean(), default=True),
+        Field("initializer", AUTO_INIT_DOC, enum(*INITIALIZERS), default="auto"),
+    )
+
     def output_shape(self, in_shape: Shape) -> Shape:
-        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
         if in_shape[0] % groups or filters % groups:
             raise ShapeError(f"groups {groups} must divide both input channels {in_shape[0]} and "
                              f"filters {filters}")
@@ -77,34 +113,114 @@ class Conv(_Windowed):
 
     def params(self, in_shape: Shape) -> list[Param]:
         k = self.geometry(in_shape)[0]
-        groups, filters = self.cfg.get("groups", 1), self.cfg["filters"]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
         shape = (filters, in_shape[0] // groups, *k)
         fans = (shape[1] * math.prod(k), filters * math.prod(k) // groups)
-        init = self.cfg.get("initializer", "auto")
+        return self._weight_and_bias(shape, fans)
+
+    def _weight_and_bias(self, shape, fans) -> list[Param]:
+        init = self.cfg["initializer"]
         if init == "auto":
-            init = activations.AUTO_INIT.get(self.cfg.get("activation", "linear"), "glorot_uniform")
+            init = activations.AUTO_INIT.get(self.cfg["activation"], "glorot_uniform")
         params = [Param(f"{self.name}.weight", shape, initializer(init, fans))]
-        if self.cfg.get("use_bias", True):
-            params.append(Param(f"{self.name}.bias", (filters,), initializer("zeros")))
+        if self.cfg["use_bias"]:
+            params.append(Param(f"{self.name}.bias", (self.cfg["filters"],),
+                                initializer("zeros")))
         return params
 
     def flops(self, in_shape: Shape) -> int:
         k, out = self.geometry(in_shape)[0], self.output_shape(in_shape)
-        per_output = 2 * in_shape[0] // self.cfg.get("groups", 1) * math.prod(k)
+        per_output = 2 * in_shape[0] // self.cfg["groups"] * math.prod(k)
         return per_output * numel(out)
 
     def lower(self, b, x, p, ctx, in_shape):
         k, s, d, pads, _ = self.geometry(in_shape)
         y = b.Conv(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), kernel_shape=k,
-                   strides=s, dilations=d, pads=pads, group=self.cfg.get("groups", 1))
-        return activations.apply(b, y, self.cfg.get("activation", "linear"), self.cfg)
+                   strides=s, dilations=d, pads=pads, group=self.cfg["groups"])
+        return activations.apply(b, y, self.cfg["activation"], self.cfg)
 
 
 class Conv1D(Conv):
     rank = 1
 
 
+class ConvTranspose(Conv):
+    """The adjoint of conv2d (a 'deconvolution', torch.nn.ConvTranspose2d): each input position
+    spreads kernel-weighted copies into a (stride-spaced) output, which `padding` then crops.
+    Output size (in - 1) * stride + dilation * (kernel - 1) + 1 + output_padding - pads; padding
+    same gives in * stride. Weight [in channels, filters / groups, kh, kw] as in torch and ONNX."""
+    schema_name = "conv_transpose"
+    spec_doc = ("Transposed convolution over (channels, height, width): upsamples by the stride "
+                "(the adjoint of conv2d, torch.nn.ConvTranspose2d).")
+    type_doc = "Layer type: conv_transpose2d."
+    fields = (
+        *(f for f in Conv.fields if f.name != "padding"),
+        Field("padding", "valid (output (in - 1) * stride + dilation * (kernel - 1) + 1), same "
+              "(output in * stride), or explicit zeros cropped from the output (default valid).",
+              ref("padding"), default="valid"),
+        Field("output_padding", "Extra positions at the end of each output dimension (smaller "
+              "than the stride), to reach sizes the stride skips (default 0).",
+              {"oneOf": [integer(minimum=0), {"type": "array", "items": integer(minimum=0),
+                                              "minItems": 1, "maxItems": 2}]}, default=0),
+    )
+
+    def geometry(self, in_shape: Shape):
+        k, s, d = self.spatial(in_shape)
+        extra = _tuple(self.cfg["output_padding"], self.rank, "output_padding")
+        if any(e >= st for e, st in zip(extra, s)):  # onnxruntime refuses it, even < dilation
+            raise ShapeError(f"output_padding {extra} must be smaller than the stride {s}")
+        full = [(i - 1) * st + dd * (kk - 1) + 1 + e
+                for i, kk, st, dd, e in zip(in_shape[1:], k, s, d, extra)]
+        if self.cfg["padding"] == "same":
+            total = [f - i * st for f, i, st in zip(full, in_shape[1:], s)]
+            if min(total) < 0:
+                raise ShapeError(f"padding same needs dilation * (kernel - 1) + 1 + "
+                                 f"output_padding >= stride, got kernel {k}, stride {s}")
+            pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            pads = _pads(self.cfg["padding"], in_shape[1:], k, s, d)
+        _check_int64(k, s, d, pads, extra)
+        out = [f - pads[j] - pads[self.rank + j] for j, f in enumerate(full)]
+        if min(out) < 1:
+            raise ShapeError(f"padding {pads} crops the whole output {full}")
+        return k, s, d, pads, out
+
+    def params(self, in_shape: Shape) -> list[Param]:
+        k = self.geometry(in_shape)[0]
+        groups, filters = self.cfg["groups"], self.cfg["filters"]
+        shape = (in_shape[0], filters // groups, *k)
+        fans = (shape[1] * math.prod(k), in_shape[0] // groups * math.prod(k))
+        return self._weight_and_bias(shape, fans)
+
+    def flops(self, in_shape: Shape) -> int:
+        k = self.geometry(in_shape)[0]
+        return 2 * numel(in_shape) * self.cfg["filters"] // self.cfg["groups"] * math.prod(k)
+
+    def lower(self, b, x, p, ctx, in_shape):
+        k, s, d, pads, _ = self.geometry(in_shape)
+        extra = _tuple(self.cfg["output_padding"], self.rank, "output_padding")
+        y = b.ConvTranspose(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"),
+                            kernel_shape=k, strides=s, dilations=d, pads=pads,
+                            output_padding=extra, group=self.cfg["groups"])
+        return activations.apply(b, y, self.cfg["activation"], self.cfg)
+
+
 class MaxPool(_Windowed):
+    schema_name = "pool"
+    spec_doc = ("Max or average pooling over channels-first input (average excludes padding from "
+                "the count).")
+    type_doc = "Layer type: maxpool1d, maxpool2d, avgpool1d or avgpool2d."
+    fields = (
+        Field("pool", "Window size.", ref("ints"), required=True),
+        Field("stride", "Stride (default: the window size).", ref("ints")),
+        Field("padding", "valid (no padding) or same (output size = ceil(input / stride)).",
+              enum("valid", "same"), default="valid"),
+    )
+
+    def window(self):
+        """Pooling has no dilation; its stride defaults to the window."""
+        return self.cfg["pool"], self.cfg.get("stride") or self.cfg["pool"], 1
+
     def output_shape(self, in_shape: Shape) -> Shape:
         return (in_shape[0], *self.geometry(in_shape)[4])
 
@@ -134,6 +250,9 @@ class AvgPool1D(AvgPool):
 
 class GlobalPool(Layer):
     """(C, spatial...) -> (C,): the mean or max over every spatial position."""
+    schema_name = "global_pool"
+    spec_doc = "Mean or maximum over every spatial position: (channels, ...) -> (channels,)."
+    type_doc = "Layer type: global_avg_pool or global_max_pool."
 
     def output_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) < 2:
@@ -153,6 +272,15 @@ class GlobalPool(Layer):
 
 class ZeroPadding(Layer):
     """Zeros around the spatial dims: padding p, [p per dim], or [begin..., end...]."""
+    schema_name = "zero_padding"
+    spec_doc = "Zeros around the spatial dimensions of channels-first input."
+    type_doc = "Layer type: zero padding."
+    fields = (
+        Field("padding", "One integer (every side), one per spatial dimension (both sides), or "
+              "begin... then end...",
+              {"oneOf": [integer(minimum=0), {"type": "array", "items": integer(minimum=0),
+                                              "minItems": 1, "maxItems": 6}]}, required=True),
+    )
 
     def pads(self, in_shape: Shape) -> list[int]:
         rank = len(in_shape) - 1

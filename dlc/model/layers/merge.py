@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from dlc.model.layers.base import Layer, Shape, ShapeError, numel
+from dlc.model.layers.fields import Field, integer, string
+
+SOURCES = {"type": "array", "items": string(minLength=1), "minItems": 2}  # two or more inputs
 
 
 class Merge(Layer):
     """Elementwise add / multiply / average of inputs of equal shape (no broadcasting)."""
+    schema_name = "merge"
+    spec_doc = "Elementwise merge of two or more inputs of equal shape: add, multiply or average."
+    type_doc = "Layer type: add, multiply or average."
+    fields = (
+        Field("inputs", "The layers to merge (two or more, equal shapes).", SOURCES,
+              required=True),
+    )
 
     multi = True
 
@@ -32,10 +42,19 @@ class Merge(Layer):
 
 
 class Concat(Layer):
+    schema_name = "concat"
+    spec_doc = "Concatenation of two or more inputs along one per-sample axis."
+    type_doc = "Layer type: concatenation."
+    fields = (
+        Field("inputs", "The layers to concatenate (two or more).", SOURCES, required=True),
+        Field("axis", "Per-sample axis (0 = the first axis after the batch; -1 = the last).",
+              integer(), default=-1),
+    )
+
     multi = True
 
     def axis(self, rank: int) -> int:
-        axis = self.cfg.get("axis", -1)
+        axis = self.cfg["axis"]
         if not -rank <= axis < rank:
             raise ShapeError(f"axis {axis} is out of range for inputs of rank {rank}")
         return axis % rank
@@ -48,7 +67,7 @@ class Concat(Layer):
         rest = {tuple(d for i, d in enumerate(s) if i != axis) for s in in_shapes}
         if len(rest) != 1:
             raise ShapeError(f"shapes {[list(s) for s in in_shapes]} differ outside axis "
-                             f"{self.cfg.get('axis', -1)}")
+                             f"{self.cfg['axis']}")
         out = list(in_shapes[0])
         out[axis] = sum(s[axis] for s in in_shapes)
         return tuple(out)

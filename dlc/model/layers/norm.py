@@ -4,6 +4,7 @@ differentiates (onnxruntime's CUDA BatchNormalization refuses training mode at o
 from __future__ import annotations
 
 from dlc.model.layers.base import Layer, Param, Shape, numel
+from dlc.model.layers.fields import Field, number
 from dlc.model.layers.init import initializer
 
 
@@ -23,6 +24,18 @@ class BatchNorm(Layer):
 
     running = momentum * running + (1 - momentum) * batch, with the unbiased batch variance
     (as torch) for the running variance; the normalisation itself uses the biased one."""
+    schema_name = "batchnorm"
+    spec_doc = ("Batch normalisation over axis 1 (channels, or features of a flat input): batch "
+                "statistics while training, running statistics at inference.")
+    type_doc = "Layer type: batch normalisation."
+    fields = (
+        Field("momentum",
+              "Running statistics keep this share of their old value each step (0.9: new = 0.9 "
+              "old + 0.1 batch).",
+              number(minimum=0, exclusiveMaximum=1), default=0.9),
+        Field("epsilon", "Added to the variance before the square root.",
+              number(exclusiveMinimum=0), default=1e-05),
+    )
 
     def params(self, in_shape: Shape) -> list[Param]:
         c, n = (in_shape[0],), self.name
@@ -35,7 +48,7 @@ class BatchNorm(Layer):
         return 4 * numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        n, eps = self.name, float(self.cfg.get("epsilon", 1e-5))
+        n, eps = self.name, float(self.cfg["epsilon"])
         if not ctx.training:
             return b.BatchNormalization(x, p[f"{n}.gamma"], p[f"{n}.beta"],
                                         p[f"{n}.running_mean"], p[f"{n}.running_var"],
@@ -49,7 +62,7 @@ class BatchNorm(Layer):
         return y
 
     def _update_running(self, b, x, p, ctx, mean, var, channels):
-        n, m = self.name, float(self.cfg.get("momentum", 0.9))
+        n, m = self.name, float(self.cfg["momentum"])
         flat = b.const([channels])
         count = b.Cast(b.Div(b.Size(x), b.const(channels)), to=1)
         unbiased = b.Mul(var, b.Div(count, b.Sub(count, b.const(1.0))))
@@ -61,6 +74,14 @@ class BatchNorm(Layer):
 
 class LayerNorm(Layer):
     """Normalise each sample over its last axis; gamma and beta of that axis' size."""
+    schema_name = "layernorm"
+    spec_doc = ("Layer normalisation of each sample over its last axis, with a learned scale and "
+                "shift.")
+    type_doc = "Layer type: layer normalisation."
+    fields = (
+        Field("epsilon", "Added to the variance before the square root.",
+              number(exclusiveMinimum=0), default=1e-05),
+    )
 
     def params(self, in_shape: Shape) -> list[Param]:
         d = (in_shape[-1],)
@@ -71,7 +92,6 @@ class LayerNorm(Layer):
         return 5 * numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        eps = float(self.cfg.get("epsilon", 1e-5))
-        centred, _, _, inv_std = normalise(b, x, b.const([-1]), eps)
+        centred, _, _, inv_std = normalise(b, x, b.const([-1]), float(self.cfg["epsilon"]))
         xhat = b.Mul(centred, inv_std)
         return b.Add(b.Mul(xhat, p[f"{self.name}.gamma"]), p[f"{self.name}.beta"])

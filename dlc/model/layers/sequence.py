@@ -19,6 +19,7 @@ import math
 
 from dlc.model.layers import activations
 from dlc.model.layers.base import Layer, Param, Shape, ShapeError, numel
+from dlc.model.layers.fields import Field, boolean, enum, integer, ref
 from dlc.model.layers.init import initializer
 
 PAD_ID = 0  # the padding token id (dlc's text data pads with 0)
@@ -61,7 +62,7 @@ def _source_steps(b, name: str) -> tuple[int | None, int | None]:
 def token_ids(b, ctx, cfg: dict, steps: int) -> str | None:
     """The model's int64 token ids [N, steps] when padding should be masked (`mask_padding`, on by
     default) and the layer's steps are the tokens' positions; None otherwise."""
-    if not cfg.get("mask_padding", True) or not ctx.source:
+    if not cfg["mask_padding"] or not ctx.source:
         return None
     dtype, length = _source_steps(b, ctx.source)
     return ctx.source if dtype == INT64 and length == steps else None
@@ -94,6 +95,20 @@ def _embedding_init(padding_index):
 class Embedding(Layer):
     """int64 token ids (steps,) -> (steps, dim) by a table lookup (Gather). With padding_index,
     that row starts at zero, its positions output zero and it never gets a gradient."""
+    schema_name = "embedding"
+    spec_doc = "Token embedding: int64 ids (steps,) -> (steps, dim), one learned vector per id."
+    type_doc = "Layer type: a lookup table of learned vectors."
+    fields = (
+        Field("vocab_size",
+              "Number of ids (rows of the table); inputs must lie in [0, vocab_size).",
+              integer(minimum=1), required=True),
+        Field("dim", "Size of each vector (the output's last axis).",
+              integer(minimum=1), required=True),
+        Field("padding_index",
+              "Optional id of the padding token (dlc's text data uses 0): its row starts at zero,"
+              " outputs zero and is never trained.",
+              integer(minimum=0)),
+    )
 
     takes_ids = True  # its input must be an int64 model input (checked by build_network)
 
@@ -147,13 +162,30 @@ class Recurrent(Layer):
     """simple_rnn, lstm, gru over (steps, features): (units,) from the last step, or
     (steps, units) with return_sequences; bidirectional concatenates both directions (the
     final states, or the per-step outputs aligned by position, forward first)."""
+    schema_name = "recurrent"
+    spec_doc = ("Recurrent layer over (steps, features), unrolled over the steps: simple_rnn, lstm"
+                " or gru (torch's gate layouts).")
+    type_doc = "Layer type: simple_rnn, lstm or gru."
+    fields = (
+        Field("units", "Size of the hidden state (per direction).",
+              integer(minimum=1), required=True),
+        Field("return_sequences",
+              "false: the final state, shape (units,); true: every step's output, shape (steps, "
+              "units).",
+              boolean(), default=False),
+        Field("bidirectional",
+              "Also run backwards over the steps and concatenate both directions (2 * units).",
+              boolean(), default=False),
+        Field("activation", "simple_rnn only: the activation of the new state (default tanh).",
+              ref("activationName")),
+    )
 
     @property
     def gates(self) -> int:
         return GATES[self.cfg["type"]]
 
     def directions(self) -> list[str]:
-        return ["", "_reverse"] if self.cfg.get("bidirectional", False) else [""]
+        return ["", "_reverse"] if self.cfg["bidirectional"] else [""]
 
     def output_shape(self, in_shape: Shape) -> Shape:
         needs_sequence(self, in_shape)
@@ -164,7 +196,7 @@ class Recurrent(Layer):
             raise ShapeError("activation applies to simple_rnn only; lstm and gru use sigmoid "
                              "gates and tanh")
         units = self.cfg["units"] * len(self.directions())
-        return (in_shape[0], units) if self.cfg.get("return_sequences", False) else (units,)
+        return (in_shape[0], units) if self.cfg["return_sequences"] else (units,)
 
     def params(self, in_shape: Shape) -> list[Param]:
         f, h, g, n = in_shape[-1], self.cfg["units"], self.gates, self.name
@@ -200,7 +232,7 @@ class Recurrent(Layer):
             with b.scope(f"t{t}"):
                 h, c = self._cell(b, xs[t], h, c, w)
             hs[t] = h
-        if not self.cfg.get("return_sequences", False):
+        if not self.cfg["return_sequences"]:
             return h  # the final state: step T-1 forward, step 0 backward
         return b.Concat(*[b.Unsqueeze(ht, b.const([1])) for ht in hs], axis=1)
 
@@ -259,13 +291,21 @@ def _small_normal(rng, shape):
 
 class PositionalEncoding(Layer):
     """(steps, dim) + a position table: fixed sinusoids, or learned (one vector per position)."""
+    schema_name = "positional_encoding"
+    spec_doc = ("Adds a position signal to (steps, dim): fixed sinusoids or a learned vector per "
+                "position.")
+    type_doc = "Layer type: positional encoding."
+    fields = (
+        Field("kind", "sinusoidal (fixed, no parameters) or learned (a (steps, dim) parameter).",
+              enum("sinusoidal", "learned"), default="sinusoidal"),
+    )
 
     def output_shape(self, in_shape: Shape) -> Shape:
         needs_sequence(self, in_shape)
         return in_shape
 
     def params(self, in_shape: Shape) -> list[Param]:
-        if self.cfg.get("kind", "sinusoidal") != "learned":
+        if self.cfg["kind"] != "learned":
             return []
         return [Param(f"{self.name}.embedding", tuple(in_shape), _small_normal)]
 
@@ -273,7 +313,7 @@ class PositionalEncoding(Layer):
         return numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        if self.cfg.get("kind", "sinusoidal") == "learned":
+        if self.cfg["kind"] == "learned":
             return b.Add(x, p[f"{self.name}.embedding"])
         with b.scope("sinusoids"):
             return b.Add(x, sinusoids(b, *in_shape))
@@ -284,6 +324,18 @@ class SequencePool(Layer):
     """(steps, features) -> (features,): mean, max, last or first (cls) over the steps. On token
     inputs (mask_padding), mean and max skip padding and last is the last real token (padding
     at the end, as dlc's text data writes it)."""
+    schema_name = "sequence_pool"
+    spec_doc = "Pools (steps, features) -> (features,) over the steps."
+    type_doc = "Layer type: pooling over the steps."
+    fields = (
+        Field("mode",
+              "mean, max, last (the last real token on token inputs), or first (cls: the same).",
+              enum("mean", "max", "last", "first", "cls"), default="mean"),
+        Field("mask_padding",
+              "On int64 token inputs: mean and max skip padding (token id 0) and last takes the "
+              "last real token. No effect on float inputs.",
+              boolean(), default=True),
+    )
 
     def output_shape(self, in_shape: Shape) -> Shape:
         needs_sequence(self, in_shape)
@@ -293,7 +345,7 @@ class SequencePool(Layer):
         return numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        mode, steps = self.cfg.get("mode", "mean"), in_shape[0]
+        mode, steps = self.cfg["mode"], in_shape[0]
         ids = token_ids(b, ctx, self.cfg, steps)
         if mode in ("first", "cls"):
             return b.Gather(x, b.const(0), axis=1)
