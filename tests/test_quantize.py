@@ -57,7 +57,10 @@ def test_quantized_digits_keeps_accuracy_and_shrinks(digits_run, tmp_path, mode,
     assert m["samples"] == len(y)
     assert m["before"]["accuracy"] == pytest.approx(before) and \
         m["after"]["accuracy"] == pytest.approx(after)
-    assert report["samples_per_s_before"] > 0 and report["samples_per_s_after"] > 0
+    # timed on the same 1024-row batch: the float model and the one int8 model of this mode
+    assert report["batch"] == 1024 and report["chosen_by"] == mode
+    assert report["samples_per_s"] == {"float": report["samples_per_s_before"],
+                                       mode: report["samples_per_s_after"]}
 
 
 def test_metadata_is_kept_and_cli_predicts(cli, digits_run, tmp_path):

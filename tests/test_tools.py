@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import SPECS
 
@@ -41,7 +43,11 @@ def short_run(tmp_path_factory):
 def test_runs_lists_run_folders(cli, short_run):
     r = cli("runs", short_run.parent)
     assert r.code == 0, r
-    assert "accuracy" in r.out and "3" in r.out
+    summary = json.loads((short_run / "summary.json").read_text())
+    row = next(line for line in r.out.splitlines() if str(short_run) in line)
+    cells = [c.strip() for c in row.split("\u2502")[1:-1]]  # the table's column separator
+    assert cells[1:4] == ["iris", str(short_run), "3"], cells
+    assert f"accuracy {summary['test']['accuracy']:.4g}" in cells[5], cells
     assert cli("runs", short_run / "nothing-here").code == 1
 
 
