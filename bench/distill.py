@@ -20,26 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dlc.train.run import train  # noqa: E402
-from dlc.model.spec import load_spec, load_spec_text  # noqa: E402
+from dlc.model.spec import load_spec  # noqa: E402
 
-STUDENT = """\
-dlc: 1
-name: digits-student
-input: {shape: [64]}
-layers:
-  - {type: dense, name: fc1, units: 32, activation: relu}
-  - {type: dense, name: out, units: 10}
-task: {kind: classification, loss: cross_entropy, metrics: [accuracy]}
-data:
-  source: builtin:digits
-  split: {val: 0.1, test: 0.2, stratify: true, seed: 0}
-  normalize: standard
-train:
-  epochs: 10
-  batch_size: 64
-  optimizer: {type: adam, lr: 0.01}
-  seed: 0
-"""
+STUDENT = ROOT / "bench" / "specs" / "digits_student.yaml"
 
 
 def test_accuracy(run: Path) -> float:
@@ -60,8 +43,7 @@ def main() -> None:
         alone, taught = [], []
         for seed in range(args.repeats):
             for runs, extra in ((alone, []), (taught, [kd])):
-                spec = load_spec_text(STUDENT, str(ROOT / "specs" / "student.yaml"),
-                                      [f"train.seed={seed}", *extra])
+                spec = load_spec(STUDENT, [f"train.seed={seed}", *extra])
                 out = tmp / f"{len(extra)}-{seed}"
                 runs.append(test_accuracy(train(spec, str(out), quiet=True)))
         result = {"teacher": test_accuracy(teacher), "alone": alone, "taught": taught,

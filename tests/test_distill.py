@@ -6,29 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SPECS
+from conftest import ROOT, SPECS
 
 from dlc.graph import Builder
 from dlc.model.losses import distillation
 
-STUDENT = """\
-dlc: 1
-name: digits-student
-input: {shape: [64]}
-layers:
-  - {type: dense, name: fc1, units: 32, activation: relu}
-  - {type: dense, name: out, units: 10}
-task: {kind: classification, loss: cross_entropy, metrics: [accuracy]}
-data:
-  source: builtin:digits
-  split: {val: 0.1, test: 0.2, stratify: true, seed: 0}
-  normalize: standard
-train:
-  epochs: 10
-  batch_size: 64
-  optimizer: {type: adam, lr: 0.01}
-  seed: 0
-"""
+STUDENT = ROOT / "bench" / "specs" / "digits_student.yaml"  # also bench/distill.py's
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +29,7 @@ def teacher(tmp_path_factory):
 @pytest.fixture
 def student(tmp_path):
     path = tmp_path / "student.yaml"
-    path.write_text(STUDENT)
+    path.write_text(STUDENT.read_text())
     return path
 
 
