@@ -1,0 +1,93 @@
+"""`dlc inspect MODEL.onnx`: a one-screen report on any ONNX file (from dlc, torch.onnx.export,
+Keras or a model zoo): its inputs and outputs, op counts, parameters, opset, and whether dlc can
+train it, naming every node on the parameters -> outputs path whose op has no VJP rule.
+Exit 0 when everything on that path trains, 1 otherwise (and for an unreadable model)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+from dlc.autodiff.coverage import float_initializers, missing_rules
+from dlc.files.untrusted import read_model
+from dlc.graph import OPSET
+
+SHOWN = 20  # missing-rule nodes listed before "... and N more": the report stays one screen
+
+
+def _value(vi: onnx.ValueInfoProto) -> str:
+    t = vi.type.tensor_type
+    dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "?"
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in t.shape.dim] if t.HasField("shape") else ["?"]
+    return f"  {vi.name}  {dtype} [{', '.join(dims)}]"
+
+
+def _parameters(graph: onnx.GraphProto) -> str:
+    params = float_initializers(graph)
+    count = sum(_numel(t) for t in params)
+    nbytes = sum(_numel(t) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                 for t in params)
+    other = len(graph.initializer) - len(params)
+    return (f"parameters: {count:,} in {len(params)} float initialisers ({nbytes / 2**20:.3g} MiB)"
+            + (f"; {other} other initialisers (integer/boolean constants)" if other else ""))
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def _opset(model: onnx.ModelProto) -> str:
+    default = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    others = [f"{o.domain} {o.version}" for o in model.opset_import
+              if o.domain not in ("", "ai.onnx")]
+    note = "" if default == OPSET else f" (dlc's gradient rules follow opset {OPSET})"
+    return f"opset: {default}{note}" + (f"; also {', '.join(others)}" if others else "")
+
+
+def _trainability(model: onnx.ModelProto) -> tuple[list[str], bool]:
+    missing = missing_rules(model)
+    n = len(float_initializers(model.graph))
+    if not missing:
+        return [f"trainable: yes, every op on the path from the {n} float initialisers to the "
+                "outputs has a VJP rule"], True
+    kinds = sorted({m.op_type for m in missing})
+    lines = [f"trainable: no, {_count(len(missing), 'node')} on the path from the float "
+             f"initialisers to the outputs without a VJP rule ({_count(len(kinds), 'op type')}: "
+             f"{', '.join(kinds)}):"]
+    lines += [f"  {m.render()}" for m in missing[:SHOWN]]
+    if len(missing) > SHOWN:
+        lines.append(f"  ... and {len(missing) - SHOWN} more")
+    return lines, False
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def report(model: onnx.ModelProto, path: str) -> tuple[list[str], bool]:
+    """The report's lines and whether the model trains."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in weights]  # old exports list both
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                  for n in graph.node)
+    lines = [f"{path}: {producer or 'unknown producer'}, ir_version {model.ir_version}",
+             _opset(model), "inputs:", *map(_value, inputs),
+             "outputs:", *map(_value, graph.output),
+             f"ops ({len(graph.node)} nodes): "
+             + ", ".join(f"{op} {k}" for op, k in ops.most_common()),
+             _parameters(graph)]
+    trains, ok = _trainability(model)
+    return lines + trains, ok
+
+
+def command(path: str) -> int:
+    lines, ok = report(read_model(path), path)
+    print("\n".join(lines))
+    return 0 if ok else 1
