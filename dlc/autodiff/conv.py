@@ -42,8 +42,9 @@ def _conv(ad, n, g):  # Y = X * W + B
 @defdx("MaxPool")
 def _maxpool(n, dy):  # scatter-add dy at the argmax offsets (Indices index the flat input)
     x, (_, indices) = n.x, n.outputs
-    if indices is None:
-        raise NotImplementedError("MaxPool gradient needs the node's Indices output")
+    if indices is None:  # exported models ask only for Y: the same pool again, for the Indices
+        attrs = {a.name: n.attr(a.name) for a in n.proto.attribute}
+        indices = op.MaxPool(x, outputs=2, **attrs)[1]
     flat = op.ScatterElements(full(op.Reshape(op.Size(x), [1]), 0, x.dtype),
                               op.Reshape(indices, [-1]), op.Reshape(dy, [-1]), axis=0,
                               reduction="add")
