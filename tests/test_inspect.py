@@ -63,7 +63,7 @@ def test_other_domains_and_opsets_are_named(cli, tmp_path):
     onnx.save(model, path)
     r = cli("inspect", path)
     assert r.code == 1, r
-    assert "opset: 17 (dlc's gradient rules follow opset 18); also com.example 1" in r.out
+    assert "opset: 17 (converted to 18, dlc's, for training); also com.example 1" in r.out
     assert "node #1 gelu (com.example::FusedGelu): h -> y" in r.out
 
 
@@ -88,3 +88,18 @@ def test_torch_export_of_an_mlp_trains(cli, tmp_path):
     r = cli("inspect", path)
     assert r.code == 0, r
     assert "pytorch" in r.out and "parameters: 58 in 4 float initialisers" in r.out
+
+
+@needs_torch
+def test_torch_resnet_export_at_opset_17_trains(cli, tmp_path):
+    """BatchNormalization, MaxPool without Indices and GlobalAveragePool have rules, and the
+    trainability is judged after onnx's version converter brought the model to opset 18."""
+    from test_foreign_grads import ResNet
+
+    path = tmp_path / "resnet.onnx"
+    torch.onnx.export(ResNet().eval(), (torch.randn(1, 3, 8, 8),), str(path), opset_version=17,
+                      do_constant_folding=False, dynamo=False)
+    r = cli("inspect", path)
+    assert r.code == 0, r
+    assert "opset: 17 (converted to 18" in r.out and "BatchNormalization 5" in r.out
+    assert "trainable: yes" in r.out

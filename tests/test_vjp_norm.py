@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_vjp_rules import TOL64, C, Evaluator, build_model, err, fd_grad, make_feeds
+from test_vjp_rules import TOL32, TOL64, C, Evaluator, build_model, err, fd_grad, make_feeds
 
 from dlc.autodiff.driver import gradients
 from dlc.errors import DlcError
@@ -51,6 +51,17 @@ def test_vjp_matches_finite_differences(case):
     out = ev(feeds)
     for name in feeds:
         assert err(out[f"d{name}"], fd_grad(ev, feeds, name)) < TOL64, (case.id, name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_float32_graph_runs_in_onnxruntime_and_agrees(case):
+    """What training runs: the float32 gradient graph in onnxruntime, against float64."""
+    feeds = make_feeds(case)
+    out = Evaluator(build_model(case, "float64"))(feeds)
+    out32 = Evaluator(build_model(case, "float32"), allow_reference=False)(
+        {k: v.astype(np.float32) for k, v in feeds.items()})
+    for k, v in out.items():
+        assert out32[k].dtype == np.float32 and err(out32[k], v) < TOL32, (case.id, k)
 
 
 def test_batch_norm_in_training_mode_is_refused():

@@ -17,6 +17,7 @@ import onnx
 
 from dlc.autodiff.driver import FLOATS
 from dlc.autodiff.rules import VJP
+from dlc.graph.foreign import DEFAULT_DOMAINS
 
 
 UNKNOWN = {None, onnx.TensorProto.UNDEFINED}  # no type inferred (an op of another domain)
@@ -34,7 +35,7 @@ class Missing:
     outputs: tuple[str, ...]
 
     def render(self) -> str:
-        op = f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+        op = f"{self.domain}::{self.op_type}" if self.domain not in DEFAULT_DOMAINS else self.op_type
         return (f"node #{self.index} {self.name or '(unnamed)'} ({op}): "
                 f"{', '.join(self.inputs)} -> {', '.join(self.outputs)}")
 
@@ -85,7 +86,7 @@ def missing_rules(model: onnx.ModelProto, sources: set[str] | None = None,
     found = []
     for k in on_gradient_path(graph, elem_types(model), sources, targets):
         node = graph.node[k]
-        if node.domain in ("", "ai.onnx") and node.op_type in VJP:
+        if node.domain in DEFAULT_DOMAINS and node.op_type in VJP:
             continue
         found.append(Missing(k, node.name, node.op_type, node.domain, tuple(node.input),
                              tuple(node.output)))

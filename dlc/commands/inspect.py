@@ -10,8 +10,10 @@ from collections import Counter
 import onnx
 
 from dlc.autodiff.coverage import float_initializers, missing_rules
+from dlc.errors import DlcError
 from dlc.files.untrusted import read_model
 from dlc.graph import OPSET
+from dlc.graph.foreign import DEFAULT_DOMAINS, default_opset, to_pinned_opset
 
 SHOWN = 20  # missing-rule nodes listed before "... and N more": the report stays one screen
 
@@ -42,14 +44,29 @@ def _numel(t: onnx.TensorProto) -> int:
 
 
 def _opset(model: onnx.ModelProto) -> str:
-    default = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    default = default_opset(model)
     others = [f"{o.domain} {o.version}" for o in model.opset_import
-              if o.domain not in ("", "ai.onnx")]
-    note = "" if default == OPSET else f" (dlc's gradient rules follow opset {OPSET})"
+              if o.domain not in DEFAULT_DOMAINS]
+    note = "" if default == OPSET else f" (converted to {OPSET}, dlc's, for training)"
     return f"opset: {default}{note}" + (f"; also {', '.join(others)}" if others else "")
 
 
-def _trainability(model: onnx.ModelProto) -> tuple[list[str], bool]:
+def _as_trained(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, str | None]:
+    """The model as training sees it: at dlc's opset when onnx's version converter can bring it
+    there (ops change form across opsets), else as it is, with the converter's refusal."""
+    foreign = any(n.domain not in DEFAULT_DOMAINS for n in model.graph.node)
+    if default_opset(model) == OPSET or foreign:
+        return model, None
+    try:
+        return to_pinned_opset(model, path), None
+    except DlcError as e:
+        return model, str(e)
+
+
+def _trainability(model: onnx.ModelProto, path: str) -> tuple[list[str], bool]:
+    model, refusal = _as_trained(model, path)
+    if refusal:
+        return [f"trainable: no, {refusal}"], False
     missing = missing_rules(model)
     n = len(float_initializers(model.graph))
     if not missing:
@@ -75,7 +92,7 @@ def report(model: onnx.ModelProto, path: str) -> tuple[list[str], bool]:
     weights = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in weights]  # old exports list both
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
-    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+    ops = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}::{n.op_type}"
                   for n in graph.node)
     lines = [f"{path}: {producer or 'unknown producer'}, ir_version {model.ir_version}",
              _opset(model), "inputs:", *map(_value, inputs),
@@ -83,7 +100,7 @@ def report(model: onnx.ModelProto, path: str) -> tuple[list[str], bool]:
              f"ops ({len(graph.node)} nodes): "
              + ", ".join(f"{op} {k}" for op, k in ops.most_common()),
              _parameters(graph)]
-    trains, ok = _trainability(model)
+    trains, ok = _trainability(model, path)
     return lines + trains, ok
 
 
