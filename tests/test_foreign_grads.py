@@ -90,12 +90,14 @@ if torch is not None:
             return self.head(torch.cat([x[:, 0], x.mean(1)], -1))  # Concat on the gradient path
 
 
-def _exported(net, args, names):
+def _exported(net, args, names, batch="static"):
     """torch.onnx.export at opset 17, constant folding off so that initialisers keep the
-    parameters' names (folding would merge BatchNormalization into Conv)."""
+    parameters' names (folding would merge BatchNormalization into Conv); batch="dynamic": the
+    batch axis symbolic, as users export for serving."""
+    axes = {names[0]: {0: "N"}, "y": {0: "N"}} if batch == "dynamic" else None
     f = io.BytesIO()
     torch.onnx.export(net, args, f, input_names=names, output_names=["y"], opset_version=17,
-                      do_constant_folding=False, dynamo=False)
+                      do_constant_folding=False, dynamo=False, dynamic_axes=axes)
     return onnx.load_model_from_string(f.getvalue())
 
 
@@ -116,12 +118,12 @@ def _dlc_step(model, params, feeds, r):
     return dict(zip([o.name for o in graph.graph.output], sess.run(None, feeds)))
 
 
-def _check_against_torch(net, args, names):
+def _check_against_torch(net, args, names, batch):
     net.eval()
     with torch.no_grad():  # no two parameters equal (the exporter shares equal initialisers)
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    model = _exported(net, args, names)
+    model = _exported(net, args, names, batch)
     assert default_opset(model) == 17
     model = to_pinned_opset(model, "exported")
     assert default_opset(model) == 18 and missing_rules(model) == []
@@ -141,21 +143,23 @@ def _check_against_torch(net, args, names):
 
 
 @needs_torch
-def test_resnet_export_gradients_and_sgd_step_match_torch():
+@pytest.mark.parametrize("batch", ["static", "dynamic"])
+def test_resnet_export_gradients_and_sgd_step_match_torch(batch):
     torch.manual_seed(0)
     net = ResNet()
     for m in net.modules():  # non-trivial running statistics, as after training
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    _check_against_torch(net, (torch.randn(2, 3, 8, 8),), ["image"])
+    _check_against_torch(net, (torch.randn(2, 3, 8, 8),), ["image"], batch)
 
 
 @needs_torch
-def test_bert_export_gradients_and_sgd_step_match_torch():
+@pytest.mark.parametrize("batch", ["static", "dynamic"])
+def test_bert_export_gradients_and_sgd_step_match_torch(batch):
     torch.manual_seed(0)
     ids = torch.tensor([[3, 7, 1, 9, 0, 0], [5, 2, 2, 8, 4, 0]])
-    _check_against_torch(Bert(), (ids,), ["ids"])
+    _check_against_torch(Bert(), (ids,), ["ids"], batch)
 
 
 @needs_torch
