@@ -23,6 +23,11 @@ from dlc.graph.foreign import DEFAULT_DOMAINS
 UNKNOWN = {None, onnx.TensorProto.UNDEFINED}  # no type inferred (an op of another domain)
 
 
+def op_label(op_type: str, domain: str) -> str:
+    """`Conv`, or `com.microsoft::FusedConv` for an op outside the default domain."""
+    return op_type if domain in DEFAULT_DOMAINS else f"{domain}::{op_type}"
+
+
 @dataclass(frozen=True)
 class Missing:
     """One node on a parameter -> output path whose op has no VJP rule."""
@@ -35,8 +40,8 @@ class Missing:
     outputs: tuple[str, ...]
 
     def render(self) -> str:
-        op = f"{self.domain}::{self.op_type}" if self.domain not in DEFAULT_DOMAINS else self.op_type
-        return (f"node #{self.index} {self.name or '(unnamed)'} ({op}): "
+        return (f"node #{self.index} {self.name or '(unnamed)'} "
+                f"({op_label(self.op_type, self.domain)}): "
                 f"{', '.join(self.inputs)} -> {', '.join(self.outputs)}")
 
 

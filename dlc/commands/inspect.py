@@ -5,11 +5,12 @@ Exit 0 when everything on that path trains, 1 otherwise (and for an unreadable m
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import onnx
 
-from dlc.autodiff.coverage import float_initializers, missing_rules
+from dlc.autodiff.coverage import float_initializers, missing_rules, op_label
 from dlc.errors import DlcError
 from dlc.files.untrusted import read_model
 from dlc.graph import OPSET
@@ -28,26 +29,19 @@ def _value(vi: onnx.ValueInfoProto) -> str:
 
 def _parameters(graph: onnx.GraphProto) -> str:
     params = float_initializers(graph)
-    count = sum(_numel(t) for t in params)
-    nbytes = sum(_numel(t) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    count = sum(math.prod(t.dims) for t in params)
+    nbytes = sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
                  for t in params)
     other = len(graph.initializer) - len(params)
     return (f"parameters: {count:,} in {len(params)} float initialisers ({nbytes / 2**20:.3g} MiB)"
             + (f"; {other} other initialisers (integer/boolean constants)" if other else ""))
 
 
-def _numel(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
-
-
 def _opset(model: onnx.ModelProto) -> str:
     default = default_opset(model)
     others = [f"{o.domain} {o.version}" for o in model.opset_import
               if o.domain not in DEFAULT_DOMAINS]
-    note = "" if default == OPSET else f" (converted to {OPSET}, dlc's, for training)"
+    note = "" if default == OPSET else f" (dlc trains it converted to opset {OPSET})"
     return f"opset: {default}{note}" + (f"; also {', '.join(others)}" if others else "")
 
 
@@ -92,8 +86,7 @@ def report(model: onnx.ModelProto, path: str) -> tuple[list[str], bool]:
     weights = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in weights]  # old exports list both
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
-    ops = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}::{n.op_type}"
-                  for n in graph.node)
+    ops = Counter(op_label(n.op_type, n.domain) for n in graph.node)
     lines = [f"{path}: {producer or 'unknown producer'}, ir_version {model.ir_version}",
              _opset(model), "inputs:", *map(_value, inputs),
              "outputs:", *map(_value, graph.output),
