@@ -38,6 +38,17 @@ def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")
 
 
 @app.command()
+def inspect(model: str = typer.Argument(..., help="Any ONNX file.")):
+    """Inputs, outputs, ops, parameters, opset of an ONNX file, and whether dlc can train it."""
+    from dlc.commands import inspect as command
+
+    code = command.command(model)
+    if code:
+        raise typer.Exit(code)
+
+
+
+@app.command()
 def schema():
     """Print the spec language's JSON Schema (also used by editors)."""
     from dlc.commands import schema as command

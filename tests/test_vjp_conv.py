@@ -41,9 +41,11 @@ def conv(shape_x, shape_w, bias=True, tag="", **attrs):
              tag=tag or "-".join(f"{k}{v}" for k, v in attrs.items()) + ("" if bias else "-nobias"))
 
 
-def maxpool(shape, tag, **attrs):
-    return C("MaxPool", lambda b, x: b.MaxPool(x, outputs=2, **attrs)[0], shape,
-             domain="distinct", tag=tag)
+def maxpool(shape, tag, y_only=False, **attrs):
+    """y_only: the node has no Indices output (what exporters write); the rule pools again."""
+    def build(b, x):
+        return b.MaxPool(x, **attrs) if y_only else b.MaxPool(x, outputs=2, **attrs)[0]
+    return C("MaxPool", build, shape, domain="distinct", tag=tag)
 
 
 def avgpool(shape, tag, **attrs):
@@ -115,6 +117,9 @@ CASES = [
     maxpool([1, 2, 7, 7], "k2-d2", kernel_shape=[2, 2], dilations=[2, 2]),
     maxpool([2, 3, 9], "1d-k3s2p1", kernel_shape=[3], strides=[2], pads=[1, 1]),
     maxpool([2, 2, 8], "1d-k2s2", kernel_shape=[2], strides=[2]),
+    maxpool([2, 2, 7, 6], "k3s2p1-y-only", y_only=True, kernel_shape=[3, 3], strides=[2, 2],
+            pads=[1, 1, 1, 1]),
+    maxpool([2, 3, 9], "1d-k3s2-y-only", y_only=True, kernel_shape=[3], strides=[2]),
     # ---- AveragePool ----
     avgpool([2, 2, 6, 6], "k2s2", kernel_shape=[2, 2], strides=[2, 2]),
     avgpool([2, 2, 5, 5], "k2s2-odd", kernel_shape=[2, 2], strides=[2, 2]),
@@ -328,14 +333,6 @@ def test_maxpool_tie_goes_to_one_input_and_keeps_the_total():
         for j in range(4):
             expected[min(i + 1, 3), min(j + 1, 3)] += 1
     np.testing.assert_array_equal(dx[0, 0], expected)
-
-
-def test_maxpool_without_indices_is_refused():
-    b = Builder(float_type="float64")
-    x = b.input("x", "float64", [1, 1, 4, 4])
-    loss = b.ReduceSum(b.MaxPool(x, kernel_shape=[2, 2]), keepdims=0)
-    with pytest.raises(NotImplementedError, match="Indices"):
-        gradients(b, loss, [x])
 
 
 @pytest.mark.parametrize("how", ["edge-mode", "runtime-pads", "negative-pads"])

@@ -251,9 +251,10 @@ def fd_grad(ev: Evaluator, feeds: dict, name: str) -> np.ndarray:
 def test_every_rule_has_a_case():
     from test_vjp_conv import CASES_BY_OP as CONV_CASES  # conv/pool rules: cases in their own file
     from test_conv_transpose import CASES as CONV_TRANSPOSE_CASES  # the conv_transpose2d proof
+    from test_vjp_norm import CASES_BY_OP as NORM_CASES  # ops of exported models: their own file
     from test_vjp_seq import CASES_BY_OP as SEQ_CASES  # Gather/Slice/Concat/Split: their own file
 
-    cased = set(CASES_BY_OP) | set(CONV_CASES) | set(SEQ_CASES) | {
+    cased = set(CASES_BY_OP) | set(CONV_CASES) | set(SEQ_CASES) | set(NORM_CASES) | {
         c.op for c in CONV_TRANSPOSE_CASES}
     covered = cased | set(ZERO_OPS) | set(ANALYTIC_ONLY)
     assert covered >= set(VJP), f"VJP rules without a test case: {sorted(set(VJP) - covered)}"

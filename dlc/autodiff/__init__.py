@@ -2,7 +2,7 @@
 family, and one driver (driver.py)."""
 
 from dlc.autodiff import (  # noqa: F401  (each registers its family's rules)
-    activations, conv, conv_transpose, elementwise, indexing, linalg, reductions, shape)
+    activations, conv, conv_transpose, elementwise, indexing, linalg, norm, reductions, shape)
 from dlc.autodiff.driver import gradients, infer_shapes
 from dlc.autodiff.rules import BROADCAST, VJP, defdx, defvjp, defzero
 

@@ -1,6 +1,7 @@
 """VJP rules of convolution and pooling: Conv (dX by ConvTranspose with the same weights, dW by
 the speed-tuned forms of conv_weight.py, dB by a sum), MaxPool (dy scattered to the argmax
-through the Indices output) and AveragePool (dy spread over each window by a ConvTranspose)."""
+through the Indices output), AveragePool (dy spread over each window by a ConvTranspose) and
+GlobalAveragePool (dy spread evenly)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def _conv(ad, n, g):  # Y = X * W + B
 @defdx("MaxPool")
 def _maxpool(n, dy):  # scatter-add dy at the argmax offsets (Indices index the flat input)
     x, (_, indices) = n.x, n.outputs
-    if indices is None:
-        raise NotImplementedError("MaxPool gradient needs the node's Indices output")
+    if indices is None:  # exported models ask only for Y: the same pool again, for the Indices
+        attrs = {a.name: n.attr(a.name) for a in n.proto.attribute}
+        indices = op.MaxPool(x, outputs=2, **attrs)[1]
     flat = op.ScatterElements(full(op.Reshape(op.Size(x), [1]), 0, x.dtype),
                               op.Reshape(indices, [-1]), op.Reshape(dy, [-1]), axis=0,
                               reduction="add")
@@ -64,3 +66,9 @@ def _avgpool(n, dy):  # spread dy / count over each window: ConvTranspose with a
     spread = op.ConvTranspose(op.Reshape(ds, [-1, 1, *ys[2:]]), kernel, strides=s, pads=p,
                               output_padding=output_padding(x.shape, ys, k, s, [1] * len(k), p))
     return op.Reshape(spread, op.Shape(x))
+
+
+@defdx("GlobalAveragePool")
+def _global_avgpool(n, dy):  # each input entry gets dy / (entries per channel)
+    count = op.Cast(op.Size(n.x) / op.Size(n.y), to=n.x.dtype)
+    return op.Expand(dy / count, op.Shape(n.x))

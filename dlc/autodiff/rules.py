@@ -1,6 +1,6 @@
 """The VJP table, {ONNX op type: rule}, and the helpers that fill it. The rules live in one
-module per op family (elementwise, activations, linalg, shape, indexing, reductions, conv), each
-op type registered once, in one of them (registering it twice is an error).
+module per op family (elementwise, activations, linalg, shape, indexing, reductions, conv,
+norm), each op type registered once, in one of them (registering it twice is an error).
 
 Contract: `rule(ad, node, g) -> tuple`, one entry per input of the node, or per input slot of
 its op with None for the absent optional ones; None where the input is not differentiable.

@@ -77,6 +77,10 @@ class Builder:
         self._used.add(name)
         return name
 
+    def reserve(self, *names: str) -> None:
+        """Names taken by a graph copied in (dlc.graph.foreign): fresh() will not reuse them."""
+        self._used.update(names)
+
     # ---- nodes ------------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs):
         """Append one node; return its output name (or a list when outputs > 1)."""
