@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from dlc.distributed.collective import launched_world
 from dlc.errors import UsageError
 from dlc.model.spec import load_spec
 from dlc.train.report import LOG_FORMATS, json_event
@@ -19,9 +20,17 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
     if resume is not None:
         if spec is not None or out is not None:
             raise UsageError("--resume continues a run folder; give no SPEC and no --out with it")
-        path = run_resume(resume, overrides, device, quiet, log_format)
     elif spec is None:
         raise UsageError("missing SPEC (or --resume RUN_DIR)")
+    if launched_world() > 1:  # torchrun or SLURM started this process as one of N workers
+        from dlc.distributed.run import worker
+
+        options = {"device": device, "quiet": quiet, "log_format": log_format}
+        path = worker(spec, overrides, out, force, resume, options)
+        if path is None:  # not rank 0: rank 0 reports
+            return
+    elif resume is not None:
+        path = run_resume(resume, overrides, device, quiet, log_format)
     else:
         path = run_train(load_spec(spec, overrides), out, force, device, quiet, log_format)
     print_run(path, log_format)
