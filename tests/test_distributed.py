@@ -5,12 +5,17 @@ like one process with batch 2B: same shuffles, same updates up to summation orde
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from conftest import ROOT, SPECS, run_dlc
+
+from dlc.train.checkpoint import epoch_of
 
 pytest.importorskip("torch.distributed")
 
@@ -60,4 +65,57 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
     assert r.returncode != 0
     assert "trained with 2 worker(s)" in r.stderr and "--workers 2" in r.stderr, r.stderr[-2000:]
     r = torchrun("train", "--resume", tmp_path / "run", "--epochs", "2", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_ray_train_workers_equal_one_process(tmp_path):
+    """`dlc train --workers 2`: Ray Train starts the workers (a local Ray), gloo between them."""
+    pytest.importorskip("ray.train")
+    common = ["--epochs", "2", "--set", "data.split.val=0", "-q"]
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--workers", "2",
+                "--set", "train.batch_size=8", *common, timeout=180)
+    assert r.code == 0, r
+    assert "run: " in r.out and (tmp_path / "two" / "model.onnx").is_file()
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",
+                "--set", "train.batch_size=16", *common)
+    assert r.code == 0, r
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        assert np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name]) < 1e-5, name
+
+
+def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
+    """`dlc ARGS` as torchrun-style processes started here (RANK, WORLD_SIZE, MASTER_*), so
+    that the test knows each worker's pid."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(workers):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
+               "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "dlc", *map(str, args)], env=env,
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    rank0, rank1 = start_workers(["train", SPECS / "digits_cnn.yaml", "--out", run, "--epochs",
+                                  "30", "--set", "data.split.val=0", "-q"], run)
+    deadline = time.monotonic() + 60
+    while not epoch_of(run / "checkpoint.npz"):
+        assert time.monotonic() < deadline and rank0.poll() is None, rank0.communicate()
+        time.sleep(0.2)  # rank 0 has written epoch 1's checkpoint: training is under way
+    rank1.send_signal(signal.SIGKILL)
+    rank1.wait()
+    _, err = rank0.communicate(timeout=60)  # no hang: the all-reduce fails, rank 0 stops
+    assert rank0.returncode == 1, err
+    lines = err.strip().splitlines()
+    print(lines[0])
+    assert len(lines) == 1 and "a worker stopped" in lines[0], err
+    assert f"resume with: dlc train --resume {run}" in lines[0], err
+    r = torchrun("train", "--resume", run, "--epochs", "2", "-q")
     assert r.returncode == 0, r.stderr[-3000:]

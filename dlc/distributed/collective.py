@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from dlc.errors import DlcError
+from dlc.train.run import WorkerLost
 
 SLURM = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"}
 TIMEOUT_S = 120  # a collective waiting longer than this for a dead peer fails instead of hanging
@@ -37,7 +38,12 @@ class Collective:
         """Sum `array` (contiguous float32) over the workers, in place (a torch view of it)."""
         import torch
 
-        self.dist.all_reduce(torch.from_numpy(array))
+        try:
+            self.dist.all_reduce(torch.from_numpy(array))
+        except RuntimeError as e:  # DistBackendError: a peer died, or hung past the timeout
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WorkerLost(f"worker {self.rank} of {self.world}: the all-reduce failed, "
+                             f"a worker stopped ({first[:200]})") from None
         return array
 
     def mean(self, array: np.ndarray) -> np.ndarray:

@@ -73,6 +73,11 @@ class Interrupted(DlcError):
     exit_code = 130
 
 
+class WorkerLost(DlcError):
+    """A data-parallel peer stopped (its collective failed): this worker stops too, and rank 0's
+    run folder keeps its last checkpoint to resume from."""
+
+
 class Unusable(DlcError):
     """Training ended but the model is not finite: model.onnx is not written."""
 
@@ -255,7 +260,7 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, trainer_
                 rep.close()
             tracker.log_summary(finish(spec, net, dataset, trainer, labels, path,
                                        time.perf_counter() - t0))
-        except (KeyboardInterrupt, Diverged, WriteError) as e:
+        except (KeyboardInterrupt, Diverged, WriteError, WorkerLost) as e:
             raise _stopped(e, trainer, path) from None
     return path
 
