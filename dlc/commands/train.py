@@ -26,7 +26,8 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
     elif spec is None:
         raise UsageError("missing SPEC (or --resume RUN_DIR)")
     options = {"device": device, "quiet": quiet, "log_format": log_format}
-    cfg = {**distributed_config(spec, resume, overrides),
+    loaded = load_spec(spec, overrides) if resume is None else None
+    cfg = {**distributed_config(loaded, resume),
            **{k: v for k, v in {"workers": workers, "address": address,
                                 "gpus_per_worker": gpus_per_worker}.items() if v is not None}}
     if cfg.get("workers", 1) > 1 and launched_world() == 1:  # Ray Train starts the workers
@@ -43,15 +44,15 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
     elif resume is not None:
         path = run_resume(resume, overrides, device, quiet, log_format)
     else:
-        path = run_train(load_spec(spec, overrides), out, force, device, quiet, log_format)
+        path = run_train(loaded, out, force, device, quiet, log_format)
     print_run(path, log_format)
 
 
-def distributed_config(spec: str | None, resume: str | None, overrides: list) -> dict:
+def distributed_config(spec, resume: str | None) -> dict:
     """train.distributed of the spec; for a resume, the worker count the run started with
     (run.json `workers`, so that `--resume` alone continues it alike)."""
     if resume is None:
-        return load_spec(spec, overrides).data["train"].get("distributed") or {}
+        return spec.data["train"].get("distributed") or {}
     try:
         info = json.loads((Path(resume) / "run.json").read_text())
         return {"workers": int(info.get("workers", 1))}

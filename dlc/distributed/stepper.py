@@ -31,14 +31,13 @@ class ParallelStepper:
     def __init__(self, grad_sess, update_sess, persistent: dict[str, np.ndarray],
                  constants: dict[str, np.ndarray], comm):
         self.grad_sess, self.update_sess, self.comm = grad_sess, update_sess, comm
-        self.sess = grad_sess
         self.values = {k: np.ascontiguousarray(v, np.float32) for k, v in persistent.items()}
         self.constants = {k: np.ascontiguousarray(v, np.float32) for k, v in constants.items()}
         self.grad_names = [o.name for o in grad_sess.get_outputs()]
         self.update_names = [o.name for o in update_sess.get_outputs()]
         self.grad_in = {i.name for i in grad_sess.get_inputs()}
         self.update_in = {i.name for i in update_sess.get_inputs()}
-        self.reduced = [n for n in results(grad_sess)]  # losses and logits, summed with grad
+        self.reduced = [n for n in results(grad_sess) if n != "grad"]  # losses and logits
         self._pending: dict[str, np.ndarray] | None = None
 
     def get(self, name: str) -> np.ndarray:
@@ -83,8 +82,8 @@ class ParallelStepper:
         inputs = {k: v for k, v in {**self.values, **feeds}.items() if k in self.update_in}
         new = dict(zip(self.update_names,
                        self.update_sess.run(None, {**inputs, "grad": whole["grad"]})))
-        self._pending = {k: (new.get(f"{k}.new") if f"{k}.new" in new else out[f"{k}.new"])
-                         for k in self.values}
+        written = {**out, **new}  # buffers from the gradient graph, the rest from the update
+        self._pending = {k: written[f"{k}.new"] for k in self.values}
         return {**{k: whole[k] for k in self.reduced}, "grad_norm": new["grad_norm"]}
 
     def commit(self) -> None:
