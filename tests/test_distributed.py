@@ -119,3 +119,44 @@ def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     assert f"resume with: dlc train --resume {run}" in lines[0], err
     r = torchrun("train", "--resume", run, "--epochs", "2", "-q")
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_train_distributed_in_the_spec_is_checked_and_read(cli, tmp_path):
+    from dlc.commands.train import distributed_config
+    from dlc.model.spec import load_spec
+
+    spec = load_spec(SPECS / "iris.yaml", ["train.distributed={workers: 3, address: auto}"])
+    cfg = distributed_config(spec, None)
+    assert (cfg["workers"], cfg["address"], cfg.get("gpus_per_worker", 0)) == (3, "auto", 0)
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "--set",
+            "train.distributed.workers=0")
+    assert r.code == 2 and "workers" in r.err, r
+
+
+def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and "export MASTER_ADDR and MASTER_PORT" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1, r
+
+
+def test_the_last_global_batch_needs_a_row_per_worker():
+    from dlc.distributed.stepper import shard
+    from dlc.distributed.trainer import ParallelTrainer
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+
+    assert [shard(5, r, 2) for r in (0, 1)] == [slice(0, 2), slice(2, 5)]
+
+    class Three:
+        rank, world = 0, 3
+
+    class Data:
+        class train:
+            x = [0] * 13  # 13 % (3 x 4) == 1 row for 3 workers
+
+    net = build_network(load_spec(SPECS / "iris.yaml", ["train.batch_size=4"]))
+    with pytest.raises(Exception, match="fewer than the 3 workers"):
+        ParallelTrainer.factory(Three())(net, Data())
