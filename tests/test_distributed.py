@@ -4,6 +4,7 @@ like one process with batch 2B: same shuffles, same updates up to summation orde
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -17,7 +18,8 @@ from conftest import ROOT, SPECS, run_dlc
 
 from dlc.train.checkpoint import epoch_of
 
-pytest.importorskip("torch.distributed")
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="needs torch.distributed: pip install 'dlc[distributed]'")
 
 
 def torchrun(*args, workers: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -38,6 +40,7 @@ def weights(run) -> dict[str, np.ndarray]:
 SGD = ["--set", "train.optimizer={type: momentum, lr: 0.05}"]  # scale-sensitive, unlike Adam
 
 
+@needs_torch
 @pytest.mark.parametrize("spec,batch,optimizer", [("digits_mlp.yaml", 64, []),
                                                   ("digits_cnn.yaml", 32, SGD)])
 def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, optimizer):
@@ -57,6 +60,7 @@ def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, ba
         assert error < 1e-5, f"{name}: relative error {error:.3g}"
 
 
+@needs_torch
 def test_resume_with_another_worker_count_says_so(tmp_path):
     args = ["--epochs", "1", "--set", "data.split.val=0", "-q"]
     r = torchrun("train", SPECS / "iris.yaml", "--out", tmp_path / "run", *args)
@@ -68,6 +72,7 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@needs_torch
 def test_ray_train_workers_equal_one_process(tmp_path):
     """`dlc train --workers 2`: Ray Train starts the workers (a local Ray), gloo between them."""
     pytest.importorskip("ray.train")
@@ -101,6 +106,7 @@ def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
     return procs
 
 
+@needs_torch
 def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     run = tmp_path / "run"
     rank0, rank1 = start_workers(["train", SPECS / "digits_cnn.yaml", "--out", run, "--epochs",
@@ -133,6 +139,7 @@ def test_train_distributed_in_the_spec_is_checked_and_read(cli, tmp_path):
     assert r.code == 2 and "workers" in r.err, r
 
 
+@needs_torch
 def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
