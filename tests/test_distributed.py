@@ -167,3 +167,14 @@ def test_the_last_global_batch_needs_a_row_per_worker():
     net = build_network(load_spec(SPECS / "iris.yaml", ["train.batch_size=4"]))
     with pytest.raises(Exception, match="fewer than the 3 workers"):
         ParallelTrainer.factory(Three())(net, Data())
+
+
+@needs_torch
+def test_a_ray_worker_error_is_one_line(tmp_path):
+    """A worker's DlcError (here its data file) comes back through Ray Train as one line."""
+    pytest.importorskip("ray.train")
+    r = run_dlc("train", SPECS / "iris.yaml", "--workers", "2", "-q", "--out", tmp_path / "run",
+                "--set", "data.source=csv:/nonexistent.csv", timeout=180)
+    assert r.code == 1, r
+    assert r.err.strip() == ("error: data-parallel training failed: data file not found: "
+                             "/nonexistent.csv (from data.source in spec)"), r

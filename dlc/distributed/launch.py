@@ -9,7 +9,9 @@ PYTHONPATH, so workers import the same dlc as this process (a checkout works lik
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,7 +51,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
-             include_dashboard=False, ignore_reinit_error=True)
+             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
     try:
         trainer = TorchTrainer(
             _loop, train_loop_config=config,
@@ -72,4 +74,5 @@ def _root_message(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(e).__name__
+    last = lines[-1] if lines else type(e).__name__
+    return re.sub(r"^[\w.]+(Error|Exception|Lost|Diverged): ", "", last)  # Ray's "module.Class: "
