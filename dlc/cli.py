@@ -106,14 +106,21 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
           log_format: str = typer.Option("text", "--log-format", help="text (a progress bar on "
                                          "a terminal, one line per epoch otherwise, on stderr) "
-                                         "| jsonl (one JSON object per epoch on stdout).")):
+                                         "| jsonl (one JSON object per epoch on stdout)."),
+          workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Data-parallel "
+                                                "workers started by Ray Train (batch_size per "
+                                                "worker; default train.distributed.workers)."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
+                                                "(default: a local Ray)."),
+          gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0)):
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
     from dlc.commands import train as command
 
     overrides = list(set_ or [])
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
-    command.command(spec, resume, out, overrides, device, force, quiet, log_format)
+    command.command(spec, resume, out, overrides, device, force, quiet, log_format, workers,
+                    address, gpus_per_worker)
 
 
 

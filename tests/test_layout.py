@@ -19,6 +19,9 @@ LAZY = {
     ("dlc.train.features.checks", "dlc.train.features.*"): "a feature's module (numpy) loads only "
                                                            "when the spec uses it: a plain "
                                                            "`dlc validate` stays numpy-free",
+    ("dlc.commands.train", "dlc.distributed.*"): "data-parallel training's modules (Ray Train, "
+                                                 "torch's collective) load only for --workers "
+                                                 "or under a launcher",
     ("*", "numpy"): "start-up: `dlc validate` and the spec/layer modules it loads stay numpy-free",
     ("*", "onnx"): "start-up: onnx loads only where a model is built or read",
     ("*", "onnxruntime"): "start-up: onnxruntime loads only where a session runs",
@@ -35,7 +38,8 @@ LAZY = {
     ("*", "starlette"): "optional extra (dlc[serve])",
     ("*", "matplotlib"): "optional extra (dlc[plot])",
     ("*", "PIL"): "optional extra (dlc[images])",
-    ("*", "torch"): "optional extra (dlc[torch]): only cross-checks use it",
+    ("*", "torch"): "optional extra (dlc[torch], dlc[distributed]): cross-checks and the "
+                    "all-reduce of data-parallel training",
 }
 
 

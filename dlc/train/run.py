@@ -73,6 +73,11 @@ class Interrupted(DlcError):
     exit_code = 130
 
 
+class WorkerLost(DlcError):
+    """A data-parallel peer stopped (its collective failed): this worker stops too, and rank 0's
+    run folder keeps its last checkpoint to resume from."""
+
+
 class Unusable(DlcError):
     """Training ended but the model is not finite: model.onnx is not written."""
 
@@ -114,9 +119,11 @@ def prepare(spec, data_dir: Path):
 
 
 def train(spec, out: str | None = None, force: bool = False, device: str | None = None,
-          quiet: bool = False, log_format: str = "text") -> Path:
+          quiet: bool = False, log_format: str = "text", trainer=Trainer,
+          info: dict | None = None) -> Path:
     """A new run of `spec` into `out` (default runs/<name>/<timestamp>), an emptied folder that
-    no other training writes in while this one runs."""
+    no other training writes in while this one runs. `trainer`: the Trainer class (a
+    data-parallel worker's, dlc.distributed); `info`: more entries for run.json."""
     data_dir = Path(spec.file).resolve().parent
     net, dataset, labels = prepare(spec, data_dir)
     path = rundir.create(out, spec.data["name"])
@@ -127,8 +134,9 @@ def train(spec, out: str | None = None, force: bool = False, device: str | None 
         write_text(path / "spec.yaml", yaml.safe_dump(spec.data, sort_keys=False))
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # for `dlc runs`
         write_json(path / "run.json", {"spec": str(Path(spec.file).resolve()),
-                                       "data_dir": str(data_dir), "started": started}, indent=1)
-        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format))
+                                       "data_dir": str(data_dir), "started": started,
+                                       **(info or {})}, indent=1)
+        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), trainer)
 
 
 def read_run_info(path: Path) -> dict:
@@ -160,7 +168,7 @@ def _run_spec(file: Path, overrides):
 
 
 def resume(path: str | Path, overrides=(), device: str | None = None, quiet: bool = False,
-           log_format: str = "text") -> Path:
+           log_format: str = "text", trainer=Trainer) -> Path:
     """Continue the run in `path` from its checkpoint (same parameters, optimizer state, RNG,
     schedule and history as if it had never stopped). Overrides change spec.yaml (and so the
     model's dlc.spec) and are recorded in run.json's `resumes`, with the epoch they start at."""
@@ -181,7 +189,7 @@ def resume(path: str | Path, overrides=(), device: str | None = None, quiet: boo
                                                           "overrides": list(overrides)}]
             write_json(path / "run.json", info, indent=1)
 
-        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format),
+        return _fit(spec, net, dataset, labels, path, device, (quiet, log_format), trainer,
                     resumed=record)
 
 
@@ -222,7 +230,8 @@ def _start(spec, trainer: Trainer, path: Path, rep, resumed) -> bool:
     return True
 
 
-def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=None) -> Path:
+def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, trainer_cls=Trainer,
+         resumed=None) -> Path:
     """`output`: (quiet, log format) for the reporter; `resumed`: None for a new run, else the
     function that records a resume."""
     cfg = spec.data["train"]
@@ -230,7 +239,7 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=
     rep = reporter(*output, batch_size=cfg["batch_size"])
     if info:
         rep.note(info)
-    trainer = Trainer(net, dataset, (kind, index), seed=cfg["seed"])
+    trainer = trainer_cls(net, dataset, (kind, index), seed=cfg["seed"])
     # e.g. train.init_from: load parameters by name (a resume only rebuilds the report)
     features.begin(trainer, rep.note, fresh=resumed is None)
     if not _start(spec, trainer, path, rep, resumed):
@@ -251,7 +260,7 @@ def _fit(spec, net, dataset, labels, path: Path, device, output: tuple, resumed=
                 rep.close()
             tracker.log_summary(finish(spec, net, dataset, trainer, labels, path,
                                        time.perf_counter() - t0))
-        except (KeyboardInterrupt, Diverged, WriteError) as e:
+        except (KeyboardInterrupt, Diverged, WriteError, WorkerLost) as e:
             raise _stopped(e, trainer, path) from None
     return path
 

@@ -201,18 +201,30 @@ def _update(b: Builder, net: Network, opts: TrainOptions, feats: list, flat: str
         return _masked(b, w_new, mask), {s: state_new[s] for s in opt.states}
 
 
-def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
-    """Trainable parameters and each optimizer state travel as one flat float32 vector each:
-    the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
-    `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
-    b, feats, opts = Builder(), features.active(net.spec, net), TrainOptions.of(net.spec)
+@dataclass
+class _Gradient:
+    """What the gradient half of a train step leaves in its builder."""
+    flat: str  # the `params` input
+    mask: str | None  # the features' keep-mask
+    grad: str  # the flat gradient, masked, not clipped
+    loss: str
+    logits: dict[str, str]
+    updates: dict[str, str]  # buffer -> its new value (running statistics)
+    shapes: dict[str, list]  # buffer -> shape
+    noise: list[tuple[str, Shape]]
+    frozen: list[str]
+
+
+def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
+                   data_norm: dict | None) -> _Gradient:
+    """Inputs params, x, y, noise, buffers and frozen parameters; forward, loss (with the
+    features' terms) and the flat gradient d loss / d params."""
     noise: list[tuple[str, Shape]] = []
 
     def noise_input(layer: str, shape: Shape) -> str:
         noise.append((f"{layer}.noise", tuple(shape)))
         return b.input(f"{layer}.noise", "float32", ["N", *shape])
 
-    layout, total = flat_layout(net)
     flat = b.input("params", "float32", [total])
     mask = _keep_mask(b, net, feats, total)  # train.prune: the flat 0/1 keep-mask
     views = _unpack(b, _masked(b, flat, mask), layout)
@@ -225,16 +237,61 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
     g = _masked(b, _flat_gradient(b, loss, views, layout), mask)  # masked: no gradient
+    return _Gradient(flat, mask, g, loss, logits, {n: ctx.updates.get(n, n) for n in buffers},
+                     shapes, noise, list(frozen))
+
+
+def _gradient_outputs(b: Builder, net: Network, half: _Gradient) -> None:
+    b.output(half.loss, "loss", "float32", [])
+    _logits_outputs(b, net, half.logits)
+    for name, value in half.updates.items():  # running statistics: their update, or unchanged
+        b.output(value, f"{name}.new", "float32", half.shapes[name])
+
+
+def _update_half(b: Builder, net: Network, feats: list, flat: str, g: str, mask: str | None,
+                 layout) -> tuple[list[str], dict[str, float]]:
+    """Clipping of the flat gradient `g` and the optimizer update; outputs grad_norm,
+    `params.new` and `state.<s>.new`. Returns the state names and the features' start values."""
+    total, opts = int(sum(numel(shape) for _, _, shape in layout)), TrainOptions.of(net.spec)
     g, norm = _clip(b, g, opts.clip_norm)
     w_new, state_new = _update(b, net, opts, feats, flat, g, mask, layout)
-    b.output(loss, "loss", "float32", [])
-    _logits_outputs(b, net, logits)
     b.output(norm, "grad_norm", "float32", [])
     b.output(w_new, "params.new", "float32", [total])
     for s, value in state_new.items():
         b.output(value, f"state.{s}.new", "float32", [total])
-    for name in buffers:  # running statistics: their in-graph update, or unchanged
-        b.output(ctx.updates.get(name, name), f"{name}.new", "float32", shapes[name])
     fills = {k: v for f in feats for k, v in f.persistent(b, total).items()}  # like states
+    return [*state_new, *fills], fills
+
+
+def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
+    """Trainable parameters and each optimizer state travel as one flat float32 vector each:
+    the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
+    `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
+    b, feats = Builder(), features.active(net.spec, net)
+    layout, total = flat_layout(net)
+    half = _gradient_half(b, net, feats, layout, total, data_norm)
+    _gradient_outputs(b, net, half)
+    states, fills = _update_half(b, net, feats, half.flat, half.grad, half.mask, layout)
     return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
-                [*state_new, *fills], fills, noise, layout, total, list(frozen))
+                states, fills, half.noise, layout, total, half.frozen)
+
+
+def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step, Step]:
+    """The train step as two graphs, for data-parallel training (dlc.distributed): the
+    gradient graph (the fused step's inputs but lr, step and the states; outputs loss, logits,
+    `grad` = the flat masked gradient, `<buffer>.new`) and the update graph (inputs `params`,
+    `grad` (the gradient averaged over workers), lr, step, `state.<s>` and the keep-mask;
+    outputs grad_norm, `params.new`, `state.<s>.new`). Between them the flat gradient is
+    all-reduced; clipping sees the averaged gradient, as one process with the whole batch.
+    Run back to back on one process they give the fused step's result (tests/test_split_step)."""
+    feats, (layout, total) = features.active(net.spec, net), flat_layout(net)
+    params, name = [n for n, _, _ in layout], net.spec["name"]
+    b = Builder()
+    half = _gradient_half(b, net, feats, layout, total, data_norm)
+    _gradient_outputs(b, net, half)
+    b.output(half.grad, "grad", "float32", [total])
+    grad = Step(b.model(f"{name}-grad"), params, [], {}, half.noise, layout, total, half.frozen)
+    u = Builder()
+    flat, g = u.input("params", "float32", [total]), u.input("grad", "float32", [total])
+    states, fills = _update_half(u, net, feats, flat, g, _keep_mask(u, net, feats, total), layout)
+    return grad, Step(u.model(f"{name}-update"), params, states, fills, [], layout, total)

@@ -80,16 +80,12 @@ class Trainer:
         self.features = features.active(net.spec, net)
         self.feature_state: dict = {}  # what each feature's start/begin returned, by its name
         self.device, self.threads = device, threads
-        self.step_graph = build_train_step(net, getattr(dataset, "norm", None))
         self.x_names = x_names(net)
         # the losses a step returns: `loss`, and `loss.<output>` for each of several outputs
         self.loss_names = ["loss", *(suffixed("loss", h.name) for h in net.heads if h.name)]
-        self.sess = make_session(self.step_graph.model, *device, threads)
         self.state = TrainState(np.random.default_rng(seed))
-        params, step = net.init_params(seed), self.step_graph
-        self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
-        self.stepper = BoundStepper(self.sess, persistent_values(net, step, params), *device,
-                                    self.frozen)
+        params = net.init_params(seed)
+        self.step_graph, self.stepper = self._stepper(getattr(dataset, "norm", None), params)
         self._noise: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # by batch size
         features.start(self)  # e.g. train.prune's mask schedule
         opts = self.opts
@@ -97,6 +93,15 @@ class Trainer:
         self.schedule = Schedule(opts.schedule, opts.optimizer.lr, opts.epochs,
                                  self.steps_per_epoch)
         self.monitor, self.lower_is_better = monitor_of(self.cfg, dataset.val is not None)
+
+    def _stepper(self, data_norm: dict | None, params: dict):
+        """The train-step graph and the stepper that runs it (dlc.distributed's trainer runs
+        the split step instead), with the frozen parameters' host copies."""
+        step = build_train_step(self.net, data_norm)
+        self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
+        self.sess = make_session(step.model, *self.device, self.threads)
+        return step, BoundStepper(self.sess, persistent_values(self.net, step, params), *self.device,
+                                  self.frozen)
 
     @functools.cached_property
     def eval_sess(self):

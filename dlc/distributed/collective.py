@@ -1,0 +1,72 @@
+"""The collective: torch.distributed's all-reduce (gloo on CPU), never dlc's own.
+
+The process group comes from the launcher: Ray Train's TorchConfig sets it up before dlc's
+worker function runs; torchrun sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, and SLURM sets
+SLURM_PROCID/SLURM_NTASKS (MASTER_ADDR/MASTER_PORT are then the user's to export), from which
+`join` starts it (init_method env://).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import numpy as np
+
+from dlc.errors import DlcError
+from dlc.train.run import WorkerLost
+
+SLURM = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"}
+TIMEOUT_S = 120  # a collective waiting longer than this for a dead peer fails instead of hanging
+
+
+def launched_world() -> int:
+    """The world size a launcher's environment says (torchrun, SLURM), 1 without one."""
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+
+
+class Collective:
+    """Rank, world size and a sum all-reduce of float32 numpy arrays, in place."""
+
+    def __init__(self):
+        import torch.distributed as dist  # the `distributed` extra
+
+        self.dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def all_reduce(self, array: np.ndarray) -> np.ndarray:
+        """Sum `array` (contiguous float32) over the workers, in place (a torch view of it)."""
+        import torch
+
+        try:
+            self.dist.all_reduce(torch.from_numpy(array))
+        except RuntimeError as e:  # DistBackendError: a peer died, or hung past the timeout
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WorkerLost(f"worker {self.rank} of {self.world}: the all-reduce failed, "
+                             f"a worker stopped ({first[:200]})") from None
+        return array
+
+    def mean(self, array: np.ndarray) -> np.ndarray:
+        """The workers' average of `array` (a copy)."""
+        out = np.ascontiguousarray(array, np.float32).copy()
+        return self.all_reduce(out) / np.float32(self.world)
+
+
+def join() -> Collective:
+    """The process group of this worker: the launcher's (Ray Train), or one started from the
+    torchrun/SLURM environment."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        raise DlcError("data-parallel training needs torch.distributed: "
+                       "pip install 'dlc[distributed]'") from None
+    if not dist.is_initialized():
+        for name, slurm in SLURM.items():
+            if name not in os.environ and slurm in os.environ:
+                os.environ[name] = os.environ[slurm]
+        if "MASTER_ADDR" not in os.environ:
+            raise DlcError("WORLD_SIZE is set but MASTER_ADDR is not: export MASTER_ADDR and "
+                           "MASTER_PORT (rank 0's host and a free port) for every worker")
+        dist.init_process_group("gloo", init_method="env://",
+                                timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    return Collective()

@@ -1,0 +1,78 @@
+"""`dlc train SPEC --workers N`: Ray Train starts N workers (TorchConfig sets up their
+torch.distributed process group: gloo on CPU, NCCL with --gpus-per-worker), each runs
+dlc.distributed.run.worker; rank 0 writes the run folder.
+
+Workers may start elsewhere (a Ray cluster: --address), so every path they get is absolute and
+the run folder is chosen here, before they start. dlc's own source folder travels on
+PYTHONPATH, so workers import the same dlc as this process (a checkout works like an install).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import dlc
+from dlc.distributed.run import worker
+from dlc.errors import DlcError
+from dlc.train import rundir
+
+COLLECTIVE_TIMEOUT_S = 120  # a dead peer fails the step instead of hanging it
+
+
+def _loop(config: dict) -> None:
+    """One Ray Train worker (its process group is up: TorchConfig)."""
+    worker(**config)
+
+
+def launch(spec: str | None, overrides: list, out: str | None, force: bool,
+           resume: str | None, options: dict, workers: int, address: str | None = None,
+           gpus_per_worker: float = 0) -> Path:
+    """Train with `workers` Ray Train workers; rank 0's run folder."""
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+    except ImportError:
+        raise DlcError("--workers needs Ray Train and torch: pip install 'dlc[distributed]'") \
+            from None
+    if resume is not None:
+        path = Path(resume).resolve()
+    else:
+        path = rundir.create(out, Path(spec).stem).resolve()
+    config = {"spec_file": spec and str(Path(spec).resolve()), "overrides": list(overrides),
+              "out": str(path), "force": force,
+              "resume": resume and str(path), "options": options}
+    source = str(Path(dlc.__file__).resolve().parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
+             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
+    try:
+        trainer = TorchTrainer(
+            _loop, train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
+                                     timeout_s=COLLECTIVE_TIMEOUT_S),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                         resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
+            run_config=RunConfig(storage_path=scratch, name="train"))
+        trainer.fit()
+    except Exception as e:  # Ray wraps the worker's error: its last line is the message
+        raise DlcError(f"data-parallel training failed: {_root_message(e)}") from None
+    finally:
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def _root_message(e: BaseException) -> str:
+    """The innermost cause's message, on one line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    return re.sub(r"^[\w.]+(Error|Exception|Lost|Diverged): ", "", last)  # Ray's "module.Class: "

@@ -1,0 +1,180 @@
+"""Data-parallel training (dlc.distributed) through the real CLI under torchrun: 2 worker
+processes on this machine, gloo over loopback. `--workers 2` with train.batch_size B trains
+like one process with batch 2B: same shuffles, same updates up to summation order."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, SPECS, run_dlc
+
+from dlc.train.checkpoint import epoch_of
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="needs torch.distributed: pip install 'dlc[distributed]'")
+
+
+def torchrun(*args, workers: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`dlc ARGS` as `workers` processes started by torchrun (the checkout's dlc in each)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={workers}", "-m", "dlc", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT)
+
+
+def weights(run) -> dict[str, np.ndarray]:
+    with np.load(run / "checkpoint.npz") as f:
+        return {k: f[k] for k in f.files if k.startswith(("param/", "state/"))}
+
+
+SGD = ["--set", "train.optimizer={type: momentum, lr: 0.05}"]  # scale-sensitive, unlike Adam
+
+
+@needs_torch
+@pytest.mark.parametrize("spec,batch,optimizer", [("digits_mlp.yaml", 64, []),
+                                                  ("digits_cnn.yaml", 32, SGD)])
+def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, optimizer):
+    common = ["--epochs", "1", "--set", "data.split.val=0", "-q", *optimizer]
+    two = torchrun("train", SPECS / spec, "--out", tmp_path / "two", *common,
+                   "--set", f"train.batch_size={batch}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_dlc("train", SPECS / spec, "--out", tmp_path / "one", *common,
+                  "--set", f"train.batch_size={2 * batch}")
+    assert one.code == 0, one
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys() and a
+    for name in a:  # relative in norm: Adam's first steps divide tiny gradients by their own
+        # size, so a few entries carry the summation-order noise at 1e-5 of the largest weight
+        error = np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name])
+        print(f"{spec} {name}: relative error {error:.3g}")
+        assert error < 1e-5, f"{name}: relative error {error:.3g}"
+
+
+@needs_torch
+def test_resume_with_another_worker_count_says_so(tmp_path):
+    args = ["--epochs", "1", "--set", "data.split.val=0", "-q"]
+    r = torchrun("train", SPECS / "iris.yaml", "--out", tmp_path / "run", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun("train", "--resume", tmp_path / "run", "--epochs", "2", workers=3)
+    assert r.returncode != 0
+    assert "trained with 2 worker(s)" in r.stderr and "--workers 2" in r.stderr, r.stderr[-2000:]
+    r = torchrun("train", "--resume", tmp_path / "run", "--epochs", "2", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@needs_torch
+def test_ray_train_workers_equal_one_process(tmp_path):
+    """`dlc train --workers 2`: Ray Train starts the workers (a local Ray), gloo between them."""
+    pytest.importorskip("ray.train")
+    common = ["--epochs", "2", "--set", "data.split.val=0", "-q"]
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--workers", "2",
+                "--set", "train.batch_size=8", *common, timeout=180)
+    assert r.code == 0, r
+    assert "run: " in r.out and (tmp_path / "two" / "model.onnx").is_file()
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",
+                "--set", "train.batch_size=16", *common)
+    assert r.code == 0, r
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        assert np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name]) < 1e-5, name
+
+
+def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
+    """`dlc ARGS` as torchrun-style processes started here (RANK, WORLD_SIZE, MASTER_*), so
+    that the test knows each worker's pid."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(workers):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
+               "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "dlc", *map(str, args)], env=env,
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+@needs_torch
+def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    rank0, rank1 = start_workers(["train", SPECS / "digits_cnn.yaml", "--out", run, "--epochs",
+                                  "30", "--set", "data.split.val=0", "-q"], run)
+    deadline = time.monotonic() + 60
+    while not epoch_of(run / "checkpoint.npz"):
+        assert time.monotonic() < deadline and rank0.poll() is None, rank0.communicate()
+        time.sleep(0.2)  # rank 0 has written epoch 1's checkpoint: training is under way
+    rank1.send_signal(signal.SIGKILL)
+    rank1.wait()
+    _, err = rank0.communicate(timeout=60)  # no hang: the all-reduce fails, rank 0 stops
+    assert rank0.returncode == 1, err
+    lines = err.strip().splitlines()
+    print(lines[0])
+    assert len(lines) == 1 and "a worker stopped" in lines[0], err
+    assert f"resume with: dlc train --resume {run}" in lines[0], err
+    r = torchrun("train", "--resume", run, "--epochs", "2", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_train_distributed_in_the_spec_is_checked_and_read(cli, tmp_path):
+    from dlc.commands.train import distributed_config
+    from dlc.model.spec import load_spec
+
+    spec = load_spec(SPECS / "iris.yaml", ["train.distributed={workers: 3, address: auto}"])
+    cfg = distributed_config(spec, None)
+    assert (cfg["workers"], cfg["address"], cfg.get("gpus_per_worker", 0)) == (3, "auto", 0)
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "--set",
+            "train.distributed.workers=0")
+    assert r.code == 2 and "workers" in r.err, r
+
+
+@needs_torch
+def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and "export MASTER_ADDR and MASTER_PORT" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1, r
+
+
+def test_the_last_global_batch_needs_a_row_per_worker():
+    from dlc.distributed.stepper import shard
+    from dlc.distributed.trainer import ParallelTrainer
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+
+    assert [shard(5, r, 2) for r in (0, 1)] == [slice(0, 2), slice(2, 5)]
+
+    class Three:
+        rank, world = 0, 3
+
+    class Data:
+        class train:
+            x = [0] * 13  # 13 % (3 x 4) == 1 row for 3 workers
+
+    net = build_network(load_spec(SPECS / "iris.yaml", ["train.batch_size=4"]))
+    with pytest.raises(Exception, match="fewer than the 3 workers"):
+        ParallelTrainer.factory(Three())(net, Data())
+
+
+@needs_torch
+def test_a_ray_worker_error_is_one_line(tmp_path):
+    """A worker's DlcError (here its data file) comes back through Ray Train as one line."""
+    pytest.importorskip("ray.train")
+    r = run_dlc("train", SPECS / "iris.yaml", "--workers", "2", "-q", "--out", tmp_path / "run",
+                "--set", "data.source=csv:/nonexistent.csv", timeout=180)
+    assert r.code == 1, r
+    assert r.err.strip() == ("error: data-parallel training failed: data file not found: "
+                             "/nonexistent.csv (from data.source in spec)"), r
