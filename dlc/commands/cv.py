@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import Dataset, Split, load_arrays
-from dlc.data._csv import Table, read_table
+from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, compute_norm, split_indices
 from dlc.data.multi import _inputs, _targets
 from dlc.data.text import text_config

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import as_numeric, check_finite, parse_matrix
-from dlc.data._csv import Table, _column_index, read_table
+from dlc.data._common import as_numeric, check_finite
+from dlc.data._csv import _column_index
+from dlc.data._table import Table, read_table
 from dlc.data._sources import _read_npz, parse_source, resolve_path
 from dlc.data._split import _round, compute_norm
 from dlc.errors import DlcError
@@ -101,9 +102,7 @@ def _csv_series(path: Path, display: str, data: dict, win: Window) -> Series:
     refs = win.columns if win.columns is not None else (target,)
     inputs = [_column_index(r, table, "data.window.columns") for r in refs]
     used = list(dict.fromkeys([*inputs, target]))
-    names = [table.columns[i] for i in used]
-    values = parse_matrix([[row[i] for i in used] for row in table.rows], table.lines, names,
-                          display)
+    values = table.numbers(used)
     pos = {c: k for k, c in enumerate(used)}
     return Series(values[:, [pos[i] for i in inputs]], values[:, pos[target]],
                   [table.columns[i] for i in inputs], display)
@@ -161,8 +160,7 @@ def read_series_csv(table: Table, win: Window) -> np.ndarray | None:
     if not table.has_names or not all(isinstance(r, str) and r in table.columns for r in refs):
         return None
     idx = [table.columns.index(r) for r in refs]
-    cells = [[row[i] for i in idx] for row in table.rows]
-    return parse_matrix(cells, table.lines, [table.columns[i] for i in idx], table.display)
+    return table.numbers(idx)
 
 
 # ---- windows and splits -------------------------------------------------------------------------
