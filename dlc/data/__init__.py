@@ -111,17 +111,16 @@ def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
     cfg = _split_config(data)
     parts = split_series(len(series.target), float(cfg["val"]), float(cfg["test"]), win,
                          series.display)
-    norm = window_norm(series.inputs[slice(*parts[0])], data.get("normalize") or "standard",
-                       win.length)
+    columns = compute_norm(series.inputs[slice(*parts[0])], data.get("normalize") or "standard")
+    inputs = apply_norm(series.inputs, columns)  # per time step: the windows stay views
     splits = []
     for start, stop in parts:
         if stop <= start:  # a split fraction of 0: no such part
             splits.append(None)
             continue
-        x, y = make_windows(series.inputs[start:stop], series.target[start:stop], win)
-        x = apply_norm(x, norm).reshape((len(x), *shape)) if len(x) else x
-        splits.append(Split(x, y) if len(x) else None)
-    return Dataset(splits[0], splits[1], splits[2], None, None, norm)
+        x, y = make_windows(inputs[start:stop], series.target[start:stop], win)
+        splits.append(Split(x.reshape((len(x), *shape)), y) if len(x) else None)
+    return Dataset(splits[0], splits[1], splits[2], None, None, window_norm(columns, win.length))
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
