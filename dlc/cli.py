@@ -124,7 +124,7 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
 
 
 @app.command()
-def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a folder of images: raw inputs."),
+def predict(model: str, input: str = typer.Argument(..., help="CSV, Parquet, Feather, NPZ, an image or a folder of images: raw inputs."),
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help=".csv, .npz or .json (default: csv to "
                                                       "stdout)"),

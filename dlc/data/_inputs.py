@@ -10,7 +10,7 @@ import numpy as np
 
 from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list, suggest
 from dlc.data._table import TABLE_SUFFIXES, Table, read_table
-from dlc.data._images import read_image_dir, to_nchw
+from dlc.data._images import IMAGE_SUFFIXES, read_image_inputs, to_nchw
 from dlc.errors import DlcError
 from dlc.files.untrusted import check_file, check_numpy_file
 
@@ -116,8 +116,8 @@ def _read_npz(path: Path, shape: list[int], features: list[str] | None, layout: 
 def read_inputs(
     path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw"
 ) -> np.ndarray:
-    """Raw model inputs from a CSV (header optional), Parquet, Feather or NPZ/NPY file, or every
-    PNG/JPEG image directly in a folder (sorted by name; scaled to [0, 1]), float32
+    """Raw model inputs from a CSV (header optional), Parquet, Feather or NPZ/NPY file, one
+    PNG/JPEG image or every one directly in a folder (sorted by name; scaled to [0, 1]), float32
     [n, *input_shape].
 
     CSV: with a header and known feature names, the model's columns are picked by name (any
@@ -125,10 +125,11 @@ def read_inputs(
     read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first."""
     path = Path(path)
     shape = [int(d) for d in input_shape]
-    if path.is_dir():
-        return read_image_dir(path, shape)
-    check_file(path, "input file")
     suffix = path.suffix.lower()
+    if not path.is_dir():
+        check_file(path, "input file")
+    if path.is_dir() or suffix in IMAGE_SUFFIXES:
+        return read_image_inputs(path, shape)
     if suffix in TABLE_SUFFIXES:
         x = _read_table(path, features, int(np.prod(shape)) if shape else 1)
     elif suffix in (".npz", ".npy"):
@@ -136,7 +137,7 @@ def read_inputs(
     else:
         raise DlcError(
             f"input file {path.name}: expected a .csv, .parquet, .feather, .npz or .npy file, "
-            "or a folder of images"
+            "a PNG/JPEG image or a folder of images"
         )
     if len(x) == 0:
         raise DlcError(f"{path.name}: no samples")
