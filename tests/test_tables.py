@@ -125,3 +125,15 @@ def test_predict_reads_parquet_like_the_csv(cli, tmp_path, iris):
     assert a.code == 0 and b.code == 0, (a, b)
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 151
+
+
+def test_bom_and_blank_rows_are_skipped_and_lines_stay_true(tmp_path):
+    """A UTF-8 byte-order mark is not part of the first name; a row of blank cells is skipped
+    like a blank line, and the line numbers of the rows after it still count it."""
+    from dlc.data._table import read_table
+
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbfa,b,y\n1,2,x\n , ,  \n3,4,w\n")
+    table = read_table(tmp_path / "d.csv", "d.csv", True)
+    assert table.columns == ["a", "b", "y"] and len(table) == 2
+    assert table.lines == [2, 4] and table.where(1) == "d.csv:4"
+    np.testing.assert_array_equal(table.numbers([0, 1]), [[1, 2], [3, 4]])
