@@ -57,12 +57,13 @@ class Table:
     def lines(self) -> list[int]:
         """1-based line in the file of each data row (a stdlib csv pass, made once on demand)."""
         if self._lines is None:
-            self._lines = _scan(self.path, self.display, self.header)[1]
+            self._lines = _scan(self.path, self.display, self.header)
         return self._lines
 
     def strings(self, col: int) -> list[str]:
-        """The cells of one column as text (integers print as written; other numbers are read
-        again as text so that `1.50` stays `1.50`)."""
+        """The cells of one column as text. An integer column prints its values (`007` reads
+        `7`: cheap, and integer classes and ids stay what they were); a float or date column is
+        read again as text, so that class `1.50` stays `1.50`."""
         column = self.data.column(col)
         if (self.path is None or pa.types.is_integer(column.type)
                 or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -99,24 +100,26 @@ class Table:
                          for i, v in enumerate(self.strings(c))], dtype=np.float64)
 
 
-def _scan(path: Path, display: str, header: bool) -> tuple[list[list[str]], list[int]]:
-    """The stdlib csv pass: non-blank rows and their lines; DlcError for what Arrow refused."""
-    rows: list[list[str]] = []
+def _scan(path: Path, display: str, header: bool) -> list[int]:
+    """The stdlib csv pass: the line of each non-blank data row; DlcError for what Arrow
+    refused (a ragged row, a bad byte). Keeps line numbers only, not the cells."""
     lines: list[int] = []
+    width = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             for row in reader:
-                if any(cell.strip() for cell in row):
-                    rows.append(row)
-                    lines.append(reader.line_num)
+                if not any(cell.strip() for cell in row):
+                    continue
+                if width is None:
+                    width = len(row)
+                elif len(row) != width:
+                    raise DlcError(f"{display}:{reader.line_num}: expected {width} columns, "
+                                   f"found {len(row)}")
+                lines.append(reader.line_num)
     except (csv.Error, UnicodeDecodeError) as e:
         raise DlcError(f"{display}: cannot read as CSV: {e}") from None
-    width = len(rows[0]) if rows else 0
-    for row, line in zip(rows, lines):
-        if len(row) != width:
-            raise DlcError(f"{display}:{line}: expected {width} columns, found {len(row)}")
-    return (rows[1:], lines[1:]) if header else (rows, lines)
+    return lines[1:] if header else lines
 
 
 def _drop_blank_rows(data: pa.Table) -> pa.Table:
@@ -143,7 +146,7 @@ def read_csv(path: Path, display: str, header: bool, strings: bool = False) -> T
         data = pacsv.read_csv(path, read_options=read, convert_options=convert)
         names = [n.strip() for n in data.column_names]  # Arrow decodes the header only here
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        if not _scan(path, display, header)[0]:  # or names the ragged row or the bad byte
+        if not _scan(path, display, header):  # or names the ragged row or the bad byte
             raise DlcError(f"{display}: no data rows") from None
         raise DlcError(f"{display}: cannot read as CSV: {str(e).splitlines()[0]}") from None
     columns = names if header else [f"#{i}" for i in range(data.num_columns)]
