@@ -85,7 +85,8 @@ def load_table(
     target = _target_index(data, table, require_target, n_inputs)
     fcols = _feature_indices(data, table, target, inp.get("features"))
     names = [table.columns[i] for i in fcols]
-    x = table.numbers(fcols)
+    missing = data.get("missing") or {}
+    x = table.numbers(fcols, missing=bool(missing))
     features = names if table.has_names else inp.get("features")
     if target is None:
         labels = known if spec.get("task", {}).get("kind") != "regression" else None
@@ -93,4 +94,7 @@ def load_table(
     kind = spec.get("task", {}).get("kind", "classification")
     y, labels = encode_cells(table.strings(target), kind, known, strict, table.where,
                              table.columns[target])
+    if missing.get("strategy") == "drop":  # rows with a missing feature: not trained, not scored
+        keep = ~np.isnan(x).any(axis=1)
+        x, y = x[keep], y[keep]
     return x, y, labels, features

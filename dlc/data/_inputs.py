@@ -59,10 +59,10 @@ def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[in
     return list(range(need))
 
 
-def _read_table(path: Path, features: list[str] | None, need: int) -> np.ndarray:
+def _read_table(path: Path, features: list[str] | None, need: int, missing: bool) -> np.ndarray:
     table = _csv_table(path)
     cols = _csv_columns(table, features, need)
-    return table.numbers(cols)
+    return table.numbers(cols, missing)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -114,7 +114,8 @@ def _read_npz(path: Path, shape: list[int], features: list[str] | None, layout: 
 
 
 def read_inputs(
-    path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw"
+    path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw",
+    missing: bool = False,
 ) -> np.ndarray:
     """Raw model inputs from a CSV (header optional), Parquet, Feather or NPZ/NPY file, one
     PNG/JPEG image or every one directly in a folder (sorted by name; scaled to [0, 1]), float32
@@ -122,7 +123,8 @@ def read_inputs(
 
     CSV: with a header and known feature names, the model's columns are picked by name (any
     order, extra columns ignored); otherwise every column, in order. NPZ/NPY image arrays are
-    read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first."""
+    read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first.
+    `missing`: a table's missing cells read NaN (the model fills them; data.missing)."""
     path = Path(path)
     shape = [int(d) for d in input_shape]
     suffix = path.suffix.lower()
@@ -131,7 +133,7 @@ def read_inputs(
     if path.is_dir() or suffix in IMAGE_SUFFIXES:
         return read_image_inputs(path, shape)
     if suffix in TABLE_SUFFIXES:
-        x = _read_table(path, features, int(np.prod(shape)) if shape else 1)
+        x = _read_table(path, features, int(np.prod(shape)) if shape else 1, missing)
     elif suffix in (".npz", ".npy"):
         x = _read_npz(path, shape, features, layout)
     else:

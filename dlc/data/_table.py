@@ -27,6 +27,8 @@ from dlc.files.untrusted import MAX_TABLE_BYTES, check_file
 # The file kinds dlc reads as tables, by suffix (Feather v2 is the Arrow IPC file format).
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".feather": "feather",
                   ".arrow": "feather"}
+# What a missing cell reads as, where data.missing lets cells be missing (NaN in x).
+MISSING = frozenset(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?"])
 # Every cell keeps its text unless it is a number: no NA markers, booleans or dates are guessed
 # (a missing or odd cell stays an error that names its line).
 _CONVERT = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, true_values=[],
@@ -77,26 +79,27 @@ class Table:
         """Row-major text cells, for readers that still walk rows (categories, text)."""
         return [list(r) for r in zip(*(self.strings(c) for c in range(len(self.columns))))]
 
-    def numbers(self, cols: list[int]) -> np.ndarray:
-        """float64 [n, len(cols)]; the first cell that is not a finite float32 number is named
-        by its line and column."""
+    def numbers(self, cols: list[int], missing: bool = False) -> np.ndarray:
+        """float64 [n, len(cols)]; the first cell that is not a finite float32 number (nor, with
+        `missing`, one of MISSING, which reads NaN) is named by its line and column."""
         out = np.empty((len(self), len(cols)), dtype=np.float64)
         for j, c in enumerate(cols):
-            out[:, j] = self._column_numbers(c)
+            out[:, j] = self._column_numbers(c, missing)
         return out
 
-    def _column_numbers(self, c: int) -> np.ndarray:
+    def _column_numbers(self, c: int, missing: bool) -> np.ndarray:
         column = self.data.column(c)
         values = None
-        if column.null_count == 0:
+        if column.null_count == 0 or missing:
             try:
-                values = pc.cast(column, pa.float64()).to_numpy()
+                values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 values = None
-        if values is not None and finite32(values).all():
+        if values is not None and (finite32(values) | (missing & np.isnan(values))).all():
             return values
         name = self.columns[c]  # slow path: Python's float(), and the first bad cell named
-        return np.array([parse_float(v, self.where(i), name)
+        return np.array([np.nan if missing and v.strip() in MISSING
+                         else parse_float(v, self.where(i), name)
                          for i, v in enumerate(self.strings(c))], dtype=np.float64)
 
 
