@@ -137,3 +137,17 @@ def test_bom_and_blank_rows_are_skipped_and_lines_stay_true(tmp_path):
     assert table.columns == ["a", "b", "y"] and len(table) == 2
     assert table.lines == [2, 4] and table.where(1) == "d.csv:4"
     np.testing.assert_array_equal(table.numbers([0, 1]), [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("cell,hint", [("", "data.missing fills or drops"),
+                                       ("NA", "data.missing fills or drops"),
+                                       ("fair", "a column of categories goes through a named "
+                                                "input with dtype: int64")])
+def test_a_text_or_missing_feature_cell_says_what_handles_it(cli, tmp_path, iris, cell, hint):
+    lines = iris.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[1] = cell
+    (tmp_path / "d.csv").write_text("\n".join([*lines[:3], ",".join(cells), *lines[4:]]) + "\n")
+    r = cli("train", spec_for(tmp_path, "csv:d.csv"), "--out", tmp_path / "run")
+    assert r.code == 1 and r.err.count("\n") == 1, r
+    assert "d.csv:4: column 'sepal_width'" in r.err and hint in r.err, r

@@ -98,9 +98,33 @@ class Table:
         if values is not None and (finite32(values) | (missing & np.isnan(values))).all():
             return values
         name = self.columns[c]  # slow path: Python's float(), and the first bad cell named
-        return np.array([np.nan if missing and v.strip() in MISSING
-                         else parse_float(v, self.where(i), name)
+        return np.array([_number(v, self.where(i), name, missing)
                          for i, v in enumerate(self.strings(c))], dtype=np.float64)
+
+
+def _number(text: str, where: str, column: str, missing: bool) -> float:
+    """One feature cell: a number, NaN for a missing one when `missing`; else DlcError naming
+    the cell, with the spec field that handles it when it is a missing value or text."""
+    if missing and text.strip() in MISSING:
+        return np.nan
+    try:
+        return parse_float(text, where, column)
+    except DlcError as e:
+        if text.strip() in MISSING:
+            hint = "data.missing fills or drops missing values"
+        elif _is_float(text):
+            raise
+        else:
+            hint = "a column of categories goes through a named input with dtype: int64"
+        raise DlcError(f"{e} ({hint}; see docs/your-own-data.md)") from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _scan(path: Path, display: str, header: bool) -> list[int]:
