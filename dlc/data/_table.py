@@ -29,6 +29,7 @@ TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".feat
                   ".arrow": "feather"}
 # What a missing cell reads as, where data.missing lets cells be missing (NaN in x).
 MISSING = frozenset(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?"])
+_MISSING = pa.array(sorted(MISSING), pa.string())
 # Every cell keeps its text unless it is a number: no NA markers, booleans or dates are guessed
 # (a missing or odd cell stays an error that names its line).
 _CONVERT = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, true_values=[],
@@ -91,6 +92,9 @@ class Table:
         column = self.data.column(c)
         values = None
         if column.null_count == 0 or missing:
+            if missing and pa.types.is_string(column.type):  # MISSING cells -> null -> NaN
+                absent = pc.is_in(pc.utf8_trim_whitespace(column), value_set=_MISSING)
+                column = pc.if_else(absent, pa.scalar(None, pa.string()), column)
             try:
                 values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
