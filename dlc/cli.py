@@ -38,6 +38,17 @@ def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")
 
 
 @app.command()
+def init(data: str = typer.Argument(..., help="A .csv, .parquet or .feather table."),
+         target: str = typer.Option(..., "--target", help="The column to predict."),
+         output: Optional[str] = typer.Option(None, "-o", "--output", help="spec.yaml (default: stdout)"),
+         force: bool = typer.Option(False, "--force", help="Replace an existing spec file.")):
+    """Write a commented starting spec for a table: features, missing values and the task."""
+    from dlc.commands import init as command
+
+    command.command(data, target, output, force)
+
+
+@app.command()
 def schema():
     """Print the spec language's JSON Schema (also used by editors)."""
     from dlc.commands import schema as command
