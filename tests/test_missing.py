@@ -4,6 +4,8 @@ rows with empty cells; `drop` leaves such rows out."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -126,3 +128,13 @@ def test_missing_where_it_would_be_ignored_is_a_spec_error(cli, tmp_path, change
     path.write_text(yaml.safe_dump(spec))
     r = cli("validate", path)
     assert r.code == 2 and "data.missing" in r.err and why in r.err, r
+
+
+def test_cross_validation_fills_each_fold(cli, tmp_path):
+    """dlc cv builds its folds itself: each fold's training rows give the fills."""
+    write_table(tmp_path / "t.csv")
+    spec, _ = spec_file(tmp_path, {"strategy": "mean"})
+    r = cli("cv", spec, "--folds", "3", "-o", tmp_path / "cv.json")
+    assert r.code == 0, r
+    folds = json.loads((tmp_path / "cv.json").read_text())["per_fold"]
+    assert len(folds) == 3 and all(np.isfinite(f["metrics"]["loss"]) for f in folds)
