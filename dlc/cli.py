@@ -36,7 +36,6 @@ def validate(specs: List[str] = typer.Argument(..., help="Spec files to check.")
         raise typer.Exit(code)
 
 
-
 @app.command()
 def inspect(model: str = typer.Argument(..., help="Any ONNX file.")):
     """Inputs, outputs, ops, parameters, opset of an ONNX file, and whether dlc can train it."""
@@ -47,6 +46,16 @@ def inspect(model: str = typer.Argument(..., help="Any ONNX file.")):
         raise typer.Exit(code)
 
 
+@app.command()
+def init(data: str = typer.Argument(..., help="A .csv, .parquet or .feather table."),
+         target: str = typer.Option(..., "--target", help="The column to predict."),
+         output: Optional[str] = typer.Option(None, "-o", "--output", help="spec.yaml (default: stdout)"),
+         force: bool = typer.Option(False, "--force", help="Replace an existing spec file.")):
+    """Write a commented starting spec for a table: features, missing values and the task."""
+    from dlc.commands import init as command
+
+    command.command(data, target, output, force)
+
 
 @app.command()
 def schema():
@@ -54,7 +63,6 @@ def schema():
     from dlc.commands import schema as command
 
     command.command()
-
 
 
 @app.command("compile")
@@ -68,7 +76,6 @@ def compile_(spec: str, output: str = typer.Option(..., "-o", "--output", help="
     command.command(spec, output, seed, set_ or [])
 
 
-
 @app.command()
 def summary(spec: str, set_: Optional[List[str]] = SetOpt, device: str = typer.Option(
         "cpu", "--device", help="Warn when activations exceed its memory: cpu, cuda[:N].")):
@@ -76,7 +83,6 @@ def summary(spec: str, set_: Optional[List[str]] = SetOpt, device: str = typer.O
     from dlc.commands import summary as command
 
     command.command(spec, set_ or [], device)
-
 
 
 @app.command()
@@ -88,7 +94,6 @@ def profile(spec: str, steps: int = typer.Option(20, "--steps", min=1, help="Tim
     from dlc.commands import profile as command
 
     command.command(spec, steps, batch_size, device, set_ or [])
-
 
 
 @app.command()
@@ -123,7 +128,6 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
                     address, gpus_per_worker)
 
 
-
 @app.command()
 def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH, "
                                                                       "npz:PATH or folder:PATH"),
@@ -140,9 +144,8 @@ def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:N
     command.command(model, data, output, batch_size, device, per_class, split)
 
 
-
 @app.command()
-def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a folder of images: raw inputs."),
+def predict(model: str, input: str = typer.Argument(..., help="CSV, Parquet, Feather, NPZ, an image or a folder of images: raw inputs."),
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help=".csv, .npz or .json (default: csv to "
                                                       "stdout)"),
@@ -151,7 +154,6 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, NPZ or a fol
     from dlc.commands import predict as command
 
     command.command(model, input, output, batch_size, device)
-
 
 
 @app.command()
@@ -165,7 +167,6 @@ def serve(model: str, host: str = typer.Option("127.0.0.1", help="Address (0.0.0
     from dlc.commands.serve import serve as command
 
     command(model, host, port, max_batch, max_wait_ms, max_rows, device)
-
 
 
 @app.command()
@@ -182,7 +183,6 @@ def quantize(model: str, output: str = typer.Option(..., "-o", "--output", help=
     command.command(model, output, mode, data, calibration, device)
 
 
-
 @app.command()
 def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of folds K."),
        set_: Optional[List[str]] = SetOpt,
@@ -192,7 +192,6 @@ def cv(spec: str, folds: int = typer.Option(5, "--folds", "-k", help="Number of 
     from dlc.commands import cv as command
 
     command.command(spec, folds, set_ or [], output, device)
-
 
 
 @app.command()
@@ -223,7 +222,6 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
                     backend, address)
 
 
-
 @app.command()
 def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image folder: raw "
                                                            "inputs, as for predict."),
@@ -243,14 +241,12 @@ def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image
     command.command(model, input, output, method, steps, target, baseline, device)
 
 
-
 @app.command()
 def expand(spec: str, set_: Optional[List[str]] = SetOpt):
     """Print the spec with blocks expanded and every default filled."""
     from dlc.commands import expand as command
 
     command.command(spec, set_ or [])
-
 
 
 @app.command()
@@ -264,14 +260,12 @@ def graph(spec: str, output: str = typer.Option("graph.svg", "-o", "--output",
     command.command(spec, output, set_ or [])
 
 
-
 @app.command()
 def diff(a: str, b: str):
     """Semantic difference of two specs: changed fields (defaults filled) and parameter counts."""
     from dlc.commands import diff as command
 
     command.command(a, b)
-
 
 
 @app.command()
@@ -283,7 +277,6 @@ def runs(folder: str = typer.Argument("runs", help="Folder to search for run fol
     command.command(folder)
 
 
-
 @app.command()
 def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
     """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
@@ -292,14 +285,12 @@ def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
     command.command(run, output)
 
 
-
 @app.command()
 def env():
     """Versions, execution providers, and whether CUDA is usable here (and why not)."""
     from dlc.commands import env as command
 
     command.command()
-
 
 
 def _one_line(text: str) -> str:

@@ -253,3 +253,27 @@ def test_augment_checked_at_load(tmp_path):
     raises_one_line(lambda: load_dataset(spec, Path()), "data.augment.cutout 9 is larger")
     spec = make_spec("builtin:digits", shape=(1, 8, 8), augment={"shift": 2, "rotate": 10})
     assert load_dataset(spec, Path()).train.x.shape[1:] == (1, 8, 8)
+
+
+@needs_pillow
+def test_predict_names_each_image_and_takes_one_file(cli, tmp_path):
+    """`dlc predict` on a folder prints each image's path first; one image file is accepted and
+    answers what the folder answered for it."""
+    import yaml
+
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(make_spec("folder:x", shape=(3, 4, 4))))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(compile_spec(load_spec(tmp_path / "s.yaml")).SerializeToString())
+    save(tmp_path / "in" / "b.png", np.full((9, 9, 3), 255))
+    save(tmp_path / "in" / "a.png", np.zeros((5, 5)))
+    folder = cli("predict", model, tmp_path / "in")
+    assert folder.code == 0, folder
+    rows = folder.out.splitlines()
+    assert rows[0].startswith("path,") and len(rows) == 3
+    assert rows[1].startswith(f"{tmp_path / 'in' / 'a.png'},")
+    assert rows[2].startswith(f"{tmp_path / 'in' / 'b.png'},")
+    one = cli("predict", model, tmp_path / "in" / "b.png")
+    assert one.code == 0 and one.out.splitlines() == [rows[0], rows[2]], one

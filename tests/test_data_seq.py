@@ -74,6 +74,18 @@ def test_window_counts_and_values(n, length, horizon, stride, count):
         assert y[i].tolist() == list(range(start + length, start + length + horizon))
 
 
+def test_windows_are_views_not_copies(tmp_path):
+    """Overlapping windows share the series' memory (sliding_window_view), in make_windows and
+    in the training split; fancy indexing copied each value `length` times."""
+    series = np.arange(50, dtype=np.float64)
+    x, y = make_windows(series[:, None], series, Window(10, 3, 1, None, None))
+    assert np.shares_memory(x[0], x[1]) and np.shares_memory(y[0], y[1])
+    assert not x.flags.writeable  # a view: nothing may write through it into the series
+    write_series(tmp_path / "s.csv")
+    ds = load_dataset(series_spec("csv:s.csv", column="value"), tmp_path)
+    assert np.shares_memory(ds.train.x[0], ds.train.x[1])
+
+
 def test_time_order_split_without_leakage(tmp_path):
     write_series(tmp_path / "s.csv")
     ds = load_dataset(series_spec("csv:s.csv", column="value"), tmp_path)

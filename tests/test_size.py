@@ -1,7 +1,8 @@
 """The size budget of ../shared/STYLE.md: every module of the package at most 400 lines, every
-function at most 40, the package at most 15,000 lines (12,000 for the first wave; the second wave
-added serving, profiling, TensorBoard, run-folder locking and the optimised-graph cache). Fails
-naming what is over."""
+function at most 40, the package at most 16,500 lines (12,000 for the first wave; the second wave
+added serving, profiling, TensorBoard, run-folder locking, the optimised-graph cache, data-parallel
+workers, `dlc inspect` with foreign-graph import, and Arrow tables with `dlc init`). Fails naming
+what is over."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlc"
-MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 15_000
+MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 16_500
 
 
 def _modules() -> list[Path]:

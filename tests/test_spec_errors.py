@@ -63,7 +63,7 @@ def test_all_errors_at_once():
     assert lines == [
         "spec.yaml:13:5: layers[2].unit: unknown key 'unit'; did you mean 'units'?",
         "spec.yaml:17:11: data.source: expected one of builtin:digits, builtin:iris, builtin:wine, "
-        "builtin:breast_cancer, builtin:diabetes, csv:PATH, npz:PATH, folder:PATH; got \"builtin:digitz\"; "
+        "builtin:breast_cancer, builtin:diabetes, csv:PATH, parquet:PATH, feather:PATH, npz:PATH, folder:PATH; got \"builtin:digitz\"; "
         "did you mean 'builtin:digits'?",
         "spec.yaml:20:11: train.epochs: expected an integer ≥ 1, got 0",
     ]

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import Dataset, Split, load_arrays
-from dlc.data._csv import Table, read_table
-from dlc.data._split import apply_norm, compute_norm, split_indices
+from dlc.data._table import Table, read_table
+from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
 from dlc.data.multi import _inputs, _targets
 from dlc.data.text import text_config
 from dlc.data.windows import window_config
@@ -132,7 +132,9 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
     if isinstance(x, Table):  # named inputs: categories and statistics of the training rows
         xs, norm, cats = _inputs(spec, data, x, train)
     else:
-        norm, cats = compute_norm(x[train], data.get("normalize") or "standard"), None
+        x, fill = impute(x, train, data.get("missing"))  # data.missing: fills of these rows
+        norm, cats = with_fill(compute_norm(x[train], data.get("normalize") or "standard"),
+                               fill, int(np.prod(x.shape[1:]))), None
         xs = apply_norm(x, norm)
 
     def part(idx):

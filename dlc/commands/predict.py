@@ -1,16 +1,18 @@
 """`dlc predict`: predictions with class names and probabilities (or regression values) from raw
-inputs, to stdout as CSV or to a .csv/.npz/.json file."""
+inputs, to stdout as CSV or to a .csv/.npz/.json file; images are named by their path."""
 
 from __future__ import annotations
 
 import sys
 
+from dlc.data._images import image_paths
 from dlc.runtime import infer
 
 
 def command(model: str, input: str, output: str | None, batch_size: int, device: str) -> None:
     m = infer.load_model(model, device)
-    text = infer.write_predictions(m, infer.predict(m, input, batch_size, output), output)
+    out = infer.predict(m, input, batch_size, output)
+    text = infer.write_predictions(m, out, output, image_paths(input))
     if text is not None:
         sys.stdout.write(text)
     else:

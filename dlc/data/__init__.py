@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._inputs import _csv_table, read_inputs
-from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
+from dlc.data._split import (apply_norm, check_split_sizes, compute_norm, impute, split_indices,
+                             with_fill)
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
 from dlc.data.multi import check_ids, load_multi
@@ -70,7 +71,9 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     if (spec.get("input") or {}).get("dtype") == "int64":  # token ids: exact, never normalised
         x, norm = _as_ids(x, spec, data["source"]), None
     else:
-        norm = compute_norm(x[tr], data.get("normalize") or "standard")
+        x, fill = impute(x, tr, data.get("missing"))
+        norm = with_fill(compute_norm(x[tr], data.get("normalize") or "standard"), fill,
+                         int(np.prod(x.shape[1:])))
     return Dataset(
         train=_subset(x, y, tr, norm),
         val=_subset(x, y, va, norm) if len(va) else None,
@@ -111,17 +114,16 @@ def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
     cfg = _split_config(data)
     parts = split_series(len(series.target), float(cfg["val"]), float(cfg["test"]), win,
                          series.display)
-    norm = window_norm(series.inputs[slice(*parts[0])], data.get("normalize") or "standard",
-                       win.length)
+    columns = compute_norm(series.inputs[slice(*parts[0])], data.get("normalize") or "standard")
+    inputs = apply_norm(series.inputs, columns)  # per time step: the windows stay views
     splits = []
     for start, stop in parts:
         if stop <= start:  # a split fraction of 0: no such part
             splits.append(None)
             continue
-        x, y = make_windows(series.inputs[start:stop], series.target[start:stop], win)
-        x = apply_norm(x, norm).reshape((len(x), *shape)) if len(x) else x
-        splits.append(Split(x, y) if len(x) else None)
-    return Dataset(splits[0], splits[1], splits[2], None, None, norm)
+        x, y = make_windows(inputs[start:stop], series.target[start:stop], win)
+        splits.append(Split(x.reshape((len(x), *shape)), y) if len(x) else None)
+    return Dataset(splits[0], splits[1], splits[2], None, None, window_norm(columns, win.length))
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
@@ -165,8 +167,9 @@ def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
         values = read_series_csv(_csv_table(path), win)
         if values is not None:
             return input_windows(values, win).reshape((-1, *shape))
-    layout = (spec.get("data") or {}).get("layout", "nchw")
-    x = read_inputs(path, features, shape, layout)
+    data = spec.get("data") or {}
+    fills = (data.get("missing") or {}).get("strategy") not in (None, "drop")  # in the graph
+    x = read_inputs(path, features, shape, data.get("layout", "nchw"), missing=fills)
     if spec["input"].get("dtype") == "int64":  # ids, checked against the embedding's vocabulary
         return _as_ids(x, spec, path.name)
     return x

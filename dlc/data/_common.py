@@ -63,24 +63,6 @@ def parse_float(cell: str, where: str, column: str) -> float:
     return value
 
 
-def parse_matrix(
-    cells: list[list[str]], lines: list[int], columns: list[str], display: str
-) -> np.ndarray:
-    """Rows of CSV cells -> float64 [n, len(columns)]; the first bad cell is named by line."""
-    if not cells:
-        return np.zeros((0, len(columns)), dtype=np.float64)
-    try:
-        out = np.asarray(cells, dtype=np.float64)
-        if finite32(out).all():
-            return out
-    except ValueError:
-        pass
-    for row, line in zip(cells, lines):  # slow path: find and name the first bad cell
-        for cell, column in zip(row, columns):
-            parse_float(cell, f"{display}:{line}", column)
-    raise DlcError(f"{display}: could not read the feature columns as numbers")  # pragma: no cover
-
-
 def check_finite(x: np.ndarray, what: str) -> None:
     """DlcError naming the first sample holding NaN, inf or a value beyond float32's range."""
     bad = ~finite32(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.zeros(0, bool)

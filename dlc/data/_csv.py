@@ -1,57 +1,15 @@
-"""CSV data sources: the table reader and the target/feature column selection."""
+"""Table data sources (CSV, Parquet, Feather): the target/feature column selection."""
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import parse_matrix, suggest
+from dlc.data._common import suggest
+from dlc.data._table import Table, read_table
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
-from dlc.files.untrusted import MAX_TABLE_BYTES, check_file
-
-
-@dataclass
-class Table:
-    display: str  # the file name as the user wrote it, for messages
-    columns: list[str]  # header names, or "#<i>" without a header
-    has_names: bool
-    rows: list[list[str]]
-    lines: list[int]  # 1-based line number in the file of each row
-
-
-def read_table(path: Path, display: str, header: bool) -> Table:
-    """Every non-blank row of a CSV file; a ragged row raises DlcError naming its line."""
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    names: list[str] | None = None
-    check_file(path, "data file", MAX_TABLE_BYTES)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                if header and names is None:
-                    names = [cell.strip() for cell in row]
-                    continue
-                rows.append(row)
-                lines.append(reader.line_num)
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise DlcError(f"{display}: cannot read as CSV: {e}") from None
-    except OSError as e:
-        raise DlcError(f"cannot read {display}: {e.strerror or e}") from None
-    width = len(names) if names is not None else (len(rows[0]) if rows else 0)
-    for row, line in zip(rows, lines):
-        if len(row) != width:
-            raise DlcError(f"{display}:{line}: expected {width} columns, found {len(row)}")
-    if not rows:
-        raise DlcError(f"{display}: no data rows")
-    columns = names if names is not None else [f"#{i}" for i in range(width)]
-    return Table(display, columns, names is not None, rows, lines)
 
 
 def _column_index(ref: object, table: Table, key: str) -> int:
@@ -110,33 +68,33 @@ def _feature_indices(
     return [i for i in range(len(table.columns)) if i != target]
 
 
-def load_csv(
+def load_table(
     path: Path,
     display: str,
     spec: dict,
     known: list[str] | None,
     strict: bool,
     require_target: bool,
+    kind: str = "csv",
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
-    """(x float64 [n, F], y or None, labels, features) from a CSV file."""
+    """(x float64 [n, F], y or None, labels, features) from a CSV, Parquet or Feather file."""
     data = spec.get("data") or {}
     inp = spec.get("input") or {}
     n_inputs = int(np.prod(inp.get("shape") or [0]))
-    table = read_table(path, display, bool(data.get("header", True)))
+    table = read_table(path, display, bool(data.get("header", True)), kind)
     target = _target_index(data, table, require_target, n_inputs)
     fcols = _feature_indices(data, table, target, inp.get("features"))
     names = [table.columns[i] for i in fcols]
-    cells = [[row[i] for i in fcols] for row in table.rows]
-    x = parse_matrix(cells, table.lines, names, display)
+    missing = data.get("missing") or {}
+    x = table.numbers(fcols, missing=bool(missing))
     features = names if table.has_names else inp.get("features")
     if target is None:
         labels = known if spec.get("task", {}).get("kind") != "regression" else None
         return x, None, labels, features
-    tcells = [row[target] for row in table.rows]
     kind = spec.get("task", {}).get("kind", "classification")
-
-    def where(i: int) -> str:
-        return f"{display}:{table.lines[i]}"
-
-    y, labels = encode_cells(tcells, kind, known, strict, where, table.columns[target])
+    y, labels = encode_cells(table.strings(target), kind, known, strict, table.where,
+                             table.columns[target])
+    if missing.get("strategy") == "drop":  # rows with a missing feature: not trained, not scored
+        keep = ~np.isnan(x).any(axis=1)
+        x, y = x[keep], y[keep]
     return x, y, labels, features

@@ -6,7 +6,9 @@ when it has 3, resized (bilinear) to the input's H x W. Pillow is imported lazil
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +67,13 @@ def read_image(path: Path, shape: tuple[int, int, int], display: str) -> np.ndar
 
 
 def read_images(files: list[Path], shape: tuple[int, int, int], names: list[str]) -> np.ndarray:
-    """Several image files -> float32 [n, C, H, W]; names[i] is how file i is named in errors."""
+    """Several image files -> float32 [n, C, H, W]; names[i] is how file i is named in errors.
+    Decoded in a thread pool (Pillow releases the GIL while it decodes and resizes); an error
+    names the first unreadable file in order."""
     x = np.empty((len(files), *shape), dtype=np.float32)
-    for i, (path, name) in enumerate(zip(files, names)):
-        x[i] = read_image(path, shape, name)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, arr in enumerate(pool.map(read_image, files, [shape] * len(files), names)):
+            x[i] = arr
     return x
 
 
@@ -116,9 +121,21 @@ def load_folder(
     return read_images(files, shape, names), y, labels, None
 
 
-def read_image_dir(path: Path, input_shape: Sequence[int]) -> np.ndarray:
-    """Every PNG/JPEG file directly in `path` (sorted by name) -> float32 [n, C, H, W]."""
-    shape = image_shape(input_shape, f"input folder {path.name}")
+def image_paths(path: Path) -> list[str] | None:
+    """The image files `dlc predict` reads from `path` (a folder: its PNG/JPEG files, sorted by
+    name; one image file), as paths to print beside their predictions; None for other inputs."""
+    path = Path(path)
+    if path.is_dir():
+        return [str(path / p.name) for p in image_files(path)]
+    return [str(path)] if path.suffix.lower() in IMAGE_SUFFIXES else None
+
+
+def read_image_inputs(path: Path, input_shape: Sequence[int]) -> np.ndarray:
+    """Every PNG/JPEG file directly in the folder `path` (sorted by name), or the one image file
+    `path` -> float32 [n, C, H, W]."""
+    shape = image_shape(input_shape, f"input {path.name}")
+    if not path.is_dir():
+        return read_images([path], shape, [path.name])
     files = image_files(path)
     if not files:
         raise DlcError(f"input folder {path}: no PNG/JPEG images in it")

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data._common import (NPZ_ERRORS, as_numeric, check_finite, name_list, parse_matrix,
-                               suggest)
-from dlc.data._csv import Table, read_table
-from dlc.data._images import read_image_dir, to_nchw
+from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list, suggest
+from dlc.data._table import TABLE_SUFFIXES, Table, read_table
+from dlc.data._images import IMAGE_SUFFIXES, read_image_inputs, to_nchw
 from dlc.errors import DlcError
 from dlc.files.untrusted import check_file, check_numpy_file
 
@@ -30,15 +29,14 @@ def _expects(n: int, features: list[str] | None) -> str:
 
 
 def _csv_table(path: Path) -> Table:
-    """The CSV with a header when its first row is not all numbers."""
+    """The CSV with a header when its first row is not all numbers (a Parquet or Feather file
+    always names its columns)."""
     table = read_table(path, path.name, header=False)
-    first = table.rows[0]
-    if all(_is_number(c) for c in first):
+    if all(_is_number(str(table.data.column(c)[0].as_py())) for c in range(len(table.columns))):
         return table
-    names = [c.strip() for c in first]
-    if len(table.rows) == 1:
+    if len(table) == 1:
         raise DlcError(f"{path.name}: no data rows below the header")
-    return Table(path.name, names, True, table.rows[1:], table.lines[1:])
+    return read_table(path, path.name, header=True)
 
 
 def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[int]:
@@ -61,12 +59,10 @@ def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[in
     return list(range(need))
 
 
-def _read_csv(path: Path, features: list[str] | None, need: int) -> np.ndarray:
+def _read_table(path: Path, features: list[str] | None, need: int, missing: bool) -> np.ndarray:
     table = _csv_table(path)
     cols = _csv_columns(table, features, need)
-    names = [table.columns[i] for i in cols]
-    cells = [[row[i] for i in cols] for row in table.rows]
-    return parse_matrix(cells, table.lines, names, table.display)
+    return table.numbers(cols, missing)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -118,27 +114,32 @@ def _read_npz(path: Path, shape: list[int], features: list[str] | None, layout: 
 
 
 def read_inputs(
-    path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw"
+    path: Path, features: list[str] | None, input_shape: Sequence[int], layout: str = "nchw",
+    missing: bool = False,
 ) -> np.ndarray:
-    """Raw model inputs from a CSV (header optional) or NPZ/NPY file, or every PNG/JPEG image
-    directly in a folder (sorted by name; scaled to [0, 1]), float32 [n, *input_shape].
+    """Raw model inputs from a CSV (header optional), Parquet, Feather or NPZ/NPY file, one
+    PNG/JPEG image or every one directly in a folder (sorted by name; scaled to [0, 1]), float32
+    [n, *input_shape].
 
     CSV: with a header and known feature names, the model's columns are picked by name (any
     order, extra columns ignored); otherwise every column, in order. NPZ/NPY image arrays are
-    read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first."""
+    read in `layout` (the model's data.layout, nchw or nhwc) and returned channels-first.
+    `missing`: a table's missing cells read NaN (the model fills them; data.missing)."""
     path = Path(path)
     shape = [int(d) for d in input_shape]
-    if path.is_dir():
-        return read_image_dir(path, shape)
-    check_file(path, "input file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        x = _read_csv(path, features, int(np.prod(shape)) if shape else 1)
+    if not path.is_dir():
+        check_file(path, "input file")
+    if path.is_dir() or suffix in IMAGE_SUFFIXES:
+        return read_image_inputs(path, shape)
+    if suffix in TABLE_SUFFIXES:
+        x = _read_table(path, features, int(np.prod(shape)) if shape else 1, missing)
     elif suffix in (".npz", ".npy"):
         x = _read_npz(path, shape, features, layout)
     else:
         raise DlcError(
-            f"input file {path.name}: expected a .csv, .npz or .npy file, or a folder of images"
+            f"input file {path.name}: expected a .csv, .parquet, .feather, .npz or .npy file, "
+            "a PNG/JPEG image or a folder of images"
         )
     if len(x) == 0:
         raise DlcError(f"{path.name}: no samples")

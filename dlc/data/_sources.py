@@ -1,5 +1,5 @@
-"""Data sources: `builtin:NAME`, `csv:PATH`, `npz:PATH`, `folder:PATH` -> raw (x, y, labels,
-features)."""
+"""Data sources: `builtin:NAME`, `csv:PATH`, `parquet:PATH`, `feather:PATH`, `npz:PATH`,
+`folder:PATH` -> raw (x, y, labels, features)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._common import NPZ_ERRORS, as_numeric, check_finite, name_list
-from dlc.data._csv import load_csv
+from dlc.data._csv import load_table
 from dlc.data._images import load_folder, to_nchw
 from dlc.data._targets import encode_numeric
 from dlc.errors import DlcError
@@ -16,21 +16,24 @@ from dlc.files.untrusted import check_file, check_numpy_file
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
-SCHEMES = ("builtin", "csv", "npz", "folder")
+TABLES = ("csv", "parquet", "feather")  # read column by column through pyarrow (_table.py)
+SCHEMES = ("builtin", *TABLES, "npz", "folder")
 
 Raw = tuple[np.ndarray, "np.ndarray | None", "list[str] | None", "list[str] | None"]
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """`csv:iris.csv` -> ("csv", "iris.csv"); a bare `*.csv` / `*.npz` path is accepted too."""
+    """`csv:iris.csv` -> ("csv", "iris.csv"); a bare `*.csv` / `*.parquet` / `*.feather` /
+    `*.npz` path is accepted too."""
     scheme, sep, rest = str(source).partition(":")
     if sep and scheme in SCHEMES and rest:
         return scheme, rest
     suffix = Path(str(source)).suffix.lower()
-    if suffix in (".csv", ".npz"):
+    if suffix in (".csv", ".parquet", ".feather", ".npz"):
         return suffix[1:], str(source)
     raise DlcError(
-        f"data source '{source}': expected builtin:NAME, csv:PATH, npz:PATH or folder:PATH "
+        f"data source '{source}': expected builtin:NAME, csv:PATH, parquet:PATH, feather:PATH, "
+        "npz:PATH or folder:PATH "
         f"(builtins: {', '.join(BUILTINS)})"
     )
 
@@ -144,8 +147,8 @@ def load_raw(
         raw = load_builtin(rest, kind, known)
     else:
         path = resolve_path(rest, spec_dir, origin)
-        if scheme == "csv":
-            raw = load_csv(path, rest, spec, known, strict, require_target)
+        if scheme in TABLES:
+            raw = load_table(path, rest, spec, known, strict, require_target, scheme)
         else:
             raw = load_npz(path, rest, spec, known, require_target)
     return _layout(raw, spec, source if scheme == "builtin" else rest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from dlc.errors import DlcError
@@ -99,3 +101,43 @@ def apply_norm(x: np.ndarray, norm: dict | None) -> np.ndarray:
             f"data has {flat.shape[1]} features per sample; the normalisation expects {len(offset)}"
         )
     return ((flat - offset) / scale).astype(np.float32).reshape(x.shape)
+
+
+def _most_frequent(t: np.ndarray) -> float:
+    """The commonest value of one column (the smallest among ties); NaN when all are missing."""
+    values, counts = np.unique(t[~np.isnan(t)], return_counts=True)
+    return float(values[np.argmax(counts)]) if len(values) else np.nan
+
+
+# data.missing strategies that fill a cell: per-column fill values from the training rows t.
+FILLS = {
+    "mean": lambda t, value: np.nanmean(t, axis=0),
+    "median": lambda t, value: np.nanmedian(t, axis=0),
+    "most_frequent": lambda t, value: np.array([_most_frequent(c) for c in t.T]),
+    "constant": lambda t, value: np.full(t.shape[1], float(value)),
+}
+
+
+def impute(x: np.ndarray, train: np.ndarray, missing: dict | None
+           ) -> tuple[np.ndarray, list[float] | None]:
+    """x with each NaN replaced by its column's fill (from the training rows), and the fills
+    (the exported graph repeats them: predict takes NaN); x unchanged, None without a fill
+    strategy. A column missing in every training row is filled with 0."""
+    strategy = (missing or {}).get("strategy")
+    if strategy not in FILLS:
+        return x, None
+    flat = x.reshape(len(x), -1)
+    with warnings.catch_warnings():  # an all-missing column: NaN, then 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill = FILLS[strategy](flat[train], (missing or {}).get("value", 0))
+    fill = np.where(np.isnan(fill), 0.0, fill)
+    return np.where(np.isnan(flat), fill, flat).reshape(x.shape), fill.tolist()
+
+
+def with_fill(norm: dict | None, fill: list[float] | None, width: int) -> dict | None:
+    """The input normalisation the exported graph bakes in, with the missing-value fills that
+    come before it (kind none: offset 0, scale 1, so that the fill has a place to travel)."""
+    if fill is None:
+        return norm
+    base = norm or {"kind": "none", "offset": [0.0] * width, "scale": [1.0] * width}
+    return {**base, "fill": fill}

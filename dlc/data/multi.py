@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data.arrays import Dataset, Split, load_arrays
-from dlc.data._common import parse_float, suggest
-from dlc.data._csv import Table, read_table
+from dlc.data._common import suggest
+from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data._targets import encode_cells
 from dlc.data.augment import check_augment
@@ -50,8 +50,7 @@ def _columns(table: Table, names: list[str], what: str) -> list[int]:
 
 
 def _floats(table: Table, cols: list[int]) -> np.ndarray:
-    return np.asarray([[parse_float(row[c], f"{table.display}:{line}", table.columns[c])
-                        for c in cols] for row, line in zip(table.rows, table.lines)], np.float32)
+    return table.numbers(cols).astype(np.float32)
 
 
 def categories_of(table: Table, cols: list[int], rows: np.ndarray) -> dict[str, list[str]]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data._csv import Table, _column_index, read_table
+from dlc.data._csv import _column_index
+from dlc.data._table import Table, read_table
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 from dlc.files.untrusted import MAX_TABLE_BYTES, read_bytes

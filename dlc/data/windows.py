@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from dlc.data._common import as_numeric, check_finite, parse_matrix
-from dlc.data._csv import Table, _column_index, read_table
+from dlc.data._common import as_numeric, check_finite
+from dlc.data._csv import _column_index
+from dlc.data._table import Table, read_table
 from dlc.data._sources import _read_npz, parse_source, resolve_path
-from dlc.data._split import _round, compute_norm
+from dlc.data._split import _round
 from dlc.errors import DlcError
 
 
@@ -101,9 +103,7 @@ def _csv_series(path: Path, display: str, data: dict, win: Window) -> Series:
     refs = win.columns if win.columns is not None else (target,)
     inputs = [_column_index(r, table, "data.window.columns") for r in refs]
     used = list(dict.fromkeys([*inputs, target]))
-    names = [table.columns[i] for i in used]
-    values = parse_matrix([[row[i] for i in used] for row in table.rows], table.lines, names,
-                          display)
+    values = table.numbers(used)
     pos = {c: k for k, c in enumerate(used)}
     return Series(values[:, [pos[i] for i in inputs]], values[:, pos[target]],
                   [table.columns[i] for i in inputs], display)
@@ -161,22 +161,32 @@ def read_series_csv(table: Table, win: Window) -> np.ndarray | None:
     if not table.has_names or not all(isinstance(r, str) and r in table.columns for r in refs):
         return None
     idx = [table.columns.index(r) for r in refs]
-    cells = [[row[i] for i in idx] for row in table.rows]
-    return parse_matrix(cells, table.lines, [table.columns[i] for i in idx], table.display)
+    return table.numbers(idx)
 
 
 # ---- windows and splits -------------------------------------------------------------------------
+def _windows(values: np.ndarray, length: int, first: int, count: int, stride: int
+             ) -> np.ndarray:
+    """Windows of `length` rows of values [n, F] starting at first + i * stride, float32
+    [count, length, F]: a strided view of one float32 copy of the series, not `length` copies
+    of each value (fancy indexing made those)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    view = sliding_window_view(values, length, axis=0)  # [n - length + 1, F, length]
+    return view[first:first + count * stride:stride].transpose(0, 2, 1)
+
+
 def make_windows(inputs: np.ndarray, target: np.ndarray, win: Window
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """x float32 [m, L, F] and y float32 [m, H]: window i starts at i * stride; its targets are
-    the H values right after it. m = (n - L - H) // S + 1 (0 when the series is too short)."""
+    """x float32 [m, L, F] and y float32 [m, H], read-only views of the series: window i starts
+    at i * stride; its targets are the H values right after it. m = (n - L - H) // S + 1 (0 when
+    the series is too short)."""
     n, f = inputs.shape
     m = (n - win.span) // win.stride + 1 if n >= win.span else 0
-    starts = np.arange(m) * win.stride
-    x = inputs[starts[:, None] + np.arange(win.length)] if m else np.zeros((0, win.length, f))
-    y = target[starts[:, None] + win.length + np.arange(win.horizon)] if m else \
-        np.zeros((0, win.horizon))
-    return x.astype(np.float32), y.astype(np.float32)
+    if not m:
+        return np.zeros((0, win.length, f), np.float32), np.zeros((0, win.horizon), np.float32)
+    x = _windows(inputs, win.length, 0, m, win.stride)
+    y = _windows(target[:, None], win.horizon, win.length, m, win.stride)[:, :, 0]
+    return x, y
 
 
 def input_windows(inputs: np.ndarray, win: Window) -> np.ndarray:
@@ -185,8 +195,9 @@ def input_windows(inputs: np.ndarray, win: Window) -> np.ndarray:
     n = len(inputs)
     if n < win.length:
         raise DlcError(f"the series has {n} time steps; the model's windows need {win.length}")
-    starts = np.arange((n - win.length) % win.stride, n - win.length + 1, win.stride)
-    return inputs[starts[:, None] + np.arange(win.length)].astype(np.float32)
+    first = (n - win.length) % win.stride
+    return _windows(inputs, win.length, first, (n - win.length - first) // win.stride + 1,
+                    win.stride)
 
 
 def split_series(n: int, val: float, test: float, win: Window, display: str
@@ -206,10 +217,9 @@ def split_series(n: int, val: float, test: float, win: Window, display: str
     return parts
 
 
-def window_norm(train_inputs: np.ndarray, kind: str, length: int) -> dict | None:
-    """Per-column statistics of the training time steps, repeated over the window positions
-    (the flattened [L, F] order the model's input normalisation uses)."""
-    norm = compute_norm(train_inputs, kind)
+def window_norm(norm: dict | None, length: int) -> dict | None:
+    """Per-column statistics (of the training time steps) repeated over the window positions:
+    the flattened [L, F] order the model's input normalisation uses."""
     if norm is None:
         return None
     return {"kind": norm["kind"], "offset": list(norm["offset"]) * length,

@@ -44,10 +44,14 @@ def lower_body(b: Builder, net: Network, xs: dict[str, str], params: dict[str, s
 
 
 def normalize_input(b: Builder, x: str, norm: dict | None, shape) -> str:
-    """Bake `(x - offset) / scale` (training-split statistics) into the graph."""
+    """Bake `(x - offset) / scale` (training-split statistics) into the graph, after the
+    missing-value fills (data.missing) where there are any: a NaN feature becomes its fill."""
     if not norm:
         return x
     with b.scope("normalize"):
+        if norm.get("fill") is not None:
+            fill = b.const(np.asarray(norm["fill"], np.float32).reshape(shape), name="fill")
+            x = b.Where(b.IsNaN(x), fill, x)
         offset = np.asarray(norm["offset"], np.float32).reshape(shape)
         scale = np.asarray(norm["scale"], np.float32).reshape(shape)
         return b.Div(b.Sub(x, b.const(offset, name="offset")), b.const(scale, name="scale"))

@@ -36,6 +36,26 @@ def check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagn
     return diags
 
 
+def check_missing(spec) -> list[Diagnostic]:
+    """data.missing fills numeric table columns of one float `input:` (in the exported graph);
+    anywhere else it would be silently ignored, so it is refused."""
+    data = spec.data.get("data") or {}
+    if not data.get("missing"):
+        return []
+    source = str(data.get("source") or "")
+    table = source.split(":", 1)[0] in ("csv", "parquet", "feather") or \
+        source.lower().endswith((".csv", ".parquet", ".feather"))
+    plain = (spec.data.get("input") or {}).get("dtype", "float32") == "float32"
+    others = [k for k in ("inputs", "outputs") if spec.data.get(k)] + \
+        [f"data.{k}" for k in ("window", "text") if data.get(k)]
+    if table and plain and not others:
+        return []
+    why = f"not with {', '.join(others)}" if others else \
+        "a csv:, parquet: or feather: source and a float32 input"
+    return [spec.diag(("data", "missing"), "fills the numeric table columns of one `input:` "
+                      f"only: {why}")]
+
+
 def check_task(spec, layers: list[Layer], layer_of: dict[str, int],
                shapes: dict[str, Shape] | None) -> list[Diagnostic]:
     """Each output against its task, outputs that share a layer, softmax, the monitor and the

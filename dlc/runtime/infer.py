@@ -321,9 +321,11 @@ def _cell(value) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None) -> str | None:
-    """Write csv, npz or json by extension; with no path return the csv text."""
-    cols = _columns(model, out)
+def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None,
+                      inputs: list[str] | None = None) -> str | None:
+    """Write csv, npz or json by extension; with no path return the csv text. `inputs` (the
+    image files predicted) become a first column `path`."""
+    cols = {**({"path": np.asarray(inputs)} if inputs else {}), **_columns(model, out)}
     suffix = _format(path)
     if suffix == ".npz":
         buf = io.BytesIO()

@@ -1,0 +1,209 @@
+"""Tables a user names (CSV, Parquet, Feather), read column by column through pyarrow.
+
+Arrow parses a CSV in C++ into typed columns (int64/double where every cell is a number, text
+elsewhere), so numeric features reach numpy without a Python string per cell: about 5x faster
+and half the memory of the stdlib csv -> lists -> numpy path it replaced. Arrow knows no line
+numbers, so they are found only when a message needs one, by the stdlib csv reader, which also
+finds the ragged row or bad byte behind an Arrow parse error (messages stay `file:line: ...`).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from dlc.data._common import finite32, parse_float
+from dlc.errors import DlcError
+from dlc.files.untrusted import MAX_TABLE_BYTES, check_file
+
+# The file kinds dlc reads as tables, by suffix (Feather v2 is the Arrow IPC file format).
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".feather": "feather",
+                  ".arrow": "feather"}
+# What a missing cell reads as, where data.missing lets cells be missing (NaN in x).
+MISSING = frozenset(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "?"])
+_MISSING = pa.array(sorted(MISSING), pa.string())
+# Every cell keeps its text unless it is a number: no NA markers, booleans or dates are guessed
+# (a missing or odd cell stays an error that names its line).
+_CONVERT = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, true_values=[],
+                                false_values=[], timestamp_parsers=[])
+
+
+@dataclass
+class Table:
+    display: str  # the file name as the user wrote it, for messages
+    columns: list[str]  # header names, or "#<i>" without a header
+    has_names: bool
+    data: pa.Table  # one column per file column
+    path: Path | None = None  # the CSV file whose lines `line` counts; None: rows are numbered
+    header: bool = True
+    _lines: list[int] | None = field(default=None, repr=False)
+    _text: pa.Table | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.data.num_rows
+
+    def where(self, i: int) -> str:
+        """`file:line` (CSV) or `file: row N` of data row i, for messages."""
+        if self.path is None:
+            return f"{self.display}: row {i + 1}"
+        return f"{self.display}:{self.lines[i]}"
+
+    @property
+    def lines(self) -> list[int]:
+        """1-based line in the file of each data row (a stdlib csv pass, made once on demand)."""
+        if self._lines is None:
+            self._lines = _scan(self.path, self.display, self.header)
+        return self._lines
+
+    def strings(self, col: int) -> list[str]:
+        """The cells of one column as text. An integer column prints its values (`007` reads
+        `7`: cheap, and integer classes and ids stay what they were); a float or date column is
+        read again as text, so that class `1.50` stays `1.50`."""
+        column = self.data.column(col)
+        if (self.path is None or pa.types.is_integer(column.type)
+                or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            return ["" if v is None else str(v) for v in column.to_pylist()]
+        if self._text is None:
+            self._text = read_csv(self.path, self.display, self.header, strings=True).data
+        return self._text.column(col).to_pylist()
+
+    @property
+    def rows(self) -> list[list[str]]:
+        """Row-major text cells, for readers that still walk rows (categories, text)."""
+        return [list(r) for r in zip(*(self.strings(c) for c in range(len(self.columns))))]
+
+    def numbers(self, cols: list[int], missing: bool = False) -> np.ndarray:
+        """float64 [n, len(cols)]; the first cell that is not a finite float32 number (nor, with
+        `missing`, one of MISSING, which reads NaN) is named by its line and column."""
+        out = np.empty((len(self), len(cols)), dtype=np.float64)
+        for j, c in enumerate(cols):
+            out[:, j] = self._column_numbers(c, missing)
+        return out
+
+    def _column_numbers(self, c: int, missing: bool) -> np.ndarray:
+        column = self.data.column(c)
+        values = None
+        if column.null_count == 0 or missing:
+            if missing and pa.types.is_string(column.type):  # MISSING cells -> null -> NaN
+                absent = pc.is_in(pc.utf8_trim_whitespace(column), value_set=_MISSING)
+                column = pc.if_else(absent, pa.scalar(None, pa.string()), column)
+            try:
+                values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values = None
+        if values is not None and (finite32(values) | (missing & np.isnan(values))).all():
+            return values
+        name = self.columns[c]  # slow path: Python's float(), and the first bad cell named
+        return np.array([_number(v, self.where(i), name, missing)
+                         for i, v in enumerate(self.strings(c))], dtype=np.float64)
+
+
+def _number(text: str, where: str, column: str, missing: bool) -> float:
+    """One feature cell: a number, NaN for a missing one when `missing`; else DlcError naming
+    the cell, with the spec field that handles it when it is a missing value or text."""
+    if missing and text.strip() in MISSING:
+        return np.nan
+    try:
+        return parse_float(text, where, column)
+    except DlcError as e:
+        if text.strip() in MISSING:
+            hint = "data.missing fills or drops missing values"
+        elif _is_float(text):
+            raise
+        else:
+            hint = "a column of categories goes through a named input with dtype: int64"
+        raise DlcError(f"{e} ({hint}; see docs/your-own-data.md)") from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _scan(path: Path, display: str, header: bool) -> list[int]:
+    """The stdlib csv pass: the line of each non-blank data row; DlcError for what Arrow
+    refused (a ragged row, a bad byte). Keeps line numbers only, not the cells."""
+    lines: list[int] = []
+    width = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if width is None:
+                    width = len(row)
+                elif len(row) != width:
+                    raise DlcError(f"{display}:{reader.line_num}: expected {width} columns, "
+                                   f"found {len(row)}")
+                lines.append(reader.line_num)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DlcError(f"{display}: cannot read as CSV: {e}") from None
+    return lines[1:] if header else lines
+
+
+def _drop_blank_rows(data: pa.Table) -> pa.Table:
+    """Rows whose every cell is blank (`,,`) are skipped, as blank lines are; only a table of
+    text columns can hold one (a number is never blank)."""
+    if data.num_columns == 0 or not all(pa.types.is_string(t) for t in data.schema.types):
+        return data
+    blank = None
+    for column in data.columns:
+        empty = pc.equal(pc.utf8_trim_whitespace(column), "")
+        blank = empty if blank is None else pc.and_(blank, empty)
+    return data.filter(pc.invert(blank)) if pc.any(blank).as_py() else data
+
+
+def read_csv(path: Path, display: str, header: bool, strings: bool = False) -> Table:
+    """A CSV file as a Table (`strings`: every column as text)."""
+    read = pacsv.ReadOptions(autogenerate_column_names=not header)
+    convert = _CONVERT
+    if strings:
+        names = pacsv.open_csv(path, read_options=read).schema.names
+        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                       strings_can_be_null=False)
+    try:
+        data = pacsv.read_csv(path, read_options=read, convert_options=convert)
+        names = [n.strip() for n in data.column_names]  # Arrow decodes the header only here
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        if not _scan(path, display, header):  # or names the ragged row or the bad byte
+            raise DlcError(f"{display}: no data rows") from None
+        raise DlcError(f"{display}: cannot read as CSV: {str(e).splitlines()[0]}") from None
+    columns = names if header else [f"#{i}" for i in range(data.num_columns)]
+    return Table(display, columns, header, _drop_blank_rows(data), path, header)
+
+
+def _read_arrow(path: Path, display: str, kind: str) -> Table:
+    """A Parquet or Feather file as a Table (its column names are its header)."""
+    try:
+        data = pq.read_table(path) if kind == "parquet" else feather.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DlcError(f"{display}: cannot read as {kind.title()}: "
+                       f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    return Table(display, [str(n).strip() for n in data.column_names], True, data, None)
+
+
+def read_table(path: Path, display: str, header: bool, kind: str | None = None) -> Table:
+    """Every non-blank row of a CSV, Parquet or Feather file (`kind`, else by suffix, else
+    CSV); a ragged CSV row raises DlcError naming its line."""
+    check_file(path, "data file", MAX_TABLE_BYTES)
+    kind = kind or TABLE_SUFFIXES.get(Path(path).suffix.lower(), "csv")
+    try:
+        table = (read_csv(path, display, header) if kind == "csv"
+                 else _read_arrow(path, display, kind))
+    except OSError as e:
+        raise DlcError(f"cannot read {display}: {e.strerror or e}") from None
+    if len(table) == 0:
+        raise DlcError(f"{display}: no data rows")
+    return table
