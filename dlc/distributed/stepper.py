@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.runtime.stepper import results
+from dlc.runtime.stepper import HostValues, results
 
 SCALARS = ("lr", "step")  # update-graph feeds that are not rows of the batch
 
@@ -24,30 +24,19 @@ def shard(n: int, rank: int, world: int) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
-class ParallelStepper:
+class ParallelStepper(HostValues):
     """The stepper interface of dlc.runtime.stepper (get, set, set_constant, run, commit) over
     the two sessions of a split step and a Collective. Host arrays: the all-reduce reads them."""
 
     def __init__(self, grad_sess, update_sess, persistent: dict[str, np.ndarray],
                  constants: dict[str, np.ndarray], comm):
+        super().__init__(persistent, constants)
         self.grad_sess, self.update_sess, self.comm = grad_sess, update_sess, comm
-        self.values = {k: np.ascontiguousarray(v, np.float32) for k, v in persistent.items()}
-        self.constants = {k: np.ascontiguousarray(v, np.float32) for k, v in constants.items()}
         self.grad_names = [o.name for o in grad_sess.get_outputs()]
         self.update_names = [o.name for o in update_sess.get_outputs()]
         self.grad_in = {i.name for i in grad_sess.get_inputs()}
         self.update_in = {i.name for i in update_sess.get_inputs()}
         self.reduced = [n for n in results(grad_sess) if n != "grad"]  # losses and logits
-        self._pending: dict[str, np.ndarray] | None = None
-
-    def get(self, name: str) -> np.ndarray:
-        return self.values[name]
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        self.values[name] = np.ascontiguousarray(value, np.float32)
-
-    def set_constant(self, name: str, value: np.ndarray) -> None:
-        self.constants[name] = np.ascontiguousarray(value, np.float32)
 
     def _local(self, feeds: dict, rows: slice) -> dict[str, np.ndarray]:
         """The gradient graph's outputs on this worker's rows."""
@@ -85,9 +74,6 @@ class ParallelStepper:
         written = {**out, **new}  # buffers from the gradient graph, the rest from the update
         self._pending = {k: written[f"{k}.new"] for k in self.values}
         return {**{k: whole[k] for k in self.reduced}, "grad_norm": new["grad_norm"]}
-
-    def commit(self) -> None:
-        self.values, self._pending = self._pending, None
 
     def average_buffers(self, names: list[str]) -> None:
         """Running statistics (batchnorm) to the workers' mean: each worker saw its own rows."""

@@ -21,15 +21,13 @@ def results(sess) -> list[str]:
     return [o.name for o in sess.get_outputs() if not o.name.endswith(".new")]
 
 
-class HostStepper:
-    """`constants`: inputs fed unchanged every step (frozen parameters)."""
+class HostValues:
+    """Persistent tensors kept as host arrays, and the commit of a step's update: shared by
+    HostStepper and the data-parallel stepper (dlc.distributed.stepper)."""
 
-    def __init__(self, sess, persistent: dict[str, np.ndarray],
+    def __init__(self, persistent: dict[str, np.ndarray],
                  constants: dict[str, np.ndarray] | None = None):
-        self.sess = sess
-        self.names = [o.name for o in sess.get_outputs()]
-        self.results = results(sess)
-        self.values = dict(persistent)
+        self.values = {k: np.ascontiguousarray(v, np.float32) for k, v in persistent.items()}
         self.constants = {k: np.ascontiguousarray(v, np.float32)
                           for k, v in (constants or {}).items()}
         self._pending: dict[str, np.ndarray] | None = None
@@ -43,15 +41,26 @@ class HostStepper:
     def set_constant(self, name: str, value: np.ndarray) -> None:
         self.constants[name] = np.ascontiguousarray(value, np.float32)
 
+    def commit(self) -> None:
+        """Accept the last step's update (a skipped step is simply not committed)."""
+        self.values, self._pending = self._pending, None
+
+
+class HostStepper(HostValues):
+    """`constants`: inputs fed unchanged every step (frozen parameters)."""
+
+    def __init__(self, sess, persistent: dict[str, np.ndarray],
+                 constants: dict[str, np.ndarray] | None = None):
+        super().__init__(persistent, constants)
+        self.sess = sess
+        self.names = [o.name for o in sess.get_outputs()]
+        self.results = results(sess)
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(zip(self.names, self.sess.run(None, {**feeds, **self.constants,
                                                         **self.values})))
         self._pending = {k: out[f"{k}.new"] for k in self.values}
         return {k: out[k] for k in self.results}
-
-    def commit(self) -> None:
-        """Accept the last step's update (a skipped step is simply not committed)."""
-        self.values, self._pending = self._pending, None
 
 
 class BoundStepper:
