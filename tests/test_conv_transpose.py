@@ -11,8 +11,8 @@ import pytest
 from oracles import needs_torch, torch
 from stepio import assert_close
 from test_cnn import batch, run_train_step, torch_forward, torch_loss
-from test_vjp_conv import Evaluator, build_loss_model, make_feeds
-from test_vjp_rules import TOL32, TOL64, C, Case, build_model, err, fd_grad
+from test_vjp_conv import Evaluator, check_against_finite_differences
+from test_vjp_rules import C, Case
 
 from dlc.autodiff import VJP, gradients
 from dlc.graph import Builder
@@ -48,20 +48,7 @@ def test_the_rule_is_registered():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_vjp_matches_finite_differences(case: Case):
-    feeds = make_feeds(case)
-    ev = Evaluator(build_model(case, "float64"))
-    out = ev(feeds)
-    loss_ev = Evaluator(build_loss_model(case, "float64"))
-    assert float(loss_ev(feeds)["loss"]) == pytest.approx(float(out["loss"]), rel=1e-12)
-    for name in feeds:
-        analytic, fd = out[f"d{name}"], fd_grad(loss_ev, feeds, name)
-        assert analytic.shape == fd.shape
-        assert np.abs(fd).max() > 1e-3, f"d{name}: degenerate case, zero gradient"
-        assert err(analytic, fd) < TOL64, f"d{name}: analytic\n{analytic}\nfd\n{fd}"
-    out32 = Evaluator(build_model(case, "float32"), allow_reference=False)(
-        {k: v.astype(np.float32) for k, v in feeds.items()})
-    for k, v in out.items():
-        assert out32[k].dtype == np.float32 and err(out32[k], v) < TOL32, k
+    check_against_finite_differences(case, float32=True)
 
 
 @needs_torch
