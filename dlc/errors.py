@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 
@@ -40,3 +41,16 @@ class SpecError(DlcError):
     def __init__(self, diagnostics: list[Diagnostic]):
         self.diagnostics = sorted(set(diagnostics))
         super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+
+def optional_module(name: str, missing: str, what: str):
+    """Import the optional package `name` (lazily, where it is used); DlcError `missing` (the
+    install hint) when it is not installed, or one line naming `what` failed to import."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            raise DlcError(missing) from None
+        raise DlcError(f"{what}: cannot import {name}: {e}") from None
+    except ImportError as e:
+        raise DlcError(f"{what}: cannot import {name}: {e}") from None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dlc import __version__
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 from dlc.train import tracking_tb
 from dlc.train.tracking_tb import writer_class
 
@@ -48,15 +48,7 @@ def settings(spec) -> dict | None:
 
 def _mlflow():
     """Import MLflow (lazily); the one-line install hint when it is missing."""
-    try:
-        import mlflow  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name == "mlflow":
-            raise DlcError(MISSING) from None
-        raise DlcError(f"train.tracking: cannot import MLflow: {e}") from None
-    except ImportError as e:
-        raise DlcError(f"train.tracking: cannot import MLflow: {e}") from None
-    return mlflow
+    return optional_module("mlflow", MISSING, "train.tracking")
 
 
 def check(spec) -> None:

@@ -18,7 +18,7 @@ import io
 import time
 from pathlib import Path
 
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 
 MISSING = "train.tracking: tensorboard needs tensorboardX: pip install 'dlc[tensorboard]'"
 SPLITS = ("train", "val", "test")
@@ -27,13 +27,7 @@ RENAMED = {"seconds": "epoch_seconds"}
 
 def writer_class():
     """tensorboardX's SummaryWriter (imported lazily); the install hint when it is missing."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ModuleNotFoundError as e:
-        if e.name == "tensorboardX":
-            raise DlcError(MISSING) from None
-        raise DlcError(f"train.tracking: cannot import tensorboardX: {e}") from None
-    return SummaryWriter
+    return optional_module("tensorboardX", MISSING, "train.tracking").SummaryWriter
 
 
 def split_tag(column: str) -> tuple[str, str]:
