@@ -96,3 +96,14 @@ def raises_one_line(fn, *substrings) -> str:
     for s in substrings:
         assert s in message, message
     return message
+
+
+def trained_model(tmp_path_factory, spec: str, *overrides: str) -> Path:
+    """model.onnx of specs/`spec` trained with `overrides` (quietly, in a fresh temporary run
+    folder): for module-scoped fixtures."""
+    from dlc.model.spec import load_spec
+    from dlc.train.run import train
+
+    out = tmp_path_factory.mktemp(spec.split(".")[0]) / "run"
+    train(load_spec(SPECS / spec, list(overrides)), str(out), quiet=True)
+    return out / "model.onnx"

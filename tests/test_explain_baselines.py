@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SPECS
+from conftest import SPECS, trained_model
 
 from dlc.commands.attribution import baselines, explain, load_explainer
 from dlc.runtime.infer import load_model, predict_inputs
@@ -13,28 +13,19 @@ from dlc.runtime.infer import load_model, predict_inputs
 IRIS_SAMPLE = SPECS / "data" / "iris_sample.csv"
 
 
-def _train(tmp_path_factory, spec: str, *overrides: str):
-    from dlc.train.run import train
-    from dlc.model.spec import load_spec
-
-    out = tmp_path_factory.mktemp(spec.split(".")[0]) / "run"
-    train(load_spec(SPECS / spec, list(overrides)), str(out), quiet=True)
-    return out / "model.onnx"
-
-
 @pytest.fixture(scope="module")
 def iris_minmax(tmp_path_factory):
-    return _train(tmp_path_factory, "iris.yaml", "train.epochs=30")  # normalize: minmax
+    return trained_model(tmp_path_factory, "iris.yaml", "train.epochs=30")  # normalize: minmax
 
 
 @pytest.fixture(scope="module")
 def iris_standard(tmp_path_factory):
-    return _train(tmp_path_factory, "iris.yaml", "train.epochs=30", "data.normalize=standard")
+    return trained_model(tmp_path_factory, "iris.yaml", "train.epochs=30", "data.normalize=standard")
 
 
 @pytest.fixture(scope="module")
 def penguins(tmp_path_factory):
-    return _train(tmp_path_factory, "penguins_wide_deep.yaml", "train.epochs=5")
+    return trained_model(tmp_path_factory, "penguins_wide_deep.yaml", "train.epochs=5")
 
 
 def test_mean_baseline_is_the_training_mean_in_raw_units(iris_minmax, iris_standard):

@@ -16,7 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, trained_model
 
 # the server's tests need the serve extra; the batcher, the listening socket, the help text and
 # the missing-extra message do not, and run without it
@@ -65,23 +65,14 @@ class Served:
         self.proc.stderr.close()
 
 
-def _train(tmp_path_factory, spec: str, *extra: str):
-    from dlc.train.run import train
-    from dlc.model.spec import load_spec
-
-    out = tmp_path_factory.mktemp(spec.split(".")[0]) / "run"
-    train(load_spec(SPECS / spec, list(extra)), str(out), quiet=True)
-    return out / "model.onnx"
-
-
 @pytest.fixture(scope="module")
 def iris_model(tmp_path_factory):
-    return _train(tmp_path_factory, "iris.yaml", "train.epochs=20")
+    return trained_model(tmp_path_factory, "iris.yaml", "train.epochs=20")
 
 
 @pytest.fixture(scope="module")
 def penguins_model(tmp_path_factory):
-    return _train(tmp_path_factory, "penguins_wide_deep.yaml", "train.epochs=3")
+    return trained_model(tmp_path_factory, "penguins_wide_deep.yaml", "train.epochs=3")
 
 
 @pytest.fixture(scope="module")
