@@ -15,7 +15,7 @@ import onnx
 from dlc.autodiff.rules import BROADCAST, GRAD_SHAPE, VJP
 from dlc.autodiff.var import Node, Var
 from dlc.errors import DlcError
-from dlc.graph import IR_VERSION, OPSET, Builder
+from dlc.graph import Builder, make_model
 
 Dims = list  # per-dimension int (static), str (symbolic) or None (unknown)
 FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -40,8 +40,7 @@ def infer_shapes(b: Builder, outputs: list[str]) -> tuple[dict[str, Dims], dict[
     graph = onnx.helper.make_graph(b.nodes, "probe", b.inputs,
                                    [probe(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
                                    b.initializers)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-                                   ir_version=IR_VERSION)
+    model = make_model(graph)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
     shapes, types = {}, {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:

@@ -18,20 +18,30 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlc import __version__
 
-IR_VERSION = 8  # the lowest IR that carries opset 18; loads on every onnxruntime since ~1.14
-OPSET = 18  # ScatterElements reduction=add (16), LayerNormalization (17), Reduce* axes as input (18)
+IR_VERSION = 9  # the lowest IR that carries opset 20; loads on every onnxruntime since ~1.16
+OPSET = 20  # LayerNormalization (17), Reduce* axes as input (18), StringSplit and Gelu (20)
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4  # LabelEncoder with tensor keys and defaults (ai.onnx.ml 4)
+OPSET_IMPORTS = (("", OPSET), (ML_DOMAIN, ML_OPSET))  # every model dlc writes declares both
 
 DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": TensorProto.INT64,
           "bool": TensorProto.BOOL}
 
 
 @lru_cache(maxsize=None)
-def schema(op_type: str) -> onnx.defs.OpSchema:
-    """The ONNX schema of `op_type` in the pinned opset (AttributeError when there is none)."""
+def schema(op_type: str, domain: str = "") -> onnx.defs.OpSchema:
+    """The ONNX schema of `op_type` in the pinned opset of `domain` (AttributeError when none)."""
+    version = dict(OPSET_IMPORTS)[domain]
     try:
-        return onnx.defs.get_schema(op_type, OPSET)
+        return onnx.defs.get_schema(op_type, version, domain)
     except onnx.defs.SchemaError:
-        raise AttributeError(f"{op_type} is not an ONNX op in opset {OPSET}") from None
+        raise AttributeError(f"{op_type} is not an op of {domain or 'ai.onnx'} opset {version}") \
+            from None
+
+
+def make_model(graph: onnx.GraphProto, **kwargs) -> onnx.ModelProto:
+    """`graph` as a model with dlc's pinned IR version and opsets (the one place they are set)."""
+    return helper.make_model(graph, ir_version=IR_VERSION, **kwargs, opset_imports=[
+        helper.make_opsetid(domain, version) for domain, version in OPSET_IMPORTS])
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -82,9 +92,10 @@ class Builder:
         self._used.update(names)
 
     # ---- nodes ------------------------------------------------------------------------------
-    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs):
-        """Append one node; return its output name (or a list when outputs > 1)."""
-        formal = schema(op_type)
+    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, domain: str = "", **attrs):
+        """Append one node of `domain` (default ai.onnx); return its output name (or a list when
+        outputs > 1)."""
+        formal = schema(op_type, domain)
         if len(inputs) < formal.min_input or len(inputs) > formal.max_input:
             raise TypeError(f"{op_type} takes {formal.min_input}..{formal.max_input} inputs, "
                             f"got {len(inputs)}")
@@ -94,7 +105,8 @@ class Builder:
         attrs = {k: v for k, v in attrs.items() if v is not None}
         names = ["" if i is None else i if isinstance(i, str) else i.name  # a handle: its name
                  for i in inputs]  # (dlc.autodiff's Var)
-        self.nodes.append(helper.make_node(op_type, names, outs, name=name, **attrs))
+        self.nodes.append(helper.make_node(op_type, names, outs, name=name,
+                                           domain=domain or None, **attrs))
         return outs[0] if outputs == 1 else outs
 
     def __getattr__(self, op_type: str):
@@ -157,8 +169,7 @@ class Builder:
         nodes, inits = self.live()
         graph = helper.make_graph(nodes, graph_name, self.inputs, self.outputs, inits,
                                   doc_string=doc)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="dlc", ir_version=IR_VERSION)
+        model = make_model(graph, producer_name="dlc")
 
         model.producer_version = __version__
         for key, value in (metadata or {}).items():

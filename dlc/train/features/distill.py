@@ -21,7 +21,7 @@ import numpy as np
 
 from dlc.errors import DlcError, SpecError
 from dlc.files.untrusted import read_model
-from dlc.graph import OPSET
+from dlc.graph import OPSET_IMPORTS
 from dlc.model import losses
 from dlc.model.layers.base import numel
 from dlc.train.features.protocol import Feature
@@ -68,9 +68,9 @@ def load_teacher(path: str):
     inits = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     outputs = {o.name: o for o in graph.output}
-    if opsets.get("", OPSET) != OPSET or set(opsets) - {""}:
+    if any(dict(OPSET_IMPORTS).get(domain) != v for domain, v in opsets.items()):
         raise DlcError(f"train.distill.teacher: {path} uses opsets {opsets}; dlc inlines "
-                       f"opset {OPSET} models only")
+                       f"models of its own opsets {dict(OPSET_IMPORTS)} only")
     if len(inputs) != 1 or "logits" not in outputs:
         raise DlcError(f"train.distill.teacher: {path} must be a classifier with one input "
                        "(outputs logits)")
