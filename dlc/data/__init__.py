@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._inputs import _csv_table, read_inputs
+from dlc.data._csv import load_column_table
+from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._split import (apply_norm, check_split_sizes, compute_norm, impute, split_indices,
                              with_fill)
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
+from dlc.data.columns import column_config, encode, fit
 from dlc.data.multi import check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
 from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
@@ -53,6 +56,8 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     normalise every split with statistics of the training split. data.augment is only checked
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
+    if (spec.get("input") or {}).get("columns") and not spec.get("outputs"):
+        return _columns_dataset(spec, Path(spec_dir))
     if spec.get("inputs") or spec.get("outputs"):  # several named inputs or outputs: one CSV
         return load_multi(spec, spec_dir)
     data = spec.get("data") or {}
@@ -124,6 +129,41 @@ def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
         x, y = make_windows(inputs[start:stop], series.target[start:stop], win)
         splits.append(Split(x.reshape((len(x), *shape)), y) if len(x) else None)
     return Dataset(splits[0], splits[1], splits[2], None, None, window_norm(columns, win.length))
+
+
+def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | None = None,
+                 require_target: bool = True, origin: str = "data.source in spec"):
+    """(raw columns, y, labels, kinds) of an `input.columns` model's table source (see
+    dlc.data._csv.load_column_table); `labels`: a trained model's class names (strict)."""
+    scheme, rest = parse_source(source)
+    if scheme not in TABLES:
+        raise DlcError(f"input.columns reads a table (csv:, parquet:, feather:); found '{source}'")
+    task = spec.get("task") or {}
+    known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
+    return load_column_table(resolve_path(rest, spec_dir, origin), rest, spec, known,
+                             bool(labels), require_target, scheme)
+
+
+def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
+    """A table input with column kinds: split, learn each column's encoder from the training
+    rows (dlc.data.columns.fit), encode every row once; the exported graph repeats the
+    encoding from the raw columns (dlc.model.columns). The spec's `input:` is resolved in
+    place: each column's kind (`auto` inferred) and the encoded width as its shape, which the
+    network and the stored spec then use."""
+    data = spec["data"]
+    raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
+    tr, va, te = _random_split(spec, y, len(y), _split_config(data))
+    config = {n: {**column_config(c), "kind": kinds[n]}
+              for n, c in spec["input"]["columns"].items()}
+    state = fit(config, {k: v[tr] for k, v in raw.items()}, data.get("normalize") or "standard",
+                (data.get("missing") or {}).get("strategy"))
+    x = encode(state, raw)
+    spec["input"].update(columns=config, shape=[x.shape[1]])
+
+    def subset(idx: np.ndarray) -> Split | None:
+        return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
+
+    return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=state)
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:

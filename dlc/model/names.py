@@ -11,8 +11,15 @@ HEAD = {"classification": "softmax", "binary": "sigmoid", "regression": None}
 
 
 def spec_inputs(data: dict) -> dict[str, dict]:
-    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input."""
-    return dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
+    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input.
+    An `input.columns` table without a shape (its encoded width is learnt from the data) counts
+    one feature per column until training resolves it."""
+    if data.get("inputs"):
+        return dict(data["inputs"])
+    cfg = data["input"]
+    if cfg.get("columns") and not cfg.get("shape"):
+        return {"input": {**cfg, "shape": [len(cfg["columns"])]}}
+    return {"input": cfg}
 
 
 def spec_heads(data: dict) -> dict[str, dict]:
