@@ -173,3 +173,28 @@ def test_kinds_are_inferred_and_a_misspelt_kind_is_a_spec_error(cli, tmp_path):
     spec, _ = spec_file(tmp_path, {"size": "numerik"})
     r = cli("validate", str(spec))
     assert r.code == 2 and "did you mean 'numeric'" in r.err, r.err
+
+
+@pytest.mark.parametrize("change,word", [
+    ({"outputs": {"a": {"kind": "binary", "target": "y"}}}, "outputs"),
+    ({"data": {"source": "npz:t.npz"}}, "npz:t.npz"),
+    ({"input": {"columns": {"size": "numeric"}, "dtype": "int64"}}, "dtype: int64"),
+])
+def test_columns_outside_one_table_task_are_refused(cli, tmp_path, change, word):
+    path, spec = spec_file(tmp_path)
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if key in spec else value
+    if "outputs" in change:
+        del spec["task"]
+    path.write_text(yaml.safe_dump(spec))
+    r = cli("validate", str(path))
+    assert r.code == 2 and "input.columns" in r.err and word in r.err, r.err
+
+
+def test_data_missing_is_every_columns_default(tmp_path):
+    write_table(tmp_path / "t.csv")
+    _, spec = spec_file(tmp_path, {"size": "numeric", "color": "categorical"})
+    spec["data"]["missing"] = {"strategy": "constant", "value": 7}
+    state = load_dataset(spec, tmp_path).columns
+    size, color = state["columns"]
+    assert size["fill"] == 7.0 and color["fill"] == "7"  # not a category: out of vocabulary

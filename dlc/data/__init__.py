@@ -156,7 +156,7 @@ def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     config = {n: {**column_config(c), "kind": kinds[n]}
               for n, c in spec["input"]["columns"].items()}
     state = fit(config, {k: v[tr] for k, v in raw.items()}, data.get("normalize") or "standard",
-                (data.get("missing") or {}).get("strategy"))
+                data.get("missing"))
     x = encode(state, raw)
     spec["input"].update(columns=config, shape=[x.shape[1]])
 

@@ -115,7 +115,7 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
     kinds = resolve_kinds(config, table)
     raw = raw_columns(table, list(config), kinds)
     drop = dropped_rows({n: {**column_config(c), "kind": kinds[n]} for n, c in config.items()},
-                        raw, (data.get("missing") or {}).get("strategy"))
+                        raw, data.get("missing"))
     if target is None:
         if drop.any():
             raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "

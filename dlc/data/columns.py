@@ -66,15 +66,15 @@ def is_missing(values: np.ndarray) -> np.ndarray:
     return np.isnan(values)
 
 
-def strategy(cfg: dict, kind: str, default: str | None) -> str:
+def strategy(cfg: dict, kind: str, default: dict | None) -> str:
     """The column's missing-value strategy: its own, else data.missing's, else the kind's."""
-    chosen = cfg.get("missing") or default
+    chosen = cfg.get("missing") or (default or {}).get("strategy")
     if kind != "numeric" and chosen not in _CATEGORY_FILLS:
         chosen = "most_frequent"  # a mean of categories: data.missing's numeric strategy
     return chosen or "median"
 
 
-def dropped_rows(config: dict, raw: dict, default: str | None) -> np.ndarray:
+def dropped_rows(config: dict, raw: dict, default: dict | None) -> np.ndarray:
     """bool [n]: rows with a missing cell in a `missing: drop` column."""
     drop = np.zeros(len(next(iter(raw.values()))), bool)
     for name, values in raw.items():
@@ -95,7 +95,7 @@ def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str) -> dic
     if how != "drop":
         with warnings.catch_warnings():  # a column missing in every training row: 0
             warnings.simplefilter("ignore", RuntimeWarning)
-            fill = float(FILLS[how](values[:, None], cfg.get("value", 0))[0])
+            fill = float(FILLS[how](values[:, None], float(cfg.get("value", 0)))[0])
         fill = 0.0 if np.isnan(fill) else fill
     filled = values if fill is None else np.where(np.isnan(values), fill, values)
     norm = compute_norm(filled[~np.isnan(filled)][:, None], normalize) if normalize else None
@@ -121,12 +121,15 @@ def _fit_categories(cfg: dict, how: str, values: np.ndarray, kind: str, name: st
 
 
 def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
-        default: str | None = None) -> dict:
+        default: dict | None = None) -> dict:
     """The encoder state learnt from the training rows' raw columns (config: input.columns with
-    kinds resolved; default: data.missing's strategy)."""
+    kinds resolved; default: data.missing, whose strategy and value hold where a column sets
+    none)."""
     columns = []
     for name, values in raw.items():
         cfg = column_config(config[name])
+        if "missing" not in cfg and "value" in (default or {}):
+            cfg["value"] = default["value"]
         kind, how = cfg["kind"], strategy(cfg, cfg["kind"], default)
         entry = {"name": name, "kind": kind, "drop": how == "drop",
                  "indicator": bool(cfg.get("indicator", False))}

@@ -56,6 +56,26 @@ def check_missing(spec) -> list[Diagnostic]:
                       f"only: {why}")]
 
 
+def check_columns(spec) -> list[Diagnostic]:
+    """input.columns encodes the columns of one table for one `task:` (dlc.data.columns)."""
+    cfg, data = spec.data.get("input") or {}, spec.data.get("data") or {}
+    if not cfg.get("columns"):
+        return []
+    others = [k for k in ("outputs",) if spec.data.get(k)] + \
+        [f"data.{k}" for k in ("window", "text", "features") if data.get(k)] + \
+        (["dtype: int64"] if cfg.get("dtype", "float32") != "float32" else []) + \
+        (["features"] if cfg.get("features") else [])
+    source = str(data.get("source") or "csv:")
+    if source.split(":", 1)[0] not in ("csv", "parquet", "feather") and \
+            not source.lower().endswith((".csv", ".parquet", ".feather")):
+        others.append(f"data.source {source}")
+    if not others:
+        return []
+    return [spec.diag(("input", "columns"), "encodes the columns of a csv:, parquet: or "
+                      f"feather: table for one task: (the columns name the features); not with "
+                      f"{', '.join(others)}")]
+
+
 def check_task(spec, layers: list[Layer], layer_of: dict[str, int],
                shapes: dict[str, Shape] | None) -> list[Diagnostic]:
     """Each output against its task, outputs that share a layer, softmax, the monitor and the
