@@ -95,7 +95,7 @@ def test_the_graph_front_is_the_training_encoding(tmp_path):
     write_table(tmp_path / "t.csv")
     _, spec = spec_file(tmp_path)
     ds = load_dataset(spec, tmp_path)
-    state = ds.columns
+    state = ds.columns["input"]
     (tmp_path / "new.csv").write_text("size,color,shape,weight\n1.5,purple,round,0\n"
                                       "NA,,,1\n-2,teal,oval,2\n0,red,square,3\n")
     session = ort.InferenceSession(front_model(state))
@@ -140,7 +140,7 @@ def test_plain_onnxruntime_on_raw_rows_answers_what_dlc_predict_does(cli, tmp_pa
     predicted = np.load(tmp_path / "p.npz")
     model = onnx.load(tmp_path / "run/model.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
-    state, labels = json.loads(meta["dlc.columns"]), json.loads(meta["dlc.labels"])
+    state, labels = json.loads(meta["dlc.columns"])["input"], json.loads(meta["dlc.labels"])
     assert {i.name for i in model.graph.input} == {"size", "color", "shape", "weight"}
     probs, index = ort.InferenceSession(model.SerializeToString()).run(
         ["probabilities", "class_index"], raw_csv(rows, state))
@@ -178,7 +178,7 @@ def test_kinds_are_inferred_and_a_misspelt_kind_is_a_spec_error(cli, tmp_path):
 @pytest.mark.parametrize("change,word", [
     ({"outputs": {"a": {"kind": "binary", "target": "y"}}}, "outputs"),
     ({"data": {"source": "npz:t.npz"}}, "npz:t.npz"),
-    ({"input": {"columns": {"size": "numeric"}, "dtype": "int64"}}, "dtype: int64"),
+    ({"input": {"columns": {"size": "numeric"}, "dtype": "int64"}}, "an int64 input takes"),
 ])
 def test_columns_outside_one_table_task_are_refused(cli, tmp_path, change, word):
     path, spec = spec_file(tmp_path)
@@ -195,6 +195,56 @@ def test_data_missing_is_every_columns_default(tmp_path):
     write_table(tmp_path / "t.csv")
     _, spec = spec_file(tmp_path, {"size": "numeric", "color": "categorical"})
     spec["data"]["missing"] = {"strategy": "constant", "value": 7}
-    state = load_dataset(spec, tmp_path).columns
+    state = load_dataset(spec, tmp_path).columns["input"]
     size, color = state["columns"]
     assert size["fill"] == 7.0 and color["fill"] == "7"  # not a category: out of vocabulary
+
+
+def embedding_spec(tmp_path):
+    spec = {"dlc": 1, "name": "emb",
+            "inputs": {"numbers": {"columns": {"size": {"kind": "numeric", "indicator": True},
+                                               "shape": "binary"}},
+                       "cats": {"dtype": "int64", "columns": {
+                           "color": {"kind": "categorical", "encoding": "embedding",
+                                     "min_frequency": 5}}}},
+            "layers": [{"type": "embedding", "name": "embed", "inputs": ["cats"], "dim": 3},
+                       {"type": "flatten", "name": "flat"},
+                       {"type": "concat", "name": "joined", "inputs": ["numbers", "flat"]},
+                       {"type": "dense", "name": "out", "units": 2}],
+            "task": {"kind": "classification"},
+            "data": {"source": "csv:t.csv", "target": "y",
+                     "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+            "train": {"epochs": 2, "batch_size": 16, "optimizer": {"type": "adam", "lr": 0.01},
+                      "seed": 0}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path, spec
+
+
+def test_embedded_categories_learn_their_vocab_size_and_run_in_the_graph(cli, tmp_path,
+                                                                        monkeypatch):
+    """An int64 entry of `inputs:` with categorical columns (encoding: embedding): ids from the
+    training split, an out-of-vocabulary id, the embedding's vocab_size learnt; the exported
+    model takes the raw columns and plain onnxruntime answers what dlc predict does."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    path, spec = embedding_spec(tmp_path)
+    ds = load_dataset(spec, tmp_path)
+    assert spec["layers"][0]["vocab_size"] == 4  # blue, green, red + out of vocabulary
+    assert ds.train.x["cats"].dtype == np.int64 and set(ds.train.x["cats"].ravel()) <= {0, 1, 2, 3}
+    assert cli("train", str(path), "--out", "run", "-q").code == 0
+    (tmp_path / "rows.csv").write_text("size,color,shape\n1,purple,round\nNA,red,\n0,,square\n")
+    assert cli("predict", "run/model.onnx", "rows.csv", "-o", "p.npz").code == 0
+    model = onnx.load(tmp_path / "run/model.onnx")
+    states = json.loads({p.key: p.value for p in model.metadata_props}["dlc.columns"])
+    feeds = {**raw_csv(tmp_path / "rows.csv", states["numbers"]),
+             **raw_csv(tmp_path / "rows.csv", states["cats"])}
+    probs = ort.InferenceSession(model.SerializeToString()).run(["probabilities"], feeds)[0]
+    predicted = np.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(np.stack([predicted["p_hi"], predicted["p_lo"]], 1), probs)
+    ids = encode(states["cats"], raw_csv(tmp_path / "rows.csv", states["cats"]))
+    front = ort.InferenceSession(front_model(states["cats"]))
+    np.testing.assert_array_equal(front.run(None, {"color": feeds["color"]})[0], ids)
+    color = states["cats"]["columns"][0]
+    assert color["values"] == ["blue", "green", "red"]
+    np.testing.assert_array_equal(ids[:, 0], [3, 2, color["values"].index(color["fill"])])

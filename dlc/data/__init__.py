@@ -23,8 +23,8 @@ from dlc.data._split import (apply_norm, check_split_sizes, compute_norm, impute
                              with_fill)
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
-from dlc.data.columns import column_config, encode, fit
-from dlc.data.multi import check_ids, load_multi
+from dlc.data.columns import column_config, encode, entries, fit, learnt_vocab
+from dlc.data.multi import Columns, check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
 from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
                               read_series_csv, split_series, window_config, window_norm)
@@ -56,7 +56,7 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     normalise every split with statistics of the training split. data.augment is only checked
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
-    if (spec.get("input") or {}).get("columns") and not spec.get("outputs"):
+    if entries(spec) and not spec.get("outputs"):
         return _columns_dataset(spec, Path(spec_dir))
     if spec.get("inputs") or spec.get("outputs"):  # several named inputs or outputs: one CSV
         return load_multi(spec, spec_dir)
@@ -145,25 +145,30 @@ def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | No
 
 
 def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
-    """A table input with column kinds: split, learn each column's encoder from the training
-    rows (dlc.data.columns.fit), encode every row once; the exported graph repeats the
-    encoding from the raw columns (dlc.model.columns). The spec's `input:` is resolved in
-    place: each column's kind (`auto` inferred) and the encoded width as its shape, which the
-    network and the stored spec then use."""
+    """Tables with column kinds (input.columns, or columns per `inputs:` entry): split, learn
+    each input's encoders from the training rows (dlc.data.columns.fit), encode every row
+    once; the exported graph repeats the encoding from the raw columns (dlc.model.columns).
+    The spec is resolved in place: each column's kind (`auto` inferred), each input's encoded
+    width as its shape and an embedding's learnt vocab_size, which the network and the stored
+    spec then use."""
     data = spec["data"]
     raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
     tr, va, te = _random_split(spec, y, len(y), _split_config(data))
-    config = {n: {**column_config(c), "kind": kinds[n]}
-              for n, c in spec["input"]["columns"].items()}
-    state = fit(config, {k: v[tr] for k, v in raw.items()}, data.get("normalize") or "standard",
-                data.get("missing"))
-    x = encode(state, raw)
-    spec["input"].update(columns=config, shape=[x.shape[1]])
+    xs, states = Columns(), {}
+    for name, entry in entries(spec).items():
+        config = {n: {**column_config(c), "kind": kinds[n]} for n, c in entry["columns"].items()}
+        states[name] = fit(config, {n: raw[n][tr] for n in config},
+                           data.get("normalize") or "standard", data.get("missing"))
+        x = encode(states[name], {n: raw[n] for n in config})
+        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
+        entry.update(columns=config, shape=[x.shape[1]])
+        learnt_vocab(spec, name, states[name])
+    x = xs if spec.get("inputs") else xs["input"]
 
     def subset(idx: np.ndarray) -> Split | None:
         return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
 
-    return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=state)
+    return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=states)
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:

@@ -8,7 +8,8 @@ import numpy as np
 
 from dlc.data._common import suggest
 from dlc.data._table import Table, read_table
-from dlc.data.columns import column_config, dropped_rows, infer_kind, raw_columns
+from dlc.data.columns import (column_config, dropped_rows, infer_kind, raw_columns,
+                              table_columns)
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 
@@ -107,10 +108,10 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
     kinds as written, `auto` resolved: see resolve_kinds). Rows with a missing cell in a `missing: drop` column are left
     out when there is a target (training, evaluation), refused by line otherwise (predict)."""
     data = spec.get("data") or {}
-    config = spec["input"]["columns"]
+    config = table_columns(spec)
     table = read_table(path, display, bool(data.get("header", True)), kind)
     for name in config:
-        _column_index(name, table, "input.columns")
+        _column_index(name, table, "the columns of input.columns")
     target = _target_index({**data, "features": list(config)}, table, require_target, -1)
     kinds = resolve_kinds(config, table)
     raw = raw_columns(table, list(config), kinds)

@@ -125,7 +125,7 @@ def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
     """The encoder state learnt from the training rows' raw columns (config: input.columns with
     kinds resolved; default: data.missing, whose strategy and value hold where a column sets
     none)."""
-    columns = []
+    columns, ids = [], 0  # ids: embedding columns share one id space, each after the last
     for name, values in raw.items():
         cfg = column_config(config[name])
         if "missing" not in cfg and "value" in (default or {}):
@@ -137,8 +137,38 @@ def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
             entry.update(_fit_numeric(cfg, how, values, normalize))
         else:
             entry.update(_fit_categories(cfg, how, values, kind, name))
+        if kind == "categorical" and cfg.get("encoding") == "embedding":
+            entry.update(embedding=True, offset=ids)
+            ids += len(entry["values"]) + 1
         columns.append(entry)
-    return {"markers": MARKERS, "columns": columns}
+    return {"markers": MARKERS, "columns": columns, "ids": ids}
+
+
+def entries(spec: dict) -> dict[str, dict]:
+    """The spec's inputs that take table columns by kind (the spec's own mappings)."""
+    found = spec["inputs"] if spec.get("inputs") else {"input": spec.get("input") or {}}
+    return {name: cfg for name, cfg in found.items() if cfg.get("columns")}
+
+
+def table_columns(spec: dict) -> dict:
+    """Every input's columns, by column name: what is read from the table."""
+    return {col: cfg for e in entries(spec).values() for col, cfg in e["columns"].items()}
+
+
+def learnt_vocab(spec: dict, name: str, state: dict) -> None:
+    """Embedding layers reading input `name` without a vocab_size get its number of ids; one
+    with a smaller vocab_size is an error (its Gather would fail mid-training)."""
+    first = next(iter(entries(spec))) == name and not spec["layers"][0].get("inputs")
+    for i, layer in enumerate(spec["layers"]):
+        reads = name in (layer.get("inputs") or []) or (i == 0 and first)
+        if layer.get("type") != "embedding" or not reads:
+            continue
+        if not layer.get("vocab_size"):
+            layer["vocab_size"] = state["ids"]
+        elif layer["vocab_size"] < state["ids"]:
+            raise DlcError(f"layers[{i}].vocab_size: {layer['vocab_size']} ids, but the "
+                           f"categorical columns of input '{name}' have {state['ids']}; leave "
+                           "vocab_size out to use the number learnt")
 
 
 def width(state: dict) -> int:
@@ -147,7 +177,7 @@ def width(state: dict) -> int:
 
 
 def _width(c: dict) -> int:
-    body = len(c["values"]) + 1 if c["kind"] == "categorical" else 1
+    body = len(c["values"]) + 1 if c["kind"] == "categorical" and not c.get("embedding") else 1
     return body + int(c["indicator"])
 
 
@@ -177,6 +207,8 @@ def _encode_one(c: dict, values: np.ndarray, markers: list[str]) -> list[np.ndar
         found = np.array([lookup.get(v, default) for v in values], np.int64)
         if c["kind"] == "binary":
             parts = [found.astype(np.float32)]
+        elif c.get("embedding"):
+            parts = [found + c["offset"]]
         else:
             parts = list((found[:, None] == np.arange(len(c["values"]) + 1)[None]).T)
     if c["indicator"]:

@@ -33,6 +33,8 @@ def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> list[str]:
     found = b.Unsqueeze(found, b.const([1]))
     if c["kind"] == "binary":
         out = b.Cast(found, to=1)
+    elif c.get("embedding"):  # the id, after the ids of the columns before it
+        out = b.Cast(b.Add(found, b.const(np.int64(c["offset"]))), to=1)
     else:
         slots = b.const(np.arange(len(c["values"]) + 1, dtype=np.int64)[None])
         out = b.Cast(b.Equal(found, slots), to=1)

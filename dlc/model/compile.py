@@ -108,8 +108,10 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
     xs, steps = {}, None  # steps: the first variable-length token input's length (a tensor)
     columns = (meta or {}).get("columns")  # input.columns: raw columns in, encoded in the graph
     for name, (shape, dtype) in net.inputs.items():
-        if columns and name == "input":
-            xs[name] = column_front(b, columns)
+        if name in (columns or {}):
+            xs[name] = column_front(b, columns[name])
+            if dtype == "int64":  # embedding ids
+                xs[name] = b.Cast(xs[name], to=onnx.TensorProto.INT64)
             continue
         tokens = _is_token_input(spec_inputs(net.spec)[name])
         time = "T" if len(net.inputs) == 1 else f"{name}_T"

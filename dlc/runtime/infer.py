@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import _random_split, _split_config, load_arrays, model_inputs, read_columns
+from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.errors import DlcError, SpecError, UsageError
 from dlc.files.atomic import write_bytes, write_text
@@ -182,7 +183,7 @@ def _reads_columns(spec: dict, source) -> bool:
 
 
 def _has_column_kinds(spec: dict) -> bool:
-    return bool((spec.get("input") or {}).get("columns"))
+    return bool(entries(spec))
 
 
 def _column_feeds(raw: dict[str, np.ndarray]) -> Columns:
