@@ -127,3 +127,35 @@ def test_init_refuses_what_it_cannot_use(cli, tmp_path):
     assert r.code == 1 and "--force" in r.err and (tmp_path / "spec.yaml").read_text() == "mine"
     (tmp_path / "t.txt").write_text("a,b\n1,2\n")
     assert cli("init", tmp_path / "t.txt", "--target", "b").code == 1
+
+
+def write_survey(path, n=800, seed=5):
+    """A statsmodels-style survey (like its `fair` affairs data): string categories that carry
+    the signal (rate_marriage, religious, occupation), two numbers, missing cells in both."""
+    rng = np.random.default_rng(seed)
+    rate = rng.choice(["poor", "fair", "good", "very good", "excellent"], n)
+    religious = rng.choice(["not", "mildly", "fairly", "strongly"], n)
+    occupation = rng.choice(["student", "farming", "white collar", "teacher", "manager"], n)
+    age, years = rng.uniform(18, 60, n).round(1), rng.uniform(0, 30, n).round(1)
+    score = (np.searchsorted(["excellent", "fair", "good", "poor", "very good"], rate) % 2
+             - (religious == "strongly") + 0.5 * (occupation == "manager")
+             + 0.04 * (years - 15) + rng.normal(0, 0.4, n))
+    lines = ["rate_marriage,age,yrs_married,religious,occupation,affair"]
+    for i in range(n):
+        cells = [rate[i], f"{age[i]}", f"{years[i]}", religious[i], occupation[i]]
+        if i % 13 == 2:
+            cells[3] = "NA"
+        if i % 17 == 5:
+            cells[1] = ""
+        lines.append(",".join([*cells, "yes" if score[i] > 0.3 else "no"]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_init_on_string_categories_reaches_the_baseline(cli, tmp_path):
+    pytest.importorskip("sklearn")
+    write_survey(tmp_path / "fair.csv")
+    spec, acc = init_and_train(cli, tmp_path / "fair.csv", "affair", tmp_path)
+    assert spec["input"]["columns"]["religious"] == {"kind": "categorical",
+                                                     "missing": "most_frequent"}
+    assert spec["input"]["columns"]["rate_marriage"] == "categorical"
+    assert acc >= baseline(spec, tmp_path) - 0.02
