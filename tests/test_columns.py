@@ -170,9 +170,11 @@ def test_kinds_are_inferred_and_a_misspelt_kind_is_a_spec_error(cli, tmp_path):
     load_dataset(data, tmp_path)
     kinds = {k: v["kind"] for k, v in data["input"]["columns"].items()}
     assert kinds == {"size": "numeric", "color": "categorical", "shape": "binary"}
-    spec, _ = spec_file(tmp_path, {"size": "numerik"})
+    spec, _ = spec_file(tmp_path, {"size": "numerik", "color": {"kind": "categorical",
+                                                                "min_frequenc": 2}})
     r = cli("validate", str(spec))
-    assert r.code == 2 and "did you mean 'numeric'" in r.err, r.err
+    assert r.code == 2 and "input.columns.size: " in r.err and "did you mean 'numeric'" in r.err
+    assert "input.columns.color.min_frequenc: unknown key" in r.err, r.err
 
 
 @pytest.mark.parametrize("change,word", [
