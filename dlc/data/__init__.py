@@ -6,7 +6,9 @@ relative to the spec file). Image arrays are channels-first; `data.layout: nhwc`
 channels-last arrays. `data.augment` is checked here and applied per training batch by the trainer
 (`dlc.data.augment.augment`). `data.window` turns a csv/npz series into forecasting windows
 (`dlc.data.windows`, split in time order); `data.text` turns a CSV of raw text into token ids with a
-vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`). Every
+vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`);
+`input.columns` (or `columns` per `inputs:` entry) encodes table columns by kind with encoders
+learnt from the training split (`dlc.data.columns`, stored as `Dataset.columns`). Every
 data problem raises a one-line DlcError. Pillow is imported lazily, only for folder sources.
 """
 

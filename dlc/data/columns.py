@@ -150,6 +150,14 @@ def entries(spec: dict) -> dict[str, dict]:
     return {name: cfg for name, cfg in found.items() if cfg.get("columns")}
 
 
+def refuse_columns(spec: dict, command: str) -> None:
+    """One line for the commands that do not take table columns by kind yet (their data paths
+    read numbers), instead of a failure deep inside them."""
+    if entries(spec):
+        raise DlcError(f"dlc {command} does not take table columns by kind (input.columns) yet; "
+                       "train, evaluate and predict do")
+
+
 def table_columns(spec: dict) -> dict:
     """Every input's columns, by column name: what is read from the table."""
     return {col: cfg for e in entries(spec).values() for col, cfg in e["columns"].items()}

@@ -182,10 +182,6 @@ def _reads_columns(spec: dict, source) -> bool:
     return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
-def _has_column_kinds(spec: dict) -> bool:
-    return bool(entries(spec))
-
-
 def _column_feeds(raw: dict[str, np.ndarray]) -> Columns:
     """The raw columns as the exported graph takes them: float32 numbers (NaN: missing), and
     the text of every other cell (dlc.model.columns)."""
@@ -227,7 +223,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
     output name), the sample count and which rows were scored (`scored`; see _rows)."""
     split = _own_split(model, source, split)
-    if _has_column_kinds(model.spec):
+    if entries(model.spec):  # table columns by kind: raw columns in
         raw, y, _, _ = read_columns(source, model.spec, Path.cwd(), model.labels, True, "--data")
         x = _column_feeds(raw)
     elif _reads_columns(model.spec, source):
@@ -256,7 +252,7 @@ def predict_inputs(model: Model, input_path: str):
     """The model's raw inputs from a file, as `dlc predict` reads them: one array, or
     `Columns` by input name for `inputs:`/`outputs:` models and by column for `input.columns`
     models (`dlc serve` reads CSV uploads through this too)."""
-    if _has_column_kinds(model.spec):
+    if entries(model.spec):  # table columns by kind: raw columns in
         raw, _, _, _ = read_columns(input_path, model.spec, Path.cwd(), model.labels, False,
                                     "input file")
         return _column_feeds(raw)
