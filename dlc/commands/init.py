@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._common import suggest
-from dlc.data._table import TABLE_SUFFIXES, Table, read_table
+from dlc.data._table import MISSING, TABLE_SUFFIXES, Table, read_table
 from dlc.data.columns import infer_kind, is_missing
 from dlc.errors import DlcError
 from dlc.files.atomic import write_text
@@ -52,8 +52,9 @@ def _column_line(name: str, kind: str, absent: int) -> str:
 
 
 def _task(values: list[str]) -> tuple[str, int]:
-    """(task kind, output units) from the target cells."""
-    distinct = {v.strip() for v in values}
+    """(task kind, output units) from the target cells (missing ones left out, as training
+    leaves their rows out)."""
+    distinct = {v.strip() for v in values} - MISSING
     try:
         numbers = [float(v) for v in distinct]
     except ValueError:
@@ -76,6 +77,8 @@ def spec_text(table: Table, data_ref: str, target: str, schema: str) -> str:
         raise DlcError(f"{table.display}: no feature columns; dlc init starts from a table with "
                        "at least one besides the target")
     kind, units = _task(table.strings(t))
+    absent = sum(v.strip() in MISSING for v in table.strings(t))
+    unknown = f"; {absent:,} rows without one are left out" if absent else ""
     lines = [f"# yaml-language-server: $schema={schema}",
              f"# Made by dlc init from {table.display} ({len(table):,} rows): the task from "
              f"column '{target}', the kind of each feature column from its cells.",
@@ -89,7 +92,7 @@ def spec_text(table: Table, data_ref: str, target: str, schema: str) -> str:
         lines.append(f"# left out (identifiers or free text: a value per row): {', '.join(left)}")
     lines += ["layers:", "  - {type: dense, name: hidden, units: 64, activation: relu}",
               f"  - {{type: dense, name: out, units: {units}}}",
-              f"task: {{kind: {kind}}}  # from the target's values: {kind}",
+              f"task: {{kind: {kind}}}  # from the target's values: {kind}" + unknown,
               "data:", f"  source: {_flow(data_ref)}", f"  target: {_flow(target)}",
               f"  split: {{val: 0.15, test: 0.15, stratify: {_flow(kind != 'regression')}, "
               "seed: 0}", "  normalize: standard",

@@ -8,8 +8,8 @@ import numpy as np
 
 from dlc.data._common import suggest
 from dlc.data._table import Table, read_table
-from dlc.data.columns import (column_config, dropped_rows, infer_kind, raw_columns,
-                              table_columns)
+from dlc.data.columns import (column_config, dropped_rows, infer_kind, is_missing,
+                              raw_columns, table_columns)
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 
@@ -105,8 +105,10 @@ def load_table(
 def load_column_table(path: Path, display: str, spec: dict, known: list[str] | None,
                       strict: bool, require_target: bool, kind: str = "csv"):
     """(raw columns, y or None, labels, kinds) of an input with column kinds (`input.columns`;
-    kinds as written, `auto` resolved: see resolve_kinds). Rows with a missing cell in a `missing: drop` column are left
-    out when there is a target (training, evaluation), refused by line otherwise (predict)."""
+    kinds as written, `auto` resolved: see resolve_kinds). Rows with a missing cell in a
+    `missing: drop` column are left out when there is a target (training, evaluation), refused
+    by line otherwise (predict); rows whose target cell is missing are left out (a label no one
+    knows)."""
     data = spec.get("data") or {}
     config = table_columns(spec)
     table = read_table(path, display, bool(data.get("header", True)), kind)
@@ -122,11 +124,13 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
             raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "
                            "whose missing values are dropped (missing: drop); fill it")
         return raw, None, known, kinds
-    y, labels = encode_cells(table.strings(target), spec.get("task", {}).get("kind",
-                             "classification"), known, strict, table.where,
-                             table.columns[target])
-    keep = ~drop
-    return {k: v[keep] for k, v in raw.items()}, y[keep], labels, kinds
+    cells = np.array(table.strings(target), dtype=object)
+    keep = ~drop & ~is_missing(np.array([c.strip() for c in cells], dtype=object))
+    rows = np.flatnonzero(keep)
+    y, labels = encode_cells(cells[keep].tolist(), spec.get("task", {}).get("kind",
+                             "classification"), known, strict,
+                             lambda i: table.where(int(rows[i])), table.columns[target])
+    return {k: v[keep] for k, v in raw.items()}, y, labels, kinds
 
 
 def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
