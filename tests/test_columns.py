@@ -265,3 +265,11 @@ def test_commands_without_column_kinds_say_so_in_one_line(cli, tmp_path, monkeyp
                    if importlib.util.find_spec("uvicorn") else [])):
         r = cli(*args)
         assert r.code == 1 and f"dlc {args[0]} does not take table columns" in r.err, r
+
+
+def test_a_numeric_column_is_filled_with_a_number():
+    from dlc.errors import DlcError
+
+    with pytest.raises(DlcError, match=r"input.columns.n.value: a numeric column's fill"):
+        fit({"n": {"kind": "numeric", "missing": "constant", "value": "zero"}},
+            {"n": np.array([1.0, np.nan])}, None)

@@ -24,7 +24,6 @@ from dlc.data._split import FILLS, compute_norm
 from dlc.data._table import MISSING, Table
 from dlc.errors import DlcError
 
-KINDS = ("numeric", "categorical", "binary")
 MARKERS = sorted(MISSING)
 _CATEGORY_FILLS = ("most_frequent", "constant", "drop")  # what a string column can be filled by
 
@@ -90,12 +89,15 @@ def _counts(values: np.ndarray) -> tuple[list[str], np.ndarray]:
     return uniq.tolist(), counts
 
 
-def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str) -> dict:
-    fill = None
+def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str, name: str) -> dict:
+    fill, value = None, cfg.get("value", 0)
+    if how == "constant" and not isinstance(value, (int, float)):
+        raise DlcError(f"input.columns.{name}.value: a numeric column's fill is a number, "
+                       f"not {value!r}")
     if how != "drop":
         with warnings.catch_warnings():  # a column missing in every training row: 0
             warnings.simplefilter("ignore", RuntimeWarning)
-            fill = float(FILLS[how](values[:, None], float(cfg.get("value", 0)))[0])
+            fill = float(FILLS[how](values[:, None], float(value))[0])
         fill = 0.0 if np.isnan(fill) else fill
     filled = values if fill is None else np.where(np.isnan(values), fill, values)
     norm = compute_norm(filled[~np.isnan(filled)][:, None], normalize) if normalize else None
@@ -134,7 +136,7 @@ def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
         entry = {"name": name, "kind": kind, "drop": how == "drop",
                  "indicator": bool(cfg.get("indicator", False))}
         if kind == "numeric":
-            entry.update(_fit_numeric(cfg, how, values, normalize))
+            entry.update(_fit_numeric(cfg, how, values, normalize, name))
         else:
             entry.update(_fit_categories(cfg, how, values, kind, name))
         if kind == "categorical" and cfg.get("encoding") == "embedding":
@@ -179,16 +181,6 @@ def learnt_vocab(spec: dict, name: str, state: dict) -> None:
                            "vocab_size out to use the number learnt")
 
 
-def width(state: dict) -> int:
-    """Encoded features per row."""
-    return sum(_width(c) for c in state["columns"])
-
-
-def _width(c: dict) -> int:
-    body = len(c["values"]) + 1 if c["kind"] == "categorical" and not c.get("embedding") else 1
-    return body + int(c["indicator"])
-
-
 def category_table(c: dict, markers: list[str]) -> tuple[list[str], list[int], int]:
     """(keys, ids, default) of a categorical or binary column: its values number 0, 1, ...;
     a missing marker takes the fill's id (categorical without a fill in the vocabulary: the
@@ -225,7 +217,7 @@ def _encode_one(c: dict, values: np.ndarray, markers: list[str]) -> list[np.ndar
 
 
 def encode(state: dict, raw: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 [n, width(state)]: each column's encoding, in state order (the graph front's)."""
+    """float32 [n, encoded width]: each column's encoding, in state order (the graph front's)."""
     parts = []
     for c in state["columns"]:
         if c["name"] not in raw:

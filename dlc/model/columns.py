@@ -17,7 +17,8 @@ from dlc.graph import Builder
 from dlc.graph.builder import ML_DOMAIN
 
 
-def _numeric(b: Builder, x: str, c: dict) -> list[str]:
+def _numeric(b: Builder, x: str, c: dict) -> tuple[list[str], str]:
+    """[N, 1]: filled, then normalised; and where the cell was missing (for the indicator)."""
     value = b.Unsqueeze(x, b.const([1]))
     absent = b.IsNaN(value)
     if c["fill"] is not None:
@@ -26,18 +27,20 @@ def _numeric(b: Builder, x: str, c: dict) -> list[str]:
     return [scaled], absent
 
 
-def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> list[str]:
+def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> tuple[list[str], str]:
+    """One-hot [N, values + 1], a 0/1 [N, 1] (binary) or an id [N, 1] (embedding), as float;
+    and where the cell was missing. Unused tensors are pruned by the builder."""
     keys, ids, default = category_table(c, markers)
     found = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=keys, values_int64s=ids,
                  default_int64=default)
     found = b.Unsqueeze(found, b.const([1]))
     if c["kind"] == "binary":
-        out = b.Cast(found, to=1)
+        out = b.Cast(found, to=b.float_code)
     elif c.get("embedding"):  # the id, after the ids of the columns before it
-        out = b.Cast(b.Add(found, b.const(np.int64(c["offset"]))), to=1)
+        out = b.Cast(b.Add(found, b.const(np.int64(c["offset"]))), to=b.float_code)
     else:
         slots = b.const(np.arange(len(c["values"]) + 1, dtype=np.int64)[None])
-        out = b.Cast(b.Equal(found, slots), to=1)
+        out = b.Cast(b.Equal(found, slots), to=b.float_code)
     absent = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=markers,
                   values_int64s=[1] * len(markers), default_int64=0)
     return [out], b.Unsqueeze(absent, b.const([1]))
@@ -53,6 +56,6 @@ def column_front(b: Builder, state: dict) -> str:
             out, absent = (_numeric(b, x, c) if numeric
                            else _categories(b, x, c, state["markers"]))
             if c["indicator"]:
-                out.append(b.Cast(absent, to=1))
+                out.append(b.Cast(absent, to=b.float_code))
         parts += out
     return parts[0] if len(parts) == 1 else b.Concat(*parts, axis=1)
