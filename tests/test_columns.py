@@ -12,6 +12,8 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -150,6 +152,9 @@ def test_plain_onnxruntime_on_raw_rows_answers_what_dlc_predict_does(cli, tmp_pa
     np.testing.assert_array_equal(np.stack([predicted[f"p_{c}"] for c in labels], 1), probs)
     r = cli("predict", "run/model.onnx", str(rows))  # class names on stdout
     assert r.code == 0 and r.out.splitlines()[1].split(",")[1] == labels[index[0]]
+    pq.write_table(pacsv.read_csv(rows), tmp_path / "rows.parquet")  # NA and empty: nulls
+    assert cli("predict", "run/model.onnx", "rows.parquet", "-o", "q.npz").code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npz")["class_index"], index)
 
 
 def test_drop_rows_are_left_out_and_refused_by_predict(cli, tmp_path, monkeypatch):
