@@ -33,6 +33,7 @@ import numpy as np
 
 from dlc.autodiff import gradients
 from dlc.commands.quantize import spec_splits
+from dlc.data.columns import refuse_columns
 from dlc.data.text import text_config
 from dlc.errors import DlcError, UsageError
 from dlc.files.untrusted import load_json, read_model
@@ -196,6 +197,7 @@ def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
 
 def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
     model, norm, weights, target_norm = _stored(Path(path), device)
+    refuse_columns(model.spec, "explain")
     proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
     norms = norm if model.spec.get("inputs") else {"input": norm}
     floats = [n for n, (_, d) in net.inputs.items() if d == "float32"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import Dataset, Split, load_arrays
+from dlc.data.columns import refuse_columns
 from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
 from dlc.data.multi import _inputs, _targets
@@ -166,6 +167,7 @@ def summarize(rows: list[dict], keys: list[str]) -> tuple[dict, dict]:
 
 def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     """Run K-fold cross-validation of `spec` (a loaded Spec); `note(line)` gets each fold."""
+    refuse_columns(spec.data, "cv")
     net = checked_network(spec)
     task_kind = net.kind  # one output only (net.kind says so in one line otherwise)
     raw = _raw_data(spec)

@@ -1,19 +1,22 @@
 """`dlc init DATA --target COLUMN [-o spec.yaml]`: a commented starting spec inferred from a
-table, the way a new user starts: numeric feature columns (text columns are listed and left
-out: a single `input:` takes numbers), missing-value handling when any feature cell is missing,
-and the task from the target column. The spec is checked like any other before it is written."""
+table, the way a new user starts: every feature column with its kind (`input.columns`: numeric,
+categorical, binary, inferred from the cells; identifier-like text columns are listed and left
+out), a fill for each column with missing cells (median, most_frequent), and the task from the
+target column. The spec is checked like any other before it is written."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from dlc.data._common import suggest
-from dlc.data._table import TABLE_SUFFIXES, Table, read_table
+from dlc.data._table import MISSING, TABLE_SUFFIXES, Table, read_table
+from dlc.data.columns import infer_kind, is_missing
 from dlc.errors import DlcError
 from dlc.files.atomic import write_text
 from dlc.model.spec import load_spec_text, schema_path
@@ -21,24 +24,37 @@ from dlc.model.spec import load_spec_text, schema_path
 MAX_CLASSES = 20  # an integer target with more distinct values than this is a regression
 
 
-def _columns(table: Table, target: int) -> tuple[list[str], list[str], int]:
-    """(numeric feature columns, text columns left out, rows with a missing feature)."""
-    numeric, text, cols = [], [], []
+def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int]], list[str]]:
+    """(feature column -> (kind, missing cells), columns left out): kinds as `auto` infers
+    them; a text column whose distinct values are over half its rows (and over MAX_CLASSES) is
+    an identifier or free text, left out."""
+    kinds, left = {}, []
     for c, name in enumerate(table.columns):
         if c == target:
             continue
-        try:
-            cols.append(table.numbers([c], missing=True)[:, 0])
-            numeric.append(name)
-        except DlcError:
-            text.append(name)
-    missing = int(np.isnan(np.stack(cols, axis=1)).any(axis=1).sum()) if cols else 0
-    return numeric, text, missing
+        cells = np.array([v.strip() for v in table.strings(c)], dtype=object)
+        absent = int(is_missing(cells).sum())
+        kind = infer_kind(cells)
+        if kind == "categorical" and len(set(cells)) > max(MAX_CLASSES, len(cells) // 2):
+            left.append(name)
+            continue
+        kinds[name] = (kind, absent)
+    return kinds, left
+
+
+def _column_line(name: str, kind: str, absent: int) -> str:
+    """One `input.columns` entry, with the default fill of its kind where cells are missing."""
+    key = name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) else _flow(name)
+    if not absent:
+        return f"    {key}: {kind}"
+    fill = "median" if kind == "numeric" else "most_frequent"
+    return f"    {key}: {{kind: {kind}, missing: {fill}}}  # {absent:,} missing"
 
 
 def _task(values: list[str]) -> tuple[str, int]:
-    """(task kind, output units) from the target cells."""
-    distinct = {v.strip() for v in values}
+    """(task kind, output units) from the target cells (missing ones left out, as training
+    leaves their rows out)."""
+    distinct = {v.strip() for v in values} - MISSING
     try:
         numbers = [float(v) for v in distinct]
     except ValueError:
@@ -56,29 +72,31 @@ def _flow(value) -> str:
 def spec_text(table: Table, data_ref: str, target: str, schema: str) -> str:
     """The commented spec for a table (see the module docstring)."""
     t = table.columns.index(target)
-    numeric, text, missing = _columns(table, t)
-    if not numeric:
-        raise DlcError(f"{table.display}: no numeric feature columns; dlc init starts from a "
-                       "table with at least one")
+    kinds, left = _columns(table, t)
+    if not kinds:
+        raise DlcError(f"{table.display}: no feature columns; dlc init starts from a table with "
+                       "at least one besides the target")
     kind, units = _task(table.strings(t))
+    absent = sum(v.strip() in MISSING for v in table.strings(t))
+    unknown = f"; {absent:,} rows without one are left out" if absent else ""
     lines = [f"# yaml-language-server: $schema={schema}",
              f"# Made by dlc init from {table.display} ({len(table):,} rows): the task from "
-             f"column '{target}', every numeric column as a feature.",
+             f"column '{target}', the kind of each feature column from its cells.",
              "dlc: 1", f"name: {_flow(Path(table.display).stem or 'model')}",
-             f"input: {{shape: [{len(numeric)}], features: {_flow(numeric)}}}"]
-    if text:
-        lines.append(f"# left out (text): {', '.join(text)}; categories go through a named "
-                     "input with dtype: int64 (docs/your-own-data.md)")
+             "input:", "  # numeric: filled where missing, then standardised; categorical: one-hot "
+             "(+1 column for values the", "  # training split never saw); binary: 0/1. Fills "
+             "and encodings are learnt from the training split", "  # and run inside the "
+             "exported model, which takes the raw columns.", "  columns:"]
+    lines += [_column_line(name, k, absent) for name, (k, absent) in kinds.items()]
+    if left:
+        lines.append(f"# left out (identifiers or free text: a value per row): {', '.join(left)}")
     lines += ["layers:", "  - {type: dense, name: hidden, units: 64, activation: relu}",
               f"  - {{type: dense, name: out, units: {units}}}",
-              f"task: {{kind: {kind}}}  # from the target's values: {kind}",
+              f"task: {{kind: {kind}}}  # from the target's values: {kind}" + unknown,
               "data:", f"  source: {_flow(data_ref)}", f"  target: {_flow(target)}",
               f"  split: {{val: 0.15, test: 0.15, stratify: {_flow(kind != 'regression')}, "
-              "seed: 0}", "  normalize: standard"]
-    if missing:
-        lines.append(f"  missing: {{strategy: median}}  # {missing:,} rows miss a feature; "
-                     "the fill is in the exported model")
-    lines += ["train:", "  epochs: 100", "  batch_size: 32",
+              "seed: 0}", "  normalize: standard",
+              "train:", "  epochs: 100", "  batch_size: 32",
               "  optimizer: {type: adam, lr: 0.001}",
               "  early_stopping: {patience: 10}", "  seed: 0", ""]
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import load_arrays, load_dataset
+from dlc.data.columns import refuse_columns
 from dlc.data.multi import Columns, read_multi
 from dlc.errors import DlcError, UsageError
 from dlc.files.atomic import write_bytes
@@ -265,6 +266,7 @@ def quantize(model_path: str, output: str, mode: str | None = None, data: str | 
         raise UsageError("--calibration must be at least 1")
     src, out = Path(model_path), Path(output)
     before = _source_model(src, out, device)
+    refuse_columns(before.spec, "quantize")
     calib, evaluation, notes = _samples(before, data, mode == "static")
     calib = calibration_set(calib, calibration) if calib is not None else None
     floats = calib is not None and any(v.dtype == np.float32 for v in feed_of(calib).values())

@@ -6,7 +6,9 @@ relative to the spec file). Image arrays are channels-first; `data.layout: nhwc`
 channels-last arrays. `data.augment` is checked here and applied per training batch by the trainer
 (`dlc.data.augment.augment`). `data.window` turns a csv/npz series into forecasting windows
 (`dlc.data.windows`, split in time order); `data.text` turns a CSV of raw text into token ids with a
-vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`). Every
+vocabulary from the training split (`dlc.data.text`, stored in the model as `Dataset.text`);
+`input.columns` (or `columns` per `inputs:` entry) encodes table columns by kind with encoders
+learnt from the training split (`dlc.data.columns`, stored as `Dataset.columns`). Every
 data problem raises a one-line DlcError. Pillow is imported lazily, only for folder sources.
 """
 
@@ -17,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._inputs import _csv_table, read_inputs
+from dlc.data._csv import load_column_table
+from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._split import (apply_norm, check_split_sizes, compute_norm, impute, split_indices,
                              with_fill)
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
-from dlc.data.multi import check_ids, load_multi
+from dlc.data.columns import column_config, encode, entries, fit, learnt_vocab
+from dlc.data.multi import Columns, check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
 from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
                               read_series_csv, split_series, window_config, window_norm)
@@ -53,6 +58,8 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     normalise every split with statistics of the training split. data.augment is only checked
     against the input shape here; the trainer applies it per batch. data.window and data.text
     have their own paths (time-order split; vocabulary from the training split)."""
+    if entries(spec) and not spec.get("outputs"):
+        return _columns_dataset(spec, Path(spec_dir))
     if spec.get("inputs") or spec.get("outputs"):  # several named inputs or outputs: one CSV
         return load_multi(spec, spec_dir)
     data = spec.get("data") or {}
@@ -124,6 +131,46 @@ def _window_dataset(spec: dict, spec_dir: Path, win: Window) -> Dataset:
         x, y = make_windows(inputs[start:stop], series.target[start:stop], win)
         splits.append(Split(x.reshape((len(x), *shape)), y) if len(x) else None)
     return Dataset(splits[0], splits[1], splits[2], None, None, window_norm(columns, win.length))
+
+
+def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | None = None,
+                 require_target: bool = True, origin: str = "data.source in spec"):
+    """(raw columns, y, labels, kinds) of an `input.columns` model's table source (see
+    dlc.data._csv.load_column_table); `labels`: a trained model's class names (strict)."""
+    scheme, rest = parse_source(source)
+    if scheme not in TABLES:
+        raise DlcError(f"input.columns reads a table (csv:, parquet:, feather:); found '{source}'")
+    task = spec.get("task") or {}
+    known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
+    return load_column_table(resolve_path(rest, spec_dir, origin), rest, spec, known,
+                             bool(labels), require_target, scheme)
+
+
+def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
+    """Tables with column kinds (input.columns, or columns per `inputs:` entry): split, learn
+    each input's encoders from the training rows (dlc.data.columns.fit), encode every row
+    once; the exported graph repeats the encoding from the raw columns (dlc.model.columns).
+    The spec is resolved in place: each column's kind (`auto` inferred), each input's encoded
+    width as its shape and an embedding's learnt vocab_size, which the network and the stored
+    spec then use."""
+    data = spec["data"]
+    raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
+    tr, va, te = _random_split(spec, y, len(y), _split_config(data))
+    xs, states = Columns(), {}
+    for name, entry in entries(spec).items():
+        config = {n: {**column_config(c), "kind": kinds[n]} for n, c in entry["columns"].items()}
+        states[name] = fit(config, {n: raw[n][tr] for n in config},
+                           data.get("normalize") or "standard", data.get("missing"))
+        x = encode(states[name], {n: raw[n] for n in config})
+        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
+        entry.update(columns=config, shape=[x.shape[1]])
+        learnt_vocab(spec, name, states[name])
+    x = xs if spec.get("inputs") else xs["input"]
+
+    def subset(idx: np.ndarray) -> Split | None:
+        return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
+
+    return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=states)
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:

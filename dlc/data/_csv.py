@@ -8,6 +8,8 @@ import numpy as np
 
 from dlc.data._common import suggest
 from dlc.data._table import Table, read_table
+from dlc.data.columns import (column_config, dropped_rows, infer_kind, is_missing,
+                              raw_columns, table_columns)
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 
@@ -98,3 +100,46 @@ def load_table(
         keep = ~np.isnan(x).any(axis=1)
         x, y = x[keep], y[keep]
     return x, y, labels, features
+
+
+def load_column_table(path: Path, display: str, spec: dict, known: list[str] | None,
+                      strict: bool, require_target: bool, kind: str = "csv"):
+    """(raw columns, y or None, labels, kinds) of an input with column kinds (`input.columns`;
+    kinds as written, `auto` resolved: see resolve_kinds). Rows with a missing cell in a
+    `missing: drop` column are left out when there is a target (training, evaluation), refused
+    by line otherwise (predict); rows whose target cell is missing are left out (a label no one
+    knows)."""
+    data = spec.get("data") or {}
+    config = table_columns(spec)
+    table = read_table(path, display, bool(data.get("header", True)), kind)
+    for name in config:
+        _column_index(name, table, "the columns of input.columns")
+    target = _target_index({**data, "features": list(config)}, table, require_target, -1)
+    kinds = resolve_kinds(config, table)
+    raw = raw_columns(table, list(config), kinds)
+    drop = dropped_rows({n: {**column_config(c), "kind": kinds[n]} for n, c in config.items()},
+                        raw, data.get("missing"))
+    if target is None:
+        if drop.any():
+            raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "
+                           "whose missing values are dropped (missing: drop); fill it")
+        return raw, None, known, kinds
+    cells = np.array(table.strings(target), dtype=object)
+    keep = ~drop & ~is_missing(np.array([c.strip() for c in cells], dtype=object))
+    rows = np.flatnonzero(keep)
+    y, labels = encode_cells(cells[keep].tolist(), spec.get("task", {}).get("kind",
+                             "classification"), known, strict,
+                             lambda i: table.where(int(rows[i])), table.columns[target])
+    return {k: v[keep] for k, v in raw.items()}, y, labels, kinds
+
+
+def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
+    """Each column's kind: as written, or (auto) inferred from its cells (infer_kind)."""
+    kinds = {}
+    for name, value in config.items():
+        kind = column_config(value).get("kind", "auto")
+        if kind == "auto":
+            cells = [s.strip() for s in table.strings(table.columns.index(name))]
+            kind = infer_kind(np.array(cells, dtype=object))
+        kinds[name] = kind
+    return kinds

@@ -39,6 +39,7 @@ class Dataset:
     norm: dict | None  # {"kind", "offset", "scale"}: x_norm = (x_raw - offset) / scale
     text: dict | None = None  # text data: tokenizer settings and vocabulary (TextSpec.to_meta())
     categories: dict | None = None  # several inputs: {input: {column: values}} (data/multi.py)
+    columns: dict | None = None  # input.columns: the encoders' state (data/columns.py)
     # with `outputs:`, y of each split is a Columns mapping (output -> targets) and labels a
     # mapping (output -> class names or None)
 

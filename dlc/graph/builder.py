@@ -24,7 +24,7 @@ ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4  # LabelEncoder with tensor keys and defau
 OPSET_IMPORTS = (("", OPSET), (ML_DOMAIN, ML_OPSET))  # every model dlc writes declares both
 
 DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": TensorProto.INT64,
-          "bool": TensorProto.BOOL}
+          "bool": TensorProto.BOOL, "string": TensorProto.STRING}
 
 
 @lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ import onnx
 from dlc import __version__
 from dlc.graph import Builder
 from dlc.model import losses
+from dlc.model.columns import column_front
 from dlc.model.layers import Ctx
 from dlc.model.names import spec_inputs
 from dlc.model.network import Network, build_network
@@ -105,7 +106,13 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
     b = Builder()
     norms = norm if net.spec.get("inputs") else {"input": norm}  # `inputs:`: one per name
     xs, steps = {}, None  # steps: the first variable-length token input's length (a tensor)
+    columns = (meta or {}).get("columns")  # input.columns: raw columns in, encoded in the graph
     for name, (shape, dtype) in net.inputs.items():
+        if name in (columns or {}):
+            xs[name] = column_front(b, columns[name])
+            if dtype == "int64":  # embedding ids
+                xs[name] = b.Cast(xs[name], to=onnx.TensorProto.INT64)
+            continue
         tokens = _is_token_input(spec_inputs(net.spec)[name])
         time = "T" if len(net.inputs) == 1 else f"{name}_T"
         x = b.input(name, dtype, ["N", time] if tokens else ["N", *shape])

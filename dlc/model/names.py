@@ -11,8 +11,13 @@ HEAD = {"classification": "softmax", "binary": "sigmoid", "regression": None}
 
 
 def spec_inputs(data: dict) -> dict[str, dict]:
-    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input."""
-    return dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
+    """The model's named inputs: `inputs:` as written, or the one `input:` under the name input.
+    An input of table columns by kind without a shape (its encoded width is learnt from the
+    data) counts one feature per column until training resolves it."""
+    found = dict(data["inputs"]) if data.get("inputs") else {"input": data["input"]}
+    return {name: {**cfg, "shape": [len(cfg["columns"])]}
+            if isinstance(cfg, dict) and cfg.get("columns") and not cfg.get("shape") else cfg
+            for name, cfg in found.items()}
 
 
 def spec_heads(data: dict) -> dict[str, dict]:

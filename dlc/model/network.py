@@ -220,7 +220,8 @@ def build_network(spec) -> Network:
                                        "(several named inputs)")])
     layers = [build_layer(cfg) for cfg in data["layers"]]
     order, sources, diags = _order(spec, layers)
-    diags += semantics.check_ids(spec, layers, sources) + semantics.check_missing(spec)
+    diags += semantics.check_ids(spec, layers, sources) + semantics.check_missing(spec) + \
+        semantics.check_columns(spec)
     shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
     for name, shape in shapes.items():
         if math.prod(shape) > MAX_VALUES:

@@ -56,6 +56,56 @@ def check_missing(spec) -> list[Diagnostic]:
                       f"only: {why}")]
 
 
+def check_columns(spec) -> list[Diagnostic]:
+    """Table columns by kind (`input.columns`, or `columns` per `inputs:` entry) encode one
+    table for one `task:` (dlc.data.columns); an int64 entry takes embedding ids only; an
+    embedding learns its vocab_size only over such an entry."""
+    found = spec.data["inputs"] if spec.data.get("inputs") else {"input": spec.data.get("input")}
+    found = {k: v for k, v in found.items() if isinstance(v, dict)}
+    at = lambda name, *keys: (("inputs", name) if spec.data.get("inputs") else ("input",)) + keys  # noqa: E731,E501
+    diags = [spec.diag(at(name, "columns"), message)
+             for name, cfg in found.items() if cfg.get("columns")
+             for message in _column_problems(spec.data, cfg)]
+    with_columns = [n for n, c in found.items() if c.get("columns")]
+    if with_columns and len(with_columns) < len(found):
+        name = next(n for n in found if n not in with_columns)
+        diags.append(spec.diag(at(name), "give columns to every input or to none"))
+    seen: dict[str, str] = {}
+    for name in with_columns:
+        for col in found[name]["columns"]:
+            if col in seen:
+                diags.append(spec.diag(at(name, "columns", col), f"column '{col}' is taken by "
+                                       f"input '{seen[col]}' too; give each column one input"))
+            seen.setdefault(col, name)
+    for i, layer in enumerate(spec.data.get("layers") or []):
+        if layer.get("type") == "embedding" and not layer.get("vocab_size") and not with_columns:
+            diags.append(spec.diag(("layers", i), "an embedding needs vocab_size (it is learnt "
+                                   "only over categorical columns with encoding: embedding)"))
+    return diags
+
+
+def _column_problems(data: dict, cfg: dict) -> list[str]:
+    """Why one input's `columns` cannot be encoded, if they cannot."""
+    others = [k for k in ("outputs",) if data.get(k)] + \
+        [f"data.{k}" for k in ("window", "text", "features") if (data.get("data") or {}).get(k)]
+    others += ["features"] if cfg.get("features") else []
+    source = str((data.get("data") or {}).get("source") or "csv:")
+    if source.split(":", 1)[0] not in ("csv", "parquet", "feather") and \
+            not source.lower().endswith((".csv", ".parquet", ".feather")):
+        others.append(f"data.source {source}")
+    out = ["encodes the columns of a csv:, parquet: or feather: table for one task: (the "
+           f"columns name the features); not with {', '.join(others)}"] if others else []
+    ids = cfg.get("dtype", "float32") == "int64"
+    for col, c in cfg["columns"].items():
+        c = {"kind": c} if isinstance(c, str) else c
+        embedded = c.get("kind") == "categorical" and c.get("encoding") == "embedding"
+        if ids != embedded or (embedded and c.get("indicator")):
+            out.append(f"{col}: " + ("an int64 input takes categorical columns with encoding: "
+                                     "embedding (no indicator)" if ids else "encoding: "
+                                     "embedding needs an int64 input (dtype: int64)"))
+    return out
+
+
 def check_task(spec, layers: list[Layer], layer_of: dict[str, int],
                shapes: dict[str, Shape] | None) -> list[Diagnostic]:
     """Each output against its task, outputs that share a layer, softmax, the monitor and the

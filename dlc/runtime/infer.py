@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, load_arrays, model_inputs
-from dlc.data.multi import read_multi, read_npz_outputs
+from dlc.data import _random_split, _split_config, load_arrays, model_inputs, read_columns
+from dlc.data.columns import entries
+from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.errors import DlcError, SpecError, UsageError
 from dlc.files.atomic import write_bytes, write_text
 from dlc.files.untrusted import load_json, read_model
@@ -181,6 +182,12 @@ def _reads_columns(spec: dict, source) -> bool:
     return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
+def _column_feeds(raw: dict[str, np.ndarray]) -> Columns:
+    """The raw columns as the exported graph takes them: float32 numbers (NaN: missing), and
+    the text of every other cell (dlc.model.columns)."""
+    return Columns({k: v.astype(np.float32) if v.dtype != object else v for k, v in raw.items()})
+
+
 SPLITS = ("test", "val", "train", "all")
 
 
@@ -216,7 +223,10 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
     output name), the sample count and which rows were scored (`scored`; see _rows)."""
     split = _own_split(model, source, split)
-    if _reads_columns(model.spec, source):
+    if entries(model.spec):  # table columns by kind: raw columns in
+        raw, y, _, _ = read_columns(source, model.spec, Path.cwd(), model.labels, True, "--data")
+        x = _column_feeds(raw)
+    elif _reads_columns(model.spec, source):
         x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
                           model.features)
     elif model.spec.get("outputs"):  # one input, several outputs, an npz archive
@@ -240,8 +250,12 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
 @_one_line
 def predict_inputs(model: Model, input_path: str):
     """The model's raw inputs from a file, as `dlc predict` reads them: one array, or
-    `Columns` by input name for `inputs:`/`outputs:` models (`dlc serve` reads CSV uploads
-    through this too)."""
+    `Columns` by input name for `inputs:`/`outputs:` models and by column for `input.columns`
+    models (`dlc serve` reads CSV uploads through this too)."""
+    if entries(model.spec):  # table columns by kind: raw columns in
+        raw, _, _, _ = read_columns(input_path, model.spec, Path.cwd(), model.labels, False,
+                                    "input file")
+        return _column_feeds(raw)
     if _reads_columns(model.spec, input_path):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)

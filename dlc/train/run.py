@@ -115,6 +115,8 @@ def prepare(spec, data_dir: Path):
     if "data" not in spec.data:
         raise DlcError(f"{spec.file}: the spec has no data section; add data.source to train it")
     dataset = load_dataset(spec.data, data_dir)
+    if dataset.columns:  # input.columns: the encoded width is known now (the spec resolved)
+        net = checked_network(spec, data_dir)
     return net, dataset, check_labels(net, dataset)
 
 
@@ -312,7 +314,8 @@ def _model(spec, dataset, trainer: Trainer, labels, params: dict, summary: dict)
     scaling = {h.name: h.target_norm for h in trainer.net.heads if h.target_norm}
     meta = {"metrics": {k: summary[k] for k in ("val", "test") if k in summary},
             "labels": labels, "features": features, "text": dataset.text,
-            "categories": dataset.categories, "target_norm": scaling or None}
+            "categories": dataset.categories, "columns": dataset.columns,
+            "target_norm": scaling or None}
     model = inference_model(spec, trainer.net, params, dataset.norm,  # target scaling baked in
                             meta={k: v for k, v in meta.items() if v is not None})
     return model.SerializeToString()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 
 from dlc.commands.serve.app import create_app
+from dlc.data.columns import refuse_columns
 from dlc.errors import DlcError, UsageError
 from dlc.runtime.infer import load_model
 
@@ -47,6 +48,7 @@ def serve(model_path: str, host: str, port: int, max_batch: int, max_wait_ms: fl
     import uvicorn
 
     model = load_model(model_path, device)
+    refuse_columns(model.spec, "serve")
     app = create_app(model, max_batch, max_wait_ms, max_rows)
     sock = listen(host, port)
     bound = sock.getsockname()[1]

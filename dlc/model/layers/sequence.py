@@ -100,8 +100,10 @@ class Embedding(Layer):
     type_doc = "Layer type: a lookup table of learned vectors."
     fields = (
         Field("vocab_size",
-              "Number of ids (rows of the table); inputs must lie in [0, vocab_size).",
-              integer(minimum=1), required=True),
+              "Number of ids (rows of the table); inputs must lie in [0, vocab_size). Over "
+              "categorical input columns (encoding: embedding) it may be left out: the number "
+              "of ids learnt from the training split.",
+              integer(minimum=1)),
         Field("dim", "Size of each vector (the output's last axis).",
               integer(minimum=1), required=True),
         Field("padding_index",
@@ -112,14 +114,20 @@ class Embedding(Layer):
 
     takes_ids = True  # its input must be an int64 model input (checked by build_network)
 
+    @property
+    def vocab(self) -> int:
+        """vocab_size; 1 until training learns it from categorical input columns (a spec
+        without it is refused elsewhere: semantics.check_columns)."""
+        return self.cfg.get("vocab_size") or 1
+
     def output_shape(self, in_shape: Shape) -> Shape:
-        pad, vocab = self.cfg.get("padding_index"), self.cfg["vocab_size"]
+        pad, vocab = self.cfg.get("padding_index"), self.vocab
         if pad is not None and not 0 <= pad < vocab:
             raise ShapeError(f"padding_index {pad} is outside the vocabulary [0, {vocab})")
         return (*in_shape, self.cfg["dim"])
 
     def params(self, in_shape: Shape) -> list[Param]:
-        shape = (self.cfg["vocab_size"], self.cfg["dim"])
+        shape = (self.vocab, self.cfg["dim"])
         return [Param(f"{self.name}.weight", shape, _embedding_init(self.cfg.get("padding_index")))]
 
     def lower(self, b, x, p, ctx, in_shape):

@@ -198,9 +198,24 @@ def _simple_message(error: Any, path: tuple) -> str:
     return error.message.splitlines()[0]
 
 
+def _chosen_branch(error: Any) -> list | None:
+    """The errors of the one anyOf branch whose type the value has (`kind` or a mapping), when
+    every other branch failed on its type: that branch's own messages (did you mean)."""
+    branches: dict[int, list] = {}
+    for sub in error.context or ():
+        branches.setdefault(sub.schema_path[0], []).append(sub)
+    fitting = [errs for errs in branches.values()
+               if not any(e.validator == "type" and not e.relative_path for e in errs)]
+    return fitting[0] if error.validator == "anyOf" and len(fitting) == 1 else None
+
+
 def _problems(error: Any) -> Iterator[Problem]:
     path = tuple(error.absolute_path)
-    if error.validator == "required":
+    chosen = _chosen_branch(error)
+    if chosen:
+        for sub in chosen:
+            yield from _problems(sub)
+    elif error.validator == "required":
         yield from _required(error, path)
     elif error.validator == "additionalProperties":
         yield from _additional(error, path)

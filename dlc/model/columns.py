@@ -1,0 +1,61 @@
+"""The in-graph front of a table input with column kinds (`input.columns`): the exported model
+takes the raw columns (one input per column: float32 [N] with NaN for a missing number, a string
+tensor [N] for a categorical or binary column) and encodes them exactly as
+dlc.data.columns.encode does for training, in standard ONNX plus ai.onnx.ml's LabelEncoder, so a
+plain onnxruntime session fed the raw CSV values answers what `dlc predict` does.
+
+Its only input is the encoder state (JSON, stored in the model as dlc.columns); the category
+tables come from dlc.data.columns.category_table, the one definition both sides use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.data.columns import category_table
+from dlc.graph import Builder
+from dlc.graph.builder import ML_DOMAIN
+
+
+def _numeric(b: Builder, x: str, c: dict) -> tuple[list[str], str]:
+    """[N, 1]: filled, then normalised; and where the cell was missing (for the indicator)."""
+    value = b.Unsqueeze(x, b.const([1]))
+    absent = b.IsNaN(value)
+    if c["fill"] is not None:
+        value = b.Where(absent, b.const(np.float32(c["fill"])), value)
+    scaled = b.Div(b.Sub(value, b.const(np.float32(c["offset"]))), b.const(np.float32(c["scale"])))
+    return [scaled], absent
+
+
+def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> tuple[list[str], str]:
+    """One-hot [N, values + 1], a 0/1 [N, 1] (binary) or an id [N, 1] (embedding), as float;
+    and where the cell was missing. Unused tensors are pruned by the builder."""
+    keys, ids, default = category_table(c, markers)
+    found = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=keys, values_int64s=ids,
+                 default_int64=default)
+    found = b.Unsqueeze(found, b.const([1]))
+    if c["kind"] == "binary":
+        out = b.Cast(found, to=b.float_code)
+    elif c.get("embedding"):  # the id, after the ids of the columns before it
+        out = b.Cast(b.Add(found, b.const(np.int64(c["offset"]))), to=b.float_code)
+    else:
+        slots = b.const(np.arange(len(c["values"]) + 1, dtype=np.int64)[None])
+        out = b.Cast(b.Equal(found, slots), to=b.float_code)
+    absent = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=markers,
+                  values_int64s=[1] * len(markers), default_int64=0)
+    return [out], b.Unsqueeze(absent, b.const([1]))
+
+
+def column_front(b: Builder, state: dict) -> str:
+    """Declare one model input per column and return the encoded float32 [N, width] tensor."""
+    parts = []
+    for c in state["columns"]:
+        numeric = c["kind"] == "numeric"
+        x = b.input(c["name"], "float32" if numeric else "string", ["N"])
+        with b.scope(f"columns/{c['name']}"):
+            out, absent = (_numeric(b, x, c) if numeric
+                           else _categories(b, x, c, state["markers"]))
+            if c["indicator"]:
+                out.append(b.Cast(absent, to=b.float_code))
+        parts += out
+    return parts[0] if len(parts) == 1 else b.Concat(*parts, axis=1)
