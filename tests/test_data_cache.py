@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import straight_and_resumed
+from conftest import SPECS, straight_and_resumed
 from onnx import numpy_helper
 
 from dlc.data import cache, load_dataset, stats
@@ -176,3 +176,36 @@ def test_cache_true_on_a_source_it_cannot_hold(cli, tmp_path):
     spec.write_text(yaml.safe_dump(data))
     r = cli("train", spec, "--out", tmp_path / "run", "-q")
     assert r.code == 2 and "data.cache: caches the numeric table columns of one" in r.err, r
+
+
+def test_predict_streams_its_csv(cli, tmp_path, monkeypatch):
+    """`dlc predict` turns CSV_ROWS rows into text at a time (stdout and -o alike), never the
+    whole table; the text is what one csv.writer pass over every row writes."""
+    import csv
+    import io
+
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
+    from dlc.runtime import infer
+
+    model = tmp_path / "iris.onnx"
+    labels = "task.labels=['=x', 'b,c', 'd']"  # escaped and quoted cells
+    model.write_bytes(compile_spec(load_spec(SPECS / "iris.yaml", [labels])).SerializeToString())
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(25, 4)).astype(np.float32))
+    m = infer.load_model(str(model))
+    out = infer.predict(m, str(data))
+    monkeypatch.setattr(infer, "CSV_ROWS", 10)
+    chunks = list(infer.write_predictions(m, out, None))
+    assert len(chunks) == 3  # 10 + 10 + 5 rows (the header with the first)
+    cols = infer._columns(m, out)
+    expected = io.StringIO()
+    writer = csv.writer(expected, lineterminator="\n")
+    writer.writerow([infer._cell(c) for c in cols])
+    writer.writerows([infer._cell(v) for v in row]
+                     for row in zip(*(c.tolist() for c in cols.values())))
+    assert "".join(chunks) == expected.getvalue()
+    r = cli("predict", model, data)
+    assert r.code == 0 and r.out == expected.getvalue(), r
+    assert cli("predict", model, data, "-o", tmp_path / "p.csv").code == 0
+    assert (tmp_path / "p.csv").read_text() == expected.getvalue()
