@@ -90,7 +90,7 @@ def test_split_views_equal_the_arrays_in_memory(tmp_path, small_chunks):
     write_table(tmp_path / "t.csv")
     mapped = load_dataset(yaml.safe_load(spec_file(tmp_path, True).read_text()), tmp_path)
     memory = load_dataset(yaml.safe_load(spec_file(tmp_path, False).read_text()), tmp_path)
-    assert isinstance(mapped.train.x, cache.Rows) and isinstance(mapped.train.x.raw, np.memmap)
+    assert isinstance(mapped.train.x, stats.Rows) and isinstance(mapped.train.x.raw, np.memmap)
     assert mapped.norm == memory.norm and mapped.labels == memory.labels == ["down", "up"]
     for a, b in ((mapped.train, memory.train), (mapped.test, memory.test)):
         assert np.array_equal(np.asarray(a.x), b.x) and np.array_equal(a.y, b.y)

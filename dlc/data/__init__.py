@@ -71,7 +71,7 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
         shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
         fit_shape(x[:0], shape, data["source"])  # the same check as for a table in memory
     else:
-        x, y, labels, features = load_arrays(data["source"], spec, spec_dir)
+        x, y, labels, features = load_arrays(data["source"], spec, spec_dir, pixels=True)
         shape = list(x.shape[1:])
     assert y is not None
     check_augment(data.get("augment"), shape)
@@ -84,8 +84,8 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     def subset(idx: np.ndarray) -> Split | None:
         if not len(idx):
             return None
-        if table is not None:
-            return Split(cache.Rows(x, idx, norm, shape), np.ascontiguousarray(y[idx]))
+        if table is not None or x.dtype == np.uint8:  # raw until a batch is gathered
+            return Split(stats.Rows(x, idx, norm, shape), np.ascontiguousarray(y[idx]))
         return _subset(x, y, idx, norm)
 
     return Dataset(subset(tr), subset(va), subset(te), labels, features, norm)

@@ -8,7 +8,7 @@ batches (CSV blocks, Parquet row groups, Feather batches), each batch encoded
 interrupted build leaves no half cache. The key hashes the file's path, size, modification time
 and its first and last MiB, and the encoder's settings: a changed file or spec builds a new
 cache, never reuses a stale one. Splits, fills and normalisation are not cached: they are
-computed per run from the memory-mapped arrays (dlc.data.stats), and a split's x is a `Rows`
+computed per run from the memory-mapped arrays (dlc.data.stats), and a split's x is a `stats.Rows`
 view that gathers, fills and normalises one batch at a time, so the table never sits in memory.
 The `KEEP` most recently used caches are kept."""
 
@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._table import MISSING
 from dlc.data.encode import TableEncoder, batch_error
-from dlc.data.stats import transform
 from dlc.errors import DlcError
 from dlc.files import cachedir
 
@@ -61,27 +60,6 @@ def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
     if setting == "auto" and path.stat().st_size < AUTO_BYTES:
         return None
     return path, rest, scheme
-
-
-class Rows:
-    """x of one split, read from the cache: rows `index` of the memory-mapped raw features,
-    filled and normalised when gathered (the same arithmetic as an in-memory split's)."""
-
-    def __init__(self, raw: np.ndarray, index: np.ndarray, norm: dict | None, shape: list[int]):
-        self.raw, self.index, self.norm = raw, index, norm
-        self.shape = (len(index), *shape)
-        self.dtype, self.ndim = np.dtype(np.float32), len(self.shape)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        x = transform(self.raw[self.index[rows]], self.norm)
-        return x.reshape((len(x), *self.shape[1:]))
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        x = self[:]
-        return x if dtype is None else x.astype(dtype)
 
 
 def _csv_options(header: bool) -> pacsv.ReadOptions:

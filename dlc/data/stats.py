@@ -1,9 +1,9 @@
-"""The fitted state of a table's features: missing-value fills and normalisation statistics,
+"""The fitted state of a table's (or images') features: missing-value fills and normalisation statistics,
 learnt from the training rows in chunks, so that a memory-mapped table is never read whole.
 
 In memory and from the cache (dlc.data.cache) the same chunks are summed in the same order, so
-both give the same bits; a training split of at most CHUNK rows is one chunk, and the result is
-then what numpy's mean, std, min, max and nanmean over the whole split give."""
+both give the same bits; a training split of at most CHUNK values is one chunk, and the result
+is then what numpy's mean, std, min, max and nanmean over the whole split give."""
 
 from __future__ import annotations
 
@@ -11,17 +11,24 @@ import warnings
 
 import numpy as np
 
+from dlc.data._images import pixels_to_float
 from dlc.data._split import FILLS, apply_norm, with_fill
 from dlc.errors import DlcError
 
-CHUNK = 1 << 16  # rows per chunk: 2 MiB of float64 per 4 features
+CHUNK = 1 << 20  # values per chunk (8 MiB as float64): 131,072 rows of 8 features
 
 
 def _chunks(x: np.ndarray, rows: np.ndarray):
     """float64 [k, F] chunks of x[rows], in order (x may be a memmap: only k rows are read)."""
-    for i in range(0, len(rows), CHUNK):
-        part = x[rows[i:i + CHUNK]]
+    k = max(1, CHUNK // max(1, _width(x)))
+    for i in range(0, len(rows), k):
+        part = _values(x[rows[i:i + k]])
         yield part.reshape(len(part), -1).astype(np.float64)
+
+
+def _values(x: np.ndarray) -> np.ndarray:
+    """The values a model input holds: uint8 images become float32 in [0, 1]."""
+    return pixels_to_float(x) if x.dtype == np.uint8 else x
 
 
 def fills(x: np.ndarray, rows: np.ndarray, missing: dict | None) -> np.ndarray | None:
@@ -71,7 +78,7 @@ def moments(x: np.ndarray, rows: np.ndarray, kind: str, fill: np.ndarray | None)
         squares = 0.0
         for c in _chunks(x, rows):  # two passes, as numpy's std: squared deviations summed
             d = _filled(c, fill) - offset
-            squares = squares + (d * d).sum(axis=0)
+            squares = squares + np.multiply(d, d, out=d).sum(axis=0)
         scale = np.sqrt(squares / len(rows))
     else:
         offset, scale = low, high - low
@@ -88,9 +95,31 @@ def fit(x: np.ndarray, rows: np.ndarray, data: dict) -> dict | None:
     return with_fill(norm, None if fill is None else fill.tolist(), _width(x))
 
 
+class Rows:
+    """x of one split kept raw: rows `index` of `raw` (the cache's memory-mapped features,
+    uint8 images), filled and normalised when gathered, with an in-memory split's arithmetic."""
+
+    def __init__(self, raw: np.ndarray, index: np.ndarray, norm: dict | None, shape: list[int]):
+        self.raw, self.index, self.norm = raw, index, norm
+        self.shape = (len(index), *shape)
+        self.dtype, self.ndim = np.dtype(np.float32), len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        x = transform(self.raw[self.index[rows]], self.norm)
+        return x.reshape((len(x), *self.shape[1:]))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+
 def transform(raw: np.ndarray, norm: dict | None) -> np.ndarray:
     """Raw rows (NaN where a cell is missing) -> the float32 the train step takes: filled, then
     normalised; the exported graph repeats both for predict."""
+    raw = _values(raw)
     fill = (norm or {}).get("fill")
     if fill is not None:
         flat = raw.reshape(len(raw), -1)
