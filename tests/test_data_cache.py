@@ -5,6 +5,8 @@ half cache."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pyarrow as pa
@@ -124,6 +126,18 @@ def test_a_stale_cache_is_rebuilt(cli, tmp_path, small_chunks):
     assert "data cache built" in train()  # rows dropped: other arrays
     spec.write_text(spec.read_text().replace("test: 0.2", "test: 0.3"))
     assert "data cache reusing" in train()  # splits and statistics are per run, not cached
+
+
+def test_a_damaged_cache_is_rebuilt(cli, tmp_path, small_chunks):
+    write_table(tmp_path / "t.csv")
+    spec = spec_file(tmp_path, True)
+    r = cli("train", spec, "--out", tmp_path / "a", "-q")
+    assert r.code == 0, r
+    raw = Path(r.err.split(" in ")[-1].strip()) / "x.raw"  # "data cache built ... in FOLDER"
+    raw.write_bytes(raw.read_bytes()[:-4])  # truncated
+    r = cli("train", spec, "--out", tmp_path / "b", "-q")
+    assert r.code == 0 and "data cache built" in r.err, r
+    assert same_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_an_interrupted_build_leaves_no_cache(cli, tmp_path, monkeypatch, small_chunks):

@@ -151,11 +151,13 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
     key = hashlib.sha256(json.dumps([_stamp(path), kind, header, enc.key()],
                                     sort_keys=True).encode()).hexdigest()[:24]
     where = root / key
-    if (where / "meta.json").is_file():
-        os.utime(where)  # recently used: the last to be trimmed
+    if _intact(where):
+        with contextlib.suppress(OSError):
+            os.utime(where)  # recently used: the last to be trimmed
         verb = "reusing"
     else:
         t0 = time.perf_counter()
+        shutil.rmtree(where, ignore_errors=True)  # a damaged cache (a disk error, a hand edit)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         try:
             _build(tmp, path, kind, header, enc)
@@ -173,10 +175,28 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
     return x, y, meta["labels"], meta["features"]
 
 
+def _intact(where: Path) -> bool:
+    """A whole cache: its metadata readable and x.raw and y.npy of the sizes it states."""
+    try:
+        meta = json.loads((where / "meta.json").read_text())
+        y = np.load(where / "y.npy", mmap_mode="r")
+        return (where / "x.raw").stat().st_size == 4 * meta["rows"] * len(meta["features"]) \
+            and len(y) == meta["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def _trim(root: Path) -> None:
     """Keep the KEEP most recently used caches; drop builds a killed process left (an hour)."""
-    done = sorted((p for p in root.iterdir() if not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
-    stale = [p for p in root.glob(".*") if time.time() - p.stat().st_mtime > 3600]
+    done = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=_mtime,
+                  reverse=True)
+    stale = [p for p in root.glob(".*") if time.time() - _mtime(p) > 3600]
     for p in done[KEEP:] + stale:
         shutil.rmtree(p, ignore_errors=True)
