@@ -73,8 +73,8 @@ def load_arrays(
     source came from in the file-not-found message (e.g. "--data").
 
     With data.window: every window of the whole series (no split). With data.text: x int64 token
-    ids, tokenised with `text` (a trained model's stored settings and vocabulary). Images are
-    float32 in [0, 1], or with `pixels` uint8 (dlc.data.stats turns them into floats)."""
+    ids, tokenised with `text` (a trained model's stored settings). Images: float32 in [0, 1]
+    (`pixels`: uint8)."""
     task = spec.get("task") or {}
     known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
     win = window_config(spec.get("data") or {})
@@ -89,9 +89,8 @@ def load_arrays(
         texts, y, found = load_text_csv(path, display, spec, stored, known, bool(labels),
                                         require_target)
         return stored.encode(texts), y, found, None
-    x, y, found, features = load_raw(
-        source, spec, Path(spec_dir), known, bool(labels), require_target, origin
-    )
+    x, y, found, features = load_raw(source, spec, Path(spec_dir), known, bool(labels),
+                                     require_target, origin)
     shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
     x = fit_shape(x if pixels or x.dtype != np.uint8 else pixels_to_float(x), shape, str(source))
     return x, y, found, features
