@@ -10,7 +10,7 @@ import pytest
 from conftest import raises_one_line
 from oracles import Image, needs_pillow
 
-from dlc.data import load_arrays, load_dataset, read_inputs
+from dlc.data import load_arrays, load_dataset, read_inputs, stats
 
 
 def make_spec(source, shape=(3, 16, 16), kind="classification", **data):
@@ -97,7 +97,8 @@ def test_folder_end_to_end_load_dataset(tmp_path):
     assert ds.train.x.shape == (6, 3, 16, 16) and ds.train.x.dtype == np.float32
     assert len(ds.val) == 2 and len(ds.test) == 2
     assert sorted(ds.val.y.tolist()) == [0, 1] and sorted(ds.test.y.tolist()) == [0, 1]
-    assert abs(float(ds.train.x.mean())) < 1e-5  # normalised with training statistics
+    assert isinstance(ds.train.x, stats.Rows) and ds.train.x.raw.dtype == np.uint8  # until a batch
+    assert abs(float(np.asarray(ds.train.x).mean())) < 1e-5  # normalised with training statistics
 
 
 @needs_pillow

@@ -12,8 +12,9 @@ from dlc.runtime import infer
 def command(model: str, input: str, output: str | None, batch_size: int, device: str) -> None:
     m = infer.load_model(model, device)
     out = infer.predict(m, input, batch_size, output)
-    text = infer.write_predictions(m, out, output, image_paths(input))
-    if text is not None:
-        sys.stdout.write(text)
+    chunks = infer.write_predictions(m, out, output, image_paths(input))
+    if chunks is not None:
+        for text in chunks:  # streamed: the whole table is never one string
+            sys.stdout.write(text)
     else:
         print(f"wrote {output}", file=sys.stderr)

@@ -42,6 +42,7 @@ CALIB_BATCH = 64
 
 def denormalize(x: np.ndarray, norm: dict | None) -> np.ndarray:
     """Undo `apply_norm`: raw = x * scale + offset per flattened feature (float32)."""
+    x = np.asarray(x)  # a split kept raw (dlc.data.stats.Rows) gives its normalised rows
     if norm is None:
         return x
     offset = np.asarray(norm["offset"], np.float64)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._inputs import _csv_table, read_inputs
+from dlc.data import cache, stats
+from dlc.data._common import fit_shape
 from dlc.data._csv import load_column_table
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._split import (apply_norm, check_split_sizes, compute_norm, impute, split_indices,
-                             with_fill)
+from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
 from dlc.data.columns import column_config, encode, entries, fit, learnt_vocab
@@ -49,7 +50,7 @@ def _split_config(data: dict) -> dict:
 
 
 def _subset(x: np.ndarray, y: np.ndarray, idx: np.ndarray, norm: dict | None) -> Split:
-    xs = x[idx] if x.dtype == np.int64 else apply_norm(x[idx], norm)  # ids stay ids
+    xs = x[idx] if x.dtype == np.int64 else stats.transform(x[idx], norm)  # ids stay ids
     return Split(np.ascontiguousarray(xs), np.ascontiguousarray(y[idx]))
 
 
@@ -71,24 +72,30 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     ts = text_config(spec)
     if ts is not None:
         return _text_dataset(spec, Path(spec_dir), ts)
-    x, y, labels, features = load_arrays(data["source"], spec, spec_dir)
+    table = cache.table_source(spec, Path(spec_dir))
+    if table is not None:  # memory-mapped: x stays raw on disk, each batch normalised
+        x, y, labels, features = cache.open_table(*table, spec)
+        shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
+        fit_shape(x[:0], shape, data["source"])  # the same check as for a table in memory
+    else:
+        x, y, labels, features = load_arrays(data["source"], spec, spec_dir, pixels=True)
+        shape = list(x.shape[1:])
     assert y is not None
-    check_augment(data.get("augment"), x.shape[1:])
+    check_augment(data.get("augment"), shape)
     tr, va, te = _random_split(spec, y, len(x), _split_config(data))
     if (spec.get("input") or {}).get("dtype") == "int64":  # token ids: exact, never normalised
         x, norm = _as_ids(x, spec, data["source"]), None
     else:
-        x, fill = impute(x, tr, data.get("missing"))
-        norm = with_fill(compute_norm(x[tr], data.get("normalize") or "standard"), fill,
-                         int(np.prod(x.shape[1:])))
-    return Dataset(
-        train=_subset(x, y, tr, norm),
-        val=_subset(x, y, va, norm) if len(va) else None,
-        test=_subset(x, y, te, norm) if len(te) else None,
-        labels=labels,
-        features=features,
-        norm=norm,
-    )
+        norm = stats.fit(x, tr, data)
+
+    def subset(idx: np.ndarray) -> Split | None:
+        if not len(idx):
+            return None
+        if table is not None or x.dtype == np.uint8:  # raw until a batch is gathered
+            return Split(stats.Rows(x, idx, norm, shape), np.ascontiguousarray(y[idx]))
+        return _subset(x, y, idx, norm)
+
+    return Dataset(subset(tr), subset(va), subset(te), labels, features, norm)
 
 
 def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:

@@ -73,7 +73,8 @@ def check_finite(x: np.ndarray, what: str) -> None:
 
 
 def fit_shape(x: np.ndarray, input_shape: Sequence[int], what: str) -> np.ndarray:
-    """Reshape each sample of x to input_shape when the per-sample sizes agree."""
+    """Reshape each sample of x to input_shape when the per-sample sizes agree (float32; uint8
+    pixels stay uint8)."""
     shape = [int(d) for d in input_shape]
     need = int(np.prod(shape)) if shape else 1
     have = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
@@ -81,7 +82,8 @@ def fit_shape(x: np.ndarray, input_shape: Sequence[int], what: str) -> np.ndarra
         raise DlcError(
             f"{what}: data has {have} features per sample; input.shape {shape} needs {need}"
         )
-    return np.ascontiguousarray(x.reshape((len(x), *shape)), dtype=np.float32)
+    dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    return np.ascontiguousarray(x.reshape((len(x), *shape)), dtype=dtype)
 
 
 def as_numeric(arr: np.ndarray, what: str) -> np.ndarray:

@@ -51,15 +51,20 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def pixels_to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1] (what every model input holds)."""
+    return x.astype(np.float32) / np.float32(255.0)
+
+
 def read_image(path: Path, shape: tuple[int, int, int], display: str) -> np.ndarray:
-    """One image file -> float32 [C, H, W] in [0, 1]; DlcError naming `display` if unreadable."""
+    """One image file -> uint8 [C, H, W]; DlcError naming `display` if unreadable."""
     pil = _pil()
     c, h, w = shape
     try:
         with pil.open(path) as img:
             img = img.convert("L" if c == 1 else "RGB")
             img = img.resize((w, h), pil.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+            arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, pil.DecompressionBombError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DlcError(f"cannot read image {display}: {reason}") from None
@@ -67,10 +72,11 @@ def read_image(path: Path, shape: tuple[int, int, int], display: str) -> np.ndar
 
 
 def read_images(files: list[Path], shape: tuple[int, int, int], names: list[str]) -> np.ndarray:
-    """Several image files -> float32 [n, C, H, W]; names[i] is how file i is named in errors.
-    Decoded in a thread pool (Pillow releases the GIL while it decodes and resizes); an error
-    names the first unreadable file in order."""
-    x = np.empty((len(files), *shape), dtype=np.float32)
+    """Several image files -> uint8 [n, C, H, W] (a quarter of float32's memory: a training
+    split stays uint8 until its batches are gathered); names[i] is how file i is named in
+    errors. Decoded in a thread pool (Pillow releases the GIL while it decodes and resizes); an
+    error names the first unreadable file in order."""
+    x = np.empty((len(files), *shape), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for i, arr in enumerate(pool.map(read_image, files, [shape] * len(files), names)):
             x[i] = arr
@@ -105,7 +111,7 @@ def _folder_files(path: Path, display: str) -> tuple[list[Path], list[str]]:
 def load_folder(
     path: Path, display: str, spec: dict, known: list[str] | None, strict: bool
 ) -> Raw:
-    """(x float32 [n, C, H, W], y, labels, None) from a folder of class sub-folders."""
+    """(x uint8 [n, C, H, W], y, labels, None) from a folder of class sub-folders."""
     kind = (spec.get("task") or {}).get("kind", "classification")
     if kind == "regression":
         raise DlcError(
@@ -135,11 +141,11 @@ def read_image_inputs(path: Path, input_shape: Sequence[int]) -> np.ndarray:
     `path` -> float32 [n, C, H, W]."""
     shape = image_shape(input_shape, f"input {path.name}")
     if not path.is_dir():
-        return read_images([path], shape, [path.name])
+        return pixels_to_float(read_images([path], shape, [path.name]))
     files = image_files(path)
     if not files:
         raise DlcError(f"input folder {path}: no PNG/JPEG images in it")
-    return read_images(files, shape, [f"{path.name}/{p.name}" for p in files])
+    return pixels_to_float(read_images(files, shape, [f"{path.name}/{p.name}" for p in files]))
 
 
 def to_nchw(x: np.ndarray, input_shape: Sequence[int], layout: str, what: str) -> np.ndarray:

@@ -43,7 +43,7 @@ def split_indices(
     rng = np.random.default_rng(seed)
     n_test, n_val = _round(test * n), _round(val * n)
     if classes and y is not None:
-        keys = np.asarray(y).reshape(n, -1)[:, 0].astype(np.int64)
+        keys = np.asarray(y).reshape(n, -1)[:, 0].astype(np.int64, copy=False)
         uniq = np.unique(keys)
         pools = [rng.permutation(np.flatnonzero(keys == c)) for c in uniq]
     else:

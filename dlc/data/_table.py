@@ -44,6 +44,7 @@ class Table:
     data: pa.Table  # one column per file column
     path: Path | None = None  # the CSV file whose lines `line` counts; None: rows are numbered
     header: bool = True
+    first_row: int = 0  # rows are numbered from here on (a record batch of a streamed table)
     _lines: list[int] | None = field(default=None, repr=False)
     _text: pa.Table | None = field(default=None, repr=False)
 
@@ -53,7 +54,7 @@ class Table:
     def where(self, i: int) -> str:
         """`file:line` (CSV) or `file: row N` of data row i, for messages."""
         if self.path is None:
-            return f"{self.display}: row {i + 1}"
+            return f"{self.display}: row {self.first_row + i + 1}"
         return f"{self.display}:{self.lines[i]}"
 
     @property

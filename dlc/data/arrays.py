@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._common import fit_shape
+from dlc.data._images import pixels_to_float
 from dlc.data._sources import load_raw, parse_source, resolve_path
 from dlc.data._split import apply_norm
 from dlc.data.text import TextSpec, load_text_csv, text_config
@@ -18,7 +19,9 @@ from dlc.errors import DlcError
 
 @dataclass
 class Split:
-    """x: float32 [n, *input_shape] (int64 [n, T] token ids for text); y: int64 [n]
+    """x: float32 [n, *input_shape] (int64 [n, T] token ids for text), or for a cached table
+    or images a dlc.data.stats.Rows view, kept raw, that gives float32 rows when indexed
+    (np.asarray(x) gives them all); y: int64 [n]
     (classification), float32 [n, 1] (binary), float32 [n, k] (regression; [n, horizon] for
     windows)."""
 
@@ -60,6 +63,7 @@ def load_arrays(
     labels: list[str] | None = None,
     origin: str = "data.source in spec",
     text: dict | TextSpec | None = None,
+    pixels: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     """Raw (x, y, labels, features) from one source, x float32 [n, *input.shape] unnormalised.
 
@@ -70,7 +74,8 @@ def load_arrays(
     source came from in the file-not-found message (e.g. "--data").
 
     With data.window: every window of the whole series (no split). With data.text: x int64 token
-    ids, tokenised with `text` (a trained model's stored settings and vocabulary)."""
+    ids, tokenised with `text` (a trained model's stored settings). Images: float32 in [0, 1]
+    (`pixels`: uint8)."""
     task = spec.get("task") or {}
     known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
     win = window_config(spec.get("data") or {})
@@ -85,11 +90,10 @@ def load_arrays(
         texts, y, found = load_text_csv(path, display, spec, stored, known, bool(labels),
                                         require_target)
         return stored.encode(texts), y, found, None
-    x, y, found, features = load_raw(
-        source, spec, Path(spec_dir), known, bool(labels), require_target, origin
-    )
+    x, y, found, features = load_raw(source, spec, Path(spec_dir), known, bool(labels),
+                                     require_target, origin)
     shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
-    x = fit_shape(x, shape, str(source))
+    x = fit_shape(x if pixels or x.dtype != np.uint8 else pixels_to_float(x), shape, str(source))
     return x, y, found, features
 
 

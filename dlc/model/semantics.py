@@ -37,10 +37,11 @@ def check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagn
 
 
 def check_missing(spec) -> list[Diagnostic]:
-    """data.missing fills numeric table columns of one float `input:` (in the exported graph);
-    anywhere else it would be silently ignored, so it is refused."""
+    """data.missing fills (and data.cache: true caches) numeric table columns of one float
+    `input:`; anywhere else it would be silently ignored, so it is refused."""
     data = spec.data.get("data") or {}
-    if not data.get("missing"):
+    asked = [k for k in ("missing", "cache") if data.get(k) and data.get(k) != "auto"]
+    if not asked:
         return []
     source = str(data.get("source") or "")
     table = source.split(":", 1)[0] in ("csv", "parquet", "feather") or \
@@ -52,8 +53,9 @@ def check_missing(spec) -> list[Diagnostic]:
         return []
     why = f"not with {', '.join(others)}" if others else \
         "a csv:, parquet: or feather: source and a float32 input"
-    return [spec.diag(("data", "missing"), "fills the numeric table columns of one `input:` "
-                      f"only: {why}")]
+    what = {"missing": "fills", "cache": "caches"}
+    return [spec.diag(("data", k), f"{what[k]} the numeric table columns of one `input:` "
+                      f"only: {why}") for k in asked]
 
 
 def check_columns(spec) -> list[Diagnostic]:

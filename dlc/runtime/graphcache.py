@@ -2,7 +2,7 @@
 
 onnxruntime writes the graph it optimised when `SessionOptions.optimized_model_filepath` is set;
 a later session loads that file with optimisation off. Files live in `<cache>/ort-graphs/` (the
-user's cache folder: `$DLC_CACHE_DIR`, else `$XDG_CACHE_HOME/dlc`, else `~/.cache/dlc`;
+user's cache folder, dlc.files.cachedir;
 `DLC_CACHE_DIR=off` disables it), named `<key>-<digest>.onnx`: the key hashes the graph's bytes,
 the optimisation settings, onnxruntime's version and the machine (an optimised graph may hold
 CPU-specific kernels), the digest the file's own bytes. A file whose bytes do not match its
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from dlc.errors import DlcError
+from dlc.files import cachedir
 from dlc.files.atomic import write_bytes
 
 KEEP = 64  # optimised graphs kept (the least recently used are deleted beyond that)
@@ -30,17 +31,7 @@ KEEP = 64  # optimised graphs kept (the least recently used are deleted beyond t
 
 def folder() -> Path | None:
     """The cache folder (created), or None when disabled or not writable."""
-    env = os.environ.get("DLC_CACHE_DIR")
-    if env is not None and env.strip().lower() in ("", "off", "0", "none"):
-        return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or
-                                      Path.home() / ".cache") / "dlc"
-    path = base / "ort-graphs"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return path if os.access(path, os.W_OK) else None
+    return cachedir.folder("ort-graphs")
 
 
 def _machine() -> str:

@@ -15,7 +15,7 @@ from dlc.data import _random_split, _split_config, load_arrays, model_inputs, re
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.errors import DlcError, SpecError, UsageError
-from dlc.files.atomic import write_bytes, write_text
+from dlc.files.atomic import atomic_open, write_bytes, write_text
 from dlc.files.untrusted import load_json, read_model
 from dlc.model import metrics as M
 from dlc.model.compile import OUTPUTS, output_name
@@ -336,9 +336,9 @@ def _cell(value) -> str:
 
 
 def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None,
-                      inputs: list[str] | None = None) -> str | None:
-    """Write csv, npz or json by extension; with no path return the csv text. `inputs` (the
-    image files predicted) become a first column `path`."""
+                      inputs: list[str] | None = None):
+    """Write csv, npz or json by extension; with no path return the csv text as an iterator of
+    chunks (for stdout). `inputs` (the image files predicted) become a first column `path`."""
     cols = {**({"path": np.asarray(inputs)} if inputs else {}), **_columns(model, out)}
     suffix = _format(path)
     if suffix == ".npz":
@@ -347,19 +347,33 @@ def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None
         write_bytes(path, buf.getvalue())
         return None
     _check_rows(len(next(iter(cols.values()))), path)
-    cols = {k: v.tolist() for k, v in cols.items()}
     if suffix == ".json":
-        write_text(path, json.dumps(_records(cols), indent=1) + "\n")
+        write_text(path, json.dumps(_records({k: v.tolist() for k, v in cols.items()}),
+                                    indent=1) + "\n")
         return None
-    if any(isinstance(v[0], list) for v in cols.values() if v):
+    if any(v.ndim > 1 for v in cols.values()):
         raise DlcError("this model predicts a class per token: write the predictions with "
                        "-o predictions.json or -o predictions.npz")
+    if path is None:
+        return _csv_chunks(cols)
+    with atomic_open(path, "wb") as f:
+        for chunk in _csv_chunks(cols):
+            f.write(chunk.encode())
+    return None
+
+
+CSV_ROWS = 8192  # rows turned into text at a time: the whole table never is
+
+
+def _csv_chunks(cols: dict[str, np.ndarray]):
+    """The prediction table as CSV text, the header first, then CSV_ROWS rows at a time."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([_cell(c) for c in cols])
-    for vals in zip(*cols.values()):
-        writer.writerow([_cell(v) for v in vals])
-    if path is None:
-        return buf.getvalue()
-    write_text(path, buf.getvalue())
-    return None
+    n = len(next(iter(cols.values())))
+    for lo in range(0, max(n, 1), CSV_ROWS):
+        part = [v[lo:lo + CSV_ROWS].tolist() for v in cols.values()]
+        writer.writerows([_cell(v) for v in row] for row in zip(*part))
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()

@@ -1,0 +1,150 @@
+"""A table bigger than it should be in memory: time to the first train step and peak RSS of a whole
+`dlc train` (one epoch of a tiny MLP) on a 2,000,000 x 8 float CSV, old reader against new.
+
+    .venv/bin/python bench/big_table.py [--rows 2000000] [--dir /tmp/dlc-big] [--old f497edb]
+        [--repeats 1] [--json-only]
+
+Writes DIR/big.csv (8 float features rounded to 6 decimals, a class 0-2 from them) once, then
+runs, each in a fresh interpreter under /usr/bin/time -v:
+  baseline   a process that imports everything `dlc train` needs (dlc, numpy, pyarrow,
+             onnxruntime) and reads no data: the floor under every peak below
+  old        dlc at commit --old (stdlib csv -> lists -> numpy; exported by git archive), skipped
+             with --old none
+  memory     this checkout, data.cache: false (the table read whole through pyarrow)
+  build      this checkout, data.cache: true, an empty cache folder (streams and builds the cache)
+  reuse      the same again (memory-maps the cache the build left)
+first_step_s: seconds from starting the interpreter to the first onnxruntime run of the train
+step; wall_s: the whole command; peak_mib: its maximum RSS; above_base_mib: peak - baseline's.
+feature_mib is the float32 size of the features (rows x 8 x 4 B). Record foreign_cpu_share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, ForeignLoad, cores  # noqa: E402
+
+SPEC = """dlc: 1
+name: big
+input: {{shape: [8]}}
+layers:
+  - {{type: dense, name: h, units: 16, activation: relu}}
+  - {{type: dense, name: out, units: 3}}
+task: {{kind: classification, metrics: [accuracy]}}
+data: {{source: csv:big.csv, target: y, split: {{val: 0.1, test: 0.1, seed: 0}}{cache}}}
+train: {{epochs: 1, batch_size: 1024, optimizer: {{type: adam, lr: 0.01}}, seed: 0}}
+"""
+
+# The child: marks the first run of a session that takes a learning rate (the train step).
+CHILD = """
+import os, runpy, sys, time
+import onnxruntime as ort
+t0, mark = float(os.environ["BENCH_T0"]), os.environ["BENCH_MARK"]
+def hooked(name):
+    original = getattr(ort.InferenceSession, name)
+    def run(self, *a, **k):
+        if not os.path.exists(mark) and any(i.name == "lr" for i in self.get_inputs()):
+            open(mark, "w").write(str(time.time() - t0))
+        return original(self, *a, **k)
+    setattr(ort.InferenceSession, name, run)
+for name in ("run", "run_with_iobinding"):
+    hooked(name)
+if sys.argv[1] == "baseline":
+    import numpy, pyarrow.csv, dlc.cli, dlc.data, dlc.train.run  # noqa
+    raise SystemExit(0)
+sys.argv = ["dlc", *sys.argv[1:]]
+runpy.run_module("dlc", run_name="__main__")
+"""
+
+
+def write_csv(path: Path, rows: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 8)).round(6)
+    y = np.digitize(x[:, 0] + 0.5 * x[:, 1] - x[:, 2], [-0.7, 0.7])
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(8)}, "y": y})
+    tmp = path.with_suffix(".tmp")
+    pacsv.write_csv(table, tmp)
+    tmp.replace(path)
+
+
+def run(src: Path, args: list[str], cwd: Path, cache: Path) -> dict:
+    mark = cwd / "first_step"
+    mark.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(src), "DLC_CACHE_DIR": str(cache),
+           "BENCH_MARK": str(mark), "BENCH_T0": repr(time.time())}
+    t0 = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", CHILD, *args], cwd=cwd,
+                         env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-25:]}
+    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1))
+    return {"first_step_s": round(float(mark.read_text()), 2) if mark.exists() else None,
+            "wall_s": round(wall, 2), "peak_mib": round(peak / 1024)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--dir", default="/tmp/dlc-big")
+    ap.add_argument("--old", default="f497edb", help="a commit with the old reader, or none")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json-only", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    csv = work / "big.csv"
+    if not csv.exists():
+        write_csv(csv, args.rows)
+    train = ["train", "spec.yaml", "--out", "run", "--force", "-q", "--device", "cpu"]
+    results: dict[str, list] = {}
+    with ForeignLoad(children=True) as fl, tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old"
+        if args.old != "none":
+            old.mkdir()
+            subprocess.run(f"git archive {args.old} | tar -x -C {old}", shell=True, check=True,
+                           cwd=ROOT)
+        for _ in range(args.repeats):  # interleaved, so that a busy spell hits every variant
+            cache = Path(tempfile.mkdtemp(dir=tmp))
+            variants = [("baseline", ROOT, ["baseline"], ""), ("memory", ROOT, train, ", cache: false"),
+                        ("build", ROOT, train, ", cache: true"), ("reuse", ROOT, train, ", cache: true")]
+            if args.old != "none":
+                variants.insert(1, ("old", old, train, ""))
+            for name, src, argv, setting in variants:
+                (work / "spec.yaml").write_text(SPEC.format(cache=setting))
+                results.setdefault(name, []).append(run(src, argv, work, cache))
+    base = min(r["peak_mib"] for r in results["baseline"])
+    for rows in results.values():
+        for r in rows:
+            if "peak_mib" in r:
+                r["above_base_mib"] = r["peak_mib"] - base
+    out = {"bench": "big_table", "rows": args.rows, "cores": cores(),
+           "feature_mib": round(args.rows * 8 * 4 / 2**20, 1), "csv_mib": round(
+               csv.stat().st_size / 2**20), "threads": "onnxruntime default",
+           "foreign_cpu_share": None if fl.value is None else round(fl.value, 3),
+           "results": results}
+    print(json.dumps(out), flush=True)
+    if not args.json_only:
+        for name, rows in results.items():
+            for r in rows:
+                print(f"# {name:<9} " + "  ".join(f"{k} {v}" for k, v in r.items()),
+                      file=sys.stderr)
+        print(f"# features {out['feature_mib']} MiB float32, csv {out['csv_mib']} MiB, "
+              f"foreign CPU share {out['foreign_cpu_share']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

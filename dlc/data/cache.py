@@ -1,0 +1,202 @@
+"""The preprocessed, memory-mapped cache of a table (data.cache): a table bigger than memory
+trains from it, and any big table skips parsing after the first run.
+
+Built once per (data file, encoder settings): the file is streamed through pyarrow in record
+batches (CSV blocks, Parquet row groups, Feather batches), each batch encoded
+(dlc.data.encode) and appended to raw files in a temporary folder, renamed into
+`<cache>/tables/<key>/` when whole (dlc.files.cachedir: `$DLC_CACHE_DIR`, `~/.cache/dlc`); an
+interrupted build leaves no half cache. The key hashes the file's path, size, modification time
+and its first and last MiB, and the encoder's settings: a changed file or spec builds a new
+cache, never reuses a stale one. Splits, fills and normalisation are not cached: they are
+computed per run from the memory-mapped arrays (dlc.data.stats), and a split's x is a `stats.Rows`
+view that gathers, fills and normalises one batch at a time, so the table never sits in memory.
+The `KEEP` most recently used caches are kept."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from dlc.data._sources import TABLES, parse_source, resolve_path
+from dlc.data._table import MISSING
+from dlc.data.encode import TableEncoder, batch_error
+from dlc.errors import DlcError
+from dlc.files import cachedir
+
+AUTO_BYTES = 64 * 2**20  # data.cache auto: tables from this size on
+KEEP = 4  # caches kept (the least recently used are deleted beyond that)
+BLOCK = 8 * 2**20  # bytes of CSV per record batch
+STAMP = 2**20  # bytes hashed at each end of the file
+
+
+def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
+    """(path, display, kind) of a table to read through the cache, by data.cache: true,
+    false, or auto (the default: tables of AUTO_BYTES and more); None to read it into memory.
+    The cache holds numeric features of a single input (not token ids)."""
+    data = spec.get("data") or {}
+    setting = data.get("cache", "auto")
+    if setting is False:
+        return None
+    scheme, rest = parse_source(data["source"])
+    ids = (spec.get("input") or {}).get("dtype") == "int64"
+    if scheme not in TABLES or ids:
+        if setting is True:
+            raise DlcError("data.cache: true needs a csv, parquet or feather source of numeric "
+                           f"features; found '{data['source']}'" + (" with int64 ids" * ids))
+        return None
+    path = resolve_path(rest, spec_dir, "data.source in spec")
+    if setting == "auto" and path.stat().st_size < AUTO_BYTES:
+        return None
+    return path, rest, scheme
+
+
+def _csv_options(header: bool) -> pacsv.ReadOptions:
+    return pacsv.ReadOptions(block_size=BLOCK, autogenerate_column_names=not header)
+
+
+def _names(path: Path, kind: str, header: bool) -> list[str]:
+    """The file's column names as dlc.data._table names them (`#i` without a header)."""
+    if kind == "parquet":
+        names = pq.ParquetFile(path).schema_arrow.names
+    elif kind == "feather":
+        names = pa.ipc.open_file(pa.memory_map(str(path))).schema.names
+    else:
+        names = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+    return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
+
+
+def _batches(path: Path, kind: str, header: bool, enc: TableEncoder):
+    """The record batches of the encoder's columns, named as `_names` names them."""
+    wanted = list(enc.columns)
+    if kind == "parquet":
+        file = pq.ParquetFile(path)
+        by_name = {str(n).strip(): n for n in file.schema_arrow.names}
+        batches = file.iter_batches(batch_size=1 << 16, columns=[by_name[n] for n in wanted])
+    elif kind == "feather":
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        by_name = {str(n).strip(): n for n in reader.schema.names}
+        batches = (reader.get_batch(i).select([by_name[n] for n in wanted])
+                   for i in range(reader.num_record_batches))
+    else:
+        raw = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+        by_name = dict(zip(enc.names, raw))
+        convert = pacsv.ConvertOptions(
+            column_types={by_name[n]: t for n, t in enc.columns.items()},
+            include_columns=[by_name[n] for n in wanted], strings_can_be_null=False,
+            null_values=sorted(MISSING) if enc.missing else [])
+        batches = pacsv.open_csv(path, read_options=_csv_options(header),
+                                 convert_options=convert)
+    for batch in batches:
+        yield pa.RecordBatch.from_arrays(batch.columns, names=wanted)
+
+
+def _stamp(path: Path) -> dict:
+    """The file's identity and a content stamp (its first and last MiB)."""
+    st = path.stat()
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(STAMP))
+        f.seek(max(0, st.st_size - STAMP))
+        h.update(f.read(STAMP))
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "head_tail": h.hexdigest()}
+
+
+def _build(tmp: Path, path: Path, kind: str, header: bool, enc: TableEncoder) -> None:
+    """Stream the table through the encoder into tmp: x.raw (float32 [n, F], row after row),
+    y.npy and meta.json."""
+    seen, rows, targets = 0, 0, []
+    try:
+        with open(tmp / "x.raw", "wb") as fx:
+            for batch in _batches(path, kind, header, enc):
+                out = enc.encode(batch, seen)
+                out["x"].tofile(fx)
+                targets.append(out["y"])
+                seen, rows = seen + batch.num_rows, rows + len(out["x"])
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise batch_error(enc.display, e) from None
+    if rows == 0:
+        raise DlcError(f"{enc.display}: no data rows")
+    y, labels = enc.finish(np.concatenate(targets))
+    np.save(tmp / "y.npy", y)
+    meta = {"rows": rows, "features": enc.features, "labels": labels}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def open_table(path: Path, display: str, kind: str, spec: dict):
+    """(x raw float32 memmap [n, F], y, labels, features) from the cache of this table and
+    spec, built first when absent; one line on stderr says which."""
+    root = cachedir.folder("tables")
+    if root is None:
+        raise DlcError("data.cache: the cache folder is off (DLC_CACHE_DIR); set data.cache: "
+                       "false to read the table into memory")
+    header = bool((spec.get("data") or {}).get("header", True))
+    try:
+        names = _names(path, kind, header)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise batch_error(display, e) from None
+    enc = TableEncoder.for_spec(spec, display, names)
+    key = hashlib.sha256(json.dumps([_stamp(path), kind, header, enc.key()],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    where = root / key
+    if _intact(where):
+        with contextlib.suppress(OSError):
+            os.utime(where)  # recently used: the last to be trimmed
+        verb = "reusing"
+    else:
+        t0 = time.perf_counter()
+        shutil.rmtree(where, ignore_errors=True)  # a damaged cache (a disk error, a hand edit)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
+        try:
+            _build(tmp, path, kind, header, enc)
+            with contextlib.suppress(OSError):  # another process built it meanwhile: keep theirs
+                tmp.rename(where)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        verb = f"built in {time.perf_counter() - t0:.1f} s:"
+        _trim(root)
+    meta = json.loads((where / "meta.json").read_text())
+    x = np.memmap(where / "x.raw", np.float32, "r", shape=(meta["rows"], len(meta["features"])))
+    y = np.load(where / "y.npy", mmap_mode="r")
+    print(f"data cache {verb} {display} ({meta['rows']:,} rows x {x.shape[1]} features) in "
+          f"{where}", file=sys.stderr, flush=True)
+    return x, y, meta["labels"], meta["features"]
+
+
+def _intact(where: Path) -> bool:
+    """A whole cache: its metadata readable and x.raw and y.npy of the sizes it states."""
+    try:
+        meta = json.loads((where / "meta.json").read_text())
+        y = np.load(where / "y.npy", mmap_mode="r")
+        return (where / "x.raw").stat().st_size == 4 * meta["rows"] * len(meta["features"]) \
+            and len(y) == meta["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
+def _trim(root: Path) -> None:
+    """Keep the KEEP most recently used caches; drop builds a killed process left (an hour)."""
+    done = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=_mtime,
+                  reverse=True)
+    stale = [p for p in root.glob(".*") if time.time() - _mtime(p) > 3600]
+    for p in done[KEEP:] + stale:
+        shutil.rmtree(p, ignore_errors=True)
