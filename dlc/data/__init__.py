@@ -72,15 +72,7 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     ts = text_config(spec)
     if ts is not None:
         return _text_dataset(spec, Path(spec_dir), ts)
-    table = cache.table_source(spec, Path(spec_dir))
-    if table is not None:  # memory-mapped: x stays raw on disk, each batch normalised
-        x, y, labels, features = cache.open_table(*table, spec)
-        shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
-        fit_shape(x[:0], shape, data["source"])  # the same check as for a table in memory
-    else:
-        x, y, labels, features = load_arrays(data["source"], spec, spec_dir, pixels=True)
-        shape = list(x.shape[1:])
-    assert y is not None
+    cached, (x, y, labels, features), shape = _arrays(spec, Path(spec_dir))
     check_augment(data.get("augment"), shape)
     tr, va, te = _random_split(spec, y, len(x), _split_config(data))
     if (spec.get("input") or {}).get("dtype") == "int64":  # token ids: exact, never normalised
@@ -91,11 +83,25 @@ def load_dataset(spec: dict, spec_dir: Path) -> Dataset:
     def subset(idx: np.ndarray) -> Split | None:
         if not len(idx):
             return None
-        if table is not None or x.dtype == np.uint8:  # raw until a batch is gathered
+        if cached or x.dtype == np.uint8:  # raw until a batch is gathered
             return Split(stats.Rows(x, idx, norm, shape), np.ascontiguousarray(y[idx]))
         return _subset(x, y, idx, norm)
 
     return Dataset(subset(tr), subset(va), subset(te), labels, features, norm)
+
+
+def _arrays(spec: dict, spec_dir: Path) -> tuple[bool, tuple, list]:
+    """(whether memory-mapped, (x, y, labels, features), input shape) of data.source: a table
+    from the data cache (x stays raw on disk, each batch normalised) or arrays in memory."""
+    data = spec["data"]
+    table = cache.table_source(spec, spec_dir)
+    if table is None:
+        arrays = load_arrays(data["source"], spec, spec_dir, pixels=True)
+        return False, arrays, list(arrays[0].shape[1:])
+    arrays = cache.open_table(*table, spec)
+    shape = list((spec.get("input") or {}).get("shape") or arrays[0].shape[1:])
+    fit_shape(arrays[0][:0], shape, data["source"])  # the same check as for a table in memory
+    return True, arrays, shape
 
 
 def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:
