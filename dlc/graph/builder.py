@@ -24,7 +24,7 @@ ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4  # LabelEncoder with tensor keys and defau
 OPSET_IMPORTS = (("", OPSET), (ML_DOMAIN, ML_OPSET))  # every model dlc writes declares both
 
 DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": TensorProto.INT64,
-          "bool": TensorProto.BOOL}
+          "bool": TensorProto.BOOL, "string": TensorProto.STRING}
 
 
 @lru_cache(maxsize=None)
@@ -119,7 +119,9 @@ class Builder:
     def const(self, value, dtype=None, name: str | None = None) -> str:
         """A constant initializer. Small constants with equal values share one tensor."""
         arr = np.asarray(value, dtype=dtype if dtype is not None else self._default_dtype(value))
-        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 16 and name is None else None
+        small = arr.size <= 16 and name is None
+        key = (arr.dtype.str, arr.shape, tuple(arr.ravel().tolist()) if arr.dtype == object else arr.tobytes()) \
+            if small else None
         if key is not None and key in self._const_cache:
             return self._const_cache[key]
         tname = self.fresh(name or "const")
@@ -131,7 +133,7 @@ class Builder:
 
     def _default_dtype(self, value):
         kind = np.asarray(value).dtype.kind
-        return np.int64 if kind in "iub" else self.np_float
+        return np.int64 if kind in "iub" else object if kind in "OU" else self.np_float
 
     def initializer(self, name: str, value: np.ndarray) -> str:
         """A named initializer (a trained parameter in an inference model)."""

@@ -223,7 +223,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
         x, y, _ = read_npz_outputs(source, model.spec, Path.cwd(), model.labels)
     else:
         x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
-                                 labels=model.labels, origin="--data", text=model.text)
+                                 labels=model.labels, origin="--data")
     rows, scored = _rows(model, source, split, y, len(x))
     if rows is not None:
         x, y = x[rows], y[rows]
@@ -246,7 +246,7 @@ def predict_inputs(model: Model, input_path: str):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)
         return x
-    return model_inputs(Path(input_path), model.spec, model.features, model.text)
+    return model_inputs(Path(input_path), model.spec, model.features)
 
 
 def predict(model: Model, input_path: str, batch_size: int = 1024,
