@@ -361,6 +361,37 @@ def test_load_arrays_and_model_inputs_give_raw_text(tmp_path):
     assert model_inputs(tmp_path / "in.txt", spec).tolist() == ["first text", "second one"]
 
 
+def test_a_text_model_that_takes_token_ids_is_refused_in_one_line(cli, tmp_path):
+    """Text models made before the tokenizer moved into the graph took int64 ids: predict
+    cannot feed them raw text, and says so instead of onnxruntime's type error."""
+    from onnx import TensorProto, helper
+
+    from dlc.model.spec import load_spec_text
+
+    spec = text_spec("csv:t.csv")
+    spec["layers"] = [{"type": "embedding", "vocab_size": 100, "dim": 4},
+                      {"type": "sequence_pool"}, {"type": "dense", "units": 2}]
+    spec = load_spec_text(json.dumps(spec)).data  # resolved, as a trained model stores it
+    nodes = [helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["f", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+             helper.make_node("ArgMax", ["logits"], ["class_index"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "ids", [helper.make_tensor_value_info("input", TensorProto.INT64, ["N", 6])],
+        [helper.make_tensor_value_info(n, t, ["N", 2][:k]) for n, t, k in (
+            ("logits", TensorProto.FLOAT, 2), ("probabilities", TensorProto.FLOAT, 2),
+            ("class_index", TensorProto.INT64, 1))],
+        [helper.make_tensor("w", TensorProto.FLOAT, [6, 2], [0.0] * 12)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {"dlc.spec_resolved": json.dumps(spec)})
+    (tmp_path / "in.txt").write_text("a text\n")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+    r = cli("predict", onnx_path, tmp_path / "in.txt")
+    assert r.code == 1 and "takes token ids, not raw text" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1, r
+
+
 def test_example_data_files_are_well_formed():
     with open(SPECS / "data" / "wordnet_glosses.csv", newline="") as f:
         rows = list(csv.DictReader(f))

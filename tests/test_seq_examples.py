@@ -133,13 +133,15 @@ def test_training_ids_are_the_exported_front_ids(text_run):
         assert ids.shape == split.x.shape and (ids == split.x).all()
 
 
-def test_quantize_and_inspect_take_a_text_model(cli, text_run, tmp_path):
+def test_quantize_and_inspect_take_a_text_model_explain_refuses_it(cli, text_run, tmp_path):
     r = cli("inspect", text_run / "model.onnx")
     assert r.code == 0 and "input  string [N]" in r.out and "LabelEncoder" in r.out, r
     r = cli("quantize", text_run / "model.onnx", "-o", tmp_path / "q.onnx", "--mode", "dynamic")
     assert r.code == 0 and "test split" in r.out, r
     r = cli("predict", tmp_path / "q.onnx", SPECS / "data" / "glosses_sample.txt")
     assert r.code == 0 and len(r.out.strip().splitlines()) == 6, r
+    r = cli("explain", text_run / "model.onnx", SPECS / "data" / "glosses_sample.txt")
+    assert r.code == 1 and "takes raw text, which has no gradient" in r.err, r
 
 
 def test_transformer_reverse_spec_learns_the_task(cli, tmp_path):

@@ -100,6 +100,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
+    _check_text_input(path, session, spec)
     try:
         for head, task in spec_heads(spec).items():
             _check_outputs(path, session, head, task["kind"],
@@ -155,6 +156,15 @@ def _check_spec(path: Path, spec) -> None:
         d = e.diagnostics[0]
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
                        f"{d.path + ': ' if d.path else ''}{d.message})") from None
+
+
+def _check_text_input(path: Path, session, spec: dict) -> None:
+    """A text model (data.text) takes the raw text: its graph tokenises it (text_front)."""
+    if (spec.get("data") or {}).get("text") is None:
+        return
+    if [i.type for i in session.get_inputs()] != ["tensor(string)"]:
+        raise DlcError(f"{path}: this text model takes token ids, not raw text (made by a dlc "
+                       "before the tokenizer moved into the graph); train it again")
 
 
 def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
