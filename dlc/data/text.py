@@ -32,7 +32,7 @@ from dlc.model.text_front import SPECIALS, text_front, text_tokens
 
 DEFAULTS = {"column": "text", "tokenizer": "word", "vocab_size": 10000, "lowercase": True,
             "min_freq": 1}
-CHUNK = 4096  # texts per run of the front: its token matrix is rows x the longest row's tokens
+CHUNK = 4096  # texts per run of the front: its first split is rows x the longest row's words
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,14 @@ class TextSpec:
         """Each text's tokens (all of them; encode() truncates), as the model's front makes
         them."""
         b = Builder()
-        b.output(text_tokens(b, b.input("input", "string", ["N"]), self.lowercase), "tokens",
-                 "string")
-        return [[t for t in row if t] for row in _run(b, texts)]
+        tokens, rows = text_tokens(b, b.input("input", "string", ["N"]), self.lowercase)
+        b.output(tokens, "tokens", "string")
+        b.output(rows, "rows", "int64")
+        out: list[list[str]] = [[] for _ in texts]
+        for start, (chunk_tokens, chunk_rows) in _run(b, texts):
+            for token, row in zip(chunk_tokens.tolist(), chunk_rows.tolist()):
+                out[start + row].append(token)
+        return out
 
     def build(self, texts: Iterable[str]) -> TextSpec:
         """This spec with a vocabulary built from `texts` (the training split)."""
@@ -70,7 +75,8 @@ class TextSpec:
         ids = text_front(b, b.input("input", "string", ["N"]), list(self.vocab),
                          self.max_length, self.lowercase)
         b.output(ids, "ids", "int64")
-        return _run(b, texts).astype(np.int64, copy=False)
+        parts = [ids for _, (ids,) in _run(b, texts)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.max_length), np.int64)
 
     def to_meta(self) -> dict:
         """What a model stores (metadata `dlc.text`): the front's settings and vocabulary."""
@@ -80,21 +86,15 @@ class TextSpec:
                 "vocab": list(self.vocab)}
 
 
-def _run(b: Builder, texts: Sequence[str]) -> np.ndarray:
-    """The one output of the graph in `b` over `texts`, CHUNK rows per onnxruntime run."""
+def _run(b: Builder, texts: Sequence[str]):
+    """(first row, the outputs of the graph in `b`) per CHUNK texts, one onnxruntime run each."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(b.model("text_front").SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     cells = np.array(list(texts), dtype=object)
-    parts = [session.run(None, {"input": cells[i:i + CHUNK]})[0]
-             for i in range(0, len(cells), CHUNK)]
-    if not parts:
-        return np.zeros((0, 0), object)
-    width = max(p.shape[1] for p in parts)  # token rows of chunks differ in width
-    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])),
-                                  constant_values=p.dtype.type() if p.dtype != object else "")
-                           for p in parts])
+    for i in range(0, len(cells), CHUNK):
+        yield i, session.run(None, {"input": cells[i:i + CHUNK]})
 
 
 def _integer(cfg: dict, key: str, minimum: int) -> int:
