@@ -32,7 +32,6 @@ class Model:
     spec: dict
     labels: list[str] | dict | None  # class names; by output name for `outputs:` models
     features: list[str] | None
-    text: dict | None = None  # text models: tokenizer settings and vocabulary (dlc.text)
     categories: dict | None = None  # several inputs: category table (dlc.categories)
 
     @property
@@ -107,7 +106,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
                            labels.get(head) if head and labels else labels)
     except UnicodeDecodeError:  # an output name or dimension that is not UTF-8
         raise DlcError(f"{path} is not a valid ONNX model (UnicodeDecodeError)") from None
-    return Model(path, session, spec, labels, features, text, categories)
+    return Model(path, session, spec, labels, features, categories)
 
 
 def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
