@@ -162,7 +162,7 @@ def numpy_values(spec, weights: dict, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def run(model: onnx.ModelProto, x) -> dict:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {k: v.astype(np.float32) if v.dtype != np.int64 else v for k, v in x.items()} \
+    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in x.items()} \
         if isinstance(x, dict) else {"input": x}
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
@@ -176,6 +176,10 @@ def random_inputs(spec, n: int = 7) -> dict:
     from dlc.model.names import spec_inputs
 
     rng, xs = np.random.default_rng(0), {}
+    if (spec.data.get("data") or {}).get("text"):  # a text model takes the raw strings
+        words = np.array(["a", "cat,", "Dog", "", "ÉTÉ"], object)
+        return {"input": np.array([" ".join(rng.choice(words, size=k)) for k in range(n)],
+                                  object)}
     for name, cfg in spec_inputs(spec.data).items():
         shape = (n, *cfg["shape"])
         xs[name] = (rng.integers(0, 3, size=shape) if cfg.get("dtype") == "int64"

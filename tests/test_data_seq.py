@@ -1,23 +1,23 @@
 """Sequence data: time-series windows (time-order split, train-only statistics, predict from a
-series) and text (tokenizers, vocabulary from the training split, OOV/padding, truncation, the
-stored vocabulary used by predict and evaluate), with one-line errors."""
+series) and text (the word tokens of the model's text front, vocabulary from the training split,
+OOV/padding, truncation, raw texts read for predict and evaluate), with one-line errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from conftest import SPECS
-from onnx import TensorProto, helper
 
 from dlc.data import TextSpec, load_arrays, load_dataset, model_inputs
-from dlc.data.text import OOV, PAD, text_config
+from dlc.data.text import text_config
 from dlc.data.windows import Window, input_windows, make_windows
 from dlc.errors import DlcError
+from dlc.model.text_front import OOV, PAD
 
 
 def raises(fn, *substrings):
@@ -258,13 +258,19 @@ def write_texts(path: Path, rows, header=("text", "label")) -> Path:
     return path
 
 
-def test_word_and_char_tokenizers():
+WORD = re.compile(r"\w+|[^\w\s]")  # the tokenizer dlc had in Python before the text front
+
+
+def test_word_tokens_are_the_regex_tokens_on_ascii_text():
+    """The front's tokens (StringNormalizer, StringSplit, one cut per ASCII punctuation mark)
+    are exactly Python's word regex on ASCII text; marks outside ASCII stay in their words."""
+    texts = ["Hello, World!  It's 42x", "", "   ", "a\tb\nc\r\nd", "don't... stop?!",
+             "(x) [y] {z} <w> a_b c-d e/f 3.14 $5 #1 @me ~50% ^_^ `q` \"u\" |v| +=*&\\",
+             "ends with a mark.", ".starts", ",,,", "Tab\tand  double  spaces"]
     word = TextSpec("text", "word", 8, True)
-    assert word.tokens("Hello, World!  It's 42x") == \
-        ["hello", ",", "world", "!", "it", "'", "s", "42x"]
-    assert TextSpec("text", "word", 8, False).tokens("Hello World") == ["Hello", "World"]
-    assert TextSpec("text", "char", 8, True).tokens(" Ab \t c ") == ["a", "b", " ", "c"]
-    assert TextSpec("text", "char", 8, False).tokens("Ab") == ["A", "b"]
+    assert word.tokens(texts) == [WORD.findall(t.lower()) for t in texts]
+    assert TextSpec("text", "word", 8, False).tokens(["Hello World"]) == [["Hello", "World"]]
+    assert word.tokens(["ÜBER Straße — «quoted»"]) == [["über", "straße", "—", "«quoted»"]]
 
 
 def test_vocabulary_order_size_and_min_freq():
@@ -284,16 +290,13 @@ def test_padding_oov_and_truncation():
     assert x[1].tolist() == [index["the"], OOV, index["sat"], OOV]  # first 4 tokens kept
     assert x[2].tolist() == [PAD] * 4
     assert PAD == 0 and OOV == 1 and built.vocab[:2] == ("<pad>", "<oov>")
-    assert TextSpec.from_meta(json.loads(json.dumps(built.to_meta()))) == built
+    assert built.to_meta()["vocab"] == list(built.vocab)
 
 
-def test_char_text_dataset(tmp_path):
+def test_char_tokenizer_is_refused_for_word(tmp_path):
     write_texts(tmp_path / "t.csv", TEXTS)
-    ds = load_dataset(text_spec("csv:t.csv", length=10, tokenizer="char"), tmp_path)
-    assert ds.train.x.shape == (4, 10) and ds.train.x.dtype == np.int64
-    assert ds.norm is None and ds.labels == ["animal", "vehicle"]
-    assert ds.text["tokenizer"] == "char" and "c" in ds.text["vocab"] and "cat" not in \
-        ds.text["vocab"]
+    raises(lambda: load_dataset(text_spec("csv:t.csv", tokenizer="char"), tmp_path),
+           "data.text.tokenizer", "'char' cannot be computed inside the model", "use word")
 
 
 def test_vocabulary_from_the_training_split_only(tmp_path):
@@ -319,7 +322,7 @@ def test_text_settings_validated(tmp_path):
 
     raises(load(dtype="float32"), "int64 token ids", "input.dtype: int64")
     raises(load(column="txt"), "data.text.column", "did you mean 'text'?")
-    raises(load(tokenizer="bpe"), "unknown tokenizer 'bpe'")
+    raises(load(tokenizer="bpe"), "'bpe' cannot be computed", "use word")
     raises(load(vocab_size=2), "data.text.vocab_size", ">= 3")
     spec = text_spec("csv:t.csv")
     spec["data"]["features"] = ["text"]
@@ -335,7 +338,6 @@ def test_text_settings_validated(tmp_path):
     spec = text_spec("csv:t.csv")
     spec["data"]["augment"] = {"noise": 0.1}
     raises(lambda: load_dataset(spec, tmp_path), "augment does not apply to text")
-    raises(lambda: load_arrays("csv:t.csv", text_spec(""), tmp_path), "trained model's vocabulary")
     write_texts(tmp_path / "u.csv", [("x", "")] + TEXTS)
     raises(lambda: load_dataset(text_spec("csv:u.csv"), tmp_path), "u.csv:2", "empty target")
 
@@ -346,74 +348,48 @@ def test_max_length_defaults_to_input_shape():
     assert text_config(spec).max_length == 7
 
 
-def test_load_arrays_uses_the_stored_vocabulary(tmp_path):
+def test_load_arrays_and_model_inputs_give_raw_text(tmp_path):
+    """evaluate and predict read the texts themselves: the model tokenises them."""
     write_texts(tmp_path / "t.csv", TEXTS)
     spec = text_spec("csv:t.csv")
-    ds = load_dataset(spec, tmp_path)
-    write_texts(tmp_path / "new.csv", [("the zebra sat", "animal")])
-    x, y, labels, _ = load_arrays("csv:new.csv", spec, tmp_path, labels=ds.labels, text=ds.text)
-    vocab = ds.text["vocab"]
-    assert x.tolist() == [[vocab.index("the"), OOV, vocab.index("sat"), 0, 0, 0]]
-    assert y.tolist() == [0] and labels == ["animal", "vehicle"]
+    write_texts(tmp_path / "new.csv", [("The zebra, sat", "animal"), ("", "vehicle")])
+    x, y, labels, _ = load_arrays("csv:new.csv", spec, tmp_path, labels=["animal", "vehicle"])
+    assert x.dtype == object and x.tolist() == ["The zebra, sat", ""]
+    assert y.tolist() == [0, 1] and labels == ["animal", "vehicle"]
+    assert model_inputs(tmp_path / "new.csv", spec).tolist() == ["The zebra, sat", ""]
+    (tmp_path / "in.txt").write_text("first text\n\nsecond one\n")
+    assert model_inputs(tmp_path / "in.txt", spec).tolist() == ["first text", "second one"]
 
 
-# ---- predict on a text model: the stored vocabulary tokenises raw text ------------------------
+def test_a_text_model_that_takes_token_ids_is_refused_in_one_line(cli, tmp_path):
+    """Text models made before the tokenizer moved into the graph took int64 ids: predict
+    cannot feed them raw text, and says so instead of onnxruntime's type error."""
+    from onnx import TensorProto, helper
 
+    from dlc.model.spec import load_spec_text
 
-def fake_text_model(path: Path, spec: dict, text: dict, labels: list[str]) -> np.ndarray:
-    """An ONNX model with dlc's metadata and outputs: logits = float(ids) @ W (no layers needed)."""
-    length = spec["input"]["shape"][0]
-    w = np.random.default_rng(0).normal(size=(length, len(labels))).astype(np.float32)
+    spec = text_spec("csv:t.csv")
+    spec["layers"] = [{"type": "embedding", "vocab_size": 100, "dim": 4},
+                      {"type": "sequence_pool"}, {"type": "dense", "units": 2}]
+    spec = load_spec_text(json.dumps(spec)).data  # resolved, as a trained model stores it
     nodes = [helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
              helper.make_node("MatMul", ["f", "w"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
              helper.make_node("ArgMax", ["logits"], ["class_index"], axis=1, keepdims=0)]
     graph = helper.make_graph(
-        nodes, "fake", [helper.make_tensor_value_info("input", TensorProto.INT64, ["N", length])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(labels)]),
-         helper.make_tensor_value_info("class_index", TensorProto.INT64, ["N"])],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten().tolist())])
+        nodes, "ids", [helper.make_tensor_value_info("input", TensorProto.INT64, ["N", 6])],
+        [helper.make_tensor_value_info(n, t, ["N", 2][:k]) for n, t, k in (
+            ("logits", TensorProto.FLOAT, 2), ("probabilities", TensorProto.FLOAT, 2),
+            ("class_index", TensorProto.INT64, 1))],
+        [helper.make_tensor("w", TensorProto.FLOAT, [6, 2], [0.0] * 12)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    meta = {"dlc.spec_resolved": json.dumps(spec), "dlc.labels": json.dumps(labels)}
-    if text is not None:
-        meta["dlc.text"] = json.dumps(text)
-    helper.set_model_props(model, meta)
-    onnx.save(model, path)
-    return w
-
-
-def test_predict_and_evaluate_tokenise_raw_text(cli, tmp_path):
-    from dlc.runtime.infer import load_model, predict
-
-    from dlc.model.spec import load_spec_text
-
-    write_texts(tmp_path / "t.csv", TEXTS)
-    spec = text_spec("csv:t.csv")
-    spec["layers"] = [{"type": "embedding", "vocab_size": 100, "dim": 4},
-                      {"type": "sequence_pool"}, {"type": "dense", "units": 2}]
-    spec = load_spec_text(json.dumps(spec)).data  # resolved, as a trained model stores it
-    ds = load_dataset(spec, tmp_path)
-    w = fake_text_model(tmp_path / "m.onnx", spec, ds.text, ds.labels)
-    model = load_model(tmp_path / "m.onnx")
-    assert model.text == ds.text
-    texts = ["The cat sat", "a truck, a car and a dog drove on"]
-    expected = TextSpec.from_meta(ds.text).encode(texts).astype(np.float32) @ w
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n\n")
-    write_texts(tmp_path / "in.csv", [(t, "x") for t in texts], header=("text", "other"))
-    (tmp_path / "one.csv").write_text("".join(f'"{t}"\n' for t in texts))
-    for name in ("in.txt", "in.csv", "one.csv"):
-        assert np.allclose(predict(model, tmp_path / name)["logits"], expected, atol=1e-4), name
-    r = cli("predict", tmp_path / "m.onnx", tmp_path / "in.txt")
-    assert r.code == 0 and r.out.splitlines()[0].startswith("class_index,label,p_animal"), r
-    r = cli("evaluate", tmp_path / "m.onnx", "--data", tmp_path / "t.csv")
-    assert r.code == 0 and "samples: 4" in r.out, r
-    write_texts(tmp_path / "two.csv", [("a", "b")], header=("body", "other"))
-    r = cli("predict", tmp_path / "m.onnx", tmp_path / "two.csv")
-    assert r.code == 1 and "no column 'text'" in r.err and len(r.err.strip().splitlines()) == 1
-    fake_text_model(tmp_path / "novocab.onnx", spec, None, ds.labels)
-    r = cli("predict", tmp_path / "novocab.onnx", tmp_path / "in.txt")
-    assert r.code == 1 and "stores no vocabulary" in r.err, r
+    helper.set_model_props(model, {"dlc.spec_resolved": json.dumps(spec)})
+    (tmp_path / "in.txt").write_text("a text\n")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+    r = cli("predict", onnx_path, tmp_path / "in.txt")
+    assert r.code == 1 and "takes token ids, not raw text" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1, r
 
 
 def test_example_data_files_are_well_formed():

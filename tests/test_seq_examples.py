@@ -84,6 +84,66 @@ def test_text_model_stores_its_vocabulary_and_takes_raw_text(cli, text_run):
     assert len(labels) == 5 and sum(a == b for a, b in zip(labels, expected)) >= 3, labels
 
 
+# raw cells a user may send: unseen words, an empty text, more words than max_length (24),
+# letters outside ASCII, punctuation glued to words and on its own
+RAW_TEXTS = ["a zxqvw florbling gadget", "",
+             " ".join(["a small furry animal that lives in trees"] * 6),
+             "ÉCOLE Straße café: a naïve crêpe — « sweet »", "(a person), who: cooks!!! don't..."]
+
+
+def test_plain_onnxruntime_on_raw_text_answers_what_dlc_predict_prints(cli, text_run, tmp_path):
+    """The exported model alone, fed the raw strings, gives dlc predict's answer exactly: the
+    tokenizer and the vocabulary are in the graph, not in dlc."""
+    import csv
+
+    import onnxruntime as ort
+
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text"], *enumerate(RAW_TEXTS)])
+    r = cli("predict", text_run / "model.onnx", tmp_path / "in.csv", "-o", tmp_path / "p.json")
+    assert r.code == 0, r
+    printed = json.loads((tmp_path / "p.json").read_text())
+    session = ort.InferenceSession(str(text_run / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.type for i in session.get_inputs()] == ["tensor(string)"]
+    logits, probs, index = session.run(None, {"input": np.array(RAW_TEXTS, dtype=object)})
+    assert [row["class_index"] for row in printed] == index.tolist()
+    names = [f"p_{c}" for c in ("animal", "artifact", "food", "person", "plant")]
+    assert [[row[n] for n in names] for row in printed] == probs.tolist()
+
+
+def test_training_ids_are_the_exported_front_ids(text_run):
+    """Train/predict tokenisation agree: the ids the network trained on (every split) are the
+    ids the exported model's own front computes from the raw CSV texts."""
+    import onnxruntime as ort
+
+    from dlc.data import _random_split, _split_config, load_arrays
+
+    spec = load_spec(SPECS / "text_classifier.yaml").data
+    ds = load_dataset(spec, SPECS)
+    texts, y, _, _ = load_arrays(spec["data"]["source"], spec, SPECS)
+    model = onnx.load(text_run / "model.onnx")
+    front = [n for n in model.graph.node if n.name.startswith("text/")][-1].output[0]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(front, onnx.TensorProto.INT64,
+                                                                 None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for split, rows in zip((ds.train, ds.val, ds.test),
+                           _random_split(spec, y, len(texts), _split_config(spec["data"]))):
+        ids = session.run([front], {"input": texts[rows]})[0]
+        assert ids.shape == split.x.shape and (ids == split.x).all()
+
+
+def test_quantize_and_inspect_take_a_text_model_explain_refuses_it(cli, text_run, tmp_path):
+    r = cli("inspect", text_run / "model.onnx")
+    assert r.code == 0 and "input  string [N]" in r.out and "LabelEncoder" in r.out, r
+    r = cli("quantize", text_run / "model.onnx", "-o", tmp_path / "q.onnx", "--mode", "dynamic")
+    assert r.code == 0 and "test split" in r.out, r
+    r = cli("predict", tmp_path / "q.onnx", SPECS / "data" / "glosses_sample.txt")
+    assert r.code == 0 and len(r.out.strip().splitlines()) == 6, r
+    r = cli("explain", text_run / "model.onnx", SPECS / "data" / "glosses_sample.txt")
+    assert r.code == 1 and "takes raw text, which has no gradient" in r.err, r
+
+
 def test_transformer_reverse_spec_learns_the_task(cli, tmp_path):
     """specs/transformer_reverse.yaml: per-token classification to >= 0.99 token accuracy."""
     import json

@@ -201,6 +201,26 @@ BAD = [  # (body, content type, status, part of the error)
 
 
 @needs_server
+@needs_server
+def test_text_model_serves_raw_text_as_dlc_predict(cli, tmp_path_factory, tmp_path):
+    """A text model's rows are raw strings, tokenised by the model's own graph: the values of
+    `dlc predict` on the same texts (an empty one, an unseen word, non-ASCII letters too)."""
+    model = trained_model(tmp_path_factory, "text_classifier.yaml", "train.epochs=1")
+    texts = ["a small furry animal, kept as a pet", "", "zxqvw crêpe ÉCOLE!"]
+    sample = tmp_path / "texts.csv"
+    sample.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    want = expected_json(cli, model, sample, tmp_path)
+    server = Served(model)
+    try:
+        status, got = server.post({"rows": texts})
+        assert status == 200, got
+        assert_same_predictions(got["predictions"], want)
+        status, got = server.post({"rows": [3]})
+        assert status == 422 and "rows[0]" in got["error"], got
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("body,ctype,status,message", BAD)
 def test_bad_requests_get_a_4xx_and_one_line(iris_server, body, ctype, status, message):
     got_status, got, kind = iris_server.request("predict", body, ctype)

@@ -119,7 +119,10 @@ def _stored(path: Path, device: str = "cpu"):
 def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
     tokens = [n for n, cfg in spec_inputs(spec_data).items()
               if cfg.get("dtype", "float32") == "int64" and not cfg.get("features")]
-    if tokens or text_config(spec_data) is not None:
+    if text_config(spec_data) is not None:
+        raise DlcError("dlc explain needs float inputs or categorical columns; a text model "
+                       "(data.text) takes raw text, which has no gradient")
+    if tokens:
         raise DlcError("dlc explain needs float inputs or categorical columns, not token ids")
     missing = [p.name for p in net.params if p.name not in weights]
     if missing:

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import load_arrays, load_dataset
+from dlc.data import _random_split, _split_config, load_arrays, load_dataset
 from dlc.data.columns import refuse_columns
 from dlc.data.multi import Columns, read_multi
+from dlc.data.text import text_config
 from dlc.errors import DlcError, UsageError
 from dlc.files.atomic import write_bytes
 from dlc.files.untrusted import read_model
@@ -72,7 +73,14 @@ def data_dir_of(model_path: Path) -> Path:
 
 def spec_splits(model) -> tuple:
     """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data
-    (inputs: one array, or `Columns` by input name for `inputs:` models)."""
+    (inputs: one array, or `Columns` by input name for `inputs:` models; the raw texts of a
+    text model, split as in training)."""
+    if text_config(model.spec) is not None:
+        data = model.spec["data"]
+        x, y, _, _ = load_arrays(data["source"], model.spec, data_dir_of(model.path),
+                                 labels=model.labels)
+        train, _, test = _random_split(model.spec, y, len(x), _split_config(data))
+        return x[train], ((x[test], y[test]) if len(test) else None)
     ds = load_dataset(model.spec, data_dir_of(model.path))
     test = (raw_inputs(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
     return raw_inputs(ds.train.x, ds.norm), test
@@ -84,7 +92,7 @@ def read_source(model, source: str) -> tuple:
     if model.spec.get("inputs"):
         return read_multi(source, model.spec, model.categories or {}, model.labels, False)
     x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=False,
-                             labels=model.labels, origin="--data", text=model.text)
+                             labels=model.labels, origin="--data")
     return x, y
 
 

@@ -205,23 +205,19 @@ def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
     return Dataset(subset(tr), subset(va), subset(te), labels, None, None, built.to_meta())
 
 
-def model_inputs(path: Path, spec: dict, features: list[str] | None = None,
-                 text: dict | None = None) -> np.ndarray:
+def model_inputs(path: Path, spec: dict, features: list[str] | None = None) -> np.ndarray:
     """`dlc predict` inputs for a trained model (its resolved spec and stored metadata).
 
-    Text models (data.text): raw texts from a .txt file (one per line) or a CSV (the text column
-    by name, or a single column), tokenised with the stored vocabulary `text` -> int64 [n, T].
+    Text models (data.text): the raw texts, strings [n], from a .txt file (one per line) or a CSV
+    (the text column by name, or a single column); the model tokenises them itself.
     Window models (data.window): a CSV series holding the input columns by name -> every window,
     the last ending at the series' end. Otherwise, and for ready-made windows, `read_inputs`."""
     path = Path(path)
     shape = [int(d) for d in spec["input"]["shape"]]
-    if text_config(spec) is not None:
-        if text is None:
-            raise DlcError("this model stores no vocabulary (dlc.text); only a model trained "
-                           "with dlc train can tokenise raw text")
+    ts = text_config(spec)
+    if ts is not None:
         check_file(path, "input file")
-        stored = TextSpec.from_meta(text)
-        return stored.encode(read_texts(path, stored.column))
+        return np.array(read_texts(path, ts.column), dtype=object)
     win = window_config(spec.get("data") or {})
     if win is not None and path.suffix.lower() == ".csv" and path.is_file():
         values = read_series_csv(_csv_table(path), win)

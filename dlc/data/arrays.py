@@ -12,7 +12,7 @@ from dlc.data._common import fit_shape
 from dlc.data._images import pixels_to_float
 from dlc.data._sources import load_raw, parse_source, resolve_path
 from dlc.data._split import apply_norm
-from dlc.data.text import TextSpec, load_text_csv, text_config
+from dlc.data.text import load_text_csv, text_config
 from dlc.data.windows import Window, check_window_spec, load_series, make_windows, window_config
 from dlc.errors import DlcError
 
@@ -62,7 +62,6 @@ def load_arrays(
     require_target: bool = True,
     labels: list[str] | None = None,
     origin: str = "data.source in spec",
-    text: dict | TextSpec | None = None,
     pixels: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     """Raw (x, y, labels, features) from one source, x float32 [n, *input.shape] unnormalised.
@@ -73,25 +72,23 @@ def load_arrays(
     require_target false, a missing target column/array gives y None. `origin` names where the
     source came from in the file-not-found message (e.g. "--data").
 
-    With data.window: every window of the whole series (no split). With data.text: x int64 token
-    ids, tokenised with `text` (a trained model's stored settings). Images: float32 in [0, 1]
-    (`pixels`: uint8)."""
+    With data.window: every window of the whole series (no split). With data.text: x the raw
+    texts, strings [n] (a trained model tokenises them itself).
+    Images: float32 in [0, 1] (`pixels`: uint8)."""
     task = spec.get("task") or {}
     known = list(labels) if labels else (list(task["labels"]) if task.get("labels") else None)
     win = window_config(spec.get("data") or {})
     if win is not None:
         return _window_arrays(source, spec, Path(spec_dir), win, origin)
-    if text_config(spec) is not None:
-        stored = TextSpec.from_meta(text) if isinstance(text, dict) else text
-        if stored is None:
-            raise DlcError("data.text: tokenising needs a trained model's vocabulary; "
-                           "evaluate a model trained with dlc train")
+    ts = text_config(spec)
+    if ts is not None:
         path, display = text_csv_path(source, spec_dir, origin, "data.text")
-        texts, y, found = load_text_csv(path, display, spec, stored, known, bool(labels),
+        texts, y, found = load_text_csv(path, display, spec, ts, known, bool(labels),
                                         require_target)
-        return stored.encode(texts), y, found, None
-    x, y, found, features = load_raw(source, spec, Path(spec_dir), known, bool(labels),
-                                     require_target, origin)
+        return np.array(texts, dtype=object), y, found, None
+    x, y, found, features = load_raw(
+        source, spec, Path(spec_dir), known, bool(labels), require_target, origin
+    )
     shape = (spec.get("input") or {}).get("shape") or list(x.shape[1:])
     x = fit_shape(x if pixels or x.dtype != np.uint8 else pixels_to_float(x), shape, str(source))
     return x, y, found, features

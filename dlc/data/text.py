@@ -1,20 +1,20 @@
-"""Text classification data (`data.text`): a CSV of raw text and a label -> token ids.
+"""Text classification data (`data.text`): a CSV of raw text and a label.
 
-`data.text: {column: text, tokenizer: word|char, max_length: T, vocab_size: V, lowercase: true,
-min_freq: 1}`. The vocabulary is built from the training split only: the tokens seen at least
-min_freq times, most frequent first (ties by token), at most V ids in all, where id 0 is padding
-(`<pad>`) and id 1 stands for every token outside the vocabulary (`<oov>`). Each text becomes
-int64 [T]: its first T tokens, padded with 0 at the end. `input: {shape: [T], dtype: int64}`.
+`data.text: {column: text, tokenizer: word, max_length: T, vocab_size: V, lowercase: true,
+min_freq: 1}`. Tokens are what the model's own text front computes (dlc.model.text_front:
+lowercased, split on whitespace, each ASCII punctuation mark a token of its own): training runs
+those very ONNX nodes over its texts, so train and predict tokenise alike by construction. The
+vocabulary is built from the training split only: the tokens seen at least min_freq times, most
+frequent first (ties by token), at most V ids in all, where id 0 is padding (`<pad>`) and id 1
+stands for every token outside the vocabulary (`<oov>`). The network learns from int64 [T] ids
+(`input: {shape: [T], dtype: int64}`): the first T tokens, padded with 0 at the end.
 
-The settings and the vocabulary (`TextSpec.to_meta()`) are stored in the trained model's
-metadata (`dlc.text`), so `dlc predict` and `dlc evaluate` tokenise raw text exactly as training
-did. word: runs of letters/digits/underscore, and each punctuation mark as its own token;
-char: every character, whitespace runs collapsed to one space.
+The exported model takes the raw text itself (a string per row) and computes the ids in its
+graph; the settings and the vocabulary are also stored in its metadata (`dlc.text`), for display.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,13 +27,12 @@ from dlc.data._table import Table, read_table
 from dlc.data._targets import encode_cells
 from dlc.errors import DlcError
 from dlc.files.untrusted import MAX_TABLE_BYTES, read_bytes
+from dlc.graph.builder import Builder
+from dlc.model.text_front import SPECIALS, text_front, text_tokens
 
-PAD, OOV = 0, 1
-SPECIALS = ["<pad>", "<oov>"]
-TOKENIZERS = ("word", "char")
 DEFAULTS = {"column": "text", "tokenizer": "word", "vocab_size": 10000, "lowercase": True,
             "min_freq": 1}
-_WORD = re.compile(r"\w+|[^\w\s]")
+CHUNK = 4096  # texts per run of the front: its first split is rows x the longest row's words
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,22 @@ class TextSpec:
     min_freq: int = 1
     vocab: tuple[str, ...] = ()  # id -> token; empty until built
 
-    def tokens(self, text: str) -> list[str]:
-        """One text -> its tokens (the whole text; encode() truncates)."""
-        if self.lowercase:
-            text = text.lower()
-        if self.tokenizer == "char":
-            return list(" ".join(text.split()))
-        return _WORD.findall(text)
+    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's tokens (all of them; encode() truncates), as the model's front makes
+        them."""
+        b = Builder()
+        tokens, rows = text_tokens(b, b.input("input", "string", ["N"]), self.lowercase)
+        b.output(tokens, "tokens", "string")
+        b.output(rows, "rows", "int64")
+        out: list[list[str]] = [[] for _ in texts]
+        for start, (chunk_tokens, chunk_rows) in _run(b, texts):
+            for token, row in zip(chunk_tokens.tolist(), chunk_rows.tolist()):
+                out[start + row].append(token)
+        return out
 
     def build(self, texts: Iterable[str]) -> TextSpec:
         """This spec with a vocabulary built from `texts` (the training split)."""
-        counts = Counter(t for text in texts for t in self.tokens(text))
+        counts = Counter(t for row in self.tokens(list(texts)) for t in row)
         kept = sorted((t for t, c in counts.items() if c >= self.min_freq),
                       key=lambda t: (-counts[t], t))
         vocab = tuple(SPECIALS + kept[: self.vocab_size - len(SPECIALS)])
@@ -64,31 +68,33 @@ class TextSpec:
                         self.vocab_size, self.min_freq, vocab)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """int64 [n, max_length] token ids: truncated to the first max_length tokens, 0-padded."""
+        """int64 [n, max_length] token ids, computed by the model's front itself."""
         if not self.vocab:
             raise DlcError("data.text: no vocabulary; train a model to build one")
-        index = {t: i for i, t in enumerate(self.vocab)}
-        out = np.full((len(texts), self.max_length), PAD, dtype=np.int64)
-        for row, text in enumerate(texts):
-            ids = [index.get(t, OOV) for t in self.tokens(text)[: self.max_length]]
-            out[row, : len(ids)] = ids
-        return out
+        b = Builder()
+        ids = text_front(b, b.input("input", "string", ["N"]), list(self.vocab),
+                         self.max_length, self.lowercase)
+        b.output(ids, "ids", "int64")
+        parts = [ids for _, (ids,) in _run(b, texts)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.max_length), np.int64)
 
     def to_meta(self) -> dict:
-        """What a model stores (metadata `dlc.text`) to tokenise raw text at predict time."""
+        """What a model stores (metadata `dlc.text`): the front's settings and vocabulary."""
         return {"column": self.column, "tokenizer": self.tokenizer,
                 "max_length": self.max_length, "lowercase": self.lowercase,
                 "vocab_size": self.vocab_size, "min_freq": self.min_freq,
                 "vocab": list(self.vocab)}
 
-    @classmethod
-    def from_meta(cls, meta: dict) -> TextSpec:
-        try:
-            return cls(meta["column"], meta["tokenizer"], int(meta["max_length"]),
-                       bool(meta["lowercase"]), int(meta.get("vocab_size", len(meta["vocab"]))),
-                       int(meta.get("min_freq", 1)), tuple(meta["vocab"]))
-        except (KeyError, TypeError, ValueError):
-            raise DlcError("the model's stored text settings (dlc.text) are corrupt") from None
+
+def _run(b: Builder, texts: Sequence[str]):
+    """(first row, the outputs of the graph in `b`) per CHUNK texts, one onnxruntime run each."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(b.model("text_front").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    cells = np.array(list(texts), dtype=object)
+    for i in range(0, len(cells), CHUNK):
+        yield i, session.run(None, {"input": cells[i:i + CHUNK]})
 
 
 def _integer(cfg: dict, key: str, minimum: int) -> int:
@@ -108,9 +114,9 @@ def text_config(spec: dict) -> TextSpec | None:
     if (spec.get("data") or {}).get("features") is not None:
         raise DlcError("data.features does not apply to text; the text column is data.text.column")
     cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    if cfg["tokenizer"] not in TOKENIZERS:
-        raise DlcError(f"data.text.tokenizer: unknown tokenizer '{cfg['tokenizer']}'; "
-                       f"expected word or char")
+    if cfg["tokenizer"] != "word":
+        raise DlcError(f"data.text.tokenizer: '{cfg['tokenizer']}' cannot be computed inside the "
+                       "model (no standard ONNX op splits a string into characters); use word")
     inp = spec.get("input") or {}
     shape = [int(d) for d in inp.get("shape") or []]
     length = cfg.get("max_length", shape[0] if len(shape) == 1 else None)

@@ -119,7 +119,9 @@ class Builder:
     def const(self, value, dtype=None, name: str | None = None) -> str:
         """A constant initializer. Small constants with equal values share one tensor."""
         arr = np.asarray(value, dtype=dtype if dtype is not None else self._default_dtype(value))
-        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 16 and name is None else None
+        # strings by value: the bytes of an object array are pointers
+        value_key = tuple(arr.ravel().tolist()) if arr.dtype == object else arr.tobytes()
+        key = (arr.dtype.str, arr.shape, value_key) if arr.size <= 16 and name is None else None
         if key is not None and key in self._const_cache:
             return self._const_cache[key]
         tname = self.fresh(name or "const")
@@ -131,7 +133,7 @@ class Builder:
 
     def _default_dtype(self, value):
         kind = np.asarray(value).dtype.kind
-        return np.int64 if kind in "iub" else self.np_float
+        return np.int64 if kind in "iub" else object if kind in "OU" else self.np_float
 
     def initializer(self, name: str, value: np.ndarray) -> str:
         """A named initializer (a trained parameter in an inference model)."""

@@ -15,6 +15,7 @@ from dlc.model.columns import column_front
 from dlc.model.layers import Ctx
 from dlc.model.names import spec_inputs
 from dlc.model.network import Network, build_network
+from dlc.model.text_front import SPECIALS, text_front
 
 OUTPUTS = {  # task kind -> the inference model's output names (add_head emits them)
     "classification": ("logits", "probabilities", "class_index"),
@@ -89,6 +90,21 @@ def _is_token_input(cfg: dict) -> bool:
         and not cfg.get("features")
 
 
+def _text_input(b: Builder, spec: dict, stored: dict | None) -> str | None:
+    """A text model's (data.text) input, raw strings [N], through the text front: its token ids;
+    None for other models. `stored`: the trained settings and vocabulary (TextSpec.to_meta());
+    without them (`dlc compile`) the vocabulary is the special ids alone."""
+    cfg = (spec.get("data") or {}).get("text")
+    if cfg is None:
+        return None
+    stored = stored or {}
+    length = stored.get("max_length") or cfg.get("max_length") or spec["input"]["shape"][0]
+    lowercase = stored.get("lowercase", cfg.get("lowercase", True))
+    raw = b.input("input", "string", ["N"])
+    with b.scope("text"):
+        return text_front(b, raw, stored.get("vocab") or SPECIALS, int(length), bool(lowercase))
+
+
 def pad_tokens(b: Builder, x: str, steps: int) -> str:
     """Variable-length token ids: the inference model takes [N, T] for any T; the ids are padded
     with the padding id 0 up to the declared length `steps` (longer inputs are cut to it), so
@@ -107,11 +123,15 @@ def inference_model(spec, net: Network, values: dict[str, np.ndarray], norm: dic
     norms = norm if net.spec.get("inputs") else {"input": norm}  # `inputs:`: one per name
     xs, steps = {}, None  # steps: the first variable-length token input's length (a tensor)
     columns = (meta or {}).get("columns")  # input.columns: raw columns in, encoded in the graph
+    text = _text_input(b, net.spec, (meta or {}).get("text"))
     for name, (shape, dtype) in net.inputs.items():
         if name in (columns or {}):
             xs[name] = column_front(b, columns[name])
             if dtype == "int64":  # embedding ids
                 xs[name] = b.Cast(xs[name], to=onnx.TensorProto.INT64)
+            continue
+        if text is not None:  # one input: the ids of the raw text
+            xs[name] = text
             continue
         tokens = _is_token_input(spec_inputs(net.spec)[name])
         time = "T" if len(net.inputs) == 1 else f"{name}_T"

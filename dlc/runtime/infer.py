@@ -33,7 +33,6 @@ class Model:
     spec: dict
     labels: list[str] | dict | None  # class names; by output name for `outputs:` models
     features: list[str] | None
-    text: dict | None = None  # text models: tokenizer settings and vocabulary (dlc.text)
     categories: dict | None = None  # several inputs: category table (dlc.categories)
 
     @property
@@ -101,13 +100,14 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     _check_meta(path, spec, labels, features, text, categories)
     kind, index, _ = choose_device(device)
     session = make_session(proto.SerializeToString(), kind, index)
+    _check_text_input(path, session, spec)
     try:
         for head, task in spec_heads(spec).items():
             _check_outputs(path, session, head, task["kind"],
                            labels.get(head) if head and labels else labels)
     except UnicodeDecodeError:  # an output name or dimension that is not UTF-8
         raise DlcError(f"{path} is not a valid ONNX model (UnicodeDecodeError)") from None
-    return Model(path, session, spec, labels, features, text, categories)
+    return Model(path, session, spec, labels, features, categories)
 
 
 def _check_meta(path: Path, spec, labels, features, text, categories) -> None:
@@ -156,6 +156,15 @@ def _check_spec(path: Path, spec) -> None:
         d = e.diagnostics[0]
         raise DlcError(f"{path}: corrupt dlc metadata (dlc.spec_resolved: "
                        f"{d.path + ': ' if d.path else ''}{d.message})") from None
+
+
+def _check_text_input(path: Path, session, spec: dict) -> None:
+    """A text model (data.text) takes the raw text: its graph tokenises it (text_front)."""
+    if (spec.get("data") or {}).get("text") is None:
+        return
+    if [i.type for i in session.get_inputs()] != ["tensor(string)"]:
+        raise DlcError(f"{path}: this text model takes token ids, not raw text (made by a dlc "
+                       "before the tokenizer moved into the graph); train it again")
 
 
 def _check_outputs(path: Path, session, head: str, kind: str, labels) -> None:
@@ -233,7 +242,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
         x, y, _ = read_npz_outputs(source, model.spec, Path.cwd(), model.labels)
     else:
         x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
-                                 labels=model.labels, origin="--data", text=model.text)
+                                 labels=model.labels, origin="--data")
     rows, scored = _rows(model, source, split, y, len(x))
     if rows is not None:
         x, y = x[rows], y[rows]
@@ -260,7 +269,7 @@ def predict_inputs(model: Model, input_path: str):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)
         return x
-    return model_inputs(Path(input_path), model.spec, model.features, model.text)
+    return model_inputs(Path(input_path), model.spec, model.features)
 
 
 def predict(model: Model, input_path: str, batch_size: int = 1024,

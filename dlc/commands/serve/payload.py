@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc.data.multi import Columns, encode_categories
-from dlc.data.text import TextSpec, text_config
+from dlc.data.text import text_config
 from dlc.model.names import spec_inputs
 from dlc.model.spec.schema import one_line, render_path, show
 
@@ -44,7 +44,6 @@ class Field:
     kind: str  # a key of KINDS
     features: list[str] | None  # the column names that fill its shape, in order
     categories: dict | None = None  # category inputs: column -> known values (dlc.categories)
-    text: dict | None = None  # text inputs: the stored tokenizer and vocabulary (dlc.text)
 
 
 def fields_of(model) -> list[Field]:
@@ -59,8 +58,7 @@ def fields_of(model) -> list[Field]:
         else:
             kind = "category" if features else "ids"
         cats = (model.categories or {}).get(name) if kind == "category" else None
-        out.append(Field(name, [int(d) for d in cfg["shape"]], kind, features, cats,
-                         model.text if kind == "text" else None))
+        out.append(Field(name, [int(d) for d in cfg["shape"]], kind, features, cats))
     return out
 
 
@@ -170,7 +168,7 @@ def _array(field: Field, samples: list, where: str, columns: list[str] | None = 
     """A checked field's samples -> the array the model takes (raw values, as dlc predict
     reads them). `columns`: the names of the samples' values (rows given as objects)."""
     if field.kind == "text":
-        return TextSpec.from_meta(field.text).encode(samples)
+        return np.array(samples, dtype=object)  # the model tokenises raw text itself
     if field.kind == "category":
         cells = [[str(v) for v in np.ravel(np.asarray(s, object))] for s in samples]
         return encode_categories(cells, field.features, field.categories).reshape(

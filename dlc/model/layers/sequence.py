@@ -41,7 +41,8 @@ def split(b, x: str, axis: int, parts: int, sizes: list[int] | None = None) -> l
 def _source_steps(b, name: str) -> tuple[int | None, int | None]:
     """(element type, per-sample length) of the graph input that `name` derives from, following
     the first input of the ops that produced it. A Reshape to a constant [-1, T] fixes the length
-    (the inference model pads variable-length ids to the declared length that way)."""
+    (the inference model pads variable-length ids to the declared length that way, and so does
+    the text front, whose LabelEncoder makes int64 ids of raw strings: dlc.model.text_front)."""
     producers = {o: node for node in b.nodes for o in node.output}
     steps = None
     while name in producers:
@@ -49,6 +50,8 @@ def _source_steps(b, name: str) -> tuple[int | None, int | None]:
         shape = b.consts.get(node.input[1]) if node.op_type == "Reshape" else None
         if steps is None and shape is not None and len(shape) == 2:
             steps = int(shape[1])
+        if node.op_type == "LabelEncoder":
+            return INT64, steps
         name = node.input[0]
     vi = next((i for i in b.inputs if i.name == name), None)
     if vi is None:
