@@ -88,3 +88,27 @@ def test_cuda_suite_passes_the_device_to_every_worker():
         assert f"OMP_NUM_THREADS={threads} " in line and f"--threads {threads} " in line
         assert "--device cuda " in line
     assert sum("DLC_SRC=" in line for line in lines) == 4
+
+
+def test_jax_twin_with_dlc_weights_computes_dlc_logits():
+    """bench/train_speed.py's JAX side (bench/jax_twin.py) runs the digits MLP dlc trains: the
+    same logits from the same initial weights as dlc's eval step."""
+    pytest.importorskip("jax")
+    import jax_twin
+    import onnxruntime as ort
+    import train_speed
+
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_eval_step
+
+    net = build_network(load_spec(BENCH.parent / "specs" / "digits_mlp.yaml"))
+    init = net.init_params(0)
+    params, forward = jax_twin.twin(train_speed._chain(net), init)
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    step = build_eval_step(net)
+    sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {"x": x, "y": np.zeros(4, np.int64),
+                                   **{n: init[n] for n in step.params}})[0]
+    expected = np.asarray(forward(params, x))
+    assert float(np.abs(logits - expected).max()) < 1e-4 * float(np.abs(expected).max())
