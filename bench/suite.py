@@ -3,7 +3,7 @@
     .venv/bin/python bench/suite.py [--models mlp,resnet20,lstm,transformer,textcls]
         [--threads 1,2] [--device cpu|cuda] [--steps N] [--warmup 2] [--repeats 3]
         [--peak-gflops 176] [--no-profile] [--no-torch] [--baseline DIR] [--markdown]
-        [--json-only]
+        [--json-only] [--dry-run]
 
 Each model is a dlc spec in bench/specs/ and a hand-written PyTorch module into which dlc's
 initial weights (seed 0) are copied, trained with the same optimizer (torch.optim.Adam/AdamW with
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,17 @@ def load_net(model: str):
     return spec, build_network(spec)
 
 
+def clocks() -> tuple[float, float]:
+    """(wall, this process's CPU time): CPU time is what a side's work cost, whatever the other
+    processes on a shared machine do to its wall time (at 1 thread; with more, time spent
+    spinning at a barrier counts too)."""
+    return time.perf_counter(), time.process_time()
+
+
+def timed(start: tuple, end: tuple) -> dict:
+    return {"seconds": end[0] - start[0], "cpu_seconds": end[1] - start[1]}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -98,10 +110,10 @@ def dlc_worker(a) -> dict:
     trainer = Trainer(net, Dataset(Split(x, y), None, None, None, None, None), (a.device, 0), 0)
     setup, marks = time.perf_counter() - t0, []
     with ForeignLoad() as fl:
-        trainer.train_epoch(on_step=lambda i, n, loss: marks.append((time.perf_counter(), loss)))
-        end = time.perf_counter()
-    out = {"setup_s": round(setup, 2), "seconds": end - marks[a.warmup - 1][0],
-           "loss_first": marks[0][1], "rss_base_mb": round(base), "peak_rss_mb": round(
+        trainer.train_epoch(on_step=lambda i, n, loss: marks.append((*clocks(), loss)))
+        end = clocks()
+    out = {"setup_s": round(setup, 2), **timed(marks[a.warmup - 1], end),
+           "loss_first": marks[0][-1], "rss_base_mb": round(base), "peak_rss_mb": round(
                peak_rss_mb()), "foreign_cpu_share": fl.value, "batch": batch}
     if a.profile and a.device == "cpu":
         out["profile"] = dlc_profile(trainer, net, x[:batch], y[:batch])
@@ -189,22 +201,27 @@ def torch_worker(a) -> dict:
             loss = lossf(net(xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            marks.append((time.perf_counter(), float(loss)))  # float(): waits for the step
-    return {"setup_s": round(setup, 2), "seconds": marks[-1][0] - marks[a.warmup - 1][0],
-            "loss_first": marks[0][1], "rss_base_mb": round(base),
+            marks.append((*clocks(), float(loss)))  # float(): waits for the step
+    return {"setup_s": round(setup, 2), **timed(marks[a.warmup - 1], marks[-1]),
+            "loss_first": marks[0][-1], "rss_base_mb": round(base),
             "peak_rss_mb": round(peak_rss_mb()), "foreign_cpu_share": fl.value, "batch": batch}
 
 
 # ---------------------------------------------------------------- orchestration ----------------
-def worker(side: str, model: str, a, threads: int, extra: list[str]) -> dict:
-    """One fresh subprocess for one side of one repeat; its JSON line back."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def command(side: str, model: str, a, threads: int, extra: list[str]) -> tuple[dict, list]:
+    """(environment variables, command line) of the subprocess for one side of one repeat."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if side == "baseline":  # dlc from the --baseline tree (bench/_common.py reads DLC_SRC)
         side, env["DLC_SRC"] = "dlc", str(Path(a.baseline).resolve())
-    cmd = [sys.executable, __file__, "--worker", side, "--model", model, "--threads",
-           str(threads), "--device", a.device, "--steps", str(steps(model, a)), "--warmup",
-           str(a.warmup), *extra]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return env, [sys.executable, __file__, "--worker", side, "--model", model, "--threads",
+                 str(threads), "--device", a.device, "--steps", str(steps(model, a)),
+                 "--warmup", str(a.warmup), *extra]
+
+
+def worker(side: str, model: str, a, threads: int, extra: list[str]) -> dict:
+    """One fresh subprocess for one side of one repeat; its JSON line back."""
+    env, cmd = command(side, model, a, threads, extra)
+    r = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{side} worker for {model} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -242,8 +259,10 @@ def run_model(model: str, threads: int, a, tmp: str) -> dict:
         if not rs:
             continue
         per_s = [r["batch"] * steps(model, a) / r["seconds"] for r in rs]
+        per_cpu_s = [r["batch"] * steps(model, a) / r["cpu_seconds"] for r in rs]
         out[side] = {"samples_per_s": round(statistics.median(per_s), 1),
                      "samples_per_s_all": [round(v, 1) for v in per_s],
+                     "samples_per_cpu_s": round(statistics.median(per_cpu_s), 1),
                      "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                      "rss_base_mb": rs[0]["rss_base_mb"], "setup_s": rs[0]["setup_s"],
                      "loss_first": round(rs[0]["loss_first"], 4),
@@ -255,12 +274,26 @@ def run_model(model: str, threads: int, a, tmp: str) -> dict:
     for side in ("dlc", "baseline"):
         if runs[side] and "profile" in runs[side][0]:
             out[side]["profile"] = runs[side][0]["profile"]
-    if runs["torch"]:
-        out["ratio"] = round(out["dlc"]["samples_per_s"] / out["torch"]["samples_per_s"], 3)
-        if runs["baseline"]:
-            out["baseline_ratio"] = round(out["baseline"]["samples_per_s"]
-                                          / out["torch"]["samples_per_s"], 3)
+    for key, ratio in (("samples_per_s", "ratio"), ("samples_per_cpu_s", "cpu_ratio")):
+        for side, prefix in (("dlc", ""), ("baseline", "baseline_")):
+            if runs[side] and runs["torch"]:  # cpu_ratio: per CPU second, see clocks()
+                out[prefix + ratio] = round(out[side][key] / out["torch"][key], 3)
     return out
+
+
+def dry_run(a) -> None:
+    """--dry-run: the command line of each side's worker for the first repeat, nothing run
+    (the train settings come from the init worker's answer: a placeholder here)."""
+    for threads in [int(t) for t in a.threads.split(",")]:
+        for model in a.models.split(","):
+            weights = ["--weights", f"TMP/{model}.npz"]
+            sides = [("init", weights), ("dlc", [] if a.no_profile else ["--profile"]),
+                     ("torch", [*weights, "--train-cfg", "TRAIN_CFG"] if a.torch else None),
+                     ("baseline", [] if a.baseline else None)]
+            for side, extra in sides:
+                if extra is not None:
+                    env, cmd = command(side, model, a, threads, extra)
+                    print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(cmd))
 
 
 def fmt_rate(v: float) -> str:
@@ -319,6 +352,8 @@ def parse_args():
     p.add_argument("--baseline", help="also run dlc from this source tree (e.g. `git archive` "
                    "of an older commit) as a third side, for before/after figures in one run")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each side's worker command line and run nothing")
     p.add_argument("--json-only", action="store_true")
     # worker mode (internal)
     p.add_argument("--worker", choices=["dlc", "torch", "init"])
@@ -336,6 +371,8 @@ def main() -> None:
         fn = {"dlc": dlc_worker, "torch": torch_worker, "init": init_worker}[a.worker]
         print(json.dumps(fn(a)), flush=True)
         return
+    if a.dry_run:
+        return dry_run(a)
     if a.device == "cuda":
         check_cuda(a.torch)
     results = []
@@ -349,7 +386,8 @@ def main() -> None:
                 if not a.json_only:
                     print(f"# {model} x{threads}: dlc {r['dlc']['samples_per_s']:,.0f}/s "
                           f"torch {r.get('torch', {}).get('samples_per_s', float('nan')):,.0f}/s "
-                          f"ratio {r.get('ratio')}", file=sys.stderr)
+                          f"ratio {r.get('ratio')} per CPU second {r.get('cpu_ratio')} "
+                          f"(baseline {r.get('baseline_cpu_ratio')})", file=sys.stderr)
     if a.markdown:
         print(markdown(results))
         steps_arg = f" --steps {a.steps}" if a.steps else ""

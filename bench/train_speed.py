@@ -48,24 +48,25 @@ def dlc_run(net, ds, epochs: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     t = Trainer(net, ds, device=("cpu", 0), seed=seed, threads=THREADS)
     setup = time.perf_counter() - t0
-    run_seconds, seen, wall = 0.0, 0, 0.0
+    run_seconds, seen, wall, cpu = 0.0, 0, 0.0, 0.0
     needs_val = t.monitor.startswith("val_")
     with ForeignLoad() as fl:
         for _ in range(epochs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             row = t.train_epoch()
-            wall += time.perf_counter() - t0
+            wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
             if needs_val:  # early stopping on a val_ metric: validate, untimed
                 row.update(t.evaluate(ds.val, "val"))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stop = t.end_epoch(row)  # state.epoch += 1, schedule + early-stopping bookkeeping
-            wall += time.perf_counter() - t0
+            wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
             seen += len(ds.train.x)
             run_seconds += len(ds.train.x) / row["run_samples_per_s"]  # inside onnxruntime only
             if stop:
                 break
     acc = t.evaluate(ds.test, "test", t.final_params()).get("test_accuracy") if ds.test else None
     return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall,
+            "samples_per_cpu_s": seen / cpu,
             "run_only_samples_per_s": seen / run_seconds, "setup_s": setup,
             "test_acc": acc, "steps": t.state.step, "foreign_load": fl.value,
             "epochs_run": t.state.epoch}
@@ -179,7 +180,7 @@ def torch_run(net, ds, spec, epochs: int, seed: int = 0) -> dict:
     seen = 0
     model.train()
     with ForeignLoad() as fl:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(epochs):
             perm = torch.randperm(n)
             for i in range(0, n, bs):
@@ -189,18 +190,54 @@ def torch_run(net, ds, spec, epochs: int, seed: int = 0) -> dict:
                 loss.backward()
                 opt.step()
                 seen += len(idx)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     acc = None
     if ds.test is not None:
         model.eval()
         with torch.no_grad():
             pred = model(torch.from_numpy(ds.test.x)).argmax(1).numpy()
         acc = float((pred == ds.test.y).mean())
-    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall, "test_acc": acc,
-            "foreign_load": fl.value}
+    return {"wall_s": wall, "samples": seen, "samples_per_s": seen / wall,
+            "samples_per_cpu_s": seen / cpu, "test_acc": acc, "foreign_load": fl.value}
+
+
+# ---------------------------------------------------------------- jax ---------------------------
+def jax_side(net, spec):
+    """(run(ds, epochs, seed) -> dict, None), or (None, why there is no JAX side)."""
+    import jax_twin
+
+    try:
+        import jax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError as e:
+        return None, f"not installed ({e.name})"
+    try:
+        check_mirrorable(spec)
+        chain = _chain(net)
+        jax_twin.twin(chain, net.init_params(0))
+    except NotImplementedError as e:
+        return None, str(e)
+    train_cfg, smoothing = spec.data["train"], float(spec.data["task"].get("label_smoothing", 0))
+    return (lambda ds, epochs, seed: jax_twin.jax_run(chain, net.init_params(seed), ds, train_cfg,
+                                                      smoothing, epochs, seed)), None
 
 
 # ---------------------------------------------------------------- main --------------------------
+def cpu_figures(dlc_runs: list, torch_runs: list, jax_runs: list) -> dict:
+    """Samples per CPU second of this process (medians) and dlc's ratios to the others: at one
+    thread what each side's work cost, whatever other processes did to the wall clock."""
+    out = {}
+    for side, runs in (("dlc", dlc_runs), ("torch", torch_runs), ("jax", jax_runs)):
+        if runs:
+            out[f"{side}_samples_per_cpu_s"] = round(statistics.median(
+                r["samples_per_cpu_s"] for r in runs), 1)
+    for side in ("torch", "jax"):
+        if f"{side}_samples_per_cpu_s" in out:
+            out[f"dlc_over_{side}_cpu"] = round(out["dlc_samples_per_cpu_s"]
+                                                / out[f"{side}_samples_per_cpu_s"], 3)
+    return out
+
+
 def _r(v):
     return None if v is None else round(v, 3)
 
@@ -220,6 +257,9 @@ def main() -> None:
     global THREADS
     if args.threads:
         THREADS = args.threads
+    import jax_twin
+
+    jax_twin.limit_threads(THREADS)  # before anything imports jax
     load_before = os.getloadavg()[0]
 
     spec, net, ds, note = load(args.spec, args.epochs, args.batch_size, args.keep_val)
@@ -243,11 +283,17 @@ def main() -> None:
     if torch is not None and torch_skip is None:
         torch_run(net, ds, spec, 1, seed=1)
 
-    dlc_runs, torch_runs = [], []
-    for _ in range(args.repeats):
+    jax_run, jax_skip = jax_side(net, spec)
+    if jax_run:
+        jax_run(ds, 1, seed + 1)
+
+    dlc_runs, torch_runs, jax_runs = [], [], []
+    for _ in range(args.repeats):  # interleaved: dlc, torch, jax, dlc, ...
         dlc_runs.append(dlc_run(net, ds, args.epochs, seed))
         if torch is not None and torch_skip is None:
             torch_runs.append(torch_run(net, ds, spec, args.epochs, seed))
+        if jax_run:
+            jax_runs.append(jax_run(ds, args.epochs, seed))
 
     def med(runs, key):
         return statistics.median(r[key] for r in runs)
@@ -284,6 +330,14 @@ def main() -> None:
         out["ratio"] = round(out["dlc_samples_per_s"] / tps, 3)
         acc = torch_runs[0]["test_acc"]
         out["torch_test_acc"] = round(acc, 4) if acc is not None else None
+    out.update(cpu_figures(dlc_runs, torch_runs, jax_runs))
+    if jax_runs:
+        out["jax_samples_per_s"] = round(med(jax_runs, "samples_per_s"), 1)
+        out["dlc_over_jax"] = round(out["dlc_samples_per_s"] / out["jax_samples_per_s"], 3)
+        out["jax_test_acc"] = round(jax_runs[0]["test_acc"], 4)
+        out["jax"] = jax_runs[0]["jax"]
+    if jax_skip:
+        out["jax_skipped"] = jax_skip
     if torch_skip:
         out["torch_skipped"] = torch_skip
     if note:
@@ -296,7 +350,9 @@ def main() -> None:
               f"{out['dlc_outside_run_share']:.1%} outside it), torch "
               f"{out['torch_samples_per_s'] or float('nan'):.0f} samples/s, dlc/torch "
               f"{r if r is not None else math.nan}; test acc dlc {out['dlc_test_acc']} torch "
-              f"{out['torch_test_acc']}", file=sys.stderr)
+              f"{out['torch_test_acc']}; per CPU second dlc/torch {out.get('dlc_over_torch_cpu')}"
+              f" dlc/jax {out.get('dlc_over_jax_cpu')} ({out.get('jax_skipped', 'jax ran')})",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

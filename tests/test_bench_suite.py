@@ -1,6 +1,6 @@
 """bench/suite.py compares like with like: each PyTorch twin (bench/torch_models.py), given
 dlc's initial weights by suite.copy_weights, computes the same logits as dlc's compiled model
-(inference mode: batchnorm on running statistics, no dropout)."""
+(inference mode: batchnorm on running statistics, no dropout); and its worker command lines."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import needs_torch, torch
 
-torch = pytest.importorskip("torch")
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 import suite  # noqa: E402
-import torch_models  # noqa: E402
 
 
+@needs_torch
 @pytest.mark.parametrize("model", list(suite.MODELS))
 def test_torch_twin_with_dlc_weights_computes_dlc_logits(model, tmp_path):
     import onnxruntime as ort
+    import torch_models
 
     from dlc.model.compile import compile_spec
 
@@ -41,13 +42,17 @@ def test_torch_twin_with_dlc_weights_computes_dlc_logits(model, tmp_path):
     assert float(np.abs(logits - expected).max()) < 1e-4 * max(scale, 1.0)
 
 
+@needs_torch
 def test_copy_weights_refuses_a_twin_of_another_shape(tmp_path):
+    import torch_models
+
     weights = str(tmp_path / "w.npz")
     suite.init_worker(Namespace(model="mlp", weights=weights))
     with pytest.raises(SystemExit, match="parameters"):
         suite.copy_weights(torch_models.build("textcls"), weights)
 
 
+@needs_torch
 def test_suite_runs_both_sides_end_to_end():
     """One short run of the smallest model through the real command: each side in its own
     worker process, the profiler breakdown, the markdown table (numbers not checked: timing)."""
@@ -63,3 +68,47 @@ def test_suite_runs_both_sides_end_to_end():
         assert result[side]["samples_per_s"] > 0 and result[side]["peak_rss_mb"] > 0
     assert "Gemm" in result["dlc"]["profile"]["top_ops"]
     assert "| MLP 784-1024-1024-10, batch 256, Adam | 1 |" in r.stdout
+
+
+def test_cuda_suite_passes_the_device_to_every_worker():
+    """`--device cuda --dry-run` needs no GPU: each side's worker (init, dlc, torch, the
+    baseline's dlc with DLC_SRC) gets --device cuda and the thread count, in the environment
+    too, and nothing is run."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(BENCH / "suite.py"), "--device", "cuda",
+                        "--dry-run", "--models", "mlp,lstm", "--threads", "1,2", "--baseline",
+                        str(BENCH.parent)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 * 2 * 4  # threads x models x (init, dlc, torch, baseline)
+    sides = [line.split("--worker ")[1].split()[0] for line in lines]
+    assert sides == ["init", "dlc", "torch", "dlc"] * 4
+    for line, threads in zip(lines, [1] * 8 + [2] * 8):
+        assert f"OMP_NUM_THREADS={threads} " in line and f"--threads {threads} " in line
+        assert "--device cuda " in line
+    assert sum("DLC_SRC=" in line for line in lines) == 4
+
+
+def test_jax_twin_with_dlc_weights_computes_dlc_logits():
+    """bench/train_speed.py's JAX side (bench/jax_twin.py) runs the digits MLP dlc trains: the
+    same logits from the same initial weights as dlc's eval step."""
+    pytest.importorskip("jax")
+    import jax_twin
+    import onnxruntime as ort
+    import train_speed
+
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_eval_step
+
+    net = build_network(load_spec(BENCH.parent / "specs" / "digits_mlp.yaml"))
+    init = net.init_params(0)
+    params, forward = jax_twin.twin(train_speed._chain(net), init)
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    step = build_eval_step(net)
+    sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {"x": x, "y": np.zeros(4, np.int64),
+                                   **{n: init[n] for n in step.params}})[0]
+    expected = np.asarray(forward(params, x))
+    assert float(np.abs(logits - expected).max()) < 1e-4 * float(np.abs(expected).max())

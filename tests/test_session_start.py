@@ -41,6 +41,8 @@ def test_preparation_by_graph_size():
     small, big = session_options(1, 90), session_options(1, 6000)
     assert small.enable_mem_reuse and not big.enable_mem_reuse  # the planner that took 4.5 s
     assert big.graph_optimization_level.name == "ORT_ENABLE_EXTENDED"
+    # a memory pattern held ResNet-20's step at 1.7x the peak RSS (bench/suite.py)
+    assert not small.enable_mem_pattern and not big.enable_mem_pattern
 
 
 def test_optimised_graph_is_cached_and_reused(cache, monkeypatch):

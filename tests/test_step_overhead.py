@@ -134,3 +134,32 @@ def test_eval_session_is_made_only_when_evaluating():
     assert "eval_sess" not in vars(t)  # training alone never builds it
     row = t.evaluate(t.data.test, "test")
     assert "eval_sess" in vars(t) and 0.0 <= row["test_accuracy"] <= 1.0
+
+
+def test_update_copies_no_parameter_and_no_state(tmp_path):
+    """The flat parameter vector reaches the layers through one Split (not a Slice per
+    parameter), and no graph output is an Identity copy once onnxruntime has optimised the
+    graph (the new Adam moments and the logits were: each also has another reader). Adam is 12
+    passes over the flat vector: 3 per moment, one for g*g, 5 for the step."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+    from dlc.train.step import build_train_step
+
+    step = build_train_step(build_network(load_spec(SPECS / "digits_mlp.yaml")))
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(step.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(opts.optimized_model_filepath).graph.node
+    ops = collections.Counter(n.op_type for n in nodes)
+    assert (ops["Split"], ops["Slice"], ops["Identity"]) == (1, 0, 0)
+    flat = {f"{o}.new" for o in ("params", "state.m", "state.v")}  # what a full pass writes
+    produced = {o for n in nodes for o in n.output}
+    assert flat <= produced
+    passes = [n.op_type for n in step.model.graph.node  # per-step scalars: update/optimizer/
+              if n.name.startswith("update/") and not n.name.startswith("update/optimizer/")]
+    assert len(passes) == 12, passes

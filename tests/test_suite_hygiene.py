@@ -11,7 +11,6 @@ from conftest import ROOT
 MODULE_SKIP = re.compile(r"^(\w+ = )?pytest\.importorskip\(", re.M)
 WHOLE_FILE = {  # files where every test needs the package
     "test_tune_ray.py",  # runs Ray Tune (dlc.commands.tune_ray imports ray)
-    "test_bench_suite.py",  # compares bench/torch_models.py's torch twins with dlc
     "test_install.py",  # reads pyproject.toml with tomllib (the standard library from 3.11)
 }
 

@@ -65,9 +65,14 @@ class Optimizer:
         beta1, beta2 = float(c.beta1), float(c.beta2)
         m = self._ema(state["m"], g, beta1)
         v = self._ema(state["v"], b.Mul(g, g), beta2)
-        step = self._scalar("adam_step", lambda: b.Div(self.lr, self._bias_correction(beta1)))
+        # lr m/bc1 / (sqrt(v/bc2) + eps) = [lr sqrt(bc2)/bc1] m / (sqrt(v) + eps sqrt(bc2)): the
+        # bias corrections fold into per-step scalars, one pass over the vector fewer than
+        # torch's order of operations (equal up to float rounding)
         root_bc2 = self._scalar("adam_rbc2", lambda: b.Sqrt(self._bias_correction(beta2)))
-        denom = b.Add(b.Div(b.Sqrt(v), root_bc2), b.const(float(c.eps)))
+        step = self._scalar("adam_step", lambda: b.Mul(
+            self.lr, b.Div(root_bc2, self._bias_correction(beta1))))
+        eps = self._scalar("adam_eps", lambda: b.Mul(b.const(float(c.eps)), root_bc2))
+        denom = b.Add(b.Sqrt(v), eps)
         return b.Sub(w, b.Mul(b.Div(m, denom), step)), {"m": m, "v": v}
 
     def _adamw(self, b, c, w, g, state, wd):

@@ -145,11 +145,15 @@ def _clip(b: Builder, g: str, clip_norm: float | None) -> tuple[str, str]:
 
 
 def _unpack(b: Builder, flat: str, layout: list[tuple[str, int, Shape]]) -> dict[str, str]:
-    """Views of the flat parameter vector, one per parameter, in its own shape."""
+    """Views of the flat parameter vector, one per parameter, in its own shape: one Split (one
+    kernel for every parameter; a Slice each was one kernel each) and Reshapes, which are free."""
+    if not layout:
+        return {}
     with b.scope("params"):
-        return {name: b.Reshape(b.Slice(flat, b.const([start]), b.const([start + numel(shape)])),
-                                b.const(list(shape)))
-                for name, start, shape in layout}
+        parts = [flat] if len(layout) == 1 else b.Split(
+            flat, b.const([numel(shape) for _, _, shape in layout]), outputs=len(layout), axis=0)
+        return {name: b.Reshape(part, b.const(list(shape)))
+                for (name, _, shape), part in zip(layout, parts)}
 
 
 def _flat_gradient(b: Builder, loss: str, views: dict[str, str],
@@ -263,6 +267,29 @@ def _update_half(b: Builder, net: Network, feats: list, flat: str, g: str, mask:
     return [*state_new, *fills], fills
 
 
+def _written_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each graph output that Builder.output renamed through an Identity written
+    by its producing node instead. onnxruntime keeps such an Identity, a full copy per step,
+    whenever the renamed tensor has other readers: the new Adam moments (read by the update too)
+    and the logits (read by the loss)."""
+    g = model.graph
+    sources = {t.name for t in g.input} | {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    rename: dict[str, str] = {}
+    for node in g.node:
+        if (node.op_type == "Identity" and node.output[0] in outputs
+                and node.input[0] not in sources | outputs):
+            rename.setdefault(node.input[0], node.output[0])
+    kept = [n for n in g.node
+            if not (n.op_type == "Identity" and rename.get(n.input[0]) == n.output[0])]
+    for node in kept:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    del g.node[:]
+    g.node.extend(kept)
+    return model
+
+
 def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
     the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
@@ -272,8 +299,9 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
     half = _gradient_half(b, net, feats, layout, total, data_norm)
     _gradient_outputs(b, net, half)
     states, fills = _update_half(b, net, feats, half.flat, half.grad, half.mask, layout)
-    return Step(b.model(f"{net.spec['name']}-train"), [n for n, _, _ in layout],
-                states, fills, half.noise, layout, total, half.frozen)
+    model = _written_in_place(b.model(f"{net.spec['name']}-train"))
+    return Step(model, [n for n, _, _ in layout], states, fills, half.noise, layout, total,
+                half.frozen)
 
 
 def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step, Step]:
@@ -290,8 +318,10 @@ def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step,
     half = _gradient_half(b, net, feats, layout, total, data_norm)
     _gradient_outputs(b, net, half)
     b.output(half.grad, "grad", "float32", [total])
-    grad = Step(b.model(f"{name}-grad"), params, [], {}, half.noise, layout, total, half.frozen)
+    grad = Step(_written_in_place(b.model(f"{name}-grad")), params, [], {}, half.noise, layout,
+                total, half.frozen)
     u = Builder()
     flat, g = u.input("params", "float32", [total]), u.input("grad", "float32", [total])
     states, fills = _update_half(u, net, feats, flat, g, _keep_mask(u, net, feats, total), layout)
-    return grad, Step(u.model(f"{name}-update"), params, states, fills, [], layout, total)
+    update = _written_in_place(u.model(f"{name}-update"))
+    return grad, Step(update, params, states, fills, [], layout, total)
