@@ -37,8 +37,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     """Train with `workers` Ray Train workers; rank 0's run folder."""
     try:
         import ray
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        import ray.train.torch  # noqa: F401
     except ImportError:
         raise DlcError("--workers needs Ray Train and torch: pip install 'dlc[distributed]'") \
             from None
@@ -55,13 +54,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
              include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
     try:
-        trainer = TorchTrainer(
-            _loop, train_loop_config=config,
-            torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
-                                     timeout_s=TIMEOUT_S),
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
-            run_config=RunConfig(storage_path=scratch, name="train"))
+        trainer = _trainer(config, workers, gpus_per_worker, scratch)
         # Ray's driver prints a dead worker's report on stdout, log_to_driver or not: -q hides it
         with contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
                 contextlib.nullcontext():
@@ -72,6 +65,20 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
+    """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU, NCCL with GPUs)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        _loop, train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
+                                 timeout_s=TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
+        run_config=RunConfig(storage_path=scratch, name="train"))
 
 
 def _failure(e: Exception, path: Path, workers: int) -> DlcError:
