@@ -21,9 +21,11 @@ from pathlib import Path
 import dlc
 from dlc.distributed.collective import TIMEOUT_S
 from dlc.distributed.run import worker
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
 from dlc.train.run import WorkerLost, resume_hint
+
+MISSING = "--workers needs Ray Train and torch: pip install 'dlc[distributed]'"
 
 
 def _loop(config: dict) -> None:
@@ -35,12 +37,9 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
            resume: str | None, options: dict, workers: int, address: str | None = None,
            gpus_per_worker: float = 0) -> Path:
     """Train with `workers` Ray Train workers; rank 0's run folder."""
-    try:
-        import ray
-        import ray.train.torch  # noqa: F401
-    except ImportError:
-        raise DlcError("--workers needs Ray Train and torch: pip install 'dlc[distributed]'") \
-            from None
+    optional_module("torch", MISSING, "--workers")  # first: ray.train.torch imports it
+    optional_module("ray.train.torch", MISSING, "--workers")
+    ray = optional_module("ray", MISSING, "--workers")
     if resume is not None:
         path = Path(resume).resolve()
     else:
