@@ -55,8 +55,9 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     try:
         trainer = _trainer(config, workers, gpus_per_worker, scratch)
         # Ray's driver prints a dead worker's report on stdout, log_to_driver or not: -q hides it
-        with contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
-                contextlib.nullcontext():
+        hushed = contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
+            contextlib.nullcontext()
+        with hushed:
             trainer.fit()
     except Exception as e:
         raise _failure(e, path, workers) from None

@@ -44,7 +44,7 @@ def _weighted_mean(b: Builder, terms: str, w: str, weight, y_all: str | None) ->
     if y_all is None:
         norm = b.ReduceSum(w, keepdims=0)
     else:
-        norm = b.Mul(b.Cast(b.Size(w), to=1), b.ReduceMean(weight(y_all), keepdims=0))
+        norm = b.Mul(b.Cast(b.Size(w), to=b.float_code), b.ReduceMean(weight(y_all), keepdims=0))
     return b.Div(b.ReduceSum(terms, keepdims=0), norm)
 
 
