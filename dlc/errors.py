@@ -43,14 +43,15 @@ class SpecError(DlcError):
         super().__init__("\n".join(d.render() for d in self.diagnostics))
 
 
-def optional_module(name: str, missing: str, what: str):
-    """Import the optional package `name` (lazily, where it is used); DlcError `missing` (the
-    install hint) when it is not installed, or one line naming `what` failed to import."""
+def optional_module(name: str, missing: str, what: str, error: type[DlcError] = DlcError):
+    """Import the optional package or module `name` (lazily, where it is used): `error`
+    `missing` (the install hint, naming the extra) when it or a package above it is not
+    installed, else one line naming `what` that failed to import (a broken install)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name == name:
-            raise DlcError(missing) from None
-        raise DlcError(f"{what}: cannot import {name}: {e}") from None
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise error(missing) from None
+        raise error(f"{what}: cannot import {name}: {e}") from None
     except ImportError as e:
-        raise DlcError(f"{what}: cannot import {name}: {e}") from None
+        raise error(f"{what}: cannot import {name}: {e}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 from pathlib import Path
 
 import numpy as np
@@ -149,21 +148,6 @@ def test_folder_with_known_labels(tmp_path):
     _, y, labels, _ = load_arrays("folder:imgs", make_spec("", kind="binary"), tmp_path)
     assert labels == ["cats", "dogs"] and y.shape == (6, 1)
 
-
-def test_folder_without_pillow(tmp_path, monkeypatch):
-    for name in ("cats/a.png", "dogs/b.png"):  # never decoded: the import fails first
-        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "imgs" / name).write_bytes(b"\x89PNG\r\n\x1a\n")
-    real_import = builtins.__import__
-
-    def no_pil(name, *args, **kwargs):
-        if name == "PIL" or name.startswith("PIL."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pil)
-    raises_one_line(lambda: load_arrays("folder:imgs", make_spec(""), tmp_path),
-           "folder sources need Pillow: pip install 'dlc[images]'")
 
 
 # ---------------------------------------------------------------- npz layouts

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,13 +40,17 @@ def weights(run) -> dict[str, np.ndarray]:
 
 
 SGD = ["--set", "train.optimizer={type: momentum, lr: 0.05}"]  # scale-sensitive, unlike Adam
+# uneven class weights: the weighted mean's normaliser differs between the workers' rows
+WEIGHTED = [*SGD, "--set", "task.class_weights=[0.2, 5, 1, 3, 0.5, 2, 1, 4, 0.3, 1.5]"]
 
 
 @needs_torch
-@pytest.mark.parametrize("spec,batch,optimizer", [("digits_mlp.yaml", 64, []),
-                                                  ("digits_cnn.yaml", 32, SGD)])
-def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, optimizer):
-    common = ["--epochs", "1", "--set", "data.split.val=0", "-q", *optimizer]
+@pytest.mark.parametrize("spec,batch,options", [("digits_mlp.yaml", 64, []),
+                                                ("digits_cnn.yaml", 32, SGD),
+                                                ("digits_mlp.yaml", 64, WEIGHTED)],
+                         ids=["mlp", "cnn", "mlp-class-weights"])
+def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, options):
+    common = ["--epochs", "1", "--set", "data.split.val=0", "-q", *options]
     two = torchrun("train", SPECS / spec, "--out", tmp_path / "two", *common,
                    "--set", f"train.batch_size={batch}")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -178,3 +184,65 @@ def test_a_ray_worker_error_is_one_line(tmp_path):
     assert r.code == 1, r
     assert r.err.strip() == ("error: data-parallel training failed: data file not found: "
                              "/nonexistent.csv (from data.source in spec)"), r
+
+
+def ray_workers(pid: int) -> list[int]:
+    """The pids of the Ray Train workers under process `pid` (its local Ray's raylet starts
+    them), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that has just ended
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                command = (Path("/proc") / str(child) / "cmdline").read_bytes()
+            except OSError:
+                continue
+            found += [child] * command.startswith(b"ray::RayTrainWorker")
+    return found
+
+
+@needs_torch
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
+    """`dlc train --workers 2` (Ray Train): rank 1's process killed mid-run ends the run in one
+    line with the checkpoint to resume from, within a timeout (a hang fails the test)."""
+    pytest.importorskip("ray.train")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(  # its own session: a hung Ray is killed as a group below
+        [sys.executable, "-m", "dlc", "train", str(SPECS / "iris.yaml"), "--workers", "2",
+         "--out", str(run), "--epochs", "100000", "--set", "data.split.val=0", "-q"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240  # Ray's start takes most of it
+        while not epoch_of(run / "checkpoint.npz"):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        rank0 = int((run / ".dlc.lock").read_text())  # rank 0 holds the run folder's lock
+        victim = [pid for pid in ray_workers(proc.pid) if pid != rank0]
+        assert len(victim) == 1, (rank0, ray_workers(proc.pid))
+        os.kill(victim[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # hung: fail, leaving no Ray behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1 and out == "", (out, err)
+    print(err)
+    found = re.fullmatch(r"error: data-parallel training failed: worker 1 of 2 died \(its "
+                         r"process ended\); checkpoint.npz holds epoch (\d+); resume with: "
+                         rf"dlc train --resume {re.escape(str(run))}\n", err)
+    assert found, err
+    epoch = int(found.group(1))
+    assert epoch_of(run / "checkpoint.npz") == epoch
+    r = torchrun("train", "--resume", run, "--epochs", epoch + 1, "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert epoch_of(run / "checkpoint.npz") == epoch + 1

@@ -22,6 +22,8 @@ LAZY = {
     ("dlc.commands.train", "dlc.distributed.*"): "data-parallel training's modules (Ray Train, "
                                                  "torch's collective) load only for --workers "
                                                  "or under a launcher",
+    ("dlc.commands.serve", "dlc.commands.serve.app"): "the app imports Starlette: it loads once "
+                                                      "the serve extra is known installed",
     ("*", "numpy"): "start-up: `dlc validate` and the spec/layer modules it loads stay numpy-free",
     ("*", "onnx"): "start-up: onnx loads only where a model is built or read",
     ("*", "onnxruntime"): "start-up: onnxruntime loads only where a session runs",

@@ -310,12 +310,6 @@ def test_batcher_merges_splits_and_isolates_failures():
     asyncio.run(scenario())
 
 
-def test_missing_extra_is_one_line(cli, iris_model, monkeypatch):
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
-    r = cli("serve", iris_model)
-    assert r.code == 1 and r.err.strip() == ("error: dlc serve needs Starlette and uvicorn: "
-                                             "pip install 'dlc[serve]'")
-
 
 @needs_server
 def test_serve_errors_before_listening(cli, iris_model, tmp_path):

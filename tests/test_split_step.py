@@ -73,3 +73,28 @@ def test_split_equals_fused(spec, train):
     if train:
         assert np.all(b["params"][b["state.mask"] == 0] == 0)  # pruned weights stayed zero
         assert ref["grad_norm"] > 0.05  # clipping was active
+
+
+@pytest.mark.parametrize("spec,weights", [
+    ("digits_mlp.yaml", [0.2, 5, 1, 3, 0.5, 2, 1, 4, 0.3, 1.5]), ("breast_cancer.yaml", [1.0, 4.0])])
+def test_weighted_loss_of_worker_rows_adds_up_to_the_whole_batch(spec, weights):
+    """A class-weighted loss on a data-parallel worker's rows is normalised by the whole
+    batch's weights (its `.all` targets), so the workers' gradients and losses, weighted by
+    their share of the rows as dlc.distributed.stepper adds them up, are the whole batch's.
+    Uneven shares, so each worker's own normaliser would not do (cross-entropy and BCE)."""
+    data = yaml.safe_load((SPECS / spec).read_text())
+    data["task"]["class_weights"] = weights
+    net, rng = build_network(load_spec_text(json.dumps(data))), np.random.default_rng(0)
+    grad, _ = build_split_step(net)
+    sess, n = session(grad.model), 16
+    x = rng.standard_normal((n, *net.inputs[next(iter(net.inputs))][0])).astype(np.float32)
+    y = rng.integers(0, len(weights), n)
+    batch = {"x": x, "y": y if len(weights) > 2 else y[:, None].astype(np.float32),
+             **{name: rng.random((n, *shape)).astype(np.float32) for name, shape in grad.noise}}
+    values = {**persistent_values(net, grad, net.init_params(0)), "y.all": batch["y"]}
+    whole = run(sess, {**values, **batch})
+    parts = [(rows.stop - rows.start) / n * np.asarray(run(sess, {**values, **{
+        k: v[rows] for k, v in batch.items()}})[name]) for rows in (slice(0, 5), slice(5, n))
+        for name in ("grad", "loss")]
+    np.testing.assert_allclose(parts[0] + parts[2], whole["grad"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(parts[1] + parts[3], whole["loss"], rtol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, SPECS, interrupt_in_epoch
 
 from dlc.errors import SpecError
-from dlc.train.tracking import MISSING, params_of
+from dlc.train.tracking import params_of
 from dlc.model.spec import load_spec_text
 
 MLFLOW = ("--set", "train.tracking.backend=mlflow")
@@ -123,12 +123,6 @@ def test_tracking_none_writes_no_store(cli, tmp_path, monkeypatch):
     assert r.code == 0, r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
-
-def test_missing_mlflow_is_one_line(cli, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)
-    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q", *MLFLOW)
-    assert r.code == 1 and r.err == f"error: {MISSING}\n", r
-    assert not (tmp_path / "run").exists()
 
 
 def test_validate_does_not_import_mlflow(tmp_path):

@@ -5,7 +5,6 @@ the --backend options (Ray Tune's own run: test_tune_ray.py)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from conftest import SPECS
@@ -69,11 +68,6 @@ def test_schema_rejects_bad_distributions(tmp_path):
     assert "expected a dotted spec path" in str(e.value)
 
 
-def test_missing_optuna_is_one_line(cli, spec, monkeypatch):
-    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
-    r = cli("tune", spec, "--trials", "1")
-    assert r.code == 1 and r.err == "error: dlc tune needs Optuna: pip install 'dlc[tune]'\n", r
-
 
 def test_every_distribution_of_the_schema_has_one_row_for_both_backends():
     from dlc.model.spec.schema import schema
@@ -83,12 +77,6 @@ def test_every_distribution_of_the_schema_has_one_row_for_both_backends():
     assert list(DISTRIBUTIONS) == kinds
     assert all(len(row) == 2 for row in DISTRIBUTIONS.values())  # (Optuna, Ray Tune)
 
-
-def test_missing_ray_is_one_line_and_a_usage_error(cli, spec, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    r = cli("tune", spec, "--trials", "1", "--backend", "ray")
-    assert r.code == 2, r
-    assert r.err == "error: --backend ray needs Ray Tune: pip install 'dlc[ray]'\n", r
 
 
 @pytest.mark.parametrize("args, message", [

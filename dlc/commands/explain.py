@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from dlc.commands.attribution import Explainer, explain, load_explainer
-from dlc.errors import DlcError, UsageError
+from dlc.commands.plot import pyplot
+from dlc.errors import UsageError
 from dlc.files.atomic import write_bytes, write_text
 from dlc.model.names import spec_inputs
 from dlc.runtime.infer import predict_inputs
@@ -98,13 +99,7 @@ def write_table(ex: Explainer, result: dict, path: Path) -> None:
 def saliency_pngs(ex: Explainer, x: np.ndarray, result: dict, folder: Path) -> list[Path]:
     """One PNG per [C, H, W] sample: the input (channel mean) beside |attribution| summed over
     channels (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DlcError("saliency images need matplotlib: pip install 'dlc[plot]'") from None
+    plt = pyplot("saliency images need matplotlib: pip install 'dlc[plot]'", "dlc explain")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     attributions = next(iter(result["attributions"].values()))

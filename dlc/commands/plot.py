@@ -7,19 +7,20 @@ import math
 from pathlib import Path
 
 from dlc.commands.runs import read_metrics
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
+
+
+def pyplot(missing: str, what: str):
+    """matplotlib's pyplot drawing to files (the Agg backend: no display needed); `missing`,
+    the install hint, when matplotlib is not installed."""
+    optional_module("matplotlib", missing, what).use("Agg")
+    return optional_module("matplotlib.pyplot", missing, what)
 
 
 def plot_run(run: Path, out: Path) -> list[str]:
     """Loss and each metric per epoch, train against validation, one panel each; returns notes
     on the metrics.csv rows it skipped."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DlcError("dlc plot needs matplotlib: pip install 'dlc[plot]'") from None
+    plt = pyplot("dlc plot needs matplotlib: pip install 'dlc[plot]'", "dlc plot")
     rows, notes = read_metrics(run)
     keys = {k for r in rows for k in r}
     names = sorted({k.split("_", 1)[1] for k in keys if k.startswith(("train_", "val_"))},

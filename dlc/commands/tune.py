@@ -29,7 +29,7 @@ import yaml
 from dlc.commands import tune_ray
 from dlc.commands.tune_search import (DISTRIBUTIONS, Setup, choose_metric, done_note, results,
                                       search_space, show_value, spec_values, train_trial)
-from dlc.errors import DlcError, UsageError
+from dlc.errors import DlcError, UsageError, optional_module
 from dlc.files.atomic import write_text
 from dlc.model.spec import load_spec
 from dlc.model.spec.yamlload import parse_yaml
@@ -38,11 +38,7 @@ INSTALL = "dlc tune needs Optuna: pip install 'dlc[tune]'"
 
 
 def require_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise DlcError(INSTALL) from None
-    return optuna
+    return optional_module("optuna", INSTALL, "dlc tune")
 
 
 def require_backend(backend: str, storage: str | None, address: str | None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlc.errors import DlcError, UsageError
+from dlc.errors import DlcError, UsageError, optional_module
 from dlc.commands.tune_search import (DISTRIBUTIONS, Setup, candidates, done_note, final_value,
                                       results, spec_values, train_trial)
 
@@ -27,12 +27,8 @@ def require_ray():
     """(ray, ray.tune); a missing Ray (or a ray.tune dependency) is a usage error, one line."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment banner
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise UsageError(INSTALL_RAY) from None
-    return ray, tune
+    return (optional_module("ray", INSTALL_RAY, "--backend ray", UsageError),
+            optional_module("ray.tune", INSTALL_RAY, "--backend ray", UsageError))
 
 
 def ray_space(tune, space: dict) -> dict:

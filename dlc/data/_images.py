@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data._targets import _encode_categorical
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUTS = ("nchw", "nhwc")
@@ -23,11 +23,8 @@ Raw = tuple[np.ndarray, "np.ndarray | None", "list[str] | None", "list[str] | No
 
 
 def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DlcError("folder sources need Pillow: pip install 'dlc[images]'") from None
-    return Image
+    return optional_module("PIL.Image", "folder sources need Pillow: pip install 'dlc[images]'",
+                           "folder sources")
 
 
 def image_shape(shape: Sequence[int] | None, what: str) -> tuple[int, int, int]:

@@ -13,10 +13,11 @@ import os
 
 import numpy as np
 
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 from dlc.train.run import WorkerLost
 
 SLURM = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"}
+MISSING = "data-parallel training needs torch.distributed: pip install 'dlc[distributed]'"
 TIMEOUT_S = 120  # a collective waiting longer than this for a dead peer fails instead of hanging
 
 
@@ -28,18 +29,14 @@ def launched_world() -> int:
 class Collective:
     """Rank, world size and a sum all-reduce of float32 numpy arrays, in place."""
 
-    def __init__(self):
-        import torch.distributed as dist  # the `distributed` extra
-
-        self.dist = dist
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+    def __init__(self, torch):
+        self.torch, self.dist = torch, torch.distributed
+        self.rank, self.world = self.dist.get_rank(), self.dist.get_world_size()
 
     def all_reduce(self, array: np.ndarray) -> np.ndarray:
         """Sum `array` (contiguous float32) over the workers, in place (a torch view of it)."""
-        import torch
-
         try:
-            self.dist.all_reduce(torch.from_numpy(array))
+            self.dist.all_reduce(self.torch.from_numpy(array))
         except RuntimeError as e:  # DistBackendError: a peer died, or hung past the timeout
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WorkerLost(f"worker {self.rank} of {self.world}: the all-reduce failed, "
@@ -55,11 +52,8 @@ class Collective:
 def join() -> Collective:
     """The process group of this worker: the launcher's (Ray Train), or one started from the
     torchrun/SLURM environment."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        raise DlcError("data-parallel training needs torch.distributed: "
-                       "pip install 'dlc[distributed]'") from None
+    torch = optional_module("torch", MISSING, "data-parallel training")
+    dist = optional_module("torch.distributed", MISSING, "data-parallel training")
     if not dist.is_initialized():
         for name, slurm in SLURM.items():
             if name not in os.environ and slurm in os.environ:
@@ -69,4 +63,4 @@ def join() -> Collective:
                            "MASTER_PORT (rank 0's host and a free port) for every worker")
         dist.init_process_group("gloo", init_method="env://",
                                 timeout=datetime.timedelta(seconds=TIMEOUT_S))
-    return Collective()
+    return Collective(torch)

@@ -9,6 +9,8 @@ PYTHONPATH, so workers import the same dlc as this process (a checkout works lik
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -17,11 +19,13 @@ import tempfile
 from pathlib import Path
 
 import dlc
+from dlc.distributed.collective import TIMEOUT_S
 from dlc.distributed.run import worker
-from dlc.errors import DlcError
+from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
+from dlc.train.run import WorkerLost, resume_hint
 
-COLLECTIVE_TIMEOUT_S = 120  # a dead peer fails the step instead of hanging it
+MISSING = "--workers needs Ray Train and torch: pip install 'dlc[distributed]'"
 
 
 def _loop(config: dict) -> None:
@@ -33,13 +37,9 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
            resume: str | None, options: dict, workers: int, address: str | None = None,
            gpus_per_worker: float = 0) -> Path:
     """Train with `workers` Ray Train workers; rank 0's run folder."""
-    try:
-        import ray
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
-    except ImportError:
-        raise DlcError("--workers needs Ray Train and torch: pip install 'dlc[distributed]'") \
-            from None
+    optional_module("torch", MISSING, "--workers")  # first: ray.train.torch imports it
+    optional_module("ray.train.torch", MISSING, "--workers")
+    ray = optional_module("ray", MISSING, "--workers")
     if resume is not None:
         path = Path(resume).resolve()
     else:
@@ -53,20 +53,48 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
              include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
     try:
-        trainer = TorchTrainer(
-            _loop, train_loop_config=config,
-            torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
-                                     timeout_s=COLLECTIVE_TIMEOUT_S),
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
-            run_config=RunConfig(storage_path=scratch, name="train"))
-        trainer.fit()
-    except Exception as e:  # Ray wraps the worker's error: its last line is the message
-        raise DlcError(f"data-parallel training failed: {_root_message(e)}") from None
+        trainer = _trainer(config, workers, gpus_per_worker, scratch)
+        # Ray's driver prints a dead worker's report on stdout, log_to_driver or not: -q hides it
+        hushed = contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
+            contextlib.nullcontext()
+        with hushed:
+            trainer.fit()
+    except Exception as e:
+        raise _failure(e, path, workers) from None
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
+    """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU, NCCL with GPUs)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        _loop, train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
+                                 timeout_s=TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
+        run_config=RunConfig(storage_path=scratch, name="train"))
+
+
+def _failure(e: Exception, path: Path, workers: int) -> DlcError:
+    """One line for a failed run: a worker's own error (its data, its spec) as it said it; a
+    worker whose process died (Ray's health check found its actor dead) by rank, with what the
+    run folder holds to resume from; else Ray's innermost message."""
+    from ray.exceptions import RayActorError
+
+    failures = sorted(getattr(e, "worker_failures", {}).items())  # ray.train.WorkerGroupError
+    dead = [rank for rank, f in failures
+            if isinstance(getattr(f, "health_check_failure", None), RayActorError)]
+    if dead:
+        return WorkerLost(f"data-parallel training failed: worker {dead[0]} of {workers} died "
+                          f"(its process ended); {resume_hint(path)}")
+    own = [f for _, f in failures if isinstance(f, DlcError)]
+    return DlcError(f"data-parallel training failed: {own[0] if own else _root_message(e)}")
 
 
 def _root_message(e: BaseException) -> str:

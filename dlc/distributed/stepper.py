@@ -8,6 +8,8 @@ the rows, the losses likewise, and the logits in this worker's rows of a zeroed 
 block; the sum is then the gradient and losses of the whole batch (their row-weighted mean) and
 every row's logits, on every worker. So the update, the gradient norm and the divergence
 decision (NaN skip/stop) are the same on every worker, and rank 0's metrics cover the batch.
+A class-weighted loss is a weighted mean whose normaliser is the whole batch's, not the
+worker's rows': every worker's gradient graph takes the global batch's targets for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.runtime.stepper import HostValues, results
+from dlc.train.step import whole_batch
 
 SCALARS = ("lr", "step")  # update-graph feeds that are not rows of the batch
 
@@ -41,6 +44,8 @@ class ParallelStepper(HostValues):
     def _local(self, feeds: dict, rows: slice) -> dict[str, np.ndarray]:
         """The gradient graph's outputs on this worker's rows."""
         local = {k: v[rows] for k, v in feeds.items() if k in self.grad_in}
+        local.update({whole_batch(k): v for k, v in feeds.items()  # a weighted loss's normaliser
+                      if whole_batch(k) in self.grad_in})
         inputs = {k: v for k, v in {**self.values, **self.constants}.items() if k in self.grad_in}
         return dict(zip(self.grad_names, self.grad_sess.run(None, {**local, **inputs})))
 

@@ -7,6 +7,7 @@ so the loss needs no rule of its own.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -27,12 +28,28 @@ def _class_weights(task: dict) -> list[float] | None:
     return None if weights is None else [float(w) for w in weights]
 
 
-def _weighted_mean(b: Builder, weighted: str, weights: str) -> str:
-    """sum(w_i l_i) / sum(w_i): torch's mean reduction with `weight=`."""
-    return b.Div(b.ReduceSum(weighted, keepdims=0), b.ReduceSum(weights, keepdims=0))
+def weighted(task: dict) -> bool:
+    """Whether the loss is a class-weighted mean, whose normaliser depends on the targets of
+    the whole batch (a data-parallel worker's gradient graph then takes them: `y_all`)."""
+    return task.get("class_weights") is not None
 
 
-def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
+def _weighted_mean(b: Builder, terms: str, w: str, weight, y_all: str | None) -> str:
+    """sum(terms) / sum(w), terms_i = w_i l_i, w = weight(y): torch's mean reduction with
+    `weight=`.
+    A data-parallel worker holds some rows of the batch and its terms are added up weighted by
+    its share of the rows (dlc.distributed.stepper); with `y_all`, the whole batch's targets,
+    its normaliser is its row count times the whole batch's mean weight, so that the sum is the
+    whole batch's weighted mean (its own sum(w_i) would weigh each worker's rows alike)."""
+    if y_all is None:
+        norm = b.ReduceSum(w, keepdims=0)
+    else:
+        norm = b.Mul(b.Cast(b.Size(w), to=b.float_code), b.ReduceMean(weight(y_all), keepdims=0))
+    return b.Div(b.ReduceSum(terms, keepdims=0), norm)
+
+
+def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int,
+                  y_all: str | None = None) -> str:
     """Softmax cross-entropy against integer labels, with label smoothing eps:
     target = (1 - eps) onehot + eps / classes. Classes are the last axis: logits [N, C] with y [N],
     or per-token logits [N, T, C] with y [N, T] (the mean then runs over every token)."""
@@ -44,19 +61,25 @@ def cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> 
     if weights is not None:  # torch's weight=: each class's share of the target times its weight
         w = b.const(np.asarray(weights, np.float32), name="class_weights")
         per_sample = b.ReduceSum(b.Mul(b.Mul(target, w), logp), b.const([-1]), keepdims=0)
-        return b.Neg(_weighted_mean(b, per_sample, b.Gather(w, y)))
+        return b.Neg(_weighted_mean(b, per_sample, b.Gather(w, y), partial(b.Gather, w), y_all))
     return b.Neg(_mean(b, b.ReduceSum(b.Mul(target, logp), b.const([-1]), keepdims=0)))
 
 
-def binary_cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int) -> str:
+def binary_cross_entropy(b: Builder, logits: str, y: str, task: dict, classes: int,
+                         y_all: str | None = None) -> str:
     """BCE with logits: softplus(z) - y z (softplus is evaluated stably by onnxruntime).
     Class weights [w0, w1]: sample weight w0 + (w1 - w0) y."""
+    per_sample = b.Sub(b.Softplus(logits), b.Mul(y, logits))
     weights = _class_weights(task)
     if weights is not None:
         w0, w1 = weights
-        per = b.Add(b.Mul(y, b.const(w1 - w0)), b.const(w0))
-        return _weighted_mean(b, b.Mul(b.Sub(b.Softplus(logits), b.Mul(y, logits)), per), per)
-    return _mean(b, b.Sub(b.Softplus(logits), b.Mul(y, logits)))
+
+        def weight(t: str) -> str:
+            return b.Add(b.Mul(t, b.const(w1 - w0)), b.const(w0))
+
+        per = weight(y)
+        return _weighted_mean(b, b.Mul(per_sample, per), per, weight, y_all)
+    return _mean(b, per_sample)
 
 
 def mse(b: Builder, pred: str, y: str, task: dict, classes: int) -> str:
@@ -134,6 +157,11 @@ LOSSES = {"cross_entropy": cross_entropy, "binary_cross_entropy": binary_cross_e
           "mse": mse, "mae": mae, "huber": huber}
 
 
-def loss(b: Builder, task: dict, logits: str, y: str, classes: int) -> str:
+def loss(b: Builder, task: dict, logits: str, y: str, classes: int,
+         y_all: str | None = None) -> str:
+    """The task's loss; `y_all`: the whole batch's targets, for a weighted mean on a
+    data-parallel worker's rows (see `weighted`)."""
     with b.scope("loss"):
+        if weighted(task):
+            return LOSSES[task["loss"]](b, logits, y, task, classes, y_all)
         return LOSSES[task["loss"]](b, logits, y, task, classes)

@@ -195,12 +195,18 @@ def resume(path: str | Path, overrides=(), device: str | None = None, quiet: boo
                     resumed=record)
 
 
-def _stopped(e: BaseException, trainer: Trainer, path: Path) -> DlcError:
-    """The error for a training that stopped early, saying what the run folder really holds
-    (read back: a signal may have come during a checkpoint write)."""
+def resume_hint(path: Path) -> str:
+    """What a stopped run's folder holds to resume from, read back (a signal or a dead worker
+    may have come during a checkpoint write)."""
     epoch = checkpoint.epoch_of(path / "checkpoint.npz")
-    held = (f"checkpoint.npz holds epoch {epoch}; resume with: dlc train --resume {path}"
+    return (f"checkpoint.npz holds epoch {epoch}; resume with: dlc train --resume {path}"
             if epoch is not None else f"{path} holds no readable checkpoint")
+
+
+def _stopped(e: BaseException, trainer: Trainer, path: Path) -> DlcError:
+    """The error for a training that stopped early, saying what the run folder really holds."""
+    epoch = checkpoint.epoch_of(path / "checkpoint.npz")
+    held = resume_hint(path)
     if isinstance(e, Signalled):
         name = signal.Signals(e.signum).name
         error = Interrupted(f"stopped by {name} in epoch {trainer.state.epoch + 1}; {held}")

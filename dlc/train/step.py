@@ -97,18 +97,28 @@ def _model_inputs(b: Builder, net: Network) -> dict[str, str]:
             for name, graph_name in x_names(net).items()}
 
 
+def whole_batch(target: str) -> str:
+    """The input of a data-parallel gradient graph that takes a target's values for the whole
+    global batch (every worker is fed it), beside the worker's own rows in `target`."""
+    return f"{target}.all"
+
+
 def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, xs: dict[str, str],
-                      params: dict[str, str]):
+                      params: dict[str, str], split: bool = False):
     """Each output's logits, and the loss: one task's, or the weighted sum over outputs (each
-    output's own loss is a graph output too)."""
+    output's own loss is a graph output too). `split`: a data-parallel worker's gradient graph,
+    whose class-weighted losses also take the whole batch's targets (`whole_batch`)."""
     logits = lower_body(b, net, xs, params, ctx)
     total = None
     for head in net.heads:
-        y = b.input(suffixed("y", head.name), *target_spec(head))
+        name, (dtype, shape) = suffixed("y", head.name), target_spec(head)
+        y = b.input(name, dtype, shape)
+        y_all = b.input(whole_batch(name), dtype, ["N_all", *shape[1:]]) \
+            if split and losses.weighted(head.task) else None
         with b.scope(head.name) if head.name else contextlib.nullcontext():
             stats = losses.target_stats(b, head)  # target_scaling: standard, else None
             target = losses.standardised(b, stats, y)
-            loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1])
+            loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1], y_all)
             logits[head.name] = losses.unscaled(b, stats, logits[head.name])
         if not head.name:
             return logits, loss
@@ -220,9 +230,9 @@ class _Gradient:
 
 
 def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
-                   data_norm: dict | None) -> _Gradient:
+                   data_norm: dict | None, split: bool = False) -> _Gradient:
     """Inputs params, x, y, noise, buffers and frozen parameters; forward, loss (with the
-    features' terms) and the flat gradient d loss / d params."""
+    features' terms) and the flat gradient d loss / d params. `split`: see _forward_and_loss."""
     noise: list[tuple[str, Shape]] = []
 
     def noise_input(layer: str, shape: Shape) -> str:
@@ -237,7 +247,7 @@ def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
     frozen = {k: v for f in feats for k, v in f.frozen_inputs(b, net).items()}
     xs = _model_inputs(b, net)
     ctx = Ctx(training=True, noise=noise_input)
-    logits, loss = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen})
+    logits, loss = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen}, split)
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
     g = _masked(b, _flat_gradient(b, loss, views, layout), mask)  # masked: no gradient
@@ -311,11 +321,13 @@ def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step,
     `grad` (the gradient averaged over workers), lr, step, `state.<s>` and the keep-mask;
     outputs grad_norm, `params.new`, `state.<s>.new`). Between them the flat gradient is
     all-reduced; clipping sees the averaged gradient, as one process with the whole batch.
+    A class-weighted loss also takes the whole batch's targets (`whole_batch`) for its
+    normaliser.
     Run back to back on one process they give the fused step's result (tests/test_split_step)."""
     feats, (layout, total) = features.active(net.spec, net), flat_layout(net)
     params, name = [n for n, _, _ in layout], net.spec["name"]
     b = Builder()
-    half = _gradient_half(b, net, feats, layout, total, data_norm)
+    half = _gradient_half(b, net, feats, layout, total, data_norm, split=True)
     _gradient_outputs(b, net, half)
     b.output(half.grad, "grad", "float32", [total])
     grad = Step(_written_in_place(b.model(f"{name}-grad")), params, [], {}, half.noise, layout,

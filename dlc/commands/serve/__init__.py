@@ -1,24 +1,24 @@
 """`dlc serve`: a trained model behind HTTP (Starlette on uvicorn; `pip install 'dlc[serve]'`).
 
-Nothing here imports Starlette or uvicorn at module level, so a missing extra is one line.
+Nothing here imports Starlette or uvicorn at module level (nor the app module, which does), so a
+missing extra is one line.
 """
 
 from __future__ import annotations
 
 import socket
 
-from dlc.commands.serve.app import create_app
 from dlc.data.columns import refuse_columns
-from dlc.errors import DlcError, UsageError
+from dlc.errors import DlcError, UsageError, optional_module
 from dlc.runtime.infer import load_model
 
+MISSING = "dlc serve needs Starlette and uvicorn: pip install 'dlc[serve]'"
 
-def _require() -> None:
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise DlcError("dlc serve needs Starlette and uvicorn: pip install 'dlc[serve]'") from None
+
+def _require():
+    """uvicorn, once Starlette and uvicorn are known to be installed."""
+    optional_module("starlette", MISSING, "dlc serve")
+    return optional_module("uvicorn", MISSING, "dlc serve")
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -44,8 +44,8 @@ def serve(model_path: str, host: str, port: int, max_batch: int, max_wait_ms: fl
     if max_batch < 1 or max_rows < 1 or max_wait_ms < 0:
         raise UsageError("--max-batch and --max-rows must be at least 1, --max-wait-ms at "
                          "least 0")
-    _require()
-    import uvicorn
+    uvicorn = _require()
+    from dlc.commands.serve.app import create_app  # Starlette's, now known to be installed
 
     model = load_model(model_path, device)
     refuse_columns(model.spec, "serve")

@@ -21,9 +21,8 @@ def _column(field: Field, column: str) -> str:
     options = "".join(f'<option value="{html.escape(v, quote=True)}">' for v in known)
     listed = f' list="known-{name}"><datalist id="known-{name}">{options}</datalist' if known \
         else ""
-    return (f'<label>{html.escape(column)} <input type="text" name="{name}" data-column="1" '
-            f'data-kind="{kind}"{listed}>'
-            "</label><br>")
+    return (f'<label><span>{html.escape(column)}</span> <input type="text" name="{name}" '
+            f'data-column="1" data-kind="{kind}"{listed}></label>')
 
 
 def _fields(fields: list[Field]) -> str:
