@@ -1,8 +1,9 @@
 """The size budget of ../shared/STYLE.md: every module of the package at most 400 lines, every
-function at most 40, the package at most 16,500 lines (12,000 for the first wave; the second wave
+function at most 40, the package at most 18,500 lines (12,000 for the first wave; the second wave
 added serving, profiling, TensorBoard, run-folder locking, the optimised-graph cache, data-parallel
-workers, `dlc inspect` with foreign-graph import, and Arrow tables with `dlc init`). Fails naming
-what is over."""
+workers, `dlc inspect` with foreign-graph import, Arrow tables with `dlc init`, then column kinds
+and text tokenised in the exported graph, the memory-mapped table cache and `base:` models).
+Fails naming what is over."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlc"
-MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 16_500
+MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 18_500
 
 
 def _modules() -> list[Path]:
