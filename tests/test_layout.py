@@ -22,6 +22,9 @@ LAZY = {
     ("dlc.commands.train", "dlc.distributed.*"): "data-parallel training's modules (Ray Train, "
                                                  "torch's collective) load only for --workers "
                                                  "or under a launcher",
+    ("dlc.model.network", "dlc.model.base"): "a `base:` model's loading (onnx, numpy) only for "
+                                             "specs with one: a plain `dlc validate` stays "
+                                             "numpy-free",
     ("*", "numpy"): "start-up: `dlc validate` and the spec/layer modules it loads stay numpy-free",
     ("*", "onnx"): "start-up: onnx loads only where a model is built or read",
     ("*", "onnxruntime"): "start-up: onnxruntime loads only where a session runs",
