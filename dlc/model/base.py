@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dlc.autodiff.coverage import missing_rules
+from dlc.autodiff.coverage import missing_rules, op_label
 from dlc.errors import DlcError
 from dlc.files.untrusted import read_model
 from dlc.graph.foreign import to_pinned_opset
@@ -217,10 +217,10 @@ def _trainability(spec, graph: BaseGraph, chosen: set[str]) -> list:
     if not missing:
         return []
     width = len(str(max(m.index for m in missing)))
-    kinds = sorted({m.op_type for m in missing})
+    kinds = sorted({op_label(m.op_type, m.domain) for m in missing})
     head = spec.diag(("base",), f"{len(missing)} node(s) between the trainable initialisers and "
                                 f"'{graph.cut}' have no gradient rule ({', '.join(kinds)}); "
                                 "freeze them (trainable: a list) or cut before them")
     return [head] + [spec.diag(("base", "model"), f"node {m.index:0{width}d} {m.name} "
-                                                  f"({m.op_type}): {', '.join(m.inputs)} -> "
+                                                  f"({op_label(m.op_type, m.domain)}): {', '.join(m.inputs)} -> "
                                                   f"{', '.join(m.outputs)}") for m in missing]
