@@ -54,3 +54,18 @@ def add_graph(b: Builder, graph: onnx.GraphProto) -> None:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         node.name = node.name or b.fresh(node.op_type)
         b.nodes.append(node)
+
+
+def copy_nodes(b: Builder, nodes, rename: dict[str, str]) -> dict[str, str]:
+    """Append copies of `nodes` (in graph order) to `b`, reading `rename[name]` for each input
+    (the graph's inputs and initialisers must be in it) and writing fresh names under `b`'s
+    scope; `rename` gains every output and is returned."""
+    for node in nodes:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.name = b.fresh((node.name or node.op_type).strip("/"))
+        node.input[:] = [rename[i] if i else "" for i in node.input]
+        for o in [o for o in node.output if o]:
+            rename[o] = b.fresh(o.strip("/") or node.op_type)
+        node.output[:] = [rename.get(o, "") for o in node.output]
+        b.nodes.append(node)
+    return rename

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from dlc.autodiff.coverage import missing_rules, op_label
 from dlc.errors import DlcError
 from dlc.files.untrusted import read_model
-from dlc.graph.foreign import to_pinned_opset
+from dlc.graph.foreign import copy_nodes, to_pinned_opset
 from dlc.model.layers.base import Layer, Param, Shape
 from dlc.model.names import matches
 
@@ -100,7 +100,7 @@ def _load(path: str, cut: str | None, _version: tuple) -> BaseGraph:
     model = _read(path)
     graph = model.graph
     name, in_shape = _input(model, path)
-    cut = cut or graph.output[0].name
+    cut = cut or (graph.output[0].name if graph.output else "")
     infos = {vi.name: vi for vi in [*graph.value_info, *graph.output]}
     if cut not in infos and cut not in {o for n in graph.node for o in n.output}:
         raise KeyError(cut)
@@ -158,15 +158,7 @@ class BaseLayer(Layer):
         rename = {self.graph.input: x, **{k: p[f"{NAME}.{k}"] for k in self.graph.weights}}
         for k, v in self.graph.constants.items():
             rename[k] = b.const(v, name=k.strip("/"))
-        for node in self.graph.nodes:
-            node = onnx.NodeProto.FromString(node.SerializeToString())
-            node.name = b.fresh((node.name or node.op_type).strip("/"))
-            node.input[:] = [rename[i] if i else "" for i in node.input]
-            for o in [o for o in node.output if o]:
-                rename[o] = b.fresh(o.strip("/") or node.op_type)
-            node.output[:] = [rename.get(o, "") for o in node.output]
-            b.nodes.append(node)
-        return rename[self.graph.cut]
+        return copy_nodes(b, self.graph.nodes, rename)[self.graph.cut]
 
     def flops(self, in_shape: Shape) -> int:
         return 0  # not counted: the summary's FLOPs are those of dlc's own layers
@@ -180,15 +172,17 @@ def resolve(spec) -> tuple[BaseLayer | None, list]:
     path = path if path.is_absolute() else Path(spec.file).resolve().parent / path
     try:
         graph = load(path, cfg.get("cut"))
-    except KeyError:
-        return None, [spec.diag(("base", "cut"), f"'{cfg['cut']}' is no tensor of {path}; "
+    except KeyError as e:
+        return None, [spec.diag(("base", "cut"), f"'{e.args[0]}' is no tensor of {path}; "
                                                  "`dlc inspect` lists its outputs")]
     except DlcError as e:
         raise DlcError(f"base.model: {e}") from None
     cfg["model"] = str(path.resolve())
     chosen, unused = trainable(graph, cfg.get("trainable", "all"))
+    names = list(graph.weights)
+    listed = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
     diags = [spec.diag(("base", "trainable"), f"'{k}' selects no float initialiser of the base "
-                       f"(they are: {', '.join(list(graph.weights)[:8])}, ...)") for k in unused]
+                       f"(they are: {listed or 'none'})") for k in unused]
     diags += _check_input(spec, graph) + _trainability(spec, graph, chosen)
     return BaseLayer(NAME, {"type": NAME, "name": NAME}, graph, frozenset(chosen)), diags
 
