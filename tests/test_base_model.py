@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SPECS, straight_and_resumed
+from oracles import needs_torch, torch
 from onnx import TensorProto, helper, numpy_helper
 
 BASE = SPECS / "data" / "digits_base.onnx"
@@ -195,3 +196,45 @@ def test_ai_onnx_ml_ops_off_the_parameter_path_are_taken(cli, tmp_path):
     _tiny(tmp_path / "after.onnx", op="Scaler")
     r = cli("validate", _spec(tmp_path, "{model: after.onnx}", data="csv:missing.csv"))
     assert r.code == 2 and "(ai.onnx.ml::Scaler)" in r.err, r
+
+
+@needs_torch
+def test_gradients_through_the_copied_base_match_torch(tmp_path):
+    """The compiled model (the example's base copied in, its head on `features`): dlc's gradient
+    of every parameter and one momentum-SGD step equal torch's on scripts/make_finetune_base's
+    BaseCNN holding the same weights."""
+    import importlib.util
+
+    from test_foreign_grads import DECAY, LR, MOMENTUM, _dlc_step
+    from test_vjp_rules import err
+
+    from dlc.model.compile import compile_spec
+    from dlc.model.spec import load_spec
+
+    script = SPECS.parent / "scripts" / "make_finetune_base.py"
+    found = importlib.util.spec_from_file_location("make_finetune_base", script)
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    model = compile_spec(load_spec(SPECS / "digits_finetune.yaml", ["base.trainable=all"]))
+    weights = {k: torch.from_numpy(v.copy()) for k, v in _weights_of(model).items()}
+    base, head = module.BaseCNN(), torch.nn.Linear(64, 5)
+    base.load_state_dict({k: weights[f"base.{k}"] for k in base.state_dict()  # fc2: cut off
+                          if f"base.{k}" in weights}, strict=False)
+    head.load_state_dict({"weight": weights["head.weight"].T, "bias": weights["head.bias"]})
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    y = head(base(torch.from_numpy(x))[1])
+    r = np.random.default_rng(1).uniform(-1, 1, tuple(y.shape)).astype(np.float32)
+    (y * torch.from_numpy(r)).sum().backward()
+    params = {**{f"base.{k}": p for k, p in base.named_parameters() if not k.startswith("fc2")},
+              "head.weight": head.weight, "head.bias": head.bias}
+    torch.optim.SGD(params.values(), lr=LR, momentum=MOMENTUM, weight_decay=DECAY).step()
+    out = _dlc_step(model, list(params), {"input": x}, r)
+    for name, p in params.items():
+        fold = (lambda a: a.T) if name == "head.weight" else (lambda a: a)  # dense: [in, out]
+        assert np.abs(p.grad.numpy()).max() > 1e-4, name
+        assert err(fold(out[f"g:{name}"]), p.grad.numpy()) < 1e-4, name
+        assert err(fold(out[f"w:{name}"]), p.detach().numpy()) < 1e-6, name
+
+
+def _weights_of(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
