@@ -76,7 +76,8 @@ def test_the_example_fine_tunes_frozen_then_unfrozen(cli, tmp_path):
     assert r.code == 0, r
     unfrozen = json.loads((full / "summary.json").read_text())["test"]["accuracy"]
     assert unfrozen >= 0.95 and unfrozen > frozen
-    assert _weights(full / "model.onnx")["base.fc1.weight"].tobytes() != source["fc1.weight"].tobytes()
+    moved = _weights(full / "model.onnx")["base.fc1.weight"]
+    assert moved.tobytes() != source["fc1.weight"].tobytes()
 
 
 def test_the_exported_model_needs_no_base_file(cli, tmp_path):
@@ -122,8 +123,8 @@ def test_summary_and_compile_show_the_base(cli, tmp_path):
 def test_a_dlc_model_as_base_brings_its_normalisation(cli, tmp_path, digits_mlp_model):
     """The digits MLP's graph normalises its raw input: data.normalize must be none."""
     extra = "input: {shape: [64]}\n"
-    spec = _spec(tmp_path, f"{{model: {digits_mlp_model}, cut: fc2/relu/Relu, trainable: none}}", extra,
-                 head="{type: dense, units: 10}", data="builtin:digits")
+    base = f"{{model: {digits_mlp_model}, cut: fc2/relu/Relu, trainable: none}}"
+    spec = _spec(tmp_path, base, extra, head="{type: dense, units: 10}", data="builtin:digits")
     spec.write_text(spec.read_text().replace("normalize: none", "normalize: standard"))
     r = cli("validate", spec)
     assert r.code == 2 and "data.normalize: none" in r.err, r
@@ -238,3 +239,10 @@ def test_gradients_through_the_copied_base_match_torch(tmp_path):
 
 def _weights_of(model) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_a_base_path_with_control_characters_is_escaped(cli, tmp_path):
+    """Found by tests/test_fuzz.py: the path as written reaches the message escaped, one line."""
+    r = cli("validate", _spec(tmp_path, '{model: "\\x1e0\\x1b[31m"}'))
+    assert r.code == 1 and "\\x1e0\\x1b[31m" in r.err and "\x1b" not in r.err, r
+    assert len(r.err.splitlines()) == 1, r

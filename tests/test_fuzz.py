@@ -172,6 +172,8 @@ def run_spec(text: str, overrides=()) -> str:
         try:
             model = compile_spec(spec)
         except Exception as exc:  # noqa: BLE001
+            if _base_file_error(exc):  # compile reads the base file again
+                return "compile: base file error"
             check_spec_error(exc, text)
             return "compile: SpecError"
         onnx.checker.check_model(model, full_check=True)  # what `dlc compile` runs

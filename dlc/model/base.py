@@ -27,6 +27,7 @@ from dlc.files.untrusted import read_model
 from dlc.graph.foreign import copy_nodes, to_pinned_opset
 from dlc.model.layers.base import Layer, Param, Shape
 from dlc.model.names import matches
+from dlc.model.spec.schema import one_line
 
 NAME = "base"  # the network node (and parameter prefix) of the base model
 STATISTICS = {"BatchNormalization": (3, 4)}  # inputs that are running statistics: never trained
@@ -175,8 +176,8 @@ def resolve(spec) -> tuple[BaseLayer | None, list]:
     except KeyError as e:
         return None, [spec.diag(("base", "cut"), f"'{e.args[0]}' is no tensor of {path}; "
                                                  "`dlc inspect` lists its outputs")]
-    except DlcError as e:
-        raise DlcError(f"base.model: {e}") from None
+    except DlcError as e:  # the path as written may hold control characters: escaped
+        raise DlcError(one_line(f"base.model: {e}")) from None
     cfg["model"] = str(path.resolve())
     chosen, unused = trainable(graph, cfg.get("trainable", "all"))
     names = list(graph.weights)
@@ -214,7 +215,11 @@ def _trainability(spec, graph: BaseGraph, chosen: set[str]) -> list:
     kinds = sorted({op_label(m.op_type, m.domain) for m in missing})
     head = spec.diag(("base",), f"{len(missing)} node(s) between the trainable initialisers and "
                                 f"'{graph.cut}' have no gradient rule ({', '.join(kinds)}); "
-                                "freeze them (trainable: a list) or cut before them")
-    return [head] + [spec.diag(("base", "model"), f"node {m.index:0{width}d} {m.name} "
-                                                  f"({op_label(m.op_type, m.domain)}): {', '.join(m.inputs)} -> "
-                                                  f"{', '.join(m.outputs)}") for m in missing]
+                                "freeze the initialisers before them (trainable: a list) or cut "
+                                "before them")
+
+    def line(m) -> str:
+        return (f"node {m.index:0{width}d} {m.name} ({op_label(m.op_type, m.domain)}): "
+                f"{', '.join(m.inputs)} -> {', '.join(m.outputs)}")
+
+    return [head] + [spec.diag(("base", "model"), line(m)) for m in missing]

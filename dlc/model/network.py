@@ -247,7 +247,7 @@ def build_network(spec) -> Network:
         else:
             kept[i] = head
             heads.append(Head(name, task, head.name, head.out_shape))
-    before, own = ([first], first.layer.params(())) if first else ([], [])  # the base first
+    before, own = ([first], first.layer.params(first.in_shapes[0])) if first else ([], [])
     return Network(data, before + list(kept.values()), own + params, heads,
                    before + [nodes[i] for i in order],
                    frozenset(frozen + [p.name for p in own if not p.trainable]))
