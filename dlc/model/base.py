@@ -179,7 +179,7 @@ def resolve(spec) -> tuple[BaseLayer | None, list]:
     except DlcError as e:  # the path as written may hold control characters: escaped
         raise DlcError(one_line(f"base.model: {e}")) from None
     cfg["model"] = str(path.resolve())
-    chosen, unused = trainable(graph, cfg.get("trainable", "all"))
+    chosen, unused = trainable(graph, cfg["trainable"])  # the schema fills in "all"
     names = list(graph.weights)
     listed = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
     diags = [spec.diag(("base", "trainable"), f"'{k}' selects no float initialiser of the base "
