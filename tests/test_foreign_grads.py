@@ -102,10 +102,11 @@ def _exported(net, args, names, batch="static"):
 
 
 def _dlc_step(model, params, feeds, r):
-    """loss = sum(y * r); dlc's gradients and one momentum-SGD step, run in onnxruntime."""
+    """loss = sum(y * r) (y: the model's first output); dlc's gradients and one momentum-SGD
+    step, run in onnxruntime."""
     b = Builder()
     add_graph(b, model.graph)
-    loss = b.ReduceSum(b.Mul("y", b.const(r)), keepdims=0)
+    loss = b.ReduceSum(b.Mul(model.graph.output[0].name, b.const(r)), keepdims=0)
     grads = gradients(b, loss, list(params))
     opt = Optimizer(b, OptimizerConfig("momentum", LR, DECAY, momentum=MOMENTUM), b.const(LR),
                     b.const(1.0))

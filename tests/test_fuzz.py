@@ -135,6 +135,13 @@ def check_spec_error(exc: BaseException, text: str, file: str = FILE) -> None:
                 f"position outside the text ({last} lines): {line!r}"
 
 
+def _base_file_error(exc: BaseException) -> bool:
+    """A `base:` model file that a mutant's path or cut makes unusable: a one-line file error
+    (exit 1, like a missing data file), not a spec error."""
+    return type(exc) is DlcError and str(exc).startswith("base.model: ") \
+        and len(str(exc).splitlines()) == 1
+
+
 def _params(net) -> int:
     return sum(math.prod(p.shape) for p in net.params)
 
@@ -155,6 +162,8 @@ def run_spec(text: str, overrides=()) -> str:
         try:
             net = build_network(spec)
         except Exception as exc:  # noqa: BLE001
+            if _base_file_error(exc):
+                return "build: base file error"
             check_spec_error(exc, text)
             return "build: SpecError"
         n = _params(net)
@@ -163,6 +172,8 @@ def run_spec(text: str, overrides=()) -> str:
         try:
             model = compile_spec(spec)
         except Exception as exc:  # noqa: BLE001
+            if _base_file_error(exc):  # compile reads the base file again
+                return "compile: base file error"
             check_spec_error(exc, text)
             return "compile: SpecError"
         onnx.checker.check_model(model, full_check=True)  # what `dlc compile` runs
@@ -607,7 +618,9 @@ def test_generated_specs_are_valid(doc):
 
 # ---- 2. mutated example specs ---------------------------------------------------------------
 
-BASES = {p.name: p.read_text(encoding="utf-8") for p in sorted(SPECS.glob("*.yaml"))}
+# the examples; a `base:` model's path made absolute, so that the mutants find it from here
+BASES = {p.name: p.read_text(encoding="utf-8").replace("model: data/", f"model: {SPECS}/data/")
+         for p in sorted(SPECS.glob("*.yaml"))}
 KEYS = WORDS
 TOKENS = ["1e999", "-1e999", "-0", "0", "-1", ".nan", ".inf", "-.inf", ".NaN", "0x1F", "0o17",
           "0b101", "1_000", "99999999999999999999999", "9" * 400, "1.5", "1e-3", "true", "yes",

@@ -230,8 +230,10 @@ def test_summary_and_graph_of_every_example(cli, tmp_path, path):
     """Every example (one input or several, one output or several) has a summary and a graph
     that shows each model input (and each output of an `outputs:` spec)."""
     from dlc.model.names import spec_heads, spec_inputs
+    from dlc.model.network import build_network
 
     spec = load_spec(path)
+    build_network(spec)  # fills in the input of a `base:` spec (the base model's)
     summary = cli("summary", path)
     assert summary.code == 0, summary
     r = cli("graph", path, "-o", tmp_path / "g.dot")

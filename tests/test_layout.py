@@ -24,6 +24,9 @@ LAZY = {
                                                  "or under a launcher",
     ("dlc.commands.serve", "dlc.commands.serve.app"): "the app imports Starlette: it loads once "
                                                       "the serve extra is known installed",
+    ("dlc.model.network", "dlc.model.base"): "a `base:` model's loading (onnx, numpy) only for "
+                                             "specs with one: a plain `dlc validate` stays "
+                                             "numpy-free",
     ("*", "numpy"): "start-up: `dlc validate` and the spec/layer modules it loads stay numpy-free",
     ("*", "onnx"): "start-up: onnx loads only where a model is built or read",
     ("*", "onnxruntime"): "start-up: onnxruntime loads only where a session runs",

@@ -17,7 +17,7 @@ from dlc.errors import SpecError
 from dlc.model.network import build_network
 from dlc.model.spec import load_spec, load_spec_text
 from dlc.train.step import build_train_step
-from dlc.train.features.finetune import matches
+from dlc.model.names import matches
 
 MLP = """\
 dlc: 1

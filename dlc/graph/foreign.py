@@ -2,8 +2,11 @@
 opset and copied into a Builder, so the autodiff driver and the optimizers work on them exactly
 as on a compiled spec.
 
-Only the default domain is taken: a com.microsoft or custom op has no gradient rule and no
-schema in the pinned opset (`dlc inspect` names such nodes before this is reached).
+Only the default domain and ai.onnx.ml are taken: a com.microsoft or custom op has no gradient
+rule and no schema in the pinned opsets (`dlc inspect` names such nodes before this is reached).
+ai.onnx.ml ops (a dlc model's string front: LabelEncoder, ...) have no gradient rule either, but
+they may stand where no gradient flows (before the parameters, on an integer path); the
+trainability check (dlc.autodiff.coverage) names any on the path from the parameters.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import onnx
 from onnx import version_converter
 
 from dlc.errors import DlcError
-from dlc.graph.builder import IR_VERSION, OPSET, Builder
+from dlc.graph.builder import IR_VERSION, ML_DOMAIN, OPSET, Builder
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -23,10 +26,11 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 
 def to_pinned_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """`model` at dlc's opset: converted by onnx's version converter when it differs."""
-    others = sorted({n.domain for n in model.graph.node if n.domain not in DEFAULT_DOMAINS})
+    others = sorted({n.domain for n in model.graph.node
+                     if n.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN)})
     if others:
         raise DlcError(f"{where}: uses ops of the domains {', '.join(others)}; dlc trains only "
-                       "standard ONNX ops (see `dlc inspect`)")
+                       "standard ONNX and ai.onnx.ml ops (see `dlc inspect`)")
     if default_opset(model) != OPSET:
         try:
             model = version_converter.convert_version(model, OPSET)
@@ -50,3 +54,18 @@ def add_graph(b: Builder, graph: onnx.GraphProto) -> None:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         node.name = node.name or b.fresh(node.op_type)
         b.nodes.append(node)
+
+
+def copy_nodes(b: Builder, nodes, rename: dict[str, str]) -> dict[str, str]:
+    """Append copies of `nodes` (in graph order) to `b`, reading `rename[name]` for each input
+    (the graph's inputs and initialisers must be in it) and writing fresh names under `b`'s
+    scope; `rename` gains every output and is returned."""
+    for node in nodes:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.name = b.fresh((node.name or node.op_type).strip("/"))
+        node.input[:] = [rename[i] if i else "" for i in node.input]
+        for o in [o for o in node.output if o]:
+            rename[o] = b.fresh(o.strip("/") or node.op_type)
+        node.output[:] = [rename.get(o, "") for o in node.output]
+        b.nodes.append(node)
+    return rename

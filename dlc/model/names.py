@@ -5,6 +5,8 @@ semantics, the training features, data) imports it from here without a circle.""
 
 from __future__ import annotations
 
+import fnmatch
+
 # The output activation each task kind implies. A spec may write it as its last layer (or as the
 # last dense layer's activation); training then takes the loss from the logits before it.
 HEAD = {"classification": "softmax", "binary": "sigmoid", "regression": None}
@@ -60,3 +62,10 @@ def class_count(kind: str, last_axis):
     """Classes of a classification output (its logits' last axis) or a binary one (2: negative,
     positive): the one rule for class weights, labels, metrics and the teacher's check."""
     return 2 if kind == "binary" else last_axis
+
+
+def matches(key: str, name: str) -> bool:
+    """Whether a key selects parameter `name`: the exact name, a dotted prefix (`res1` for
+    `res1.a.weight`) or a shell-style pattern (`res*`, `*.bias`); lr_scale keys and the
+    base's trainable patterns."""
+    return name == key or name.startswith(key + ".") or fnmatch.fnmatchcase(name, key)

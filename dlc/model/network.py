@@ -137,11 +137,12 @@ def _strip_head(node: Node, kind: str) -> Node | None:
     return node
 
 
-def _order(spec, layers: list[Layer]) -> tuple[list[int], list[list[str]], list[Diagnostic]]:
-    """Each layer's sources (default: the previous layer; the first input for the first layer)
-    and a topological order; unknown names, cycles and wrong input counts as diagnostics."""
+def _order(spec, layers: list[Layer],
+           model_inputs: list[str]) -> tuple[list[int], list[list[str]], list[Diagnostic]]:
+    """Each layer's sources (default: the previous layer; the first of `model_inputs` (the
+    model's inputs, or the base) for the first layer) and a topological order; unknown names,
+    cycles and wrong input counts as diagnostics."""
     names = {layer.name: i for i, layer in enumerate(layers)}
-    model_inputs = list(spec_inputs(spec.data))
     sources, diags = [], []
     for i, layer in enumerate(layers):
         given = layer.cfg.get("inputs")
@@ -215,20 +216,22 @@ def _shared(spec, layers: list[Layer], i: int, params: list[Param], owners: dict
 def build_network(spec) -> Network:
     """Build and check the network of a loaded `Spec`; raise SpecError listing every problem."""
     data = spec.data
+    base = _base(spec)
     if bool(data.get("input")) == bool(data.get("inputs")):
         raise SpecError([spec.diag((), "give exactly one of `input:` (one input) and `inputs:` "
                                        "(several named inputs)")])
     layers = [build_layer(cfg) for cfg in data["layers"]]
-    order, sources, diags = _order(spec, layers)
+    shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
+    order, sources, diags = _order(spec, layers, [base.name] if base else list(shapes))
     diags += semantics.check_ids(spec, layers, sources) + semantics.check_missing(spec) + \
         semantics.check_columns(spec)
-    shapes: dict[str, Shape] = {n: tuple(c["shape"]) for n, c in spec_inputs(data).items()}
     for name, shape in shapes.items():
         if math.prod(shape) > MAX_VALUES:
             at = ("input", "shape") if data.get("input") else ("inputs", name, "shape")
             diags.append(spec.diag(at, f"{list(shape)} is {math.prod(shape):,} values per "
                                        f"sample; the limit is {MAX_VALUES:,}"))
             order = []
+    first = _base_node(base, shapes) if base else None
     nodes, params, frozen = _build_nodes(spec, layers, order, sources, shapes, diags)
     layer_of = _head_layers(spec, layers)  # output name -> index of the layer it reads
     diags += semantics.check_task(spec, layers, layer_of, shapes if not diags else None)
@@ -245,8 +248,31 @@ def build_network(spec) -> Network:
         else:
             kept[i] = head
             heads.append(Head(name, task, head.name, head.out_shape))
-    return Network(data, list(kept.values()), params, heads, [nodes[i] for i in order],
-                   frozenset(frozen))
+    before, own = ([first], first.layer.params(first.in_shapes[0])) if first else ([], [])
+    return Network(data, before + list(kept.values()), own + params, heads,
+                   before + [nodes[i] for i in order],
+                   frozenset(frozen + [p.name for p in own if not p.trainable]))
+
+
+def _base(spec) -> Layer | None:
+    """The `base:` model as a layer (None without one); its diagnostics raised here, since
+    the layers' shapes depend on it. Its module (onnx, numpy) loads only for such specs."""
+    if not spec.data.get("base"):
+        return None
+    from dlc.model import base
+
+    layer, diags = base.resolve(spec)
+    if diags:
+        raise SpecError(diags)
+    return layer
+
+
+def _base_node(base: Layer, shapes: dict[str, Shape]) -> Node:
+    """The base's node, reading the model input; `shapes` gains its output, which the first
+    layer reads."""
+    (name, shape), = shapes.items()
+    shapes[base.name] = base.output_shape(shape)
+    return Node(base, [name], [shape], shapes[base.name])
 
 
 def _build_nodes(spec, layers: list[Layer], order: list[int], sources: list[list[str]],

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from dlc.errors import DlcError, SpecError
 from dlc.files.untrusted import read_model
 from dlc.model.layers.base import numel
+from dlc.model.names import matches
 from dlc.train.features.protocol import Feature
 
 SHOWN = 8  # names listed per group in the printed note (summary.json has them all)
@@ -41,11 +41,6 @@ def frozen_inputs(b, net) -> dict[str, str]:
 # ---- lr_scale -------------------------------------------------------------------------------
 def lr_scale_config(spec_data: dict) -> dict:
     return ((spec_data.get("train") or {}).get("optimizer") or {}).get("lr_scale") or {}
-
-
-def matches(key: str, name: str) -> bool:
-    """Whether an lr_scale key selects parameter `name` (exact, dotted prefix or pattern)."""
-    return name == key or name.startswith(key + ".") or fnmatch.fnmatchcase(name, key)
 
 
 def lr_scales(net, layout, total: int) -> np.ndarray | None:
