@@ -193,8 +193,9 @@ def _run_model(model, net) -> None:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {i.name: np.zeros([2 if isinstance(d, str) else d for d in i.shape],
-                             np.int64 if "int64" in i.type else np.float32)
+    dtypes = {"tensor(int64)": np.int64, "tensor(string)": object}  # raw text or columns: ""
+    feed = {i.name: np.full([2 if isinstance(d, str) else d for d in i.shape], "" if
+                            i.type == "tensor(string)" else 0, dtypes.get(i.type, np.float32))
             for i in sess.get_inputs()}
     outs = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feed))}
     shapes = {o.name: o.shape for o in sess.get_outputs()}
