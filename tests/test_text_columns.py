@@ -1,0 +1,117 @@
+"""Issue 17, `kind: text` columns: a free-text column of a table becomes token ids through the
+model's own text front (vocabulary from the training split), in its own int64 `inputs:` entry
+read by an embedding, beside the numeric and categorical columns of another entry; the exported
+graph takes the raw cells, so plain onnxruntime on the raw rows answers what `dlc predict` does."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import yaml
+
+from dlc.data import load_dataset
+from dlc.data.columns import MARKERS, encode, fit
+
+WORDS = {"hi": ["bright", "sunny", "warm"], "lo": ["dark", "cold", "rainy"]}
+FILLER = ["the", "day", "was", "quite", "and", "then", "it", "got"]
+
+
+def write_table(path, n=200, seed=0):
+    """`size` (numeric, some missing), `color` (categorical), `note` (free text, some missing,
+    punctuation and case), and a class `y` that the note's words and the size decide."""
+    rng = np.random.default_rng(seed)
+    lines = ["size,color,note,y"]
+    for i in range(n):
+        y = "hi" if rng.random() < 0.5 else "lo"
+        words = list(rng.choice(FILLER, 4)) + [str(rng.choice(WORDS[y]))]
+        rng.shuffle(words)
+        note = " ".join(words).capitalize() + ("!" if i % 3 else ", yes.")
+        size = rng.normal() + (0.5 if y == "hi" else -0.5)
+        cells = [f"{size:.3f}" if i % 10 else "NA", ["red", "blue"][i % 2],
+                 f'"{note}"' if i % 15 else "", y]
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def spec_file(tmp_path, epochs=6):
+    spec = {"dlc": 1, "name": "notes",
+            "inputs": {"table": {"columns": {"size": "numeric", "color": "categorical"}},
+                       "note": {"dtype": "int64",
+                                "columns": {"note": {"kind": "text", "max_length": 8}}}},
+            "layers": [{"type": "embedding", "name": "embed", "inputs": ["note"], "dim": 8,
+                        "padding_index": 0},
+                       {"type": "sequence_pool", "name": "pool", "mode": "mean"},
+                       {"type": "concat", "name": "joined", "inputs": ["table", "pool"]},
+                       {"type": "dense", "name": "h", "units": 16, "activation": "relu"},
+                       {"type": "dense", "name": "out", "units": 2}],
+            "task": {"kind": "classification"},
+            "data": {"source": "csv:t.csv", "target": "y",
+                     "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+            "train": {"epochs": epochs, "batch_size": 16,
+                      "optimizer": {"type": "adam", "lr": 0.02}, "seed": 0}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path, spec
+
+
+def raw_rows(path, states):
+    """The cells as a plain onnxruntime user feeds them: float32 (NaN: missing), else the text."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    feeds = {}
+    for c in (c for s in states.values() for c in s["columns"]):
+        cells = [r[c["name"]] for r in rows]
+        feeds[c["name"]] = np.array([np.nan if v in MARKERS else float(v) for v in cells],
+                                    np.float32) if c["kind"] == "numeric" else \
+            np.array(cells, dtype=object)
+    return feeds
+
+
+def test_text_ids_come_from_the_training_texts_only():
+    raw = {"t": np.array(["Red fox.", "red DOG", "NA", "cat, red"], dtype=object)}
+    state = fit({"t": {"kind": "text", "max_length": 4}}, {"t": raw["t"][:3]}, None)
+    c = state["columns"][0]
+    assert c["vocab"] == ["<pad>", "<oov>", "red", ".", "dog", "fox"] and state["ids"] == 6
+    np.testing.assert_array_equal(encode(state, raw), [[2, 5, 3, 0], [2, 4, 0, 0],
+                                                       [0, 0, 0, 0], [1, 1, 2, 0]])
+
+
+def test_train_ids_are_the_graph_ids_and_onnxruntime_answers_what_predict_does(
+        cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    path, spec = spec_file(tmp_path)
+    ds = load_dataset(spec, tmp_path)
+    assert ds.train.x["note"].dtype == np.int64 and ds.train.x["note"].shape[1] == 8
+    assert cli("train", str(path), "--out", "run", "-q").code == 0
+    model = onnx.load(tmp_path / "run/model.onnx")
+    states = json.loads({p.key: p.value for p in model.metadata_props}["dlc.columns"])
+    assert {i.name for i in model.graph.input} == {"size", "color", "note"}
+    feeds = raw_rows(tmp_path / "t.csv", states)
+    # the ids training learnt from are the ids the exported graph computes from the raw cells
+    front = onnx.load(tmp_path / "run/model.onnx")
+    front.graph.output.append(onnx.helper.make_tensor_value_info(_ids_tensor(front),
+                                                                 onnx.TensorProto.FLOAT, None))
+    got = ort.InferenceSession(front.SerializeToString()).run([_ids_tensor(front)], feeds)[0]
+    np.testing.assert_array_equal(got.astype(np.int64), encode(states["note"], feeds))
+    r = cli("predict", "run/model.onnx", "t.csv", "-o", "p.npz")
+    assert r.code == 0, r.err
+    probs, index = ort.InferenceSession(model.SerializeToString()).run(
+        ["probabilities", "class_index"], feeds)
+    predicted = np.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(predicted["class_index"], index)
+    labels = json.loads({p.key: p.value for p in model.metadata_props}["dlc.labels"])
+    np.testing.assert_array_equal(np.stack([predicted[f"p_{c}"] for c in labels], 1), probs)
+    r = cli("evaluate", "run/model.onnx", "--data", "t.csv", "-o", "m.json")
+    assert r.code == 0 and json.loads((tmp_path / "m.json").read_text())["accuracy"] > 0.8
+
+
+def _ids_tensor(model) -> str:
+    """The text front's output: the Cast of the ids to float in the note column's scope."""
+    return next(n.output[0] for n in model.graph.node
+                if n.op_type == "Cast" and n.name.startswith("columns/note")
+                and n.attribute[0].i == onnx.TensorProto.FLOAT)
