@@ -82,7 +82,7 @@ def test_init_then_train_reaches_the_logistic_regression_baseline(cli, tmp_path)
     assert loaded["input"]["columns"] == {
         "w": "numeric", "x": {"kind": "numeric", "missing": "median"}, "z": "numeric",
         "v": {"kind": "numeric", "missing": "median"}, "city": "binary"}
-    assert "# left out (identifiers or free text: a value per row): note" in text
+    assert "# left out (identifiers: a value per row): note" in text
     loaded, acc = init_and_train(cli, tmp_path / "survey.csv", "outcome", tmp_path)
     assert acc >= baseline(loaded, tmp_path) - 0.02
 

@@ -115,3 +115,21 @@ def _ids_tensor(model) -> str:
     return next(n.output[0] for n in model.graph.node
                 if n.op_type == "Cast" and n.name.startswith("columns/note")
                 and n.attribute[0].i == onnx.TensorProto.FLOAT)
+
+
+def test_init_infers_text_and_writes_a_spec_that_trains(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()  # an identifier column stays out
+    (tmp_path / "t.csv").write_text("\n".join([f"ref,{lines[0]}"] + [
+        f"r{i:04d},{line}" for i, line in enumerate(lines[1:])]) + "\n")
+    assert cli("init", "t.csv", "--target", "y", "-o", "spec.yaml").code == 0
+    spec = yaml.safe_load((tmp_path / "spec.yaml").read_text())
+    assert spec["inputs"]["note_text"]["columns"]["note"]["kind"] == "text"
+    assert set(spec["inputs"]["table"]["columns"]) == {"size", "color"}
+    assert "left out (identifiers: a value per row): ref" in (tmp_path / "spec.yaml").read_text()
+    assert cli("validate", "spec.yaml").code == 0
+    r = cli("train", "spec.yaml", "--out", "run", "-q", "--log-format", "jsonl")
+    assert r.code == 0, r.err
+    end = json.loads(r.out.splitlines()[-1])
+    assert end["event"] == "end" and end["test"]["accuracy"] > 0.8, end
