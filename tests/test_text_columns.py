@@ -11,6 +11,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import yaml
 
 from dlc.data import load_dataset
@@ -133,3 +134,27 @@ def test_init_infers_text_and_writes_a_spec_that_trains(cli, tmp_path, monkeypat
     assert r.code == 0, r.err
     end = json.loads(r.out.splitlines()[-1])
     assert end["event"] == "end" and end["test"]["accuracy"] > 0.8, end
+
+
+def test_cv_refits_every_encoder_on_each_folds_training_rows(cli, tmp_path, monkeypatch):
+    from dlc.commands.cv import _raw_data, fold_dataset, fold_indices
+    from dlc.model.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    path, _ = spec_file(tmp_path, epochs=4)
+    spec = load_spec(str(path), [])
+    raw = _raw_data(spec)
+    offsets = []
+    for train, held in fold_indices(raw[1], len(raw[1]), 3, 0, True)[:2]:
+        ds = fold_dataset(raw, train, held, spec.data, True)
+        size = ds.columns["table"]["columns"][0]
+        values = raw[0]["size"][train]  # median-filled, then standardised: the fold's mean
+        filled = np.where(np.isnan(values), np.nanmedian(values), values)
+        assert size["offset"] == pytest.approx(filled.mean(), rel=1e-6)
+        offsets.append(size["offset"])
+    assert offsets[0] != offsets[1]
+    r = cli("cv", str(path), "--folds", "3", "-o", "cv.json")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "cv.json").read_text())
+    assert report["mean"]["accuracy"] > 0.75 and len(report["per_fold"]) == 3
