@@ -264,7 +264,7 @@ def test_commands_without_column_kinds_say_so_in_one_line(cli, tmp_path, monkeyp
     spec, _ = spec_file(tmp_path, epochs=1)
     assert cli("train", str(spec), "--out", "run", "-q").code == 0
     (tmp_path / "rows.csv").write_text("size,color,shape,weight\n1,red,round,0\n")
-    for args in (("cv", str(spec), "--folds", "2"), ("explain", "run/model.onnx", "rows.csv"),
+    for args in (("explain", "run/model.onnx", "rows.csv"),
                  ("quantize", "run/model.onnx", "-o", "q.onnx", "--mode", "dynamic"),
                  *([("serve", "run/model.onnx", "--port", "0")]  # without the extra: its line
                    if importlib.util.find_spec("uvicorn") else [])):
