@@ -6,7 +6,6 @@ CSV values (strings, NaN for a missing number) answers what `dlc predict` does."
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -265,9 +264,7 @@ def test_commands_without_column_kinds_say_so_in_one_line(cli, tmp_path, monkeyp
     assert cli("train", str(spec), "--out", "run", "-q").code == 0
     (tmp_path / "rows.csv").write_text("size,color,shape,weight\n1,red,round,0\n")
     for args in (("explain", "run/model.onnx", "rows.csv"),
-                 ("quantize", "run/model.onnx", "-o", "q.onnx", "--mode", "dynamic"),
-                 *([("serve", "run/model.onnx", "--port", "0")]  # without the extra: its line
-                   if importlib.util.find_spec("uvicorn") else [])):
+                 ("quantize", "run/model.onnx", "-o", "q.onnx", "--mode", "dynamic")):
         r = cli(*args)
         assert r.code == 1 and f"dlc {args[0]} does not take table columns" in r.err, r
 
