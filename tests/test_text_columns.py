@@ -158,3 +158,22 @@ def test_cv_refits_every_encoder_on_each_folds_training_rows(cli, tmp_path, monk
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "cv.json").read_text())
     assert report["mean"]["accuracy"] > 0.75 and len(report["per_fold"]) == 3
+
+
+def test_quantize_calibrates_on_the_raw_rows(cli, tmp_path, monkeypatch):
+    """Static int8: calibrated on the raw training rows (strings, NA) through the model's own
+    front; the int8 copy answers raw rows like the float model."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    path, _ = spec_file(tmp_path)
+    assert cli("train", str(path), "--out", "run", "-q").code == 0
+    r = cli("quantize", "run/model.onnx", "-o", "q.onnx", "--mode", "static")
+    assert r.code == 0, r.err
+    assert "calibration samples" in r.out and "test split of the spec's data" in r.out
+    ops = {n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node}
+    assert {"QuantizeLinear", "StringSplit", "LabelEncoder"} <= ops
+    agree = float(r.out.split("same predicted class:")[1].split()[0])
+    assert agree >= 0.95
+    r = cli("quantize", "run/model.onnx", "-o", "d.onnx", "--mode", "dynamic", "--data", "t.csv")
+    assert r.code == 0 and "t.csv (all samples)" not in r.out, r.err  # the spec's test split
+    assert cli("predict", "q.onnx", "t.csv").code == 0
