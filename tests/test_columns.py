@@ -257,17 +257,6 @@ def test_embedded_categories_learn_their_vocab_size_and_run_in_the_graph(cli, tm
     np.testing.assert_array_equal(ids[:, 0], [3, 2, color["values"].index(color["fill"])])
 
 
-def test_commands_without_column_kinds_say_so_in_one_line(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    write_table(tmp_path / "t.csv")
-    spec, _ = spec_file(tmp_path, epochs=1)
-    assert cli("train", str(spec), "--out", "run", "-q").code == 0
-    (tmp_path / "rows.csv").write_text("size,color,shape,weight\n1,red,round,0\n")
-    for args in (("explain", "run/model.onnx", "rows.csv"),):
-        r = cli(*args)
-        assert r.code == 1 and f"dlc {args[0]} does not take table columns" in r.err, r
-
-
 def test_a_numeric_column_is_filled_with_a_number():
     from dlc.errors import DlcError
 

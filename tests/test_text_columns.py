@@ -177,3 +177,25 @@ def test_quantize_calibrates_on_the_raw_rows(cli, tmp_path, monkeypatch):
     r = cli("quantize", "run/model.onnx", "-o", "d.onnx", "--mode", "dynamic", "--data", "t.csv")
     assert r.code == 0 and "t.csv (all samples)" not in r.out, r.err  # the spec's test split
     assert cli("predict", "q.onnx", "t.csv").code == 0
+
+
+def test_explain_attributes_each_raw_column(cli, tmp_path, monkeypatch):
+    """Attributions of the encoded features summed back per raw column (the text column: over
+    its token positions and embedding dimensions); integrated gradients stay complete."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    path, _ = spec_file(tmp_path)
+    assert cli("train", str(path), "--out", "run", "-q").code == 0
+    r = cli("explain", "run/model.onnx", "t.csv", "--method", "integrated_gradients",
+            "--steps", "64", "-o", "a.csv")
+    assert r.code == 0, r.err
+    with open(tmp_path / "a.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(list(rows[0])[3:]) == ["color", "note", "size"]
+    complete = [line for line in r.out.splitlines() if "sum of attributions" in line]
+    for line in complete[:20]:
+        total, gap = float(line.split("attributions ")[1].split()[0]), float(line.split()[-1])
+        assert total == pytest.approx(gap, abs=0.02 + 0.02 * abs(gap)), line
+    ranked = r.out.splitlines()[len(complete) + 2:]
+    assert ranked[0].split()[1] == "note"  # the words decide the class
+    assert cli("explain", "run/model.onnx", "t.csv", "--baseline", "zero").code == 0

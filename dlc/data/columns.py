@@ -175,12 +175,11 @@ def entries(spec: dict) -> dict[str, dict]:
     return {name: cfg for name, cfg in found.items() if cfg.get("columns")}
 
 
-def refuse_columns(spec: dict, command: str) -> None:
-    """One line for the commands that do not take table columns by kind yet (their data paths
-    read numbers), instead of a failure deep inside them."""
-    if entries(spec):
-        raise DlcError(f"dlc {command} does not take table columns by kind (input.columns) yet; "
-                       "train, evaluate and predict do")
+def width(c: dict) -> int:
+    """How many encoded columns one fitted column takes (encode's layout, in state order)."""
+    kind = {"numeric": 1, "binary": 1, "text": c.get("max_length")}.get(c["kind"])
+    own = kind or (1 if c.get("embedding") else len(c["values"]) + 1)
+    return own + int(c["indicator"])
 
 
 def table_columns(spec: dict) -> dict:
