@@ -106,6 +106,19 @@ def _task(values: list[str]) -> tuple[str, int]:
     return ("binary", 1) if len(distinct) == 2 else ("classification", len(distinct))
 
 
+START = ["  # a linear model over the encoded columns first (logistic regression for classes),",
+         "  # regularised as scikit-learn's LogisticRegression(C=1): it reaches that baseline on",
+         "  # small tables, where a hidden layer overfits. For more capacity on a large table, add",
+         "  # - {type: dense, name: hidden, units: 64, activation: relu}",
+         "  # with train.early_stopping: {patience: 20, restore_best: true}."]
+
+
+def _l2(rows: int) -> float:
+    """weight_decay (L2 added to the gradient of the mean loss) equal to scikit-learn's C=1
+    penalty 0.5 |w|^2 on the summed loss: 1 / the training rows (70 % of the table)."""
+    return float(f"{1 / max(1, round(0.7 * rows)):.2g}")
+
+
 def _flow(value) -> str:
     return json.dumps(value)
 
@@ -128,15 +141,14 @@ def spec_text(table: Table, data_ref: str, target: str, schema: str) -> str:
     lines += inputs
     if left:
         lines.append(f"# left out (identifiers: a value per row): {', '.join(left)}")
-    lines += ["layers:", *first, "  - {type: dense, name: hidden, units: 64, activation: relu}",
-              f"  - {{type: dense, name: out, units: {units}}}",
+    lines += ["layers:", *first, *START, f"  - {{type: dense, name: out, units: {units}}}",
               f"task: {{kind: {kind}}}  # from the target's values: {kind}" + unknown,
               "data:", f"  source: {_flow(data_ref)}", f"  target: {_flow(target)}",
               f"  split: {{val: 0.15, test: 0.15, stratify: {_flow(kind != 'regression')}, "
               "seed: 0}", "  normalize: standard",
-              "train:", "  epochs: 100", "  batch_size: 32",
-              "  optimizer: {type: adam, lr: 0.001}",
-              "  early_stopping: {patience: 10}", "  seed: 0", ""]
+              "train:", "  epochs: 150", "  batch_size: 32",
+              f"  optimizer: {{type: adam, lr: 0.01, weight_decay: {_l2(len(table))}}}"
+              "  # L2 = 1 / training rows", "  seed: 0", ""]
     return "\n".join(lines)
 
 
