@@ -199,3 +199,12 @@ def test_explain_attributes_each_raw_column(cli, tmp_path, monkeypatch):
     ranked = r.out.splitlines()[len(complete) + 2:]
     assert ranked[0].split()[1] == "note"  # the words decide the class
     assert cli("explain", "run/model.onnx", "t.csv", "--baseline", "zero").code == 0
+
+
+def test_a_text_column_outside_an_int64_input_is_a_spec_error(cli, tmp_path):
+    path, spec = spec_file(tmp_path)
+    spec["inputs"]["table"]["columns"]["note"] = "text"
+    del spec["inputs"]["note"]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = cli("validate", str(path))
+    assert r.code == 2 and "note: text needs an int64 input (dtype: int64)" in r.err, r

@@ -4,9 +4,9 @@ Every sample of `data.source` is held out exactly once (the spec's test fraction
 Each fold trains a fresh model in-process on the other K-1 folds, normalised with statistics of
 its own training samples (for `inputs:` models also its category ids, from the CSV columns;
 for column kinds, `input.columns`, every encoder: fills, vocabularies, scales, refitted per fold
-and the network rebuilt for the fold's encoded width), then scores the held-out fold. A validation split (data.split.val of the
-training folds, stratified) is carved only when train.early_stopping needs one; otherwise every
-training-fold sample trains.
+and the network rebuilt for the fold's encoded width), then scores the held-out fold. A
+validation split (data.split.val of the training folds, stratified) is carved only when
+train.early_stopping needs one; otherwise every training-fold sample trains.
 
 Fold assignment reproduces scikit-learn's `StratifiedKFold(n_splits=K, shuffle=True,
 random_state=seed)` for classification/binary targets (when data.split.stratify, the default) and

@@ -7,8 +7,8 @@ or the training split of the model's own data source (its stored resolved spec,
 indices stay float/exact. Models with named `inputs:` are calibrated, timed and compared on all
 of their inputs together (categorical ids pass through as ids); models with column kinds
 (`input.columns`) on the raw columns of the table, which their own graph fills and encodes. The
-model is pre-processed first (`quant_pre_process`: shape inference
-and graph optimisation; onnx shape inference alone if that fails). Every `dlc.*` metadata entry is
+model is pre-processed first (`quant_pre_process`: shape inference and graph optimisation; onnx
+shape inference alone if that fails). Every `dlc.*` metadata entry is
 copied over, plus `dlc.quantized`, so `dlc predict`/`dlc evaluate` work on the result.
 
 The report compares the float and int8 models in one process: file size, inference samples/s on

@@ -103,10 +103,11 @@ def _column_problems(data: dict, cfg: dict) -> list[str]:
         embedded = c.get("kind") == "text" or \
             (c.get("kind") == "categorical" and c.get("encoding") == "embedding")
         if ids != embedded or (embedded and c.get("indicator")):
+            what = "text" if c.get("kind") == "text" else "encoding: embedding"
             out.append(f"{col}: " + ("an int64 input takes text columns and categorical columns "
                                      "with encoding: embedding (no indicator)" if ids else
-                                     f"{'text' if c.get('kind') == 'text' else 'encoding: embedding'}"
-                                     " needs an int64 input (dtype: int64) read by an embedding"))
+                                     f"{what} needs an int64 input (dtype: int64) read by an "
+                                     "embedding"))
     return out
 
 
