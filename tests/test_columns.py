@@ -6,7 +6,6 @@ CSV values (strings, NaN for a missing number) answers what `dlc predict` does."
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -256,20 +255,6 @@ def test_embedded_categories_learn_their_vocab_size_and_run_in_the_graph(cli, tm
     color = states["cats"]["columns"][0]
     assert color["values"] == ["blue", "green", "red"]
     np.testing.assert_array_equal(ids[:, 0], [3, 2, color["values"].index(color["fill"])])
-
-
-def test_commands_without_column_kinds_say_so_in_one_line(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    write_table(tmp_path / "t.csv")
-    spec, _ = spec_file(tmp_path, epochs=1)
-    assert cli("train", str(spec), "--out", "run", "-q").code == 0
-    (tmp_path / "rows.csv").write_text("size,color,shape,weight\n1,red,round,0\n")
-    for args in (("cv", str(spec), "--folds", "2"), ("explain", "run/model.onnx", "rows.csv"),
-                 ("quantize", "run/model.onnx", "-o", "q.onnx", "--mode", "dynamic"),
-                 *([("serve", "run/model.onnx", "--port", "0")]  # without the extra: its line
-                   if importlib.util.find_spec("uvicorn") else [])):
-        r = cli(*args)
-        assert r.code == 1 and f"dlc {args[0]} does not take table columns" in r.err, r
 
 
 def test_a_numeric_column_is_filled_with_a_number():

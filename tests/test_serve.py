@@ -221,6 +221,43 @@ def test_text_model_serves_raw_text_as_dlc_predict(cli, tmp_path_factory, tmp_pa
         server.close()
 
 
+@needs_server
+def test_column_model_serves_raw_rows_with_missing_cells_as_dlc_predict(cli, tmp_path_factory,
+                                                                        tmp_path):
+    """input.columns (specs/penguins_columns.yaml): rows of raw cells, strings and null or NaN
+    for a missing one, filled and encoded by the model's graph; /schema names the raw columns."""
+    model = trained_model(tmp_path_factory, "penguins_columns.yaml", "train.epochs=3")
+    rows = csv_records(SPECS / "data" / "penguins_full.csv")[:5]  # row 4: NA cells
+    rows[1]["island"] = "Atlantis"  # unseen: the out-of-vocabulary column
+    sample = tmp_path / "rows.csv"
+    sample.write_text(",".join(rows[0]) + "\n" + "".join(",".join(r.values()) + "\n"
+                                                         for r in rows))
+    want = expected_json(cli, model, sample, tmp_path)
+    numbers = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "year"]
+    records = [{k: (None if v == "NA" else float(v) if k in numbers else v)
+                for k, v in r.items() if k != "species"} for r in rows]
+    server = Served(model)
+    try:
+        _, schema, _ = server.request("schema")
+        props = schema["properties"]["rows"]["items"]["properties"]
+        assert props["island"]["type"] == ["string", "integer", "null"]
+        assert props["body_mass_g"]["type"] == ["number", "null"]
+        status, got = server.post({"rows": records})
+        assert status == 200, got
+        assert_same_predictions(got["predictions"], want)
+        nan = json.dumps({"rows": records}).replace("null", "NaN", 1).encode()
+        status, got, _ = server.request("predict", nan)
+        assert status == 200 and got["predictions"] == server.post({"rows": records})[1][
+            "predictions"]
+        status, got, _ = server.request("predict", sample.read_bytes(), "text/csv")
+        assert status == 200, got
+        assert_same_predictions(got["predictions"], want)
+        status, got = server.post({"rows": [{**records[0], "island": ["x"]}]})
+        assert status == 422 and "rows[0].island" in got["error"], got
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("body,ctype,status,message", BAD)
 def test_bad_requests_get_a_4xx_and_one_line(iris_server, body, ctype, status, message):
     got_status, got, kind = iris_server.request("predict", body, ctype)

@@ -16,6 +16,12 @@ Baselines: `mean`, the training split's mean in raw units (the offset of a stand
 normalisation, which the model carries; otherwise computed from the model's own training data),
 so a feature scores by how far it sits from the typical sample, not by its magnitude; or `zero`.
 
+Column kinds (`input.columns`): the raw rows are encoded as training encodes them (the model's
+stored encoders, dlc.columns) and attributed per encoded feature (a one-hot slot, a filled and
+scaled number, an indicator, a token position's embedding); each raw column's attribution is the
+sum over its encoded features, so the per-column values still add up to f(x) - f(x0). Their
+`mean` baseline is the mean encoded training row (its embeddings, for id inputs).
+
 Categorical columns (int64 inputs of `inputs:` models) are attributed through their embeddings:
 each lookup's output becomes a graph input, and the path runs from the baseline embedding to the
 sample's. An embedding is linear in the one-hot of its id, so this is the integrated gradient of
@@ -33,7 +39,7 @@ import numpy as np
 
 from dlc.autodiff import gradients
 from dlc.commands.quantize import spec_splits
-from dlc.data.columns import refuse_columns
+from dlc.data.columns import encode, width
 from dlc.data.text import text_config
 from dlc.errors import DlcError, UsageError
 from dlc.files.untrusted import load_json, read_model
@@ -73,6 +79,7 @@ class Explainer:
     lookups: list[Lookup]
     outputs: int  # units of the model's output (last dim)
     norm: dict | None  # the stored normalisation by input name
+    columns: dict | None = None  # column kinds: the stored encoders by input name
 
     @property
     def kind(self) -> str:
@@ -99,7 +106,8 @@ class Explainer:
 
 
 def _stored(path: Path, device: str = "cpu"):
-    """(model, normalisation by input name, {initializer: array}, target scaling)."""
+    """(model, normalisation by input name, {initializer: array}, target scaling, column
+    encoders or None)."""
     from onnx import numpy_helper
 
     model = load_model(path, device)  # checks that it is a dlc model with sane metadata
@@ -113,12 +121,13 @@ def _stored(path: Path, device: str = "cpu"):
     for key, values in (("normalize", per_input), ("target_norm", [stats])):
         if not all(map(_is_stats, values)):
             raise DlcError(f"{path}: corrupt dlc metadata (dlc.{key})")
-    return model, norm, weights, stats
+    columns = load_json(meta.get("dlc.columns", "null"), f"{path}: dlc.columns")
+    return model, norm, weights, stats, columns
 
 
 def _check_explainable(spec_data: dict, net, weights: dict, file: str) -> None:
-    tokens = [n for n, cfg in spec_inputs(spec_data).items()
-              if cfg.get("dtype", "float32") == "int64" and not cfg.get("features")]
+    tokens = [n for n, cfg in spec_inputs(spec_data).items() if cfg.get("dtype", "float32")
+              == "int64" and not cfg.get("features") and not cfg.get("columns")]
     if text_config(spec_data) is not None:
         raise DlcError("dlc explain needs float inputs or categorical columns; a text model "
                        "(data.text) takes raw text, which has no gradient")
@@ -199,14 +208,13 @@ def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
 
 
 def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
-    model, norm, weights, target_norm = _stored(Path(path), device)
-    refuse_columns(model.spec, "explain")
+    model, norm, weights, target_norm, columns = _stored(Path(path), device)
     proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
     norms = norm if model.spec.get("inputs") else {"input": norm}
     floats = [n for n, (_, d) in net.inputs.items() if d == "float32"]
     return Explainer(make_session(proto.SerializeToString(), *choose_device(device)[:2]), model,
                      {n: tuple(s) for n, (s, _) in net.inputs.items()}, floats, lookups,
-                     int(net.output_shape[-1]), norms)
+                     int(net.output_shape[-1]), norms, columns)
 
 
 def parse_target(ex: Explainer, target: str | None) -> int | None:
@@ -242,6 +250,8 @@ def baselines(ex: Explainer, kind: str) -> dict[str, np.ndarray]:
     """x0 of one sample for each float input and lookup tensor."""
     if kind not in BASELINES:
         raise UsageError(f"unknown --baseline '{kind}'; use {' or '.join(BASELINES)}")
+    if kind == "mean" and ex.columns:
+        return column_means(ex)
     if kind == "zero":
         return {**{n: np.zeros(ex.shapes[n], np.float32) for n in ex.floats},
                 **{u.tensor: np.zeros((*ex.shapes[u.source], u.table.shape[1]), np.float32)
@@ -264,6 +274,35 @@ def input_means(ex: Explainer) -> dict[str, np.ndarray]:
                        "or run where the data is") from None
     train = train if isinstance(train, dict) else {ex.floats[0]: train}
     return {n: train[n].mean(axis=0).astype(np.float32) for n in ex.floats}
+
+
+def encoded(ex: Explainer, raw: dict) -> dict[str, np.ndarray]:
+    """Raw table columns -> each model input's encoded rows, as training encodes them."""
+    out = {n: encode(state, raw) for n, state in ex.columns.items()}
+    return {n: x if n in ex.floats else x.astype(np.int64) for n, x in out.items()}
+
+
+def column_means(ex: Explainer) -> dict[str, np.ndarray]:
+    """The mean encoded training row of each float input, and the mean embedding at each
+    position of each id input."""
+    try:
+        train = encoded(ex, spec_splits(ex.model)[0])
+    except DlcError as e:
+        raise DlcError(f"--baseline mean: the model's training data did not load ({e}); use "
+                       "--baseline zero or run where the data is") from None
+    return {**{n: train[n].mean(axis=0).astype(np.float32) for n in ex.floats},
+            **{u.tensor: u.table[train[u.source]].mean(axis=0) for u in ex.lookups}}
+
+
+def per_column(ex: Explainer, attributions: dict) -> dict[str, np.ndarray]:
+    """Each raw column's attribution [N, 1]: the sum over its encoded features."""
+    out = {}
+    for name, state in ex.columns.items():
+        a = attributions[name].reshape(len(attributions[name]), -1)
+        edges = np.cumsum([0] + [width(c) for c in state["columns"]])
+        for c, lo, hi in zip(state["columns"], edges[:-1], edges[1:]):
+            out[c["name"]] = a[:, lo:hi].sum(axis=1, keepdims=True)
+    return out
 
 
 def category_means(ex: Explainer, lookup: Lookup) -> np.ndarray:
@@ -311,6 +350,7 @@ def explain(ex: Explainer, x, method: str = "grad_x_input", steps: int = 32,
         raise UsageError(f"unknown --method '{method}'; use {' or '.join(METHODS)}")
     if not 1 <= steps <= MAX_STEPS:
         raise UsageError(f"--steps must be between 1 and {MAX_STEPS} (MAX_STEPS), not {steps}")
+    x = encoded(ex, x) if ex.columns else x
     feed = {k: np.ascontiguousarray(v, np.float32 if k in ex.floats else np.int64)
             for k, v in (x.items() if isinstance(x, dict) else [(ex.floats[0], x)])}
     n = len(next(iter(feed.values())))
@@ -327,7 +367,8 @@ def explain(ex: Explainer, x, method: str = "grad_x_input", steps: int = 32,
     for u in ex.lookups:  # a categorical column: the sum over its embedding dimensions
         summed = per[u.tensor].sum(axis=-1)
         attributions[u.source] = attributions.get(u.source, 0) + summed
+    attributions = {k: attributions[k] for k in ex.shapes if k in attributions}
     return {"method": method, "baseline": baseline,
-            "attributions": {k: attributions[k] for k in ex.shapes if k in attributions},
+            "attributions": per_column(ex, attributions) if ex.columns else attributions,
             "target": target_classes(ex, w), "logit": (logits * w).sum(axis=1),
             "baseline_logit": (base_logits * w).sum(axis=1)}

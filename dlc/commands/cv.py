@@ -2,10 +2,11 @@
 
 Every sample of `data.source` is held out exactly once (the spec's test fraction does not apply).
 Each fold trains a fresh model in-process on the other K-1 folds, normalised with statistics of
-its own training samples (for `inputs:` models also its category ids, from the CSV columns),
-then scores the held-out fold. A validation split (data.split.val of the
-training folds, stratified) is carved only when train.early_stopping needs one; otherwise every
-training-fold sample trains.
+its own training samples (for `inputs:` models also its category ids, from the CSV columns;
+for column kinds, `input.columns`, every encoder: fills, vocabularies, scales, refitted per fold
+and the network rebuilt for the fold's encoded width), then scores the held-out fold. A
+validation split (data.split.val of the training folds, stratified) is carved only when
+train.early_stopping needs one; otherwise every training-fold sample trains.
 
 Fold assignment reproduces scikit-learn's `StratifiedKFold(n_splits=K, shuffle=True,
 random_state=seed)` for classification/binary targets (when data.split.stratify, the default) and
@@ -16,12 +17,13 @@ makes); tests/test_crossval.py checks it against scikit-learn itself.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data import Dataset, Split, load_arrays
-from dlc.data.columns import refuse_columns
+from dlc.data import Dataset, Split, encode_columns, load_arrays, read_columns
+from dlc.data.columns import column_config, entries
 from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
 from dlc.data.multi import _inputs, _targets
@@ -100,6 +102,13 @@ def _raw_data(spec) -> tuple:
                        "not data.window (time order) or data.text")
     if not data.get("source"):
         raise DlcError(f"{spec.file}: the spec has no data.source to cross-validate on")
+    if entries(spec.data):  # column kinds: raw columns, encoded per fold
+        raw, y, labels, kinds = read_columns(str(data["source"]), spec.data,
+                                             Path(spec.file).resolve().parent)
+        for entry in entries(spec.data).values():
+            entry["columns"] = {n: {**column_config(c), "kind": kinds[n]}
+                                for n, c in entry["columns"].items()}
+        return raw, y, labels, None
     if spec.data.get("inputs"):
         return _table_data(spec, str(data["source"]))
     return load_arrays(data["source"], spec.data, Path(spec.file).resolve().parent)
@@ -130,7 +139,10 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         tr, va, _ = split_indices(y[train], len(train), frac, 0.0, classes,
                                   int(split.get("seed", 0)))
         train, val = train[tr], train[va]
-    if isinstance(x, Table):  # named inputs: categories and statistics of the training rows
+    states = None
+    if isinstance(x, dict):  # column kinds: every encoder from the training rows
+        (xs, states), norm, cats = encode_columns(spec, x, train), None, None
+    elif isinstance(x, Table):  # named inputs: categories and statistics of the training rows
         xs, norm, cats = _inputs(spec, data, x, train)
     else:
         x, fill = impute(x, train, data.get("missing"))  # data.missing: fills of these rows
@@ -142,7 +154,7 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         return Split(xs[idx], np.ascontiguousarray(y[idx]))
 
     return Dataset(part(train), part(val) if val is not None and len(val) else None,
-                   part(held), labels, features, norm, categories=cats)
+                   part(held), labels, features, norm, categories=cats, columns=states)
 
 
 def train_fold(net, dataset, device: tuple[str, int], seed: int) -> dict:
@@ -167,10 +179,10 @@ def summarize(rows: list[dict], keys: list[str]) -> tuple[dict, dict]:
 
 def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     """Run K-fold cross-validation of `spec` (a loaded Spec); `note(line)` gets each fold."""
-    refuse_columns(spec.data, "cv")
     net = checked_network(spec)
     task_kind = net.kind  # one output only (net.kind says so in one line otherwise)
     raw = _raw_data(spec)
+    unresolved = copy.deepcopy(spec.data)  # column kinds: each fold resolves its own widths
     data, cfg = spec.data["data"], spec.data["train"]
     split = data.get("split") or {}
     classes = task_kind in ("classification", "binary") and bool(split.get("stratify", True))
@@ -178,7 +190,11 @@ def cross_validate(spec, folds: int, device: str = "cpu", note=None) -> dict:
     kind, index, _ = choose_device(device)
     rows = []
     for k, (train, held) in enumerate(fold_indices(raw[1], len(raw[1]), folds, seed, classes)):
+        if isinstance(raw[0], dict):
+            spec.data.update(copy.deepcopy(unresolved))
         dataset = fold_dataset(raw, train, held, spec.data, classes)
+        if dataset.columns:  # the fold's encoded width and vocabulary
+            net = checked_network(spec)
         check_labels(net, dataset)
         result = train_fold(net, dataset, (kind, index), int(cfg["seed"]))
         rows.append({"fold": k, "train": len(dataset.train),

@@ -34,6 +34,9 @@ def _names(ex: Explainer, name: str) -> list[str]:
 
 
 def feature_names(ex: Explainer) -> list[str]:
+    """Every input's feature names; the raw columns of a model with column kinds."""
+    if ex.columns:
+        return [c["name"] for state in ex.columns.values() for c in state["columns"]]
     return [f for name in ex.shapes for f in _names(ex, name)]
 
 

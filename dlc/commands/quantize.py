@@ -5,8 +5,10 @@ activations int8 (QDQ format) with activation ranges calibrated (MinMax) on raw 
 or the training split of the model's own data source (its stored resolved spec,
 `dlc.spec_resolved`). Only Gemm/MatMul/Conv are quantized statically, so probabilities and class
 indices stay float/exact. Models with named `inputs:` are calibrated, timed and compared on all
-of their inputs together (categorical ids pass through as ids). The model is pre-processed first (`quant_pre_process`: shape inference
-and graph optimisation; onnx shape inference alone if that fails). Every `dlc.*` metadata entry is
+of their inputs together (categorical ids pass through as ids); models with column kinds
+(`input.columns`) on the raw columns of the table, which their own graph fills and encodes. The
+model is pre-processed first (`quant_pre_process`: shape inference and graph optimisation; onnx
+shape inference alone if that fails). Every `dlc.*` metadata entry is
 copied over, plus `dlc.quantized`, so `dlc predict`/`dlc evaluate` work on the result.
 
 The report compares the float and int8 models in one process: file size, inference samples/s on
@@ -25,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, load_arrays, load_dataset
-from dlc.data.columns import refuse_columns
+from dlc.data import _random_split, _split_config, load_arrays, load_dataset, read_columns
+from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi
 from dlc.data.text import text_config
 from dlc.errors import DlcError, UsageError
 from dlc.files.atomic import write_bytes
 from dlc.files.untrusted import read_model
 from dlc.model import metrics as M
-from dlc.runtime.infer import load_model
+from dlc.runtime.infer import column_feeds, load_model
 from dlc.runtime.session import choose_device, make_session
 
 MODES = ("dynamic", "static")
@@ -75,8 +77,12 @@ def spec_splits(model) -> tuple:
     """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data
     (inputs: one array, or `Columns` by input name for `inputs:` models; the raw texts of a
     text model, split as in training)."""
+    data = model.spec["data"]
+    if entries(model.spec):  # column kinds: the raw columns the graph takes, split as trained
+        x, y = column_rows(model, data["source"], data_dir_of(model.path), True)
+        train, _, test = _random_split(model.spec, y, len(y), _split_config(data))
+        return x[train], ((x[test], y[test]) if len(test) else None)
     if text_config(model.spec) is not None:
-        data = model.spec["data"]
         x, y, _, _ = load_arrays(data["source"], model.spec, data_dir_of(model.path),
                                  labels=model.labels)
         train, _, test = _random_split(model.spec, y, len(x), _split_config(data))
@@ -88,12 +94,22 @@ def spec_splits(model) -> tuple:
 
 def read_source(model, source: str) -> tuple:
     """(raw inputs, targets or None) of a --data source, read for the model as dlc evaluate
-    reads one (named CSV columns for `inputs:` models)."""
+    reads one (named CSV columns for `inputs:` models, raw columns for column kinds)."""
+    if entries(model.spec):
+        return column_rows(model, source, Path.cwd(), False)
     if model.spec.get("inputs"):
         return read_multi(source, model.spec, model.categories or {}, model.labels, False)
     x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=False,
                              labels=model.labels, origin="--data")
     return x, y
+
+
+def column_rows(model, source: str, folder: Path, need_target: bool) -> tuple:
+    """(raw columns as the graph takes them, targets or None) of a column-kinds model's table:
+    calibration then sees the raw cells, and the graph's own encoding of them."""
+    raw, y, _, _ = read_columns(source, model.spec, folder, model.labels, need_target,
+                                "--data" if folder == Path.cwd() else "data.source in spec")
+    return column_feeds(raw), y
 
 
 def _samples(model, data: str | None, need_calib: bool) -> tuple:
@@ -275,7 +291,6 @@ def quantize(model_path: str, output: str, mode: str | None = None, data: str | 
         raise UsageError("--calibration must be at least 1")
     src, out = Path(model_path), Path(output)
     before = _source_model(src, out, device)
-    refuse_columns(before.spec, "quantize")
     calib, evaluation, notes = _samples(before, data, mode == "static")
     calib = calibration_set(calib, calibration) if calib is not None else None
     floats = calib is not None and any(v.dtype == np.float32 for v in feed_of(calib).values())

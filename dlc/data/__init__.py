@@ -169,21 +169,31 @@ def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     data = spec["data"]
     raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
     tr, va, te = _random_split(spec, y, len(y), _split_config(data))
-    xs, states = Columns(), {}
-    for name, entry in entries(spec).items():
-        config = {n: {**column_config(c), "kind": kinds[n]} for n, c in entry["columns"].items()}
-        states[name] = fit(config, {n: raw[n][tr] for n in config},
-                           data.get("normalize") or "standard", data.get("missing"))
-        x = encode(states[name], {n: raw[n] for n in config})
-        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
-        entry.update(columns=config, shape=[x.shape[1]])
-        learnt_vocab(spec, name, states[name])
-    x = xs if spec.get("inputs") else xs["input"]
+    x, states = encode_columns(spec, raw, tr, kinds)
 
     def subset(idx: np.ndarray) -> Split | None:
         return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
 
     return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=states)
+
+
+def encode_columns(spec: dict, raw: dict[str, np.ndarray], train: np.ndarray,
+                   kinds: dict[str, str] | None = None) -> tuple:
+    """(encoded rows: an array, or Columns by input name for `inputs:`; encoder states by
+    input) of raw table columns, each input's encoders fitted on the `train` rows only (kinds:
+    the resolved kind of each column, else the spec's). The spec is resolved in place (kinds,
+    encoded widths, learnt vocab_size), as the network that reads these rows needs it."""
+    data, xs, states = spec["data"], Columns(), {}
+    for name, entry in entries(spec).items():
+        config = {n: {**column_config(c), **({"kind": kinds[n]} if kinds else {})}
+                  for n, c in entry["columns"].items()}
+        states[name] = fit(config, {n: raw[n][train] for n in config},
+                           data.get("normalize") or "standard", data.get("missing"))
+        x = encode(states[name], {n: raw[n] for n in config})
+        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
+        entry.update(columns=config, shape=[x.shape[1]])
+        learnt_vocab(spec, name, states[name])
+    return (xs if spec.get("inputs") else xs["input"]), states
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:

@@ -9,7 +9,9 @@ categorical or binary one an object array of stripped strings where a missing ce
 marker (`""`, `NA`, ... : MISSING). Kinds: numeric (missing cells filled, then normalised;
 `indicator` adds a 0/1 column), categorical (one-hot over the training vocabulary, values seen
 fewer than `min_frequency` times and unseen ones go to the last, out-of-vocabulary, column),
-binary (two values -> 0/1 in sorted order). `missing: drop` rows are left out of training and
+binary (two values -> 0/1 in sorted order), text (free text -> max_length token ids through the
+model's text front, dlc.model.text_front, with a vocabulary of the training split: an int64 input,
+read by an embedding). `missing: drop` rows are left out of training and
 refused at predict time; the default fill is data.missing's strategy, else median (numeric) or
 most_frequent (categorical, binary).
 """
@@ -22,10 +24,12 @@ import numpy as np
 
 from dlc.data._split import FILLS, compute_norm
 from dlc.data._table import MISSING, Table
+from dlc.data.tokens import TextSpec
 from dlc.errors import DlcError
 
 MARKERS = sorted(MISSING)
 _CATEGORY_FILLS = ("most_frequent", "constant", "drop")  # what a string column can be filled by
+TEXT = {"max_length": 32, "vocab_size": 10000, "min_frequency": 1, "lowercase": True}
 
 
 def column_config(value) -> dict:
@@ -122,6 +126,22 @@ def _fit_categories(cfg: dict, how: str, values: np.ndarray, kind: str, name: st
     return state
 
 
+def _fit_text(cfg: dict, how: str, values: np.ndarray) -> dict:
+    """A text column's front settings and its vocabulary, built from the training split's texts
+    as data.text builds its own (TextSpec.build); a missing cell is an empty text (no tokens)
+    unless filled with a constant."""
+    settings = {**TEXT, **{k: cfg[k] for k in TEXT if k in cfg}}
+    fill = str(cfg.get("value", "")) if how == "constant" else ""
+    spec = text_spec(settings).build(np.where(is_missing(values), fill, values).tolist())
+    return {**settings, "fill": fill, "vocab": list(spec.vocab)}
+
+
+def text_spec(c: dict) -> TextSpec:
+    """The TextSpec of a text column's settings (and vocabulary, once fitted)."""
+    return TextSpec(c.get("name", "text"), "word", int(c["max_length"]), bool(c["lowercase"]),
+                    int(c["vocab_size"]), int(c["min_frequency"]), tuple(c.get("vocab", ())))
+
+
 def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
         default: dict | None = None) -> dict:
     """The encoder state learnt from the training rows' raw columns (config: input.columns with
@@ -137,6 +157,9 @@ def fit(config: dict, raw: dict[str, np.ndarray], normalize: str | None,
                  "indicator": bool(cfg.get("indicator", False))}
         if kind == "numeric":
             entry.update(_fit_numeric(cfg, how, values, normalize, name))
+        elif kind == "text":
+            entry.update(_fit_text(cfg, how, values), offset=ids)
+            ids += len(entry["vocab"])
         else:
             entry.update(_fit_categories(cfg, how, values, kind, name))
         if kind == "categorical" and cfg.get("encoding") == "embedding":
@@ -152,12 +175,11 @@ def entries(spec: dict) -> dict[str, dict]:
     return {name: cfg for name, cfg in found.items() if cfg.get("columns")}
 
 
-def refuse_columns(spec: dict, command: str) -> None:
-    """One line for the commands that do not take table columns by kind yet (their data paths
-    read numbers), instead of a failure deep inside them."""
-    if entries(spec):
-        raise DlcError(f"dlc {command} does not take table columns by kind (input.columns) yet; "
-                       "train, evaluate and predict do")
+def width(c: dict) -> int:
+    """How many encoded columns one fitted column takes (encode's layout, in state order)."""
+    kind = {"numeric": 1, "binary": 1, "text": c.get("max_length")}.get(c["kind"])
+    own = kind or (1 if c.get("embedding") else len(c["values"]) + 1)
+    return own + int(c["indicator"])
 
 
 def table_columns(spec: dict) -> dict:
@@ -201,6 +223,9 @@ def _encode_one(c: dict, values: np.ndarray, markers: list[str]) -> list[np.ndar
         if c["fill"] is not None:
             x = np.where(absent, np.float32(c["fill"]), x)
         parts = [(x - np.float32(c["offset"])) / np.float32(c["scale"])]
+    elif c["kind"] == "text":
+        ids = text_spec(c).encode(np.where(absent, c["fill"], values).tolist())
+        parts = list((ids + c["offset"]).T)
     else:
         keys, ids, default = category_table(c, markers)
         lookup = dict(zip(keys, ids))

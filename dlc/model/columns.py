@@ -1,6 +1,6 @@
 """The in-graph front of a table input with column kinds (`input.columns`): the exported model
 takes the raw columns (one input per column: float32 [N] with NaN for a missing number, a string
-tensor [N] for a categorical or binary column) and encodes them exactly as
+tensor [N] for a categorical, binary or text column) and encodes them exactly as
 dlc.data.columns.encode does for training, in standard ONNX plus ai.onnx.ml's LabelEncoder, so a
 plain onnxruntime session fed the raw CSV values answers what `dlc predict` does.
 
@@ -11,10 +11,12 @@ tables come from dlc.data.columns.category_table, the one definition both sides 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from dlc.data.columns import category_table
 from dlc.graph import Builder
 from dlc.graph.builder import ML_DOMAIN
+from dlc.model.text_front import text_front
 
 
 def _numeric(b: Builder, x: str, c: dict) -> tuple[list[str], str]:
@@ -41,9 +43,24 @@ def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> tuple[list[s
     else:
         slots = b.const(np.arange(len(c["values"]) + 1, dtype=np.int64)[None])
         out = b.Cast(b.Equal(found, slots), to=b.float_code)
+    return [out], b.Unsqueeze(_missing(b, x, markers), b.const([1]))
+
+
+def _missing(b: Builder, x: str, markers: list[str]) -> str:
+    """bool [N]: the cells holding a missing marker."""
     absent = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=markers,
                   values_int64s=[1] * len(markers), default_int64=0)
-    return [out], b.Unsqueeze(absent, b.const([1]))
+    return b.Cast(absent, to=onnx.TensorProto.BOOL)
+
+
+def _text(b: Builder, x: str, c: dict, markers: list[str]) -> tuple[list[str], str]:
+    """Token ids [N, max_length] (after the ids of the columns before it), as float: the text
+    front over the cells, a missing one replaced by the fill (an empty text by default)."""
+    absent = _missing(b, x, markers)
+    text = b.Where(absent, b.const(c["fill"]), x)
+    ids = text_front(b, text, c["vocab"], int(c["max_length"]), bool(c["lowercase"]))
+    ids = b.Add(ids, b.const(np.int64(c["offset"])))
+    return [b.Cast(ids, to=b.float_code)], b.Unsqueeze(absent, b.const([1]))
 
 
 def column_front(b: Builder, state: dict) -> str:
@@ -53,8 +70,8 @@ def column_front(b: Builder, state: dict) -> str:
         numeric = c["kind"] == "numeric"
         x = b.input(c["name"], "float32" if numeric else "string", ["N"])
         with b.scope(f"columns/{c['name']}"):
-            out, absent = (_numeric(b, x, c) if numeric
-                           else _categories(b, x, c, state["markers"]))
+            kind = _numeric if numeric else _text if c["kind"] == "text" else _categories
+            out, absent = kind(b, x, c) if numeric else kind(b, x, c, state["markers"])
             if c["indicator"]:
                 out.append(b.Cast(absent, to=b.float_code))
         parts += out

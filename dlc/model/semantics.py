@@ -100,11 +100,14 @@ def _column_problems(data: dict, cfg: dict) -> list[str]:
     ids = cfg.get("dtype", "float32") == "int64"
     for col, c in cfg["columns"].items():
         c = {"kind": c} if isinstance(c, str) else c
-        embedded = c.get("kind") == "categorical" and c.get("encoding") == "embedding"
+        embedded = c.get("kind") == "text" or \
+            (c.get("kind") == "categorical" and c.get("encoding") == "embedding")
         if ids != embedded or (embedded and c.get("indicator")):
-            out.append(f"{col}: " + ("an int64 input takes categorical columns with encoding: "
-                                     "embedding (no indicator)" if ids else "encoding: "
-                                     "embedding needs an int64 input (dtype: int64)"))
+            what = "text" if c.get("kind") == "text" else "encoding: embedding"
+            out.append(f"{col}: " + ("an int64 input takes text columns and categorical columns "
+                                     "with encoding: embedding (no indicator)" if ids else
+                                     f"{what} needs an int64 input (dtype: int64) read by an "
+                                     "embedding"))
     return out
 
 

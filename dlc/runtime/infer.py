@@ -193,7 +193,7 @@ def _reads_columns(spec: dict, source) -> bool:
     return bool(spec.get("inputs") or (spec.get("outputs") and not npz))
 
 
-def _column_feeds(raw: dict[str, np.ndarray]) -> Columns:
+def column_feeds(raw: dict[str, np.ndarray]) -> Columns:
     """The raw columns as the exported graph takes them: float32 numbers (NaN: missing), and
     the text of every other cell (dlc.model.columns)."""
     return Columns({k: v.astype(np.float32) if v.dtype != object else v for k, v in raw.items()})
@@ -236,7 +236,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
     split = _own_split(model, source, split)
     if entries(model.spec):  # table columns by kind: raw columns in
         raw, y, _, _ = read_columns(source, model.spec, Path.cwd(), model.labels, True, "--data")
-        x = _column_feeds(raw)
+        x = column_feeds(raw)
     elif _reads_columns(model.spec, source):
         x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
                           model.features)
@@ -266,7 +266,7 @@ def predict_inputs(model: Model, input_path: str):
     if entries(model.spec):  # table columns by kind: raw columns in
         raw, _, _, _ = read_columns(input_path, model.spec, Path.cwd(), model.labels, False,
                                     "input file")
-        return _column_feeds(raw)
+        return column_feeds(raw)
     if _reads_columns(model.spec, input_path):
         x, _ = read_multi(input_path, model.spec, model.categories or {}, model.labels, False,
                           model.features)

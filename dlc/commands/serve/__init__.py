@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-from dlc.data.columns import refuse_columns
 from dlc.errors import DlcError, UsageError, optional_module
 from dlc.runtime.infer import load_model
 
@@ -48,7 +47,6 @@ def serve(model_path: str, host: str, port: int, max_batch: int, max_wait_ms: fl
     from dlc.commands.serve.app import create_app  # Starlette's, now known to be installed
 
     model = load_model(model_path, device)
-    refuse_columns(model.spec, "serve")
     app = create_app(model, max_batch, max_wait_ms, max_rows)
     sock = listen(host, port)
     bound = sock.getsockname()[1]

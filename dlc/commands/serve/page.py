@@ -16,7 +16,7 @@ from dlc.commands.serve.payload import Field, row_form
 
 def _column(field: Field, column: str) -> str:
     name = html.escape(column, quote=True)
-    kind = "number" if field.kind == "number" else "text"
+    kind = "number" if field.kind in ("number", "column_number") else "text"
     known = (field.categories or {}).get(column) or []
     options = "".join(f'<option value="{html.escape(v, quote=True)}">' for v in known)
     listed = f' list="known-{name}"><datalist id="known-{name}">{options}</datalist' if known \

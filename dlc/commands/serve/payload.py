@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dlc.data.columns import entries
 from dlc.data.multi import Columns, encode_categories
 from dlc.data.text import text_config
 from dlc.model.names import spec_inputs
@@ -24,6 +25,9 @@ KINDS = {  # input kind -> the JSON Schema of one value
     "category": {"type": ["string", "integer"]},
     "ids": {"type": "integer", "minimum": 0},
     "text": {"type": "string"},
+    # raw table columns (input.columns): null or NaN for a missing cell, the graph fills it
+    "column_number": {"type": ["number", "null"]},
+    "column_cell": {"type": ["string", "integer", "null"]},
 }
 
 
@@ -47,7 +51,12 @@ class Field:
 
 
 def fields_of(model) -> list[Field]:
-    """The model's inputs, from its stored spec and metadata."""
+    """The model's inputs, from its stored spec and metadata: for column kinds, the raw
+    columns the exported graph takes (one scalar field per column)."""
+    if entries(model.spec):
+        return [Field(col, [], "column_number" if cfg["kind"] == "numeric" else "column_cell",
+                      [col]) for e in entries(model.spec).values()
+                for col, cfg in e["columns"].items()]
     out = []
     for name, cfg in spec_inputs(model.spec).items():
         features = cfg.get("features") if model.spec.get("inputs") else model.features
@@ -169,6 +178,10 @@ def _array(field: Field, samples: list, where: str, columns: list[str] | None = 
     reads them). `columns`: the names of the samples' values (rows given as objects)."""
     if field.kind == "text":
         return np.array(samples, dtype=object)  # the model tokenises raw text itself
+    if field.kind == "column_cell":  # null: the empty cell, a missing marker
+        return np.array(["" if v is None else str(v) for v in np.ravel(np.asarray(samples,
+                                                                                   object))],
+                        dtype=object)
     if field.kind == "category":
         cells = [[str(v) for v in np.ravel(np.asarray(s, object))] for s in samples]
         return encode_categories(cells, field.features, field.categories).reshape(
@@ -177,7 +190,7 @@ def _array(field: Field, samples: list, where: str, columns: list[str] | None = 
         x = np.asarray(samples, np.int64 if field.kind == "ids" else np.float64)
     except OverflowError:
         raise RequestError(f"{where}: an integer out of range") from None
-    bad = np.argwhere(~np.isfinite(x))
+    bad = np.argwhere(np.isinf(x) if field.kind == "column_number" else ~np.isfinite(x))
     if len(bad):
         at = tuple(bad[0])
         place = (f"[{at[0]}].{columns[at[1]]}" if columns
