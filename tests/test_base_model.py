@@ -246,3 +246,11 @@ def test_a_base_path_with_control_characters_is_escaped(cli, tmp_path):
     r = cli("validate", _spec(tmp_path, '{model: "\\x1e0\\x1b[31m"}'))
     assert r.code == 1 and "\\x1e0\\x1b[31m" in r.err and "\x1b" not in r.err, r
     assert len(r.err.splitlines()) == 1, r
+
+
+def test_a_base_path_with_a_nul_character_is_one_line(cli, tmp_path):
+    """Found by tests/test_fuzz.py: os.stat raises ValueError (not OSError) for a NUL in a path;
+    check_file turns it into the one-line file error (was exit 3)."""
+    r = cli("validate", _spec(tmp_path, '{model: "\\0base.onnx"}'))
+    assert r.code == 1 and "holds a NUL character" in r.err and "\0" not in r.err, r
+    assert len(r.err.splitlines()) == 1, r

@@ -49,6 +49,8 @@ def check_file(path: str | Path, what: str, limit: int | None = None) -> Path:
                        + (" (a broken symbolic link)" if broken else "")) from None
     except OSError as e:
         raise DlcError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except ValueError:  # os.stat refuses a path with a NUL character in it
+        raise DlcError(f"{what} path {str(path)!r} holds a NUL character") from None
     for test, kind in _KINDS:
         if test(st.st_mode):
             raise DlcError(f"{what} {path} is {kind}, not a regular file")
