@@ -252,18 +252,20 @@ def run_case(name: str, threads: int, reps: int, rounds: int, baseline: str | No
         built.update(baseline_models(name, baseline))
     sessions = {v: session(m, threads) for v, m in built.items()}
     check_same(name, sessions, inputs)
-    times = {v: [] for v in sessions}
+    times, cpu = {v: [] for v in sessions}, {v: [] for v in sessions}
     with ForeignLoad() as fl:
         for _ in range(rounds):
             for v, s in sessions.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(reps):
                     s.run(None, inputs)
                 times[v].append((time.perf_counter() - t0) / reps * 1e3)
+                cpu[v].append((time.process_time() - c0) / reps * 1e3)
     return {"bench": "grad_forms", "case": name, "threads": threads, "reps": reps,
             "rounds": rounds, "ms_per_run": {v: round(statistics.median(t), 3)
                                              for v, t in times.items()},
             "ms_min": {v: round(min(t), 3) for v, t in times.items()},
+            "cpu_ms_per_run": {v: round(statistics.median(t), 3) for v, t in cpu.items()},
             "foreign_cpu_share": fl.value, "cores": cores(), **versions()}
 
 
