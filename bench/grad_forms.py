@@ -18,6 +18,11 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
               ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
               (measured no faster at 1 thread: not adopted)
+  conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
+              with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
+  conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
+              over batch/channel-swapped tensors (2-3x slower: not adopted); both cases include
+              the forward Conv
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -132,6 +137,56 @@ def conv_dx(rng):
         "flipped_conv": flipped_conv}
 
 
+def _flipped(b, w):
+    """W with its spatial axes reversed and its channel axes swapped: dX as a correlation."""
+    end = np.iinfo(np.int64).min
+    flip = b.Slice(w, b.const([-1, -1]), b.const([end, end]), b.const([2, 3]), b.const([-1, -1]))
+    return b.Transpose(flip, perm=[1, 0, 2, 3])
+
+
+def conv_dx_s2(rng):
+    """ResNet-20's stage-2 downsampling conv (16 -> 32 channels, 3x3, stride 2, pads 1, 32x32 ->
+    16x16): dX by ConvTranspose (dlc) against a stride-1 Conv with the flipped kernel over the
+    gradient zero-interleaved to 32x32 (a Pad of [.., 16, 1, 16, 1] to [.., 16, 2, 16, 2])."""
+    g = rng.standard_normal((128, 32, 16, 16), np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), np.float32)
+
+    def interleaved(b, g, w):
+        g6 = b.Pad(b.Reshape(g, b.const([128, 32, 16, 1, 16, 1])),
+                   b.const([0] * 9 + [1, 0, 1]))
+        return [b.Conv(b.Reshape(g6, b.const([128, 32, 32, 32])), _flipped(b, w),
+                       pads=[1, 1, 1, 1])]
+    return {"g": g, "w": w}, {
+        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, strides=[2, 2], pads=[1, 1, 1, 1],
+                                                           output_padding=[1, 1])],
+        "interleaved_conv": interleaved}
+
+
+def conv_dw(rng):
+    """ResNet-20's first stage: dW of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]:
+    dlc's per-offset GEMMs (autodiff.conv_weight.by_gemm) against one Conv over the batch with
+    batch and channel axes swapped (by_conv, what dlc keeps for grouped convolutions)."""
+    x = rng.standard_normal((128, 16, 32, 32), np.float32)
+    r = rng.standard_normal((128, 16, 32, 32), np.float32)
+
+    def form(kind):
+        def build(b, x, w, r):
+            from dlc.autodiff import conv_weight, gradients
+
+            y = b.Conv(x, w, pads=[1, 1, 1, 1])
+            saved = conv_weight.by_gemm
+            if kind == "conv_swapped":
+                conv_weight.by_gemm = lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
+                    x, dy, ws, s, d, p, 1)
+            try:
+                return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
+            finally:
+                conv_weight.by_gemm = saved
+        return build
+    return {"x": x, "w": rng.standard_normal((16, 16, 3, 3), np.float32), "r": r}, {
+        "gemm_per_offset": form("gemm_per_offset"), "conv_swapped": form("conv_swapped")}
+
+
 def recurrent_dw(rng):
     """The LSTM's recurrent weight: used by all 64 steps, so dW_hh = sum_t h_t^T dz_t."""
     steps = 64
@@ -205,7 +260,8 @@ def train_step(model: str):
 
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
-         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx,
+         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx, "conv_dx_s2": conv_dx_s2,
+         "conv_dw": conv_dw,
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
