@@ -17,7 +17,9 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               over the steps' rows concatenated (measured no faster: not adopted)
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
               ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
-              (measured no faster at 1 thread: not adopted)
+              (4-10% more CPU, no better at 2 threads: not adopted at this size)
+  conv_dx_8x8 the same at the last stage ([128, 64, 8, 8]): the flipped Conv scales to a second
+              thread and ConvTranspose does not (not adopted: more CPU at other shapes, README)
   conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
               with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
   conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
@@ -122,19 +124,16 @@ def gather_dw(rng):
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
 
 
-def conv_dx(rng):
-    """ResNet-20's first stage: dX of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]."""
-    g = rng.standard_normal((128, 16, 32, 32), np.float32)
-    w = rng.standard_normal((16, 16, 3, 3), np.float32)
-
-    def flipped_conv(b, g, w):  # correlation with the flipped, channel-swapped kernel
-        end = np.iinfo(np.int64).min
-        flip = b.Slice(w, b.const([-1, -1]), b.const([end, end]), b.const([2, 3]),
-                       b.const([-1, -1]))
-        return [b.Conv(g, b.Transpose(flip, perm=[1, 0, 2, 3]), pads=[1, 1, 1, 1])]
-    return {"g": g, "w": w}, {
-        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
-        "flipped_conv": flipped_conv}
+def conv_dx(channels: int, side: int):
+    """dX of a 3x3 'same' conv of ResNet-20, [128, channels, side, side] (16 at 32x32: its first
+    stage; 64 at 8x8: its last): ConvTranspose against a Conv with the flipped kernel."""
+    def make(rng):
+        g = rng.standard_normal((128, channels, side, side), np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3), np.float32)
+        return {"g": g, "w": w}, {
+            "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
+            "flipped_conv": lambda b, g, w: [b.Conv(g, _flipped(b, w), pads=[1, 1, 1, 1])]}
+    return make
 
 
 def _flipped(b, w):
@@ -260,7 +259,8 @@ def train_step(model: str):
 
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
-         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx, "conv_dx_s2": conv_dx_s2,
+         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
+         "conv_dx_8x8": conv_dx(64, 8), "conv_dx_s2": conv_dx_s2,
          "conv_dw": conv_dw,
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
