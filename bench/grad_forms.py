@@ -17,7 +17,14 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               over the steps' rows concatenated (measured no faster: not adopted)
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
               ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
-              (measured no faster at 1 thread: not adopted)
+              (4-10% more CPU, no better at 2 threads: not adopted at this size)
+  conv_dx_8x8 the same at the last stage ([128, 64, 8, 8]): the flipped Conv scales to a second
+              thread and ConvTranspose does not (not adopted: more CPU at other shapes, README)
+  conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
+              with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
+  conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
+              over batch/channel-swapped tensors (2-3x slower: not adopted); both cases include
+              the forward Conv
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -117,19 +124,66 @@ def gather_dw(rng):
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
 
 
-def conv_dx(rng):
-    """ResNet-20's first stage: dX of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]."""
-    g = rng.standard_normal((128, 16, 32, 32), np.float32)
-    w = rng.standard_normal((16, 16, 3, 3), np.float32)
+def conv_dx(channels: int, side: int):
+    """dX of a 3x3 'same' conv of ResNet-20, [128, channels, side, side] (16 at 32x32: its first
+    stage; 64 at 8x8: its last): ConvTranspose against a Conv with the flipped kernel."""
+    def make(rng):
+        g = rng.standard_normal((128, channels, side, side), np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3), np.float32)
+        return {"g": g, "w": w}, {
+            "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
+            "flipped_conv": lambda b, g, w: [b.Conv(g, _flipped(b, w), pads=[1, 1, 1, 1])]}
+    return make
 
-    def flipped_conv(b, g, w):  # correlation with the flipped, channel-swapped kernel
-        end = np.iinfo(np.int64).min
-        flip = b.Slice(w, b.const([-1, -1]), b.const([end, end]), b.const([2, 3]),
-                       b.const([-1, -1]))
-        return [b.Conv(g, b.Transpose(flip, perm=[1, 0, 2, 3]), pads=[1, 1, 1, 1])]
+
+def _flipped(b, w):
+    """W with its spatial axes reversed and its channel axes swapped: dX as a correlation."""
+    end = np.iinfo(np.int64).min
+    flip = b.Slice(w, b.const([-1, -1]), b.const([end, end]), b.const([2, 3]), b.const([-1, -1]))
+    return b.Transpose(flip, perm=[1, 0, 2, 3])
+
+
+def conv_dx_s2(rng):
+    """ResNet-20's stage-2 downsampling conv (16 -> 32 channels, 3x3, stride 2, pads 1, 32x32 ->
+    16x16): dX by ConvTranspose (dlc) against a stride-1 Conv with the flipped kernel over the
+    gradient zero-interleaved to 32x32 (a Pad of [.., 16, 1, 16, 1] to [.., 16, 2, 16, 2])."""
+    g = rng.standard_normal((128, 32, 16, 16), np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), np.float32)
+
+    def interleaved(b, g, w):
+        g6 = b.Pad(b.Reshape(g, b.const([128, 32, 16, 1, 16, 1])),
+                   b.const([0] * 9 + [1, 0, 1]))
+        return [b.Conv(b.Reshape(g6, b.const([128, 32, 32, 32])), _flipped(b, w),
+                       pads=[1, 1, 1, 1])]
     return {"g": g, "w": w}, {
-        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
-        "flipped_conv": flipped_conv}
+        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, strides=[2, 2], pads=[1, 1, 1, 1],
+                                                           output_padding=[1, 1])],
+        "interleaved_conv": interleaved}
+
+
+def conv_dw(rng):
+    """ResNet-20's first stage: dW of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]:
+    dlc's per-offset GEMMs (autodiff.conv_weight.by_gemm) against one Conv over the batch with
+    batch and channel axes swapped (by_conv, what dlc keeps for grouped convolutions)."""
+    x = rng.standard_normal((128, 16, 32, 32), np.float32)
+    r = rng.standard_normal((128, 16, 32, 32), np.float32)
+
+    def form(kind):
+        def build(b, x, w, r):
+            from dlc.autodiff import conv_weight, gradients
+
+            y = b.Conv(x, w, pads=[1, 1, 1, 1])
+            saved = conv_weight.by_gemm
+            if kind == "conv_swapped":
+                conv_weight.by_gemm = lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
+                    x, dy, ws, s, d, p, 1)
+            try:
+                return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
+            finally:
+                conv_weight.by_gemm = saved
+        return build
+    return {"x": x, "w": rng.standard_normal((16, 16, 3, 3), np.float32), "r": r}, {
+        "gemm_per_offset": form("gemm_per_offset"), "conv_swapped": form("conv_swapped")}
 
 
 def recurrent_dw(rng):
@@ -205,7 +259,9 @@ def train_step(model: str):
 
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
-         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx,
+         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
+         "conv_dx_8x8": conv_dx(64, 8), "conv_dx_s2": conv_dx_s2,
+         "conv_dw": conv_dw,
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
@@ -252,18 +308,20 @@ def run_case(name: str, threads: int, reps: int, rounds: int, baseline: str | No
         built.update(baseline_models(name, baseline))
     sessions = {v: session(m, threads) for v, m in built.items()}
     check_same(name, sessions, inputs)
-    times = {v: [] for v in sessions}
+    times, cpu = {v: [] for v in sessions}, {v: [] for v in sessions}
     with ForeignLoad() as fl:
         for _ in range(rounds):
             for v, s in sessions.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(reps):
                     s.run(None, inputs)
                 times[v].append((time.perf_counter() - t0) / reps * 1e3)
+                cpu[v].append((time.process_time() - c0) / reps * 1e3)
     return {"bench": "grad_forms", "case": name, "threads": threads, "reps": reps,
             "rounds": rounds, "ms_per_run": {v: round(statistics.median(t), 3)
                                              for v, t in times.items()},
             "ms_min": {v: round(min(t), 3) for v, t in times.items()},
+            "cpu_ms_per_run": {v: round(statistics.median(t), 3) for v, t in cpu.items()},
             "foreign_cpu_share": fl.value, "cores": cores(), **versions()}
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+import string
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import SPECS
 
 from dlc.data import TextSpec, load_arrays, load_dataset, model_inputs
@@ -271,6 +274,20 @@ def test_word_tokens_are_the_regex_tokens_on_ascii_text():
     assert word.tokens(texts) == [WORD.findall(t.lower()) for t in texts]
     assert TextSpec("text", "word", 8, False).tokens(["Hello World"]) == [["Hello", "World"]]
     assert word.tokens(["ÜBER Straße — «quoted»"]) == [["über", "straße", "—", "«quoted»"]]
+
+
+ASCII_TEXT = st.text(st.sampled_from(list("abcXYZ019_ \t\n\r\x0b\x0c" + string.punctuation)),
+                     max_size=24)
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None)
+@given(st.lists(ASCII_TEXT, min_size=1, max_size=6))
+def test_only_words_with_a_space_or_mark_are_cut_and_put_back_in_order(texts):
+    """The front cuts only the words that hold a space or mark and merges their pieces back
+    between the plain words (text_front._merge): any mix of both, any row, gives the regex's
+    tokens in order."""
+    assert TextSpec("text", "word", 8, True).tokens(texts) == \
+        [WORD.findall(t.lower()) for t in texts]
 
 
 def test_vocabulary_order_size_and_min_freq():

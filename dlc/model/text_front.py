@@ -32,11 +32,15 @@ SPECIALS = ["<pad>", "<oov>"]
 PUNCTUATION = tuple(c for c in string.punctuation if c != "_")
 SPACES = ("\t", "\n", "\r", "\x0b", "\x0c")  # StringSplit's default splits on " " runs only
 LOCALE = "C.UTF-8"
+# a word that neither a space nor a mark cuts (RE2 syntax, every character escaped)
+PLAIN = "[^" + "".join(f"\\x{{{ord(c):02x}}}" for c in SPACES + PUNCTUATION) + "]*"
 
 
 def text_tokens(b: Builder, raw: str, lowercase: bool) -> tuple[str, str]:
     """Raw strings [N] -> (tokens [K], rows [K]): every token of every text, in order, with the
-    row it came from. Flat, so that each cut drops its empty pieces without sorting anything."""
+    row it came from. Flat, so that each cut drops its empty pieces without sorting anything.
+    Only the words with a space or mark in them go through the cuts (one RegexFullMatch finds
+    them; most words have none), and _merge puts their pieces back in place."""
     with b.scope("tokens"):
         if lowercase:
             raw = b.StringNormalizer(raw, case_change_action="LOWER", locale=LOCALE)
@@ -44,12 +48,39 @@ def text_tokens(b: Builder, raw: str, lowercase: bool) -> tuple[str, str]:
         n = b.Squeeze(b.Shape(raw), b.const([0]))
         rows = b.Expand(b.Unsqueeze(b.Range(b.const(0), n, b.const(1)), b.const([1])),
                         b.Shape(words))
-        tokens, rows = _non_empty(b, words, rows)
+        words, rows = _non_empty(b, words, rows)
+        plain = b.RegexFullMatch(words, pattern=PLAIN)
+        cut = b.Not(plain)
+        tokens, owner = b.Compress(words, cut, axis=0), b.Compress(_positions(b, words), cut,
+                                                                  axis=0)
         for space in SPACES:
-            tokens, rows = _non_empty(b, *_cut(b, tokens, rows, space, keep=False))
+            tokens, owner = _non_empty(b, *_cut(b, tokens, owner, space, keep=False))
         for mark in PUNCTUATION:
-            tokens, rows = _non_empty(b, *_cut(b, tokens, rows, mark, keep=True))
-        return tokens, rows
+            tokens, owner = _non_empty(b, *_cut(b, tokens, owner, mark, keep=True))
+        return _merge(b, words, rows, plain, tokens, owner)
+
+
+def _positions(b: Builder, t: str) -> str:
+    """0, 1, ..., len(t) - 1 for a 1-D t."""
+    return b.Range(b.const(0), b.Squeeze(b.Shape(t), b.const([0])), b.const(1))
+
+
+def _merge(b: Builder, words: str, rows: str, plain: str, pieces: str, owner: str):
+    """The plain words [K] and the pieces of the others (owner: the index of each piece's word,
+    ascending) in word order, with their rows. A plain word lands after the plain words and
+    pieces of every earlier word, a piece after the plain words before its owner and the
+    pieces before it: positions whose inverse gathers the strings (no sort)."""
+    zeros = b.Expand(b.const([0]), b.Shape(words))
+    before = b.CumSum(b.Cast(plain, to=onnx.TensorProto.INT64), b.const(0), exclusive=1)
+    cut_before = b.CumSum(b.ScatterElements(zeros, owner, b.Expand(b.const([1]), b.Shape(owner)),
+                                            reduction="add"), b.const(0), exclusive=1)
+    plain_at = b.Compress(b.Add(before, cut_before), plain, axis=0)
+    piece_at = b.Add(_positions(b, pieces), b.Gather(before, owner))
+    source = b.Concat(b.Compress(_positions(b, words), plain, axis=0), owner, axis=0)
+    at = b.Concat(plain_at, piece_at, axis=0)
+    order = b.ScatterElements(b.Expand(b.const([0]), b.Shape(at)), at, _positions(b, at))
+    tokens = b.Gather(b.Concat(b.Compress(words, plain, axis=0), pieces, axis=0), order)
+    return tokens, b.Gather(rows, b.Gather(source, order))
 
 
 def text_front(b: Builder, raw: str, vocab: list[str], max_length: int, lowercase: bool) -> str:
@@ -77,7 +108,7 @@ def text_front(b: Builder, raw: str, vocab: list[str], max_length: int, lowercas
 
 def _cut(b: Builder, tokens: str, rows: str, mark: str, keep: bool) -> tuple[str, str]:
     """Tokens [K] -> their pieces around `mark`, flat, with the mark between two pieces where
-    it stood (`keep`) and "" elsewhere; rows [K] -> the row of each piece."""
+    it stood (`keep`) and "" elsewhere; rows [K] (a tag per token) -> the tag of each piece."""
     pieces, counts = b.op("StringSplit", tokens, delimiter=mark, outputs=2)  # [K, P], [K]
     if keep:
         at = b.Range(b.const(0), b.Squeeze(b.Slice(b.Shape(pieces), b.const([1]), b.const([2])),
