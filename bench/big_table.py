@@ -2,7 +2,7 @@
 `dlc train` (one epoch of a tiny MLP) on a 2,000,000 x 8 float CSV, old reader against new.
 
     .venv/bin/python bench/big_table.py [--rows 2000000] [--dir /tmp/dlc-big] [--old f497edb]
-        [--repeats 1] [--json-only]
+        [--before COMMIT] [--repeats 1] [--json-only]
 
 Writes DIR/big.csv (8 float features rounded to 6 decimals, a class 0-2 from them) once, then
 runs, each in a fresh interpreter under /usr/bin/time -v:
@@ -13,6 +13,8 @@ runs, each in a fresh interpreter under /usr/bin/time -v:
   memory     this checkout, data.cache: false (the table read whole through pyarrow)
   build      this checkout, data.cache: true, an empty cache folder (streams and builds the cache)
   reuse      the same again (memory-maps the cache the build left)
+  before-build, before-reuse   build and reuse for dlc at commit --before (a cache folder of
+             their own), so that one run gives before/after figures
 first_step_s: seconds from starting the interpreter to the first onnxruntime run of the train
 step; wall_s: the whole command; peak_mib: its maximum RSS; above_base_mib: peak - baseline's.
 feature_mib is the float32 size of the features (rows x 8 x 4 B). Record foreign_cpu_share.
@@ -96,11 +98,21 @@ def run(src: Path, args: list[str], cwd: Path, cache: Path) -> dict:
             "wall_s": round(wall, 2), "peak_mib": round(peak / 1024)}
 
 
+def _export(commit: str | None, where: Path) -> Path | None:
+    """dlc at `commit`, exported by git archive into `where`; None for none."""
+    if commit in (None, "none"):
+        return None
+    where.mkdir()
+    subprocess.run(f"git archive {commit} | tar -x -C {where}", shell=True, check=True, cwd=ROOT)
+    return where
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--dir", default="/tmp/dlc-big")
     ap.add_argument("--old", default="f497edb", help="a commit with the old reader, or none")
+    ap.add_argument("--before", default=None, help="a commit to compare build/reuse with")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
@@ -112,20 +124,21 @@ def main() -> None:
     train = ["train", "spec.yaml", "--out", "run", "--force", "-q", "--device", "cpu"]
     results: dict[str, list] = {}
     with ForeignLoad(children=True) as fl, tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "old"
-        if args.old != "none":
-            old.mkdir()
-            subprocess.run(f"git archive {args.old} | tar -x -C {old}", shell=True, check=True,
-                           cwd=ROOT)
+        old, before = _export(args.old, Path(tmp) / "old"), _export(args.before, Path(tmp) / "b")
         for _ in range(args.repeats):  # interleaved, so that a busy spell hits every variant
-            cache = Path(tempfile.mkdtemp(dir=tmp))
-            variants = [("baseline", ROOT, ["baseline"], ""), ("memory", ROOT, train, ", cache: false"),
-                        ("build", ROOT, train, ", cache: true"), ("reuse", ROOT, train, ", cache: true")]
-            if args.old != "none":
-                variants.insert(1, ("old", old, train, ""))
-            for name, src, argv, setting in variants:
+            cache, cache_before = Path(tempfile.mkdtemp(dir=tmp)), Path(tempfile.mkdtemp(dir=tmp))
+            variants = [("baseline", ROOT, ["baseline"], "", cache),
+                        ("old", old, train, "", cache),
+                        ("before-build", before, train, ", cache: true", cache_before),
+                        ("before-reuse", before, train, ", cache: true", cache_before),
+                        ("memory", ROOT, train, ", cache: false", cache),
+                        ("build", ROOT, train, ", cache: true", cache),
+                        ("reuse", ROOT, train, ", cache: true", cache)]
+            for name, src, argv, setting, folder in variants:
+                if src is None:
+                    continue
                 (work / "spec.yaml").write_text(SPEC.format(cache=setting))
-                results.setdefault(name, []).append(run(src, argv, work, cache))
+                results.setdefault(name, []).append(run(src, argv, work, folder))
     base = min(r["peak_mib"] for r in results["baseline"])
     for rows in results.values():
         for r in rows:
