@@ -39,6 +39,7 @@ AUTO_BYTES = 64 * 2**20  # data.cache auto: tables from this size on
 KEEP = 4  # caches kept (the least recently used are deleted beyond that)
 BLOCK = 8 * 2**20  # bytes of CSV per record batch
 STAMP = 2**20  # bytes hashed at each end of the file
+HEAD = 2**20  # bytes of CSV read for the column names (the header row and the first rows)
 
 
 def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
@@ -62,8 +63,12 @@ def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
     return path, rest, scheme
 
 
-def _csv_options(header: bool) -> pacsv.ReadOptions:
-    return pacsv.ReadOptions(block_size=BLOCK, autogenerate_column_names=not header)
+def _csv_options(header: bool, head: bool = False) -> pacsv.ReadOptions:
+    """Streaming reads of BLOCK bytes; for the `head` only (the column names) one HEAD block
+    without threads (a threaded reader reads ahead: 100 MiB of Arrow's pool on the 2M-row
+    table, kept by the allocator after the reader is gone)."""
+    return pacsv.ReadOptions(block_size=HEAD if head else BLOCK, use_threads=not head,
+                             autogenerate_column_names=not header)
 
 
 def _names(path: Path, kind: str, header: bool) -> list[str]:
@@ -73,7 +78,7 @@ def _names(path: Path, kind: str, header: bool) -> list[str]:
     elif kind == "feather":
         names = pa.ipc.open_file(pa.memory_map(str(path))).schema.names
     else:
-        names = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+        names = pacsv.open_csv(path, read_options=_csv_options(header, head=True)).schema.names
     return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
 
 
