@@ -96,6 +96,7 @@ def test_split_views_equal_the_arrays_in_memory(tmp_path, small_chunks):
     assert mapped.norm == memory.norm and mapped.labels == memory.labels == ["down", "up"]
     for a, b in ((mapped.train, memory.train), (mapped.test, memory.test)):
         assert np.array_equal(np.asarray(a.x), b.x) and np.array_equal(a.y, b.y)
+        assert a.y.dtype == np.uint8 and a.x.index.dtype == np.int32  # 1 + 4 bytes a row, not 16
         idx = np.array([5, 0, 3, 3])
         assert np.array_equal(a.x[idx], b.x[idx]) and np.array_equal(a.x[2:9], b.x[2:9])
 
@@ -157,6 +158,16 @@ def test_an_interrupted_build_leaves_no_cache(cli, tmp_path, monkeypatch, small_
     assert [p for p in root.iterdir() if "t.csv" in p.name or p.name.startswith(".")] == []
     monkeypatch.setattr(cache.TableEncoder, "encode", encode)
     r = cli("train", spec, "--out", tmp_path / "run", "-q", "--force")
+    assert r.code == 0 and "data cache built" in r.err, r
+
+
+def test_a_header_row_wider_than_the_first_read(cli, tmp_path, monkeypatch, small_chunks):
+    """The column names come from a small first block (no read-ahead); a wider header row is
+    read again with a whole block."""
+    write_table(tmp_path / "t.csv")
+    monkeypatch.setattr(cache, "HEAD", 8)
+    assert cache._names(tmp_path / "t.csv", "csv", True) == ["a", "b", "c", "d", "y"]
+    r = cli("train", spec_file(tmp_path, True), "--out", tmp_path / "run", "-q")
     assert r.code == 0 and "data cache built" in r.err, r
 
 

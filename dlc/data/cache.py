@@ -39,7 +39,7 @@ AUTO_BYTES = 64 * 2**20  # data.cache auto: tables from this size on
 KEEP = 4  # caches kept (the least recently used are deleted beyond that)
 BLOCK = 8 * 2**20  # bytes of CSV per record batch
 STAMP = 2**20  # bytes hashed at each end of the file
-HEAD = 2**20  # bytes of CSV read for the column names (the header row and the first rows)
+HEAD = 2**16  # bytes of CSV read for the column names (the header row and the first rows)
 
 
 def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
@@ -63,12 +63,22 @@ def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
     return path, rest, scheme
 
 
-def _csv_options(header: bool, head: bool = False) -> pacsv.ReadOptions:
-    """Streaming reads of BLOCK bytes; for the `head` only (the column names) one HEAD block
-    without threads (a threaded reader reads ahead: 100 MiB of Arrow's pool on the 2M-row
-    table, kept by the allocator after the reader is gone)."""
-    return pacsv.ReadOptions(block_size=HEAD if head else BLOCK, use_threads=not head,
+def _csv_options(header: bool, block: int = 0) -> pacsv.ReadOptions:
+    return pacsv.ReadOptions(block_size=block or BLOCK, use_threads=not block,
                              autogenerate_column_names=not header)
+
+
+def _csv_names(path: Path, header: bool) -> list[str]:
+    """The CSV's own column names, from one HEAD block read without threads (a threaded reader
+    reads ahead: ~100 MiB of Arrow's pool on the 2M-row table, which its allocator keeps); a
+    row wider than HEAD is read again with BLOCK."""
+    def names(block: int) -> list[str]:
+        return pacsv.open_csv(path, read_options=_csv_options(header, block)).schema.names
+
+    try:
+        return names(HEAD)
+    except pa.ArrowInvalid:  # a row wider than HEAD straddles the block
+        return names(BLOCK)
 
 
 def _names(path: Path, kind: str, header: bool) -> list[str]:
@@ -78,7 +88,7 @@ def _names(path: Path, kind: str, header: bool) -> list[str]:
     elif kind == "feather":
         names = pa.ipc.open_file(pa.memory_map(str(path))).schema.names
     else:
-        names = pacsv.open_csv(path, read_options=_csv_options(header, head=True)).schema.names
+        names = _csv_names(path, header)
     return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
 
 
@@ -95,7 +105,7 @@ def _batches(path: Path, kind: str, header: bool, enc: TableEncoder):
         batches = (reader.get_batch(i).select([by_name[n] for n in wanted])
                    for i in range(reader.num_record_batches))
     else:
-        raw = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+        raw = _csv_names(path, header)
         by_name = dict(zip(enc.names, raw))
         convert = pacsv.ConvertOptions(
             column_types={by_name[n]: t for n, t in enc.columns.items()},
@@ -172,6 +182,7 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
             shutil.rmtree(tmp, ignore_errors=True)
         verb = f"built in {time.perf_counter() - t0:.1f} s:"
         _trim(root)
+        pa.default_memory_pool().release_unused()  # the build's blocks: back to the system
     meta = json.loads((where / "meta.json").read_text())
     x = np.memmap(where / "x.raw", np.float32, "r", shape=(meta["rows"], len(meta["features"])))
     y = np.load(where / "y.npy", mmap_mode="r")

@@ -58,7 +58,7 @@ class TableEncoder:
 
     def key(self) -> dict:
         """What the encoded arrays depend on (part of the cache key)."""
-        return {"encoder": "table/1", "features": self.features, "target": self.target,
+        return {"encoder": "table/2", "features": self.features, "target": self.target,
                 "kind": self.kind, "drop": self.missing.get("strategy") == "drop",
                 "missing": bool(self.missing), "labels": self.labels}
 
@@ -82,7 +82,7 @@ class TableEncoder:
     def _target_codes(self, column: pa.ChunkedArray, first_row: int) -> np.ndarray:
         cells = pc.utf8_trim_whitespace(pc.cast(column, pa.string())).combine_chunks()
         coded = cells.dictionary_encode()
-        lookup = np.empty(len(coded.dictionary), np.int64)
+        lookup = np.empty(len(coded.dictionary), np.int32)
         for i, value in enumerate(coded.dictionary.to_pylist()):  # distinct cells: few
             if value not in self._codes:
                 self._codes[value] = len(self._codes)
@@ -98,6 +98,8 @@ class TableEncoder:
         cells = list(self._codes)
         where = lambda i: f"{self.display}: row {self._first[i] + 1}"  # noqa: E731
         per_cell, labels = encode_cells(cells, self.kind, self.labels, False, where, self.target)
+        if per_cell.dtype.kind in "iu":  # class ids in the narrowest type: 1 byte a row, not 8
+            per_cell = per_cell.astype(np.min_scalar_type(int(per_cell.max(initial=0))))
         return per_cell[y], labels
 
 

@@ -15,7 +15,7 @@ from dlc.data._images import pixels_to_float
 from dlc.data._split import FILLS, apply_norm, with_fill
 from dlc.errors import DlcError
 
-CHUNK = 1 << 20  # values per chunk (8 MiB as float64): 131,072 rows of 8 features
+CHUNK = 1 << 18  # values per chunk (2 MiB as float64): 32,768 rows of 8 features
 
 
 def _chunks(x: np.ndarray, rows: np.ndarray):
