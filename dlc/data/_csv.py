@@ -11,6 +11,7 @@ from dlc.data._table import Table, read_table
 from dlc.data.columns import (column_config, dropped_rows, infer_kind, is_missing,
                               raw_columns, table_columns)
 from dlc.data._targets import encode_cells
+from dlc.data.strings import distinct, stripped_cells
 from dlc.errors import DlcError
 
 
@@ -139,7 +140,7 @@ def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
     for name, value in config.items():
         kind = column_config(value).get("kind", "auto")
         if kind == "auto":
-            cells = [s.strip() for s in table.strings(table.columns.index(name))]
-            kind = infer_kind(np.array(cells, dtype=object))
+            cells = stripped_cells(table.text(table.columns.index(name)))
+            kind = infer_kind(np.array(distinct(cells), dtype=object))  # by its distinct cells
         kinds[name] = kind
     return kinds

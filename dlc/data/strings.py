@@ -1,0 +1,54 @@
+"""String columns of a table through pyarrow.compute: raw cells read, counted and looked up in C,
+without a Python loop or a Python string per cell.
+
+A column's cells are dictionary-encoded once (Arrow's `dictionary_encode`): the raw column
+`values[codes]` is an object array whose cells are references to its few distinct strings (8
+bytes a cell, where a Python string per cell took ~60). Counting and looking up go through
+Arrow (`value_counts`, `index_in`). dlc.data.columns keeps its definition of each step; these are
+the same results, faster (tests/test_columns_strings.py checks them against the per-cell
+definitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def stripped_cells(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """object [n]: each cell of a text column with surrounding whitespace removed, the cells
+    of one value sharing one Python string."""
+    coded = pc.utf8_trim_whitespace(text)
+    if isinstance(coded, pa.ChunkedArray):
+        coded = coded.combine_chunks()
+    coded = coded.dictionary_encode()
+    values = np.array(coded.dictionary.to_pylist(), dtype=object)
+    return values[coded.indices.to_numpy(zero_copy_only=False)]
+
+
+def distinct(cells: np.ndarray) -> list[str]:
+    """The distinct cells of a string column (any order)."""
+    return pa.array(cells, pa.string()).unique().to_pylist()
+
+
+def counts(cells: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(distinct cells in sorted order, how often each occurs): np.unique's answer."""
+    found = pa.array(cells, pa.string()).value_counts()
+    values = found.field("values").to_pylist()
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return [values[i] for i in order], \
+        found.field("counts").to_numpy().astype(np.int64)[order]
+
+
+def lookup(cells: np.ndarray, keys: list[str], ids: list[int], default: int) -> np.ndarray:
+    """int64 [n]: the id of each cell's key, `default` for a cell among no keys (what a
+    LabelEncoder with these keys, ids and default gives)."""
+    where = pc.index_in(pa.array(cells, pa.string()), value_set=pa.array(keys, pa.string()))
+    table = np.append(np.asarray(ids, np.int64), default)
+    return table[pc.fill_null(where, len(keys)).to_numpy(zero_copy_only=False)]
+
+
+def is_in(cells: np.ndarray, markers: list[str]) -> np.ndarray:
+    """bool [n]: the cells that are one of `markers`."""
+    found = pc.is_in(pa.array(cells, pa.string()), value_set=pa.array(markers, pa.string()))
+    return found.to_numpy(zero_copy_only=False)

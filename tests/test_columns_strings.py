@@ -1,0 +1,97 @@
+"""Issue 17, string columns through pyarrow.compute (dlc.data.strings): the raw cells, counts and
+lookups of input.columns equal their per-cell definitions (the Python loops they replaced), fit
+and encode give the same state and bits either way, and a column of 2 distinct values holds 2
+Python strings, not one per cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dlc.data import columns, strings
+from dlc.data._table import MISSING, read_table
+
+CELLS = ["Biscoe", " Dream ", "Torgersen", "NA", "", "?", "dream", "Dréam", "n/a", "Biscoe  ",
+         "Z", "a b"]
+
+
+def table_file(tmp_path, n=500, seed=0):
+    """A CSV with a numeric column, two string columns with missing markers and padded cells,
+    an integer-coded column and a class."""
+    rng = np.random.default_rng(seed)
+    pick = lambda k: [CELLS[i] for i in rng.integers(0, len(CELLS), n)]  # noqa: E731
+    num = np.where(rng.random(n) < 0.1, "NA", rng.normal(size=n).round(3).astype(str))
+    lines = ["num,island,sex,code,y"] + [
+        f"{a},{b},{c},{d},{e}" for a, b, c, d, e in zip(
+            num, pick(n), pick(n), rng.integers(0, 4, n), rng.integers(0, 2, n))]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def per_cell(table, name):
+    """The definition: one stripped Python string per cell."""
+    return np.array([s.strip() for s in table.strings(table.columns.index(name))], dtype=object)
+
+
+def test_cells_counts_and_lookups_equal_their_per_cell_definitions(tmp_path):
+    table = read_table(table_file(tmp_path), "t.csv", True, "csv")
+    for name in ("island", "sex", "code"):
+        want = per_cell(table, name)
+        got = strings.stripped_cells(table.text(table.columns.index(name)))
+        assert got.dtype == object and got.tolist() == want.tolist()
+        assert len({id(c) for c in got}) == len(set(want))  # one Python string per value
+        uniq, counts = np.unique(want.astype(str), return_counts=True)
+        got_values, got_counts = strings.counts(got)
+        assert got_values == uniq.tolist() and got_counts.tolist() == counts.tolist()
+        assert sorted(strings.distinct(got)) == uniq.tolist()
+        assert strings.is_in(got, sorted(MISSING)).tolist() == np.isin(want,
+                                                                       sorted(MISSING)).tolist()
+        keys, ids = ["Biscoe", "Dream", "NA", "?"], [0, 1, 2, 2]
+        table_ = dict(zip(keys, ids))
+        assert strings.lookup(got, keys, ids, 7).tolist() == [table_.get(v, 7) for v in want]
+
+
+def _definitions(monkeypatch):
+    """dlc.data.strings replaced by the per-cell loops it replaced."""
+    def lookup(cells, keys, ids, default):
+        table = dict(zip(keys, ids))
+        return np.array([table.get(v, default) for v in cells], np.int64)
+
+    def counts(cells):
+        uniq, n = np.unique(cells.astype(str), return_counts=True)
+        return uniq.tolist(), n
+
+    monkeypatch.setattr(strings, "lookup", lookup)
+    monkeypatch.setattr(strings, "counts", counts)
+    monkeypatch.setattr(strings, "is_in", lambda cells, markers: np.isin(cells, markers))
+
+
+@pytest.mark.parametrize("config", [
+    {"num": {"kind": "numeric", "indicator": True}, "island": {"kind": "categorical"},
+     "sex": {"kind": "categorical", "min_frequency": 40}, "code": {"kind": "categorical"}},
+    {"island": {"kind": "categorical", "encoding": "embedding", "missing": "constant",
+                "value": "Dream"}, "sex": {"kind": "categorical", "encoding": "embedding"}}],
+    ids=["one-hot", "embedding"])
+def test_fit_and_encode_equal_the_per_cell_definition(tmp_path, monkeypatch, config):
+    table = read_table(table_file(tmp_path), "t.csv", True, "csv")
+    kinds = {n: c["kind"] for n, c in config.items()}
+    raw = columns.raw_columns(table, list(config), kinds)
+    train = np.arange(0, len(table), 2)
+    fast = columns.fit(config, {n: v[train] for n, v in raw.items()}, "standard")
+    x_fast = columns.encode(fast, raw)
+    _definitions(monkeypatch)
+    slow_raw = {n: per_cell(table, n) if kinds[n] != "numeric" else v for n, v in raw.items()}
+    slow = columns.fit(config, {n: v[train] for n, v in slow_raw.items()}, "standard")
+    assert fast == slow
+    np.testing.assert_array_equal(x_fast, columns.encode(slow, slow_raw))
+
+
+def test_a_parquet_column_of_other_types_prints_as_python_does(tmp_path):
+    """Parquet floats and booleans read as Python prints them (`1.0`, `True`), nulls as ''."""
+    pa.parquet.write_table(pa.table({"f": [1.0, None, 2.5], "b": [True, False, None],
+                                     "i": [7, None, -3]}), tmp_path / "t.parquet")
+    table = read_table(tmp_path / "t.parquet", "t.parquet", True, "parquet")
+    assert [table.strings(i) for i in range(3)] == [["1.0", "", "2.5"], ["True", "False", ""],
+                                                    ["7", "", "-3"]]
