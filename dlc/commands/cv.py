@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import Dataset, Split, load_arrays
+from dlc.data import Dataset, Split, cache, load_arrays, stats
 from dlc.data.columns import refuse_columns
 from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
@@ -102,6 +102,9 @@ def _raw_data(spec) -> tuple:
         raise DlcError(f"{spec.file}: the spec has no data.source to cross-validate on")
     if spec.data.get("inputs"):
         return _table_data(spec, str(data["source"]))
+    table = cache.table_source(spec.data, Path(spec.file).resolve().parent)
+    if table is not None:  # memory-mapped; each fold's statistics gathered in chunks
+        return cache.open_table(*table, spec.data)
     return load_arrays(data["source"], spec.data, Path(spec.file).resolve().parent)
 
 
@@ -130,8 +133,13 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         tr, va, _ = split_indices(y[train], len(train), frac, 0.0, classes,
                                   int(split.get("seed", 0)))
         train, val = train[tr], train[va]
+    take = None
     if isinstance(x, Table):  # named inputs: categories and statistics of the training rows
         xs, norm, cats = _inputs(spec, data, x, train)
+    elif isinstance(x, np.memmap):  # the data cache's table: raw until a batch is gathered
+        norm, cats = stats.fit(x, train, data), None
+        shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
+        take = lambda idx: stats.Rows(x, idx, norm, shape)  # noqa: E731
     else:
         x, fill = impute(x, train, data.get("missing"))  # data.missing: fills of these rows
         norm, cats = with_fill(compute_norm(x[train], data.get("normalize") or "standard"),
@@ -139,7 +147,7 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         xs = apply_norm(x, norm)
 
     def part(idx):
-        return Split(xs[idx], np.ascontiguousarray(y[idx]))
+        return Split(take(idx) if take else xs[idx], np.ascontiguousarray(y[idx]))
 
     return Dataset(part(train), part(val) if val is not None and len(val) else None,
                    part(held), labels, features, norm, categories=cats)

@@ -104,6 +104,23 @@ def _arrays(spec: dict, spec_dir: Path) -> tuple[bool, tuple, list]:
     return True, arrays, shape
 
 
+def table_arrays(source: str, spec: dict, spec_dir: Path, labels: list[str] | None,
+                 origin: str) -> tuple:
+    """load_arrays with a target for a trained model (dlc evaluate --data): a table that
+    data.cache sends to the cache (auto: from 64 MiB) comes memory-mapped, raw (the model fills
+    and normalises), so that it is never read whole; anything else is read into memory."""
+    data = spec.get("data") or {}
+    own = {**spec, "data": {**data, "source": source}}
+    table = None if window_config(data) or text_config(spec) else \
+        cache.table_source(own, spec_dir, origin)
+    if table is None:
+        return load_arrays(source, spec, spec_dir, require_target=True, labels=labels,
+                           origin=origin)
+    x, y, found, features = cache.open_table(*table, own, labels)
+    return fit_shape(x, (spec.get("input") or {}).get("shape") or x.shape[1:], source), y, \
+        found, features
+
+
 def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:
     if (x != np.round(x)).any() or (x < 0).any():
         raise DlcError(f"{source}: an int64 input needs non-negative integer ids")

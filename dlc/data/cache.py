@@ -42,7 +42,8 @@ STAMP = 2**20  # bytes hashed at each end of the file
 HEAD = 2**16  # bytes of CSV read for the column names (the header row and the first rows)
 
 
-def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
+def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
+                 ) -> tuple[Path, str, str] | None:
     """(path, display, kind) of a table to read through the cache, by data.cache: true,
     false, or auto (the default: tables of AUTO_BYTES and more); None to read it into memory.
     The cache holds numeric features of a single input (not token ids)."""
@@ -57,7 +58,7 @@ def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
             raise DlcError("data.cache: true needs a csv, parquet or feather source of numeric "
                            f"features; found '{data['source']}'" + (" with int64 ids" * ids))
         return None
-    path = resolve_path(rest, spec_dir, "data.source in spec")
+    path = resolve_path(rest, spec_dir, origin)
     if setting == "auto" and path.stat().st_size < AUTO_BYTES:
         return None
     return path, rest, scheme
@@ -150,9 +151,10 @@ def _build(tmp: Path, path: Path, kind: str, header: bool, enc: TableEncoder) ->
     (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def open_table(path: Path, display: str, kind: str, spec: dict):
+def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str] | None = None):
     """(x raw float32 memmap [n, F], y, labels, features) from the cache of this table and
-    spec, built first when absent; one line on stderr says which."""
+    spec, built first when absent; one line on stderr says which. `labels`: a trained model's
+    class names, which the target's cells must be among."""
     root = cachedir.folder("tables")
     if root is None:
         raise DlcError("data.cache: the cache folder is off (DLC_CACHE_DIR); set data.cache: "
@@ -162,7 +164,7 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
         names = _names(path, kind, header)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
-    enc = TableEncoder.for_spec(spec, display, names)
+    enc = TableEncoder.for_spec(spec, display, names, labels)
     key = hashlib.sha256(json.dumps([_stamp(path), kind, header, enc.key()],
                                     sort_keys=True).encode()).hexdigest()[:24]
     where = root / key
