@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlc.data import columns, strings
+from dlc.data import columns, load_dataset, read_columns, stats, strings
 from dlc.data._table import MISSING, read_table
 
 CELLS = ["Biscoe", " Dream ", "Torgersen", "NA", "", "?", "dream", "Dréam", "n/a", "Biscoe  ",
@@ -95,3 +95,25 @@ def test_a_parquet_column_of_other_types_prints_as_python_does(tmp_path):
     table = read_table(tmp_path / "t.parquet", "t.parquet", True, "parquet")
     assert [table.strings(i) for i in range(3)] == [["1.0", "", "2.5"], ["True", "False", ""],
                                                     ["7", "", "-3"]]
+
+
+def test_a_column_table_is_encoded_batch_by_batch(tmp_path):
+    """The splits of an input.columns table hold its raw columns and encode a batch when it is
+    gathered (a wide one-hot table never sits in memory whole): the same bits as the whole table
+    encoded at once."""
+    table_file(tmp_path, n=300)
+    spec = {"dlc": 1, "name": "c", "layers": [{"type": "dense", "name": "out", "units": 2}],
+            "input": {"columns": {"num": "numeric", "island": "categorical",
+                                  "sex": "categorical", "code": "categorical"}},
+            "task": {"kind": "classification"},
+            "data": {"source": "csv:t.csv", "target": "y",
+                     "split": {"val": 0.2, "test": 0.2, "seed": 0}}}
+    ds = load_dataset(spec, tmp_path)
+    raw, _, _, _ = read_columns("csv:t.csv", spec, tmp_path)
+    whole = columns.encode(ds.columns["input"], raw)
+    for part in (ds.train, ds.val, ds.test):
+        assert isinstance(part.x, stats.Encoded) and part.x.shape == (len(part.y), whole.shape[1])
+        np.testing.assert_array_equal(np.asarray(part.x), whole[part.x.index])
+        idx = np.array([5, 0, 3, 3])
+        np.testing.assert_array_equal(part.x[idx], whole[part.x.index[idx]])
+        np.testing.assert_array_equal(part.x[2:9], whole[part.x.index[2:9]])

@@ -186,19 +186,22 @@ def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     data = spec["data"]
     raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
     tr, va, te = _random_split(spec, y, len(y), _split_config(data))
-    xs, states = Columns(), {}
+    inputs, states = {}, {}
     for name, entry in entries(spec).items():
         config = {n: {**column_config(c), "kind": kinds[n]} for n, c in entry["columns"].items()}
         states[name] = fit(config, {n: raw[n][tr] for n in config},
                            data.get("normalize") or "standard", data.get("missing"))
-        x = encode(states[name], {n: raw[n] for n in config})
-        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
-        entry.update(columns=config, shape=[x.shape[1]])
+        dtype = np.int64 if entry.get("dtype") == "int64" else np.float32
+        inputs[name] = ({n: raw[n] for n in config}, dtype)
+        entry.update(columns=config, shape=[stats.width(states[name], inputs[name][0])])
         learnt_vocab(spec, name, states[name])
-    x = xs if spec.get("inputs") else xs["input"]
 
-    def subset(idx: np.ndarray) -> Split | None:
-        return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
+    def subset(idx: np.ndarray) -> Split | None:  # each batch encoded when gathered
+        if not len(idx):
+            return None
+        xs = Columns({n: stats.Encoded(cols, idx, states[n], dtype)
+                      for n, (cols, dtype) in inputs.items()})
+        return Split(xs if spec.get("inputs") else xs["input"], np.ascontiguousarray(y[idx]))
 
     return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=states)
 
