@@ -26,7 +26,7 @@ from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
-from dlc.data.columns import column_config, encode, entries, fit, learnt_vocab
+from dlc.data.columns import column_config, entries, fit, learnt_vocab
 from dlc.data.multi import Columns, check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
 from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
@@ -178,8 +178,9 @@ def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | No
 
 def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     """Tables with column kinds (input.columns, or columns per `inputs:` entry): split, learn
-    each input's encoders from the training rows (dlc.data.columns.fit), encode every row
-    once; the exported graph repeats the encoding from the raw columns (dlc.model.columns).
+    each input's encoders from the training rows (dlc.data.columns.fit), encode each batch's
+    rows when gathered (stats.Encoded); the exported graph repeats the encoding from the raw
+    columns (dlc.model.columns).
     The spec is resolved in place: each column's kind (`auto` inferred), each input's encoded
     width as its shape and an embedding's learnt vocab_size, which the network and the stored
     spec then use."""

@@ -65,6 +65,7 @@ def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
 
 
 def _csv_options(header: bool, block: int = 0) -> pacsv.ReadOptions:
+    """Reads of BLOCK bytes on threads (they read ahead); of a given `block` without threads."""
     return pacsv.ReadOptions(block_size=block or BLOCK, use_threads=not block,
                              autogenerate_column_names=not header)
 
