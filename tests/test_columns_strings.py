@@ -53,6 +53,14 @@ def test_cells_counts_and_lookups_equal_their_per_cell_definitions(tmp_path):
         assert strings.lookup(got, keys, ids, 7).tolist() == [table_.get(v, 7) for v in want]
 
 
+def test_a_cell_that_is_no_string_matches_nothing():
+    """A number or None among the cells (a JSON row) matches no key and no marker, as in the
+    per-cell dict lookup."""
+    cells = np.array(["Dream", 3, None, "NA"], dtype=object)
+    assert strings.lookup(cells, ["Dream", "3", "NA"], [0, 1, 2], 9).tolist() == [0, 9, 9, 2]
+    assert strings.is_in(cells, sorted(MISSING)).tolist() == [False, False, False, True]
+
+
 def _definitions(monkeypatch):
     """dlc.data.strings replaced by the per-cell loops it replaced."""
     def lookup(cells, keys, ids, default):

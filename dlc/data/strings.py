@@ -26,14 +26,23 @@ def stripped_cells(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values[coded.indices.to_numpy(zero_copy_only=False)]
 
 
+def _text(cells: np.ndarray) -> pa.Array:
+    """The cells as Arrow text; a cell that is no string (a number or None from a JSON row) as
+    null, which matches no key and no marker, as in a per-cell dict lookup."""
+    try:
+        return pa.array(cells, pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([c if isinstance(c, str) else None for c in cells], pa.string())
+
+
 def distinct(cells: np.ndarray) -> list[str]:
     """The distinct cells of a string column (any order)."""
-    return pa.array(cells, pa.string()).unique().to_pylist()
+    return _text(cells).unique().to_pylist()
 
 
 def counts(cells: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(distinct cells in sorted order, how often each occurs): np.unique's answer."""
-    found = pa.array(cells, pa.string()).value_counts()
+    found = _text(cells).value_counts()
     values = found.field("values").to_pylist()
     order = sorted(range(len(values)), key=values.__getitem__)
     return [values[i] for i in order], \
@@ -43,12 +52,12 @@ def counts(cells: np.ndarray) -> tuple[list[str], np.ndarray]:
 def lookup(cells: np.ndarray, keys: list[str], ids: list[int], default: int) -> np.ndarray:
     """int64 [n]: the id of each cell's key, `default` for a cell among no keys (what a
     LabelEncoder with these keys, ids and default gives)."""
-    where = pc.index_in(pa.array(cells, pa.string()), value_set=pa.array(keys, pa.string()))
+    where = pc.index_in(_text(cells), value_set=pa.array(keys, pa.string()))
     table = np.append(np.asarray(ids, np.int64), default)
     return table[pc.fill_null(where, len(keys)).to_numpy(zero_copy_only=False)]
 
 
 def is_in(cells: np.ndarray, markers: list[str]) -> np.ndarray:
     """bool [n]: the cells that are one of `markers`."""
-    found = pc.is_in(pa.array(cells, pa.string()), value_set=pa.array(markers, pa.string()))
+    found = pc.is_in(_text(cells), value_set=pa.array(markers, pa.string()))
     return found.to_numpy(zero_copy_only=False)
