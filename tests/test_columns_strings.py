@@ -11,6 +11,7 @@ import pytest
 
 from dlc.data import columns, load_dataset, read_columns, stats, strings
 from dlc.data._table import MISSING, read_table
+from dlc.errors import DlcError
 
 CELLS = ["Biscoe", " Dream ", "Torgersen", "NA", "", "?", "dream", "Dréam", "n/a", "Biscoe  ",
          "Z", "a b"]
@@ -125,3 +126,20 @@ def test_a_column_table_is_encoded_batch_by_batch(tmp_path):
         idx = np.array([5, 0, 3, 3])
         np.testing.assert_array_equal(part.x[idx], whole[part.x.index[idx]])
         np.testing.assert_array_equal(part.x[2:9], whole[part.x.index[2:9]])
+
+
+def test_target_errors_name_the_first_row_of_the_bad_value(tmp_path):
+    """The target's rules run once per distinct cell; an error still names the line where the
+    offending value first appears."""
+    rows = ["a,y", "red,up", "blue,down", "NA,up", "red,sideways", "blue,up", "red,sideways"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    spec = {"dlc": 1, "name": "c", "layers": [{"type": "dense", "name": "out", "units": 2}],
+            "input": {"columns": {"a": "categorical"}},
+            "task": {"kind": "classification", "labels": ["down", "up"]},
+            "data": {"source": "csv:t.csv", "target": "y"}}
+    with pytest.raises(DlcError, match=r"t.csv:5: column 'y': task.labels does not match .*'sideways'"):
+        read_columns("csv:t.csv", spec, tmp_path)
+    raw, y, labels, _ = read_columns("csv:t.csv", {**spec, "task": {"kind": "classification"}},
+                                     tmp_path)
+    assert labels == ["down", "sideways", "up"] and y.tolist() == [2, 0, 2, 1, 2, 1]
+    assert raw["a"].tolist() == ["red", "blue", "NA", "red", "blue", "red"]

@@ -26,6 +26,17 @@ def stripped_cells(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values[coded.indices.to_numpy(zero_copy_only=False)]
 
 
+def distinct_codes(text: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(the distinct cells in order of first appearance, each row's index into them, the row
+    where each first appears): a per-cell rule is then applied to the distinct cells only and
+    spread back by the codes, with the row of its first failure."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    coded = text.dictionary_encode()
+    codes = coded.indices.to_numpy(zero_copy_only=False)
+    return coded.dictionary.to_pylist(), codes, np.unique(codes, return_index=True)[1]
+
+
 def _text(cells: np.ndarray) -> pa.Array:
     """The cells as Arrow text; a cell that is no string (a number or None from a JSON row) as
     null, which matches no key and no marker, as in a per-cell dict lookup."""
