@@ -1,8 +1,10 @@
 """A table bigger than it should be in memory: time to the first train step and peak RSS of a whole
-`dlc train` (one epoch of a tiny MLP) on a 2,000,000 x 8 float CSV, old reader against new.
+`dlc train` (one epoch of a tiny MLP) on a 2,000,000 x 8 float CSV, old reader against new, and
+on a 2,000,000-row table with column kinds (input.columns: 6 numbers and 2 string columns, all
+with missing cells).
 
     .venv/bin/python bench/big_table.py [--rows 2000000] [--dir /tmp/dlc-big] [--old f497edb]
-        [--repeats 1] [--json-only]
+        [--before COMMIT] [--repeats 1] [--json-only]
 
 Writes DIR/big.csv (8 float features rounded to 6 decimals, a class 0-2 from them) once, then
 runs, each in a fresh interpreter under /usr/bin/time -v:
@@ -13,6 +15,10 @@ runs, each in a fresh interpreter under /usr/bin/time -v:
   memory     this checkout, data.cache: false (the table read whole through pyarrow)
   build      this checkout, data.cache: true, an empty cache folder (streams and builds the cache)
   reuse      the same again (memory-maps the cache the build left)
+  before-build, before-reuse   build and reuse for dlc at commit --before (a cache folder of
+             their own), so that one run gives before/after figures
+  columns    this checkout on DIR/columns.csv (input.columns: read into memory; no cache yet),
+             and before-columns the same at commit --before
 first_step_s: seconds from starting the interpreter to the first onnxruntime run of the train
 step; wall_s: the whole command; peak_mib: its maximum RSS; above_base_mib: peak - baseline's.
 feature_mib is the float32 size of the features (rows x 8 x 4 B). Record foreign_cpu_share.
@@ -41,6 +47,19 @@ layers:
   - {{type: dense, name: out, units: 3}}
 task: {{kind: classification, metrics: [accuracy]}}
 data: {{source: csv:big.csv, target: y, split: {{val: 0.1, test: 0.1, seed: 0}}{cache}}}
+train: {{epochs: 1, batch_size: 1024, optimizer: {{type: adam, lr: 0.01}}, seed: 0}}
+"""
+
+COLUMNS_SPEC = """dlc: 1
+name: big-columns
+input:
+  columns: {{f0: numeric, f1: numeric, f2: numeric, f3: numeric, f4: numeric, f5: numeric,
+            colour: categorical, city: categorical}}
+layers:
+  - {{type: dense, name: h, units: 16, activation: relu}}
+  - {{type: dense, name: out, units: 3}}
+task: {{kind: classification, metrics: [accuracy]}}
+data: {{source: csv:columns.csv, target: y, split: {{val: 0.1, test: 0.1, seed: 0}}}}
 train: {{epochs: 1, batch_size: 1024, optimizer: {{type: adam, lr: 0.01}}, seed: 0}}
 """
 
@@ -80,6 +99,30 @@ def write_csv(path: Path, rows: int) -> None:
     tmp.replace(path)
 
 
+def write_columns_csv(path: Path, rows: int) -> None:
+    """6 float features, a colour (5 values) and a city (200 values); 2% of each missing (NA or
+    an empty cell); a class 0-2 from them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(rows, 6)).round(6)
+    colour, city = rng.integers(0, 5, rows), rng.integers(0, 200, rows)
+    y = np.digitize(x[:, 0] - x[:, 1] + (colour == 2) - (city < 40), [-0.7, 0.7])
+    cols = {f"f{i}": pa.array(x[:, i], mask=rng.random(rows) < 0.02) for i in range(6)}
+    names = {"colour": np.array(["red", "green", "blue", "grey", "black"]),
+             "city": np.array([f"city {i:03d}" for i in range(200)])}
+    for name, codes in (("colour", colour), ("city", city)):
+        cells = names[name][codes].astype(object)
+        cells[rng.random(rows) < 0.02] = "NA"
+        cols[name] = pa.array(cells, pa.string())
+    table = pa.table({**cols, "y": y})
+    tmp = path.with_suffix(".tmp")
+    pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none"))
+    tmp.replace(path)
+
+
 def run(src: Path, args: list[str], cwd: Path, cache: Path) -> dict:
     mark = cwd / "first_step"
     mark.unlink(missing_ok=True)
@@ -96,11 +139,21 @@ def run(src: Path, args: list[str], cwd: Path, cache: Path) -> dict:
             "wall_s": round(wall, 2), "peak_mib": round(peak / 1024)}
 
 
+def _export(commit: str | None, where: Path) -> Path | None:
+    """dlc at `commit`, exported by git archive into `where`; None for none."""
+    if commit in (None, "none"):
+        return None
+    where.mkdir()
+    subprocess.run(f"git archive {commit} | tar -x -C {where}", shell=True, check=True, cwd=ROOT)
+    return where
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--dir", default="/tmp/dlc-big")
     ap.add_argument("--old", default="f497edb", help="a commit with the old reader, or none")
+    ap.add_argument("--before", default=None, help="a commit to compare build/reuse with")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
@@ -109,23 +162,29 @@ def main() -> None:
     csv = work / "big.csv"
     if not csv.exists():
         write_csv(csv, args.rows)
+    if not (work / "columns.csv").exists():
+        write_columns_csv(work / "columns.csv", args.rows)
     train = ["train", "spec.yaml", "--out", "run", "--force", "-q", "--device", "cpu"]
     results: dict[str, list] = {}
     with ForeignLoad(children=True) as fl, tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "old"
-        if args.old != "none":
-            old.mkdir()
-            subprocess.run(f"git archive {args.old} | tar -x -C {old}", shell=True, check=True,
-                           cwd=ROOT)
+        old, before = _export(args.old, Path(tmp) / "old"), _export(args.before, Path(tmp) / "b")
         for _ in range(args.repeats):  # interleaved, so that a busy spell hits every variant
-            cache = Path(tempfile.mkdtemp(dir=tmp))
-            variants = [("baseline", ROOT, ["baseline"], ""), ("memory", ROOT, train, ", cache: false"),
-                        ("build", ROOT, train, ", cache: true"), ("reuse", ROOT, train, ", cache: true")]
-            if args.old != "none":
-                variants.insert(1, ("old", old, train, ""))
-            for name, src, argv, setting in variants:
-                (work / "spec.yaml").write_text(SPEC.format(cache=setting))
-                results.setdefault(name, []).append(run(src, argv, work, cache))
+            cache, cache_before = Path(tempfile.mkdtemp(dir=tmp)), Path(tempfile.mkdtemp(dir=tmp))
+            variants = [("baseline", ROOT, ["baseline"], "", cache),
+                        ("old", old, train, "", cache),
+                        ("before-build", before, train, ", cache: true", cache_before),
+                        ("before-reuse", before, train, ", cache: true", cache_before),
+                        ("memory", ROOT, train, ", cache: false", cache),
+                        ("build", ROOT, train, ", cache: true", cache),
+                        ("reuse", ROOT, train, ", cache: true", cache),
+                        ("before-columns", before, train, None, cache_before),
+                        ("columns", ROOT, train, None, cache)]
+            for name, src, argv, setting, folder in variants:
+                if src is None:
+                    continue
+                text = COLUMNS_SPEC.format() if setting is None else SPEC.format(cache=setting)
+                (work / "spec.yaml").write_text(text)
+                results.setdefault(name, []).append(run(src, argv, work, folder))
     base = min(r["peak_mib"] for r in results["baseline"])
     for rows in results.values():
         for r in rows:

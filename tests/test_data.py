@@ -119,6 +119,19 @@ def test_unstratified_sizes(stratify):
     assert (len(te), len(va), len(tr)) == (24, 15, 58)
 
 
+@pytest.mark.parametrize("stratify, want", [
+    (True, [[0, 13, 17, 14, 7, 2, 11, 16, 19, 18, 5], [10, 9, 8, 6], [15, 12, 4, 3, 1]]),
+    (False, [[17, 12, 15, 8, 6, 14, 0, 4, 10, 2, 5], [13, 19, 16, 11], [1, 18, 9, 7, 3]])])
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.float32])
+def test_split_indices_are_int32_with_the_draws_they_always_had(stratify, want, dtype):
+    """Half the memory of int64 indices on a big table, and the same split as the int64 code
+    drew (pinned from it), for targets of any integer or float dtype: seeded runs keep their
+    splits."""
+    y = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 0, 1, 2, 2, 0, 1, 0, 1], dtype)
+    parts = split_indices(y, 20, 0.2, 0.25, stratify, 5)
+    assert [p.tolist() for p in parts] == want and {p.dtype for p in parts} == {np.dtype(np.int32)}
+
+
 def test_stratification_keeps_proportions():
     rng = np.random.default_rng(0)
     y = rng.choice(4, size=503, p=[0.5, 0.3, 0.15, 0.05])

@@ -5,6 +5,7 @@ half cache."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,7 @@ def test_split_views_equal_the_arrays_in_memory(tmp_path, small_chunks):
     assert mapped.norm == memory.norm and mapped.labels == memory.labels == ["down", "up"]
     for a, b in ((mapped.train, memory.train), (mapped.test, memory.test)):
         assert np.array_equal(np.asarray(a.x), b.x) and np.array_equal(a.y, b.y)
+        assert a.y.dtype == np.uint8 and a.x.index.dtype == np.int32  # 1 + 4 bytes a row, not 16
         idx = np.array([5, 0, 3, 3])
         assert np.array_equal(a.x[idx], b.x[idx]) and np.array_equal(a.x[2:9], b.x[2:9])
 
@@ -158,6 +160,51 @@ def test_an_interrupted_build_leaves_no_cache(cli, tmp_path, monkeypatch, small_
     monkeypatch.setattr(cache.TableEncoder, "encode", encode)
     r = cli("train", spec, "--out", tmp_path / "run", "-q", "--force")
     assert r.code == 0 and "data cache built" in r.err, r
+
+
+def test_a_header_row_wider_than_the_first_read(cli, tmp_path, monkeypatch, small_chunks):
+    """The column names come from a small first block (no read-ahead); a wider header row is
+    read again with a whole block."""
+    write_table(tmp_path / "t.csv")
+    monkeypatch.setattr(cache, "HEAD", 8)
+    assert cache._names(tmp_path / "t.csv", "csv", True) == ["a", "b", "c", "d", "y"]
+    r = cli("train", spec_file(tmp_path, True), "--out", tmp_path / "run", "-q")
+    assert r.code == 0 and "data cache built" in r.err, r
+
+
+def test_evaluate_reads_a_big_table_through_the_cache(cli, tmp_path, monkeypatch, small_chunks):
+    """dlc evaluate --data memory-maps a table that data.cache sends to the cache and scores it
+    as the same table read into memory; a class the model never learnt is one line (exit 1)."""
+    table = write_table(tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)  # --data csv:t.csv: the model's own source, split as in training
+    scores = {}
+    for setting in (True, False):
+        run = tmp_path / f"run-{setting}"
+        assert cli("train", spec_file(tmp_path, setting), "--out", run, "-q").code == 0
+        for split in ("test", "all"):
+            out = tmp_path / f"{setting}-{split}.json"
+            r = cli("evaluate", run / "model.onnx", "--data", "csv:t.csv", "--split", split,
+                    "-o", out)
+            assert r.code == 0 and ("data cache" in r.err) == setting, r
+            scores[setting, split] = json.loads(out.read_text())
+    for split in ("test", "all"):
+        assert scores[True, split] == scores[False, split]
+    table.write_text(table.read_text() + "0.1,0.2,0.3,0.4,sideways\n")
+    r = cli("evaluate", tmp_path / "run-True" / "model.onnx", "--data", "csv:t.csv")
+    assert r.code == 1 and "sideways" in r.err and len(r.err.strip().splitlines()) == 1, r
+
+
+def test_cv_reads_a_big_table_through_the_cache(cli, tmp_path):
+    """dlc cv on a table that data.cache sends to the cache memory-maps it and gives the folds'
+    figures of the same table read into memory (one statistics chunk: numpy's own figures)."""
+    write_table(tmp_path / "t.csv")
+    results = {}
+    for setting in (True, False):
+        out = tmp_path / f"cv-{setting}.json"
+        r = cli("cv", spec_file(tmp_path, setting), "--folds", "3", "-o", out)
+        assert r.code == 0 and ("data cache" in r.err) == setting, r
+        results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
+    assert results[True] == results[False]
 
 
 def test_parquet_through_the_cache_equals_csv(cli, tmp_path, small_chunks):

@@ -37,16 +37,20 @@ def test_running_classification_metrics_equal_the_whole_split(kind, shape, class
     running = M.Running(kind)
     for i in range(0, len(y), 64):
         running.add(y[i:i + 64], logits[i:i + 64])
-    assert running.result(y) == M.compute(kind, y, logits)
+    assert running.result() == M.compute(kind, y, logits)
 
 
-def test_running_regression_metrics_equal_the_whole_split():
+@pytest.mark.parametrize("loc", [0.0, 1e4], ids=["centred", "far-from-0"])
+def test_running_regression_metrics_equal_the_whole_split(loc):
+    """R² from the targets' per-batch moments (no targets kept) equals the two-pass figure over
+    the whole split, also where the mean dwarfs the spread."""
     rng = np.random.default_rng(1)
-    y, pred = rng.normal(size=(301, 3)), rng.normal(size=(301, 3)).astype(np.float32)
+    y = rng.normal(loc, size=(301, 3))
+    pred = (y + rng.normal(size=(301, 3))).astype(np.float32)
     running = M.Running("regression")
     for i in range(0, len(y), 64):
         running.add(y[i:i + 64], pred[i:i + 64])
-    got, want = running.result(y), M.compute("regression", y, pred)
+    got, want = running.result(), M.compute("regression", y, pred)
     assert got.keys() == want.keys()
     for k in want:  # the same sums, added batch by batch: equal up to the order of additions
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
@@ -73,6 +77,32 @@ def test_train_epoch_keeps_no_batch_logits(tmp_path):
     tracemalloc.stop()
     assert 0.0 <= row["train_accuracy"] <= 1.0
     assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB traced during one epoch"
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_train_epoch_holds_one_int32_order(tmp_path, kind):
+    """A big table's epoch holds one int32 permutation (1 MiB for 262,144 samples) and no
+    concatenation of its batches' indices or targets (int64: 2 MiB each; R² from the targets'
+    per-batch moments)."""
+    rng = np.random.default_rng(0)
+    n = 2**18
+    y = rng.integers(0, 3, n) if kind == "classification" else rng.normal(size=(n, 1))
+    np.savez(tmp_path / "big.npz", x=rng.normal(size=(n, 2)).astype(np.float32), y=y)
+    head = "{type: dense, name: out, units: 3}" if kind == "classification" else \
+        "{type: dense, name: out, units: 1}"
+    spec = tmp_path / "big.yaml"
+    spec.write_text(f"dlc: 1\nname: big\ninput: {{shape: [2]}}\nlayers: [{head}]\n"
+                    f"task: {{kind: {kind}}}\n"
+                    "data: {source: npz:big.npz, split: {val: 0.0, test: 0.0, stratify: false},"
+                    " normalize: none}\n"
+                    "train: {epochs: 1, batch_size: 4096, optimizer: {type: sgd, lr: 0.01}}\n")
+    t = _trainer(spec)
+    t.train_epoch()  # first-run allocations out of the way
+    tracemalloc.start()
+    t.train_epoch()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.5 * 2**20, f"{peak / 2**20:.2f} MiB traced during one epoch"
 
 
 def test_cpu_training_binds_buffers_onnxruntime_owns():

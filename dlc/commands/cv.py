@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import Dataset, Split, encode_columns, load_arrays, read_columns
+from dlc.data import (Dataset, Split, cache, column_rows, fit_columns, load_arrays, read_columns,
+                      stats)
 from dlc.data.columns import column_config, entries
 from dlc.data._table import Table, read_table
 from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
@@ -111,6 +112,9 @@ def _raw_data(spec) -> tuple:
         return raw, y, labels, None
     if spec.data.get("inputs"):
         return _table_data(spec, str(data["source"]))
+    table = cache.table_source(spec.data, Path(spec.file).resolve().parent)
+    if table is not None:  # memory-mapped; each fold's statistics gathered in chunks
+        return cache.open_table(*table, spec.data)
     return load_arrays(data["source"], spec.data, Path(spec.file).resolve().parent)
 
 
@@ -139,11 +143,16 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         tr, va, _ = split_indices(y[train], len(train), frac, 0.0, classes,
                                   int(split.get("seed", 0)))
         train, val = train[tr], train[va]
-    states = None
+    states, take = None, None
     if isinstance(x, dict):  # column kinds: every encoder from the training rows
-        (xs, states), norm, cats = encode_columns(spec, x, train), None, None
+        (inputs, states), norm, cats = fit_columns(spec, x, train), None, None
+        take = lambda idx: column_rows(spec, inputs, states, idx)  # noqa: E731
     elif isinstance(x, Table):  # named inputs: categories and statistics of the training rows
         xs, norm, cats = _inputs(spec, data, x, train)
+    elif isinstance(x, np.memmap):  # the data cache's table: raw until a batch is gathered
+        norm, cats = stats.fit(x, train, data), None
+        shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
+        take = lambda idx: stats.Rows(x, idx, norm, shape)  # noqa: E731
     else:
         x, fill = impute(x, train, data.get("missing"))  # data.missing: fills of these rows
         norm, cats = with_fill(compute_norm(x[train], data.get("normalize") or "standard"),
@@ -151,7 +160,7 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         xs = apply_norm(x, norm)
 
     def part(idx):
-        return Split(xs[idx], np.ascontiguousarray(y[idx]))
+        return Split(take(idx) if take else xs[idx], np.ascontiguousarray(y[idx]))
 
     return Dataset(part(train), part(val) if val is not None and len(val) else None,
                    part(held), labels, features, norm, categories=cats, columns=states)

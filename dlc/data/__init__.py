@@ -26,7 +26,7 @@ from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._split import apply_norm, check_split_sizes, compute_norm, split_indices
 from dlc.data.arrays import Dataset, Split, load_arrays, text_csv_path
 from dlc.data.augment import check_augment
-from dlc.data.columns import column_config, encode, entries, fit, learnt_vocab
+from dlc.data.columns import column_config, entries, fit, learnt_vocab
 from dlc.data.multi import Columns, check_ids, load_multi
 from dlc.data.text import TextSpec, load_text_csv, read_texts, text_config
 from dlc.data.windows import (Window, check_window_spec, input_windows, load_series, make_windows,
@@ -104,6 +104,23 @@ def _arrays(spec: dict, spec_dir: Path) -> tuple[bool, tuple, list]:
     return True, arrays, shape
 
 
+def table_arrays(source: str, spec: dict, spec_dir: Path, labels: list[str] | None,
+                 origin: str) -> tuple:
+    """load_arrays with a target for a trained model (dlc evaluate --data): a table that
+    data.cache sends to the cache (auto: from 64 MiB) comes memory-mapped, raw (the model fills
+    and normalises), so that it is never read whole; anything else is read into memory."""
+    data = spec.get("data") or {}
+    own = {**spec, "data": {**data, "source": source}}
+    table = None if window_config(data) or text_config(spec) else \
+        cache.table_source(own, spec_dir, origin)
+    if table is None:
+        return load_arrays(source, spec, spec_dir, require_target=True, labels=labels,
+                           origin=origin)
+    x, y, found, features = cache.open_table(*table, own, labels)
+    return fit_shape(x, (spec.get("input") or {}).get("shape") or x.shape[1:], source), y, \
+        found, features
+
+
 def _as_ids(x: np.ndarray, spec: dict, source: str) -> np.ndarray:
     if (x != np.round(x)).any() or (x < 0).any():
         raise DlcError(f"{source}: an int64 input needs non-negative integer ids")
@@ -161,39 +178,50 @@ def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | No
 
 def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     """Tables with column kinds (input.columns, or columns per `inputs:` entry): split, learn
-    each input's encoders from the training rows (dlc.data.columns.fit), encode every row
-    once; the exported graph repeats the encoding from the raw columns (dlc.model.columns).
+    each input's encoders from the training rows (dlc.data.columns.fit), encode each batch's
+    rows when gathered (stats.Encoded); the exported graph repeats the encoding from the raw
+    columns (dlc.model.columns).
     The spec is resolved in place: each column's kind (`auto` inferred), each input's encoded
     width as its shape and an embedding's learnt vocab_size, which the network and the stored
     spec then use."""
     data = spec["data"]
     raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
     tr, va, te = _random_split(spec, y, len(y), _split_config(data))
-    x, states = encode_columns(spec, raw, tr, kinds)
+    inputs, states = fit_columns(spec, raw, tr, kinds)
 
-    def subset(idx: np.ndarray) -> Split | None:
-        return Split(x[idx], np.ascontiguousarray(y[idx])) if len(idx) else None
+    def subset(idx: np.ndarray) -> Split | None:  # each batch encoded when gathered
+        if not len(idx):
+            return None
+        return Split(column_rows(spec, inputs, states, idx), np.ascontiguousarray(y[idx]))
 
     return Dataset(subset(tr), subset(va), subset(te), labels, None, None, columns=states)
 
 
-def encode_columns(spec: dict, raw: dict[str, np.ndarray], train: np.ndarray,
-                   kinds: dict[str, str] | None = None) -> tuple:
-    """(encoded rows: an array, or Columns by input name for `inputs:`; encoder states by
-    input) of raw table columns, each input's encoders fitted on the `train` rows only (kinds:
-    the resolved kind of each column, else the spec's). The spec is resolved in place (kinds,
-    encoded widths, learnt vocab_size), as the network that reads these rows needs it."""
-    data, xs, states = spec["data"], Columns(), {}
+def fit_columns(spec: dict, raw: dict[str, np.ndarray], train: np.ndarray,
+                kinds: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """(inputs: name -> (its raw columns, dtype); encoder states by input name) of raw table
+    columns, each input's encoders fitted on the `train` rows only (kinds: the resolved kind of
+    each column, else the spec's). The spec is resolved in place (kinds, encoded widths, learnt
+    vocab_size), as the network that reads these rows needs it."""
+    data, inputs, states = spec["data"], {}, {}
     for name, entry in entries(spec).items():
         config = {n: {**column_config(c), **({"kind": kinds[n]} if kinds else {})}
                   for n, c in entry["columns"].items()}
         states[name] = fit(config, {n: raw[n][train] for n in config},
                            data.get("normalize") or "standard", data.get("missing"))
-        x = encode(states[name], {n: raw[n] for n in config})
-        xs[name] = x.astype(np.int64) if entry.get("dtype") == "int64" else x
-        entry.update(columns=config, shape=[x.shape[1]])
+        dtype = np.int64 if entry.get("dtype") == "int64" else np.float32
+        inputs[name] = ({n: raw[n] for n in config}, dtype)
+        entry.update(columns=config, shape=[stats.width(states[name], inputs[name][0])])
         learnt_vocab(spec, name, states[name])
-    return (xs if spec.get("inputs") else xs["input"]), states
+    return inputs, states
+
+
+def column_rows(spec: dict, inputs: dict, states: dict, idx: np.ndarray):
+    """The rows `idx` of fitted column inputs (fit_columns), each batch encoded when gathered
+    (stats.Encoded): an input's array, or Columns by input name for `inputs:`."""
+    xs = Columns({n: stats.Encoded(cols, idx, states[n], dtype)
+                  for n, (cols, dtype) in inputs.items()})
+    return xs if spec.get("inputs") else xs["input"]
 
 
 def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:

@@ -11,6 +11,7 @@ from dlc.data._table import Table, read_table
 from dlc.data.columns import (column_config, dropped_rows, infer_kind, is_missing,
                               raw_columns, table_columns)
 from dlc.data._targets import encode_cells
+from dlc.data.strings import distinct, distinct_codes, stripped_cells
 from dlc.errors import DlcError
 
 
@@ -124,13 +125,13 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
             raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "
                            "whose missing values are dropped (missing: drop); fill it")
         return raw, None, known, kinds
-    cells = np.array(table.strings(target), dtype=object)
-    keep = ~drop & ~is_missing(np.array([c.strip() for c in cells], dtype=object))
-    rows = np.flatnonzero(keep)
-    y, labels = encode_cells(cells[keep].tolist(), spec.get("task", {}).get("kind",
-                             "classification"), known, strict,
-                             lambda i: table.where(int(rows[i])), table.columns[target])
-    return {k: v[keep] for k, v in raw.items()}, y, labels, kinds
+    keep = ~drop & ~is_missing(stripped_cells(table.text(target)))
+    rows = np.flatnonzero(keep)  # the target's rules on its distinct cells, spread to the rows
+    cells, codes, first = distinct_codes(table.text(target).take(rows))
+    y, labels = encode_cells(cells, spec.get("task", {}).get("kind", "classification"), known,
+                             strict, lambda i: table.where(int(rows[first[i]])),
+                             table.columns[target])
+    return {k: v[keep] for k, v in raw.items()}, y[codes], labels, kinds
 
 
 def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
@@ -139,7 +140,7 @@ def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
     for name, value in config.items():
         kind = column_config(value).get("kind", "auto")
         if kind == "auto":
-            cells = [s.strip() for s in table.strings(table.columns.index(name))]
-            kind = infer_kind(np.array(cells, dtype=object))
+            cells = stripped_cells(table.text(table.columns.index(name)))
+            kind = infer_kind(np.array(distinct(cells), dtype=object))  # by its distinct cells
         kinds[name] = kind
     return kinds

@@ -26,6 +26,17 @@ def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
     return np.minimum(out, counts)
 
 
+def index_dtype(n: int) -> np.dtype:
+    """The narrowest index type for n rows: int32 below 2**31, half the memory of int64."""
+    return np.dtype(np.int32 if n < 2**31 else np.int64)
+
+
+def permutation(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`rng.permutation(n)`'s draws as index_dtype(n), shuffled in place (permutation would
+    copy its argument): one array of 4 bytes per row."""
+    return _shuffled(np.arange(n, dtype=index_dtype(n)), rng)
+
+
 def _take(pools: list[np.ndarray], counts: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Take counts[c] indices from the front of each class pool; return (taken, rest)."""
     taken = [p[:k] for p, k in zip(pools, counts)]
@@ -43,18 +54,26 @@ def split_indices(
     rng = np.random.default_rng(seed)
     n_test, n_val = _round(test * n), _round(val * n)
     if classes and y is not None:
-        keys = np.asarray(y).reshape(n, -1)[:, 0].astype(np.int64, copy=False)
-        uniq = np.unique(keys)
-        pools = [rng.permutation(np.flatnonzero(keys == c)) for c in uniq]
+        keys = np.asarray(y).reshape(n, -1)[:, 0]
+        keys = keys if keys.dtype.kind in "iu" else keys.astype(np.int64)
+        pools = [_shuffled(np.flatnonzero(keys == c).astype(index_dtype(n)), rng)
+                 for c in np.unique(keys)]
     else:
-        pools = [rng.permutation(n)]
+        pools = [permutation(n, rng)]
     sizes = np.array([len(p) for p in pools], dtype=np.int64)
     test_idx, pools = _take(pools, _apportion(sizes, n_test))
     left = np.array([len(p) for p in pools], dtype=np.int64)
     val_counts = np.minimum(_apportion(sizes, n_val), left)
     val_idx, pools = _take(pools, val_counts)
     train_idx = np.concatenate(pools)
-    return rng.permutation(train_idx), rng.permutation(val_idx), rng.permutation(test_idx)
+    return _shuffled(train_idx, rng), _shuffled(val_idx, rng), _shuffled(test_idx, rng)
+
+
+def _shuffled(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """idx (an array of its own) shuffled in place: the draws of `rng.permutation(idx)`,
+    without its copy."""
+    rng.shuffle(idx)
+    return idx
 
 
 def check_split_sizes(n: int, val: float, test: float, sizes: tuple[int, int, int]) -> None:

@@ -65,16 +65,24 @@ class Table:
         return self._lines
 
     def strings(self, col: int) -> list[str]:
-        """The cells of one column as text. An integer column prints its values (`007` reads
-        `7`: cheap, and integer classes and ids stay what they were); a float or date column is
-        read again as text, so that class `1.50` stays `1.50`."""
+        """The cells of one column as Python strings (see text)."""
+        return self.text(col).to_pylist()
+
+    def text(self, col: int) -> pa.ChunkedArray:
+        """The cells of one column as Arrow text (a missing cell of a typed file: ""). An
+        integer column prints its values (`007` reads `7`: cheap, and integer classes and ids
+        stay what they were); a float or date column of a CSV is read again as text, so that
+        class `1.50` stays `1.50`; of another file, Python prints each value."""
         column = self.data.column(col)
-        if (self.path is None or pa.types.is_integer(column.type)
-                or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            return ["" if v is None else str(v) for v in column.to_pylist()]
+        if pa.types.is_integer(column.type) or pa.types.is_string(column.type) \
+                or pa.types.is_large_string(column.type):
+            return pc.fill_null(pc.cast(column, pa.string()), "")
+        if self.path is None:
+            return pa.chunked_array([pa.array(["" if v is None else str(v)
+                                               for v in column.to_pylist()], pa.string())])
         if self._text is None:
             self._text = read_csv(self.path, self.display, self.header, strings=True).data
-        return self._text.column(col).to_pylist()
+        return self._text.column(col)
 
     @property
     def rows(self) -> list[list[str]]:

@@ -37,11 +37,13 @@ from dlc.files import cachedir
 
 AUTO_BYTES = 64 * 2**20  # data.cache auto: tables from this size on
 KEEP = 4  # caches kept (the least recently used are deleted beyond that)
-BLOCK = 8 * 2**20  # bytes of CSV per record batch
+BLOCK = 2**20  # bytes of CSV per record batch (8 MiB: the same speed, 150 MiB more at peak)
 STAMP = 2**20  # bytes hashed at each end of the file
+HEAD = 2**16  # bytes of CSV read for the column names (the header row and the first rows)
 
 
-def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
+def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
+                 ) -> tuple[Path, str, str] | None:
     """(path, display, kind) of a table to read through the cache, by data.cache: true,
     false, or auto (the default: tables of AUTO_BYTES and more); None to read it into memory.
     The cache holds numeric features of a single input (not token ids)."""
@@ -56,14 +58,29 @@ def table_source(spec: dict, spec_dir: Path) -> tuple[Path, str, str] | None:
             raise DlcError("data.cache: true needs a csv, parquet or feather source of numeric "
                            f"features; found '{data['source']}'" + (" with int64 ids" * ids))
         return None
-    path = resolve_path(rest, spec_dir, "data.source in spec")
+    path = resolve_path(rest, spec_dir, origin)
     if setting == "auto" and path.stat().st_size < AUTO_BYTES:
         return None
     return path, rest, scheme
 
 
-def _csv_options(header: bool) -> pacsv.ReadOptions:
-    return pacsv.ReadOptions(block_size=BLOCK, autogenerate_column_names=not header)
+def _csv_options(header: bool, block: int = 0) -> pacsv.ReadOptions:
+    """Reads of BLOCK bytes on threads (they read ahead); of a given `block` without threads."""
+    return pacsv.ReadOptions(block_size=block or BLOCK, use_threads=not block,
+                             autogenerate_column_names=not header)
+
+
+def _csv_names(path: Path, header: bool) -> list[str]:
+    """The CSV's own column names, from one HEAD block read without threads (a threaded reader
+    reads ahead: ~100 MiB of Arrow's pool on the 2M-row table, which its allocator keeps); a
+    row wider than HEAD is read again with BLOCK."""
+    def names(block: int) -> list[str]:
+        return pacsv.open_csv(path, read_options=_csv_options(header, block)).schema.names
+
+    try:
+        return names(HEAD)
+    except pa.ArrowInvalid:  # a row wider than HEAD straddles the block
+        return names(BLOCK)
 
 
 def _names(path: Path, kind: str, header: bool) -> list[str]:
@@ -73,7 +90,7 @@ def _names(path: Path, kind: str, header: bool) -> list[str]:
     elif kind == "feather":
         names = pa.ipc.open_file(pa.memory_map(str(path))).schema.names
     else:
-        names = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+        names = _csv_names(path, header)
     return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
 
 
@@ -90,7 +107,7 @@ def _batches(path: Path, kind: str, header: bool, enc: TableEncoder):
         batches = (reader.get_batch(i).select([by_name[n] for n in wanted])
                    for i in range(reader.num_record_batches))
     else:
-        raw = pacsv.open_csv(path, read_options=_csv_options(header)).schema.names
+        raw = _csv_names(path, header)
         by_name = dict(zip(enc.names, raw))
         convert = pacsv.ConvertOptions(
             column_types={by_name[n]: t for n, t in enc.columns.items()},
@@ -135,9 +152,10 @@ def _build(tmp: Path, path: Path, kind: str, header: bool, enc: TableEncoder) ->
     (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def open_table(path: Path, display: str, kind: str, spec: dict):
+def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str] | None = None):
     """(x raw float32 memmap [n, F], y, labels, features) from the cache of this table and
-    spec, built first when absent; one line on stderr says which."""
+    spec, built first when absent; one line on stderr says which. `labels`: a trained model's
+    class names, which the target's cells must be among."""
     root = cachedir.folder("tables")
     if root is None:
         raise DlcError("data.cache: the cache folder is off (DLC_CACHE_DIR); set data.cache: "
@@ -147,7 +165,7 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
         names = _names(path, kind, header)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
-    enc = TableEncoder.for_spec(spec, display, names)
+    enc = TableEncoder.for_spec(spec, display, names, labels)
     key = hashlib.sha256(json.dumps([_stamp(path), kind, header, enc.key()],
                                     sort_keys=True).encode()).hexdigest()[:24]
     where = root / key
@@ -167,6 +185,7 @@ def open_table(path: Path, display: str, kind: str, spec: dict):
             shutil.rmtree(tmp, ignore_errors=True)
         verb = f"built in {time.perf_counter() - t0:.1f} s:"
         _trim(root)
+        pa.default_memory_pool().release_unused()  # the build's blocks: back to the system
     meta = json.loads((where / "meta.json").read_text())
     x = np.memmap(where / "x.raw", np.float32, "r", shape=(meta["rows"], len(meta["features"])))
     y = np.load(where / "y.npy", mmap_mode="r")

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from dlc.data import strings
 from dlc.data._split import FILLS, compute_norm
 from dlc.data._table import MISSING, Table
 from dlc.data.tokens import TextSpec
@@ -58,14 +59,14 @@ def raw_columns(table: Table, names: list[str], kinds: dict[str, str]) -> dict[s
         if kinds[name] == "numeric":
             out[name] = table.numbers([c], missing=True)[:, 0]
         else:
-            out[name] = np.array([s.strip() for s in table.strings(c)], dtype=object)
+            out[name] = strings.stripped_cells(table.text(c))
     return out
 
 
 def is_missing(values: np.ndarray) -> np.ndarray:
     """bool [n]: the missing cells of one raw column."""
     if values.dtype == object:
-        return np.isin(values, MARKERS)
+        return strings.is_in(values, MARKERS)
     return np.isnan(values)
 
 
@@ -88,9 +89,7 @@ def dropped_rows(config: dict, raw: dict, default: dict | None) -> np.ndarray:
 
 
 def _counts(values: np.ndarray) -> tuple[list[str], np.ndarray]:
-    present = values[~is_missing(values)]
-    uniq, counts = np.unique(present.astype(str), return_counts=True)
-    return uniq.tolist(), counts
+    return strings.counts(values[~is_missing(values)])
 
 
 def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str, name: str) -> dict:
@@ -228,8 +227,7 @@ def _encode_one(c: dict, values: np.ndarray, markers: list[str]) -> list[np.ndar
         parts = list((ids + c["offset"]).T)
     else:
         keys, ids, default = category_table(c, markers)
-        lookup = dict(zip(keys, ids))
-        found = np.array([lookup.get(v, default) for v in values], np.int64)
+        found = strings.lookup(values, keys, ids, default)
         if c["kind"] == "binary":
             parts = [found.astype(np.float32)]
         elif c.get("embedding"):

@@ -33,12 +33,14 @@ class TableEncoder:
     target: str
     kind: str  # task.kind
     missing: dict
-    labels: list[str] | None = None  # task.labels
+    labels: list[str] | None = None  # task.labels, or a trained model's class names
+    strict: bool = False  # a trained model's: every target cell among its labels
     _codes: dict[str, int] = field(default_factory=dict)  # target cell -> code, as first seen
     _first: list[int] = field(default_factory=list)  # the row where each code first appears
 
     @classmethod
-    def for_spec(cls, spec: dict, display: str, names: list[str]) -> TableEncoder:
+    def for_spec(cls, spec: dict, display: str, names: list[str],
+                 labels: list[str] | None = None) -> TableEncoder:
         data, inp = spec.get("data") or {}, spec.get("input") or {}
         header = Table(display, names, bool(data.get("header", True)), pa.table({}))
         target = _target_index(data, header, True, int(np.prod(inp.get("shape") or [0])))
@@ -46,7 +48,7 @@ class TableEncoder:
         task = spec.get("task") or {}
         return cls(display, names, [names[i] for i in fcols], names[target],
                    task.get("kind", "classification"), data.get("missing") or {},
-                   task.get("labels"))
+                   labels or task.get("labels"), labels is not None)
 
     @property
     def columns(self) -> dict[str, pa.DataType]:
@@ -58,9 +60,9 @@ class TableEncoder:
 
     def key(self) -> dict:
         """What the encoded arrays depend on (part of the cache key)."""
-        return {"encoder": "table/1", "features": self.features, "target": self.target,
+        return {"encoder": "table/2", "features": self.features, "target": self.target,
                 "kind": self.kind, "drop": self.missing.get("strategy") == "drop",
-                "missing": bool(self.missing), "labels": self.labels}
+                "missing": bool(self.missing), "labels": self.labels, "strict": self.strict}
 
     def encode(self, batch: pa.RecordBatch, first_row: int) -> dict[str, np.ndarray]:
         """One batch (rows from `first_row` of the file) -> {"x": float32, "y": codes or
@@ -82,7 +84,7 @@ class TableEncoder:
     def _target_codes(self, column: pa.ChunkedArray, first_row: int) -> np.ndarray:
         cells = pc.utf8_trim_whitespace(pc.cast(column, pa.string())).combine_chunks()
         coded = cells.dictionary_encode()
-        lookup = np.empty(len(coded.dictionary), np.int64)
+        lookup = np.empty(len(coded.dictionary), np.int32)
         for i, value in enumerate(coded.dictionary.to_pylist()):  # distinct cells: few
             if value not in self._codes:
                 self._codes[value] = len(self._codes)
@@ -97,7 +99,10 @@ class TableEncoder:
             return y, None
         cells = list(self._codes)
         where = lambda i: f"{self.display}: row {self._first[i] + 1}"  # noqa: E731
-        per_cell, labels = encode_cells(cells, self.kind, self.labels, False, where, self.target)
+        per_cell, labels = encode_cells(cells, self.kind, self.labels, self.strict, where,
+                                        self.target)
+        if per_cell.dtype.kind in "iu":  # class ids in the narrowest type: 1 byte a row, not 8
+            per_cell = per_cell.astype(np.min_scalar_type(int(per_cell.max(initial=0))))
         return per_cell[y], labels
 
 

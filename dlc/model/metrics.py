@@ -59,33 +59,41 @@ def classification_metrics(kind: str, y: np.ndarray, logits: np.ndarray) -> dict
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     running = Running("regression")
     running.add(y, pred)
-    return running.result(y)
+    return running.result()
 
 
 class Running:
-    """One output's metrics summed batch by batch, so a training epoch keeps no logits: the
-    confusion matrix (classification: the metrics come out exactly as from all logits at once)
-    or the squared and absolute error sums (regression; R²'s total sum of squares from the
-    targets at the end)."""
+    """One output's metrics summed batch by batch, so a training epoch keeps no logits and no
+    targets: the confusion matrix (classification: the metrics come out exactly as from all
+    logits at once) or the squared and absolute error sums (regression), with the targets'
+    count, mean and sum of squared deviations combined per batch (Chan et al.'s pairwise
+    update) for R²'s total sum of squares."""
 
     def __init__(self, kind: str):
         self.kind, self.cm, self.sq, self.abs, self.count = kind, None, 0.0, 0.0, 0
+        self.rows, self.mean, self.m2 = 0, 0.0, 0.0  # of the targets, per column
 
     def add(self, y: np.ndarray, outputs: np.ndarray) -> None:
         if self.kind != "regression":
             self.cm = confusion(self.kind, y, outputs, self.cm)
             return
-        err = outputs.astype(np.float64) - y.astype(np.float64)
+        if not len(y):
+            return
+        y = y.astype(np.float64)
+        err = outputs.astype(np.float64) - y
         self.sq += float((err ** 2).sum())
         self.abs += float(np.abs(err).sum())
         self.count += err.size
+        mean, rows = y.mean(axis=0), self.rows + len(y)
+        delta = mean - self.mean
+        self.m2 = self.m2 + ((y - mean) ** 2).sum(axis=0) + delta ** 2 * self.rows * len(y) / rows
+        self.mean, self.rows = self.mean + delta * len(y) / rows, rows
 
-    def result(self, y: np.ndarray) -> dict:
-        """Every metric the task kind knows; `y`: all targets added (R² needs their mean)."""
+    def result(self) -> dict:
+        """Every metric the task kind knows."""
         if self.kind != "regression":
             return confusion_metrics(self.kind, self.cm)
-        y = y.astype(np.float64)
-        total = float(((y - y.mean(axis=0)) ** 2).sum())
+        total = float(np.sum(self.m2))
         return {"mse": self.sq / self.count, "mae": self.abs / self.count,
                 "r2": 1 - self.sq / total if total > 0 else 0.0}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, load_arrays, model_inputs, read_columns
+from dlc.data import _random_split, _split_config, model_inputs, read_columns, table_arrays
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.errors import DlcError, SpecError, UsageError
@@ -243,8 +243,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
     elif model.spec.get("outputs"):  # one input, several outputs, an npz archive
         x, y, _ = read_npz_outputs(source, model.spec, Path.cwd(), model.labels)
     else:
-        x, y, _, _ = load_arrays(source, model.spec, Path.cwd(), require_target=True,
-                                 labels=model.labels, origin="--data")
+        x, y, _, _ = table_arrays(source, model.spec, Path.cwd(), model.labels, "--data")
     rows, scored = _rows(model, source, split, y, len(x))
     if rows is not None:
         x, y = x[rows], y[rows]

@@ -85,10 +85,12 @@ def flat_layout(net: Network) -> tuple[list[tuple[str, int, Shape]], int]:
 
 
 def y_feeds(yb) -> dict:
-    """Target feeds: `y`, or `y.<output>` for each output of an `outputs:` model."""
+    """Target feeds: `y`, or `y.<output>` for each output of an `outputs:` model; class ids
+    kept narrower (a table cache's uint8 codes) as the int64 the graph takes, per batch."""
+    wide = lambda v: v.astype(np.int64, copy=False) if v.dtype.kind in "iu" else v  # noqa: E731
     if isinstance(yb, dict):
-        return {suffixed("y", k): v for k, v in yb.items()}
-    return {"y": yb}
+        return {suffixed("y", k): wide(v) for k, v in yb.items()}
+    return {"y": wide(yb)}
 
 
 def _model_inputs(b: Builder, net: Network) -> dict[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlc.data._split import permutation
 from dlc.data.augment import augment
 from dlc.errors import DlcError
 from dlc.model import metrics as M
@@ -193,7 +194,7 @@ class Trainer:
         bs, n = self.opts.batch_size, len(train.x)
         order = self._epoch_order()
         running = {h.name: M.Running(h.kind) for h in self.net.heads}
-        sums, kept, run_seconds = dict.fromkeys(self.loss_names, 0.0), [], 0.0
+        sums, counted, run_seconds = dict.fromkeys(self.loss_names, 0.0), 0, 0.0
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
             yb = train.y[idx]
@@ -205,15 +206,13 @@ class Trainer:
                 sums[name] += float(out[name]) * len(idx)
             for h in self.net.heads:  # streaming sums: no batch's logits are kept
                 running[h.name].add(h.targets(yb), out[suffixed("logits", h.name)])
-            kept.append(idx)
+            counted += len(idx)
             if on_step:
                 on_step(i + 1, self.steps_per_epoch, float(out["loss"]))
-        if not kept:
+        if not counted:
             raise Diverged(f"every step of epoch {st.epoch + 1} diverged")
-        used = np.concatenate(kept)
-        row = self._metrics("train", {h.name: running[h.name].result(h.targets(train.y[used]))
-                                      for h in self.net.heads},
-                            {k: v / len(used) for k, v in sums.items()})
+        row = self._metrics("train", {h.name: running[h.name].result() for h in self.net.heads},
+                            {k: v / counted for k, v in sums.items()})
         row["samples_per_s"] = n / (time.perf_counter() - t_start)
         row["run_samples_per_s"] = n / run_seconds if run_seconds else 0.0
         return row
@@ -225,7 +224,7 @@ class Trainer:
             order = f.epoch_order(self.state.rng, self.data.train.y, self.net.spec)
             if order is not None:
                 return order
-        return self.state.rng.permutation(len(self.data.train.y))
+        return permutation(len(self.data.train.y), self.state.rng)
 
     def _metrics(self, prefix: str, results: dict[str, dict], losses: dict[str, float]) -> dict:
         """A metrics row: `<prefix>_loss`, and per output its loss (several outputs) and the

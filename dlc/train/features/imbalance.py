@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from dlc.data._split import permutation
 from dlc.errors import DlcError
 from dlc.train.features.protocol import Feature
 
@@ -62,7 +63,7 @@ def epoch_order(rng: np.random.Generator, y: np.ndarray, spec_data: dict) -> np.
     len(y) class-balanced draws with replacement."""
     n = len(y)
     if (spec_data.get("data") or {}).get("sampling", "shuffle") != "balanced":
-        return rng.permutation(n)
+        return permutation(n, rng)
     ids = class_ids(y, spec_data["task"]["kind"])
     p = 1.0 / np.bincount(ids)[ids]
     return rng.choice(n, size=n, replace=True, p=p / p.sum())
