@@ -26,6 +26,18 @@ def _trainer(spec_path, *overrides):
                    threads=1)
 
 
+def _traced_epoch(trainer) -> tuple[dict, int]:
+    """(the epoch's metrics row, the most bytes Python allocated during it), after one untraced
+    epoch that gets first-run allocations out of the way."""
+    trainer.train_epoch()
+    tracemalloc.start()
+    try:
+        row = trainer.train_epoch()
+        return row, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("kind, shape, classes", [("classification", (301,), 7),
                                                   ("binary", (301,), 2),
                                                   ("classification", (301, 5), 4)],
@@ -69,12 +81,7 @@ def test_train_epoch_keeps_no_batch_logits(tmp_path):
                     "data: {source: npz:wide.npz, split: {val: 0.0, test: 0.0, stratify: false},"
                     " normalize: none}\n"
                     "train: {epochs: 1, batch_size: 256, optimizer: {type: sgd, lr: 0.01}}\n")
-    t = _trainer(spec)
-    t.train_epoch()  # first-run allocations out of the way
-    tracemalloc.start()
-    row = t.train_epoch()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    row, peak = _traced_epoch(_trainer(spec))
     assert 0.0 <= row["train_accuracy"] <= 1.0
     assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB traced during one epoch"
 
@@ -96,12 +103,7 @@ def test_train_epoch_holds_one_int32_order(tmp_path, kind):
                     "data: {source: npz:big.npz, split: {val: 0.0, test: 0.0, stratify: false},"
                     " normalize: none}\n"
                     "train: {epochs: 1, batch_size: 4096, optimizer: {type: sgd, lr: 0.01}}\n")
-    t = _trainer(spec)
-    t.train_epoch()  # first-run allocations out of the way
-    tracemalloc.start()
-    t.train_epoch()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    _, peak = _traced_epoch(_trainer(spec))
     assert peak < 1.5 * 2**20, f"{peak / 2**20:.2f} MiB traced during one epoch"
 
 
