@@ -27,10 +27,12 @@ MAX_CLASSES = 20  # an integer target with more distinct values than this is a r
 TEXT_WORDS = 3  # a column of distinct strings with at least this many words a cell is text
 
 
-def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int]], list[str]]:
-    """(feature column -> (kind, missing cells), columns left out): kinds as `auto` infers
-    them; a text column whose distinct values are over half its rows (and over MAX_CLASSES) is
-    an identifier or free text, left out."""
+def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int, str]], list[str]]:
+    """(feature column -> (kind, missing cells, its other settings as YAML flow text), columns
+    left out): kinds as `auto` infers them; a string column whose distinct values are over half
+    its rows (and over MAX_CLASSES) is free text when its cells hold TEXT_WORDS words on
+    average (max_length: 1.5 x the 95th percentile of words, 4..64), else an identifier, left
+    out."""
     kinds, left = {}, []
     for c, name in enumerate(table.columns):
         if c == target:
@@ -43,8 +45,10 @@ def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int]], lis
             if np.mean(words) < TEXT_WORDS:
                 left.append(name)
                 continue
-            kind = f"text, max_length: {int(np.clip(np.percentile(words, 95) * 1.5, 4, 64))}"
-        kinds[name] = (kind, absent)
+            length = int(np.clip(np.percentile(words, 95) * 1.5, 4, 64))
+            kinds[name] = ("text", absent, f", max_length: {length}")
+            continue
+        kinds[name] = (kind, absent, "")
     return kinds, left
 
 
@@ -54,24 +58,24 @@ COMMENT = ["  # numeric: filled where missing, then standardised; categorical: o
            "exported model, which takes the raw columns."]
 
 
-def _column_line(name: str, kind: str, absent: int) -> str:
+def _column_line(name: str, kind: str, absent: int, settings: str = "") -> str:
     """One `input.columns` entry, with the default fill of its kind where cells are missing."""
     key = name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) else _flow(name)
-    if kind.startswith("text"):
+    if kind == "text":
         note = f"  # {absent:,} missing: an empty text" if absent else ""
-        return f"    {key}: {{kind: {kind}}}{note}"
+        return f"    {key}: {{kind: text{settings}}}{note}"
     if not absent:
         return f"    {key}: {kind}"
     fill = "median" if kind == "numeric" else "most_frequent"
     return f"    {key}: {{kind: {kind}, missing: {fill}}}  # {absent:,} missing"
 
 
-def _inputs(kinds: dict[str, tuple[str, int]]) -> tuple[list[str], list[str]]:
+def _inputs(kinds: dict[str, tuple[str, int, str]]) -> tuple[list[str], list[str]]:
     """(input section, first layers) of a table: `input.columns` alone, or with text columns an
     `inputs:` entry `table` for the others and one int64 entry per text column, each read by an
     embedding and a mean over its tokens, all concatenated."""
-    rows = [_column_line(n, k, a) for n, (k, a) in kinds.items() if not k.startswith("text")]
-    texts = {n: v for n, v in kinds.items() if v[0].startswith("text")}
+    rows = [_column_line(n, *v) for n, v in kinds.items() if v[0] != "text"]
+    texts = {n: v for n, v in kinds.items() if v[0] == "text"}
     if not texts:
         return ["input:", *COMMENT, "  columns:", *rows], []
     lines, layers, joined = ["inputs:"], [], []
@@ -79,10 +83,10 @@ def _inputs(kinds: dict[str, tuple[str, int]]) -> tuple[list[str], list[str]]:
         lines += ["  table:", *["  " + c for c in COMMENT], "    columns:",
                   *["  " + r for r in rows]]
         joined.append("table")
-    for name, (kind, absent) in texts.items():
+    for name, column in texts.items():
         entry = re.sub(r"\W", "_", name) + "_text"
         lines += [f"  {entry}:  # token ids of the text, read by an embedding", "    dtype: int64",
-                  "    columns:", "  " + _column_line(name, kind, absent)]
+                  "    columns:", "  " + _column_line(name, *column)]
         layers += [f"  - {{type: embedding, name: {entry}_embed, inputs: [{entry}], dim: 16, "
                    "padding_index: 0}", f"  - {{type: sequence_pool, name: {entry}_mean, "
                    "mode: mean}"]
