@@ -44,11 +44,14 @@ class Timed:
     def __init__(self, comm):
         self.comm, self.rank, self.world, self.seconds = comm, comm.rank, comm.world, 0.0
 
-    def all_reduce(self, array):
+    def all_reduce(self, value):
         t0 = time.perf_counter()
-        out = self.comm.all_reduce(array)
+        out = self.comm.all_reduce(value)
         self.seconds += time.perf_counter() - t0
         return out
+
+    def __getattr__(self, name):  # view, synchronize: the Collective's
+        return getattr(self.comm, name)
 
 
 def child(spec: str, steps: int, fused: bool) -> dict:
