@@ -289,3 +289,19 @@ def test_one_worker_step_is_the_fused_step_and_reduces_onnxruntime_memory_in_pla
     wire = split.wires[16]
     assert wire.tensor.data_ptr() == wire.value.data_ptr()  # zero copy: DLPack shares memory
     assert np.array_equal(wire.tensor[:grad.total].numpy(), wire.value.numpy()[:grad.total])
+
+
+@needs_torch
+def test_the_prepared_gpu_check_runs_its_comparison_on_cpu():
+    """bench/distributed_gpu.py, the check a session with a GPU runs, does its comparison and
+    zero-copy check on the CPU too (gloo), so it is known to work before a GPU is lent."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed_gpu.py"), "--device",
+                           "cpu", "--steps", "3", "--batch", "16"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] and result["zero_copy"] and result["wire_device"] == "cpu"
+    assert max(result["relative_error"].values()) < 1e-5 and "| 1 worker, gloo" in done.stderr
