@@ -1,6 +1,6 @@
 """`dlc train SPEC --workers N`: Ray Train starts N workers (TorchConfig sets up their
-torch.distributed process group: gloo on CPU, NCCL with --gpus-per-worker), each runs
-dlc.distributed.run.worker; rank 0 writes the run folder.
+torch.distributed process group: gloo on CPU; with --gpus-per-worker NCCL for GPU memory and
+gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder.
 
 Workers may start elsewhere (a Ray cluster: --address), so every path they get is absolute and
 the run folder is chosen here, before they start. dlc's own source folder travels on
