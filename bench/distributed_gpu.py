@@ -103,6 +103,8 @@ def main() -> int:
     if args.device == "cuda":
         import onnxruntime as ort
 
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* pip packages
+            ort.preload_dlls()
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             print("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu",
                   file=sys.stderr)

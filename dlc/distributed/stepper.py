@@ -22,7 +22,8 @@ Stream order on a GPU: onnxruntime writes the buffer on its CUDA stream, torch's
 NCCL run on torch's streams, which know nothing of onnxruntime's. Two host-side waits order
 them: IOBinding.synchronize_outputs() after the gradient run (onnxruntime's stream is done
 before torch reads), torch.cuda.synchronize() after the all-reduce (NCCL is done before the
-update run reads). Nothing else touches the buffer between them.
+update run reads). Nothing else touches the buffer between them. (OrtValue.__dlpack__ ignores
+the consumer's stream, so DLPack's own stream handshake orders nothing here.)
 """
 
 from __future__ import annotations
