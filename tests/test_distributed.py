@@ -246,3 +246,62 @@ def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path)
     r = torchrun("train", "--resume", run, "--epochs", epoch + 1, "-q")
     assert r.returncode == 0, r.stderr[-3000:]
     assert epoch_of(run / "checkpoint.npz") == epoch + 1
+
+
+@needs_torch
+@pytest.mark.parametrize("spec", ["digits_mlp.yaml", "digits_cnn.yaml"])
+def test_one_worker_step_is_the_fused_step_and_reduces_onnxruntime_memory_in_place(spec):
+    """The data-parallel step all-reduces the OrtValue the gradient graph wrote (torch's DLPack
+    view shares its memory: same address) and its update reads it: 1 worker == the fused step."""
+    import torch
+    import torch.distributed as dist
+
+    from dlc.distributed.collective import Collective
+    from dlc.distributed.stepper import ParallelStepper
+    from dlc.model.network import build_network
+    from dlc.model.spec import load_spec
+    from dlc.runtime.session import make_session
+    from dlc.runtime.stepper import BoundStepper
+    from dlc.train.step import build_split_step, build_train_step, persistent_values
+
+    net = build_network(load_spec(SPECS / spec))
+    params, rng = net.init_params(0), np.random.default_rng(0)
+    fused = build_train_step(net)
+    one = BoundStepper(make_session(fused.model, threads=1), persistent_values(net, fused, params))
+    grad, update = build_split_step(net)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        split = ParallelStepper(make_session(grad.model, threads=1),
+                                make_session(update.model, threads=1),
+                                persistent_values(net, update, params), {}, Collective(torch))
+        (shape, _), = net.inputs.values()
+        for step in range(1, 4):
+            feeds = {"x": rng.standard_normal((16, *shape)).astype(np.float32),
+                     "y": rng.integers(0, 10, 16).astype(np.int64),
+                     "lr": np.array(0.01, np.float32), "step": np.array(step, np.float32)}
+            a, b = one.run(feeds), split.run(feeds)
+            one.commit(), split.commit()
+            for name in a:
+                np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(split.get("params"), one.get("params"), rtol=1e-5, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+    wire = split.wires[16]
+    assert wire.tensor.data_ptr() == wire.value.data_ptr()  # zero copy: DLPack shares memory
+    assert np.array_equal(wire.tensor[:grad.total].numpy(), wire.value.numpy()[:grad.total])
+
+
+@needs_torch
+def test_the_prepared_gpu_check_runs_its_comparison_on_cpu():
+    """bench/distributed_gpu.py, the check a session with a GPU runs, does its comparison and
+    zero-copy check on the CPU too (gloo), so it is known to work before a GPU is lent."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed_gpu.py"), "--device",
+                           "cpu", "--steps", "3", "--batch", "16"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] and result["zero_copy"] and result["wire_device"] == "cpu"
+    assert max(result["relative_error"].values()) < 1e-5 and "| 1 worker, gloo" in done.stderr

@@ -1,6 +1,6 @@
 """`dlc train SPEC --workers N`: Ray Train starts N workers (TorchConfig sets up their
-torch.distributed process group: gloo on CPU, NCCL with --gpus-per-worker), each runs
-dlc.distributed.run.worker; rank 0 writes the run folder.
+torch.distributed process group: gloo on CPU; with --gpus-per-worker NCCL for GPU memory and
+gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder.
 
 Workers may start elsewhere (a Ray cluster: --address), so every path they get is absolute and
 the run folder is chosen here, before they start. dlc's own source folder travels on
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import dlc
-from dlc.distributed.collective import TIMEOUT_S
+from dlc.distributed.collective import BACKEND, TIMEOUT_S
 from dlc.distributed.run import worker
 from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
@@ -44,6 +44,8 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
         path = Path(resume).resolve()
     else:
         path = rundir.create(out, Path(spec).stem).resolve()
+    if gpus_per_worker and options["device"] is None:  # the GPU Ray gives each worker
+        options = {**options, "device": "cuda"}
     config = {"spec_file": spec and str(Path(spec).resolve()), "overrides": list(overrides),
               "out": str(path), "force": force,
               "resume": resume and str(path), "options": options}
@@ -68,13 +70,14 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
 
 
 def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
-    """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU, NCCL with GPUs)."""
+    """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU; with GPUs, NCCL for the
+    gradient in GPU memory and gloo for host arrays)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
         _loop, train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo",
+        torch_config=TorchConfig(backend=BACKEND if gpus_per_worker else "gloo",
                                  timeout_s=TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),

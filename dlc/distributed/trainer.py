@@ -1,5 +1,6 @@
-"""The Trainer of one data-parallel worker: the split step behind a ParallelStepper, the
-global batch N * B (train.batch_size B per worker), batchnorm statistics averaged each epoch."""
+"""The Trainer of one data-parallel worker: the split step behind a ParallelStepper on the CPU
+or this worker's GPU, the global batch N * B (train.batch_size B per worker), batchnorm
+statistics averaged each epoch."""
 
 from __future__ import annotations
 
@@ -30,14 +31,12 @@ class ParallelTrainer(Trainer):
         return type(cls.__name__, (cls,), {"comm": comm})
 
     def __init__(self, net, dataset, device=("cpu", 0), seed: int = 0, threads=None):
-        if device[0] != "cpu":
-            raise DlcError("data-parallel training runs on CPU (gloo) in this version; "
-                           "pass --device cpu")
         world = self.comm.world
         n, batch = len(dataset.train.x), net.spec["train"]["batch_size"] * world
         if 0 < n % batch < world:
             raise DlcError(f"the last global batch has {n % batch} rows, fewer than the "
                            f"{world} workers; change train.batch_size or the worker count")
+        device = (device[0], self.comm.device(*device))  # a GPU per worker: its local rank
         super().__init__(global_network(net, world), dataset, device, seed, threads)
 
     def _stepper(self, data_norm, params):
@@ -45,7 +44,7 @@ class ParallelTrainer(Trainer):
         self.frozen = {n: params[n] for n in grad.frozen}
         persistent = persistent_values(self.net, update, params)
         sessions = [make_session(g.model, *self.device, self.threads) for g in (grad, update)]
-        stepper = ParallelStepper(*sessions, persistent, self.frozen, self.comm)
+        stepper = ParallelStepper(*sessions, persistent, self.frozen, self.comm, *self.device)
         return dataclasses.replace(update, noise=grad.noise, frozen=grad.frozen), stepper
 
     def train_epoch(self, on_step=None) -> dict:

@@ -22,8 +22,7 @@ def results(sess) -> list[str]:
 
 
 class HostValues:
-    """Persistent tensors kept as host arrays, and the commit of a step's update: shared by
-    HostStepper and the data-parallel stepper (dlc.distributed.stepper)."""
+    """Persistent tensors kept as host arrays, and the commit of a step's update."""
 
     def __init__(self, persistent: dict[str, np.ndarray],
                  constants: dict[str, np.ndarray] | None = None):
@@ -63,26 +62,19 @@ class HostStepper(HostValues):
         return {k: out[k] for k in self.results}
 
 
-class BoundStepper:
-    """Persistent tensors in two sets of onnxruntime-owned OrtValues (on the CPU or a GPU), bound
-    once by two prebuilt IOBindings, one per direction of the ping-pong; a step rebinds only what
-    changes (the batch, lr, step and dropout noise). `constants` (frozen parameters) are copied
-    in once and bound, unchanged, every step."""
+class BoundValues:
+    """Persistent tensors in two sets of onnxruntime-owned OrtValues (on the CPU or a GPU), one
+    read and the other written by a step (ping-pong), and `constants` (frozen parameters) copied
+    in once: shared by BoundStepper and the data-parallel stepper (dlc.distributed)."""
 
-    def __init__(self, sess, persistent: dict[str, np.ndarray], device: str = "cpu",
+    def __init__(self, persistent: dict[str, np.ndarray], device: str = "cpu",
                  device_id: int = 0, constants: dict[str, np.ndarray] | None = None):
         import onnxruntime as ort
 
-        self.ort, self.sess, self.device, self.device_id = ort, sess, device, device_id
-        self.results = results(sess)
+        self.ort, self.device, self.device_id = ort, device, device_id
         self.sets = [{name: self._owned(value) for name, value in persistent.items()}
                      for _ in range(2)]
         self.constants = {k: self._owned(v) for k, v in (constants or {}).items()}
-        self.bindings = [self._binding(cur) for cur in (0, 1)]
-        self.batched = next(i.name for i in sess.get_inputs()  # an input [N, ...]: the batch size
-                            if i.shape and isinstance(i.shape[0], str))
-        self.outs: dict[int, dict] = {}  # batch size -> result buffers
-        self.bound = [None, None]  # the batch size each binding's results are bound for
         self.cur = 0
 
     def _owned(self, value: np.ndarray):
@@ -94,6 +86,36 @@ class BoundStepper:
         owned.update_inplace(value)
         return owned
 
+    def get(self, name: str) -> np.ndarray:
+        """A host copy (the buffer is overwritten two steps later)."""
+        return np.array(self.sets[self.cur][name].numpy())
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self.sets[self.cur][name].update_inplace(np.ascontiguousarray(value, np.float32))
+
+    def set_constant(self, name: str, value: np.ndarray) -> None:
+        self.constants[name].update_inplace(np.ascontiguousarray(value, np.float32))
+
+    def commit(self) -> None:
+        """Accept the last step's update: the set it wrote becomes the input of the next."""
+        self.cur = 1 - self.cur
+
+
+class BoundStepper(BoundValues):
+    """The fused step over BoundValues, bound once by two prebuilt IOBindings, one per direction
+    of the ping-pong; a step rebinds only what changes (the batch, lr, step and dropout noise).
+    Frozen parameters are bound, unchanged, every step."""
+
+    def __init__(self, sess, persistent: dict[str, np.ndarray], device: str = "cpu",
+                 device_id: int = 0, constants: dict[str, np.ndarray] | None = None):
+        super().__init__(persistent, device, device_id, constants)
+        self.sess, self.results = sess, results(sess)
+        self.bindings = [self._binding(cur) for cur in (0, 1)]
+        self.batched = next(i.name for i in sess.get_inputs()  # an input [N, ...]: the batch size
+                            if i.shape and isinstance(i.shape[0], str))
+        self.outs: dict[int, dict] = {}  # batch size -> result buffers
+        self.bound = [None, None]  # the batch size each binding's results are bound for
+
     def _binding(self, cur: int):
         """Set `cur` in, the other set out (results: bound for each batch size, after them)."""
         binding = self.sess.io_binding()
@@ -104,16 +126,6 @@ class BoundStepper:
             binding.bind_ortvalue_input(name, src[name])
             binding.bind_ortvalue_output(f"{name}.new", dst[name])
         return binding
-
-    def get(self, name: str) -> np.ndarray:
-        """A host copy (the buffer is overwritten two steps later)."""
-        return np.array(self.sets[self.cur][name].numpy())
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        self.sets[self.cur][name].update_inplace(np.ascontiguousarray(value, np.float32))
-
-    def set_constant(self, name: str, value: np.ndarray) -> None:
-        self.constants[name].update_inplace(np.ascontiguousarray(value, np.float32))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step from contiguous host arrays (the binding keeps them alive until rebound)."""
@@ -137,6 +149,3 @@ class BoundStepper:
             self.bound[self.cur] = n
         return self.outs[n]
 
-    def commit(self) -> None:
-        """Accept the last step's update: the set it wrote becomes the input of the next."""
-        self.cur = 1 - self.cur
