@@ -305,3 +305,17 @@ def test_the_prepared_gpu_check_runs_its_comparison_on_cpu():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ok"] and result["zero_copy"] and result["wire_device"] == "cpu"
     assert max(result["relative_error"].values()) < 1e-5 and "| 1 worker, gloo" in done.stderr
+
+
+def test_a_worker_copies_a_run_folder_without_its_passing_hidden_files(tmp_path):
+    """Found by CI: rank 1 copies rank 0's run folder while rank 0 resumes in it, and a write
+    probe that vanished mid-copy ended the resume with exit 3. Hidden files (lock, probes,
+    atomic temporaries) are not copied: here one that no longer exists (a dangling link)."""
+    from dlc.distributed.run import copy_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(b"weights")
+    (run / ".dlc-probe.x").symlink_to(tmp_path / "gone")  # listed, then unreadable
+    copy_run(run, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["checkpoint.npz"]

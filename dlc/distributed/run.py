@@ -32,6 +32,14 @@ def check_workers(path: Path, world: int) -> None:
                        f"not {world}")
 
 
+def copy_run(run_dir: Path, to: Path) -> None:
+    """A copy of a run folder that rank 0 is resuming in at the same time: its hidden files (the
+    lock, write probes, atomic writes' temporaries) come and go meanwhile and are not copied (one
+    that vanished mid-copy ended a resume with exit 3); the others are only ever replaced whole,
+    by rename."""
+    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(".*"))
+
+
 def worker(spec_file: str | None, overrides: list, out: str | None, force: bool,
            resume: str | None, options: dict) -> Path | None:
     """One worker's training (`options`: device, quiet, log_format); rank 0's run folder, or
@@ -49,7 +57,7 @@ def worker(spec_file: str | None, overrides: list, out: str | None, force: bool,
     try:
         quiet = {**options, "quiet": True}
         if resume is not None:  # a copy of rank 0's folder (a shared or local file system)
-            shutil.copytree(resume, scratch / "run")
+            copy_run(Path(resume), scratch / "run")
             run.resume(scratch / "run", overrides, trainer=cls, **quiet)
         else:
             run.train(load_spec(spec_file, overrides), str(scratch / "run"), True, trainer=cls,
