@@ -15,6 +15,20 @@ if os.environ.get("DLC_SRC"):  # dlc from another source tree (before/after figu
 DEFAULT_SPEC = ROOT / "specs" / "digits_mlp.yaml"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB: Linux's VmHWM, which starts afresh at exec.
+    getrusage's ru_maxrss does not: a worker process inherits the high-water mark of the parent
+    it was forked from (a 640 MB parent gave a 14 MB child ru_maxrss 637), so it is only the
+    fallback where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def cores() -> int:
     return os.cpu_count() or 1
 

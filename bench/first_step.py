@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ForeignLoad, cores  # noqa: E402
+from _common import ROOT, ForeignLoad, cores, peak_rss_mib  # noqa: E402
 
 SPECS = "bench/specs/lstm_2x256.yaml,bench/specs/transformer_6.yaml"
 LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
@@ -37,8 +37,6 @@ LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENA
 
 def child(spec_path: str, threads: int, steps: int, level: str | None, reuse: bool) -> dict:
     """One measurement in this (fresh) process."""
-    import resource
-
     t0 = time.perf_counter()
     import numpy as np
     import onnxruntime as ort
@@ -81,7 +79,7 @@ def child(spec_path: str, threads: int, steps: int, level: str | None, reuse: bo
             "session_s": round(t3 - t2, 3), "start_s": round(t3 - t1, 3),
             "first_s": round(times[0], 3), "nodes": len(step.model.graph.node),
             "step_ms": round(times_ms[len(times_ms) // 2], 1) if times_ms else None,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+            "peak_rss_mib": int(peak_rss_mib())}
 
 
 def spawn(args: list[str], cache: str) -> dict:

@@ -4,7 +4,7 @@ PyTorch eager, each in a fresh process, on the same synthetic batches.
     .venv/bin/python bench/peak_rss.py [--spec bench/specs/mlp_wide.yaml] [--steps 50]
         [--threads 1] [--json-only]
 
-Each side reports its peak RSS (getrusage ru_maxrss) after importing its framework (`base_mib`)
+Each side reports its peak RSS (VmHWM: ru_maxrss would inherit the launcher's) after importing its framework (`base_mib`)
 and after --steps train steps (`peak_mib`); `train_mib` = peak - base is what training itself
 added. dlc trains through its own session and BoundStepper (what `dlc train` does); PyTorch
 through nn.Sequential + torch.optim.Adam. Only dense/relu chains are mirrored.
@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cores  # noqa: E402
+from _common import ROOT, cores, peak_rss_mib  # noqa: E402
 
 
 def rss_mib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return int(peak_rss_mib())
 
 
 def run_dlc(spec_path: str, steps: int, threads: int) -> dict:

@@ -8,7 +8,7 @@
 Each model is a dlc spec in bench/specs/ and a hand-written PyTorch module into which dlc's
 initial weights (seed 0) are copied, trained with the same optimizer (torch.optim.Adam/AdamW with
 the spec's settings), loss, batch size, synthetic data and intra-op thread count. Every side of
-every repeat runs in a fresh subprocess of its own, so peak RSS (`ru_maxrss`) is that side's
+every repeat runs in a fresh subprocess of its own, so peak RSS (VmHWM, which starts afresh at exec) is that side's
 alone; repeats are interleaved (dlc, torch, dlc, torch, ...) and the median is reported.
 
 Timed, per side: `--steps` whole training steps after `--warmup` untimed ones, in the side's
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, ForeignLoad, cores, versions  # noqa: E402  (adds ROOT to sys.path)
+from _common import ROOT, ForeignLoad, cores, peak_rss_mib, versions  # noqa: E402  (adds ROOT to sys.path)
 
 SPECS = ROOT / "bench" / "specs"
 CLASSES = 10
@@ -89,10 +88,6 @@ def timed(start: tuple, end: tuple) -> dict:
     return {"seconds": end[0] - start[0], "cpu_seconds": end[1] - start[1]}
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 # ---------------------------------------------------------------- dlc side ---------------------
 def dlc_worker(a) -> dict:
     import dlc.runtime.session as session
@@ -102,7 +97,7 @@ def dlc_worker(a) -> dict:
     spec, net = load_net(a.model)
     batch = spec.data["train"]["batch_size"]
     x, y = synthetic(a.model, batch * (a.warmup + a.steps))
-    base = peak_rss_mb()
+    base = peak_rss_mib()
     options = session.session_options  # every session of this process gets --threads threads
     session.session_options = lambda threads=None, *rest, **kw: options(threads or a.threads,
                                                                        *rest, **kw)
@@ -114,7 +109,7 @@ def dlc_worker(a) -> dict:
         end = clocks()
     out = {"setup_s": round(setup, 2), **timed(marks[a.warmup - 1], end),
            "loss_first": marks[0][-1], "rss_base_mb": round(base), "peak_rss_mb": round(
-               peak_rss_mb()), "foreign_cpu_share": fl.value, "batch": batch}
+               peak_rss_mib()), "foreign_cpu_share": fl.value, "batch": batch}
     if a.profile and a.device == "cpu":
         out["profile"] = dlc_profile(trainer, net, x[:batch], y[:batch])
     return out
@@ -183,7 +178,7 @@ def torch_worker(a) -> dict:
     cfg = json.loads(a.train_cfg)
     batch = cfg["batch_size"]
     x, y = synthetic(a.model, batch * (a.warmup + a.steps))
-    base = peak_rss_mb()
+    base = peak_rss_mib()
     t0 = time.perf_counter()
     torch.manual_seed(0)
     net = torch_models.build(a.model)
@@ -204,7 +199,7 @@ def torch_worker(a) -> dict:
             marks.append((*clocks(), float(loss)))  # float(): waits for the step
     return {"setup_s": round(setup, 2), **timed(marks[a.warmup - 1], marks[-1]),
             "loss_first": marks[0][-1], "rss_base_mb": round(base),
-            "peak_rss_mb": round(peak_rss_mb()), "foreign_cpu_share": fl.value, "batch": batch}
+            "peak_rss_mb": round(peak_rss_mib()), "foreign_cpu_share": fl.value, "batch": batch}
 
 
 # ---------------------------------------------------------------- orchestration ----------------
