@@ -67,10 +67,12 @@ def test_fills_come_from_the_training_split(tmp_path, missing, expect):
 
 
 def test_most_frequent_takes_the_smallest_of_ties():
-    from dlc.data._split import impute
+    from dlc.data import stats
 
     x = np.array([[1.0, np.nan], [2.0, 5.0], [2.0, 4.0], [np.nan, np.nan]])
-    filled, fill = impute(x, np.arange(4), {"strategy": "most_frequent"})
+    data = {"missing": {"strategy": "most_frequent"}, "normalize": "none"}
+    norm = stats.fit(x, np.arange(4), data)
+    fill, filled = norm["fill"], stats.transform(x, norm)
     assert fill == [2.0, 4.0] and filled[3].tolist() == [2.0, 4.0]
 
 

@@ -26,7 +26,7 @@ from dlc.data import (Dataset, Split, cache, column_rows, fit_columns, load_arra
                       stats)
 from dlc.data.columns import column_config, entries
 from dlc.data._table import Table, read_table
-from dlc.data._split import apply_norm, compute_norm, impute, split_indices, with_fill
+from dlc.data._split import split_indices
 from dlc.data.multi import _inputs, _targets
 from dlc.data.text import text_config
 from dlc.data.windows import window_config
@@ -149,15 +149,13 @@ def fold_dataset(raw: tuple, train: np.ndarray, held: np.ndarray, spec: dict, cl
         take = lambda idx: column_rows(spec, inputs, states, idx)  # noqa: E731
     elif isinstance(x, Table):  # named inputs: categories and statistics of the training rows
         xs, norm, cats = _inputs(spec, data, x, train)
-    elif isinstance(x, np.memmap):  # the data cache's table: raw until a batch is gathered
-        norm, cats = stats.fit(x, train, data), None
-        shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
-        take = lambda idx: stats.Rows(x, idx, norm, shape)  # noqa: E731
-    else:
-        x, fill = impute(x, train, data.get("missing"))  # data.missing: fills of these rows
-        norm, cats = with_fill(compute_norm(x[train], data.get("normalize") or "standard"),
-                               fill, int(np.prod(x.shape[1:]))), None
-        xs = apply_norm(x, norm)
+    else:  # one table's features: data.missing's fills and the statistics of these rows,
+        norm, cats = stats.fit(x, train, data), None  # computed as training computes them
+        if isinstance(x, np.memmap):  # the data cache's table: raw until a batch is gathered
+            shape = list((spec.get("input") or {}).get("shape") or x.shape[1:])
+            take = lambda idx: stats.Rows(x, idx, norm, shape)  # noqa: E731
+        else:
+            xs = stats.transform(x, norm)
 
     def part(idx):
         return Split(take(idx) if take else xs[idx], np.ascontiguousarray(y[idx]))

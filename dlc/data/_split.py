@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from dlc.errors import DlcError
@@ -135,22 +133,6 @@ FILLS = {
     "most_frequent": lambda t, value: np.array([_most_frequent(c) for c in t.T]),
     "constant": lambda t, value: np.full(t.shape[1], float(value)),
 }
-
-
-def impute(x: np.ndarray, train: np.ndarray, missing: dict | None
-           ) -> tuple[np.ndarray, list[float] | None]:
-    """x with each NaN replaced by its column's fill (from the training rows), and the fills
-    (the exported graph repeats them: predict takes NaN); x unchanged, None without a fill
-    strategy. A column missing in every training row is filled with 0."""
-    strategy = (missing or {}).get("strategy")
-    if strategy not in FILLS:
-        return x, None
-    flat = x.reshape(len(x), -1)
-    with warnings.catch_warnings():  # an all-missing column: NaN, then 0 below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        fill = FILLS[strategy](flat[train], (missing or {}).get("value", 0))
-    fill = np.where(np.isnan(fill), 0.0, fill)
-    return np.where(np.isnan(flat), fill, flat).reshape(x.shape), fill.tolist()
 
 
 def with_fill(norm: dict | None, fill: list[float] | None, width: int) -> dict | None:
