@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc.data import strings
 from dlc.data._common import suggest
 from dlc.data._table import MISSING, TABLE_SUFFIXES, Table, read_table
 from dlc.data.columns import infer_kind, is_missing
@@ -37,7 +38,7 @@ def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int, str]]
     for c, name in enumerate(table.columns):
         if c == target:
             continue
-        cells = np.array([v.strip() for v in table.strings(c)], dtype=object)
+        cells = strings.stripped_cells(table.text(c))  # as training reads the column
         absent = int(is_missing(cells).sum())
         kind = infer_kind(cells)
         if kind == "categorical" and len(set(cells)) > max(MAX_CLASSES, len(cells) // 2):
