@@ -96,7 +96,21 @@ def fit(x: np.ndarray, rows: np.ndarray, data: dict) -> dict | None:
     return with_fill(norm, None if fill is None else fill.tolist(), _width(x))
 
 
-class Rows:
+class _Lazy:
+    """A split's x kept raw, rows `index` of it turned into model input when a batch is gathered
+    (`__getitem__`); np.asarray gathers every row."""
+
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+
+class Rows(_Lazy):
     """x of one split kept raw: rows `index` of `raw` (the cache's memory-mapped features,
     uint8 images), filled and normalised when gathered, with an in-memory split's arithmetic."""
 
@@ -105,19 +119,12 @@ class Rows:
         self.shape = (len(index), *shape)
         self.dtype, self.ndim = np.dtype(np.float32), len(self.shape)
 
-    def __len__(self) -> int:
-        return len(self.index)
-
     def __getitem__(self, rows) -> np.ndarray:
         x = transform(self.raw[self.index[rows]], self.norm)
         return x.reshape((len(x), *self.shape[1:]))
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        x = self[:]
-        return x if dtype is None else x.astype(dtype)
 
-
-class Encoded:
+class Encoded(_Lazy):
     """x of one split of an `input.columns` table kept as its raw columns (numbers, strings),
     encoded (dlc.data.columns.encode: row by row) when a batch is gathered: a table's one-hot
     columns never sit in memory whole (2M rows x 213 encoded columns: 1.7 GB of float32)."""
@@ -127,16 +134,9 @@ class Encoded:
         self.dtype, self.ndim = np.dtype(dtype), 2
         self.shape = (len(index), width(state, raw))
 
-    def __len__(self) -> int:
-        return len(self.index)
-
     def __getitem__(self, rows) -> np.ndarray:
         at = self.index[rows]
         return encode(self.state, {n: v[at] for n, v in self.raw.items()}).astype(self.dtype)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        x = self[:]
-        return x if dtype is None else x.astype(dtype)
 
 
 def width(state: dict, raw: dict[str, np.ndarray]) -> int:
