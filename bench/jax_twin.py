@@ -1,6 +1,7 @@
-"""The JAX jit side of bench/train_speed.py: the spec's dense chain (dlc's initial weights),
-optax's Adam with the spec's settings, the same batches drawn the same way as the torch side; one
-jitted step per batch, like ../shared/bench/peer_jax.py.
+"""The JAX jit side of bench/train_speed.py: the spec's chain of dense, conv2d, maxpool2d and
+flatten layers with dlc's initial weights, optax's Adam with the spec's settings, the same
+batches drawn the same way as the torch side; one jitted step per batch, like
+../shared/bench/peer_jax.py.
 
 Thread count: XLA's CPU client reads its flags when jax is first imported, so `limit_threads`
 must run before that (train_speed.py calls it at start-up).
@@ -23,24 +24,82 @@ def limit_threads(threads: int) -> None:
                                    "=false intra_op_parallelism_threads=1").strip()
 
 
-def twin(chain: list, init: dict):
-    """(params, forward) for a chain of dense layers (other layer types: NotImplementedError)."""
+def window2d(layer, shape) -> tuple:
+    """(kernel, stride, dilation, (pad_h, pad_w)) of a 2-D conv or pooling layer, as torch and
+    JAX take them; NotImplementedError for other ranks or uneven (begin != end) padding."""
+    if getattr(layer, "rank", None) != 2:
+        raise NotImplementedError(f"layer type {layer.cfg['type']}")
+    k, s, d, pads, _ = layer.geometry(shape)
+    if pads[:2] != pads[2:]:
+        raise NotImplementedError(f"uneven padding {pads}")
+    return tuple(k), tuple(s), tuple(d), tuple(pads[:2])
+
+
+def _activation(cfg: dict):
+    act = ACT.get(cfg.get("activation", "linear"), 0)
+    if act == 0:
+        raise NotImplementedError(f"activation {cfg.get('activation')} in the JAX twin")
     import jax
 
-    params, acts = [], []
-    for layer in chain:
-        cfg = layer.cfg
-        if cfg["type"] != "dense" or ACT.get(cfg.get("activation", "linear"), 0) == 0:
-            raise NotImplementedError(f"layer {cfg['type']} in the JAX twin")
-        params.append((init[f"{layer.name}.weight"], init.get(f"{layer.name}.bias", 0.0)))
-        act = ACT[cfg.get("activation", "linear")]
-        acts.append(getattr(jax.nn, act) if act else (lambda v: v))
+    return getattr(jax.nn, act) if act else (lambda v: v)
+
+
+def _dense(layer, shape, init):
+    act = _activation(layer.cfg)
+    return ((init[f"{layer.name}.weight"], init.get(f"{layer.name}.bias", 0.0)),
+            lambda p, x: act(x @ p[0] + p[1]))
+
+
+def _conv(layer, shape, init):
+    """NCHW input, OIHW weight as dlc (and ONNX) keep them."""
+    import jax
+
+    act, (k, s, d, pad) = _activation(layer.cfg), window2d(layer, shape)
+    groups, bias = layer.cfg["groups"], init.get(f"{layer.name}.bias", np.zeros(1, np.float32))
+
+    def apply(p, x):
+        y = jax.lax.conv_general_dilated(x, p[0], s, [(q, q) for q in pad], rhs_dilation=d,
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                         feature_group_count=groups)
+        return act(y + p[1].reshape(1, -1, 1, 1))
+    return (init[f"{layer.name}.weight"], bias), apply
+
+
+def _maxpool(layer, shape, init):
+    import jax
+    import jax.numpy as jnp
+
+    k, s, _, pad = window2d(layer, shape)
+    return (), lambda p, x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, *k),
+                                                  (1, 1, *s), [(0, 0), (0, 0),
+                                                               *[(q, q) for q in pad]])
+
+
+def _flatten(layer, shape, init):
+    return (), lambda p, x: x.reshape(x.shape[0], -1)
+
+
+# layer type -> (layer, per-sample input shape, dlc's initial values) -> (params, apply(p, x))
+LAYERS = {"dense": _dense, "conv2d": _conv, "maxpool2d": _maxpool, "flatten": _flatten}
+
+
+def twin(chain: list, init: dict):
+    """(params, forward) for a chain of (layer, input shape) pairs (layer types without a rule
+    here: NotImplementedError)."""
+    params, applies = [], []
+    for layer, shape in chain:
+        rule = LAYERS.get(layer.cfg["type"])
+        if rule is None:
+            raise NotImplementedError(f"layer {layer.cfg['type']} in the JAX twin")
+        p, apply = rule(layer, shape, init)
+        params.append(tuple(np.asarray(v, np.float32) for v in p))
+        applies.append(apply)
 
     def forward(ps, x):
-        for (w, b), act in zip(ps, acts):
-            x = act(x @ w + b)
+        for p, apply in zip(ps, applies):
+            x = apply(p, x)
         return x
-    return [tuple(np.asarray(v, np.float32) for v in p) for p in params], forward
+    return params, forward
 
 
 def jax_run(chain: list, init: dict, ds, train_cfg: dict, smoothing: float, epochs: int,

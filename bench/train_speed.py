@@ -1,10 +1,10 @@
 """End-to-end training throughput: dlc (ONNX Runtime, CPU) vs PyTorch eager (CPU), one process.
 
     .venv/bin/python bench/train_speed.py [--spec specs/digits_mlp.yaml] [--epochs 20]
-        [--batch-size 64] [--repeats 3] [--keep-val] [--json-only]
+        [--batch-size 64] [--repeats 3] [--threads N] [--cores N] [--keep-val] [--json-only]
 
-Both frameworks train the same model (dense stack taken from the spec, dlc's initial weights
-copied into torch), with the same optimizer settings, batch size, epoch count and the SAME data:
+Both frameworks train the same model (the spec's chain of dense, conv2d, maxpool2d, flatten,
+dropout and activation layers, dlc's initial weights copied into torch), with the same optimizer settings, batch size, epoch count and the SAME data:
 dlc's `load_dataset` train/test split and normalisation are fed to both. By default the spec's
 validation split is set to 0 so that the split is 80/20 train/test like shared/bench/peer_torch.py
 (`--keep-val` keeps it; validation is never timed either way).
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax_twin  # noqa: E402  (imports no jax: limit_threads must run first)
 from _common import DEFAULT_SPEC, ForeignLoad, cores, load, versions  # noqa: E402
 
 THREADS = cores()  # --threads overrides (both frameworks)
@@ -85,21 +86,84 @@ _ACT = {"linear": None, "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "g
 
 
 def _chain(net) -> list:
-    """The network's layers in order when it is a plain chain (each layer reads the previous one,
-    no shared weights) ending at the logits; NotImplementedError otherwise."""
-    nodes = getattr(net, "nodes", None)
-    if nodes is None:  # older Network: a plain layer list
-        return list(net.layers)
+    """The network's (layer, per-sample input shape) pairs in order when it is a plain chain
+    (each layer reads the previous one, no shared weights) ending at the logits;
+    NotImplementedError otherwise."""
     chain, prev = [], None
-    for node in nodes:
+    for node in net.nodes:
         want = [next(iter(net.inputs))] if prev is None else [prev]
         if list(node.sources) != want or node.layer.cfg.get("share"):
             raise NotImplementedError("only plain layer chains are mirrored in torch")
-        chain.append(node.layer)
+        chain.append((node.layer, node.in_shapes[0]))
         prev = node.name
-        if node.name == getattr(net, "output", node.name):
+        if node.name == net.output:
             break
     return chain
+
+
+def _torch_activation(cfg: dict) -> list:
+    import torch
+
+    act = cfg.get("activation", "linear")
+    if act not in _ACT or any(k in cfg for k in ("alpha", "approximate")):
+        raise NotImplementedError(f"activation {act}")
+    return [getattr(torch.nn, _ACT[act])()] if _ACT[act] else []
+
+
+def _torch_dense(layer, shape, init) -> list:
+    import torch
+
+    w, bias = init[f"{layer.name}.weight"], init.get(f"{layer.name}.bias")
+    if w.ndim != 2 or len(shape) != 1:
+        raise NotImplementedError("dense over more than one axis")
+    lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w.T.copy()))  # dlc keeps [in, out], torch [out, in]
+        if bias is not None:
+            lin.bias.copy_(torch.from_numpy(bias))
+    return [lin, *_torch_activation(layer.cfg)]
+
+
+def _torch_conv(layer, shape, init) -> list:
+    import torch
+
+    k, s, d, pad = jax_twin.window2d(layer, shape)
+    w, bias = init[f"{layer.name}.weight"], init.get(f"{layer.name}.bias")  # both [out, in, ...]
+    conv = torch.nn.Conv2d(shape[0], w.shape[0], k, s, pad, d, layer.cfg["groups"],
+                           bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w))
+        if bias is not None:
+            conv.bias.copy_(torch.from_numpy(bias))
+    return [conv, *_torch_activation(layer.cfg)]
+
+
+def _torch_maxpool(layer, shape, init) -> list:
+    import torch
+
+    k, s, _, pad = jax_twin.window2d(layer, shape)
+    return [torch.nn.MaxPool2d(k, s, pad)]
+
+
+def _torch_plain(module: str):
+    """A parameter-free torch module (flatten, activation layers)."""
+    def build(layer, shape, init) -> list:
+        import torch
+
+        return [getattr(torch.nn, module)()]
+    return build
+
+
+def _torch_dropout(layer, shape, init) -> list:
+    import torch
+
+    return [torch.nn.Dropout(layer.cfg.get("rate", 0.5))]
+
+
+# layer type -> (layer, per-sample input shape, dlc's initial values) -> torch modules
+TORCH_LAYERS = {"dense": _torch_dense, "conv2d": _torch_conv, "maxpool2d": _torch_maxpool,
+                "flatten": _torch_plain("Flatten"), "dropout": _torch_dropout,
+                **{k: _torch_plain(v) for k, v in _ACT.items() if v}}
 
 
 def torch_model(net, init: dict):
@@ -110,32 +174,11 @@ def torch_model(net, init: dict):
     if any(not getattr(p, "trainable", True) for p in net.params):
         raise NotImplementedError("layers with buffers (batchnorm) are not mirrored")
     mods = []
-    for layer in _chain(net):
-        cfg = layer.cfg
-        kind = cfg["type"]
-        if kind == "dense":
-            w = init[f"{layer.name}.weight"]
-            if w.ndim != 2:
-                raise NotImplementedError("dense weight of unexpected rank")
-            lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=f"{layer.name}.bias" in init)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(w.T.copy()))
-                if lin.bias is not None:
-                    lin.bias.copy_(torch.from_numpy(init[f"{layer.name}.bias"]))
-            mods.append(lin)
-            act = cfg.get("activation", "linear")
-            if act not in _ACT or any(k in cfg for k in ("alpha", "approximate")):
-                raise NotImplementedError(f"activation {act}")
-            if _ACT[act]:
-                mods.append(getattr(torch.nn, _ACT[act])())
-        elif kind == "dropout":
-            mods.append(torch.nn.Dropout(cfg.get("rate", 0.5)))
-        elif kind == "flatten":
-            mods.append(torch.nn.Flatten())
-        elif kind in _ACT and _ACT[kind]:
-            mods.append(getattr(torch.nn, _ACT[kind])())
-        else:
-            raise NotImplementedError(f"layer type {kind}")
+    for layer, shape in _chain(net):
+        build = TORCH_LAYERS.get(layer.cfg["type"])
+        if build is None:
+            raise NotImplementedError(f"layer type {layer.cfg['type']}")
+        mods += build(layer, shape, init)
     return torch.nn.Sequential(*mods)
 
 
@@ -204,8 +247,6 @@ def torch_run(net, ds, spec, epochs: int, seed: int = 0) -> dict:
 # ---------------------------------------------------------------- jax ---------------------------
 def jax_side(net, spec):
     """(run(ds, epochs, seed) -> dict, None), or (None, why there is no JAX side)."""
-    import jax_twin
-
     try:
         import jax  # noqa: F401
         import optax  # noqa: F401
@@ -238,6 +279,20 @@ def cpu_figures(dlc_runs: list, torch_runs: list, jax_runs: list) -> dict:
     return out
 
 
+def pin_cores(n: int) -> list[int]:
+    """Pin this process to the first `n` CPUs it may use: every thread it has now (numpy's BLAS
+    pool may be up already) and, as a thread inherits the mask of the one that starts it, every
+    thread any library starts later. The issue's "1 core" figures: JAX's dispatch thread and
+    each library's pool then share the core like everyone else's threads."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(allowed):
+        raise SystemExit(f"--cores {n}: this process may use 1 to {len(allowed)} CPUs")
+    cpus = set(allowed[:n])
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), cpus)
+    return sorted(cpus)
+
+
 def _r(v):
     return None if v is None else round(v, 3)
 
@@ -252,13 +307,14 @@ def main() -> None:
                     help="keep the spec's validation split (default: val=0, 80/20 like the peer)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads for both (default os.cpu_count(), dlc's own default)")
+    ap.add_argument("--cores", type=int, default=None,
+                    help="pin the process (every side, every thread) to this many CPUs")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     global THREADS
     if args.threads:
         THREADS = args.threads
-    import jax_twin
-
+    pinned = pin_cores(args.cores) if args.cores else None  # before any library starts threads
     jax_twin.limit_threads(THREADS)  # before anything imports jax
     load_before = os.getloadavg()[0]
 
@@ -317,6 +373,7 @@ def main() -> None:
            "torch_test_acc": None,
            "dlc_samples_per_s_all": [round(r["samples_per_s"], 1) for r in dlc_runs],
            "torch_samples_per_s_all": [round(r["samples_per_s"], 1) for r in torch_runs],
+           "cpus_pinned": pinned,  # None: the process may use every CPU
            "threads": {"dlc_intra_op": THREADS,
                        "torch": torch.get_num_threads() if torch is not None else None},
            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

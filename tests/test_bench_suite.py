@@ -90,25 +90,76 @@ def test_cuda_suite_passes_the_device_to_every_worker():
     assert sum("DLC_SRC=" in line for line in lines) == 4
 
 
-def test_jax_twin_with_dlc_weights_computes_dlc_logits():
-    """bench/train_speed.py's JAX side (bench/jax_twin.py) runs the digits MLP dlc trains: the
-    same logits from the same initial weights as dlc's eval step."""
-    pytest.importorskip("jax")
-    import jax_twin
+def _digits_logits(spec: str):
+    """(network, dlc's initial values, a batch x, dlc's eval-step logits of x)."""
     import onnxruntime as ort
-    import train_speed
 
     from dlc.model.network import build_network
     from dlc.model.spec import load_spec
     from dlc.train.step import build_eval_step
 
-    net = build_network(load_spec(BENCH.parent / "specs" / "digits_mlp.yaml"))
+    net = build_network(load_spec(BENCH.parent / "specs" / f"{spec}.yaml"))
     init = net.init_params(0)
-    params, forward = jax_twin.twin(train_speed._chain(net), init)
-    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(4, *net.nodes[0].in_shapes[0])).astype(np.float32)
     step = build_eval_step(net)
     sess = ort.InferenceSession(step.model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = sess.run(["logits"], {"x": x, "y": np.zeros(4, np.int64),
                                    **{n: init[n] for n in step.params}})[0]
+    return net, init, x, logits
+
+
+@pytest.mark.parametrize("spec", ["digits_mlp", "digits_cnn"])
+def test_jax_twin_with_dlc_weights_computes_dlc_logits(spec):
+    """bench/train_speed.py's JAX side (bench/jax_twin.py) runs the digits MLP and CNN dlc
+    trains: the same logits from the same initial weights as dlc's eval step."""
+    pytest.importorskip("jax")
+    import jax_twin
+    import train_speed
+
+    net, init, x, logits = _digits_logits(spec)
+    params, forward = jax_twin.twin(train_speed._chain(net), init)
     expected = np.asarray(forward(params, x))
     assert float(np.abs(logits - expected).max()) < 1e-4 * float(np.abs(expected).max())
+
+
+@needs_torch
+@pytest.mark.parametrize("spec", ["digits_mlp", "digits_cnn"])
+def test_train_speed_torch_twin_computes_dlc_logits(spec):
+    """bench/train_speed.py's PyTorch side mirrors conv2d (padding same), maxpool2d and flatten
+    as well as dense layers, with dlc's initial weights: the digits CNN's >= 1.2x target is
+    measured against the same network."""
+    import train_speed
+
+    net, init, x, logits = _digits_logits(spec)
+    with torch.no_grad():
+        expected = train_speed.torch_model(net, init).eval()(torch.from_numpy(x)).numpy()
+    assert float(np.abs(logits - expected).max()) < 1e-4 * float(np.abs(expected).max())
+
+
+def test_pin_cores_pins_every_thread_before_and_after():
+    """`--cores 1`: the threads already running and those started later all run on one CPU."""
+    import subprocess
+
+    code = ("import os, sys, threading; sys.path.insert(0, sys.argv[1]); import train_speed\n"
+            "ev = threading.Event(); before = threading.Thread(target=ev.wait); before.start()\n"
+            "cpus = train_speed.pin_cores(1)\n"
+            "after = threading.Thread(target=ev.wait); after.start()\n"
+            "masks = {t: os.sched_getaffinity(int(t)) for t in os.listdir('/proc/self/task')}\n"
+            "ev.set(); print(len(masks), set(map(frozenset, masks.values())) == {frozenset(cpus)},"
+            " cpus == sorted(os.sched_getaffinity(0))[:1])")
+    r = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    threads, same, first = r.stdout.split()
+    assert int(threads) >= 3 and same == "True" and first == "True"
+
+
+def test_train_speed_refuses_more_cores_than_it_may_use():
+    import os
+    import subprocess
+
+    n = len(os.sched_getaffinity(0)) + 1
+    r = subprocess.run([sys.executable, str(BENCH / "train_speed.py"), "--cores", str(n)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and f"--cores {n}: this process may use 1 to" in r.stderr
+    assert "Traceback" not in r.stderr
