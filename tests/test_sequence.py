@@ -168,6 +168,23 @@ def test_unrolled_lstm_hoists_the_input_projection():
     assert matmuls[0].input[0] == "input"
 
 
+def test_stacked_lstm_train_step_differentiates_each_projection_as_one_gemm_per_use():
+    """Issue 14: the input projections' backward is GEMM-shaped over all steps at once: one
+    Gemm each for dW_ih ([N*T, in]^T x [N*T, 4H]); the second layer's input gradient is one Gemm
+    too, and the first layer, whose input is data, gets no input gradient at all."""
+    layers = [{"type": "lstm", "name": "l1", "units": 4, "return_sequences": True},
+              {"type": "lstm", "name": "l2", "units": 4}, dense(3)]
+    step = build_train_step(build_network(make_spec(layers, (7, 3))), None)
+    gemms = {}
+    for n in step.model.graph.node:
+        if n.op_type == "Gemm" and "/MatMul.grad/" in n.name:
+            gemms.setdefault(n.name.split("/")[0], []).append(n)
+    assert {k: len(v) for k, v in gemms.items()} == {"l1": 1, "l2": 2}
+    producer = {o: n.op_type for n in step.model.graph.node for o in n.output}
+    (dw_ih,) = gemms["l1"]  # both operands: every step's rows, flattened
+    assert [producer[i] for i in dw_ih.input] == ["Flatten", "Flatten"]
+
+
 # ---- multi-head attention -----------------------------------------------------------------------
 @needs_torch
 @pytest.mark.parametrize("causal", [False, True])

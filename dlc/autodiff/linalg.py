@@ -32,8 +32,10 @@ def _matmul(ad, n, g):
     The weight's gradient comes back 2-D, as the driver expects of a 2-D MatMul operand.
     Otherwise (batched operands, attention's scores): batched MatMuls, batch axes summed by the
     driver. (A weight used by many MatMuls, as an unrolled LSTM's recurrent one, gets one GEMM
-    per use, summed: stacking them into one GEMM over all uses' rows measured no faster,
-    bench/grad_forms.py recurrent_dw.)"""
+    per use, summed, which onnxruntime fuses into Gemms accumulating into the running sum:
+    on the 2x256 LSTM over 64 steps those 126 ran at the rate of the one-GEMM input
+    projections, 83 against 80 GFLOP/s under the profiler at 1 thread; stacking them into one
+    GEMM over all uses' rows measured no faster, bench/grad_forms.py recurrent_dw.)"""
     (a, w), (dy,) = n.inputs, g
     if a.rank < 2 or w.rank < 2:
         raise NotImplementedError("MatMul gradient with a 1-D operand")
