@@ -4,10 +4,11 @@
         [--batch-size 64] [--repeats 3] [--threads N] [--cores N] [--keep-val] [--json-only]
 
 Both frameworks train the same model (the spec's chain of dense, conv2d, maxpool2d, flatten,
-dropout and activation layers, dlc's initial weights copied into torch), with the same optimizer settings, batch size, epoch count and the SAME data:
-dlc's `load_dataset` train/test split and normalisation are fed to both. By default the spec's
-validation split is set to 0 so that the split is 80/20 train/test like shared/bench/peer_torch.py
-(`--keep-val` keeps it; validation is never timed either way).
+dropout and activation layers, dlc's initial weights copied into torch), with the same optimizer
+settings, batch size, epoch count and the SAME data: dlc's `load_dataset` train/test split and
+normalisation are fed to both. By default the spec's validation split is set to 0 so that the
+split is 80/20 train/test like shared/bench/peer_torch.py (`--keep-val` keeps it; validation is
+never timed either way). `--cores N` pins the whole process to N CPUs (`pin_cores`).
 
 What is timed (wall clock, time.perf_counter):
   dlc:   the epoch loop `for each epoch: row = t.train_epoch(); t.end_epoch(row)`, i.e. what
@@ -114,8 +115,8 @@ def _torch_dense(layer, shape, init) -> list:
     import torch
 
     w, bias = init[f"{layer.name}.weight"], init.get(f"{layer.name}.bias")
-    if w.ndim != 2 or len(shape) != 1:
-        raise NotImplementedError("dense over more than one axis")
+    if w.ndim != 2:
+        raise NotImplementedError("dense weight of unexpected rank")
     lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=bias is not None)
     with torch.no_grad():
         lin.weight.copy_(torch.from_numpy(w.T.copy()))  # dlc keeps [in, out], torch [out, in]
