@@ -264,3 +264,30 @@ def test_a_numeric_column_is_filled_with_a_number():
     with pytest.raises(DlcError, match=r"input.columns.n.value: a numeric column's fill"):
         fit({"n": {"kind": "numeric", "missing": "constant", "value": "zero"}},
             {"n": np.array([1.0, np.nan])}, None)
+
+
+def test_an_unseen_binary_value_is_a_missing_cell_in_the_graph_and_in_python(cli, tmp_path,
+                                                                              monkeypatch):
+    """`oval` in a round/square column: no 0/1 stands for it, so it is read as a missing cell
+    (the fill, and the indicator fires), by encode() and by the exported graph alike; plain
+    onnxruntime on the raw rows still answers what dlc predict does."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    columns = {**COLUMNS, "shape": {"kind": "binary", "indicator": True}}
+    spec, data = spec_file(tmp_path, columns=columns)
+    state = load_dataset(data, tmp_path).columns["input"]
+    rows = tmp_path / "rows.csv"
+    rows.write_text("size,color,shape,weight\n1,red,oval,0\n1,red,,0\n1,red,round,0\n")
+    feeds = raw_csv(rows, state)
+    encoded = encode(state, feeds)
+    np.testing.assert_array_equal(ort.InferenceSession(front_model(state)).run(None, feeds)[0],
+                                  encoded)
+    shape = 1 + 1 + 4 + 1  # size, its indicator, color's one-hot, color's indicator
+    fill = ["round", "square"].index(state["columns"][2]["fill"])
+    assert encoded[:, shape].tolist() == [fill, fill, 0]  # oval and a missing cell: the fill
+    assert encoded[:, shape + 1].tolist() == [1, 1, 0]  # ... and both fire the indicator
+    assert cli("train", str(spec), "--out", "run", "-q").code == 0
+    assert cli("predict", "run/model.onnx", str(rows), "-o", "p.npz").code == 0
+    session = ort.InferenceSession(str(tmp_path / "run/model.onnx"))
+    index, = session.run(["class_index"], feeds)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npz")["class_index"], index)

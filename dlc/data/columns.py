@@ -215,8 +215,17 @@ def category_table(c: dict, markers: list[str]) -> tuple[list[str], list[int], i
     return keys, ids, oov if c["kind"] == "categorical" else fill
 
 
+def absent_cells(c: dict, values: np.ndarray) -> np.ndarray:
+    """bool [n]: the cells that count as missing for a fitted column (its fill, its indicator):
+    a missing marker; in a binary column also a value the training split never held, which no
+    0/1 could stand for (the graph front's rule too: dlc.model.columns)."""
+    if c["kind"] == "binary":
+        return ~strings.is_in(values, c["values"])
+    return is_missing(values)
+
+
 def _encode_one(c: dict, values: np.ndarray, markers: list[str]) -> list[np.ndarray]:
-    absent = is_missing(values)
+    absent = absent_cells(c, values)
     if c["kind"] == "numeric":
         x = values.astype(np.float32)
         if c["fill"] is not None:
