@@ -30,6 +30,8 @@ from dlc.errors import DlcError
 
 MARKERS = sorted(MISSING)
 _CATEGORY_FILLS = ("most_frequent", "constant", "drop")  # what a string column can be filled by
+MANY_VALUES = 20  # a string column with more distinct values may be text or an identifier
+TEXT_WORDS = 3  # ... text when its cells hold this many words on average
 TEXT = {"max_length": 32, "vocab_size": 10000, "min_frequency": 1, "lowercase": True}
 
 
@@ -39,16 +41,27 @@ def column_config(value) -> dict:
 
 
 def infer_kind(cells: np.ndarray) -> str:
-    """numeric when every present cell is a number, binary for two distinct values, else
-    categorical (a column of strings)."""
-    present = [c for c in cells if c not in MISSING]
-    if len(set(present)) == 2:
+    """The kind of a column from all its cells (stripped): numeric when every present cell is a
+    number, binary for two distinct values, categorical for other strings, except a string
+    column whose distinct values are over half its cells (and over MANY_VALUES): `text` when
+    its cells hold TEXT_WORDS words on average, else `identifier` (a value per row). The one
+    rule of `auto` (dlc.data._csv.resolve_kinds) and of `dlc init`."""
+    present = cells[~is_missing(cells)]
+    values = strings.distinct(present)
+    if len(values) == 2:
         return "binary"
     try:
-        [float(c) for c in present]
+        [float(c) for c in values]
     except ValueError:
-        return "categorical"
+        if len(values) <= max(MANY_VALUES, len(cells) // 2):
+            return "categorical"
+        return "text" if mean_words(present) >= TEXT_WORDS else "identifier"
     return "numeric"
+
+
+def mean_words(cells: np.ndarray) -> float:
+    """The mean number of words (whitespace-separated) of the cells."""
+    return float(np.mean([len(c.split()) for c in cells])) if len(cells) else 0.0
 
 
 def raw_columns(table: Table, names: list[str], kinds: dict[str, str]) -> dict[str, np.ndarray]:
