@@ -69,8 +69,8 @@ def raw_columns(table: Table, names: list[str], kinds: dict[str, str]) -> dict[s
     out = {}
     for name in names:
         c = table.columns.index(name)
-        if kinds[name] == "numeric":
-            out[name] = table.numbers([c], missing=True)[:, 0]
+        if kinds[name] == "numeric":  # float32, as the model's input and the data cache
+            out[name] = table.numbers([c], missing=True)[:, 0].astype(np.float32)
         else:
             out[name] = strings.stripped_cells(table.text(c))
     return out
@@ -106,7 +106,7 @@ def _counts(values: np.ndarray) -> tuple[list[str], np.ndarray]:
 
 
 def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str, name: str) -> dict:
-    fill, value = None, cfg.get("value", 0)
+    fill, value, values = None, cfg.get("value", 0), values.astype(np.float64)
     if how == "constant" and not isinstance(value, (int, float)):
         raise DlcError(f"input.columns.{name}.value: a numeric column's fill is a number, "
                        f"not {value!r}")

@@ -1,0 +1,117 @@
+"""Issue 17, a table with column kinds through the data cache (dlc.data.encode_columns): numbers,
+category codes and text bytes streamed once into memory-mapped files; training from them gives
+the same bits as the table read into memory, resumes bit for bit, and a bad cell is named by its
+CSV line (not its row), as when the table is read whole."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+from conftest import straight_and_resumed
+from test_columns import COLUMNS, spec_file, write_table
+from test_data_cache import same_weights
+from test_text_columns import spec_file as text_spec_file
+from test_text_columns import write_table as write_text_table
+
+from dlc.data import cache, load_dataset, stats
+from dlc.data.encode_columns import Coded, Texts
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Several CSV blocks (and so several batches, codes spread over them) on a small table."""
+    monkeypatch.setattr(cache, "BLOCK", 1024)
+    monkeypatch.setattr(stats, "CHUNK", 100)
+
+
+def with_cache(path, setting):
+    spec = yaml.safe_load(path.read_text())
+    spec["data"]["cache"] = setting
+    out = path.with_name(f"spec-{setting}.yaml")
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
+AUTO = {**COLUMNS, "shape": "auto", "color": {"kind": "auto", "min_frequency": 5}}
+
+
+def test_column_cache_trains_the_same_bits_as_memory(cli, tmp_path, small_blocks):
+    write_table(tmp_path / "t.csv")
+    spec, _ = spec_file(tmp_path, columns=AUTO)
+    runs = {}
+    for setting in (True, False, True):
+        runs[setting] = tmp_path / f"run-{setting}"
+        r = cli("train", with_cache(spec, setting), "--out", runs[setting], "-q", "--force")
+        assert r.code == 0, r
+        assert ("data cache" in r.err) == setting, r.err
+    assert "data cache reusing t.csv (" in r.err
+    assert same_weights(runs[True], runs[False])
+    assert (runs[True] / "metrics.csv").read_text() == (runs[False] / "metrics.csv").read_text()
+    stored = [yaml.safe_load((runs[s] / "spec.yaml").read_text()) for s in (True, False)]
+    assert stored[0]["input"] == stored[1]["input"]  # kinds, widths: resolved alike
+
+
+def test_cached_splits_are_the_arrays_in_memory_for_every_kind(tmp_path, monkeypatch,
+                                                               small_blocks):
+    """Numeric, categorical (one-hot, rare values), binary, drop, and text with missing cells
+    (an `inputs:` table through data.cache: auto): the cached columns are memory-mapped codes
+    and bytes, and every split gathers the very arrays and fitted states of the in-memory
+    reader."""
+    monkeypatch.setattr(cache, "AUTO_BYTES", 0)
+    for write, make, kinds in ((write_table, lambda p: spec_file(p, columns=AUTO)[1], Coded),
+                               (write_text_table, lambda p: text_spec_file(p)[1], Texts)):
+        write(tmp_path / "t.csv")
+        spec = make(tmp_path)
+        mapped, memory = copy.deepcopy(spec), copy.deepcopy(spec)
+        memory["data"]["cache"] = False
+        a, b = load_dataset(mapped, tmp_path), load_dataset(memory, tmp_path)
+        assert a.columns == b.columns and a.labels == b.labels
+        assert mapped == {**memory, "data": spec["data"]}  # kinds, widths resolved alike
+        for split in ("train", "val", "test"):
+            x, y = inputs(getattr(a, split)), inputs(getattr(b, split))
+            assert np.array_equal(getattr(a, split).y, getattr(b, split).y)
+            for name in x:
+                idx = np.array([3, 0, 3])
+                assert np.array_equal(np.asarray(x[name]), np.asarray(y[name]))
+                assert np.array_equal(x[name][idx], y[name][idx])
+        held = [v for e in inputs(a.train).values() for v in e.raw.values()]
+        assert any(isinstance(v, kinds) for v in held) and any(
+            isinstance(v, np.memmap) for v in held), held
+
+
+def inputs(split) -> dict:
+    """A split's inputs by name (one `input:`, or `inputs:` as Columns)."""
+    return dict(split.x) if isinstance(split.x, dict) else {"input": split.x}
+
+
+def test_resume_from_the_column_cache_is_bit_exact(cli, tmp_path, monkeypatch, small_blocks):
+    write_table(tmp_path / "t.csv")
+    spec, _ = spec_file(tmp_path, epochs=3)
+    straight, broken = straight_and_resumed(cli, monkeypatch, tmp_path,
+                                            with_cache(spec, True), ["-q"], 2)
+    assert same_weights(straight, broken)
+
+
+@pytest.mark.parametrize("setting", [True, False])
+@pytest.mark.parametrize("at,cell,message", [
+    (0, "abc", "column 'size': 'abc' is not a number"),
+    (3, "1e39", "column 'weight': '1e39' is beyond float32's range")])
+def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, small_blocks, setting, at, cell,
+                                            message):
+    """Through the cache as read whole: `file:line`, the line counting a quoted cell that
+    spans lines and a blank line (Arrow's streaming reader knows neither lines nor rows)."""
+    write_table(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    cells = lines[120].split(",")
+    cells[at] = cell
+    lines[120] = ",".join(cells)
+    lines[30] = lines[30].replace(lines[30].split(",")[1], '"two\nlines"', 1)
+    lines.insert(60, "")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    spec, _ = spec_file(tmp_path)
+    r = cli("train", with_cache(spec, setting), "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and r.err.count("\n") == 1, r
+    assert f"t.csv:123: {message}" in r.err, r.err  # line 121 + the quoted line + the blank
