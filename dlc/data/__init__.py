@@ -216,7 +216,7 @@ def fit_columns(spec: dict, raw: dict[str, np.ndarray], train: np.ndarray,
     for name, entry in entries(spec).items():
         config = {n: {**column_config(c), **({"kind": kinds[n]} if kinds else {})}
                   for n, c in entry["columns"].items()}
-        states[name] = fit(config, {n: raw[n][train] for n in config},
+        states[name] = fit(config, stats.Gathered({n: raw[n] for n in config}, train),
                            data.get("normalize") or "standard", data.get("missing"))
         dtype = np.int64 if entry.get("dtype") == "int64" else np.float32
         inputs[name] = ({n: raw[n] for n in config}, dtype)

@@ -8,6 +8,7 @@ is then what numpy's mean, std, min, max and nanmean over the whole split give."
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -137,6 +138,23 @@ class Encoded(_Lazy):
     def __getitem__(self, rows) -> np.ndarray:
         at = self.index[rows]
         return encode(self.state, {n: v[at] for n, v in self.raw.items()}).astype(self.dtype)
+
+
+class Gathered(Mapping):
+    """Raw columns at `rows`, each gathered only when read: fitting encoders column after
+    column (dlc.data.columns.fit) holds one column's training rows at a time, not the table's."""
+
+    def __init__(self, raw: dict, rows: np.ndarray):
+        self.raw, self.rows = raw, rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.raw[name][self.rows]
+
+    def __iter__(self):
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
 
 
 def width(state: dict, raw: dict[str, np.ndarray]) -> int:
