@@ -115,3 +115,15 @@ def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, small_blocks, settin
     r = cli("train", with_cache(spec, setting), "--out", tmp_path / "run", "-q")
     assert r.code == 1 and r.err.count("\n") == 1, r
     assert f"t.csv:123: {message}" in r.err, r.err  # line 121 + the quoted line + the blank
+
+
+def test_a_text_vocabulary_is_counted_chunk_by_chunk(monkeypatch):
+    """TextSpec.build counts CHUNK texts at a time (a big split's token lists never whole):
+    the vocabulary of small chunks is the vocabulary of one."""
+    from dlc.data import tokens
+
+    texts = [f"w{i % 7} w{i % 5} and w{i % 3}, W{i % 11}!" for i in range(300)]
+    spec = tokens.TextSpec("note", "word", 8, True, vocab_size=12, min_freq=2)
+    whole = spec.build(texts).vocab
+    monkeypatch.setattr(tokens, "CHUNK", 7)
+    assert spec.build(iter(texts)).vocab == whole and len(whole) == 12
