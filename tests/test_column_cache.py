@@ -127,3 +127,21 @@ def test_a_text_vocabulary_is_counted_chunk_by_chunk(monkeypatch):
     whole = spec.build(texts).vocab
     monkeypatch.setattr(tokens, "CHUNK", 7)
     assert spec.build(iter(texts)).vocab == whole and len(whole) == 12
+
+
+def test_quoted_cells_spanning_lines_stream_across_blocks(tmp_path, small_blocks):
+    """Every category is a quoted cell of two lines: the cache's streaming reader, cut into
+    1 KiB blocks, reads them as the table read whole does (Arrow's chunker needs
+    newlines_in_values for that, else 'out of sync with chunker')."""
+    write_table(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    for i in range(1, len(lines)):
+        lines[i] = lines[i].replace(",red,", ',"red\nish",').replace(",blue,", ',"blue\nish",')
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    _, spec = spec_file(tmp_path, columns={**COLUMNS, "color": "categorical"})
+    mapped, memory = copy.deepcopy(spec), copy.deepcopy(spec)
+    mapped["data"]["cache"], memory["data"]["cache"] = True, False
+    a, b = load_dataset(mapped, tmp_path), load_dataset(memory, tmp_path)
+    color = next(c for c in a.columns["input"]["columns"] if c["name"] == "color")
+    assert "red\nish" in color["values"] and a.columns == b.columns
+    assert np.array_equal(np.asarray(a.train.x), np.asarray(b.train.x))

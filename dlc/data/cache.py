@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._table import MISSING, Table
+from dlc.data._table import MISSING, PARSE, Table
 from dlc.data.encode import TableEncoder, batch_error
 from dlc.data.encode_columns import ColumnEncoder, raw_columns
 from dlc.errors import DlcError
@@ -78,7 +78,8 @@ def _csv_names(path: Path, header: bool) -> list[str]:
     reads ahead: ~100 MiB of Arrow's pool on the 2M-row table, which its allocator keeps); a
     row wider than HEAD is read again with BLOCK."""
     def names(block: int) -> list[str]:
-        return pacsv.open_csv(path, read_options=_csv_options(header, block)).schema.names
+        return pacsv.open_csv(path, read_options=_csv_options(header, block),
+                              parse_options=PARSE).schema.names
 
     try:
         return names(HEAD)
@@ -118,7 +119,7 @@ def _batches(path: Path, kind: str, header: bool, names: list[str], columns: dic
             column_types={by_name[n]: t for n, t in columns.items()},
             include_columns=[by_name[n] for n in wanted], strings_can_be_null=False,
             null_values=sorted(MISSING) if nulls else [])
-        batches = pacsv.open_csv(path, read_options=_csv_options(header),
+        batches = pacsv.open_csv(path, read_options=_csv_options(header), parse_options=PARSE,
                                  convert_options=convert)
     for batch in batches:
         yield pa.RecordBatch.from_arrays(batch.columns, names=wanted)
