@@ -6,6 +6,7 @@ CSV line (not its row), as when the table is read whole."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -145,3 +146,17 @@ def test_quoted_cells_spanning_lines_stream_across_blocks(tmp_path, small_blocks
     color = next(c for c in a.columns["input"]["columns"] if c["name"] == "color")
     assert "red\nish" in color["values"] and a.columns == b.columns
     assert np.array_equal(np.asarray(a.train.x), np.asarray(b.train.x))
+
+
+def test_cv_folds_from_the_column_cache_equal_memory(cli, tmp_path):
+    """dlc cv reads a column table through the cache and refits every encoder per fold from
+    the memory-mapped columns: the same figures as the table read into memory."""
+    write_table(tmp_path / "t.csv")
+    spec, _ = spec_file(tmp_path, columns=AUTO, epochs=2)
+    results = {}
+    for setting in (True, False):
+        out = tmp_path / f"cv-{setting}.json"
+        r = cli("cv", with_cache(spec, setting), "--folds", "3", "-o", out)
+        assert r.code == 0 and ("data cache" in r.err) == setting, r
+        results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
+    assert results[True] == results[False]
