@@ -5,7 +5,8 @@ memory-mapped files; what is learnt from the training rows (fills, normalisation
 is fitted afterwards, on the encoded arrays. An encoder states what it reads (`columns`, and the
 Arrow types a CSV reader must give them) and what its output depends on (`key`), so that a
 changed setting builds a new cache. TableEncoder is the numeric-features encoder of a single
-`input:`; typed column encoders plug in through the same four members."""
+`input:`; the column-kinds encoder (dlc.data.encode_columns.ColumnEncoder) plugs in through the
+same members (columns, key, prepare, encode, finish, meta)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ What the cache holds does not depend on the split: a numeric column as float32 (
 missing), a categorical or binary one as int32 codes into its distinct cells (kept in the
 cache's metadata, in order of first appearance), a text column as its UTF-8 bytes and the end
 offset of each cell. Rows a `missing: drop` column or a missing target leaves out are not
-written. Encoders are learnt per run from the training rows (dlc.data.columns.fit, counting
-codes, one column at a time), as from a table read into memory, to the same bits: the cells a
-split gathers are the very strings and float32 values the in-memory reader gives."""
+written. Encoders are learnt per run from the training rows (dlc.data.columns.fit, one
+column's rows gathered at a time), as from a table read into memory, to the same bits: the
+cells a split gathers are the very strings and float32 values the in-memory reader gives."""
 
 from __future__ import annotations
 
