@@ -18,7 +18,8 @@ from test_text_columns import spec_file as text_spec_file
 from test_text_columns import write_table as write_text_table
 
 from dlc.data import cache, load_dataset, stats
-from dlc.data.encode_columns import Coded, Texts
+from dlc.data.encode_columns import Texts
+from dlc.data.strings import Coded
 
 
 @pytest.fixture
@@ -160,3 +161,18 @@ def test_cv_folds_from_the_column_cache_equal_memory(cli, tmp_path):
         assert r.code == 0 and ("data cache" in r.err) == setting, r
         results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
     assert results[True] == results[False]
+
+
+def test_coded_categories_are_counted_as_their_cells():
+    """A Coded column's training rows are counted by code: the answer of the same cells read
+    into memory (distinct present values, sorted, with their counts), markers and values the
+    rows never hold left out."""
+    from dlc.data import strings
+    from dlc.data.columns import MARKERS
+
+    values = ["b", "NA", "a", "", "zz", "c"]
+    codes = np.array([0, 1, 2, 0, 3, 2, 0, 1, 5], np.int32)
+    column, rows = strings.Coded(codes, values), np.array([0, 1, 2, 3, 5, 6, 7])
+    got = strings.counts(column.take(rows), MARKERS)
+    want = strings.counts(column[rows], MARKERS)
+    assert got[0] == want[0] == ["a", "b"] and got[1].tolist() == want[1].tolist() == [2, 3]

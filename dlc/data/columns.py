@@ -102,7 +102,7 @@ def dropped_rows(config: dict, raw: dict, default: dict | None) -> np.ndarray:
 
 
 def _counts(values: np.ndarray) -> tuple[list[str], np.ndarray]:
-    return strings.counts(values[~is_missing(values)])
+    return strings.counts(values, MARKERS)
 
 
 def _fit_numeric(cfg: dict, how: str, values: np.ndarray, normalize: str, name: str) -> dict:

@@ -21,7 +21,7 @@ from dlc.data._csv import _column_index, _target_index, auto_kind
 from dlc.data._table import Table
 from dlc.data.columns import column_config, dropped_rows, is_missing, table_columns
 from dlc.data.encode import TableEncoder
-from dlc.data.strings import stripped_cells
+from dlc.data.strings import Coded, stripped_cells
 
 
 @dataclass
@@ -113,20 +113,6 @@ class ColumnEncoder(TableEncoder):
         lookup = np.array([seen.setdefault(v, len(seen)) for v in coded.dictionary.to_pylist()],
                           np.int32)
         return {key: lookup[coded.indices.to_numpy(zero_copy_only=False)]}
-
-
-class Coded:
-    """A categorical or binary column as int32 codes into its distinct cells; `column[rows]`
-    is the object array of stripped cells the in-memory reader gives (one string per value)."""
-
-    def __init__(self, codes: np.ndarray, values: list[str]):
-        self.codes, self.values = codes, np.array(values, dtype=object).reshape(-1)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        return self.values[self.codes[rows]]
 
 
 class Texts:

@@ -15,6 +15,7 @@ import numpy as np
 from dlc.data._images import pixels_to_float
 from dlc.data._split import FILLS, apply_norm, with_fill
 from dlc.data.columns import encode
+from dlc.data.strings import Coded
 from dlc.errors import DlcError
 
 CHUNK = 1 << 18  # values per chunk (2 MiB as float64): 32,768 rows of 8 features
@@ -142,13 +143,15 @@ class Encoded(_Lazy):
 
 class Gathered(Mapping):
     """Raw columns at `rows`, each gathered only when read: fitting encoders column after
-    column (dlc.data.columns.fit) holds one column's training rows at a time, not the table's."""
+    column (dlc.data.columns.fit) holds one column's training rows at a time, not the table's;
+    a Coded column stays coded (its categories are counted by code)."""
 
     def __init__(self, raw: dict, rows: np.ndarray):
         self.raw, self.rows = raw, rows
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.raw[name][self.rows]
+        column = self.raw[name]
+        return column.take(self.rows) if isinstance(column, Coded) else column[self.rows]
 
     def __iter__(self):
         return iter(self.raw)
