@@ -9,6 +9,8 @@ import copy
 import json
 
 import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import straight_and_resumed
@@ -17,7 +19,8 @@ from test_data_cache import same_weights
 from test_text_columns import spec_file as text_spec_file
 from test_text_columns import write_table as write_text_table
 
-from dlc.data import cache, load_dataset, stats
+from dlc.data import cache, load_dataset, stats, strings, tokens
+from dlc.data.columns import MARKERS
 from dlc.data.encode_columns import Texts
 from dlc.data.strings import Coded
 
@@ -122,8 +125,6 @@ def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, small_blocks, settin
 def test_a_text_vocabulary_is_counted_chunk_by_chunk(monkeypatch):
     """TextSpec.build counts CHUNK texts at a time (a big split's token lists never whole):
     the vocabulary of small chunks is the vocabulary of one."""
-    from dlc.data import tokens
-
     texts = [f"w{i % 7} w{i % 5} and w{i % 3}, W{i % 11}!" for i in range(300)]
     spec = tokens.TextSpec("note", "word", 8, True, vocab_size=12, min_freq=2)
     whole = spec.build(texts).vocab
@@ -167,12 +168,27 @@ def test_coded_categories_are_counted_as_their_cells():
     """A Coded column's training rows are counted by code: the answer of the same cells read
     into memory (distinct present values, sorted, with their counts), markers and values the
     rows never hold left out."""
-    from dlc.data import strings
-    from dlc.data.columns import MARKERS
-
     values = ["b", "NA", "a", "", "zz", "c"]
     codes = np.array([0, 1, 2, 0, 3, 2, 0, 1, 5], np.int32)
     column, rows = strings.Coded(codes, values), np.array([0, 1, 2, 3, 5, 6, 7])
     got = strings.counts(column.take(rows), MARKERS)
     want = strings.counts(column[rows], MARKERS)
     assert got[0] == want[0] == ["a", "b"] and got[1].tolist() == want[1].tolist() == [2, 3]
+
+
+def test_parquet_through_the_column_cache_equals_the_csv_in_memory(tmp_path, small_blocks):
+    """The cache streams a Parquet file by row groups through the same encoder; a missing cell
+    stored as null reads as the CSV's marker does."""
+    write_table(tmp_path / "t.csv")
+    table = pacsv.read_csv(tmp_path / "t.csv", convert_options=pacsv.ConvertOptions(
+        null_values=MARKERS, strings_can_be_null=True, column_types={"size": "float64"}))
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=40)
+    _, spec = spec_file(tmp_path, columns=AUTO)
+    mapped, memory = copy.deepcopy(spec), copy.deepcopy(spec)
+    mapped["data"].update(cache=True, source="parquet:t.parquet")
+    memory["data"]["cache"] = False
+    a, b = load_dataset(mapped, tmp_path), load_dataset(memory, tmp_path)
+    assert a.columns == b.columns and a.labels == b.labels
+    assert isinstance(a.train.x.raw["color"], Coded)
+    assert np.array_equal(np.asarray(a.train.x), np.asarray(b.train.x))
+    assert np.array_equal(a.test.y, b.test.y)
