@@ -104,10 +104,13 @@ def test_resume_from_the_column_cache_is_bit_exact(cli, tmp_path, monkeypatch, s
 @pytest.mark.parametrize("at,cell,message", [
     (0, "abc", "column 'size': 'abc' is not a number"),
     (3, "1e39", "column 'weight': '1e39' is beyond float32's range")])
-def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, small_blocks, setting, at, cell,
-                                            message):
+def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, monkeypatch, small_blocks, setting,
+                                            at, cell, message):
     """Through the cache as read whole: `file:line`, the line counting a quoted cell that
     spans lines and a blank line (Arrow's streaming reader knows neither lines nor rows)."""
+    batches, encode = [], cache.ColumnEncoder.encode
+    monkeypatch.setattr(cache.ColumnEncoder, "encode",
+                        lambda self, *a: batches.append(a[1]) or encode(self, *a))
     write_table(tmp_path / "t.csv")
     lines = (tmp_path / "t.csv").read_text().splitlines()
     cells = lines[120].split(",")
@@ -120,6 +123,7 @@ def test_a_bad_cell_is_named_by_its_csv_line(cli, tmp_path, small_blocks, settin
     r = cli("train", with_cache(spec, setting), "--out", tmp_path / "run", "-q")
     assert r.code == 1 and r.err.count("\n") == 1, r
     assert f"t.csv:123: {message}" in r.err, r.err  # line 121 + the quoted line + the blank
+    assert bool(batches) == setting  # the cache's streamed batches, or the table read whole
 
 
 def test_a_text_vocabulary_is_counted_chunk_by_chunk(monkeypatch):
