@@ -196,3 +196,14 @@ def test_parquet_through_the_column_cache_equals_the_csv_in_memory(tmp_path, sma
     assert isinstance(a.train.x.raw["color"], Coded)
     assert np.array_equal(np.asarray(a.train.x), np.asarray(b.train.x))
     assert np.array_equal(a.test.y, b.test.y)
+
+
+def test_a_ragged_row_is_named_by_its_line_through_the_cache(cli, tmp_path, small_blocks):
+    write_table(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    lines[100] = lines[100].rsplit(",", 1)[0]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    spec, _ = spec_file(tmp_path)
+    r = cli("train", with_cache(spec, True), "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and r.err.count("\n") == 1, r
+    assert "t.csv:101: expected 5 columns, found 4" in r.err, r.err

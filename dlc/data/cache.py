@@ -171,7 +171,9 @@ def _named_error(path: Path, kind: str, header: bool, enc, e: Exception) -> DlcE
     by its line and its text as written (Arrow's streaming reader knows neither lines nor rows,
     and a number it read prints as Python prints it): the stdlib csv pass, then the file read
     again as text through the encoder's own checks."""
-    if kind == "csv" and isinstance(e, (pa.ArrowInvalid, DlcError)):
+    as_text = all(t == pa.string() for t in enc.columns.values())  # quoted as written already
+    if kind == "csv" and (isinstance(e, pa.ArrowInvalid) or
+                          isinstance(e, DlcError) and not as_text):
         try:
             Table(enc.display, [], True, pa.table({}), None, header, source=path).lines
             seen = 0
