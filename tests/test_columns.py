@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from dlc.commands import init
 from dlc.data import load_dataset
+from dlc.data._table import read_table
 from dlc.data.columns import MARKERS, encode, fit
 from dlc.graph import Builder
 from dlc.model.columns import column_front
@@ -264,3 +266,51 @@ def test_a_numeric_column_is_filled_with_a_number():
     with pytest.raises(DlcError, match=r"input.columns.n.value: a numeric column's fill"):
         fit({"n": {"kind": "numeric", "missing": "constant", "value": "zero"}},
             {"n": np.array([1.0, np.nan])}, None)
+
+
+def test_an_unseen_binary_value_is_a_missing_cell_in_the_graph_and_in_python(cli, tmp_path,
+                                                                              monkeypatch):
+    """`oval` in a round/square column: no 0/1 stands for it, so it is read as a missing cell
+    (the fill, and the indicator fires), by encode() and by the exported graph alike; plain
+    onnxruntime on the raw rows still answers what dlc predict does."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "t.csv")
+    columns = {**COLUMNS, "shape": {"kind": "binary", "indicator": True}}
+    spec, data = spec_file(tmp_path, columns=columns)
+    state = load_dataset(data, tmp_path).columns["input"]
+    rows = tmp_path / "rows.csv"
+    rows.write_text("size,color,shape,weight\n1,red,oval,0\n1,red,,0\n1,red,round,0\n")
+    feeds = raw_csv(rows, state)
+    encoded = encode(state, feeds)
+    np.testing.assert_array_equal(ort.InferenceSession(front_model(state)).run(None, feeds)[0],
+                                  encoded)
+    shape = 1 + 1 + 4 + 1  # size, its indicator, color's one-hot, color's indicator
+    fill = ["round", "square"].index(state["columns"][2]["fill"])
+    assert encoded[:, shape].tolist() == [fill, fill, 0]  # oval and a missing cell: the fill
+    assert encoded[:, shape + 1].tolist() == [1, 1, 0]  # ... and both fire the indicator
+    assert cli("train", str(spec), "--out", "run", "-q").code == 0
+    assert cli("predict", "run/model.onnx", str(rows), "-o", "p.npz").code == 0
+    session = ort.InferenceSession(str(tmp_path / "run/model.onnx"))
+    index, = session.run(["class_index"], feeds)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npz")["class_index"], index)
+
+
+@pytest.mark.parametrize("cell,found,instead", [
+    (lambda i: f"review {i} says the {COLORS[i % 4]} one is fine", "free text",
+     "declare it {kind: text} under an int64 input"),
+    (lambda i: f"id-{i:05d}", "an identifier", "leave the column out")])
+def test_auto_never_one_hots_free_text_or_identifiers(cli, tmp_path, cell, found, instead):
+    """A string column with a value per row under `auto`: `dlc init`'s rule (infer_kind, the
+    one function both use) finds text or an identifier, and training refuses it in one line
+    saying what to write, instead of a one-hot column per distinct string."""
+    write_table(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    (tmp_path / "t.csv").write_text("\n".join([lines[0] + ",note"] + [
+        f"{line},{cell(i)}" for i, line in enumerate(lines[1:])]) + "\n")
+    spec, _ = spec_file(tmp_path, {"size": "numeric", "note": "auto"})
+    r = cli("train", str(spec), "--out", tmp_path / "run", "-q")
+    assert r.code == 1 and r.err.count("\n") == 1, r
+    assert f"input.columns.note: auto found {found} (160 distinct values in 160 rows" in r.err
+    assert instead in r.err, r.err
+    kinds, left = init._columns(read_table(tmp_path / "t.csv", "t.csv", True), 4)  # 4: y
+    assert (kinds["note"][0] == "text") if found == "free text" else ("note" in left)

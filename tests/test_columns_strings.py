@@ -68,7 +68,8 @@ def _definitions(monkeypatch):
         table = dict(zip(keys, ids))
         return np.array([table.get(v, default) for v in cells], np.int64)
 
-    def counts(cells):
+    def counts(cells, without=()):
+        cells = cells[~np.isin(cells, list(without))]
         uniq, n = np.unique(cells.astype(str), return_counts=True)
         return uniq.tolist(), n
 

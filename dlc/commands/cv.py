@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import (Dataset, Split, cache, column_rows, fit_columns, load_arrays, read_columns,
+from dlc.data import (Dataset, Split, cache, column_rows, column_table, fit_columns, load_arrays,
                       stats)
 from dlc.data.columns import column_config, entries
 from dlc.data._table import Table, read_table
@@ -104,8 +104,7 @@ def _raw_data(spec) -> tuple:
     if not data.get("source"):
         raise DlcError(f"{spec.file}: the spec has no data.source to cross-validate on")
     if entries(spec.data):  # column kinds: raw columns, encoded per fold
-        raw, y, labels, kinds = read_columns(str(data["source"]), spec.data,
-                                             Path(spec.file).resolve().parent)
+        raw, y, labels, kinds = column_table(spec.data, Path(spec.file).resolve().parent)
         for entry in entries(spec.data).values():
             entry["columns"] = {n: {**column_config(c), "kind": kinds[n]}
                                 for n, c in entry["columns"].items()}

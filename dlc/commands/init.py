@@ -25,31 +25,26 @@ from dlc.files.atomic import write_text
 from dlc.model.spec import load_spec_text, schema_path
 
 MAX_CLASSES = 20  # an integer target with more distinct values than this is a regression
-TEXT_WORDS = 3  # a column of distinct strings with at least this many words a cell is text
 
 
 def _columns(table: Table, target: int) -> tuple[dict[str, tuple[str, int, str]], list[str]]:
     """(feature column -> (kind, missing cells, its other settings as YAML flow text), columns
-    left out): kinds as `auto` infers them; a string column whose distinct values are over half
-    its rows (and over MAX_CLASSES) is free text when its cells hold TEXT_WORDS words on
-    average (max_length: 1.5 x the 95th percentile of words, 4..64), else an identifier, left
-    out."""
+    left out): kinds as infer_kind finds them, `auto`'s rule; free text gets max_length 1.5 x
+    the 95th percentile of its words (4..64); identifiers (a value per row) are left out."""
     kinds, left = {}, []
     for c, name in enumerate(table.columns):
         if c == target:
             continue
         cells = strings.stripped_cells(table.text(c))  # as training reads the column
-        absent = int(is_missing(cells).sum())
-        kind = infer_kind(cells)
-        if kind == "categorical" and len(set(cells)) > max(MAX_CLASSES, len(cells) // 2):
-            words = [len(c.split()) for c in cells[~is_missing(cells)]]
-            if np.mean(words) < TEXT_WORDS:
-                left.append(name)
-                continue
-            length = int(np.clip(np.percentile(words, 95) * 1.5, 4, 64))
-            kinds[name] = ("text", absent, f", max_length: {length}")
+        absent = is_missing(cells)
+        kind, settings = infer_kind(cells), ""
+        if kind == "identifier":
+            left.append(name)
             continue
-        kinds[name] = (kind, absent, "")
+        if kind == "text":
+            words = [len(c.split()) for c in cells[~absent]]
+            settings = f", max_length: {int(np.clip(np.percentile(words, 95) * 1.5, 4, 64))}"
+        kinds[name] = (kind, int(absent.sum()), settings)
     return kinds, left
 
 

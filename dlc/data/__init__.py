@@ -176,6 +176,15 @@ def read_columns(source: str, spec: dict, spec_dir: Path, labels: list[str] | No
                              bool(labels), require_target, scheme)
 
 
+def column_table(spec: dict, spec_dir: Path):
+    """read_columns of data.source, through the data cache where data.cache sends the table
+    (memory-mapped columns: dlc.data.encode_columns), else read into memory."""
+    table = cache.table_source(spec, spec_dir)
+    if table is not None:
+        return cache.open_columns(*table, spec)
+    return read_columns(spec["data"]["source"], spec, spec_dir)
+
+
 def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     """Tables with column kinds (input.columns, or columns per `inputs:` entry): split, learn
     each input's encoders from the training rows (dlc.data.columns.fit), encode each batch's
@@ -185,7 +194,7 @@ def _columns_dataset(spec: dict, spec_dir: Path) -> Dataset:
     width as its shape and an embedding's learnt vocab_size, which the network and the stored
     spec then use."""
     data = spec["data"]
-    raw, y, labels, kinds = read_columns(data["source"], spec, spec_dir)
+    raw, y, labels, kinds = column_table(spec, spec_dir)
     tr, va, te = _random_split(spec, y, len(y), _split_config(data))
     inputs, states = fit_columns(spec, raw, tr, kinds)
 
@@ -207,7 +216,7 @@ def fit_columns(spec: dict, raw: dict[str, np.ndarray], train: np.ndarray,
     for name, entry in entries(spec).items():
         config = {n: {**column_config(c), **({"kind": kinds[n]} if kinds else {})}
                   for n, c in entry["columns"].items()}
-        states[name] = fit(config, {n: raw[n][train] for n in config},
+        states[name] = fit(config, stats.Gathered({n: raw[n] for n in config}, train),
                            data.get("normalize") or "standard", data.get("missing"))
         dtype = np.int64 if entry.get("dtype") == "int64" else np.float32
         inputs[name] = ({n: raw[n] for n in config}, dtype)

@@ -135,12 +135,28 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
 
 
 def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
-    """Each column's kind: as written, or (auto) inferred from its cells (infer_kind)."""
+    """Each column's kind: as written, or (auto) inferred from its cells (infer_kind), where
+    free text and identifiers are refused: one-hot would give each distinct value a column."""
     kinds = {}
     for name, value in config.items():
         kind = column_config(value).get("kind", "auto")
         if kind == "auto":
-            cells = stripped_cells(table.text(table.columns.index(name)))
-            kind = infer_kind(np.array(distinct(cells), dtype=object))  # by its distinct cells
+            kind = auto_kind(name, stripped_cells(table.text(table.columns.index(name))))
         kinds[name] = kind
     return kinds
+
+
+def auto_kind(name: str, cells: np.ndarray) -> str:
+    """`auto`'s kind of a column (infer_kind), never text nor an identifier: DlcError saying
+    what to write instead."""
+    kind = infer_kind(cells)
+    if kind in ("numeric", "binary", "categorical"):
+        return kind
+    found = f"{len(distinct(cells)):,} distinct values in {len(cells):,} rows"
+    if kind == "text":
+        raise DlcError(f"input.columns.{name}: auto found free text ({found}); declare it "
+                       "{kind: text} under an int64 input of its own, as dlc init writes it "
+                       "(see docs/your-own-data.md), or categorical with a min_frequency")
+    raise DlcError(f"input.columns.{name}: auto found an identifier ({found}: a value per row), "
+                   "which no category generalises from; leave the column out, or declare it "
+                   "categorical with a min_frequency")

@@ -93,7 +93,7 @@ def compute_norm(x: np.ndarray, kind: str) -> dict | None:
     """Per-feature (flattened per sample) offset/scale from the training samples x."""
     if kind in (None, "none"):
         return None
-    flat = x.reshape(len(x), -1).astype(np.float64)
+    flat = np.asarray(x.reshape(len(x), -1), dtype=np.float64)  # a float64 x: no copy
     if kind == "standard":
         offset, scale = flat.mean(axis=0), flat.std(axis=0)
     elif kind == "minmax":

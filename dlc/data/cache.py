@@ -3,7 +3,8 @@ trains from it, and any big table skips parsing after the first run.
 
 Built once per (data file, encoder settings): the file is streamed through pyarrow in record
 batches (CSV blocks, Parquet row groups, Feather batches), each batch encoded
-(dlc.data.encode) and appended to raw files in a temporary folder, renamed into
+(dlc.data.encode: numeric features; dlc.data.encode_columns: columns by kind) and appended to
+raw files in a temporary folder, renamed into
 `<cache>/tables/<key>/` when whole (dlc.files.cachedir: `$DLC_CACHE_DIR`, `~/.cache/dlc`); an
 interrupted build leaves no half cache. The key hashes the file's path, size, modification time
 and its first and last MiB, and the encoder's settings: a changed file or spec builds a new
@@ -30,8 +31,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._table import MISSING
+from dlc.data._table import MISSING, PARSE, Table
 from dlc.data.encode import TableEncoder, batch_error
+from dlc.data.encode_columns import ColumnEncoder, raw_columns
 from dlc.errors import DlcError
 from dlc.files import cachedir
 
@@ -46,7 +48,8 @@ def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
                  ) -> tuple[Path, str, str] | None:
     """(path, display, kind) of a table to read through the cache, by data.cache: true,
     false, or auto (the default: tables of AUTO_BYTES and more); None to read it into memory.
-    The cache holds numeric features of a single input (not token ids)."""
+    The cache holds the numeric features of a single input (not token ids), or a table's
+    columns by kind (input.columns: dlc.data.encode_columns)."""
     data = spec.get("data") or {}
     setting = data.get("cache", "auto")
     if setting is False:
@@ -75,7 +78,8 @@ def _csv_names(path: Path, header: bool) -> list[str]:
     reads ahead: ~100 MiB of Arrow's pool on the 2M-row table, which its allocator keeps); a
     row wider than HEAD is read again with BLOCK."""
     def names(block: int) -> list[str]:
-        return pacsv.open_csv(path, read_options=_csv_options(header, block)).schema.names
+        return pacsv.open_csv(path, read_options=_csv_options(header, block),
+                              parse_options=PARSE).schema.names
 
     try:
         return names(HEAD)
@@ -94,9 +98,12 @@ def _names(path: Path, kind: str, header: bool) -> list[str]:
     return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
 
 
-def _batches(path: Path, kind: str, header: bool, enc: TableEncoder):
-    """The record batches of the encoder's columns, named as `_names` names them."""
-    wanted = list(enc.columns)
+def _batches(path: Path, kind: str, header: bool, names: list[str], columns: dict,
+             nulls: bool = False):
+    """The record batches of `columns` (name -> the Arrow type a CSV reader gives it), named as
+    `_names` names them (`names`: every column of the file); `nulls`: a missing marker in a
+    CSV number column reads as null."""
+    wanted = list(columns)
     if kind == "parquet":
         file = pq.ParquetFile(path)
         by_name = {str(n).strip(): n for n in file.schema_arrow.names}
@@ -107,13 +114,12 @@ def _batches(path: Path, kind: str, header: bool, enc: TableEncoder):
         batches = (reader.get_batch(i).select([by_name[n] for n in wanted])
                    for i in range(reader.num_record_batches))
     else:
-        raw = _csv_names(path, header)
-        by_name = dict(zip(enc.names, raw))
+        by_name = dict(zip(names, _csv_names(path, header)))
         convert = pacsv.ConvertOptions(
-            column_types={by_name[n]: t for n, t in enc.columns.items()},
+            column_types={by_name[n]: t for n, t in columns.items()},
             include_columns=[by_name[n] for n in wanted], strings_can_be_null=False,
-            null_values=sorted(MISSING) if enc.missing else [])
-        batches = pacsv.open_csv(path, read_options=_csv_options(header),
+            null_values=sorted(MISSING) if nulls else [])
+        batches = pacsv.open_csv(path, read_options=_csv_options(header), parse_options=PARSE,
                                  convert_options=convert)
     for batch in batches:
         yield pa.RecordBatch.from_arrays(batch.columns, names=wanted)
@@ -131,31 +137,60 @@ def _stamp(path: Path) -> dict:
             "head_tail": h.hexdigest()}
 
 
-def _build(tmp: Path, path: Path, kind: str, header: bool, enc: TableEncoder) -> None:
-    """Stream the table through the encoder into tmp: x.raw (float32 [n, F], row after row),
-    y.npy and meta.json."""
-    seen, rows, targets = 0, 0, []
+def _build(tmp: Path, path: Path, kind: str, header: bool, enc) -> None:
+    """Stream the table through the encoder into tmp: each array it returns appended to
+    `<name>.raw` (row after row), y.npy, and meta.json with every array's dtype and shape."""
+    seen, targets, arrays = 0, [], {}
     try:
-        with open(tmp / "x.raw", "wb") as fx:
-            for batch in _batches(path, kind, header, enc):
+        with contextlib.ExitStack() as stack:
+            files = {}
+            for batch in _batches(path, kind, header, enc.names, enc.columns,
+                                  enc.reads_missing):
                 out = enc.encode(batch, seen)
-                out["x"].tofile(fx)
-                targets.append(out["y"])
-                seen, rows = seen + batch.num_rows, rows + len(out["x"])
-    except (pa.ArrowException, ValueError, OSError) as e:
-        raise batch_error(enc.display, e) from None
+                targets.append(out.pop("y"))
+                for name, values in out.items():
+                    if name not in files:
+                        files[name] = stack.enter_context(open(tmp / f"{name}.raw", "wb"))
+                        arrays[name] = {"dtype": values.dtype.str, "shape": [0, *values.shape[1:]]}
+                    values.tofile(files[name])
+                    arrays[name]["shape"][0] += len(values)
+                seen += batch.num_rows
+    except (pa.ArrowException, ValueError, OSError, DlcError) as e:
+        raise _named_error(path, kind, header, enc, e) from None
+    rows = sum(len(t) for t in targets)
     if rows == 0:
         raise DlcError(f"{enc.display}: no data rows")
     y, labels = enc.finish(np.concatenate(targets))
     np.save(tmp / "y.npy", y)
-    meta = {"rows": rows, "features": enc.features, "labels": labels}
+    meta = {"rows": rows, "labels": labels, "arrays": arrays, **enc.meta()}
     (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str] | None = None):
-    """(x raw float32 memmap [n, F], y, labels, features) from the cache of this table and
-    spec, built first when absent; one line on stderr says which. `labels`: a trained model's
-    class names, which the target's cells must be among."""
+def _named_error(path: Path, kind: str, header: bool, enc, e: Exception) -> DlcError:
+    """An error while streaming, as one line; for a CSV, the ragged row or the bad cell named
+    by its line and its text as written (Arrow's streaming reader knows neither lines nor rows,
+    and a number it read prints as Python prints it): the stdlib csv pass, then the file read
+    again as text through the encoder's own checks."""
+    as_text = all(t == pa.string() for t in enc.columns.values())  # quoted as written already
+    if kind == "csv" and (isinstance(e, pa.ArrowInvalid) or
+                          isinstance(e, DlcError) and not as_text):
+        try:
+            Table(enc.display, [], True, pa.table({}), None, header, source=path).lines
+            seen = 0
+            text = dict.fromkeys(enc.columns, pa.string())
+            for batch in _batches(path, kind, header, enc.names, text):
+                enc.encode(batch, seen)
+                seen += batch.num_rows
+        except DlcError as named:
+            return named
+        except (pa.ArrowException, ValueError, OSError):
+            pass
+    return e if isinstance(e, DlcError) else batch_error(enc.display, e)
+
+
+def _cached(path: Path, display: str, kind: str, spec: dict, encoder) -> tuple[Path, dict]:
+    """(folder, metadata) of this table's cache for the encoder that `encoder(names)` makes,
+    built first when absent; one line on stderr says which."""
     root = cachedir.folder("tables")
     if root is None:
         raise DlcError("data.cache: the cache folder is off (DLC_CACHE_DIR); set data.cache: "
@@ -165,7 +200,8 @@ def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str
         names = _names(path, kind, header)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
-    enc = TableEncoder.for_spec(spec, display, names, labels)
+    enc = encoder(names)
+    enc.source, enc.header = (path if kind == "csv" else None), header
     key = hashlib.sha256(json.dumps([_stamp(path), kind, header, enc.key()],
                                     sort_keys=True).encode()).hexdigest()[:24]
     where = root / key
@@ -178,6 +214,7 @@ def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str
         shutil.rmtree(where, ignore_errors=True)  # a damaged cache (a disk error, a hand edit)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         try:
+            enc.prepare(lambda columns: _batches(path, kind, header, enc.names, columns))
             _build(tmp, path, kind, header, enc)
             with contextlib.suppress(OSError):  # another process built it meanwhile: keep theirs
                 tmp.rename(where)
@@ -187,20 +224,48 @@ def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str
         _trim(root)
         pa.default_memory_pool().release_unused()  # the build's blocks: back to the system
     meta = json.loads((where / "meta.json").read_text())
-    x = np.memmap(where / "x.raw", np.float32, "r", shape=(meta["rows"], len(meta["features"])))
+    print(f"data cache {verb} {display} ({meta['rows']:,} rows x {len(meta['features'])} "
+          f"features) in {where}", file=sys.stderr, flush=True)
+    return where, meta
+
+
+def _arrays(where: Path, meta: dict) -> dict[str, np.ndarray]:
+    """The cache's arrays, memory-mapped."""
+    return {name: np.memmap(where / f"{name}.raw", np.dtype(a["dtype"]), "r",
+                            shape=tuple(a["shape"])) if a["shape"][0] else
+            np.zeros(a["shape"], a["dtype"]) for name, a in meta["arrays"].items()}
+
+
+def open_table(path: Path, display: str, kind: str, spec: dict, labels: list[str] | None = None):
+    """(x raw float32 memmap [n, F], y, labels, features) from the cache of this table and
+    spec's numeric features, built first when absent. `labels`: a trained model's class names,
+    which the target's cells must be among."""
+    where, meta = _cached(path, display, kind, spec,
+                          lambda names: TableEncoder.for_spec(spec, display, names, labels))
     y = np.load(where / "y.npy", mmap_mode="r")
-    print(f"data cache {verb} {display} ({meta['rows']:,} rows x {x.shape[1]} features) in "
-          f"{where}", file=sys.stderr, flush=True)
-    return x, y, meta["labels"], meta["features"]
+    return _arrays(where, meta)["x"], y, meta["labels"], meta["features"]
+
+
+def open_columns(path: Path, display: str, kind: str, spec: dict):
+    """(raw columns, y, labels, kinds) of a table with column kinds (input.columns), as
+    dlc.data.read_columns gives them, from the cache of this table and spec's column settings
+    (dlc.data.encode_columns), built first when absent: numbers and category codes
+    memory-mapped, only the rows a batch gathers ever read."""
+    where, meta = _cached(path, display, kind, spec,
+                          lambda names: ColumnEncoder.for_spec(spec, display, names))
+    y = np.load(where / "y.npy", mmap_mode="r")
+    return raw_columns(_arrays(where, meta), meta), y, meta["labels"], meta["kinds"]
 
 
 def _intact(where: Path) -> bool:
-    """A whole cache: its metadata readable and x.raw and y.npy of the sizes it states."""
+    """A whole cache: its metadata readable, y.npy and each array of the size it states."""
     try:
         meta = json.loads((where / "meta.json").read_text())
         y = np.load(where / "y.npy", mmap_mode="r")
-        return (where / "x.raw").stat().st_size == 4 * meta["rows"] * len(meta["features"]) \
-            and len(y) == meta["rows"]
+        return len(y) == meta["rows"] and all(
+            (where / f"{name}.raw").stat().st_size ==
+            np.dtype(a["dtype"]).itemsize * int(np.prod(a["shape"]))
+            for name, a in meta["arrays"].items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -5,11 +5,13 @@ memory-mapped files; what is learnt from the training rows (fills, normalisation
 is fitted afterwards, on the encoded arrays. An encoder states what it reads (`columns`, and the
 Arrow types a CSV reader must give them) and what its output depends on (`key`), so that a
 changed setting builds a new cache. TableEncoder is the numeric-features encoder of a single
-`input:`; typed column encoders plug in through the same four members."""
+`input:`; the column-kinds encoder (dlc.data.encode_columns.ColumnEncoder) plugs in through the
+same members (columns, key, prepare, encode, finish, meta)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,8 @@ class TableEncoder:
     missing: dict
     labels: list[str] | None = None  # task.labels, or a trained model's class names
     strict: bool = False  # a trained model's: every target cell among its labels
+    source: Path | None = None  # the CSV streamed, whose lines name a bad cell's row
+    header: bool = True
     _codes: dict[str, int] = field(default_factory=dict)  # target cell -> code, as first seen
     _first: list[int] = field(default_factory=list)  # the row where each code first appears
 
@@ -49,6 +53,24 @@ class TableEncoder:
         return cls(display, names, [names[i] for i in fcols], names[target],
                    task.get("kind", "classification"), data.get("missing") or {},
                    labels or task.get("labels"), labels is not None)
+
+    @property
+    def reads_missing(self) -> bool:
+        """Whether a missing marker in a number column reads as null (NaN), not an error."""
+        return bool(self.missing)
+
+    def table(self, batch: pa.RecordBatch, first_row: int) -> Table:
+        """One streamed batch (rows from `first_row` of the file) as a Table whose messages
+        name a cell by its CSV line (or row)."""
+        return Table(self.display, batch.schema.names, True, pa.Table.from_batches([batch]),
+                     None, self.header, first_row, self.source)
+
+    def meta(self) -> dict:
+        """What the cache's metadata keeps beside the arrays."""
+        return {"features": self.features}
+
+    def prepare(self, stream) -> None:
+        """Before a build: nothing to learn from the file first (see ColumnEncoder)."""
 
     @property
     def columns(self) -> dict[str, pa.DataType]:
@@ -68,27 +90,27 @@ class TableEncoder:
         """One batch (rows from `first_row` of the file) -> {"x": float32, "y": codes or
         values}; DlcError naming the row of a bad cell."""
         names = batch.schema.names
-        table = Table(self.display, names, True, pa.Table.from_batches([batch]), None,
-                      first_row=first_row)
+        table = self.table(batch, first_row)
         x = table.numbers([names.index(n) for n in self.features], bool(self.missing))
         column = names.index(self.target)
         if self.kind == "regression":
             y = table.numbers([column]).astype(np.float32)
         else:
-            y = self._target_codes(table.data.column(column), first_row)
+            y = self._target_codes(table.data.column(column), first_row + np.arange(len(x)))
         if self.missing.get("strategy") == "drop":
             keep = ~np.isnan(x).any(axis=1)
             x, y = x[keep], y[keep]
         return {"x": x.astype(np.float32), "y": y}
 
-    def _target_codes(self, column: pa.ChunkedArray, first_row: int) -> np.ndarray:
+    def _target_codes(self, column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+        """The code of each target cell (rows: the file row of each, for messages)."""
         cells = pc.utf8_trim_whitespace(pc.cast(column, pa.string())).combine_chunks()
         coded = cells.dictionary_encode()
         lookup = np.empty(len(coded.dictionary), np.int32)
         for i, value in enumerate(coded.dictionary.to_pylist()):  # distinct cells: few
             if value not in self._codes:
                 self._codes[value] = len(self._codes)
-                self._first.append(first_row + pc.index(cells, value).as_py())
+                self._first.append(int(rows[pc.index(cells, value).as_py()]))
             lookup[i] = self._codes[value]
         return lookup[coded.indices.to_numpy(zero_copy_only=False)]
 
@@ -98,7 +120,8 @@ class TableEncoder:
         if self.kind == "regression":
             return y, None
         cells = list(self._codes)
-        where = lambda i: f"{self.display}: row {self._first[i] + 1}"  # noqa: E731
+        empty = self.table(pa.record_batch({}), 0)
+        where = lambda i: empty.where(self._first[i])  # noqa: E731
         per_cell, labels = encode_cells(cells, self.kind, self.labels, self.strict, where,
                                         self.target)
         if per_cell.dtype.kind in "iu":  # class ids in the narrowest type: 1 byte a row, not 8

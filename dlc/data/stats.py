@@ -8,12 +8,14 @@ is then what numpy's mean, std, min, max and nanmean over the whole split give."
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
 from dlc.data._images import pixels_to_float
 from dlc.data._split import FILLS, apply_norm, with_fill
 from dlc.data.columns import encode
+from dlc.data.strings import Coded
 from dlc.errors import DlcError
 
 CHUNK = 1 << 18  # values per chunk (2 MiB as float64): 32,768 rows of 8 features
@@ -137,6 +139,25 @@ class Encoded(_Lazy):
     def __getitem__(self, rows) -> np.ndarray:
         at = self.index[rows]
         return encode(self.state, {n: v[at] for n, v in self.raw.items()}).astype(self.dtype)
+
+
+class Gathered(Mapping):
+    """Raw columns at `rows`, each gathered only when read: fitting encoders column after
+    column (dlc.data.columns.fit) holds one column's training rows at a time, not the table's;
+    a Coded column stays coded (its categories are counted by code)."""
+
+    def __init__(self, raw: dict, rows: np.ndarray):
+        self.raw, self.rows = raw, rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self.raw[name]
+        return column.take(self.rows) if isinstance(column, Coded) else column[self.rows]
+
+    def __iter__(self):
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
 
 
 def width(state: dict, raw: dict[str, np.ndarray]) -> int:

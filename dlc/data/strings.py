@@ -51,13 +51,37 @@ def distinct(cells: np.ndarray) -> list[str]:
     return _text(cells).unique().to_pylist()
 
 
-def counts(cells: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """(distinct cells in sorted order, how often each occurs): np.unique's answer."""
-    found = _text(cells).value_counts()
-    values = found.field("values").to_pylist()
+def counts(cells, without: list[str] = ()) -> tuple[list[str], np.ndarray]:
+    """(distinct cells in sorted order, how often each occurs): np.unique's answer over the
+    cells that are none of `without`; of Coded cells, counted by code (no string per cell)."""
+    if isinstance(cells, Coded):
+        found = np.bincount(cells.codes, minlength=len(cells.values))
+        present = (found > 0) & ~is_in(cells.values, list(without)) if len(found) else found > 0
+        values, found = cells.values[present].tolist(), found[present]
+    else:
+        table = _text(cells[~is_in(cells, list(without))] if len(without) else cells)
+        table = table.value_counts()
+        values, found = table.field("values").to_pylist(), table.field("counts").to_numpy()
     order = sorted(range(len(values)), key=values.__getitem__)
-    return [values[i] for i in order], \
-        found.field("counts").to_numpy().astype(np.int64)[order]
+    return [values[i] for i in order], np.asarray(found).astype(np.int64)[order]
+
+
+class Coded:
+    """A string column as int32 codes into its distinct cells (the data cache's form:
+    dlc.data.encode_columns): `column[rows]` is the object array of stripped cells a column
+    read into memory gives (one string per value), `column.take(rows)` the rows still coded."""
+
+    def __init__(self, codes: np.ndarray, values):
+        self.codes, self.values = codes, np.array(values, dtype=object).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.values[self.codes[rows]]
+
+    def take(self, rows) -> Coded:
+        return Coded(self.codes[rows], self.values)
 
 
 def lookup(cells: np.ndarray, keys: list[str], ids: list[int], default: int) -> np.ndarray:

@@ -42,8 +42,11 @@ class TextSpec:
         return out
 
     def build(self, texts: Iterable[str]) -> TextSpec:
-        """This spec with a vocabulary built from `texts` (the training split)."""
-        counts = Counter(t for row in self.tokens(list(texts)) for t in row)
+        """This spec with a vocabulary built from `texts` (the training split), counted CHUNK
+        texts at a time: one chunk's token lists in memory, never the split's."""
+        texts, counts = list(texts), Counter()
+        for i in range(0, len(texts), CHUNK):
+            counts.update(t for row in self.tokens(texts[i:i + CHUNK]) for t in row)
         kept = sorted((t for t, c in counts.items() if c >= self.min_freq),
                       key=lambda t: (-counts[t], t))
         vocab = tuple(SPECIALS + kept[: self.vocab_size - len(SPECIALS)])

@@ -43,13 +43,18 @@ def _categories(b: Builder, x: str, c: dict, markers: list[str]) -> tuple[list[s
     else:
         slots = b.const(np.arange(len(c["values"]) + 1, dtype=np.int64)[None])
         out = b.Cast(b.Equal(found, slots), to=b.float_code)
-    return [out], b.Unsqueeze(_missing(b, x, markers), b.const([1]))
+    known = c["values"] if c["kind"] == "binary" else None
+    return [out], b.Unsqueeze(_missing(b, x, markers, known), b.const([1]))
 
 
-def _missing(b: Builder, x: str, markers: list[str]) -> str:
-    """bool [N]: the cells holding a missing marker."""
-    absent = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=markers,
-                  values_int64s=[1] * len(markers), default_int64=0)
+def _missing(b: Builder, x: str, markers: list[str], known: list[str] | None = None) -> str:
+    """bool [N]: the cells holding a missing marker; with `known` (a binary column's values),
+    every cell but those (dlc.data.columns.absent_cells)."""
+    keys, flags, default = markers, [1] * len(markers), 0
+    if known is not None:
+        keys, flags, default = known + markers, [0] * len(known) + flags, 1
+    absent = b.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=keys,
+                  values_int64s=flags, default_int64=default)
     return b.Cast(absent, to=onnx.TensorProto.BOOL)
 
 
