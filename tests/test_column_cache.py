@@ -207,3 +207,24 @@ def test_a_ragged_row_is_named_by_its_line_through_the_cache(cli, tmp_path, smal
     r = cli("train", with_cache(spec, True), "--out", tmp_path / "run", "-q")
     assert r.code == 1 and r.err.count("\n") == 1, r
     assert "t.csv:101: expected 5 columns, found 4" in r.err, r.err
+
+
+def test_inputs_with_columns_take_data_cache_and_missing(cli, tmp_path, small_blocks):
+    """`inputs:` entries with columns (a table and a text input) take data.cache: true and a
+    data.missing default, as a single `input:` with columns does (both were refused as "one
+    `input:` only"): validate passes, training goes through the cache and gives the bits of
+    the table read into memory."""
+    write_text_table(tmp_path / "t.csv")
+    path, _ = text_spec_file(tmp_path, epochs=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["data"]["missing"] = {"strategy": "median"}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    runs = {}
+    for setting in (True, False):
+        chosen = with_cache(path, setting)
+        assert cli("validate", chosen).code == 0
+        runs[setting] = tmp_path / f"run-{setting}"
+        r = cli("train", chosen, "--out", runs[setting], "-q", "--force")
+        assert r.code == 0, r
+        assert ("data cache" in r.err) == setting, r.err
+    assert same_weights(runs[True], runs[False])

@@ -55,7 +55,8 @@ def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
     if setting is False:
         return None
     scheme, rest = parse_source(data["source"])
-    ids = (spec.get("input") or {}).get("dtype") == "int64"
+    single = spec.get("input") or {}
+    ids = single.get("dtype") == "int64" and not single.get("columns")
     if scheme not in TABLES or ids:
         if setting is True:
             raise DlcError("data.cache: true needs a csv, parquet or feather source of numeric "

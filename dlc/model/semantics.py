@@ -37,11 +37,15 @@ def check_ids(spec, layers: list[Layer], sources: list[list[str]]) -> list[Diagn
 
 
 def check_missing(spec) -> list[Diagnostic]:
-    """data.missing fills (and data.cache: true caches) numeric table columns of one float
-    `input:`; anywhere else it would be silently ignored, so it is refused."""
+    """data.missing fills (and data.cache: true caches) the columns of a table: those named by
+    kind (input.columns, or columns per `inputs:` entry: dlc.data.columns, its every column's
+    default fill) or the numeric columns of one float `input:`; anywhere else it would be
+    silently ignored, so it is refused."""
     data = spec.data.get("data") or {}
     asked = [k for k in ("missing", "cache") if data.get(k) and data.get(k) != "auto"]
-    if not asked:
+    entries = (spec.data.get("inputs") or {}).values() if spec.data.get("inputs") \
+        else [spec.data.get("input")]
+    if not asked or any(isinstance(e, dict) and e.get("columns") for e in entries):
         return []
     source = str(data.get("source") or "")
     table = source.split(":", 1)[0] in ("csv", "parquet", "feather") or \
