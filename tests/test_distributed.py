@@ -325,3 +325,30 @@ def test_a_worker_copies_a_run_folder_without_its_passing_hidden_files(tmp_path)
     (run / ".dlc-probe.x").symlink_to(tmp_path / "gone")  # listed, then unreadable
     copy_run(run, tmp_path / "copy")
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["checkpoint.npz"]
+
+
+@needs_torch
+def test_a_worker_ends_the_process_group_it_started_and_only_that(monkeypatch):
+    """join() under a torchrun/SLURM environment starts the process group, and close() ends it
+    (left to the interpreter's exit, gloo ended a finished worker with exit 134 now and then);
+    a launcher's group (Ray Train's TorchConfig) stays the launcher's."""
+    import torch.distributed as dist
+
+    from dlc.distributed.collective import join
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    comm = join()
+    assert dist.is_initialized() and comm.world == 1
+    comm.close()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        join().close()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -45,6 +45,14 @@ def worker(spec_file: str | None, overrides: list, out: str | None, force: bool,
     """One worker's training (`options`: device, quiet, log_format); rank 0's run folder, or
     None on the other ranks."""
     comm = join()
+    try:
+        return _train(comm, spec_file, overrides, out, force, resume, options)
+    finally:
+        comm.close()
+
+
+def _train(comm, spec_file, overrides, out, force, resume, options) -> Path | None:
+    """This worker's run: rank 0's in the run folder, the others' in a scratch copy."""
     cls = ParallelTrainer.factory(comm)
     if resume is not None:
         check_workers(Path(resume), comm.world)
