@@ -5,6 +5,7 @@ like one process with batch 2B: same shuffles, same updates up to summation orde
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -86,15 +87,22 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
 
 @needs_torch
 def test_ray_train_workers_equal_one_process(tmp_path):
-    """`dlc train --workers 2`: Ray Train starts the workers (a local Ray), gloo between them."""
+    """`train.distributed: {workers: 2}` in the spec, as `--workers 2`: Ray Train starts the
+    workers (a local Ray), gloo between them. Without -q, stdout is dlc's own (the run and its
+    metrics), and rank 0's epoch lines reach stderr once each, unprefixed (Ray forwarded them
+    as `(RayTrainWorker pid=...) epoch ...`, twice: its print patch logs them again)."""
     pytest.importorskip("ray.train")
-    common = ["--epochs", "2", "--set", "data.split.val=0", "-q"]
-    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--workers", "2",
-                "--set", "train.batch_size=8", *common, timeout=180)
+    common = ["--epochs", "2", "--set", "data.split.val=0"]
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--set",
+                "train.distributed={workers: 2}", "--set", "train.batch_size=8", *common,
+                timeout=180)
     assert r.code == 0, r
-    assert "run: " in r.out and (tmp_path / "two" / "model.onnx").is_file()
+    assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["workers"] == 2
+    epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
+    assert [line.split()[:2] for line in epochs] == [["epoch", "1/2"], ["epoch", "2/2"]], r.err
     r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",
-                "--set", "train.batch_size=16", *common)
+                "--set", "train.batch_size=16", *common, "-q")
     assert r.code == 0, r
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in a:
@@ -218,15 +226,17 @@ def ray_workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     """`dlc train --workers 2` (Ray Train): rank 1's process killed mid-run ends the run in one
-    line with the checkpoint to resume from, within a timeout (a hang fails the test)."""
+    line with the checkpoint to resume from, within a timeout (a hang fails the test). Without
+    -q, in jsonl: stdout holds rank 0's epoch events, relayed unprefixed, and nothing of Ray's
+    (its driver printed the dead worker's paragraph there)."""
     pytest.importorskip("ray.train")
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(  # its own session: a hung Ray is killed as a group below
         [sys.executable, "-m", "dlc", "train", str(SPECS / "iris.yaml"), "--workers", "2",
-         "--out", str(run), "--epochs", "100000", "--set", "data.split.val=0", "-q"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+         "--out", str(run), "--epochs", "100000", "--set", "data.split.val=0",
+         "--log-format", "jsonl"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240  # Ray's start takes most of it
         while not epoch_of(run / "checkpoint.npz"):
@@ -241,14 +251,17 @@ def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path)
         if proc.poll() is None:  # hung: fail, leaving no Ray behind
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 1 and out == "", (out, err)
-    print(err)
+    assert proc.returncode == 1, (out, err)
+    events = [json.loads(line) for line in out.splitlines()]  # every line one JSON object
+    assert events and {e["event"] for e in events} == {"epoch"}, out[-2000:]
+    last = err.strip().splitlines()[-1]
+    print(last)
     found = re.fullmatch(r"error: data-parallel training failed: worker 1 of 2 died \(its "
                          r"process ended\); checkpoint.npz holds epoch (\d+); resume with: "
-                         rf"dlc train --resume {re.escape(str(run))}\n", err)
-    assert found, err
+                         rf"dlc train --resume {re.escape(str(run))}", last)
+    assert found, err[-3000:]
     epoch = int(found.group(1))
-    assert epoch_of(run / "checkpoint.npz") == epoch
+    assert epoch_of(run / "checkpoint.npz") == epoch and events[-1]["epoch"] >= epoch
     r = torchrun("train", "--resume", run, "--epochs", epoch + 1, "-q")
     assert r.returncode == 0, r.stderr[-3000:]
     assert epoch_of(run / "checkpoint.npz") == epoch + 1
@@ -301,8 +314,6 @@ def test_one_worker_step_is_the_fused_step_and_reduces_onnxruntime_memory_in_pla
 def test_the_prepared_gpu_check_runs_its_comparison_on_cpu():
     """bench/distributed_gpu.py, the check a session with a GPU runs, does its comparison and
     zero-copy check on the CPU too (gloo), so it is known to work before a GPU is lent."""
-    import json
-
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed_gpu.py"), "--device",
                            "cpu", "--steps", "3", "--batch", "16"], capture_output=True,

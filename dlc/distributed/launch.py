@@ -1,6 +1,7 @@
 """`dlc train SPEC --workers N`: Ray Train starts N workers (TorchConfig sets up their
 torch.distributed process group: gloo on CPU; with --gpus-per-worker NCCL for GPU memory and
-gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder.
+gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder;
+the workers' output comes back through dlc.distributed.relay, Ray's own on stderr.
 
 Workers may start elsewhere (a Ray cluster: --address), so every path they get is absolute and
 the run folder is chosen here, before they start. dlc's own source folder travels on
@@ -15,11 +16,13 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import dlc
 from dlc.distributed.collective import BACKEND, TIMEOUT_S
+from dlc.distributed.relay import Relay, relayed
 from dlc.distributed.run import worker
 from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
@@ -29,8 +32,10 @@ MISSING = "--workers needs Ray Train and torch: pip install 'dlc[distributed]'"
 
 
 def _loop(config: dict) -> None:
-    """One Ray Train worker (its process group is up: TorchConfig)."""
-    worker(**config)
+    """One Ray Train worker (its process group is up: TorchConfig); its output relayed."""
+    config = dict(config)
+    with relayed(config.pop("relay")):
+        worker(**config)
 
 
 def launch(spec: str | None, overrides: list, out: str | None, force: bool,
@@ -50,23 +55,33 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
               "out": str(path), "force": force,
               "resume": resume and str(path), "options": options}
     source = str(Path(dlc.__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # a worker's print: not into Ray's log too
     scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
              include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
     try:
-        trainer = _trainer(config, workers, gpus_per_worker, scratch)
-        # Ray's driver prints a dead worker's report on stdout, log_to_driver or not: -q hides it
-        hushed = contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
-            contextlib.nullcontext()
-        with hushed:
-            trainer.fit()
+        _fit(ray, config, workers, gpus_per_worker, scratch)
     except Exception as e:
         raise _failure(e, path, workers) from None
     finally:
-        ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str) -> None:
+    """Run the workers, their output relayed to this process's stdout and stderr; what Ray's
+    driver prints on stdout itself (a dead worker's paragraph) goes to stderr (nowhere with -q),
+    so that stdout is dlc's own output; then Ray is shut down."""
+    streams, relay = (sys.stdout, sys.stderr), None
+    with contextlib.redirect_stdout(io.StringIO() if config["options"]["quiet"] else sys.stderr):
+        try:
+            relay = Relay(*streams)
+            _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch).fit()
+        finally:
+            if relay is not None:
+                relay.close()
+            ray.shutdown()  # inside the redirect: it prints the workers' last forwarded lines
 
 
 def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
