@@ -43,13 +43,17 @@ def weights(run) -> dict[str, np.ndarray]:
 SGD = ["--set", "train.optimizer={type: momentum, lr: 0.05}"]  # scale-sensitive, unlike Adam
 # uneven class weights: the weighted mean's normaliser differs between the workers' rows
 WEIGHTED = [*SGD, "--set", "task.class_weights=[0.2, 5, 1, 3, 0.5, 2, 1, 4, 0.3, 1.5]"]
+# global-norm clipping, active (test_split_step: digits MLP norms > 0.05): the averaged
+# gradient's norm, not each worker's, decides the scale
+CLIPPED = [*SGD, "--set", "train.clip_norm=0.05"]
 
 
 @needs_torch
 @pytest.mark.parametrize("spec,batch,options", [("digits_mlp.yaml", 64, []),
                                                 ("digits_cnn.yaml", 32, SGD),
-                                                ("digits_mlp.yaml", 64, WEIGHTED)],
-                         ids=["mlp", "cnn", "mlp-class-weights"])
+                                                ("digits_mlp.yaml", 64, WEIGHTED),
+                                                ("digits_mlp.yaml", 64, CLIPPED)],
+                         ids=["mlp", "cnn", "mlp-class-weights", "mlp-clipped"])
 def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, options):
     common = ["--epochs", "1", "--set", "data.split.val=0", "-q", *options]
     two = torchrun("train", SPECS / spec, "--out", tmp_path / "two", *common,
@@ -109,16 +113,21 @@ def test_ray_train_workers_equal_one_process(tmp_path):
         assert np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name]) < 1e-5, name
 
 
-def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
-    """`dlc ARGS` as torchrun-style processes started here (RANK, WORLD_SIZE, MASTER_*), so
-    that the test knows each worker's pid."""
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+SLURM = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")  # srun's names for the same
+
+
+def start_workers(args, workers: int = 2, names=TORCHRUN) -> list[subprocess.Popen]:
+    """`dlc ARGS` as processes started here with a launcher's environment (torchrun's or
+    SLURM's `names` for rank, world size and local rank; MASTER_ADDR/PORT), so that the test
+    knows each worker's pid."""
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
     for rank in range(workers):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
-               "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+               **dict(zip(names, (str(rank), str(workers), str(rank)))),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
         procs.append(subprocess.Popen([sys.executable, "-m", "dlc", *map(str, args)], env=env,
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -130,7 +139,7 @@ def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
 def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     run = tmp_path / "run"
     rank0, rank1 = start_workers(["train", SPECS / "digits_cnn.yaml", "--out", run, "--epochs",
-                                  "30", "--set", "data.split.val=0", "-q"], run)
+                                  "30", "--set", "data.split.val=0", "-q"])
     deadline = time.monotonic() + 60
     while not epoch_of(run / "checkpoint.npz"):
         assert time.monotonic() < deadline and rank0.poll() is None, rank0.communicate()
@@ -160,12 +169,18 @@ def test_train_distributed_in_the_spec_is_checked_and_read(cli, tmp_path):
 
 
 @needs_torch
-def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
+@pytest.mark.parametrize("names", [TORCHRUN, SLURM], ids=["torchrun", "slurm"])
+def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path,
+                                                                   names):
+    """Several workers by the environment (torchrun's or SLURM's names: an `sbatch --ntasks 2`
+    script running dlc once sets SLURM_NTASKS) but no MASTER_ADDR: one line naming what said so."""
+    for name in (*TORCHRUN, *SLURM, "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(names[1], "2")
+    monkeypatch.setenv(names[0], "0")
     r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q")
     assert r.code == 1 and "export MASTER_ADDR and MASTER_PORT" in r.err, r
+    assert f"{names[1]}=2 makes this one of several workers" in r.err, r
     assert len(r.err.strip().splitlines()) == 1, r
 
 

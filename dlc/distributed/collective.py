@@ -88,12 +88,14 @@ def join() -> Collective:
     dist = optional_module("torch.distributed", MISSING, "data-parallel training")
     owned = not dist.is_initialized()
     if owned:
+        if "MASTER_ADDR" not in os.environ:  # e.g. srun without it, or sbatch --ntasks N alone
+            found = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else "SLURM_NTASKS"
+            raise DlcError(f"{found}={os.environ.get(found)} makes this one of several workers "
+                           "but MASTER_ADDR is not set: export MASTER_ADDR and MASTER_PORT "
+                           "(rank 0's host and a free port) for every worker")
         for name, slurm in SLURM.items():
             if name not in os.environ and slurm in os.environ:
                 os.environ[name] = os.environ[slurm]
-        if "MASTER_ADDR" not in os.environ:
-            raise DlcError("WORLD_SIZE is set but MASTER_ADDR is not: export MASTER_ADDR and "
-                           "MASTER_PORT (rank 0's host and a free port) for every worker")
         dist.init_process_group(BACKEND if torch.cuda.is_available() else "gloo",
                                 init_method="env://",
                                 timeout=datetime.timedelta(seconds=TIMEOUT_S))
