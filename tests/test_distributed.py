@@ -91,26 +91,46 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
 
 @needs_torch
 def test_ray_train_workers_equal_one_process(tmp_path):
-    """`train.distributed: {workers: 2}` in the spec, as `--workers 2`: Ray Train starts the
-    workers (a local Ray), gloo between them. Without -q, stdout is dlc's own (the run and its
-    metrics), and rank 0's epoch lines reach stderr once each, unprefixed (Ray forwarded them
-    as `(RayTrainWorker pid=...) epoch ...`, twice: its print patch logs them again)."""
+    """`train.distributed: {workers: 3}` in the spec, as `--workers 3`: Ray Train starts the
+    workers (a local Ray, with a CPU slot for each even on 2 cores: it waited for a 3rd CPU
+    before), gloo between them. Without -q, stdout is dlc's own (the run and its metrics),
+    and rank 0's epoch lines reach stderr once each, unprefixed (Ray forwarded them as
+    `(RayTrainWorker pid=...) epoch ...`, twice: its print patch logs them again)."""
     pytest.importorskip("ray.train")
     common = ["--epochs", "2", "--set", "data.split.val=0"]
-    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--set",
-                "train.distributed={workers: 2}", "--set", "train.batch_size=8", *common,
-                timeout=180)
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "three", "--set",
+                "train.distributed={workers: 3}", "--set", "train.batch_size=8", *common,
+                timeout=240)
     assert r.code == 0, r
     assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["workers"] == 2
+    assert json.loads((tmp_path / "three" / "run.json").read_text())["workers"] == 3
     epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
     assert [line.split()[:2] for line in epochs] == [["epoch", "1/2"], ["epoch", "2/2"]], r.err
     r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",
-                "--set", "train.batch_size=16", *common, "-q")
+                "--set", "train.batch_size=24", *common, "-q")
     assert r.code == 0, r
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
     for name in a:
         assert np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name]) < 1e-5, name
+
+
+@needs_torch
+def test_ray_launch_refuses_what_it_cannot_run_before_it_waits(cli, tmp_path):
+    """Before any worker starts, one line: a resume with another worker count than the run's
+    (Ray would start them all to say so), and more GPUs than this machine's Ray has (Ray Train
+    would wait for them for ever)."""
+    pytest.importorskip("ray.train")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"workers": 2}')
+    r = cli("train", "--resume", run, "--workers", "3")
+    assert r.code == 1 and "trained with 2 worker(s)" in r.err and "--workers 2," in r.err, r
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "gpus", "--workers", "2",
+                "--gpus-per-worker", "64", "-q", timeout=180)
+    assert r.code == 1, r
+    assert r.err.startswith("error: data-parallel training failed: --workers 2 "
+                            "--gpus-per-worker 64 needs 128 GPUs; this machine's Ray has "), r
+    assert len(r.err.strip().splitlines()) == 1, r
 
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

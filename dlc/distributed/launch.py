@@ -23,7 +23,7 @@ from pathlib import Path
 import dlc
 from dlc.distributed.collective import BACKEND, TIMEOUT_S
 from dlc.distributed.relay import Relay, relayed
-from dlc.distributed.run import worker
+from dlc.distributed.run import check_workers, worker
 from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
 from dlc.train.run import WorkerLost, resume_hint
@@ -47,6 +47,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     ray = optional_module("ray", MISSING, "--workers")
     if resume is not None:
         path = Path(resume).resolve()
+        check_workers(path, workers)  # here, before Ray starts N workers to say it
     else:
         path = rundir.create(out, Path(spec).stem).resolve()
     if gpus_per_worker and options["device"] is None:  # the GPU Ray gives each worker
@@ -58,10 +59,14 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # a worker's print: not into Ray's log too
     scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
+    local = address is None and "RAY_ADDRESS" not in os.environ  # a Ray of our own, here
+    # a CPU slot per worker, as torchrun gives N processes whatever the cores (3 workers on a
+    # 2-core machine: Ray Train waited for a 3rd CPU, timed out at 60 s and waited again)
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
-             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
+             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR,
+             num_cpus=max(workers, os.cpu_count() or 1) if local else None)
     try:
-        _fit(ray, config, workers, gpus_per_worker, scratch)
+        _fit(ray, config, workers, gpus_per_worker, scratch, local)
     except Exception as e:
         raise _failure(e, path, workers) from None
     finally:
@@ -69,19 +74,31 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     return path
 
 
-def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str) -> None:
+def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
+         local: bool) -> None:
     """Run the workers, their output relayed to this process's stdout and stderr; what Ray's
     driver prints on stdout itself (a dead worker's paragraph) goes to stderr (nowhere with -q),
     so that stdout is dlc's own output; then Ray is shut down."""
     streams, relay = (sys.stdout, sys.stderr), None
     with contextlib.redirect_stdout(io.StringIO() if config["options"]["quiet"] else sys.stderr):
         try:
+            if local:
+                _check_gpus(ray, workers, gpus_per_worker)
             relay = Relay(*streams)
             _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch).fit()
         finally:
             if relay is not None:
                 relay.close()
             ray.shutdown()  # inside the redirect: it prints the workers' last forwarded lines
+
+
+def _check_gpus(ray, workers: int, gpus_per_worker: float) -> None:
+    """This machine's Ray has the GPUs asked for, or one line says so (Ray Train would wait for
+    them for ever; a cluster's autoscaler may add them, so only a local Ray is checked)."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if workers * gpus_per_worker > have:
+        raise DlcError(f"--workers {workers} --gpus-per-worker {gpus_per_worker:g} needs "
+                       f"{workers * gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
 
 
 def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
