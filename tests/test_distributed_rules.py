@@ -1,13 +1,15 @@
 """The rules of a data-parallel run that the doubled-batch equality alone does not show, each on
 2 workers through the real CLI: a divergence caused by one worker's rows is decided on every
 worker alike, batchnorm statistics are the workers' average at checkpoints (here under SLURM's
-environment), and `train.distributed` in the spec launches as the flags do."""
+environment), `train.distributed` in the spec launches as the flags do, and a resume as its
+run was launched."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import pytest
 from conftest import SPECS, run_dlc
 from test_distributed import SLURM, needs_torch, start_workers, torchrun, weights
 
@@ -75,18 +77,26 @@ def test_batchnorm_statistics_are_the_workers_average_under_slurm(tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5)
 
 
-def test_the_spec_section_launches_as_the_flags_do(cli, monkeypatch, tmp_path):
-    """`train.distributed: {workers, address, gpus_per_worker}` hands Ray Train's launch the
-    same arguments as `--workers --address --gpus-per-worker`; a flag overrides the section
-    (`--workers 1`: one process, no launch)."""
+@pytest.fixture
+def launches(monkeypatch, tmp_path):
+    """Ray Train's launch replaced by a stub that records its arguments: (the calls, the run
+    folder the stub returns, its summary.json empty)."""
     import dlc.distributed.launch
 
     calls, done = [], tmp_path / "done"
     done.mkdir()
-    (done / "summary.json").write_text("{}")  # what the stub's run ended with
+    (done / "summary.json").write_text("{}")
     monkeypatch.setattr(dlc.distributed.launch, "launch", lambda *args: calls.append(args) or done)
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):  # not under a launcher
         monkeypatch.delenv(name, raising=False)
+    return calls, done
+
+
+def test_the_spec_section_launches_as_the_flags_do(cli, launches, tmp_path):
+    """`train.distributed: {workers, address, gpus_per_worker}` hands Ray Train's launch the
+    same arguments as `--workers --address --gpus-per-worker`; a flag overrides the section
+    (`--workers 1`: one process, no launch)."""
+    calls, done = launches
     out = ["--out", tmp_path / "run", "-q"]
     section = "train.distributed={workers: 3, address: 'ray://head:10001', gpus_per_worker: 1}"
     for args in (["--set", section], ["--workers", "3", "--address", "ray://head:10001",
@@ -100,3 +110,17 @@ def test_the_spec_section_launches_as_the_flags_do(cli, monkeypatch, tmp_path):
     r = cli("train", SPECS / "iris.yaml", *out, "--set", section, "--workers", "1",
             "--epochs", "1")
     assert r.code == 0 and len(calls) == 2, r
+
+
+def test_a_resume_is_launched_as_its_run_was(cli, launches, tmp_path):
+    """`dlc train --resume DIR` of a Ray run: the worker count, Ray's address and the GPUs per
+    worker from run.json (a resumed cluster or GPU run went to a local Ray on CPUs: only the
+    count was kept); a flag still overrides them."""
+    calls, _ = launches
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"workers": 2, "address": "ray://head:10001", '
+                                  '"gpus_per_worker": 1}')
+    assert cli("train", "--resume", run).code == 0
+    assert cli("train", "--resume", run, "--address", "auto").code == 0
+    assert [c[-3:] for c in calls] == [(2, "ray://head:10001", 1), (2, "auto", 1)], calls

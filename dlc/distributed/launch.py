@@ -53,8 +53,9 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     if gpus_per_worker and options["device"] is None:  # the GPU Ray gives each worker
         options = {**options, "device": "cuda"}
     config = {"spec_file": spec and str(Path(spec).resolve()), "overrides": list(overrides),
-              "out": str(path), "force": force,
-              "resume": resume and str(path), "options": options}
+              "out": str(path), "force": force, "resume": resume and str(path),
+              "options": options,
+              "launch": {"address": address, "gpus_per_worker": gpus_per_worker}}
     source = str(Path(dlc.__file__).resolve().parent.parent)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # a worker's print: not into Ray's log too
