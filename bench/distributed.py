@@ -113,7 +113,7 @@ def child(model: str, steps: int, warmup: int, fused: bool) -> dict:
             "params": step.total, "wire_bytes": wire}
 
 
-def steps(model: str, a) -> int:
+def timed_steps(model: str, a) -> int:
     """Timed steps: --steps, else half the suite's for the model."""
     return a.steps or max(1, MODELS[model][2] // 2)
 
@@ -125,8 +125,8 @@ def commands(model: str, workers: int, a, fused: bool) -> list[tuple[dict, list[
         port = s.getsockname()[1]
     return [({"RANK": str(rank), "WORLD_SIZE": str(workers), "MASTER_ADDR": "127.0.0.1",
               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"},
-             [sys.executable, __file__, "--child", model, str(steps(model, a)), str(a.warmup),
-              "fused" if fused else "split"]) for rank in range(workers)]
+             [sys.executable, __file__, "--child", model, str(timed_steps(model, a)),
+              str(a.warmup), "fused" if fused else "split"]) for rank in range(workers)]
 
 
 def spawn(model: str, workers: int, a, fused: bool) -> dict:
@@ -147,7 +147,8 @@ def spawn(model: str, workers: int, a, fused: bool) -> dict:
 
 def measure(model: str, a) -> dict:
     """The fused step and each worker count of one model; efficiency against 1 worker."""
-    row = {"what": MODELS[model][0], "steps": steps(model, a), "fused": spawn(model, 1, a, True)}
+    row = {"what": MODELS[model][0], "steps": timed_steps(model, a),
+           "fused": spawn(model, 1, a, True)}
     for n in a.workers:
         row[n] = spawn(model, n, a, False)
         base = row[1]["samples_per_s"] if 1 in row else None
