@@ -399,3 +399,22 @@ def test_a_worker_ends_the_process_group_it_started_and_only_that(monkeypatch):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+def test_the_relay_carries_whole_lines_in_order():
+    """A worker's stream in the relay (dlc.distributed.relay.Lines): print's pieces travel as
+    whole lines, in order, with the stream they were written to; a line not yet ended waits."""
+    from dlc.distributed.relay import Lines
+
+    class Queue(list):
+        put = list.append
+
+    queue = Queue()
+    out, err = Lines(queue, "out"), Lines(queue, "err")
+    print('{"event": "epoch"', end="", file=out)
+    print("epoch 1/2  train_loss 0.5", file=err)
+    assert queue == [("err", "epoch 1/2  train_loss 0.5\n")]
+    print(', "epoch": 1}\n{"event": "end"}', file=out)
+    print("half", end="", file=err)
+    assert queue[1:] == [("out", '{"event": "epoch", "epoch": 1}\n'),
+                         ("out", '{"event": "end"}\n')]  # "half" waits for its end
