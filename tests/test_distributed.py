@@ -103,6 +103,7 @@ def test_ray_train_workers_equal_one_process(tmp_path):
                 timeout=240)
     assert r.code == 0, r
     assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
+    assert (tmp_path / "three" / "model.onnx").is_file()  # rank 0 wrote the run folder
     info = json.loads((tmp_path / "three" / "run.json").read_text())  # what a resume reuses
     assert (info["workers"], info["address"], info["gpus_per_worker"]) == (3, None, 0), info
     epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
