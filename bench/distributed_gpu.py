@@ -22,9 +22,21 @@ import sys
 import time
 
 from _common import ROOT
-from distributed import Timed, feeds
+from distributed import Timed
 
 TOLERANCE = 1e-5
+
+
+def feeds(net, n: int, rng) -> dict:
+    """A random batch of n rows of the spec's input shape and classes, lr and step."""
+    import numpy as np
+
+    from dlc.train.step import target_spec
+
+    (shape, _), head = next(iter(net.inputs.values())), net.heads[0]
+    return {"x": rng.standard_normal((n, *shape)).astype(np.float32),
+            "y": rng.integers(0, head.shape[-1], n).astype(target_spec(head)[0]),
+            "lr": np.array(1e-3, np.float32), "step": np.array(1, np.float32)}
 
 
 def steppers(spec: str, device: str):

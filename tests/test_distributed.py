@@ -5,6 +5,7 @@ like one process with batch 2B: same shuffles, same updates up to summation orde
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -42,13 +43,17 @@ def weights(run) -> dict[str, np.ndarray]:
 SGD = ["--set", "train.optimizer={type: momentum, lr: 0.05}"]  # scale-sensitive, unlike Adam
 # uneven class weights: the weighted mean's normaliser differs between the workers' rows
 WEIGHTED = [*SGD, "--set", "task.class_weights=[0.2, 5, 1, 3, 0.5, 2, 1, 4, 0.3, 1.5]"]
+# global-norm clipping, active (test_split_step: digits MLP norms > 0.05): the averaged
+# gradient's norm, not each worker's, decides the scale
+CLIPPED = [*SGD, "--set", "train.clip_norm=0.05"]
 
 
 @needs_torch
 @pytest.mark.parametrize("spec,batch,options", [("digits_mlp.yaml", 64, []),
                                                 ("digits_cnn.yaml", 32, SGD),
-                                                ("digits_mlp.yaml", 64, WEIGHTED)],
-                         ids=["mlp", "cnn", "mlp-class-weights"])
+                                                ("digits_mlp.yaml", 64, WEIGHTED),
+                                                ("digits_mlp.yaml", 64, CLIPPED)],
+                         ids=["mlp", "cnn", "mlp-class-weights", "mlp-clipped"])
 def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, batch, options):
     common = ["--epochs", "1", "--set", "data.split.val=0", "-q", *options]
     two = torchrun("train", SPECS / spec, "--out", tmp_path / "two", *common,
@@ -64,6 +69,12 @@ def test_two_workers_equal_one_process_with_the_doubled_batch(tmp_path, spec, ba
         error = np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name])
         print(f"{spec} {name}: relative error {error:.3g}")
         assert error < 1e-5, f"{name}: relative error {error:.3g}"
+    # rank 0's metrics are the whole global batch's: every worker's loss in the sum (rank 1's
+    # once landed beside its slot, leaving stale memory in the loss: 1e24 now and then)
+    one, two = (np.genfromtxt(tmp_path / run / "metrics.csv", delimiter=",", names=True)
+                for run in ("one", "two"))
+    for column in ("train_loss", "train_accuracy"):
+        np.testing.assert_allclose(two[column], one[column], rtol=1e-5, err_msg=column)
 
 
 @needs_torch
@@ -80,31 +91,65 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
 
 @needs_torch
 def test_ray_train_workers_equal_one_process(tmp_path):
-    """`dlc train --workers 2`: Ray Train starts the workers (a local Ray), gloo between them."""
+    """`train.distributed: {workers: 3}` in the spec, as `--workers 3`: Ray Train starts the
+    workers (a local Ray, with a CPU slot for each even on 2 cores: it waited for a 3rd CPU
+    before), gloo between them. Without -q, stdout is dlc's own (the run and its metrics),
+    and rank 0's epoch lines reach stderr once each, unprefixed (Ray forwarded them as
+    `(RayTrainWorker pid=...) epoch ...`, twice: its print patch logs them again)."""
     pytest.importorskip("ray.train")
-    common = ["--epochs", "2", "--set", "data.split.val=0", "-q"]
-    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "two", "--workers", "2",
-                "--set", "train.batch_size=8", *common, timeout=180)
+    common = ["--epochs", "2", "--set", "data.split.val=0"]
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "three", "--set",
+                "train.distributed={workers: 3}", "--set", "train.batch_size=8", *common,
+                timeout=240)
     assert r.code == 0, r
-    assert "run: " in r.out and (tmp_path / "two" / "model.onnx").is_file()
+    assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
+    assert (tmp_path / "three" / "model.onnx").is_file()  # rank 0 wrote the run folder
+    info = json.loads((tmp_path / "three" / "run.json").read_text())  # what a resume reuses
+    assert (info["workers"], info["address"], info["gpus_per_worker"]) == (3, None, 0), info
+    epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
+    assert [line.split()[:2] for line in epochs] == [["epoch", "1/2"], ["epoch", "2/2"]], r.err
     r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",
-                "--set", "train.batch_size=16", *common)
+                "--set", "train.batch_size=24", *common, "-q")
     assert r.code == 0, r
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
     for name in a:
         assert np.linalg.norm(a[name] - b[name]) / np.linalg.norm(a[name]) < 1e-5, name
 
 
-def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
-    """`dlc ARGS` as torchrun-style processes started here (RANK, WORLD_SIZE, MASTER_*), so
-    that the test knows each worker's pid."""
+@needs_torch
+def test_ray_launch_refuses_what_it_cannot_run_before_it_waits(cli, tmp_path):
+    """Before any worker starts, one line: a resume with another worker count than the run's
+    (Ray would start them all to say so), and more GPUs than this machine's Ray has (Ray Train
+    would wait for them for ever)."""
+    pytest.importorskip("ray.train")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"workers": 2}')
+    r = cli("train", "--resume", run, "--workers", "3")
+    assert r.code == 1 and "trained with 2 worker(s)" in r.err and "--workers 2," in r.err, r
+    r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "gpus", "--workers", "2",
+                "--gpus-per-worker", "64", "-q", timeout=180)
+    assert r.code == 1, r
+    assert r.err.startswith("error: data-parallel training failed: --workers 2 "
+                            "--gpus-per-worker 64 needs 128 GPUs; this machine's Ray has "), r
+    assert len(r.err.strip().splitlines()) == 1, r
+
+
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+SLURM = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")  # srun's names for the same
+
+
+def start_workers(args, workers: int = 2, names=TORCHRUN) -> list[subprocess.Popen]:
+    """`dlc ARGS` as processes started here with a launcher's environment (torchrun's or
+    SLURM's `names` for rank, world size and local rank; MASTER_ADDR/PORT), so that the test
+    knows each worker's pid."""
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
     for rank in range(workers):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
-               "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+               **dict(zip(names, (str(rank), str(workers), str(rank)))),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
         procs.append(subprocess.Popen([sys.executable, "-m", "dlc", *map(str, args)], env=env,
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -116,7 +161,7 @@ def start_workers(args, out, workers: int = 2) -> list[subprocess.Popen]:
 def test_killing_a_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     run = tmp_path / "run"
     rank0, rank1 = start_workers(["train", SPECS / "digits_cnn.yaml", "--out", run, "--epochs",
-                                  "30", "--set", "data.split.val=0", "-q"], run)
+                                  "30", "--set", "data.split.val=0", "-q"])
     deadline = time.monotonic() + 60
     while not epoch_of(run / "checkpoint.npz"):
         assert time.monotonic() < deadline and rank0.poll() is None, rank0.communicate()
@@ -146,12 +191,18 @@ def test_train_distributed_in_the_spec_is_checked_and_read(cli, tmp_path):
 
 
 @needs_torch
-def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
+@pytest.mark.parametrize("names", [TORCHRUN, SLURM], ids=["torchrun", "slurm"])
+def test_a_launcher_environment_without_master_address_is_one_line(cli, monkeypatch, tmp_path,
+                                                                   names):
+    """Several workers by the environment (torchrun's or SLURM's names: an `sbatch --ntasks 2`
+    script running dlc once sets SLURM_NTASKS) but no MASTER_ADDR: one line naming what said so."""
+    for name in (*TORCHRUN, *SLURM, "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(names[1], "2")
+    monkeypatch.setenv(names[0], "0")
     r = cli("train", SPECS / "iris.yaml", "--out", tmp_path / "run", "-q")
     assert r.code == 1 and "export MASTER_ADDR and MASTER_PORT" in r.err, r
+    assert f"{names[1]}=2 makes this one of several workers" in r.err, r
     assert len(r.err.strip().splitlines()) == 1, r
 
 
@@ -212,15 +263,17 @@ def ray_workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path):
     """`dlc train --workers 2` (Ray Train): rank 1's process killed mid-run ends the run in one
-    line with the checkpoint to resume from, within a timeout (a hang fails the test)."""
+    line with the checkpoint to resume from, within a timeout (a hang fails the test). Without
+    -q, in jsonl: stdout holds rank 0's epoch events, relayed unprefixed, and nothing of Ray's
+    (its driver printed the dead worker's paragraph there)."""
     pytest.importorskip("ray.train")
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(  # its own session: a hung Ray is killed as a group below
         [sys.executable, "-m", "dlc", "train", str(SPECS / "iris.yaml"), "--workers", "2",
-         "--out", str(run), "--epochs", "100000", "--set", "data.split.val=0", "-q"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+         "--out", str(run), "--epochs", "100000", "--set", "data.split.val=0",
+         "--log-format", "jsonl"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240  # Ray's start takes most of it
         while not epoch_of(run / "checkpoint.npz"):
@@ -235,14 +288,17 @@ def test_killing_a_ray_worker_ends_the_run_with_a_resumable_checkpoint(tmp_path)
         if proc.poll() is None:  # hung: fail, leaving no Ray behind
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 1 and out == "", (out, err)
-    print(err)
+    assert proc.returncode == 1, (out, err)
+    events = [json.loads(line) for line in out.splitlines()]  # every line one JSON object
+    assert events and {e["event"] for e in events} == {"epoch"}, out[-2000:]
+    last = err.strip().splitlines()[-1]
+    print(last)
     found = re.fullmatch(r"error: data-parallel training failed: worker 1 of 2 died \(its "
                          r"process ended\); checkpoint.npz holds epoch (\d+); resume with: "
-                         rf"dlc train --resume {re.escape(str(run))}\n", err)
-    assert found, err
+                         rf"dlc train --resume {re.escape(str(run))}", last)
+    assert found, err[-3000:]
     epoch = int(found.group(1))
-    assert epoch_of(run / "checkpoint.npz") == epoch
+    assert epoch_of(run / "checkpoint.npz") == epoch and events[-1]["epoch"] >= epoch
     r = torchrun("train", "--resume", run, "--epochs", epoch + 1, "-q")
     assert r.returncode == 0, r.stderr[-3000:]
     assert epoch_of(run / "checkpoint.npz") == epoch + 1
@@ -295,8 +351,6 @@ def test_one_worker_step_is_the_fused_step_and_reduces_onnxruntime_memory_in_pla
 def test_the_prepared_gpu_check_runs_its_comparison_on_cpu():
     """bench/distributed_gpu.py, the check a session with a GPU runs, does its comparison and
     zero-copy check on the CPU too (gloo), so it is known to work before a GPU is lent."""
-    import json
-
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed_gpu.py"), "--device",
                            "cpu", "--steps", "3", "--batch", "16"], capture_output=True,
@@ -319,3 +373,49 @@ def test_a_worker_copies_a_run_folder_without_its_passing_hidden_files(tmp_path)
     (run / ".dlc-probe.x").symlink_to(tmp_path / "gone")  # listed, then unreadable
     copy_run(run, tmp_path / "copy")
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["checkpoint.npz"]
+
+
+@needs_torch
+def test_a_worker_ends_the_process_group_it_started_and_only_that(monkeypatch):
+    """join() under a torchrun/SLURM environment starts the process group, and close() ends it
+    (left to the interpreter's exit, gloo ended a finished worker with exit 134 now and then);
+    a launcher's group (Ray Train's TorchConfig) stays the launcher's."""
+    import torch.distributed as dist
+
+    from dlc.distributed.collective import join
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    comm = join()
+    assert dist.is_initialized() and comm.world == 1
+    comm.close()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        join().close()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_relay_carries_whole_lines_in_order():
+    """A worker's stream in the relay (dlc.distributed.relay.Lines): print's pieces travel as
+    whole lines, in order, with the stream they were written to; a line not yet ended waits."""
+    from dlc.distributed.relay import Lines
+
+    class Queue(list):
+        put = list.append
+
+    queue = Queue()
+    out, err = Lines(queue, "out"), Lines(queue, "err")
+    print('{"event": "epoch"', end="", file=out)
+    print("epoch 1/2  train_loss 0.5", file=err)
+    assert queue == [("err", "epoch 1/2  train_loss 0.5\n")]
+    print(', "epoch": 1}\n{"event": "end"}', file=out)
+    print("half", end="", file=err)
+    assert queue[1:] == [("out", '{"event": "epoch", "epoch": 1}\n'),
+                         ("out", '{"event": "end"}\n')]  # "half" waits for its end

@@ -49,13 +49,15 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
 
 
 def distributed_config(spec, resume: str | None) -> dict:
-    """train.distributed of the spec; for a resume, the worker count the run started with
-    (run.json `workers`, so that `--resume` alone continues it alike)."""
+    """train.distributed of the spec; for a resume, the worker count the run started with and
+    Ray's address and GPUs per worker it was launched with (run.json), so that `--resume`
+    alone continues it alike."""
     if resume is None:
         return spec.data["train"].get("distributed") or {}
     try:
         info = json.loads((Path(resume) / "run.json").read_text())
-        return {"workers": int(info.get("workers", 1))}
+        return {"workers": int(info.get("workers", 1)),
+                **{k: info[k] for k in ("address", "gpus_per_worker") if info.get(k)}}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}  # run.resume says what is wrong with the folder
 

@@ -31,13 +31,20 @@ class Collective:
     """Rank, world size and a sum all-reduce in place: of a torch tensor (on the CPU or a GPU,
     e.g. an OrtValue's memory seen through DLPack) or a float32 numpy array."""
 
-    def __init__(self, torch):
-        self.torch, self.dist = torch, torch.distributed
+    def __init__(self, torch, owned: bool = False):
+        self.torch, self.dist, self.owned = torch, torch.distributed, owned
         self.rank, self.world = self.dist.get_rank(), self.dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))  # torchrun, SLURM, Ray Train
         # torch only scales the wire between two onnxruntime runs: its OpenMP pool would fight
         # onnxruntime's still-spinning threads (a 85,002-float mul_ took 6-11 ms, not 0.04)
         torch.set_num_threads(1)
+
+    def close(self) -> None:
+        """End the process group that `join` started (a launcher's is the launcher's to end):
+        left to the interpreter's exit, gloo's threads ended a finished worker with
+        "terminate called without an active exception" (exit 134) now and then."""
+        if self.owned and self.dist.is_initialized():
+            self.dist.destroy_process_group()
 
     def all_reduce(self, value):
         """Sum `value` (a tensor, or a contiguous float32 array) over the workers, in place."""
@@ -79,14 +86,17 @@ def join() -> Collective:
     torchrun/SLURM environment."""
     torch = optional_module("torch", MISSING, "data-parallel training")
     dist = optional_module("torch.distributed", MISSING, "data-parallel training")
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
+        if "MASTER_ADDR" not in os.environ:  # e.g. srun without it, or sbatch --ntasks N alone
+            found = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else "SLURM_NTASKS"
+            raise DlcError(f"{found}={os.environ.get(found)} makes this one of several workers "
+                           "but MASTER_ADDR is not set: export MASTER_ADDR and MASTER_PORT "
+                           "(rank 0's host and a free port) for every worker")
         for name, slurm in SLURM.items():
             if name not in os.environ and slurm in os.environ:
                 os.environ[name] = os.environ[slurm]
-        if "MASTER_ADDR" not in os.environ:
-            raise DlcError("WORLD_SIZE is set but MASTER_ADDR is not: export MASTER_ADDR and "
-                           "MASTER_PORT (rank 0's host and a free port) for every worker")
         dist.init_process_group(BACKEND if torch.cuda.is_available() else "gloo",
                                 init_method="env://",
                                 timeout=datetime.timedelta(seconds=TIMEOUT_S))
-    return Collective(torch)
+    return Collective(torch, owned)

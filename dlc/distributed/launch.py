@@ -1,6 +1,7 @@
 """`dlc train SPEC --workers N`: Ray Train starts N workers (TorchConfig sets up their
 torch.distributed process group: gloo on CPU; with --gpus-per-worker NCCL for GPU memory and
-gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder.
+gloo for host arrays), each runs dlc.distributed.run.worker; rank 0 writes the run folder;
+the workers' output comes back through dlc.distributed.relay, Ray's own on stderr.
 
 Workers may start elsewhere (a Ray cluster: --address), so every path they get is absolute and
 the run folder is chosen here, before they start. dlc's own source folder travels on
@@ -15,12 +16,14 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import dlc
 from dlc.distributed.collective import BACKEND, TIMEOUT_S
-from dlc.distributed.run import worker
+from dlc.distributed.relay import Relay, relayed
+from dlc.distributed.run import check_workers, worker
 from dlc.errors import DlcError, optional_module
 from dlc.train import rundir
 from dlc.train.run import WorkerLost, resume_hint
@@ -29,8 +32,10 @@ MISSING = "--workers needs Ray Train and torch: pip install 'dlc[distributed]'"
 
 
 def _loop(config: dict) -> None:
-    """One Ray Train worker (its process group is up: TorchConfig)."""
-    worker(**config)
+    """One Ray Train worker (its process group is up: TorchConfig); its output relayed."""
+    config = dict(config)
+    with relayed(config.pop("relay")):
+        worker(**config)
 
 
 def launch(spec: str | None, overrides: list, out: str | None, force: bool,
@@ -42,31 +47,59 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     ray = optional_module("ray", MISSING, "--workers")
     if resume is not None:
         path = Path(resume).resolve()
+        check_workers(path, workers)  # here, before Ray starts N workers to say it
     else:
         path = rundir.create(out, Path(spec).stem).resolve()
     if gpus_per_worker and options["device"] is None:  # the GPU Ray gives each worker
         options = {**options, "device": "cuda"}
     config = {"spec_file": spec and str(Path(spec).resolve()), "overrides": list(overrides),
-              "out": str(path), "force": force,
-              "resume": resume and str(path), "options": options}
+              "out": str(path), "force": force, "resume": resume and str(path),
+              "options": options,
+              "launch": {"address": address, "gpus_per_worker": gpus_per_worker}}
     source = str(Path(dlc.__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # a worker's print: not into Ray's log too
     scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
+    local = address is None and "RAY_ADDRESS" not in os.environ  # a Ray of our own, here
+    # a CPU slot per worker, as torchrun gives N processes whatever the cores (3 workers on a
+    # 2-core machine: Ray Train waited for a 3rd CPU, timed out at 60 s and waited again)
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
-             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR)
+             include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR,
+             num_cpus=max(workers, os.cpu_count() or 1) if local else None)
     try:
-        trainer = _trainer(config, workers, gpus_per_worker, scratch)
-        # Ray's driver prints a dead worker's report on stdout, log_to_driver or not: -q hides it
-        hushed = contextlib.redirect_stdout(io.StringIO()) if options["quiet"] else \
-            contextlib.nullcontext()
-        with hushed:
-            trainer.fit()
+        _fit(ray, config, workers, gpus_per_worker, scratch, local)
     except Exception as e:
         raise _failure(e, path, workers) from None
     finally:
-        ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
+         local: bool) -> None:
+    """Run the workers, their output relayed to this process's stdout and stderr; what Ray's
+    driver prints on stdout itself (a dead worker's paragraph) goes to stderr (nowhere with -q),
+    so that stdout is dlc's own output; then Ray is shut down."""
+    streams, relay = (sys.stdout, sys.stderr), None
+    with contextlib.redirect_stdout(io.StringIO() if config["options"]["quiet"] else sys.stderr):
+        try:
+            if local:
+                _check_gpus(ray, workers, gpus_per_worker)
+            relay = Relay(*streams)
+            _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch).fit()
+        finally:
+            if relay is not None:
+                relay.close()
+            ray.shutdown()  # inside the redirect: it prints the workers' last forwarded lines
+
+
+def _check_gpus(ray, workers: int, gpus_per_worker: float) -> None:
+    """This machine's Ray has the GPUs asked for, or one line says so (Ray Train would wait for
+    them for ever; a cluster's autoscaler may add them, so only a local Ray is checked)."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if workers * gpus_per_worker > have:
+        raise DlcError(f"--workers {workers} --gpus-per-worker {gpus_per_worker:g} needs "
+                       f"{workers * gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
 
 
 def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):

@@ -41,10 +41,19 @@ def copy_run(run_dir: Path, to: Path) -> None:
 
 
 def worker(spec_file: str | None, overrides: list, out: str | None, force: bool,
-           resume: str | None, options: dict) -> Path | None:
-    """One worker's training (`options`: device, quiet, log_format); rank 0's run folder, or
-    None on the other ranks."""
+           resume: str | None, options: dict, launch: dict | None = None) -> Path | None:
+    """One worker's training (`options`: device, quiet, log_format; `launch`: Ray's address and
+    GPUs per worker, which run.json keeps beside the worker count for a resume); rank 0's run
+    folder, or None on the other ranks."""
     comm = join()
+    try:
+        return _train(comm, spec_file, overrides, out, force, resume, options, launch or {})
+    finally:
+        comm.close()
+
+
+def _train(comm, spec_file, overrides, out, force, resume, options, launch) -> Path | None:
+    """This worker's run: rank 0's in the run folder, the others' in a scratch copy."""
     cls = ParallelTrainer.factory(comm)
     if resume is not None:
         check_workers(Path(resume), comm.world)
@@ -52,7 +61,7 @@ def worker(spec_file: str | None, overrides: list, out: str | None, force: bool,
         if resume is not None:
             return run.resume(resume, overrides, trainer=cls, **options)
         return run.train(load_spec(spec_file, overrides), out, force, trainer=cls,
-                         info={"workers": comm.world}, **options)
+                         info={"workers": comm.world, **launch}, **options)
     scratch = Path(tempfile.mkdtemp(prefix=f"dlc-rank{comm.rank}-"))
     try:
         quiet = {**options, "quiet": True}

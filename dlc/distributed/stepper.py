@@ -62,8 +62,9 @@ class Wire:
         self.tensor, self.comm = comm.view(self.value), comm
 
     def pointer(self, name: str, first_row: int = 0) -> int:
-        """The address of `name`'s part, from row `first_row` of a logits block."""
-        row = math.prod(self.shapes[name][1:])
+        """The address of `name`'s part, from row `first_row` of a logits block (a loss is one
+        number whatever the rows: every worker's sits at the same place, to be summed)."""
+        row = math.prod(self.shapes[name][1:]) if name in self.blocks else 0
         return self.value.data_ptr() + 4 * (self.offsets[name] + first_row * row)
 
     def reduce(self, rows: slice) -> None:
