@@ -16,10 +16,11 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
               over the steps' rows concatenated (measured no faster: not adopted)
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
-              ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
-              (4-10% more CPU, no better at 2 threads: not adopted at this size)
-  conv_dx_8x8 the same at the last stage ([128, 64, 8, 8]): the flipped Conv scales to a second
-              thread and ConvTranspose does not (not adopted: more CPU at other shapes, README)
+              ConvTranspose against a Conv with the flipped, channel-swapped kernel (dlc's
+              form at stride 1: 5-10% more CPU at 1 thread, but onnxruntime splits it over 2
+              threads and runs ConvTranspose on one: 5.4 against 11.3 ms, quiet machine)
+  conv_dx_8x8 the same at the last stage ([128, 64, 8, 8]): 4.0 against 7.6 ms at 2 threads,
+              equal CPU at 1
   conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
               with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
   conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
