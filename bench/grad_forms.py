@@ -23,9 +23,13 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               equal CPU at 1
   conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
               with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
-  conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
-              over batch/channel-swapped tensors (2-3x slower: not adopted); both cases include
-              the forward Conv
+  conv_dw     ResNet-20's first-stage conv weight gradient ([128, 16, 32, 32]): batched
+              per-image GEMMs per kernel offset (dlc's form from 256 output positions: they
+              split over threads image by image), one Gemm per offset over the batch (its
+              16 x 16 output runs on one thread) and a Conv over batch/channel-swapped tensors
+              (2-3x slower: not adopted); each graph includes the forward Conv
+  conv_dw_8x8 the same at the last stage ([128, 64, 8, 8]), where the per-offset Gemms are dlc's
+              form (per-image GEMMs of 64 positions: 2.3x slower)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -162,29 +166,36 @@ def conv_dx_s2(rng):
         "interleaved_conv": interleaved}
 
 
-def conv_dw(rng):
-    """ResNet-20's first stage: dW of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]:
-    dlc's per-offset GEMMs (autodiff.conv_weight.by_gemm) against one Conv over the batch with
-    batch and channel axes swapped (by_conv, what dlc keeps for grouped convolutions)."""
-    x = rng.standard_normal((128, 16, 32, 32), np.float32)
-    r = rng.standard_normal((128, 16, 32, 32), np.float32)
+def conv_dw(channels: int, side: int):
+    """dW of a 3x3 'same' conv of ResNet-20, channels -> channels over [128, channels, side,
+    side]: the forms of autodiff.conv_weight (per-image GEMMs per offset, one Gemm per offset
+    over the batch) against one Conv over the batch with batch and channel axes swapped
+    (by_conv, what dlc keeps for grouped convolutions). Each graph includes the forward Conv."""
+    def make(rng):
+        from dlc.autodiff import conv_weight
 
-    def form(kind):
-        def build(b, x, w, r):
-            from dlc.autodiff import conv_weight, gradients
+        x = rng.standard_normal((128, channels, side, side), np.float32)
+        r = rng.standard_normal((128, channels, side, side), np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3), np.float32)
+        forms = {"per_image": lambda x, dy, ys, ws, s, d, p: conv_weight._per_image(
+                     x, dy, ys, ws, s, d, p, stacked=False),
+                 "per_offset": conv_weight._per_offset,
+                 "conv_swapped": lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
+                     x, dy, ws, s, d, p, 1)}
 
-            y = b.Conv(x, w, pads=[1, 1, 1, 1])
-            saved = conv_weight.by_gemm
-            if kind == "conv_swapped":
-                conv_weight.by_gemm = lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
-                    x, dy, ws, s, d, p, 1)
-            try:
-                return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
-            finally:
-                conv_weight.by_gemm = saved
-        return build
-    return {"x": x, "w": rng.standard_normal((16, 16, 3, 3), np.float32), "r": r}, {
-        "gemm_per_offset": form("gemm_per_offset"), "conv_swapped": form("conv_swapped")}
+        def form(kind):
+            def build(b, x, w, r):
+                from dlc.autodiff import gradients
+
+                y = b.Conv(x, w, pads=[1, 1, 1, 1])
+                saved, conv_weight.by_gemm = conv_weight.by_gemm, forms[kind]
+                try:
+                    return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
+                finally:
+                    conv_weight.by_gemm = saved
+            return build
+        return {"x": x, "w": w, "r": r}, {k: form(k) for k in forms}
+    return make
 
 
 def recurrent_dw(rng):
@@ -262,7 +273,7 @@ def train_step(model: str):
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
          "conv_dx_8x8": conv_dx(64, 8), "conv_dx_s2": conv_dx_s2,
-         "conv_dw": conv_dw,
+         "conv_dw": conv_dw(16, 32), "conv_dw_8x8": conv_dw(64, 8),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",

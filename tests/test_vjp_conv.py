@@ -106,6 +106,12 @@ CASES = [
     conv([1, 64, 3, 2], [2, 64, 1, 1], tag="taps-pointwise"),
     conv([1, 8, 5, 18], [2, 8, 3, 3], strides=[2, 1], dilations=[1, 2], pads=[1, 0, 0, 2],
          tag="taps-wide-s2x1-d1x2-asym"),  # output rows >= 16 wide: [C, N, *S] layout
+    # >= 256 output positions and C * prod(kernel) >= 64: dW by batched per-image MatMuls, one
+    # per kernel offset
+    conv([2, 8, 16, 16], [2, 8, 3, 3], pads=[1, 1, 1, 1], bias=False, tag="per-image-same"),
+    conv([1, 8, 33, 17], [2, 8, 3, 3], strides=[2, 1], pads=[0, 1, 1, 0],
+         tag="per-image-s2x1-asym"),
+    conv([1, 24, 260], [2, 24, 3], dilations=[2], pads=[1, 1], tag="1d-per-image-d2"),
     # ---- Conv 1-D ----
     conv([2, 3, 9], [4, 3, 3], tag="1d-k3"),
     conv([2, 3, 10], [4, 3, 3], strides=[2], pads=[1, 2], dilations=[2], tag="1d-s2-d2-asym"),
@@ -255,17 +261,23 @@ def infer_shapes_of(case: Case) -> list[int]:
 
 @pytest.mark.parametrize("case", CASES_BY_OP["Conv"], ids=[c.id for c in CASES_BY_OP["Conv"]])
 def test_conv_weight_gradient_formulation(case: Case):
-    """groups == 1: dW by GEMMs (per kernel offset, Gemm, when C * prod(kernel) >= 64; else one
-    batched MatMul), never a Conv; grouped convolutions keep the Conv form."""
+    """groups == 1: dW by GEMMs, never a Conv (conv_weight.by_gemm's table): few input channels
+    (C * prod(kernel) < 64), one batched MatMul per image over the stacked offsets; >= 256
+    output positions, batched MatMuls per offset; otherwise one Gemm per offset over the batch.
+    Grouped convolutions keep the Conv form."""
     ops = [n.op_type for n in build_model(case, "float32").graph.node]
     grouped = "group" in case.id or "depthwise" in case.id
     dx_convs = ops.count("Conv") - 1 - grouped  # the forward Conv, and a grouped dW's
     assert dx_convs + ops.count("ConvTranspose") == 1, ops
     if grouped:
         return
-    per_offset = case.shapes[1][1] * int(np.prod(case.shapes[1][2:])) >= 64
-    assert ops.count("Gemm") == (int(np.prod(case.shapes[1][2:])) if per_offset else 0)
+    taps = int(np.prod(case.shapes[1][2:]))
+    stacked = case.shapes[1][1] * taps < 64
+    per_offset = not stacked and int(np.prod(infer_shapes_of(case)[2:])) < 256
+    assert ops.count("Gemm") == (taps if per_offset else 0)
     assert ("MatMul" in ops) != per_offset
+    if "per-image" in case.id:
+        assert not (stacked or per_offset), "a 'per-image' case must take one GEMM per offset"
     if "taps" in case.id:
         assert per_offset, "a 'taps' case must take the per-offset path"
         rows = infer_shapes_of(case)[-1] >= 16
