@@ -92,7 +92,7 @@ CASES = [
     conv([2, 3, 4, 4], [5, 3, 1, 1], tag="pointwise"),
     # stride 1 with a pad past the kernel's reach d (k - 1): dX by ConvTranspose, not the
     # flipped Conv (its pads would be negative)
-    conv([1, 2, 5, 4], [3, 2, 3, 3], pads=[3, 0, 1, 2], tag="pads-past-reach"),
+    conv([1, 2, 5, 4], [2, 2, 3, 3], pads=[3, 0, 1, 2], tag="pads-past-reach"),
     conv([2, 3, 4, 4], [2, 3, 1, 1], pads=[0, 1, 0, 0], tag="pointwise-padded"),
     conv([1, 4, 7, 6], [4, 2, 3, 2], group=2, dilations=[2, 1], pads=[2, 0, 1, 1],
          tag="groups2-d2x1-asym"),
@@ -285,19 +285,21 @@ def test_conv_weight_gradient_formulation(case: Case):
 
 
 def _flipped_conv_applies(case: Case) -> bool:
-    """input_grad's rule: stride 1 and every pad within the kernel's reach d (k - 1)."""
+    """input_grad's rule: F <= C, stride 1 and every pad within the kernel's reach d (k - 1)."""
     k = case.shapes[1][2:]
-    attrs = {a.name: list(a.ints) for a in build_model(case, "float32").graph.node[0].attribute}
+    node = build_model(case, "float32").graph.node[0]
+    attrs = {a.name: list(a.ints) or a.i for a in node.attribute}
     s, d = attrs.get("strides", [1] * len(k)), attrs.get("dilations", [1] * len(k))
     p = attrs.get("pads", [0] * 2 * len(k))
-    return all(v == 1 for v in s) and all(
+    return case.shapes[1][0] <= case.shapes[0][1] and all(v == 1 for v in s) and all(
         p[i] <= d[i % len(k)] * (k[i % len(k)] - 1) for i in range(2 * len(k)))
 
 
 @pytest.mark.parametrize("case", CASES_BY_OP["Conv"], ids=[c.id for c in CASES_BY_OP["Conv"]])
 def test_conv_input_gradient_formulation(case: Case):
-    """Stride 1 with pads within the kernel's reach: dX by a Conv with the flipped kernel (it
-    splits over onnxruntime's threads); otherwise by ConvTranspose."""
+    """A conv that does not widen (F <= C), at stride 1 with pads within the kernel's reach: dX
+    by a Conv with the flipped kernel (it splits over onnxruntime's threads); otherwise by
+    ConvTranspose."""
     ops = [n.op_type for n in build_model(case, "float32").graph.node]
     flipped = _flipped_conv_applies(case)
     assert ops.count("ConvTranspose") == (0 if flipped else 1), ops
@@ -310,12 +312,14 @@ TORCH_INPUT_CASES = {  # name: (x shape, w shape, stride, padding (torch, symmet
     "resnet-s3": ([16, 64, 8, 8], [64, 64, 3, 3], 1, 1, 1, 1),
     "resnet-down-s2": ([8, 16, 32, 32], [32, 16, 3, 3], 2, 1, 1, 1),
     "resnet-proj-1x1-s2": ([8, 16, 32, 32], [32, 16, 1, 1], 2, 0, 1, 1),
-    "digits-conv2": ([64, 32, 8, 8], [64, 32, 3, 3], 1, 1, 1, 1),
-    "pointwise": ([8, 24, 9, 9], [40, 24, 1, 1], 1, 0, 1, 1),
-    "valid-k5-d2": ([4, 8, 17, 15], [12, 8, 5, 5], 1, 0, 2, 1),
-    "groups4-same": ([4, 16, 12, 12], [32, 4, 3, 3], 1, 1, 1, 4),
+    "digits-conv2": ([64, 32, 8, 8], [64, 32, 3, 3], 1, 1, 1, 1),  # widens: ConvTranspose
+    "pointwise": ([8, 40, 9, 9], [24, 40, 1, 1], 1, 0, 1, 1),
+    "valid-k5-d2": ([4, 12, 17, 15], [8, 12, 5, 5], 1, 0, 2, 1),
+    "groups4-same": ([4, 16, 12, 12], [16, 4, 3, 3], 1, 1, 1, 4),
+    "groups4-widening": ([4, 16, 12, 12], [32, 4, 3, 3], 1, 1, 1, 4),
     "depthwise-same": ([4, 16, 12, 12], [16, 1, 3, 3], 1, 1, 1, 16),
     "pad-past-reach": ([4, 6, 7, 7], [5, 6, 3, 3], 1, 3, 1, 1),  # ConvTranspose
+    "pointwise-widening": ([8, 24, 9, 9], [40, 24, 1, 1], 1, 0, 1, 1),  # ConvTranspose
 }
 
 
@@ -335,7 +339,7 @@ def test_conv_input_gradient_matches_torch(name):
     dx = gradients(b, b.ReduceSum(b.Mul(y, b.const(r)), keepdims=0), [xi])[xi]
     b.output(dx, "dx", "float32", xs)
     model = b.model("dx")
-    expect = "ConvTranspose" if s > 1 or p > d * (ws[2] - 1) else "Conv"
+    expect = "ConvTranspose" if s > 1 or p > d * (ws[2] - 1) or ws[0] > xs[1] else "Conv"
     assert [n.op_type for n in model.graph.node if "Conv" in n.op_type][-1] == expect
     got = Evaluator(model, allow_reference=False)({"x": x, "w": w})["dx"]
     ref = torch.nn.grad.conv2d_input(xs, torch.from_numpy(w), torch.from_numpy(r), stride=s,

@@ -31,17 +31,20 @@ def flipped(w, ws, groups: int):
 
 
 def input_grad(dy, w, xs, ys, ws, s, d, p, groups: int):
-    """dX, Conv's adjoint applied to dY. At stride 1 it is a Conv of dY with the flipped kernel
-    and pads d (k - 1) - p: onnxruntime splits a Conv's output positions over its threads, but
-    runs a ConvTranspose as one small GEMM per image plus a single-threaded col2im, which gains
-    nothing from a second thread (ResNet-20's stride-1 3x3 convs at 2 threads: 5.4 against
-    11.3 ms at 16x32x32, 4.0 against 7.6 at 64x8x8; 1.00-1.10x the CPU time at 1 thread;
-    bench/grad_forms.py --cases conv_dx,conv_dx_8x8). A strided conv keeps ConvTranspose (the
-    Conv would run over a zero-interleaved dY: 6x slower, --cases conv_dx_s2), and so do pads
-    beyond the kernel's reach (the Conv's pads would be negative)."""
+    """dX, Conv's adjoint applied to dY: a Conv of dY with the flipped kernel and pads
+    d (k - 1) - p, or a ConvTranspose with W. onnxruntime splits a Conv's output positions over
+    its threads, but runs a ConvTranspose as one small GEMM per image plus a single-threaded
+    col2im, which gains nothing from a second thread (ResNet-20's stride-1 3x3 convs at 2
+    threads: 5.4 against 11.3 ms at 16x32x32, 4.0 against 7.6 at 64x8x8; at 1 thread 1.10x
+    and 0.97x the CPU time; bench/grad_forms.py --cases conv_dx,conv_dx_8x8). The Conv's
+    im2col holds F k values per position where ConvTranspose's col2im holds C k, so it is kept
+    for convs that do not widen (F <= C: the digits CNN's 32 -> 64 conv, 2.6 against 2.0 ms at
+    1 thread, keeps ConvTranspose), at stride 1 (a strided conv's Conv would run over a
+    zero-interleaved dY: 6x slower, --cases conv_dx_s2) and with pads within the kernel's
+    reach (else the Conv's pads would be negative)."""
     k = ws[2:]
     reach = [d[i % len(k)] * (k[i % len(k)] - 1) - p[i] for i in range(2 * len(k))]
-    if all(v == 1 for v in s) and min(reach) >= 0:
+    if ws[0] <= ws[1] * groups and all(v == 1 for v in s) and min(reach) >= 0:
         return op.Conv(dy, flipped(w, ws, groups), pads=reach, dilations=d, group=groups)
     return op.ConvTranspose(dy, w, strides=s, pads=p, dilations=d, group=groups,
                             output_padding=output_padding(xs, ys, k, s, d, p))

@@ -51,12 +51,13 @@ def _per_image(x, dy, ys, ws, s, d, p, stacked: bool):
     once when `stacked` (few input channels: one GEMM of C * prod(kernel) columns)."""
     r, taps = len(ws) - 2, list(np.ndindex(*ws[2:]))
     xp = op.Pad(x, [0, 0, *p[:r], 0, 0, *p[r:]]) if any(p) else x
+    cols = [_tap(xp, u, 2, ys, s, d) for u in taps]  # [N, C, *out] each
+    if stacked and len(cols) > 1:  # [N, C, T, *out]
+        cols = [op.Concat(*[op.Unsqueeze(c, [2]) for c in cols], axis=2)]
+    width = ws[1] * len(taps) if stacked else ws[1]
     dy3 = op.Reshape(dy, [0, ws[0], -1])  # [N, F, P]
-    cols = [op.Reshape(_tap(xp, u, 2, ys, s, d), [0, ws[1], -1]) for u in taps]  # [N, C, P]
-    if stacked and len(cols) > 1:  # [N, C, P] per offset -> [N, C, T, P] -> [N, C*T, P]
-        cols = [op.Reshape(op.Concat(*[op.Unsqueeze(c, [2]) for c in cols], axis=2),
-                           [0, ws[1] * len(taps), -1])]
-    per_image = _stack_taps([dy3 @ op.Transpose(c, perm=[0, 2, 1]) for c in cols])
+    per_image = _stack_taps([dy3 @ op.Transpose(op.Reshape(c, [0, width, -1]), perm=[0, 2, 1])
+                             for c in cols])  # [N, F, C*T], or [N, F, C, T] per offset
     return op.Reshape(op.ReduceSum(per_image, [0], keepdims=0), ws)
 
 
