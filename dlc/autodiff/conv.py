@@ -1,7 +1,7 @@
-"""VJP rules of convolution and pooling: Conv (dX by a Conv with the flipped kernel or a
-ConvTranspose with the same weights, dW by the speed-tuned forms of conv_weight.py, dB by a sum), MaxPool (dy scattered to the argmax
-through the Indices output), AveragePool (dy spread over each window by a ConvTranspose) and
-GlobalAveragePool (dy spread evenly)."""
+"""VJP rules of convolution and pooling: Conv (dX by a Conv with the flipped kernel or by a
+ConvTranspose with the same weights, dW by the speed-tuned forms of conv_weight.py, dB by a
+sum), MaxPool (dy scattered to the argmax through the Indices output), AveragePool (dy spread
+over each window by a ConvTranspose) and GlobalAveragePool (dy spread evenly)."""
 
 from __future__ import annotations
 

@@ -40,9 +40,9 @@ def by_gemm(x, dy, ys, ws, s, d, p):
     to split, so it runs on one thread (ResNet-20's 16x32x32 conv: 18.7 ms at 1 and 2 threads
     against 18.2 and 12.9 per image). Below 256 positions per image the per-image GEMMs are too
     small (64x8x8: 20 against 8.5 ms at 1 thread) and the per-offset form stays."""
-    taps = list(np.ndindex(*ws[2:]))
-    if ws[1] * len(taps) < 64 or int(np.prod(ys[2:])) >= 256:
-        return _per_image(x, dy, ys, ws, s, d, p, stacked=ws[1] * len(taps) < 64)
+    stacked = ws[1] * int(np.prod(ws[2:])) < 64
+    if stacked or int(np.prod(ys[2:])) >= 256:
+        return _per_image(x, dy, ys, ws, s, d, p, stacked)
     return _per_offset(x, dy, ys, ws, s, d, p)
 
 
