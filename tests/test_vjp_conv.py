@@ -264,12 +264,10 @@ def test_conv_weight_gradient_formulation(case: Case):
     """groups == 1: dW by GEMMs, never a Conv (conv_weight.by_gemm's table): few input channels
     (C * prod(kernel) < 64), one batched MatMul per image over the stacked offsets; >= 256
     output positions, batched MatMuls per offset; otherwise one Gemm per offset over the batch.
-    Grouped convolutions keep the Conv form."""
+    Grouped convolutions keep the Conv form. (How many Convs the graph holds, the dX one
+    included, is test_conv_input_gradient_formulation's check.)"""
     ops = [n.op_type for n in build_model(case, "float32").graph.node]
-    grouped = "group" in case.id or "depthwise" in case.id
-    dx_convs = ops.count("Conv") - 1 - grouped  # the forward Conv, and a grouped dW's
-    assert dx_convs + ops.count("ConvTranspose") == 1, ops
-    if grouped:
+    if "group" in case.id or "depthwise" in case.id:
         return
     taps = int(np.prod(case.shapes[1][2:]))
     stacked = case.shapes[1][1] * taps < 64
