@@ -16,15 +16,23 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
               over the steps' rows concatenated (measured no faster: not adopted)
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
-              ConvTranspose (dlc) against a Conv with the flipped, channel-swapped kernel
-              (4-10% more CPU, no better at 2 threads: not adopted at this size)
-  conv_dx_8x8 the same at the last stage ([128, 64, 8, 8]): the flipped Conv scales to a second
-              thread and ConvTranspose does not (not adopted: more CPU at other shapes, README)
+              ConvTranspose against a Conv with the flipped, channel-swapped kernel (dlc's
+              form at stride 1: 5-10% more CPU at 1 thread, but onnxruntime splits it over 2
+              threads and runs ConvTranspose on one: 5.4 against 11.3 ms, quiet machine)
+  conv_dx_16x16, conv_dx_8x8  the same at the next stages ([128, 32, 16, 16], [128, 64, 8,
+              8]): 4.5 and 4.0 against 7.9 and 7.6 ms at 2 threads, 1.07x and 0.97x the CPU at 1
+  conv_dx_digits  the digits CNN's conv2 (32 -> 64 channels, [64, 64, 8, 8]), which widens:
+              ConvTranspose (dlc's form for F > C) 2.0 against 2.6 ms at 1 thread
   conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
               with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
-  conv_dw     ResNet-20's first-stage conv weight gradient: per-offset GEMMs (dlc) against a Conv
-              over batch/channel-swapped tensors (2-3x slower: not adopted); both cases include
-              the forward Conv
+  conv_dw     ResNet-20's first-stage conv weight gradient ([128, 16, 32, 32]): batched
+              per-image GEMMs per kernel offset (dlc's form from 256 output positions: they
+              split over threads image by image), one Gemm per offset over the batch (its
+              16 x 16 output runs on one thread) and a Conv over batch/channel-swapped tensors
+              (2-3x slower: not adopted); each graph includes the forward Conv
+  conv_dw_16x16  the same at the second stage ([128, 32, 16, 16], 256 positions: per-image)
+  conv_dw_8x8 the same at the last stage ([128, 64, 8, 8]), where the per-offset Gemms are dlc's
+              form (per-image GEMMs of 64 positions: 2.3x slower)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -124,12 +132,13 @@ def gather_dw(rng):
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
 
 
-def conv_dx(channels: int, side: int):
-    """dX of a 3x3 'same' conv of ResNet-20, [128, channels, side, side] (16 at 32x32: its first
-    stage; 64 at 8x8: its last): ConvTranspose against a Conv with the flipped kernel."""
+def conv_dx(channels: int, side: int, inputs: int | None = None, batch: int = 128):
+    """dX of a 3x3 'same' conv, `inputs` (default `channels`) -> `channels` over [batch,
+    channels, side, side] (ResNet-20: 16 at 32x32, its first stage; 32 at 16x16; 64 at 8x8, its
+    last): ConvTranspose against a Conv with the flipped kernel."""
     def make(rng):
-        g = rng.standard_normal((128, channels, side, side), np.float32)
-        w = rng.standard_normal((channels, channels, 3, 3), np.float32)
+        g = rng.standard_normal((batch, channels, side, side), np.float32)
+        w = rng.standard_normal((channels, inputs or channels, 3, 3), np.float32)
         return {"g": g, "w": w}, {
             "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, pads=[1, 1, 1, 1])],
             "flipped_conv": lambda b, g, w: [b.Conv(g, _flipped(b, w), pads=[1, 1, 1, 1])]}
@@ -161,29 +170,36 @@ def conv_dx_s2(rng):
         "interleaved_conv": interleaved}
 
 
-def conv_dw(rng):
-    """ResNet-20's first stage: dW of a 3x3 'same' conv, 16 -> 16 channels, [128, 16, 32, 32]:
-    dlc's per-offset GEMMs (autodiff.conv_weight.by_gemm) against one Conv over the batch with
-    batch and channel axes swapped (by_conv, what dlc keeps for grouped convolutions)."""
-    x = rng.standard_normal((128, 16, 32, 32), np.float32)
-    r = rng.standard_normal((128, 16, 32, 32), np.float32)
+def conv_dw(channels: int, side: int):
+    """dW of a 3x3 'same' conv of ResNet-20, channels -> channels over [128, channels, side,
+    side]: the forms of autodiff.conv_weight (per-image GEMMs per offset, one Gemm per offset
+    over the batch) against one Conv over the batch with batch and channel axes swapped
+    (by_conv, what dlc keeps for grouped convolutions). Each graph includes the forward Conv."""
+    def make(rng):
+        from dlc.autodiff import conv_weight
 
-    def form(kind):
-        def build(b, x, w, r):
-            from dlc.autodiff import conv_weight, gradients
+        x = rng.standard_normal((128, channels, side, side), np.float32)
+        r = rng.standard_normal((128, channels, side, side), np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3), np.float32)
+        forms = {"per_image": lambda x, dy, ys, ws, s, d, p: conv_weight._per_image(
+                     x, dy, ys, ws, s, d, p, stacked=False),
+                 "per_offset": conv_weight._per_offset,
+                 "conv_swapped": lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
+                     x, dy, ws, s, d, p, 1)}
 
-            y = b.Conv(x, w, pads=[1, 1, 1, 1])
-            saved = conv_weight.by_gemm
-            if kind == "conv_swapped":
-                conv_weight.by_gemm = lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
-                    x, dy, ws, s, d, p, 1)
-            try:
-                return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
-            finally:
-                conv_weight.by_gemm = saved
-        return build
-    return {"x": x, "w": rng.standard_normal((16, 16, 3, 3), np.float32), "r": r}, {
-        "gemm_per_offset": form("gemm_per_offset"), "conv_swapped": form("conv_swapped")}
+        def form(kind):
+            def build(b, x, w, r):
+                from dlc.autodiff import gradients
+
+                y = b.Conv(x, w, pads=[1, 1, 1, 1])
+                saved, conv_weight.by_gemm = conv_weight.by_gemm, forms[kind]
+                try:
+                    return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
+                finally:
+                    conv_weight.by_gemm = saved
+            return build
+        return {"x": x, "w": w, "r": r}, {k: form(k) for k in forms}
+    return make
 
 
 def recurrent_dw(rng):
@@ -260,8 +276,10 @@ def train_step(model: str):
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
-         "conv_dx_8x8": conv_dx(64, 8), "conv_dx_s2": conv_dx_s2,
-         "conv_dw": conv_dw,
+         "conv_dx_16x16": conv_dx(32, 16), "conv_dx_8x8": conv_dx(64, 8),
+         "conv_dx_digits": conv_dx(64, 8, inputs=32, batch=64), "conv_dx_s2": conv_dx_s2,
+         "conv_dw": conv_dw(16, 32), "conv_dw_16x16": conv_dw(32, 16),
+         "conv_dw_8x8": conv_dw(64, 8),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",

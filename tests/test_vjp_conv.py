@@ -90,6 +90,12 @@ CASES = [
     conv([2, 3, 5, 5], [3, 1, 3, 3], group=3, pads=[1, 1, 1, 1], tag="depthwise"),
     conv([1, 3, 6, 5], [6, 1, 3, 3], group=3, strides=[2, 2], tag="depthwise-x2-s2"),
     conv([2, 3, 4, 4], [5, 3, 1, 1], tag="pointwise"),
+    # stride 1 with a pad past the kernel's reach d (k - 1): dX by ConvTranspose, not the
+    # flipped Conv (its pads would be negative)
+    conv([1, 2, 5, 4], [2, 2, 3, 3], pads=[3, 0, 1, 2], tag="pads-past-reach"),
+    conv([2, 3, 4, 4], [2, 3, 1, 1], pads=[0, 1, 0, 0], tag="pointwise-padded"),
+    conv([1, 4, 7, 6], [4, 2, 3, 2], group=2, dilations=[2, 1], pads=[2, 0, 1, 1],
+         tag="groups2-d2x1-asym"),
     # C * prod(kernel) >= 64: dW by one GEMM per kernel offset, batch axis last (the cases
     # above, with few input channels, take the batched per-image GEMM)
     conv([2, 8, 5, 5], [3, 8, 3, 3], pads=[1, 1, 1, 1], tag="taps-same"),
@@ -100,6 +106,12 @@ CASES = [
     conv([1, 64, 3, 2], [2, 64, 1, 1], tag="taps-pointwise"),
     conv([1, 8, 5, 18], [2, 8, 3, 3], strides=[2, 1], dilations=[1, 2], pads=[1, 0, 0, 2],
          tag="taps-wide-s2x1-d1x2-asym"),  # output rows >= 16 wide: [C, N, *S] layout
+    # >= 256 output positions and C * prod(kernel) >= 64: dW by batched per-image MatMuls, one
+    # per kernel offset
+    conv([2, 8, 16, 16], [2, 8, 3, 3], pads=[1, 1, 1, 1], bias=False, tag="per-image-same"),
+    conv([1, 8, 33, 17], [2, 8, 3, 3], strides=[2, 1], pads=[0, 1, 1, 0],
+         tag="per-image-s2x1-asym"),
+    conv([1, 24, 260], [2, 24, 3], dilations=[2], pads=[1, 1], tag="1d-per-image-d2"),
     # ---- Conv 1-D ----
     conv([2, 3, 9], [4, 3, 3], tag="1d-k3"),
     conv([2, 3, 10], [4, 3, 3], strides=[2], pads=[1, 2], dilations=[2], tag="1d-s2-d2-asym"),
@@ -249,21 +261,88 @@ def infer_shapes_of(case: Case) -> list[int]:
 
 @pytest.mark.parametrize("case", CASES_BY_OP["Conv"], ids=[c.id for c in CASES_BY_OP["Conv"]])
 def test_conv_weight_gradient_formulation(case: Case):
-    """groups == 1: dW by GEMMs (per kernel offset, Gemm, when C * prod(kernel) >= 64; else one
-    batched MatMul), never a Conv; grouped convolutions keep the Conv form."""
+    """groups == 1: dW by GEMMs, never a Conv (conv_weight.by_gemm's table): few input channels
+    (C * prod(kernel) < 64), one batched MatMul per image over the stacked offsets; >= 256
+    output positions, batched MatMuls per offset; otherwise one Gemm per offset over the batch.
+    Grouped convolutions keep the Conv form. (How many Convs the graph holds, the dX one
+    included, is test_conv_input_gradient_formulation's check.)"""
     ops = [n.op_type for n in build_model(case, "float32").graph.node]
-    grouped = "group" in case.id or "depthwise" in case.id
-    if grouped:
-        assert ops.count("Conv") == 2, ops
+    if "group" in case.id or "depthwise" in case.id:
         return
-    assert ops.count("Conv") == 1, ops  # the forward one
-    per_offset = case.shapes[1][1] * int(np.prod(case.shapes[1][2:])) >= 64
-    assert ops.count("Gemm") == (int(np.prod(case.shapes[1][2:])) if per_offset else 0)
+    taps = int(np.prod(case.shapes[1][2:]))
+    stacked = case.shapes[1][1] * taps < 64
+    per_offset = not stacked and int(np.prod(infer_shapes_of(case)[2:])) < 256
+    assert ops.count("Gemm") == (taps if per_offset else 0)
     assert ("MatMul" in ops) != per_offset
+    if "per-image" in case.id:
+        assert not (stacked or per_offset), "a 'per-image' case must take one GEMM per offset"
     if "taps" in case.id:
         assert per_offset, "a 'taps' case must take the per-offset path"
         rows = infer_shapes_of(case)[-1] >= 16
         assert rows == ("wide" in case.id), "a 'taps-wide' case must have rows >= 16 wide"
+
+
+def _flipped_conv_applies(case: Case) -> bool:
+    """input_grad's rule: F <= C, stride 1 and every pad within the kernel's reach d (k - 1)."""
+    k = case.shapes[1][2:]
+    node = build_model(case, "float32").graph.node[0]
+    attrs = {a.name: list(a.ints) or a.i for a in node.attribute}
+    s, d = attrs.get("strides", [1] * len(k)), attrs.get("dilations", [1] * len(k))
+    p = attrs.get("pads", [0] * 2 * len(k))
+    return case.shapes[1][0] <= case.shapes[0][1] and all(v == 1 for v in s) and all(
+        p[i] <= d[i % len(k)] * (k[i % len(k)] - 1) for i in range(2 * len(k)))
+
+
+@pytest.mark.parametrize("case", CASES_BY_OP["Conv"], ids=[c.id for c in CASES_BY_OP["Conv"]])
+def test_conv_input_gradient_formulation(case: Case):
+    """A conv that does not widen (F <= C), at stride 1 with pads within the kernel's reach: dX
+    by a Conv with the flipped kernel (it splits over onnxruntime's threads); otherwise by
+    ConvTranspose."""
+    ops = [n.op_type for n in build_model(case, "float32").graph.node]
+    flipped = _flipped_conv_applies(case)
+    assert ops.count("ConvTranspose") == (0 if flipped else 1), ops
+    assert ops.count("Conv") == 1 + flipped + ("group" in case.id or "depthwise" in case.id)
+
+
+TORCH_INPUT_CASES = {  # name: (x shape, w shape, stride, padding (torch, symmetric), dilation,
+    # groups): ResNet-20's stages, the digits CNN, and the forms' edges
+    "resnet-s1": ([16, 16, 32, 32], [16, 16, 3, 3], 1, 1, 1, 1),
+    "resnet-s3": ([16, 64, 8, 8], [64, 64, 3, 3], 1, 1, 1, 1),
+    "resnet-down-s2": ([8, 16, 32, 32], [32, 16, 3, 3], 2, 1, 1, 1),
+    "resnet-proj-1x1-s2": ([8, 16, 32, 32], [32, 16, 1, 1], 2, 0, 1, 1),
+    "digits-conv2": ([64, 32, 8, 8], [64, 32, 3, 3], 1, 1, 1, 1),  # widens: ConvTranspose
+    "pointwise": ([8, 40, 9, 9], [24, 40, 1, 1], 1, 0, 1, 1),
+    "valid-k5-d2": ([4, 12, 17, 15], [8, 12, 5, 5], 1, 0, 2, 1),
+    "groups4-same": ([4, 16, 12, 12], [16, 4, 3, 3], 1, 1, 1, 4),
+    "groups4-widening": ([4, 16, 12, 12], [32, 4, 3, 3], 1, 1, 1, 4),
+    "depthwise-same": ([4, 16, 12, 12], [16, 1, 3, 3], 1, 1, 1, 16),
+    "pad-past-reach": ([4, 6, 7, 7], [5, 6, 3, 3], 1, 3, 1, 1),  # ConvTranspose
+    "pointwise-widening": ([8, 24, 9, 9], [40, 24, 1, 1], 1, 0, 1, 1),  # ConvTranspose
+}
+
+
+@pytest.mark.parametrize("name", TORCH_INPUT_CASES)
+def test_conv_input_gradient_matches_torch(name):
+    """The float32 train-step formulation of dX (onnxruntime) against torch at realistic sizes:
+    the flipped-kernel Conv (stride 1, groups, 1x1, dilation) and ConvTranspose (strides, pads
+    past the kernel's reach)."""
+    torch = pytest.importorskip("torch")
+    xs, ws, s, p, d, g = TORCH_INPUT_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x, w = (rng.standard_normal(v).astype(np.float32) for v in (xs, ws))
+    b = Builder()
+    xi, wi = b.input("x", "float32", xs), b.input("w", "float32", ws)
+    y = b.Conv(xi, wi, strides=[s, s], pads=[p] * 4, dilations=[d, d], group=g)
+    r = rng.standard_normal(infer_shapes(b, [y])[0][y]).astype(np.float32)
+    dx = gradients(b, b.ReduceSum(b.Mul(y, b.const(r)), keepdims=0), [xi])[xi]
+    b.output(dx, "dx", "float32", xs)
+    model = b.model("dx")
+    expect = "ConvTranspose" if s > 1 or p > d * (ws[2] - 1) or ws[0] > xs[1] else "Conv"
+    assert [n.op_type for n in model.graph.node if "Conv" in n.op_type][-1] == expect
+    got = Evaluator(model, allow_reference=False)({"x": x, "w": w})["dx"]
+    ref = torch.nn.grad.conv2d_input(xs, torch.from_numpy(w), torch.from_numpy(r), stride=s,
+                                     padding=p, dilation=d, groups=g).numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 TORCH_WEIGHT_CASES = {  # name: (x shape, w shape, stride, padding (torch, symmetric), dilation)

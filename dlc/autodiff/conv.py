@@ -1,7 +1,7 @@
-"""VJP rules of convolution and pooling: Conv (dX by ConvTranspose with the same weights, dW by
-the speed-tuned forms of conv_weight.py, dB by a sum), MaxPool (dy scattered to the argmax
-through the Indices output), AveragePool (dy spread over each window by a ConvTranspose) and
-GlobalAveragePool (dy spread evenly)."""
+"""VJP rules of convolution and pooling: Conv (dX by a Conv with the flipped kernel or by a
+ConvTranspose with the same weights, dW by the speed-tuned forms of conv_weight.py, dB by a
+sum), MaxPool (dy scattered to the argmax through the Indices output), AveragePool (dy spread
+over each window by a ConvTranspose) and GlobalAveragePool (dy spread evenly)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,38 @@ def spatial(n, rank: int):
             n.attr("pads") or [0] * (2 * rank))
 
 
+def flipped(w, ws, groups: int):
+    """W [F, C/G, k...] as the kernel of its adjoint correlation, [C, F/G, k...]: the spatial
+    axes reversed and the two channel axes swapped within each group."""
+    r = len(ws) - 2
+    w = op.Slice(w, [-1] * r, [np.iinfo(np.int64).min] * r, list(range(2, r + 2)), [-1] * r)
+    if groups == 1:
+        return op.Transpose(w, perm=[1, 0, *range(2, r + 2)])
+    w = op.Reshape(w, [groups, ws[0] // groups, *ws[1:]])
+    w = op.Transpose(w, perm=[0, 2, 1, *range(3, r + 3)])
+    return op.Reshape(w, [ws[1] * groups, ws[0] // groups, *ws[2:]])
+
+
+def input_grad(dy, w, xs, ys, ws, s, d, p, groups: int):
+    """dX, Conv's adjoint applied to dY: a Conv of dY with the flipped kernel and pads
+    d (k - 1) - p, or a ConvTranspose with W. onnxruntime splits a Conv's output positions over
+    its threads, but runs a ConvTranspose as one small GEMM per image plus a single-threaded
+    col2im, which gains nothing from a second thread (ResNet-20's stride-1 3x3 convs at 2
+    threads: 5.4 against 11.3 ms at 16x32x32, 4.0 against 7.6 at 64x8x8; at 1 thread 1.10x
+    and 0.97x the CPU time; bench/grad_forms.py --cases conv_dx,conv_dx_8x8). The Conv's
+    im2col holds F k values per position where ConvTranspose's col2im holds C k, so it is kept
+    for convs that do not widen (F <= C: the digits CNN's 32 -> 64 conv, 2.6 against 2.0 ms at
+    1 thread, keeps ConvTranspose), at stride 1 (a strided conv's Conv would run over a
+    zero-interleaved dY: 6x slower, --cases conv_dx_s2) and with pads within the kernel's
+    reach (else the Conv's pads would be negative)."""
+    k = ws[2:]
+    reach = [d[i % len(k)] * (k[i % len(k)] - 1) - p[i] for i in range(2 * len(k))]
+    if ws[0] <= ws[1] * groups and all(v == 1 for v in s) and min(reach) >= 0:
+        return op.Conv(dy, flipped(w, ws, groups), pads=reach, dilations=d, group=groups)
+    return op.ConvTranspose(dy, w, strides=s, pads=p, dilations=d, group=groups,
+                            output_padding=output_padding(xs, ys, k, s, d, p))
+
+
 def output_padding(xs, ys, k, s, d, p) -> list[int]:
     """What ConvTranspose must add so that it maps an output-sized tensor back to the input size."""
     r = len(k)
@@ -31,8 +63,7 @@ def _conv(ad, n, g):  # Y = X * W + B
     xs, ws, ys = x.shape, w.shape, n.y.shape
     rank, groups = len(ws), n.attr("group", 1)
     s, d, p = spatial(n, rank - 2)
-    dx = op.ConvTranspose(dy, w, strides=s, pads=p, dilations=d, group=groups,
-                          output_padding=output_padding(xs, ys, ws[2:], s, d, p))
+    dx = input_grad(dy, w, xs, ys, ws, s, d, p, groups)
     dw = conv_weight.by_gemm(x, dy, ys, ws, s, d, p) if groups == 1 \
         else conv_weight.by_conv(x, dy, ws, s, d, p, groups)
     db = None if bias is None else op.ReduceSum(dy, [0, *range(2, rank)], keepdims=0)
