@@ -125,6 +125,7 @@ BIAS_CASES = [  # (transA, transB, m, k, n, C shape): every C shape Gemm accepts
     # false matches of dA / dB against the output's shape (k = 1, n = 1, m = 1)
     (0, 1, 4, 3, 1, [1]), (0, 1, 4, 3, 1, []), (0, 0, 3, 1, 5, [5]), (1, 0, 1, 4, 5, [1, 1]),
     (0, 0, 3, 4, 5, [1]), (1, 1, 3, 4, 5, [1, 1]), (0, 1, 3, 4, 5, [3, 1]), (1, 0, 1, 1, 1, []),
+    (1, 1, 3, 4, 5, [1, 5]), (0, 0, 1, 4, 5, [5]),  # row biases: a GEMV each
 ]
 
 
@@ -133,7 +134,8 @@ BIAS_CASES = [  # (transA, transB, m, k, n, C shape): every C shape Gemm accepts
                               for ta, tb, m, k, n, c in BIAS_CASES])
 def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c):
     """Finite differences for each bias shape, and the backward pass reduces only for C: one
-    ReduceSum at most (none when C is [m, n]), never for dA or dB."""
+    ReduceSum at most (none when C is [m, n]), never for dA or dB; a row bias ([n], [1, n])
+    has its columns summed by one GEMV (ones[m] @ dy, a MatMul) instead of a ReduceSum."""
     case = C("Gemm", _gemm(ta, tb), [k, m] if ta else [m, k], [n, k] if tb else [k, n], c)
     feeds = make_feeds(case)
     model = build_model(case, "float64")
@@ -142,4 +144,6 @@ def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c):
     for name in feeds:
         assert err(out[f"d{name}"], fd_grad(ev, feeds, name)) < TOL64, name
     ops = [nd.op_type for nd in model.graph.node]
-    assert ops.count("ReduceSum") - 1 == (0 if list(c) == [m, n] else 1), ops  # - the loss's
+    row = rules.row_bias(list(c))
+    assert ops.count("ReduceSum") - 1 == (0 if list(c) == [m, n] or row else 1), ops  # - loss's
+    assert ops.count("MatMul") == row, ops
