@@ -70,15 +70,30 @@ def _active_nodes(nodes, loss: str, wrt: set[str]):
     return [n for n in nodes if n.name in needed], depends
 
 
-def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str) -> str:
-    """Sum `g` (shaped `from_shape`) down to `to_shape`, the shape of tensor `like`."""
+def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str,
+                dtype: int) -> str:
+    """Sum `g` (shaped `from_shape`) down to `to_shape`, the shape of tensor `like` (of element
+    type `dtype`)."""
     lead = len(from_shape) - len(to_shape)
     axes = list(range(lead)) + [lead + i for i, d in enumerate(to_shape)
                                 if d == 1 and from_shape[lead + i] != 1]
     if not axes:
         return g
+    if axes == list(range(len(axes))) and len(axes) < len(from_shape):
+        return b.Reshape(_leading_sums(b, g, len(axes), dtype), b.Shape(like))
     g = b.ReduceSum(g, b.const(axes), keepdims=1)
     return b.Reshape(g, b.Shape(like)) if lead else g
+
+
+def _leading_sums(b: Builder, g: str, k: int, dtype: int) -> str:
+    """g summed over its first k axes, flattened: ones[rows] @ g as [rows, rest], one GEMV.
+    A bias's gradient (dense, Gemm's C, a sequence's [B, T, n] over [n]); onnxruntime's
+    ReduceSum over the leading axis took 16 us on [64, 256] against under 1 us for the GEMV,
+    60 against 38 us on [2048, 256], 31 against 20 on [256, 1024] (1 thread, one core)."""
+    flat = b.Flatten(g, axis=k)
+    ones = b.ConstantOfShape(b.Shape(flat, end=1),
+                             value=onnx.helper.make_tensor("value", dtype, [1], [1]))
+    return b.MatMul(ones, flat)
 
 
 def _checked(node: Node, g_in) -> list:
@@ -113,6 +128,6 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
                     continue
                 shaped = GRAD_SHAPE[kind](ad, node, i) if kind else None
                 if shaped is not None:
-                    gi = unbroadcast(b, gi, shaped, shapes[name], name)
+                    gi = unbroadcast(b, gi, shaped, shapes[name], name, types[name])
                 grads[name] = gi if name not in grads else b.Add(grads[name], gi)
     return {w: grads.get(w) for w in wrt}

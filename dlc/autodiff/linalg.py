@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dlc.autodiff.rules import defvjp, row_bias
-from dlc.autodiff.var import full, op
-
-
-def _column_sums(n, c, dy):
-    """dC of a row bias: dy's column sums as one GEMV, ones[m] @ dy, in C's shape. onnxruntime's
-    ReduceSum over axis 0 of a [64, 256] gradient took 16 us, the GEMV under 1 us (1 thread;
-    three per digits-MLP step, about 4 % of it)."""
-    ones = full(op.Shape(dy, end=1), 1.0, c.dtype)
-    sums = ones @ dy
-    return sums if c.rank == 1 else op.Unsqueeze(sums, n.const([0]))
+from dlc.autodiff.rules import defvjp
+from dlc.autodiff.var import op
 
 
 @defvjp("Gemm", broadcast="gemm")
-def _gemm(ad, n, g):  # Y = alpha op(A) op(B) + beta C; C un-broadcast by the driver, or a GEMV
+def _gemm(ad, n, g):  # Y = alpha op(A) op(B) + beta C; only C is un-broadcast (by the driver)
     (a, b, c), (dy,) = n.inputs, g
     alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
     ta, tb = n.attr("transA", 0), n.attr("transB", 0)
@@ -28,9 +19,7 @@ def _gemm(ad, n, g):  # Y = alpha op(A) op(B) + beta C; C un-broadcast by the dr
         db = op.Gemm(dy, a, alpha=alpha, transA=1, transB=ta)
     else:  # dB = alpha op(A)^T dy
         db = op.Gemm(a, dy, alpha=alpha, transA=1 - ta)
-    dc = None if c is None else _column_sums(n, c, dy) if row_bias(c.shape) else dy  # [m, n]
-    if dc is not None and beta != 1.0:
-        dc = dc * beta
+    dc = None if c is None else dy if beta == 1.0 else dy * beta  # [m, n]
     return da, db, dc
 
 

@@ -34,17 +34,10 @@ def _matmul_shaped(ad, node, i: int):
     return inp if i == 1 and len(inp) == 2 else out[:-2] + inp[-2:]
 
 
-def row_bias(shape: list) -> bool:
-    """Is a Gemm's C a bias over the output's columns ([n] or [1, n], n > 1)?"""
-    return len(shape) in (1, 2) and shape[-1] != 1 and (len(shape) == 1 or shape[0] == 1)
-
-
 def _gemm_bias_shaped(ad, node, i: int):
     """Gemm: only C (scalar, [n], [1, n], [m, 1] or [m, n]) broadcasts, to the [m, n] output;
-    dA and dB come back in their own shapes, and so does a row bias's ([n], [1, n]: the rule
-    sums the columns itself, dlc.autodiff.linalg)."""
-    shape = ad.shapes[node.input[i]] if i == 2 else None
-    return None if shape is None or row_bias(shape) else ad.shapes[node.output[0]]
+    dA and dB come back in their own shapes."""
+    return ad.shapes[node.output[0]] if i == 2 else None
 
 
 GRAD_SHAPE = {"elementwise": _output_shaped, "matmul": _matmul_shaped,
