@@ -59,19 +59,18 @@ def _cross_entropy_gradient(b: Builder, logits: str, y: str, task: dict, classes
     """d loss / d logits of the unweighted cross-entropy: (softmax - target) / count, as the
     target sums to 1 over the classes. Five kernels where the chain rule through the loss's
     nodes emitted 14 (on the digits MLP 11 nodes fewer after onnxruntime's optimisation, the
-    same gradient to the bit, session.run 568 -> 558 us at 1 thread, min of 15 blocks). Its
+    same gradient to the bit, session.run 564-566 -> 556 us at 1 thread, min of 15 blocks). Its
     LogSoftmax and OneHot are the forward's again, merged by onnxruntime's CSE."""
     softmax = b.Exp(b.LogSoftmax(logits, axis=-1))
     count = b.Cast(b.Size(y), to=b.float_code)
     return b.Div(b.Sub(softmax, _smoothed_target(b, y, task, classes)), count)
 
 
-def closed_gradient(b: Builder, task: dict, logits: str, y: str, classes: int,
-                    y_all: str | None = None):
+def closed_gradient(b: Builder, task: dict, logits: str, y: str, classes: int):
     """A function emitting d loss / d logits in closed form when the task's loss has one
-    (dlc.autodiff.gradients' `closed`), else None."""
+    (dlc.autodiff.gradients' `closed`), else None (class-weighted losses: the chain rule)."""
     form = GRADIENTS.get(task["loss"])
-    if form is None or weighted(task) or y_all is not None:
+    if form is None or weighted(task):
         return None
     return partial(form, b, logits, y, task, classes)
 

@@ -124,7 +124,7 @@ def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, xs: dict[str, str],
             target = losses.standardised(b, stats, y)
             loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1], y_all)
             form = losses.closed_gradient(b, head.task, logits[head.name], target,
-                                          head.shape[-1], y_all)
+                                          head.shape[-1])
             if form is not None:
                 closed[loss] = (logits[head.name], form)
             logits[head.name] = losses.unscaled(b, stats, logits[head.name])
