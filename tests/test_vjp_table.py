@@ -121,19 +121,23 @@ def _gemm(ta=0, tb=0):
     return lambda b, a, w, *c: b.Gemm(a, w, *c, transA=ta, transB=tb, alpha=0.7, beta=1.3)
 
 
-BIAS_CASES = [  # (transA, transB, m, k, n, C shape): every C shape Gemm accepts, and the old
-    # false matches of dA / dB against the output's shape (k = 1, n = 1, m = 1)
-    (0, 1, 4, 3, 1, [1]), (0, 1, 4, 3, 1, []), (0, 0, 3, 1, 5, [5]), (1, 0, 1, 4, 5, [1, 1]),
-    (0, 0, 3, 4, 5, [1]), (1, 1, 3, 4, 5, [1, 1]), (0, 1, 3, 4, 5, [3, 1]), (1, 0, 1, 1, 1, []),
+BIAS_CASES = [  # (transA, transB, m, k, n, C shape, how C's gradient is summed): every C shape
+    # Gemm accepts, and the old false matches of dA / dB against the output's shape (k = 1,
+    # n = 1, m = 1); a sum over leading axes only is one GEMV (MatMul), any other a ReduceSum
+    (0, 1, 4, 3, 1, [1], "MatMul"), (0, 1, 4, 3, 1, [], "ReduceSum"),
+    (0, 0, 3, 1, 5, [5], "MatMul"), (1, 0, 1, 4, 5, [1, 1], "ReduceSum"),
+    (0, 0, 3, 4, 5, [1], "ReduceSum"), (1, 1, 3, 4, 5, [1, 1], "ReduceSum"),
+    (0, 1, 3, 4, 5, [3, 1], "ReduceSum"), (1, 0, 1, 1, 1, [], "ReduceSum"),
+    (1, 1, 3, 4, 5, [1, 5], "MatMul"), (0, 0, 1, 4, 5, [5], "MatMul"),
 ]
 
 
-@pytest.mark.parametrize("ta,tb,m,k,n,c", BIAS_CASES,
+@pytest.mark.parametrize("ta,tb,m,k,n,c,summed", BIAS_CASES,
                          ids=[f"tA{ta}tB{tb}-m{m}k{k}n{n}-C{c}"
-                              for ta, tb, m, k, n, c in BIAS_CASES])
-def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c):
-    """Finite differences for each bias shape, and the backward pass reduces only for C: one
-    ReduceSum at most (none when C is [m, n]), never for dA or dB."""
+                              for ta, tb, m, k, n, c, _ in BIAS_CASES])
+def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c, summed):
+    """Finite differences for each bias shape, and the backward pass reduces only for C, by one
+    ReduceSum or one GEMV (a bias over the output's columns: ones[m] @ dy), never for dA or dB."""
     case = C("Gemm", _gemm(ta, tb), [k, m] if ta else [m, k], [n, k] if tb else [k, n], c)
     feeds = make_feeds(case)
     model = build_model(case, "float64")
@@ -142,4 +146,5 @@ def test_gemm_bias_is_unbroadcast_alone(ta, tb, m, k, n, c):
     for name in feeds:
         assert err(out[f"d{name}"], fd_grad(ev, feeds, name)) < TOL64, name
     ops = [nd.op_type for nd in model.graph.node]
-    assert ops.count("ReduceSum") - 1 == (0 if list(c) == [m, n] else 1), ops  # - the loss's
+    assert ops.count("ReduceSum") - 1 == (summed == "ReduceSum"), ops  # - the loss's
+    assert ops.count("MatMul") == (summed == "MatMul"), ops

@@ -70,13 +70,23 @@ def _active_nodes(nodes, loss: str, wrt: set[str]):
     return [n for n in nodes if n.name in needed], depends
 
 
-def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str) -> str:
-    """Sum `g` (shaped `from_shape`) down to `to_shape`, the shape of tensor `like`."""
+def unbroadcast(b: Builder, g: str, from_shape: Dims, to_shape: Dims, like: str,
+                dtype: int) -> str:
+    """Sum `g` (shaped `from_shape`) down to `to_shape`, the shape of tensor `like` (of element
+    type `dtype`). A sum over leading axes only (a bias's gradient: dense, Gemm's C, [B, T, n]
+    over [n]) is one GEMV, ones[rows] @ g as [rows, rest]: onnxruntime's ReduceSum over the
+    leading axis took 16 us on [64, 256] against under 1 us for the GEMV, 60 against 38 us on
+    [2048, 256], 31 against 20 on [256, 1024] (1 thread, one core)."""
     lead = len(from_shape) - len(to_shape)
     axes = list(range(lead)) + [lead + i for i, d in enumerate(to_shape)
                                 if d == 1 and from_shape[lead + i] != 1]
     if not axes:
         return g
+    if axes == list(range(len(axes))) and len(axes) < len(from_shape):
+        flat = b.Flatten(g, axis=len(axes))
+        one = onnx.helper.make_tensor("value", dtype, [1], [1])
+        return b.Reshape(b.MatMul(b.ConstantOfShape(b.Shape(flat, end=1), value=one), flat),
+                         b.Shape(like))
     g = b.ReduceSum(g, b.const(axes), keepdims=1)
     return b.Reshape(g, b.Shape(like)) if lead else g
 
@@ -91,21 +101,41 @@ def _checked(node: Node, g_in) -> list:
     return [gi if gi is None or isinstance(gi, str) else gi.name for gi in g_in[:n]]
 
 
-def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
-    """Emit the backward pass of scalar `loss` into `b`; return {tensor: gradient tensor or None}."""
+CLOSED = "dlc.ClosedForm"  # the walk's stand-in for the nodes a closed-form gradient replaces
+
+
+def _closed_forms(nodes, closed: dict) -> list:
+    """The nodes with the producer of each `closed` tensor replaced by a stand-in that reads the
+    tensor's closed-form input directly: the nodes between them then lie on no path to it."""
+    return [onnx.helper.make_node(CLOSED, [closed[n.output[0]][0]], list(n.output), name=n.name)
+            if n.output and n.output[0] in closed else n for n in nodes]
+
+
+def gradients(b: Builder, loss: str, wrt: list[str],
+              closed: dict | None = None) -> dict[str, str | None]:
+    """Emit the backward pass of scalar `loss` into `b`; return {tensor: gradient tensor or None}.
+    `closed`: {scalar tensor: (input, make)} where make() emits d tensor / d input in closed
+    form (a loss's gradient with respect to the logits), used instead of the chain rule through
+    the nodes between them."""
     shapes, types = infer_shapes(b, [loss])
     ad = AD(b, shapes, types)
-    active, depends = _active_nodes(list(b.nodes), loss, set(wrt))
-    grads: dict[str, str] = {loss: b.const(1.0)}
+    active, depends = _active_nodes(_closed_forms(b.nodes, closed or {}), loss, set(wrt))
+    seed = b.const(1.0)
+    grads: dict[str, str] = {loss: seed}
     for node in reversed(active):
         g = [grads.get(o) for o in node.output]
         if all(gi is None for gi in g):  # its outputs reach the loss only through gradient-free ops
             continue
         rule = VJP.get(node.op_type)
-        if rule is None:
+        if rule is None and node.op_type != CLOSED:
             raise DlcError(f"no gradient rule for ONNX op {node.op_type} (node {node.name}); "
                            "this layer cannot be trained yet")
         with b.scope(f"{node.name}.grad"):
+            if node.op_type == CLOSED:  # the closed form times the incoming cotangent
+                name, make = closed[node.output[0]]
+                gi = make() if g[0] == seed else b.Mul(make(), g[0])
+                grads[name] = gi if name not in grads else b.Add(grads[name], gi)
+                continue
             view, kind = Node(ad, node), BROADCAST.get(node.op_type)
             g_in = _checked(view, rule(ad, view, [Var(ad, gi) if gi else None for gi in g]))
             for i, (name, gi) in enumerate(zip(node.input, g_in)):
@@ -113,6 +143,6 @@ def gradients(b: Builder, loss: str, wrt: list[str]) -> dict[str, str | None]:
                     continue
                 shaped = GRAD_SHAPE[kind](ad, node, i) if kind else None
                 if shaped is not None:
-                    gi = unbroadcast(b, gi, shaped, shapes[name], name)
+                    gi = unbroadcast(b, gi, shaped, shapes[name], name, types[name])
                 grads[name] = gi if name not in grads else b.Add(grads[name], gi)
     return {w: grads.get(w) for w in wrt}

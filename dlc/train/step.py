@@ -107,11 +107,13 @@ def whole_batch(target: str) -> str:
 
 def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, xs: dict[str, str],
                       params: dict[str, str], split: bool = False):
-    """Each output's logits, and the loss: one task's, or the weighted sum over outputs (each
-    output's own loss is a graph output too). `split`: a data-parallel worker's gradient graph,
-    whose class-weighted losses also take the whole batch's targets (`whole_batch`)."""
+    """Each output's logits, the loss (one task's, or the weighted sum over outputs, each
+    output's own loss a graph output too) and the closed forms of the losses' gradients with
+    respect to the logits (dlc.autodiff.gradients' `closed`). `split`: a data-parallel worker's
+    gradient graph, whose class-weighted losses also take the whole batch's targets
+    (`whole_batch`)."""
     logits = lower_body(b, net, xs, params, ctx)
-    total = None
+    total, closed = None, {}
     for head in net.heads:
         name, (dtype, shape) = suffixed("y", head.name), target_spec(head)
         y = b.input(name, dtype, shape)
@@ -121,13 +123,17 @@ def _forward_and_loss(b: Builder, net: Network, ctx: Ctx, xs: dict[str, str],
             stats = losses.target_stats(b, head)  # target_scaling: standard, else None
             target = losses.standardised(b, stats, y)
             loss = losses.loss(b, head.task, logits[head.name], target, head.shape[-1], y_all)
+            form = losses.closed_gradient(b, head.task, logits[head.name], target,
+                                          head.shape[-1])
+            if form is not None:
+                closed[loss] = (logits[head.name], form)
             logits[head.name] = losses.unscaled(b, stats, logits[head.name])
         if not head.name:
-            return logits, loss
+            return logits, loss, closed
         b.output(loss, suffixed("loss", head.name), "float32", [])
         term = b.Mul(loss, b.const(head.weight)) if head.weight != 1.0 else loss
         total = term if total is None else b.Add(total, term)
-    return logits, total
+    return logits, total, closed
 
 
 def _logits_outputs(b: Builder, net: Network, logits: dict[str, str]) -> None:
@@ -140,7 +146,8 @@ def build_eval_step(net: Network) -> Step:
     """Forward and loss in inference mode; every parameter a separate input."""
     b = Builder()
     params = {p.name: b.input(p.name, "float32", list(p.shape)) for p in net.params}
-    logits, loss = _forward_and_loss(b, net, Ctx(training=False), _model_inputs(b, net), params)
+    logits, loss, _ = _forward_and_loss(b, net, Ctx(training=False), _model_inputs(b, net),
+                                        params)
     b.output(loss, "loss", "float32", [])
     _logits_outputs(b, net, logits)
     return Step(b.model(f"{net.spec['name']}-eval"), list(params), [])
@@ -169,10 +176,10 @@ def _unpack(b: Builder, flat: str, layout: list[tuple[str, int, Shape]]) -> dict
 
 
 def _flat_gradient(b: Builder, loss: str, views: dict[str, str],
-                   layout: list[tuple[str, int, Shape]]) -> str:
+                   layout: list[tuple[str, int, Shape]], closed: dict) -> str:
     """d loss / d params as one flat vector in layout order (zeros where loss does not depend
     on a parameter)."""
-    found = gradients(b, loss, list(views.values()))
+    found = gradients(b, loss, list(views.values()), closed)
     with b.scope("grad"):
         parts = [b.Reshape(found[views[p]], b.const([-1])) if found[views[p]] else
                  b.const(np.zeros(numel(shape), np.float32)) for p, _, shape in layout]
@@ -249,10 +256,11 @@ def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
     frozen = {k: v for f in feats for k, v in f.frozen_inputs(b, net).items()}
     xs = _model_inputs(b, net)
     ctx = Ctx(training=True, noise=noise_input)
-    logits, loss = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen}, split)
+    logits, loss, closed = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen},
+                                             split)
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
-    g = _masked(b, _flat_gradient(b, loss, views, layout), mask)  # masked: no gradient
+    g = _masked(b, _flat_gradient(b, loss, views, layout, closed), mask)  # masked: no gradient
     return _Gradient(flat, mask, g, loss, logits, {n: ctx.updates.get(n, n) for n in buffers},
                      shapes, noise, list(frozen))
 
