@@ -111,27 +111,42 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
     by line otherwise (predict); rows whose target cell is missing are left out (a label no one
     knows)."""
     data = spec.get("data") or {}
-    config = table_columns(spec)
     table = read_table(path, display, bool(data.get("header", True)), kind)
-    for name in config:
+    target = column_target(spec, table, require_target)
+    kinds = resolve_kinds(table_columns(spec), table)
+    raw, y, labels = column_cells(table, spec, kinds, target, known, strict)
+    return raw, y, labels, kinds
+
+
+def column_target(spec: dict, table: Table, require_target: bool) -> int | None:
+    """The target column's index in a table of input.columns (whose every column it checks);
+    None when absent and not required. `table` may hold only the header (a streamed one)."""
+    for name in table_columns(spec):
         _column_index(name, table, "the columns of input.columns")
-    target = _target_index({**data, "features": list(config)}, table, require_target, -1)
-    kinds = resolve_kinds(config, table)
+    return _target_index({**(spec.get("data") or {}), "features": list(table_columns(spec))},
+                         table, require_target, -1)
+
+
+def column_cells(table: Table, spec: dict, kinds: dict[str, str], target: int | None,
+                 known: list[str] | None, strict: bool):
+    """(raw columns, y or None, labels) of one table of input.columns, read whole or a
+    streamed batch (dlc.data.stream): the one rule of both. See load_column_table."""
+    config = table_columns(spec)
     raw = raw_columns(table, list(config), kinds)
     drop = dropped_rows({n: {**column_config(c), "kind": kinds[n]} for n, c in config.items()},
-                        raw, data.get("missing"))
+                        raw, (spec.get("data") or {}).get("missing"))
     if target is None:
         if drop.any():
             raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "
                            "whose missing values are dropped (missing: drop); fill it")
-        return raw, None, known, kinds
+        return raw, None, known
     keep = ~drop & ~is_missing(stripped_cells(table.text(target)))
     rows = np.flatnonzero(keep)  # the target's rules on its distinct cells, spread to the rows
     cells, codes, first = distinct_codes(table.text(target).take(rows))
     y, labels = encode_cells(cells, spec.get("task", {}).get("kind", "classification"), known,
                              strict, lambda i: table.where(int(rows[first[i]])),
                              table.columns[target])
-    return {k: v[keep] for k, v in raw.items()}, y[codes], labels, kinds
+    return {k: v[keep] for k, v in raw.items()}, y[codes], labels
 
 
 def resolve_kinds(config: dict, table: Table) -> dict[str, str]:
