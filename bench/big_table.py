@@ -163,7 +163,8 @@ def _models(work: Path) -> dict[str, str]:
         (work / "spec.yaml").write_text(spec.format(cache=", cache: false").replace(
             f"csv:{source}", f"csv:head-{source}"))
         subprocess.run([sys.executable, "-m", "dlc", "train", "spec.yaml", "--out", f"run-{name}",
-                        "--force", "-q", "--device", "cpu"], cwd=work, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        "--force", "-q", "--device", "cpu"], cwd=work, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         (work / f"run-{name}" / "model.onnx").replace(model)
     return out
 

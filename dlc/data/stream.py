@@ -6,8 +6,8 @@ The batches are the data cache's (dlc.data.cache: CSV blocks through pyarrow.csv
 the readers' options, Parquet row groups, Feather batches); each is a `Table` whose messages
 name a bad cell by its CSV line, turned into raw inputs by the very function that reads a table
 whole: dlc.data._csv.column_cells (columns by kind), Table.numbers (numeric features). Every
-column is read as text, as the cache reads columns by kind: a number is the cast Arrow's CSV
-reader makes of the same cell."""
+column is read as text, as the cache reads columns by kind; Table.numbers casts a number column
+from it (tests/test_stream.py: the same bytes as the typed column of a table read whole)."""
 
 from __future__ import annotations
 

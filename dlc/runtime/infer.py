@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, model_inputs, read_columns, table_arrays
-from dlc.data import stream
-from dlc.data.text import text_config
-from dlc.data.windows import window_config
+from dlc.data import _random_split, _split_config, model_inputs, read_columns, stream, table_arrays
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
+from dlc.data.text import text_config
+from dlc.data.windows import window_config
 from dlc.errors import DlcError, SpecError, UsageError
 from dlc.files.untrusted import load_json, read_model
 from dlc.model import metrics as M
@@ -22,8 +21,8 @@ from dlc.model.names import class_count, spec_heads
 from dlc.model.network import build_network
 from dlc.model.spec import Spec
 from dlc.model.spec.schema import one_line, render_path, validate, without_filled_optimizer_fields
-from dlc.runtime.predictions import (MAX_TEXT_ROWS, _check_rows, _concat, prediction_rows,  # noqa: F401
-                                     write_predictions)
+from dlc.runtime.predictions import check_rows, concat_rows
+from dlc.runtime.predictions import prediction_rows, write_predictions  # noqa: F401 (their API)
 from dlc.runtime.session import choose_device, make_session
 
 
@@ -256,7 +255,7 @@ def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | Non
         got = [(_pick(out, used), y) for out, y in _run_parts(model, parts, batch_size)]
         if not got:
             raise DlcError(f"{source}: no rows with a target")
-        out, y = _concat([o for o, _ in got]), np.concatenate([y for _, y in got])
+        out, y = concat_rows([o for o, _ in got]), np.concatenate([y for _, y in got])
         n = len(y)
     else:
         x, y = _whole(model, source)
@@ -317,7 +316,7 @@ def _run_parts(model: Model, parts, batch_size: int):
     held = None
     for x, y in parts:
         if held is not None:
-            x = _concat([held[0], x])
+            x = concat_rows([held[0], x])
             y = None if y is None else np.concatenate([held[1], y])
         whole = len(x) - len(x) % batch_size
         if whole:
@@ -350,9 +349,9 @@ def predict_inputs(model: Model, input_path: str):
 def predict(model: Model, input_path: str, batch_size: int = 1024,
             output: str | None = None) -> dict[str, np.ndarray]:
     """The model's outputs on the raw inputs in `input_path`; `output` (the path they will be
-    written to) bounds the row count before the model runs (see _check_rows)."""
+    written to) bounds the row count before the model runs (see check_rows)."""
     x = predict_inputs(model, input_path)
-    _check_rows(len(x), output)
+    check_rows(len(x), output)
     return model.run(x, batch_size)
 
 

@@ -16,7 +16,7 @@ from dlc.files.atomic import atomic_open, write_bytes, write_text
 from dlc.model.compile import output_name
 
 
-def _concat(parts):
+def concat_rows(parts):
     """Arrays, or mappings of arrays (Columns, outputs by name), joined along rows."""
     first = parts[0]
     if isinstance(first, dict):
@@ -36,7 +36,7 @@ def _format(path: str | None) -> str:
     return suffix
 
 
-def _check_rows(n: int, path: str | None) -> None:
+def check_rows(n: int, path: str | None) -> None:
     if n > MAX_TEXT_ROWS and _format(path) != ".npz":
         raise DlcError(f"{n:,} samples: CSV and JSON predictions hold at most {MAX_TEXT_ROWS:,} "
                        "rows (MAX_TEXT_ROWS); write them with -o predictions.npz")
@@ -95,9 +95,9 @@ def write_predictions(model, out, path: str | None, inputs: list[str] | None = N
     parts = iter([out] if isinstance(out, dict) else out)
     suffix = _format(path)
     if suffix != ".csv":
-        out = _concat(list(parts))
+        out = concat_rows(list(parts))
         cols = {**({"path": np.asarray(inputs)} if inputs else {}), **_columns(model, out)}
-        _check_rows(len(next(iter(cols.values()))), path)
+        check_rows(len(next(iter(cols.values()))), path)
     if suffix == ".npz":
         buf = io.BytesIO()
         np.savez(buf, **cols)
@@ -108,7 +108,7 @@ def write_predictions(model, out, path: str | None, inputs: list[str] | None = N
                                     indent=1) + "\n")
         return None
     tables = ({**({"path": np.asarray(inputs)} if inputs else {}), **_columns(model, o)}
-              for o in parts)
+              for o in parts)  # image paths: images are never streamed, one part
     if path is None:
         return _csv_chunks(tables)
     with atomic_open(path, "wb") as f:
