@@ -143,3 +143,40 @@ def test_predict_streams_past_the_text_row_bound(cli, tmp_path, monkeypatch, bat
     assert r.code == 0 and len(r.out.splitlines()) == 201, r.err
     r = cli("predict", model, data, "-o", tmp_path / "p.json")
     assert r.code == 1 and "MAX_TEXT_ROWS" in r.err
+
+
+def test_numeric_evaluation_streams_to_the_same_metrics(cli, tmp_path, monkeypatch, batches):
+    """A one-input model of numeric features with data.missing (NA cells filled in the graph);
+    a class the model does not know is named by its line, as before."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 3))
+    names = np.array(["lo", "mid", "hi"])[np.digitize(x[:, 0] - x[:, 1], [-0.5, 0.5])]
+    cells = [[f"{v:.5f}" for v in r] for r in x]
+    for i in range(0, 400, 13):
+        cells[i][i % 3] = "NA"
+    (tmp_path / "t.csv").write_text("a,b,c,y\n" + "".join(
+        ",".join(r) + f",{n}\n" for r, n in zip(cells, names)))
+    (tmp_path / "spec.yaml").write_text(
+        "dlc: 1\nname: num\ninput: {shape: [3]}\n"
+        "layers: [{type: dense, name: h, units: 8, activation: relu},"
+        " {type: dense, name: out, units: 3}]\n"
+        "task: {kind: classification}\n"
+        "data: {source: csv:t.csv, target: y, missing: {strategy: median},"
+        " split: {val: 0.2, test: 0.2, seed: 0}}\n"
+        "train: {epochs: 1, batch_size: 16, optimizer: {type: adam, lr: 0.01}, seed: 0}\n")
+    assert cli("train", "spec.yaml", "--out", "run", "-q").code == 0
+    for data in ("t.csv", "csv:t.csv"):
+        streamed, whole = same_as_whole(cli, monkeypatch, batches, "evaluate", "run/model.onnx",
+                                        "--data", data, "--batch-size", "7", "-o", "m.json")
+        assert streamed.code == whole.code == 0, (streamed.err, whole.err)
+        assert streamed.out == whole.out and "accuracy" in streamed.out
+    assert "the test split of csv:t.csv" in streamed.out
+    text = (tmp_path / "t.csv").read_text()
+    at = text.rindex(",hi\n")  # an unknown class in a late batch
+    (tmp_path / "u.csv").write_text(text[:at] + ",top\n" + text[at + 4:])
+    streamed, whole = same_as_whole(cli, monkeypatch, batches, "evaluate", "run/model.onnx",
+                                    "--data", "u.csv")
+    assert streamed.code == whole.code == 1 and streamed.err == whole.err, streamed.err
+    line = text[:at].count("\n") + 1
+    assert f"u.csv:{line}: column 'y': 'top' is not one of" in streamed.err, streamed.err

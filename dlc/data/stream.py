@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from dlc.data._csv import column_cells, column_target
+from dlc.data._csv import column_cells, column_target, feature_cells, feature_columns
 from dlc.data._inputs import _csv_columns, _is_number
 from dlc.data._sources import TABLES, parse_source, resolve_path
 from dlc.data._table import _CONVERT, PARSE, TABLE_SUFFIXES, Table
-from dlc.data.cache import BLOCK, HEAD, _batches, _csv_options, _names
+from dlc.data.cache import BLOCK, HEAD, _batches, _csv_options, _names, table_source
 from dlc.data.columns import column_config, table_columns
 from dlc.data.encode import batch_error
 from dlc.errors import DlcError
@@ -68,6 +68,28 @@ def column_batches(source: str, spec: dict, spec_dir: Path, labels: list[str] | 
                                             else [])]))
     at = None if target is None else wanted.index(head.columns[target])
     return (column_cells(t, spec, kinds, at, labels, bool(labels))[:2]
+            for t in tables(path, rest, scheme, header, wanted))
+
+
+def feature_batches(source: str, spec: dict, spec_dir: Path, labels: list[str] | None,
+                    origin: str):
+    """(x float64, y) per batch of a one-input model's table of numeric features with its
+    targets, as dlc.data.load_arrays reads them whole; None where it is read otherwise: from
+    the data cache where data.cache sends it (dlc.data.table_arrays), whole where it is not a
+    table or class names are to be learnt from the targets."""
+    scheme, rest = parse_source(source)
+    if scheme not in TABLES or not labels and (spec.get("task") or {}).get("kind") != \
+            "regression":
+        return None
+    if table_source({**spec, "data": {**(spec.get("data") or {}), "source": source}}, spec_dir,
+                    origin):
+        return None
+    path = resolve_path(rest, spec_dir, origin)
+    header = bool((spec.get("data") or {}).get("header", True))
+    head = _head(path, rest, scheme, header)
+    target, fcols = feature_columns(spec, head, True)
+    wanted = [head.columns[i] for i in [*fcols, target]]
+    return (feature_cells(t, spec, list(range(len(fcols))), len(fcols), labels, True)[:2]
             for t in tables(path, rest, scheme, header, wanted))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.data import _random_split, _split_config, model_inputs, read_columns, stream, table_arrays
+from dlc.data._common import fit_shape
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.data.text import text_config
@@ -245,8 +246,8 @@ def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | Non
 def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | None = None) -> dict:
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
     output name), the sample count and which rows were scored (`scored`; see _rows). A table
-    of an input.columns model is streamed (dlc.data.stream): only the scored outputs and the
-    targets are gathered, and the metrics computed from them as from a table read whole."""
+    is streamed where _streamed can: only the outputs the metrics read and the targets are
+    gathered, and the metrics computed from them as from a table read whole."""
     split = _own_split(model, source, split)
     parts = _streamed(model, source, True, "--data")
     if parts is not None:
@@ -290,23 +291,28 @@ def _whole(model: Model, source: str):
 
 def _streamed(model: Model, source: str, require_target: bool, origin: str):
     """(inputs, targets or None) per record batch of a table the model reads streamed
-    (dlc.data.stream): input.columns models, and numeric features of one float input to
-    predict; None for what is read whole (images, npz, windows, text, ids, named inputs)."""
+    (dlc.data.stream): input.columns models, and numeric features of one float input; None for
+    what is read whole (images, npz, windows, text, ids, named inputs)."""
     spec = model.spec
     if entries(spec):
         batches = stream.column_batches(str(source), spec, Path.cwd(), model.labels,
                                         require_target, origin)
         return None if batches is None else ((column_feeds(raw), y) for raw, y in batches)
     single = spec.get("input") or {}
-    if require_target or _reads_columns(spec, source) or spec.get("outputs") \
-            or single.get("dtype") == "int64" or text_config(spec) \
-            or window_config(spec.get("data") or {}) or Path(source).is_dir():
+    if _reads_columns(spec, source) or spec.get("outputs") or single.get("dtype") == "int64" \
+            or text_config(spec) or window_config(spec.get("data") or {}) \
+            or Path(source).is_dir():
         return None
     shape = [int(d) for d in single["shape"]]
-    fills = ((spec.get("data") or {}).get("missing") or {}).get("strategy") not in (None, "drop")
-    batches = stream.input_batches(Path(source), model.features, int(np.prod(shape)), fills)
+    if require_target:
+        batches = stream.feature_batches(str(source), spec, Path.cwd(), model.labels, origin)
+    else:
+        fills = ((spec.get("data") or {}).get("missing") or {}).get("strategy") \
+            not in (None, "drop")  # the graph fills them
+        batches = stream.input_batches(Path(source), model.features, int(np.prod(shape)), fills)
+        batches = None if batches is None else ((x, None) for x in batches)
     return None if batches is None else \
-        ((x.reshape((len(x), *shape)).astype(np.float32), None) for x in batches)
+        ((fit_shape(x, shape, str(source)), y) for x, y in batches)
 
 
 def _run_parts(model: Model, parts, batch_size: int):
