@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 from conftest import SPECS
@@ -68,7 +69,9 @@ def test_numeric_predictions_stream_to_the_same_bytes(cli, tmp_path, monkeypatch
     bare = tmp_path / "bare.csv"  # no header: every column in order
     bare.write_text("".join(",".join(f"{v:.9g}" for v in r) + "\n" for r in x))
     pq.write_table(pacsv.read_csv(named), tmp_path / "named.parquet")
-    for data, least in ((named, 3), (bare, 3), (tmp_path / "named.parquet", 1)):
+    feather.write_feather(pacsv.read_csv(named), tmp_path / "named.feather")
+    for data, least in ((named, 3), (bare, 3), (tmp_path / "named.parquet", 1),
+                        (tmp_path / "named.feather", 1)):
         streamed, whole = same_as_whole(cli, monkeypatch, batches, "predict", model, data,
                                         "--batch-size", "7", least=least)
         assert streamed.code == whole.code == 0, (streamed.err, whole.err)
