@@ -56,41 +56,48 @@ def column_batches(source: str, spec: dict, spec_dir: Path, labels: list[str] | 
     `auto`, resolved from all its cells; class names to learn from the targets)."""
     config = table_columns(spec)
     kinds = {n: column_config(c).get("kind", "auto") for n, c in config.items()}
-    scheme, rest = parse_source(source)
-    classes = (spec.get("task") or {}).get("kind") != "regression"
-    if scheme not in TABLES or "auto" in kinds.values() or (require_target and classes
-                                                          and not labels):
+    if "auto" in kinds.values():
         return None
-    path, header = resolve_path(rest, spec_dir, origin), bool(spec["data"].get("header", True))
-    head = _head(path, rest, scheme, header)
+    table = _source(source, spec, spec_dir, labels, require_target, origin)
+    if table is None:
+        return None
+    path, display, scheme, header, head = table
     target = column_target(spec, head, require_target)
     wanted = list(dict.fromkeys([*config, *([head.columns[target]] if target is not None
                                             else [])]))
     at = None if target is None else wanted.index(head.columns[target])
     return (column_cells(t, spec, kinds, at, labels, bool(labels))[:2]
-            for t in tables(path, rest, scheme, header, wanted))
+            for t in tables(path, display, scheme, header, wanted))
 
 
 def feature_batches(source: str, spec: dict, spec_dir: Path, labels: list[str] | None,
                     origin: str):
     """(x float64, y) per batch of a one-input model's table of numeric features with its
     targets, as dlc.data.load_arrays reads them whole; None where it is read otherwise: from
-    the data cache where data.cache sends it (dlc.data.table_arrays), whole where it is not a
-    table or class names are to be learnt from the targets."""
-    scheme, rest = parse_source(source)
-    if scheme not in TABLES or not labels and (spec.get("task") or {}).get("kind") != \
-            "regression":
+    the data cache where data.cache sends it (dlc.data.table_arrays), or whole (see _source)."""
+    own = {**spec, "data": {**(spec.get("data") or {}), "source": source}}
+    table = _source(source, spec, spec_dir, labels, True, origin)
+    if table is None or table_source(own, spec_dir, origin):
         return None
-    if table_source({**spec, "data": {**(spec.get("data") or {}), "source": source}}, spec_dir,
-                    origin):
-        return None
-    path = resolve_path(rest, spec_dir, origin)
-    header = bool((spec.get("data") or {}).get("header", True))
-    head = _head(path, rest, scheme, header)
+    path, display, scheme, header, head = table
     target, fcols = feature_columns(spec, head, True)
     wanted = [head.columns[i] for i in [*fcols, target]]
     return (feature_cells(t, spec, list(range(len(fcols))), len(fcols), labels, True)[:2]
-            for t in tables(path, rest, scheme, header, wanted))
+            for t in tables(path, display, scheme, header, wanted))
+
+
+def _source(source: str, spec: dict, spec_dir: Path, labels: list[str] | None,
+            require_target: bool, origin: str) -> tuple | None:
+    """(path, display, kind, header, a Table of the column names) of a table source to stream
+    with its targets; None for a source that is not a table, or when a class model's targets
+    are to be scored without its class names (learnt from every target cell when read whole)."""
+    scheme, rest = parse_source(source)
+    classes = (spec.get("task") or {}).get("kind") != "regression"
+    if scheme not in TABLES or require_target and classes and not labels:
+        return None
+    path = resolve_path(rest, spec_dir, origin)
+    header = bool((spec.get("data") or {}).get("header", True))
+    return path, rest, scheme, header, _head(path, rest, scheme, header)
 
 
 def input_batches(path: Path, features: list[str] | None, need: int, missing: bool
