@@ -20,10 +20,11 @@ runs, each in a fresh interpreter under /usr/bin/time -v:
   columns-memory, columns-build, columns-reuse   this checkout on DIR/columns.csv
              (input.columns) read into memory, building the column cache, reusing it; and
              before-columns at commit --before (its default for the file: data.cache auto)
-  predict, predict-npz, columns-predict, columns-predict-npz, columns-evaluate   `dlc predict
-             -o pred.csv|pred.npz` of big.csv and columns.csv, `dlc evaluate --data
-             columns.csv`, with models trained once on each table's first MODEL_ROWS rows; and
-             before-predict-npz, before-columns-predict-npz, before-columns-evaluate at --before
+  predict, predict-npz, columns-predict, columns-predict-npz, columns-evaluate, evaluate
+             `dlc predict -o pred.csv|pred.npz` of big.csv and columns.csv, `dlc evaluate
+             --data` of each, with models trained once on each table's first MODEL_ROWS rows
+             (data.cache: false); and before-predict-npz, before-columns-predict-npz,
+             before-columns-evaluate, before-evaluate at --before
              (CSV output of 2M rows is over its MAX_TEXT_ROWS)
 first_step_s: seconds from starting the interpreter to the first onnxruntime run of the train
 step; wall_s: the whole command; peak_mib: its maximum RSS; above_base_mib: peak - baseline's.
@@ -202,6 +203,7 @@ def main() -> None:
                                            ("columns-predict", "columns", "csv"),
                                            ("columns-predict-npz", "columns", "npz"))}
     evaluate = ["evaluate", models["columns"], "--data", "columns.csv"]
+    numeric = ["evaluate", models["big"], "--data", "big.csv"]  # its spec: data.cache false
     results: dict[str, list] = {}
     with ForeignLoad(children=True) as fl, tempfile.TemporaryDirectory() as tmp:
         old, before = _export(args.old, Path(tmp) / "old"), _export(args.before, Path(tmp) / "b")
@@ -220,6 +222,8 @@ def main() -> None:
                         ("columns-reuse", ROOT, train, COLUMNS_SPEC, ", cache: true", cache),
                         *((name, ROOT, argv, SPEC, "", cache) for name, argv in predict.items()),
                         ("columns-evaluate", ROOT, evaluate, SPEC, "", cache),
+                        ("evaluate", ROOT, numeric, SPEC, "", cache),
+                        ("before-evaluate", before, numeric, SPEC, "", cache),
                         ("before-predict-npz", before, predict["predict-npz"], SPEC, "", cache),
                         ("before-columns-predict-npz", before, predict["columns-predict-npz"],
                          SPEC, "", cache),
