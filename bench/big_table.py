@@ -1,7 +1,7 @@
 """A table bigger than it should be in memory: time to the first train step and peak RSS of a whole
 `dlc train` (one epoch of a tiny MLP) on a 2,000,000 x 8 float CSV, old reader against new, and
 on a 2,000,000-row table with column kinds (input.columns: 6 numbers and 2 string columns, all
-with missing cells).
+with missing cells); and `dlc predict` / `dlc evaluate --data` of each table (streamed).
 
     .venv/bin/python bench/big_table.py [--rows 2000000] [--dir /tmp/dlc-big] [--old f497edb]
         [--before COMMIT] [--repeats 1] [--json-only] [--only columns-build,columns-reuse]
@@ -20,6 +20,12 @@ runs, each in a fresh interpreter under /usr/bin/time -v:
   columns-memory, columns-build, columns-reuse   this checkout on DIR/columns.csv
              (input.columns) read into memory, building the column cache, reusing it; and
              before-columns at commit --before (its default for the file: data.cache auto)
+  predict, predict-npz, columns-predict, columns-predict-npz, columns-evaluate, evaluate
+             `dlc predict -o pred.csv|pred.npz` of big.csv and columns.csv, `dlc evaluate
+             --data` of each, with models trained once on each table's first MODEL_ROWS rows
+             (data.cache: false); and before-predict-npz, before-columns-predict-npz,
+             before-columns-evaluate, before-evaluate at --before
+             (CSV output of 2M rows is over its MAX_TEXT_ROWS)
 first_step_s: seconds from starting the interpreter to the first onnxruntime run of the train
 step; wall_s: the whole command; peak_mib: its maximum RSS; above_base_mib: peak - baseline's.
 feature_mib is the float32 size of the features (rows x 8 x 4 B; the column table's 8 raw
@@ -141,6 +147,29 @@ def run(src: Path, args: list[str], cwd: Path, cache: Path) -> dict:
             "wall_s": round(wall, 2), "peak_mib": round(peak / 1024)}
 
 
+MODEL_ROWS = 20_000  # rows the predict/evaluate variants' models are trained on (one epoch)
+
+
+def _models(work: Path) -> dict[str, str]:
+    """Models of both specs trained once on the first MODEL_ROWS rows of each table (what a
+    model predicts does not matter here, only how the table is read)."""
+    out = {}
+    for name, spec, source in (("big", SPEC, "big.csv"), ("columns", COLUMNS_SPEC, "columns.csv")):
+        model = work / f"model-{name}.onnx"
+        out[name] = model.name
+        if model.exists():
+            continue
+        head = "".join(line for _, line in zip(range(MODEL_ROWS + 1), open(work / source)))
+        (work / f"head-{source}").write_text(head)
+        (work / "spec.yaml").write_text(spec.format(cache=", cache: false").replace(
+            f"csv:{source}", f"csv:head-{source}"))
+        subprocess.run([sys.executable, "-m", "dlc", "train", "spec.yaml", "--out", f"run-{name}",
+                        "--force", "-q", "--device", "cpu"], cwd=work, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        (work / f"run-{name}" / "model.onnx").replace(model)
+    return out
+
+
 def _export(commit: str | None, where: Path) -> Path | None:
     """dlc at `commit`, exported by git archive into `where`; None for none."""
     if commit in (None, "none"):
@@ -168,6 +197,13 @@ def main() -> None:
     if not (work / "columns.csv").exists():
         write_columns_csv(work / "columns.csv", args.rows)
     train = ["train", "spec.yaml", "--out", "run", "--force", "-q", "--device", "cpu"]
+    models = _models(work)
+    predict = {name: ["predict", models[table], f"{table}.csv", "-o", f"pred.{suffix}"]
+               for name, table, suffix in (("predict", "big", "csv"), ("predict-npz", "big", "npz"),
+                                           ("columns-predict", "columns", "csv"),
+                                           ("columns-predict-npz", "columns", "npz"))}
+    evaluate = ["evaluate", models["columns"], "--data", "columns.csv"]
+    numeric = ["evaluate", models["big"], "--data", "big.csv"]  # its spec: data.cache false
     results: dict[str, list] = {}
     with ForeignLoad(children=True) as fl, tempfile.TemporaryDirectory() as tmp:
         old, before = _export(args.old, Path(tmp) / "old"), _export(args.before, Path(tmp) / "b")
@@ -183,7 +219,15 @@ def main() -> None:
                         ("before-columns", before, train, COLUMNS_SPEC, "", cache_before),
                         ("columns-memory", ROOT, train, COLUMNS_SPEC, ", cache: false", cache),
                         ("columns-build", ROOT, train, COLUMNS_SPEC, ", cache: true", cache),
-                        ("columns-reuse", ROOT, train, COLUMNS_SPEC, ", cache: true", cache)]
+                        ("columns-reuse", ROOT, train, COLUMNS_SPEC, ", cache: true", cache),
+                        *((name, ROOT, argv, SPEC, "", cache) for name, argv in predict.items()),
+                        ("columns-evaluate", ROOT, evaluate, SPEC, "", cache),
+                        ("evaluate", ROOT, numeric, SPEC, "", cache),
+                        ("before-evaluate", before, numeric, SPEC, "", cache),
+                        ("before-predict-npz", before, predict["predict-npz"], SPEC, "", cache),
+                        ("before-columns-predict-npz", before, predict["columns-predict-npz"],
+                         SPEC, "", cache),
+                        ("before-columns-evaluate", before, evaluate, SPEC, "", cache)]
             for name, src, argv, spec, setting, folder in variants:
                 if src is None or (args.only and name not in args.only.split(",") + ["baseline"]):
                     continue

@@ -254,7 +254,7 @@ def test_predict_streams_its_csv(cli, tmp_path, monkeypatch):
 
     from dlc.model.compile import compile_spec
     from dlc.model.spec import load_spec
-    from dlc.runtime import infer
+    from dlc.runtime import infer, predictions
 
     model = tmp_path / "iris.onnx"
     labels = "task.labels=['=x', 'b,c', 'd']"  # escaped and quoted cells
@@ -263,14 +263,14 @@ def test_predict_streams_its_csv(cli, tmp_path, monkeypatch):
     np.savez(data, x=np.random.default_rng(0).normal(size=(25, 4)).astype(np.float32))
     m = infer.load_model(str(model))
     out = infer.predict(m, str(data))
-    monkeypatch.setattr(infer, "CSV_ROWS", 10)
+    monkeypatch.setattr(predictions, "CSV_ROWS", 10)
     chunks = list(infer.write_predictions(m, out, None))
     assert len(chunks) == 3  # 10 + 10 + 5 rows (the header with the first)
-    cols = infer._columns(m, out)
+    cols = predictions._columns(m, out)
     expected = io.StringIO()
     writer = csv.writer(expected, lineterminator="\n")
-    writer.writerow([infer._cell(c) for c in cols])
-    writer.writerows([infer._cell(v) for v in row]
+    writer.writerow([predictions._cell(c) for c in cols])
+    writer.writerows([predictions._cell(v) for v in row]
                      for row in zip(*(c.tolist() for c in cols.values())))
     assert "".join(chunks) == expected.getvalue()
     r = cli("predict", model, data)

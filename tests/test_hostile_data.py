@@ -97,9 +97,9 @@ def test_validate_dev_zero_says_what_it_is(cli):
 def test_text_predictions_are_bounded(cli, tmp_path, iris, monkeypatch):
     """A small compressed input must not ask for gigabytes of CSV text; npz output has no such
     bound (the limit is lowered here so the test stays small)."""
-    from dlc.runtime import infer
+    from dlc.runtime import predictions
 
-    monkeypatch.setattr(infer, "MAX_TEXT_ROWS", 10)
+    monkeypatch.setattr(predictions, "MAX_TEXT_ROWS", 10)
     data = tmp_path / "many.npz"
     np.savez_compressed(data, x=np.ones((11, 4), np.float32))
     one_line(cli("predict", iris, data, "-o", tmp_path / "p.csv"), 1, "MAX_TEXT_ROWS", ".npz")

@@ -151,7 +151,7 @@ def test_readme_states_the_limits_dlc_applies():
     from dlc.commands import runs as tools
     from dlc.files import untrusted as userfiles
     from dlc.data._targets import MAX_CLASSES
-    from dlc.runtime.infer import MAX_TEXT_ROWS
+    from dlc.runtime.predictions import MAX_TEXT_ROWS
     from dlc.model.spec.expand import MAX_LAYERS
 
     text = (ROOT / "README.md").read_text()

@@ -81,26 +81,38 @@ def load_table(
     kind: str = "csv",
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     """(x float64 [n, F], y or None, labels, features) from a CSV, Parquet or Feather file."""
-    data = spec.get("data") or {}
-    inp = spec.get("input") or {}
-    n_inputs = int(np.prod(inp.get("shape") or [0]))
-    table = read_table(path, display, bool(data.get("header", True)), kind)
-    target = _target_index(data, table, require_target, n_inputs)
-    fcols = _feature_indices(data, table, target, inp.get("features"))
-    names = [table.columns[i] for i in fcols]
-    missing = data.get("missing") or {}
+    table = read_table(path, display, bool((spec.get("data") or {}).get("header", True)), kind)
+    target, fcols = feature_columns(spec, table, require_target)
+    x, y, labels = feature_cells(table, spec, fcols, target, known, strict)
+    features = [table.columns[i] for i in fcols] if table.has_names else \
+        (spec.get("input") or {}).get("features")
+    return x, y, labels, features
+
+
+def feature_columns(spec: dict, table: Table, require_target: bool
+                    ) -> tuple[int | None, list[int]]:
+    """(target index or None, feature indices) of a table of numeric features; `table` may hold
+    only the header (a streamed one)."""
+    data, inp = spec.get("data") or {}, spec.get("input") or {}
+    target = _target_index(data, table, require_target, int(np.prod(inp.get("shape") or [0])))
+    return target, _feature_indices(data, table, target, inp.get("features"))
+
+
+def feature_cells(table: Table, spec: dict, fcols: list[int], target: int | None,
+                  known: list[str] | None, strict: bool):
+    """(x float64, y or None, labels) of one table of numeric features, read whole or a
+    streamed batch (dlc.data.stream): the one rule of both. See load_table."""
+    missing = (spec.get("data") or {}).get("missing") or {}
     x = table.numbers(fcols, missing=bool(missing))
-    features = names if table.has_names else inp.get("features")
-    if target is None:
-        labels = known if spec.get("task", {}).get("kind") != "regression" else None
-        return x, None, labels, features
     kind = spec.get("task", {}).get("kind", "classification")
+    if target is None:
+        return x, None, known if kind != "regression" else None
     y, labels = encode_cells(table.strings(target), kind, known, strict, table.where,
                              table.columns[target])
     if missing.get("strategy") == "drop":  # rows with a missing feature: not trained, not scored
         keep = ~np.isnan(x).any(axis=1)
         x, y = x[keep], y[keep]
-    return x, y, labels, features
+    return x, y, labels
 
 
 def load_column_table(path: Path, display: str, spec: dict, known: list[str] | None,
@@ -111,27 +123,42 @@ def load_column_table(path: Path, display: str, spec: dict, known: list[str] | N
     by line otherwise (predict); rows whose target cell is missing are left out (a label no one
     knows)."""
     data = spec.get("data") or {}
-    config = table_columns(spec)
     table = read_table(path, display, bool(data.get("header", True)), kind)
-    for name in config:
+    target = column_target(spec, table, require_target)
+    kinds = resolve_kinds(table_columns(spec), table)
+    raw, y, labels = column_cells(table, spec, kinds, target, known, strict)
+    return raw, y, labels, kinds
+
+
+def column_target(spec: dict, table: Table, require_target: bool) -> int | None:
+    """The target column's index in a table of input.columns (whose every column it checks);
+    None when absent and not required. `table` may hold only the header (a streamed one)."""
+    for name in table_columns(spec):
         _column_index(name, table, "the columns of input.columns")
-    target = _target_index({**data, "features": list(config)}, table, require_target, -1)
-    kinds = resolve_kinds(config, table)
+    return _target_index({**(spec.get("data") or {}), "features": list(table_columns(spec))},
+                         table, require_target, -1)
+
+
+def column_cells(table: Table, spec: dict, kinds: dict[str, str], target: int | None,
+                 known: list[str] | None, strict: bool):
+    """(raw columns, y or None, labels) of one table of input.columns, read whole or a
+    streamed batch (dlc.data.stream): the one rule of both. See load_column_table."""
+    config = table_columns(spec)
     raw = raw_columns(table, list(config), kinds)
     drop = dropped_rows({n: {**column_config(c), "kind": kinds[n]} for n, c in config.items()},
-                        raw, data.get("missing"))
+                        raw, (spec.get("data") or {}).get("missing"))
     if target is None:
         if drop.any():
             raise DlcError(f"{table.where(int(np.argmax(drop)))}: a missing cell in a column "
                            "whose missing values are dropped (missing: drop); fill it")
-        return raw, None, known, kinds
+        return raw, None, known
     keep = ~drop & ~is_missing(stripped_cells(table.text(target)))
     rows = np.flatnonzero(keep)  # the target's rules on its distinct cells, spread to the rows
     cells, codes, first = distinct_codes(table.text(target).take(rows))
     y, labels = encode_cells(cells, spec.get("task", {}).get("kind", "classification"), known,
                              strict, lambda i: table.where(int(rows[first[i]])),
                              table.columns[target])
-    return {k: v[keep] for k, v in raw.items()}, y[codes], labels, kinds
+    return {k: v[keep] for k, v in raw.items()}, y[codes], labels
 
 
 def resolve_kinds(config: dict, table: Table) -> dict[str, str]:

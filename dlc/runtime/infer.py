@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, model_inputs, read_columns, table_arrays
+from dlc.data import _random_split, _split_config, model_inputs, read_columns, stream, table_arrays
+from dlc.data._common import fit_shape
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
+from dlc.data.text import text_config
+from dlc.data.windows import window_config
 from dlc.errors import DlcError, SpecError, UsageError
-from dlc.files.atomic import atomic_open, write_bytes, write_text
 from dlc.files.untrusted import load_json, read_model
 from dlc.model import metrics as M
 from dlc.model.compile import OUTPUTS, output_name
@@ -23,6 +22,8 @@ from dlc.model.names import class_count, spec_heads
 from dlc.model.network import build_network
 from dlc.model.spec import Spec
 from dlc.model.spec.schema import one_line, render_path, validate, without_filled_optimizer_fields
+from dlc.runtime.predictions import check_rows, concat_rows
+from dlc.runtime.predictions import prediction_rows, write_predictions  # noqa: F401 (their API)
 from dlc.runtime.session import choose_device, make_session
 
 
@@ -77,10 +78,22 @@ def _one_line(fn):
         try:
             return fn(*args, **kwargs)
         except DlcError as e:
-            if isinstance(e, SpecError) or one_line(str(e)) == str(e):
-                raise
-            raise type(e)(one_line(str(e))) from None
+            raise _escaped(e) from None
     return wrapper
+
+
+def _escaped(e: DlcError) -> DlcError:
+    if isinstance(e, SpecError) or one_line(str(e)) == str(e):
+        return e
+    return type(e)(one_line(str(e)))
+
+
+def _one_line_parts(parts):
+    """_one_line for a generator: its errors come while it is iterated."""
+    try:
+        yield from parts
+    except DlcError as e:
+        raise _escaped(e) from None
 
 
 @_one_line
@@ -232,29 +245,95 @@ def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | Non
 @_one_line
 def evaluate(model: Model, source: str, batch_size: int = 1024, split: str | None = None) -> dict:
     """Metrics of each output (a `task:` model: one flat mapping; `outputs:`: one mapping per
-    output name), the sample count and which rows were scored (`scored`; see _rows)."""
+    output name), the sample count and which rows were scored (`scored`; see _rows). A table
+    is streamed where _streamed can: only the outputs the metrics read and the targets are
+    gathered, and the metrics computed from them as from a table read whole."""
     split = _own_split(model, source, split)
-    if entries(model.spec):  # table columns by kind: raw columns in
-        raw, y, _, _ = read_columns(source, model.spec, Path.cwd(), model.labels, True, "--data")
-        x = column_feeds(raw)
-    elif _reads_columns(model.spec, source):
-        x, y = read_multi(source, model.spec, model.categories or {}, model.labels, True,
-                          model.features)
-    elif model.spec.get("outputs"):  # one input, several outputs, an npz archive
-        x, y, _ = read_npz_outputs(source, model.spec, Path.cwd(), model.labels)
+    parts = _streamed(model, source, True, "--data")
+    if parts is not None:
+        used = [output_name(h, "prediction" if t["kind"] == "regression" else "logits")
+                for h, t in model.heads.items()]
+        got = [(_pick(out, used), y) for out, y in _run_parts(model, parts, batch_size)]
+        if not got:
+            raise DlcError(f"{source}: no rows with a target")
+        out, y = concat_rows([o for o, _ in got]), np.concatenate([y for _, y in got])
+        n = len(y)
     else:
-        x, y, _, _ = table_arrays(source, model.spec, Path.cwd(), model.labels, "--data")
-    rows, scored = _rows(model, source, split, y, len(x))
-    if rows is not None:
-        x, y = x[rows], y[rows]
-    out = model.run(x, batch_size)
+        x, y = _whole(model, source)
+        out, n = None, len(x)
+    rows, scored = _rows(model, source, split, y, n)
+    if out is None:
+        out = model.run(x if rows is None else x[rows], batch_size)
+    elif rows is not None:
+        out = {k: v[rows] for k, v in out.items()}
+    y = y if rows is None else y[rows]
     result = {}
     for head, task in model.heads.items():
         kind = task["kind"]
         values = out[output_name(head, "prediction" if kind == "regression" else "logits")]
         result[head] = M.compute(kind, y[head] if head else y, values)
     flat = result.pop("") if "" in result else result
-    return {**flat, "samples": int(len(x)), "scored": scored}
+    return {**flat, "samples": int(len(y)), "scored": scored}
+
+
+def _whole(model: Model, source: str):
+    """(x, y) of a data source read whole (or memory-mapped through the data cache)."""
+    if entries(model.spec):  # table columns by kind: raw columns in
+        raw, y, _, _ = read_columns(source, model.spec, Path.cwd(), model.labels, True, "--data")
+        return column_feeds(raw), y
+    if _reads_columns(model.spec, source):
+        return read_multi(source, model.spec, model.categories or {}, model.labels, True,
+                          model.features)
+    if model.spec.get("outputs"):  # one input, several outputs, an npz archive
+        return read_npz_outputs(source, model.spec, Path.cwd(), model.labels)[:2]
+    return table_arrays(source, model.spec, Path.cwd(), model.labels, "--data")[:2]
+
+
+def _streamed(model: Model, source: str, require_target: bool, origin: str):
+    """(inputs, targets or None) per record batch of a table the model reads streamed
+    (dlc.data.stream): input.columns models, and numeric features of one float input; None for
+    what is read whole (images, npz, windows, text, ids, named inputs)."""
+    spec = model.spec
+    if entries(spec):
+        batches = stream.column_batches(str(source), spec, Path.cwd(), model.labels,
+                                        require_target, origin)
+        return None if batches is None else ((column_feeds(raw), y) for raw, y in batches)
+    single = spec.get("input") or {}
+    if _reads_columns(spec, source) or spec.get("outputs") or single.get("dtype") == "int64" \
+            or text_config(spec) or window_config(spec.get("data") or {}) \
+            or Path(source).is_dir():
+        return None
+    shape = [int(d) for d in single["shape"]]
+    if require_target:
+        batches = stream.feature_batches(str(source), spec, Path.cwd(), model.labels, origin)
+    else:
+        fills = ((spec.get("data") or {}).get("missing") or {}).get("strategy") \
+            not in (None, "drop")  # the graph fills them
+        batches = stream.input_batches(Path(source), model.features, int(np.prod(shape)), fills)
+        batches = None if batches is None else ((x, None) for x in batches)
+    return None if batches is None else \
+        ((fit_shape(x, shape, str(source)), y) for x, y in batches)
+
+
+def _run_parts(model: Model, parts, batch_size: int):
+    """(outputs, targets) per streamed part, the model run on the very row groups of batch_size
+    a table read whole is run on (rows carried over from one part to the next), so that
+    every output is the same bits."""
+    held = None
+    for x, y in parts:
+        if held is not None:
+            x = concat_rows([held[0], x])
+            y = None if y is None else np.concatenate([held[1], y])
+        whole = len(x) - len(x) % batch_size
+        if whole:
+            yield model.run(x[:whole], batch_size), None if y is None else y[:whole]
+        held = (x[whole:], None if y is None else y[whole:])
+    if held is not None and len(held[0]):
+        yield model.run(held[0], batch_size), held[1]
+
+
+def _pick(out: dict, names: list[str]) -> dict:
+    return {k: out[k] for k in names}
 
 
 @_one_line
@@ -276,114 +355,18 @@ def predict_inputs(model: Model, input_path: str):
 def predict(model: Model, input_path: str, batch_size: int = 1024,
             output: str | None = None) -> dict[str, np.ndarray]:
     """The model's outputs on the raw inputs in `input_path`; `output` (the path they will be
-    written to) bounds the row count before the model runs (see _check_rows)."""
+    written to) bounds the row count before the model runs (see check_rows)."""
     x = predict_inputs(model, input_path)
-    _check_rows(len(x), output)
+    check_rows(len(x), output)
     return model.run(x, batch_size)
 
 
-# CSV and JSON predictions turn every value into a Python object and then text (about 100 bytes
-# a value): a small compressed npz input could otherwise ask for gigabytes. npz output is arrays.
-MAX_TEXT_ROWS = 1_000_000
-
-
-def _format(path: str | None) -> str:
-    suffix = Path(path).suffix.lower() if path else ".csv"
-    if suffix not in (".csv", ".npz", ".json"):
-        raise DlcError(f"unknown output format '{suffix}'; use .csv, .npz or .json")
-    return suffix
-
-
-def _check_rows(n: int, path: str | None) -> None:
-    if n > MAX_TEXT_ROWS and _format(path) != ".npz":
-        raise DlcError(f"{n:,} samples: CSV and JSON predictions hold at most {MAX_TEXT_ROWS:,} "
-                       "rows (MAX_TEXT_ROWS); write them with -o predictions.npz")
-
-
-def _columns(model: Model, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Prediction table, per output: class index, class name and one probability column per
-    class, or the regression values. Columns of `outputs:` models start with `<output>.`."""
-    cols = {}
-    for head, task in model.heads.items():
-        name = lambda c: output_name(head, c)  # noqa: E731
-        if task["kind"] == "regression":
-            pred = out[name("prediction")]
-            cols.update({name(f"prediction_{j}" if pred.shape[1] > 1 else "prediction"):
-                         pred[:, j] for j in range(pred.shape[1])})
-            continue
-        idx, probs = out[name("class_index")], out[name("probabilities")]
-        labels = model.labels_of(head) or [str(i) for i in range(max(probs.shape[-1], 2))]
-        cols.update({name("class_index"): idx, name("label"): np.asarray(labels)[idx]})
-        if idx.ndim > 1:  # a class per token: [n, T] indices, [n, T, classes] probabilities
-            cols[name("probabilities")] = probs
-        elif task["kind"] == "binary":
-            cols[name(f"p_{labels[1]}")] = probs[:, 0]
-        else:
-            cols.update({name(f"p_{labels[j]}"): probs[:, j] for j in range(probs.shape[1])})
-    return cols
-
-
-def prediction_rows(model: Model, out: dict[str, np.ndarray]) -> list[dict]:
-    """One mapping per sample, the prediction table's columns as keys (`dlc predict -o
-    x.json`, and what `dlc serve` answers)."""
-    return _records({k: v.tolist() for k, v in _columns(model, out).items()})
-
-
-def _records(cols: dict[str, list]) -> list[dict]:
-    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
-
-
-# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): class names come from the
-# training data, so a label `=HYPERLINK(...)` is prefixed with ' and shown as text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def write_predictions(model: Model, out: dict[str, np.ndarray], path: str | None,
-                      inputs: list[str] | None = None):
-    """Write csv, npz or json by extension; with no path return the csv text as an iterator of
-    chunks (for stdout). `inputs` (the image files predicted) become a first column `path`."""
-    cols = {**({"path": np.asarray(inputs)} if inputs else {}), **_columns(model, out)}
-    suffix = _format(path)
-    if suffix == ".npz":
-        buf = io.BytesIO()
-        np.savez(buf, **cols)
-        write_bytes(path, buf.getvalue())
-        return None
-    _check_rows(len(next(iter(cols.values()))), path)
-    if suffix == ".json":
-        write_text(path, json.dumps(_records({k: v.tolist() for k, v in cols.items()}),
-                                    indent=1) + "\n")
-        return None
-    if any(v.ndim > 1 for v in cols.values()):
-        raise DlcError("this model predicts a class per token: write the predictions with "
-                       "-o predictions.json or -o predictions.npz")
-    if path is None:
-        return _csv_chunks(cols)
-    with atomic_open(path, "wb") as f:
-        for chunk in _csv_chunks(cols):
-            f.write(chunk.encode())
-    return None
-
-
-CSV_ROWS = 8192  # rows turned into text at a time: the whole table never is
-
-
-def _csv_chunks(cols: dict[str, np.ndarray]):
-    """The prediction table as CSV text, the header first, then CSV_ROWS rows at a time."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([_cell(c) for c in cols])
-    n = len(next(iter(cols.values())))
-    for lo in range(0, max(n, 1), CSV_ROWS):
-        part = [v[lo:lo + CSV_ROWS].tolist() for v in cols.values()]
-        writer.writerows([_cell(v) for v in row] for row in zip(*part))
-        yield buf.getvalue()
-        buf.seek(0)
-        buf.truncate()
+@_one_line
+def predict_parts(model: Model, input_path: str, batch_size: int = 1024,
+                  output: str | None = None):
+    """predict's outputs, one mapping a streamed part of a table (dlc.data.stream; a CSV
+    written as they come is bounded by nothing), else one mapping of every row."""
+    parts = _streamed(model, input_path, False, "input file")
+    if parts is None:
+        return iter([predict(model, input_path, batch_size, output)])
+    return _one_line_parts(out for out, _ in _run_parts(model, parts, batch_size))
