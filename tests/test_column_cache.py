@@ -6,7 +6,6 @@ CSV line (not its row), as when the table is read whole."""
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from conftest import straight_and_resumed
 from test_columns import COLUMNS, spec_file, write_table
-from test_data_cache import same_weights
+from test_data_cache import cv_cached_and_in_memory, same_weights
 from test_text_columns import spec_file as text_spec_file
 from test_text_columns import write_table as write_text_table
 
@@ -159,12 +158,7 @@ def test_cv_folds_from_the_column_cache_equal_memory(cli, tmp_path):
     the memory-mapped columns: the same figures as the table read into memory."""
     write_table(tmp_path / "t.csv")
     spec, _ = spec_file(tmp_path, columns=AUTO, epochs=2)
-    results = {}
-    for setting in (True, False):
-        out = tmp_path / f"cv-{setting}.json"
-        r = cli("cv", with_cache(spec, setting), "--folds", "3", "-o", out)
-        assert r.code == 0 and ("data cache" in r.err) == setting, r
-        results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
+    results = cv_cached_and_in_memory(cli, tmp_path, lambda s: with_cache(spec, s))
     assert results[True] == results[False]
 
 

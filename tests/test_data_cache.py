@@ -194,16 +194,23 @@ def test_evaluate_reads_a_big_table_through_the_cache(cli, tmp_path, monkeypatch
     assert r.code == 1 and "sideways" in r.err and len(r.err.strip().splitlines()) == 1, r
 
 
+def cv_cached_and_in_memory(cli, tmp_path, spec_for) -> dict:
+    """{data.cache setting: dlc cv's figures (3 folds)} of the spec spec_for(setting) writes,
+    through the cache (True; its note on stderr) and read into memory (False)."""
+    results = {}
+    for setting in (True, False):
+        out = tmp_path / f"cv-{setting}.json"
+        r = cli("cv", spec_for(setting), "--folds", "3", "-o", out)
+        assert r.code == 0 and ("data cache" in r.err) == setting, r
+        results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
+    return results
+
+
 def test_cv_reads_a_big_table_through_the_cache(cli, tmp_path):
     """dlc cv on a table that data.cache sends to the cache memory-maps it and gives the folds'
     figures of the same table read into memory (one statistics chunk: numpy's own figures)."""
     write_table(tmp_path / "t.csv")
-    results = {}
-    for setting in (True, False):
-        out = tmp_path / f"cv-{setting}.json"
-        r = cli("cv", spec_file(tmp_path, setting), "--folds", "3", "-o", out)
-        assert r.code == 0 and ("data cache" in r.err) == setting, r
-        results[setting] = {k: v for k, v in json.loads(out.read_text()).items() if k != "spec"}
+    results = cv_cached_and_in_memory(cli, tmp_path, lambda s: spec_file(tmp_path, s))
     assert results[True] == results[False]
 
 
