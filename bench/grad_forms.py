@@ -1,6 +1,6 @@
 """Gradient formulations head to head at the suite's sizes, one small ONNX graph each.
 
-    .venv/bin/python bench/grad_forms.py [--cases matmul_dw,...] [--threads 1] [--reps 20]
+    .venv/bin/python bench/grad_forms.py [--cases matmul_dw,...] [--threads 1,2] [--reps 20]
         [--rounds 5] [--baseline DIR] [--json-only]
 
 Each case times two or more standard-ONNX graphs that compute the same thing (checked equal to
@@ -480,7 +480,8 @@ def run_case(name: str, threads: int, reps: int, rounds: int, baseline: str | No
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", default="1", help="intra-op threads; a list (1,2) runs each "
+                   "case at each count in turn")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline", help="also time each case's graphs as built by the dlc in "
@@ -493,12 +494,13 @@ def main() -> None:
         for v, m in models(a.emit)[1].items():
             Path(a.out, f"{v}.onnx").write_bytes(m)
         return
-    for name in a.cases.split(","):
-        r = run_case(name, a.threads, a.reps, a.rounds, a.baseline)
+    for name, threads in [(c, int(t)) for c in a.cases.split(",") for t in a.threads.split(",")]:
+        r = run_case(name, threads, a.reps, a.rounds, a.baseline)
         print(json.dumps(r), flush=True)
         if not a.json_only:
-            print(f"# {name}: " + ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
-                  + f"  (foreign share {r['foreign_cpu_share']:.2f})", file=sys.stderr)
+            times = ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
+            print(f"# {name}, {threads} threads: {times}  (foreign share "
+                  f"{r['foreign_cpu_share']:.2f})", file=sys.stderr)
 
 
 if __name__ == "__main__":
