@@ -499,8 +499,9 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         if not a.json_only:
             times = ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
+            share = r["foreign_cpu_share"]  # None for a run shorter than a clock tick
             print(f"# {name}, {threads} threads: {times}  (foreign share "
-                  f"{r['foreign_cpu_share']:.2f})", file=sys.stderr)
+                  f"{'unknown' if share is None else f'{share:.2f}'})", file=sys.stderr)
 
 
 if __name__ == "__main__":
