@@ -1,6 +1,6 @@
 """Gradient formulations head to head at the suite's sizes, one small ONNX graph each.
 
-    .venv/bin/python bench/grad_forms.py [--cases matmul_dw,...] [--threads 1] [--reps 20]
+    .venv/bin/python bench/grad_forms.py [--cases matmul_dw,...] [--threads 1,2] [--reps 20]
         [--rounds 5] [--baseline DIR] [--json-only]
 
 Each case times two or more standard-ONNX graphs that compute the same thing (checked equal to
@@ -25,11 +25,26 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               ConvTranspose (dlc's form for F > C) 2.0 against 2.6 ms at 1 thread
   conv_dx_s2  the stride-2 3x3 conv of ResNet-20's stage 2: ConvTranspose (dlc) against a Conv
               with the flipped kernel over the zero-interleaved gradient (6x slower: not adopted)
+              and a sub-pixel Conv (the four phases of the ConvTranspose as one stride-1 Conv
+              with a [4C, F, 2, 2] kernel built from W, then DepthToSpace: its Conv alone
+              costs what ConvTranspose does and DepthToSpace runs on one thread; 11.3 against
+              5.6 CPU ms at 1 thread, 17.6 against 6.3 ms at 2: not adopted)
+  conv_dx_1x1_s2  the stride-2 1x1 projection shortcut of stage 2 (16 -> 32 channels, 32x32 ->
+              16x16): ConvTranspose (dlc) against a 1x1 Conv plus a zero interleave (a Pad,
+              single-threaded): 8.3 against 1.0 ms at 1 thread, 7.7 against 1.2 at 2
   conv_dw     ResNet-20's first-stage conv weight gradient ([128, 16, 32, 32]): batched
               per-image GEMMs per kernel offset (dlc's form from 256 output positions: they
               split over threads image by image), one Gemm per offset over the batch (its
               16 x 16 output runs on one thread) and a Conv over batch/channel-swapped tensors
-              (2-3x slower: not adopted); each graph includes the forward Conv
+              (2-3x slower: not adopted); each graph includes the forward Conv. Two ways to
+              cut the im2col columns in one multi-threaded op instead of a Slice per offset,
+              not adopted (more time at 1 and 2 threads than the Slices they replace):
+              onehot_conv, a Conv of the input viewed as [N C, 1, H, W] with a one-hot
+              [k k, 1, k, k] kernel, then per-image GEMMs (the Conv does k k x the work of a
+              copy, plus an NCHWc reorder: 36 against dlc's 19 CPU ms at 1 thread);
+              gathered_taps, one Gather of the input as [H W positions, N C] rows, then GEMMs
+              batched over the offsets (onnxruntime's Gather copies at a third of a Slice's
+              speed: 24 against 19 ms; 8x8: 11 against 9)
   conv_dw_16x16  the same at the second stage ([128, 32, 16, 16], 256 positions: per-image)
   conv_dw_8x8 the same at the last stage ([128, 64, 8, 8]), where the per-offset Gemms are dlc's
               form (per-image GEMMs of 64 positions: 2.3x slower)
@@ -37,6 +52,12 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
   batchnorm   forward + backward of training-mode batch normalisation over [128, 16, 32, 32]
+  channel_sums, channel_sums_16x16, channel_sums_8x8  the per-channel sums of batchnorm's
+              backward over (N, H, W) of ResNet-20's [128, C, H, W] tensors: one ReduceSum
+              over (0, 2, 3) (what dlc emits; onnxruntime splits it over its threads: 0.35 CPU
+              ms in 0.19 wall at 2 threads, 16x32x32), over H W then N (0.19 and 0.14 ms at 1
+              and 2 threads: 20-30% less, but about 5 ms of a 430 ms step in all) and a MatMul
+              with a ones vector then a ReduceSum over N (3-4x slower)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
               transformer, textcls) from its initial weights: `session.run` alone
 """
@@ -156,42 +177,91 @@ def conv_dx_s2(rng):
     """ResNet-20's stage-2 downsampling conv (16 -> 32 channels, 3x3, stride 2, pads 1, 32x32 ->
     16x16): dX by ConvTranspose (dlc) against a stride-1 Conv with the flipped kernel over the
     gradient zero-interleaved to 32x32 (a Pad of [.., 16, 1, 16, 1] to [.., 16, 2, 16, 2])."""
-    g = rng.standard_normal((128, 32, 16, 16), np.float32)
+    g_shape = [128, 32, 16, 16]
+    g = rng.standard_normal(g_shape, np.float32)
     w = rng.standard_normal((32, 16, 3, 3), np.float32)
-
-    def interleaved(b, g, w):
-        g6 = b.Pad(b.Reshape(g, b.const([128, 32, 16, 1, 16, 1])),
-                   b.const([0] * 9 + [1, 0, 1]))
-        return [b.Conv(b.Reshape(g6, b.const([128, 32, 32, 32])), _flipped(b, w),
-                       pads=[1, 1, 1, 1])]
     return {"g": g, "w": w}, {
         "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, strides=[2, 2], pads=[1, 1, 1, 1],
                                                            output_padding=[1, 1])],
-        "interleaved_conv": interleaved}
+        "interleaved_conv": lambda b, g, w: [b.Conv(_interleaved(b, g, g_shape), _flipped(b, w),
+                                                    pads=[1, 1, 1, 1])],
+        "subpixel": lambda b, g, w: [_subpixel(b, g, w, [32, 16, 3], 2, 1, (16, 32))]}
 
 
-def conv_dw(channels: int, side: int):
-    """dW of a 3x3 'same' conv of ResNet-20, channels -> channels over [128, channels, side,
-    side]: the forms of autodiff.conv_weight (per-image GEMMs per offset, one Gemm per offset
-    over the batch) against one Conv over the batch with batch and channel axes swapped
-    (by_conv, what dlc keeps for grouped convolutions). Each graph includes the forward Conv."""
+def _interleaved(b, t, shape):
+    """t [N, C, H, W] with a zero after each entry along H and W: [N, C, 2H, 2W]."""
+    n, c, h, w = shape
+    t6 = b.Pad(b.Reshape(t, b.const([n, c, h, 1, w, 1])), b.const([0] * 9 + [1, 0, 1]))
+    return b.Reshape(t6, b.const([n, c, 2 * h, 2 * w]))
+
+
+def phase_taps(k: int, s: int, p: int) -> tuple[np.ndarray, int]:
+    """Sel[a, e, u] = 1 where input row s q + a gets dY row q + lo + e through kernel row u
+    (a forward conv reads input row s i + u - p for output row i), and lo."""
+    hits = [(a, (a + p - u) // s, u) for a in range(s) for u in range(k) if (a + p - u) % s == 0]
+    lo = min(e for _, e, _ in hits)
+    sel = np.zeros((s, max(e for _, e, _ in hits) - lo + 1, k), np.float32)
+    for a, e, u in hits:
+        sel[a, e - lo, u] = 1
+    return sel, lo
+
+
+def _subpixel(b, g, w, fck, stride: int, pad: int, sides):
+    """dX of a square stride-s conv (F, C, k = fck) as one stride-1 Conv of dY with the s*s phase
+    kernels stacked [s s C, F, L, L], W times a constant selection, then DepthToSpace (DCR:
+    channel (a s + b) C + c is phase (a, b) of channel c)."""
+    (f, c, k), (sel, lo), (dy_side, side) = fck, phase_taps(fck[2], stride, pad), sides
+    length, rows = sel.shape[1], -(-side // stride)
+    both = np.einsum("aeu,bgv->uvaebg", sel, sel).reshape(k * k, -1)
+    kern = b.Reshape(b.MatMul(b.Reshape(w, b.const([f * c, k * k])), b.const(both)),
+                     b.const([f, c, stride, length, stride, length]))
+    kern = b.Reshape(b.Transpose(kern, perm=[2, 4, 1, 0, 3, 5]),
+                     b.const([stride * stride * c, f, length, length]))
+    end = max(rows - dy_side + length - 1 + lo, 0)
+    dx = b.DepthToSpace(b.Conv(g, kern, pads=[-lo, -lo, end, end]), blocksize=stride)
+    if rows * stride == side:
+        return dx
+    return b.Slice(dx, b.const([0, 0]), b.const([side, side]), b.const([2, 3]))
+
+
+def conv_dx_1x1_s2(rng):
+    """ResNet-20's stage-2 projection shortcut (16 -> 32 channels, 1x1, stride 2, 32x32 ->
+    16x16): dX by ConvTranspose (dlc) against a 1x1 Conv with the channel-swapped kernel
+    (onnxruntime splits it over its threads) and a zero interleave."""
+    g = rng.standard_normal((128, 32, 16, 16), np.float32)
+    w = rng.standard_normal((32, 16, 1, 1), np.float32)
+    return {"g": g, "w": w}, {
+        "conv_transpose": lambda b, g, w: [b.ConvTranspose(g, w, strides=[2, 2],
+                                                           output_padding=[1, 1])],
+        "conv_interleaved": lambda b, g, w: [_interleaved(
+            b, b.Conv(g, b.Transpose(w, perm=[1, 0, 2, 3])), [128, 16, 16, 16])]}
+
+
+def conv_dw(channels: int, side: int, batch: int = 128, stride: int = 1, pad: int = 1):
+    """dW of a 3x3 conv of ResNet-20 ('same': stride 1, pad 1), channels -> channels over
+    [batch, channels, side, side]: the forms of autodiff.conv_weight (per-image GEMMs per offset,
+    one Gemm per offset over the batch) against one Conv over the batch with batch and channel
+    axes swapped (by_conv, what dlc keeps for grouped convolutions) and the two one-op tap
+    extractions below. Each graph includes the forward Conv."""
     def make(rng):
         from dlc.autodiff import conv_weight
 
-        x = rng.standard_normal((128, channels, side, side), np.float32)
-        r = rng.standard_normal((128, channels, side, side), np.float32)
+        out = (side + 2 * pad - 3) // stride + 1
+        x = rng.standard_normal((batch, channels, side, side), np.float32)
+        r = rng.standard_normal((batch, channels, out, out), np.float32)
         w = rng.standard_normal((channels, channels, 3, 3), np.float32)
         forms = {"per_image": lambda x, dy, ys, ws, s, d, p: conv_weight._per_image(
                      x, dy, ys, ws, s, d, p, stacked=False),
                  "per_offset": conv_weight._per_offset,
                  "conv_swapped": lambda x, dy, ys, ws, s, d, p: conv_weight.by_conv(
-                     x, dy, ws, s, d, p, 1)}
+                     x, dy, ws, s, d, p, 1),
+                 "onehot_conv": _onehot_taps, "gathered_taps": _gathered_taps}
 
         def form(kind):
             def build(b, x, w, r):
                 from dlc.autodiff import gradients
 
-                y = b.Conv(x, w, pads=[1, 1, 1, 1])
+                y = b.Conv(x, w, pads=[pad] * 4, strides=[stride] * 2)
                 saved, conv_weight.by_gemm = conv_weight.by_gemm, forms[kind]
                 try:
                     return [gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [w])[w]]
@@ -199,6 +269,67 @@ def conv_dw(channels: int, side: int):
                     conv_weight.by_gemm = saved
             return build
         return {"x": x, "w": w, "r": r}, {k: form(k) for k in forms}
+    return make
+
+
+def _onehot_taps(x, dy, ys, ws, s, d, p):
+    """dW with the im2col columns made by one Conv: x viewed as [N C, 1, *S] and a fixed
+    one-hot kernel [T, 1, *k] (output channel t copies offset t's tap), as [N, C T, P] for
+    per-image GEMMs with dY [N, F, P], summed over the batch."""
+    from dlc.autodiff.var import op
+
+    xs, t = x.shape, int(np.prod(ws[2:]))
+    eye = np.eye(t, dtype=np.float32).reshape(t, 1, *ws[2:])
+    cols = op.Conv(op.Reshape(x, [-1, 1, *xs[2:]]), eye, strides=s, dilations=d, pads=p)
+    cols = op.Reshape(cols, [xs[0], ws[1] * t, -1])
+    per_image = op.Reshape(dy, [0, ws[0], -1]) @ op.Transpose(cols, perm=[0, 2, 1])
+    return op.Reshape(op.ReduceSum(per_image, [0], keepdims=0), ws)
+
+
+def _gathered_taps(x, dy, ys, ws, s, d, p):
+    """dW with every offset's tap cut by one Gather (split over onnxruntime's threads) of the
+    input as [positions + a zero row, N C], so each gathered block is N C floats; then one
+    [F, K] x [K, C] GEMM per offset, batched over the offsets, K = P N."""
+    from dlc.autodiff.var import op
+
+    xs, r = x.shape, len(ws) - 2
+    index = _tap_index(xs[2:], ys[2:], ws[2:], s, d, p[:r])  # [T, P]
+    xt = op.Reshape(op.Transpose(x, perm=[*range(2, r + 2), 0, 1]), [int(np.prod(xs[2:])), -1])
+    cols = op.Gather(op.Pad(xt, [0, 0, 1, 0]), index, axis=0)  # [T, P, N C]
+    cols = op.Reshape(cols, [index.shape[0], -1, ws[1]])
+    dyt = op.Reshape(op.Transpose(dy, perm=[1, *range(2, r + 2), 0]), [ws[0], -1])  # [F, P N]
+    return op.Reshape(op.Transpose(dyt @ cols, perm=[1, 2, 0]), ws)
+
+
+def _tap_index(sizes, outs, k, s, d, begin) -> np.ndarray:
+    """[T, P]: the flat input position that output position P reads through kernel offset T,
+    prod(sizes) (a zero row) where it falls in the padding."""
+    taps, grid = np.array(list(np.ndindex(*k))), np.array(list(np.ndindex(*outs)))
+    pos = grid[None] * np.array(s) + taps[:, None] * np.array(d) - np.array(begin)
+    inside = ((pos >= 0) & (pos < np.array(sizes))).all(-1)
+    flat = np.ravel_multi_index(tuple(np.moveaxis(np.clip(pos, 0, np.array(sizes) - 1), -1, 0)),
+                                sizes)
+    return np.where(inside, flat, int(np.prod(sizes)))
+
+
+def channel_sums(channels: int, side: int):
+    """Batchnorm backward's per-channel sums over (N, H, W) of a [128, channels, side, side]
+    tensor: one ReduceSum over (0, 2, 3), two ReduceSums (H W, then N) and a MatMul with ones."""
+    def make(rng):
+        x = rng.standard_normal((128, channels, side, side), np.float32)
+        rows = [128, channels, side * side]
+        ones = np.ones((side * side, 1), np.float32)
+
+        def two(b, x):
+            return [b.ReduceSum(b.ReduceSum(b.Reshape(x, b.const(rows)), b.const([2]),
+                                            keepdims=0), b.const([0]), keepdims=0)]
+
+        def ones_matmul(b, x):
+            return [b.ReduceSum(b.MatMul(b.Reshape(x, b.const(rows)), b.const(ones)),
+                                b.const([0, 2]), keepdims=0)]
+        return {"x": x}, {
+            "reducesum_023": lambda b, x: [b.ReduceSum(x, b.const([0, 2, 3]), keepdims=0)],
+            "hw_then_n": two, "ones_matmul": ones_matmul}
     return make
 
 
@@ -278,10 +409,13 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
          "conv_dx_16x16": conv_dx(32, 16), "conv_dx_8x8": conv_dx(64, 8),
          "conv_dx_digits": conv_dx(64, 8, inputs=32, batch=64), "conv_dx_s2": conv_dx_s2,
+         "conv_dx_1x1_s2": conv_dx_1x1_s2,
          "conv_dw": conv_dw(16, 32), "conv_dw_16x16": conv_dw(32, 16),
          "conv_dw_8x8": conv_dw(64, 8),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
+         "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
+         "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
                                                  "textcls")}}
 
@@ -346,7 +480,8 @@ def run_case(name: str, threads: int, reps: int, rounds: int, baseline: str | No
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", default="1", help="intra-op threads; a list (1,2) runs each "
+                   "case at each count in turn")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline", help="also time each case's graphs as built by the dlc in "
@@ -359,12 +494,14 @@ def main() -> None:
         for v, m in models(a.emit)[1].items():
             Path(a.out, f"{v}.onnx").write_bytes(m)
         return
-    for name in a.cases.split(","):
-        r = run_case(name, a.threads, a.reps, a.rounds, a.baseline)
+    for name, threads in [(c, int(t)) for c in a.cases.split(",") for t in a.threads.split(",")]:
+        r = run_case(name, threads, a.reps, a.rounds, a.baseline)
         print(json.dumps(r), flush=True)
         if not a.json_only:
-            print(f"# {name}: " + ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
-                  + f"  (foreign share {r['foreign_cpu_share']:.2f})", file=sys.stderr)
+            times = ", ".join(f"{v} {t} ms" for v, t in r["ms_per_run"].items())
+            share = r["foreign_cpu_share"]  # None for a run shorter than a clock tick
+            print(f"# {name}, {threads} threads: {times}  (foreign share "
+                  f"{'unknown' if share is None else f'{share:.2f}'})", file=sys.stderr)
 
 
 if __name__ == "__main__":
