@@ -167,7 +167,7 @@ def test_a_header_row_wider_than_the_first_read(cli, tmp_path, monkeypatch, smal
     read again with a whole block."""
     write_table(tmp_path / "t.csv")
     monkeypatch.setattr(cache, "HEAD", 8)
-    assert cache._names(tmp_path / "t.csv", "csv", True) == ["a", "b", "c", "d", "y"]
+    assert cache.column_names(tmp_path / "t.csv", "csv", True) == ["a", "b", "c", "d", "y"]
     r = cli("train", spec_file(tmp_path, True), "--out", tmp_path / "run", "-q")
     assert r.code == 0 and "data cache built" in r.err, r
 

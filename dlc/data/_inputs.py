@@ -15,7 +15,7 @@ from dlc.errors import DlcError
 from dlc.files.untrusted import check_file, check_numpy_file
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:
@@ -32,14 +32,14 @@ def _csv_table(path: Path) -> Table:
     """The CSV with a header when its first row is not all numbers (a Parquet or Feather file
     always names its columns)."""
     table = read_table(path, path.name, header=False)
-    if all(_is_number(str(table.data.column(c)[0].as_py())) for c in range(len(table.columns))):
+    if all(is_number(str(table.data.column(c)[0].as_py())) for c in range(len(table.columns))):
         return table
     if len(table) == 1:
         raise DlcError(f"{path.name}: no data rows below the header")
     return read_table(path, path.name, header=True)
 
 
-def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[int]:
+def input_columns(table: Table, features: list[str] | None, need: int) -> list[int]:
     """Indices of the model's feature columns (by name when both sides have names)."""
     if features and table.has_names:
         missing = [f for f in features if f not in table.columns]
@@ -61,7 +61,7 @@ def _csv_columns(table: Table, features: list[str] | None, need: int) -> list[in
 
 def _read_table(path: Path, features: list[str] | None, need: int, missing: bool) -> np.ndarray:
     table = _csv_table(path)
-    cols = _csv_columns(table, features, need)
+    cols = input_columns(table, features, need)
     return table.numbers(cols, missing)
 
 

@@ -36,8 +36,8 @@ _MISSING = pa.array(sorted(MISSING), pa.string())
 # line ends, and without this a block cut inside such a cell fails ("out of sync with chunker").
 # It cost nothing measurable on the 2M-row bench table (147 MiB, 1 MiB blocks).
 PARSE = pacsv.ParseOptions(newlines_in_values=True)
-_CONVERT = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, true_values=[],
-                                false_values=[], timestamp_parsers=[])
+CONVERT = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, true_values=[],
+                               false_values=[], timestamp_parsers=[])
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _drop_blank_rows(data: pa.Table) -> pa.Table:
 def read_csv(path: Path, display: str, header: bool, strings: bool = False) -> Table:
     """A CSV file as a Table (`strings`: every column as text)."""
     read = pacsv.ReadOptions(autogenerate_column_names=not header)
-    convert = _CONVERT
+    convert = CONVERT
     if strings:
         names = pacsv.open_csv(path, read_options=read, parse_options=PARSE).schema.names
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},

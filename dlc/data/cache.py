@@ -68,7 +68,7 @@ def table_source(spec: dict, spec_dir: Path, origin: str = "data.source in spec"
     return path, rest, scheme
 
 
-def _csv_options(header: bool, block: int = 0) -> pacsv.ReadOptions:
+def csv_read_options(header: bool, block: int = 0) -> pacsv.ReadOptions:
     """Reads of BLOCK bytes on threads (they read ahead); of a given `block` without threads."""
     return pacsv.ReadOptions(block_size=block or BLOCK, use_threads=not block,
                              autogenerate_column_names=not header)
@@ -79,7 +79,7 @@ def _csv_names(path: Path, header: bool) -> list[str]:
     reads ahead: ~100 MiB of Arrow's pool on the 2M-row table, which its allocator keeps); a
     row wider than HEAD is read again with BLOCK."""
     def names(block: int) -> list[str]:
-        return pacsv.open_csv(path, read_options=_csv_options(header, block),
+        return pacsv.open_csv(path, read_options=csv_read_options(header, block),
                               parse_options=PARSE).schema.names
 
     try:
@@ -88,7 +88,7 @@ def _csv_names(path: Path, header: bool) -> list[str]:
         return names(BLOCK)
 
 
-def _names(path: Path, kind: str, header: bool) -> list[str]:
+def column_names(path: Path, kind: str, header: bool) -> list[str]:
     """The file's column names as dlc.data._table names them (`#i` without a header)."""
     if kind == "parquet":
         names = pq.ParquetFile(path).schema_arrow.names
@@ -99,10 +99,10 @@ def _names(path: Path, kind: str, header: bool) -> list[str]:
     return [str(n).strip() for n in names] if header else [f"#{i}" for i in range(len(names))]
 
 
-def _batches(path: Path, kind: str, header: bool, names: list[str], columns: dict,
-             nulls: bool = False):
+def record_batches(path: Path, kind: str, header: bool, names: list[str], columns: dict,
+                   nulls: bool = False):
     """The record batches of `columns` (name -> the Arrow type a CSV reader gives it), named as
-    `_names` names them (`names`: every column of the file); `nulls`: a missing marker in a
+    `column_names` names them (`names`: every column of the file); `nulls`: a missing marker in a
     CSV number column reads as null."""
     wanted = list(columns)
     if kind == "parquet":
@@ -120,7 +120,7 @@ def _batches(path: Path, kind: str, header: bool, names: list[str], columns: dic
             column_types={by_name[n]: t for n, t in columns.items()},
             include_columns=[by_name[n] for n in wanted], strings_can_be_null=False,
             null_values=sorted(MISSING) if nulls else [])
-        batches = pacsv.open_csv(path, read_options=_csv_options(header), parse_options=PARSE,
+        batches = pacsv.open_csv(path, read_options=csv_read_options(header), parse_options=PARSE,
                                  convert_options=convert)
     for batch in batches:
         yield pa.RecordBatch.from_arrays(batch.columns, names=wanted)
@@ -145,8 +145,8 @@ def _build(tmp: Path, path: Path, kind: str, header: bool, enc) -> None:
     try:
         with contextlib.ExitStack() as stack:
             files = {}
-            for batch in _batches(path, kind, header, enc.names, enc.columns,
-                                  enc.reads_missing):
+            for batch in record_batches(path, kind, header, enc.names, enc.columns,
+                                        enc.reads_missing):
                 out = enc.encode(batch, seen)
                 targets.append(out.pop("y"))
                 for name, values in out.items():
@@ -179,7 +179,7 @@ def _named_error(path: Path, kind: str, header: bool, enc, e: Exception) -> DlcE
             Table(enc.display, [], True, pa.table({}), None, header, source=path).lines
             seen = 0
             text = dict.fromkeys(enc.columns, pa.string())
-            for batch in _batches(path, kind, header, enc.names, text):
+            for batch in record_batches(path, kind, header, enc.names, text):
                 enc.encode(batch, seen)
                 seen += batch.num_rows
         except DlcError as named:
@@ -198,7 +198,7 @@ def _cached(path: Path, display: str, kind: str, spec: dict, encoder) -> tuple[P
                        "false to read the table into memory")
     header = bool((spec.get("data") or {}).get("header", True))
     try:
-        names = _names(path, kind, header)
+        names = column_names(path, kind, header)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
     enc = encoder(names)
@@ -215,7 +215,7 @@ def _cached(path: Path, display: str, kind: str, spec: dict, encoder) -> tuple[P
         shutil.rmtree(where, ignore_errors=True)  # a damaged cache (a disk error, a hand edit)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         try:
-            enc.prepare(lambda columns: _batches(path, kind, header, enc.names, columns))
+            enc.prepare(lambda columns: record_batches(path, kind, header, enc.names, columns))
             _build(tmp, path, kind, header, enc)
             with contextlib.suppress(OSError):  # another process built it meanwhile: keep theirs
                 tmp.rename(where)

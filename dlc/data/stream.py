@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from dlc.data._csv import column_cells, column_target, feature_cells, feature_columns
-from dlc.data._inputs import _csv_columns, _is_number
+from dlc.data._inputs import input_columns, is_number
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._table import _CONVERT, PARSE, TABLE_SUFFIXES, Table
-from dlc.data.cache import BLOCK, HEAD, _batches, _csv_options, _names, table_source
+from dlc.data._table import CONVERT, PARSE, TABLE_SUFFIXES, Table
+from dlc.data.cache import (BLOCK, HEAD, column_names, csv_read_options, record_batches,
+                            table_source)
 from dlc.data.columns import column_config, table_columns
 from dlc.data.encode import batch_error
 from dlc.errors import DlcError
@@ -31,11 +32,11 @@ from dlc.files.untrusted import check_file
 
 def tables(path: Path, display: str, kind: str, header: bool, wanted: list[str]
            ) -> Iterator[Table]:
-    """The `wanted` columns (named as dlc.data.cache._names names them), as text, one Table a
-    record batch; a ragged CSV row or a bad byte is named by its line."""
+    """The `wanted` columns (named as dlc.data.cache.column_names names them), as text, one
+    Table a record batch; a ragged CSV row or a bad byte is named by its line."""
     try:
-        names = _names(path, kind, header)  # dlc.data.cache's, to name its batches' columns
-        batches = _batches(path, kind, header, names, dict.fromkeys(wanted, pa.string()))
+        names = column_names(path, kind, header)  # dlc.data.cache's, to name its batches' columns
+        batches = record_batches(path, kind, header, names, dict.fromkeys(wanted, pa.string()))
         seen = 0
         for batch in batches:
             yield Table(display, wanted, header, pa.Table.from_batches([batch]), None, header,
@@ -111,7 +112,7 @@ def input_batches(path: Path, features: list[str] | None, need: int, missing: bo
     check_file(path, "input file")
     header = kind != "csv" or not _first_row_numbers(path)
     head = _head(path, path.name, kind, header)
-    wanted = [head.columns[c] for c in _csv_columns(head, features, need)]
+    wanted = [head.columns[c] for c in input_columns(head, features, need)]
     return (t.numbers(list(range(len(wanted))), missing)
             for t in tables(path, path.name, kind, header, wanted))
 
@@ -119,7 +120,7 @@ def input_batches(path: Path, features: list[str] | None, need: int, missing: bo
 def _head(path: Path, display: str, kind: str, header: bool) -> Table:
     """A Table of the file's column names only."""
     try:
-        return Table(display, _names(path, kind, header), header, pa.table({}))
+        return Table(display, column_names(path, kind, header), header, pa.table({}))
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
 
@@ -128,8 +129,8 @@ def _first_row_numbers(path: Path) -> bool:
     """Whether every cell of the CSV's first row is a number (read from one small block, as
     cache._csv_names reads the header)."""
     def first(block: int) -> pa.RecordBatch:
-        reader = pacsv.open_csv(path, read_options=_csv_options(False, block),
-                                parse_options=PARSE, convert_options=_CONVERT)
+        reader = pacsv.open_csv(path, read_options=csv_read_options(False, block),
+                                parse_options=PARSE, convert_options=CONVERT)
         return reader.read_next_batch()
 
     try:
@@ -139,4 +140,4 @@ def _first_row_numbers(path: Path) -> bool:
             batch = first(BLOCK)
     except (pa.ArrowException, ValueError, OSError, StopIteration) as e:
         raise batch_error(path.name, e) from None
-    return all(_is_number(str(c[0].as_py())) for c in batch.columns)
+    return all(is_number(str(c[0].as_py())) for c in batch.columns)
