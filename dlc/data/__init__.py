@@ -252,6 +252,13 @@ def _text_dataset(spec: dict, spec_dir: Path, ts: TextSpec) -> Dataset:
     return Dataset(subset(tr), subset(va), subset(te), labels, None, None, built.to_meta())
 
 
+def graph_fills(spec: dict) -> bool:
+    """Whether the model's graph fills missing feature cells (data.missing with a fill
+    strategy), so that its raw inputs may hold NaN; under drop (or without data.missing) a
+    missing cell is refused where predict reads it."""
+    return ((spec.get("data") or {}).get("missing") or {}).get("strategy") not in (None, "drop")
+
+
 def model_inputs(path: Path, spec: dict, features: list[str] | None = None) -> np.ndarray:
     """`dlc predict` inputs for a trained model (its resolved spec and stored metadata).
 
@@ -271,8 +278,7 @@ def model_inputs(path: Path, spec: dict, features: list[str] | None = None) -> n
         if values is not None:
             return input_windows(values, win).reshape((-1, *shape))
     data = spec.get("data") or {}
-    fills = (data.get("missing") or {}).get("strategy") not in (None, "drop")  # in the graph
-    x = read_inputs(path, features, shape, data.get("layout", "nchw"), missing=fills)
+    x = read_inputs(path, features, shape, data.get("layout", "nchw"), missing=graph_fills(spec))
     if spec["input"].get("dtype") == "int64":  # ids, checked against the embedding's vocabulary
         return _as_ids(x, spec, path.name)
     return x

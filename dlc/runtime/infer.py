@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import _random_split, _split_config, model_inputs, read_columns, stream, table_arrays
+from dlc.data import (_random_split, _split_config, graph_fills, model_inputs, read_columns,
+                      stream, table_arrays)
 from dlc.data._common import fit_shape
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
@@ -307,9 +308,8 @@ def _streamed(model: Model, source: str, require_target: bool, origin: str):
     if require_target:
         batches = stream.feature_batches(str(source), spec, Path.cwd(), model.labels, origin)
     else:
-        fills = ((spec.get("data") or {}).get("missing") or {}).get("strategy") \
-            not in (None, "drop")  # the graph fills them
-        batches = stream.input_batches(Path(source), model.features, int(np.prod(shape)), fills)
+        batches = stream.input_batches(Path(source), model.features, int(np.prod(shape)),
+                                       graph_fills(spec))
         batches = None if batches is None else ((x, None) for x in batches)
     return None if batches is None else \
         ((fit_shape(x, shape, str(source)), y) for x, y in batches)
