@@ -147,6 +147,13 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def name_refused_row(path: Path, display: str, header: bool) -> None:
+    """After Arrow's streaming reader refused a CSV (it knows no lines): the stdlib csv pass,
+    which raises the DlcError naming the ragged row or bad byte by its line, counting rows as
+    that reader does; returns when it finds nothing to name."""
+    _scan(path, display, header, arrow_rows=True)
+
+
 def _scan(path: Path, display: str, header: bool, arrow_rows: bool = False) -> list[int]:
     """The stdlib csv pass: the first line of each data row (a quoted cell may span lines);
     DlcError for what Arrow refused (a ragged row, a bad byte). Rows of blank cells are skipped

@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._table import MISSING, PARSE, Table
+from dlc.data._table import MISSING, PARSE, name_refused_row
 from dlc.data.encode import TableEncoder, batch_error
 from dlc.data.encode_columns import ColumnEncoder, raw_columns
 from dlc.errors import DlcError
@@ -176,7 +176,7 @@ def _named_error(path: Path, kind: str, header: bool, enc, e: Exception) -> DlcE
     if kind == "csv" and (isinstance(e, pa.ArrowInvalid) or
                           isinstance(e, DlcError) and not as_text):
         try:
-            Table(enc.display, [], True, pa.table({}), None, header, source=path).lines
+            name_refused_row(path, enc.display, header)
             seen = 0
             text = dict.fromkeys(enc.columns, pa.string())
             for batch in record_batches(path, kind, header, enc.names, text):

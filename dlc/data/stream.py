@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 from dlc.data._csv import column_cells, column_target, feature_cells, feature_columns
 from dlc.data._inputs import input_columns, is_number
 from dlc.data._sources import TABLES, parse_source, resolve_path
-from dlc.data._table import CONVERT, PARSE, TABLE_SUFFIXES, Table
+from dlc.data._table import CONVERT, PARSE, TABLE_SUFFIXES, Table, name_refused_row
 from dlc.data.cache import (BLOCK, HEAD, column_names, csv_read_options, record_batches,
                             table_source)
 from dlc.data.columns import column_config, table_columns
@@ -43,8 +43,8 @@ def tables(path: Path, display: str, kind: str, header: bool, wanted: list[str]
                         seen, path if kind == "csv" else None)
             seen += batch.num_rows
     except (pa.ArrowException, ValueError, OSError) as e:
-        if kind == "csv" and isinstance(e, pa.ArrowInvalid):  # the stdlib pass names the row
-            Table(display, [], True, pa.table({}), None, header, source=path).lines
+        if kind == "csv" and isinstance(e, pa.ArrowInvalid):
+            name_refused_row(path, display, header)
         raise batch_error(display, e) from None
     if seen == 0:
         raise DlcError(f"{display}: no data rows")
