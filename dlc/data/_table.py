@@ -53,6 +53,12 @@ class Table:
     _lines: list[int] | None = field(default=None, repr=False)
     _text: pa.Table | None = field(default=None, repr=False)
 
+    @classmethod
+    def of_names(cls, display: str, names: list[str], has_names: bool) -> Table:
+        """A Table of column names and no rows: what finds a column by name (or `#<i>`) and
+        says so in messages, before any row of a streamed file is read."""
+        return cls(display, names, has_names, pa.table({}))
+
     def __len__(self) -> int:
         return self.data.num_rows
 

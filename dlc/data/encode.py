@@ -46,7 +46,7 @@ class TableEncoder:
     def for_spec(cls, spec: dict, display: str, names: list[str],
                  labels: list[str] | None = None) -> TableEncoder:
         data, inp = spec.get("data") or {}, spec.get("input") or {}
-        header = Table(display, names, bool(data.get("header", True)), pa.table({}))
+        header = Table.of_names(display, names, bool(data.get("header", True)))
         target = _target_index(data, header, True, int(np.prod(inp.get("shape") or [0])))
         fcols = _feature_indices(data, header, target, inp.get("features"))
         task = spec.get("task") or {}

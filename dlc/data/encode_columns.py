@@ -39,7 +39,7 @@ class ColumnEncoder(TableEncoder):
                  labels: list[str] | None = None) -> ColumnEncoder:
         data, task = spec.get("data") or {}, spec.get("task") or {}
         config = {n: column_config(c) for n, c in table_columns(spec).items()}
-        header = Table(display, names, bool(data.get("header", True)), pa.table({}))
+        header = Table.of_names(display, names, bool(data.get("header", True)))
         for name in config:
             _column_index(name, header, "the columns of input.columns")
         target = _target_index({**data, "features": list(config)}, header, True, -1)

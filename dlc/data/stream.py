@@ -120,7 +120,7 @@ def input_batches(path: Path, features: list[str] | None, need: int, missing: bo
 def _head(path: Path, display: str, kind: str, header: bool) -> Table:
     """A Table of the file's column names only."""
     try:
-        return Table(display, column_names(path, kind, header), header, pa.table({}))
+        return Table.of_names(display, column_names(path, kind, header), header)
     except (pa.ArrowException, ValueError, OSError) as e:
         raise batch_error(display, e) from None
 
