@@ -1,8 +1,8 @@
 """The size budget of ../shared/STYLE.md: every module of the package at most 400 lines, every
-function at most 40, the package at most 18,500 lines (12,000 for the first wave; the second wave
+function at most 40, the package at most 19,000 lines (12,000 for the first wave; the second wave
 added serving, profiling, TensorBoard, run-folder locking, the optimised-graph cache, data-parallel
 workers, `dlc inspect` with foreign-graph import, Arrow tables with `dlc init`, then column kinds
-and text tokenised in the exported graph, the memory-mapped table cache and `base:` models).
+and text tokenised in the exported graph, the memory-mapped table cache and `base:` models, 19,000 for #14's train-graph lowerings).
 Fails naming what is over."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlc"
-MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 18_500
+MODULE_LINES, FUNCTION_LINES, PACKAGE_LINES = 400, 40, 19_000
 
 
 def _modules() -> list[Path]:
