@@ -2,7 +2,8 @@
 function at most 40, the package at most 19,000 lines (12,000 for the first wave; the second wave
 added serving, profiling, TensorBoard, run-folder locking, the optimised-graph cache, data-parallel
 workers, `dlc inspect` with foreign-graph import, Arrow tables with `dlc init`, then column kinds
-and text tokenised in the exported graph, the memory-mapped table cache and `base:` models, 19,000 for #14's train-graph lowerings).
+and text tokenised in the exported graph, the memory-mapped table cache and `base:` models; then
+#14's train-graph lowerings of convolution and pooling).
 Fails naming what is over."""
 
 from __future__ import annotations
