@@ -4,8 +4,9 @@ checked against central finite differences in float64 with the harness of test_v
 onnxruntime 1.31 CPU has no float64 kernel for Conv, ConvTranspose or AveragePool: those graphs
 run in onnx's ReferenceEvaluator in float64, and the float32 build of the same gradient graph must
 then run in onnxruntime and agree with the float64 result to ~1e-4 (the emitted ONNX is what
-training runs). MaxPool (with Indices), ScatterElements, Pad and ReduceMax have float64 kernels,
-so those cases run in onnxruntime directly. The finite differences evaluate a loss-only graph
+training runs). MaxUnpool (the gradient of a pool whose windows do not overlap) has no float64
+kernel either. MaxPool (with Indices), ScatterElements (the overlapping pools' gradient), Pad and
+ReduceMax have float64 kernels, so those cases run in onnxruntime directly. The finite differences evaluate a loss-only graph
 (no backward nodes), which keeps the reference evaluator cheap.
 """
 
@@ -377,23 +378,29 @@ def test_conv_weight_gradient_matches_torch(name):
 
 
 def test_reference_path_is_exercised_for_conv_and_avgpool():
-    """The docstring's premise: Conv and AveragePool gradients need the reference evaluator in
-    float64, MaxPool/Pad/ReduceMax run in onnxruntime."""
-    uses_ref = {op: Evaluator(build_model(CASES_BY_OP[op][0], "float64")).reference
-                for op in NEW_OPS}
-    if not (uses_ref["Conv"] or uses_ref["AveragePool"]):
+    """The docstring's premise: Conv, AveragePool and non-overlapping MaxPool gradients need the
+    reference evaluator in float64 (so their float32 graphs run in onnxruntime as well);
+    overlapping MaxPool, Pad and ReduceMax run in onnxruntime."""
+    def uses_ref(case):
+        return Evaluator(build_model(case, "float64")).reference
+    first = {op: uses_ref(CASES_BY_OP[op][0]) for op in NEW_OPS}
+    if not (first["Conv"] or first["AveragePool"]):
         pytest.skip("this onnxruntime has float64 Conv/AveragePool kernels")
-    assert not any(uses_ref[op] for op in ("MaxPool", "Pad", "ReduceMax")), uses_ref
+    assert not any(first[op] for op in ("Pad", "ReduceMax")), first
+    pools = {c.id: uses_ref(c) for c in CASES_BY_OP["MaxPool"]}
+    assert pools["MaxPool-k2s2"] and not pools["MaxPool-k3s1p1"], pools
 
 
 # ---- cases finite differences cannot settle ------------------------------------------------------
 def _grad_of(build, x: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
-    b = Builder(float_type="float64")
-    xi = b.input("x", "float64", list(x.shape))
+    """d sum(build(x) * r) / dx in onnxruntime, in x's float type."""
+    dtype = str(x.dtype)
+    b = Builder(float_type=dtype)
+    xi = b.input("x", dtype, list(x.shape))
     y = build(b, xi)
     yr = b.Mul(y, b.const(r)) if r is not None else y
     dx = gradients(b, b.ReduceSum(yr, keepdims=0), [xi])[xi]
-    b.output(dx, "dx", "float64", list(x.shape))
+    b.output(dx, "dx", dtype, list(x.shape))
     return Evaluator(b.model("grad"), allow_reference=False)({"x": x})["dx"]
 
 
@@ -408,8 +415,9 @@ def test_reduce_max_ties_share_the_gradient_evenly():
 
 def test_maxpool_tie_goes_to_one_input_and_keeps_the_total():
     """On a constant input each window's gradient lands on one element (onnxruntime's first
-    index); the total is preserved. Overlapping windows accumulate (ScatterElements add)."""
-    x = np.ones((1, 1, 4, 4))
+    index; MaxUnpool, in float32 as training runs it); the total is preserved. Overlapping
+    windows accumulate (ScatterElements add)."""
+    x = np.ones((1, 1, 4, 4), np.float32)
     dx = _grad_of(lambda b, x: b.MaxPool(x, kernel_shape=[2, 2], strides=[2, 2], outputs=2)[0], x)
     assert dx.sum() == 4 and set(np.unique(dx)) == {0.0, 1.0}
     dx = _grad_of(lambda b, x: b.MaxPool(x, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
@@ -419,6 +427,44 @@ def test_maxpool_tie_goes_to_one_input_and_keeps_the_total():
         for j in range(4):
             expected[min(i + 1, 3), min(j + 1, 3)] += 1
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+POOL_TORCH_CASES = {  # name: (x shape, kernel, stride, padding): the digits CNN's pool, others
+    "digits-k2s2": ([64, 64, 8, 8], 2, 2, 0),
+    "k3s3p1": ([4, 8, 13, 11], 3, 3, 1),
+    "k3s2-overlap": ([4, 8, 9, 9], 3, 2, 0),
+}
+
+
+@pytest.mark.parametrize("name", POOL_TORCH_CASES)
+def test_maxpool_gradient_matches_torch_with_ties(name):
+    """The float32 MaxPool gradient (onnxruntime) against torch's on a ReLU'd input with tied
+    positive plateaus, where the chosen window element matters (both take the first max)."""
+    torch = pytest.importorskip("torch")
+    xs, k, st, p = POOL_TORCH_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x = np.maximum(rng.standard_normal(xs), 0).astype(np.float32)
+    x[:, :, 1:5, 2:6] = 0.75
+    tx = torch.from_numpy(x).requires_grad_()
+    y = torch.nn.functional.max_pool2d(tx, k, st, p)
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    (y * torch.from_numpy(r)).sum().backward()
+    got = _grad_of(lambda b, xi: b.MaxPool(xi, kernel_shape=[k, k], strides=[st, st],
+                                           pads=[p] * 4), x, r)
+    np.testing.assert_array_equal(got, tx.grad.numpy())
+
+
+def test_maxpool_gradient_forms():
+    """Windows that share no input take MaxUnpool; overlapping windows, or a size MaxUnpool would
+    not infer back (5 -> 2 -> 4), scatter-add."""
+    def ops(xs, **attrs):
+        b = Builder()
+        xi = b.input("x", "float32", xs)
+        gradients(b, b.ReduceSum(b.MaxPool(xi, **attrs), keepdims=0), [xi])
+        return {n.op_type for n in b.nodes} & {"MaxUnpool", "ScatterElements"}
+    assert ops([2, 3, 8, 8], kernel_shape=[2, 2], strides=[2, 2]) == {"MaxUnpool"}
+    assert ops([2, 3, 8, 8], kernel_shape=[3, 3], strides=[2, 2]) == {"ScatterElements"}
+    assert ops([2, 3, 5, 5], kernel_shape=[2, 2], strides=[2, 2]) == {"ScatterElements"}
 
 
 @pytest.mark.parametrize("how", ["edge-mode", "runtime-pads", "negative-pads"])

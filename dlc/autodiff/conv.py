@@ -1,6 +1,6 @@
 """VJP rules of convolution and pooling: Conv (dX by a Conv with the flipped kernel or by a
 ConvTranspose with the same weights, dW by the speed-tuned forms of conv_weight.py, dB by a
-sum), MaxPool (dy scattered to the argmax through the Indices output), AveragePool (dy spread
+sum), MaxPool (dy put at the argmax the Indices output names), AveragePool (dy spread
 over each window by a ConvTranspose) and GlobalAveragePool (dy spread evenly)."""
 
 from __future__ import annotations
@@ -70,12 +70,30 @@ def _conv(ad, n, g):  # Y = X * W + B
     return dx, dw, db
 
 
+def _unpools(n, k, s, d, p) -> bool:
+    """MaxUnpool undoes this pool: its windows share no input (stride >= dilated extent) and the
+    input's spatial size is the one MaxUnpool infers from the output, (out - 1) stride - pads +
+    kernel (onnx's reference evaluator, the tests' oracle, ignores output_shape otherwise)."""
+    r, xs, ys = len(k), n.x.shape[2:], n.y.shape[2:]
+    return all(isinstance(v, int) for v in [*xs, *ys]) and all(
+        s[i] >= d[i] * (k[i] - 1) + 1 and xs[i] == (ys[i] - 1) * s[i] - p[i] - p[r + i] + k[i]
+        for i in range(r))
+
+
 @defdx("MaxPool")
-def _maxpool(n, dy):  # scatter-add dy at the argmax offsets (Indices index the flat input)
+def _maxpool(n, dy):
+    """dy placed at each window's argmax, which the Indices output names as a flat input index:
+    by MaxUnpool, the op made for it, where it applies (0.06 against 0.7 ms for ScatterElements'
+    add on [64, 64, 8, 8], 1 thread), else by a scatter-add (overlapping windows: one input can
+    be the max of several)."""
     x, (_, indices) = n.x, n.outputs
     if indices is None:  # exported models ask only for Y: the same pool again, for the Indices
         attrs = {a.name: n.attr(a.name) for a in n.proto.attribute}
         indices = op.MaxPool(x, outputs=2, **attrs)[1]
+    k = n.attr("kernel_shape")
+    s, d, p = spatial(n, len(k))
+    if _unpools(n, k, s, d, p):
+        return op.MaxUnpool(dy, indices, op.Shape(x), kernel_shape=k, strides=s, pads=p)
     flat = op.ScatterElements(full(op.Reshape(op.Size(x), [1]), 0, x.dtype),
                               op.Reshape(indices, [-1]), op.Reshape(dy, [-1]), axis=0,
                               reduction="add")
