@@ -8,20 +8,19 @@ specs, checked to be lowered here)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ROOT
 from test_cnn import make_spec
 from test_vjp_rules import TOL64, Case, Evaluator, build_model, err, fd_grad, make_feeds
 
 from dlc.graph import Builder
 from dlc.model.layers import conv_gemm
 from dlc.model.network import build_network
-from dlc.model.spec import load_spec_text
+from dlc.model.spec import load_spec
 from dlc.train.step import build_eval_step, build_train_step
 
 # (x shape, w shape, stride, dilation, pads [begin..., end...], bias): small outputs, as lowered
@@ -102,6 +101,16 @@ def test_train_graph_lowers_test_cnn_specs_and_eval_graph_keeps_conv(name):
     convs = sum(c["type"].startswith("conv") for c in net.spec["layers"])
     assert "Conv" not in _ops(build_train_step(net).model)
     assert _ops(build_eval_step(net).model).count("Conv") == convs
+
+
+@pytest.mark.parametrize("spec", ["specs/digits_cnn.yaml", "bench/specs/resnet20.yaml"])
+def test_wide_convs_keep_the_conv_node(spec):
+    """The digits CNN's and ResNet-20's convs (8x8 outputs and more), where the lowering
+    measured slower (bench/grad_forms.py --cases im2col_digits2,im2col_8x8,...), stay Conv."""
+    net = build_network(load_spec(ROOT / spec))
+    convs = sum(n.layer.cfg["type"] == "conv2d" for n in net.nodes)
+    forward = [n.op_type for n in build_train_step(net).model.graph.node if ".grad/" not in n.name]
+    assert convs and forward.count("Conv") == convs
 
 
 SPEC = {"dlc": 1, "name": "narrow-cnn", "input": {"shape": [1, 8, 8]},
