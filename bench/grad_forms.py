@@ -70,7 +70,9 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               and 2 threads: 20-30% less, but about 5 ms of a 430 ms step in all) and a MatMul
               with a ones vector then a ReduceSum over N (3-4x slower)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
-              transformer, textcls) from its initial weights: `session.run` alone
+              transformer, textcls) from its initial weights: `session.run` alone; also
+              step_vgg_small (bench/specs/vgg_small.yaml, whose 4x4 and 2x2 convs are lowered
+              to im2col + one GEMM)
 """
 
 from __future__ import annotations
@@ -465,7 +467,8 @@ def norm_case(kind: str, shape):
 
 
 def train_step(model: str):
-    """The whole train-step graph of a bench/suite.py model, from its initial weights."""
+    """The whole train-step graph of a bench/suite.py model (or another bench/specs/ image
+    classifier, fed N(0, 1) images), from its initial weights."""
     def make(rng):
         import suite
         from dlc.train.step import build_train_step, y_feeds
@@ -473,7 +476,9 @@ def train_step(model: str):
 
         spec, net = suite.load_net(model)
         batch = spec.data["train"]["batch_size"]
-        x, y = suite.synthetic(model, batch)
+        x, y = suite.synthetic(model, batch) if model in suite.MODELS else (
+            rng.standard_normal((batch, *net.input_shape), np.float32),
+            rng.integers(0, 10, batch))
         step, params = build_train_step(net, None), net.init_params(0)
         inputs = {**x_feeds(x_names(net), x), **y_feeds(y), "lr": np.array(1e-3, np.float32),
                   "step": np.array(1, np.float32), "params": step.pack(params),
@@ -502,7 +507,7 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
          "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
-                                                 "textcls")}}
+                                                 "textcls", "vgg_small")}}
 
 
 def models(name: str) -> tuple[dict, dict[str, bytes]]:

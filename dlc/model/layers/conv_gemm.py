@@ -9,8 +9,10 @@ positions wastes most of each strip. Lowered here, channels last, as
 
 the forward is one GEMM with N P rows, and the VJP table makes the backward one GEMM for dW
 ([T C, N P] x [N P, F]) and one for the columns' gradient, with the Slice/Concat/Pad gradients
-as the col2im. That wins only where the per-image GEMM is narrow (see `lowers`); exported and
-eval graphs keep the plain Conv (constant weights: onnxruntime's NCHWc path applies there)."""
+as the col2im. That wins only where the per-image GEMM is narrow (see `lowers`). Between two
+lowered convs onnxruntime's transpose optimizer cancels the Transpose back to channels-first
+against the next one's, through an elementwise activation. Exported and eval graphs keep the
+plain Conv (constant weights: onnxruntime's NCHWc path applies there)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def lowers(groups: int, out) -> bool:
     better): 2x2 outputs 1.9 against 4.6, 4x4 2.0 against 2.6, stride 2 to 2x2 5.6 against 9.2;
     at 8x8 it loses (the digits CNN's conv2 6.8 against 6.3, ResNet-20's 64x8x8 37 against
     25), at 32x32 3x: in-graph taps, Concat and col2im then cost more than the GEMMs gain. The
-    columns, kept for dW, hold T x the input, small at so few positions."""
+    columns, kept for dW, hold T x the input: small beside a net's wider early activations.
+    A whole step with such convs: bench/grad_forms.py --cases step_vgg_small."""
     return groups == 1 and math.prod(out) <= MAX_POSITIONS
 
 
