@@ -1,8 +1,8 @@
 """A convolution as im2col plus one GEMM over the whole batch, for the train graph only.
 
 onnxruntime's CPU Conv (and ConvTranspose, dX's form) runs one GEMM per image, filters x
-output positions, whose BLAS kernel works in strips of 16 columns: an image with fewer output
-positions wastes most of each strip. Lowered here, channels last, as
+output positions: with few positions per image that GEMM is too narrow for the BLAS kernel to
+run near its rate. Lowered here, channels last, as
 
     x [N, C, *S] -> Transpose [N, *S, C] -> Pad -> one Slice per kernel offset (the taps)
       -> Concat on the channel axis -> [N P, T C] @ W as [T C, F] (+ bias) -> [N, F, *O]
@@ -20,15 +20,15 @@ import itertools
 import math
 
 
-MAX_POSITIONS = 16  # output positions per image: one strip of onnxruntime's GEMM kernel
+MAX_POSITIONS = 16  # output positions per image: the measured crossover (see `lowers`)
 
 
 def lowers(groups: int, out) -> bool:
     """Whether a train graph's Conv becomes im2col + one GEMM: group 1 and at most
     MAX_POSITIONS output positions per image. Forward + backward, CPU ms at 1 thread against
     the Conv node with its VJP rule (bench/grad_forms.py --cases im2col_*; 2 threads alike or
-    better): 2x2 outputs 1.9 against 4.6, 4x4 2.0 against 2.6, stride 2 to 2x2 5.6 against 9.2;
-    at 8x8 it loses (the digits CNN's conv2 6.8 against 6.3, ResNet-20's 64x8x8 37 against
+    better): 2x2 outputs 1.9 against 4.6, 4x4 2.0 against 2.6, stride 2 to 2x2 5.6 against 9.2
+    (4x4 at 64 -> 128 channels: a tie); at 8x8 it loses (the digits CNN's conv2 6.8 against 6.3, ResNet-20's 64x8x8 37 against
     25), at 32x32 3x: in-graph taps, Concat and col2im then cost more than the GEMMs gain. The
     columns, kept for dW, hold T x the input: small beside a net's wider early activations.
     A whole step with such convs: bench/grad_forms.py --cases step_vgg_small."""
