@@ -48,6 +48,17 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   conv_dw_16x16  the same at the second stage ([128, 32, 16, 16], 256 positions: per-image)
   conv_dw_8x8 the same at the last stage ([128, 64, 8, 8]), where the per-offset Gemms are dlc's
               form (per-image GEMMs of 64 positions: 2.3x slower)
+  im2col_digits1, im2col_digits2, im2col_32x32, im2col_16x16, im2col_8x8, im2col_4x4,
+  im2col_2x2, im2col_s2  forward + backward of a 3x3 conv (padding 1): the Conv node with
+              dlc's VJP rule against the train graph's im2col lowering (dlc.model.layers.
+              conv_gemm: channels-last taps, one GEMM over the batch) and two alternatives
+              (not adopted): the columns cut from NCHW times W in a MatMul batched over the
+              images (im2col_nchw), and the Conv forward with dW alone as one GEMM over
+              channels-last columns made in the backward (conv_dw_one_gemm). At the digits
+              CNN's and ResNet-20's shapes the Conv wins (1 thread, CPU ms: 8x8 64 channels 25
+              against 37, 32x32 43 against 125); with at most 16 output positions per image
+              the lowering does (4x4 2.0 against 2.6, 2x2 1.9 against 4.6, im2col_s2, 4x4 to
+              2x2 at stride 2, 5.6 against 9.2), and dlc adopts it there (conv_gemm.lowers)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
@@ -59,7 +70,9 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               and 2 threads: 20-30% less, but about 5 ms of a 430 ms step in all) and a MatMul
               with a ones vector then a ReduceSum over N (3-4x slower)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
-              transformer, textcls) from its initial weights: `session.run` alone
+              transformer, textcls) from its initial weights: `session.run` alone; also
+              step_vgg_small (bench/specs/vgg_small.yaml, whose 4x4 and 2x2 convs are lowered
+              to im2col + one GEMM)
 """
 
 from __future__ import annotations
@@ -100,15 +113,16 @@ def graph(inputs: dict, build, name: str) -> bytes:
     return b.model(name).SerializeToString()
 
 
-def with_grads(forward):
-    """build(b, x, *params, r) -> [dx, dparams...] of ReduceSum(forward(...) * r) by dlc."""
+def with_grads(forward, keep_y: bool = False):
+    """build(b, x, *params, r) -> [dx, dparams...] of ReduceSum(forward(...) * r) by dlc,
+    preceded by the forward's output when `keep_y` (else only what the gradients need runs)."""
     from dlc.autodiff import gradients
 
     def build(b, *names):
         *xs, r = names
-        loss = b.ReduceSum(b.Mul(forward(b, *xs), r), keepdims=0)
-        g = gradients(b, loss, list(xs))
-        return [g[x] for x in xs]
+        y = forward(b, *xs)
+        g = gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), list(xs))
+        return [y] * keep_y + [g[x] for x in xs]
     return build
 
 
@@ -312,6 +326,73 @@ def _tap_index(sizes, outs, k, s, d, begin) -> np.ndarray:
     return np.where(inside, flat, int(np.prod(sizes)))
 
 
+def conv_im2col(inputs: int, filters: int, side: int, batch: int, stride: int = 1):
+    """Forward and backward (dX, dW, dB) of a 3x3 conv, padding 1, `inputs` -> `filters` over
+    [batch, inputs, side, side]: the Conv node with dlc's VJP rule against the train graph's
+    im2col lowering (dlc.model.layers.conv_gemm: NHWC taps, one GEMM over the batch), whose
+    columns, kept for dW, hold 9 x the input: batch * out^2 * 9 * inputs * 4 bytes."""
+    def make(rng):
+        from dlc.model.layers import conv_gemm
+
+        out = (side - 1) // stride + 1
+        ws, s, d, p = [filters, inputs, 3, 3], [stride] * 2, [1, 1], [1] * 4
+        tensors = {"x": rng.standard_normal((batch, inputs, side, side), np.float32),
+                   "w": rng.standard_normal(ws, np.float32) * 0.1,
+                   "bias": rng.standard_normal(filters, np.float32),
+                   "r": rng.standard_normal((batch, filters, out, out), np.float32)}
+        return tensors, {
+            "conv": with_grads(lambda b, x, w, bias: b.Conv(x, w, bias, kernel_shape=[3, 3],
+                                                           strides=s, pads=p), keep_y=True),
+            "im2col": with_grads(lambda b, x, w, bias: conv_gemm.lower(
+                b, x, w, bias, ws, s, d, p, [out, out]), keep_y=True),
+            "im2col_nchw": with_grads(lambda b, x, w, bias: _im2col_nchw(
+                b, x, w, bias, ws, s, p, out), keep_y=True),
+            "conv_dw_one_gemm": _swapped_dw(with_grads(lambda b, x, w, bias: b.Conv(
+                x, w, bias, kernel_shape=[3, 3], strides=s, pads=p), keep_y=True))}
+    return make
+
+
+def _swapped_dw(build):
+    """`build` with Conv's dW (groups 1) by _dw_one_gemm instead of conv_weight.by_gemm."""
+    def swapped(*args):
+        from dlc.autodiff import conv_weight
+
+        saved, conv_weight.by_gemm = conv_weight.by_gemm, _dw_one_gemm
+        try:
+            return build(*args)
+        finally:
+            conv_weight.by_gemm = saved
+    return swapped
+
+
+def _dw_one_gemm(x, dy, ys, ws, s, d, p):
+    """dW^T = dY'^T cols as one [F, N P] x [N P, T C] GEMM, the columns cut channels-last in the
+    backward (the forward stays Conv): transient, so they cost no memory past the step."""
+    from dlc.autodiff.conv_weight import _tap
+    from dlc.autodiff.var import op
+
+    (f, c, *k), r = ws, len(ws) - 2
+    xt = op.Pad(op.Transpose(x, perm=[0, 2, 3, 1]), [0, *p[:r], 0, 0, *p[r:], 0])
+    cols = op.Concat(*[_tap(xt, u, 1, ys, s, d) for u in np.ndindex(*k)], axis=-1)
+    dyf = op.Reshape(op.Transpose(dy, perm=[0, 2, 3, 1]), [-1, f])
+    dwt = op.Gemm(dyf, op.Reshape(cols, [-1, c * int(np.prod(k))]), transA=1)  # [F, T C]
+    return op.Transpose(op.Reshape(dwt, [f, *k, c]), perm=[0, 3, 1, 2])
+
+
+def _im2col_nchw(b, x, w, bias, ws, s, p, out):
+    """The columns cut from NCHW, [N, T C, P] (taps concatenated on the channel axis: whole
+    [C, P] blocks), and W as [F, T C] times them: a MatMul batched over the images, whose dW
+    the driver sums over the batch."""
+    (f, c, *k), cut = ws, b.Pad(x, b.const([0, 0, *p[:2], 0, 0, *p[2:]]))
+    taps = [b.Slice(cut, b.const([u, v]), b.const([u + (out - 1) * s[0] + 1,
+                                                   v + (out - 1) * s[1] + 1]),
+                    b.const([2, 3]), b.const(s)) for u in range(k[0]) for v in range(k[1])]
+    cols = b.Reshape(b.Concat(*taps, axis=1), b.const([0, len(taps) * c, -1]))
+    wm = b.Reshape(b.Transpose(w, perm=[0, 2, 3, 1]), b.const([f, -1]))
+    y = b.Add(b.MatMul(wm, cols), b.Reshape(bias, b.const([f, 1])))
+    return b.Reshape(y, b.const([0, f, out, out]))
+
+
 def channel_sums(channels: int, side: int):
     """Batchnorm backward's per-channel sums over (N, H, W) of a [128, channels, side, side]
     tensor: one ReduceSum over (0, 2, 3), two ReduceSums (H W, then N) and a MatMul with ones."""
@@ -386,7 +467,8 @@ def norm_case(kind: str, shape):
 
 
 def train_step(model: str):
-    """The whole train-step graph of a bench/suite.py model, from its initial weights."""
+    """The whole train-step graph of a bench/suite.py model (or another bench/specs/ image
+    classifier, fed N(0, 1) images), from its initial weights."""
     def make(rng):
         import suite
         from dlc.train.step import build_train_step, y_feeds
@@ -394,7 +476,9 @@ def train_step(model: str):
 
         spec, net = suite.load_net(model)
         batch = spec.data["train"]["batch_size"]
-        x, y = suite.synthetic(model, batch)
+        x, y = suite.synthetic(model, batch) if model in suite.MODELS else (
+            rng.standard_normal((batch, *net.input_shape), np.float32),
+            rng.integers(0, 10, batch))
         step, params = build_train_step(net, None), net.init_params(0)
         inputs = {**x_feeds(x_names(net), x), **y_feeds(y), "lr": np.array(1e-3, np.float32),
                   "step": np.array(1, np.float32), "params": step.pack(params),
@@ -412,12 +496,18 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "conv_dx_1x1_s2": conv_dx_1x1_s2,
          "conv_dw": conv_dw(16, 32), "conv_dw_16x16": conv_dw(32, 16),
          "conv_dw_8x8": conv_dw(64, 8),
+         "im2col_digits1": conv_im2col(1, 32, 8, 64), "im2col_digits2": conv_im2col(32, 64, 8, 64),
+         "im2col_32x32": conv_im2col(16, 16, 32, 128),
+         "im2col_16x16": conv_im2col(32, 32, 16, 128),
+         "im2col_8x8": conv_im2col(64, 64, 8, 128), "im2col_4x4": conv_im2col(32, 32, 4, 128),
+         "im2col_2x2": conv_im2col(64, 64, 2, 128),
+         "im2col_s2": conv_im2col(64, 128, 4, 128, stride=2),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
          "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
          "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
-                                                 "textcls")}}
+                                                 "textcls", "vgg_small")}}
 
 
 def models(name: str) -> tuple[dict, dict[str, bytes]]:

@@ -33,6 +33,17 @@ def test_weight_gradient_candidates_at_other_strides_and_pads(stride, pad):
     grad_forms.check_same("conv_dw", sessions, inputs)
 
 
+@pytest.mark.parametrize("side,stride", [(5, 1), (7, 2), (4, 2)])
+def test_im2col_forms_match_the_conv_node(side, stride):
+    """The im2col lowering and its two alternatives against the Conv node: output, dX, dW, dB."""
+    inputs, variants = grad_forms.conv_im2col(3, 4, side, batch=2, stride=stride)(
+        np.random.default_rng(0))
+    sessions = {v: grad_forms.session(grad_forms.graph(inputs, f, v), 1)
+                for v, f in variants.items()}
+    assert len(sessions) == 4
+    grad_forms.check_same("im2col", sessions, inputs)
+
+
 def test_check_same_catches_a_wrong_form():
     """The check the test above relies on fails on a form off by 0.1%."""
     inputs, built = grad_forms.models("channel_sums_8x8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from dlc.model.layers import activations
+from dlc.model.layers import activations, conv_gemm
 from dlc.model.layers.base import Layer, Param, Shape, ShapeError, numel
 from dlc.model.layers.fields import AUTO_INIT_DOC, Field, INITIALIZERS, boolean, enum, integer, ref
 from dlc.model.layers.init import initializer
@@ -134,9 +134,13 @@ class Conv(_Windowed):
         return per_output * numel(out)
 
     def lower(self, b, x, p, ctx, in_shape):
-        k, s, d, pads, _ = self.geometry(in_shape)
-        y = b.Conv(x, p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), kernel_shape=k,
-                   strides=s, dilations=d, pads=pads, group=self.cfg["groups"])
+        k, s, d, pads, out = self.geometry(in_shape)
+        w, bias, groups = p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), self.cfg["groups"]
+        if ctx.training and conv_gemm.lowers(groups, out):
+            ws = (self.cfg["filters"], in_shape[0], *k)
+            y = conv_gemm.lower(b, x, w, bias, ws, s, d, pads, out)
+        else:
+            y = b.Conv(x, w, bias, kernel_shape=k, strides=s, dilations=d, pads=pads, group=groups)
         return activations.apply(b, y, self.cfg["activation"], self.cfg)
 
 
