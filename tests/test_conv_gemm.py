@@ -85,7 +85,8 @@ def test_lowered_gradients_match_finite_differences(geometry):
     ([4, 4], 1, True), ([2, 2], 1, True), ([16], 1, True), ([1, 1], 1, True),
     ([5, 4], 1, False), ([8, 8], 1, False), ([17], 1, False), ([2, 2], 2, False)])
 def test_rule_lowers_only_narrow_group1_convs(out, groups, lowered):
-    assert conv_gemm.lowers(groups, out) is lowered
+    assert conv_gemm.lowers("cpu", groups, out) is lowered
+    assert not conv_gemm.lowers("cuda", groups, out)  # measured on CPU only
 
 
 def _ops(model) -> list[str]:
@@ -114,6 +115,8 @@ def test_forward_convs_kept_and_lowered(spec, lowered):
     convs = sum(n.layer.cfg["type"] == "conv2d" for n in net.nodes)
     forward = [n.op_type for n in build_train_step(net).model.graph.node if ".grad/" not in n.name]
     assert convs and forward.count("Conv") == convs - lowered
+    cuda = build_train_step(net, device="cuda").model.graph.node
+    assert [n.op_type for n in cuda if ".grad/" not in n.name].count("Conv") == convs
 
 
 SPEC = {"dlc": 1, "name": "narrow-cnn", "input": {"shape": [1, 8, 8]},

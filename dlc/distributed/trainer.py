@@ -40,7 +40,7 @@ class ParallelTrainer(Trainer):
         super().__init__(global_network(net, world), dataset, device, seed, threads)
 
     def _stepper(self, data_norm, params):
-        grad, update = build_split_step(self.net, data_norm)
+        grad, update = build_split_step(self.net, data_norm, self.device[0])
         self.frozen = {n: params[n] for n in grad.frozen}
         persistent = persistent_values(self.net, update, params)
         sessions = [make_session(g.model, *self.device, self.threads) for g in (grad, update)]

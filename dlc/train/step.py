@@ -239,9 +239,10 @@ class _Gradient:
 
 
 def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
-                   data_norm: dict | None, split: bool = False) -> _Gradient:
+                   data_norm: dict | None, device: str, split: bool = False) -> _Gradient:
     """Inputs params, x, y, noise, buffers and frozen parameters; forward, loss (with the
-    features' terms) and the flat gradient d loss / d params. `split`: see _forward_and_loss."""
+    features' terms) and the flat gradient d loss / d params, lowered for `device` ("cpu",
+    "cuda"). `split`: see _forward_and_loss."""
     noise: list[tuple[str, Shape]] = []
 
     def noise_input(layer: str, shape: Shape) -> str:
@@ -255,7 +256,7 @@ def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
     buffers = {name: b.input(name, "float32", shape) for name, shape in shapes.items()}
     frozen = {k: v for f in feats for k, v in f.frozen_inputs(b, net).items()}
     xs = _model_inputs(b, net)
-    ctx = Ctx(training=True, noise=noise_input)
+    ctx = Ctx(training=True, device=device, noise=noise_input)
     logits, loss, closed = _forward_and_loss(b, net, ctx, xs, {**views, **buffers, **frozen},
                                              split)
     for f in feats:  # train.distill: the teacher's term
@@ -310,13 +311,13 @@ def _written_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
+def build_train_step(net: Network, data_norm: dict | None = None, device: str = "cpu") -> Step:
     """Trainable parameters and each optimizer state travel as one flat float32 vector each:
     the update is then ~12 elementwise ops in all, instead of ~12 per parameter.
     `data_norm`: the training data's normalisation (train.distill feeds the teacher raw input)."""
     b, feats = Builder(), features.active(net.spec, net)
     layout, total = flat_layout(net)
-    half = _gradient_half(b, net, feats, layout, total, data_norm)
+    half = _gradient_half(b, net, feats, layout, total, data_norm, device)
     _gradient_outputs(b, net, half)
     states, fills = _update_half(b, net, feats, half.flat, half.grad, half.mask, layout)
     model = _written_in_place(b.model(f"{net.spec['name']}-train"))
@@ -324,7 +325,8 @@ def build_train_step(net: Network, data_norm: dict | None = None) -> Step:
                 half.frozen)
 
 
-def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step, Step]:
+def build_split_step(net: Network, data_norm: dict | None = None,
+                     device: str = "cpu") -> tuple[Step, Step]:
     """The train step as two graphs, for data-parallel training (dlc.distributed): the
     gradient graph (the fused step's inputs but lr, step and the states; outputs loss, logits,
     `grad` = the flat masked gradient, `<buffer>.new`) and the update graph (inputs `params`,
@@ -337,7 +339,7 @@ def build_split_step(net: Network, data_norm: dict | None = None) -> tuple[Step,
     feats, (layout, total) = features.active(net.spec, net), flat_layout(net)
     params, name = [n for n, _, _ in layout], net.spec["name"]
     b = Builder()
-    half = _gradient_half(b, net, feats, layout, total, data_norm, split=True)
+    half = _gradient_half(b, net, feats, layout, total, data_norm, device, split=True)
     _gradient_outputs(b, net, half)
     b.output(half.grad, "grad", "float32", [total])
     grad = Step(_written_in_place(b.model(f"{name}-grad")), params, [], {}, half.noise, layout,

@@ -98,7 +98,7 @@ class Trainer:
     def _stepper(self, data_norm: dict | None, params: dict):
         """The train-step graph and the stepper that runs it (dlc.distributed's trainer runs
         the split step instead), with the frozen parameters' host copies."""
-        step = build_train_step(self.net, data_norm)
+        step = build_train_step(self.net, data_norm, self.device[0])
         self.frozen = {n: np.array(params[n], np.float32) for n in step.frozen}  # host copies
         self.sess = make_session(step.model, *self.device, self.threads)
         return step, BoundStepper(self.sess, persistent_values(self.net, step, params), *self.device,

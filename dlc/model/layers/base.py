@@ -30,9 +30,11 @@ class Param:
 
 @dataclass
 class Ctx:
-    """What lowering needs to know beyond the input: inference or training, and where noise comes from."""
+    """What lowering needs to know beyond the input: inference or training, the device the
+    train graph runs on (forms measured faster on one device only), and where noise comes from."""
 
     training: bool = False
+    device: str = "cpu"
     noise: Callable[[str, Shape], str] | None = None  # (layer name, per-sample shape) -> U[0,1) input
     updates: dict[str, str] = field(default_factory=dict)  # buffer name -> its new value (training)
     source: str = ""  # the model's raw input tensor (e.g. token ids, for padding masks)

@@ -136,7 +136,7 @@ class Conv(_Windowed):
     def lower(self, b, x, p, ctx, in_shape):
         k, s, d, pads, out = self.geometry(in_shape)
         w, bias, groups = p[f"{self.name}.weight"], p.get(f"{self.name}.bias"), self.cfg["groups"]
-        if ctx.training and conv_gemm.lowers(groups, out):
+        if ctx.training and conv_gemm.lowers(ctx.device, groups, out):
             ws = (self.cfg["filters"], in_shape[0], *k)
             y = conv_gemm.lower(b, x, w, bias, ws, s, d, pads, out)
         else:

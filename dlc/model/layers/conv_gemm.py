@@ -23,16 +23,17 @@ import math
 MAX_POSITIONS = 16  # output positions per image: the measured crossover (see `lowers`)
 
 
-def lowers(groups: int, out) -> bool:
-    """Whether a train graph's Conv becomes im2col + one GEMM: group 1 and at most
-    MAX_POSITIONS output positions per image. Forward + backward, CPU ms at 1 thread against
-    the Conv node with its VJP rule (bench/grad_forms.py --cases im2col_*; 2 threads alike or
-    better): 2x2 outputs 1.9 against 4.6, 4x4 2.0 against 2.6, stride 2 to 2x2 5.6 against 9.2
-    (4x4 at 64 -> 128 channels: a tie); at 8x8 it loses (the digits CNN's conv2 6.8 against 6.3, ResNet-20's 64x8x8 37 against
-    25), at 32x32 3x: in-graph taps, Concat and col2im then cost more than the GEMMs gain. The
-    columns, kept for dW, hold T x the input: small beside a net's wider early activations.
-    A whole step with such convs: bench/grad_forms.py --cases step_vgg_small."""
-    return groups == 1 and math.prod(out) <= MAX_POSITIONS
+def lowers(device: str, groups: int, out) -> bool:
+    """Whether a train graph's Conv becomes im2col + one GEMM: on CPU, where it was measured
+    (CUDA keeps cuDNN's Conv), group 1 and at most MAX_POSITIONS output positions per image.
+    Forward + backward, CPU ms at 1 thread against the Conv node with its VJP rule
+    (bench/grad_forms.py --cases im2col_*; 2 threads alike or better): 2x2 outputs 1.9 against
+    4.6, 4x4 2.0 against 2.6, stride 2 to 2x2 5.6 against 9.2 (4x4 at 64 -> 128 channels: a
+    tie); at 8x8 it loses (the digits CNN's conv2 6.8 against 6.3, ResNet-20's 64x8x8 37
+    against 25), at 32x32 3x: in-graph taps, Concat and col2im then cost more than the GEMMs
+    gain. The columns, kept for dW, hold T x the input: small beside a net's wider early
+    activations. A whole step with such convs: bench/grad_forms.py --cases step_vgg_small."""
+    return device == "cpu" and groups == 1 and math.prod(out) <= MAX_POSITIONS
 
 
 def lower(b, x, w, bias, ws, s, d, pads, out):
