@@ -455,14 +455,15 @@ def test_maxpool_gradient_matches_torch_with_ties(name):
 
 
 def test_maxpool_gradient_forms():
-    """Windows that share no input take MaxUnpool; overlapping windows, or a size MaxUnpool would
-    not infer back (5 -> 2 -> 4), scatter-add."""
-    def ops(xs, **attrs):
+    """Windows that share no input take MaxUnpool on CPU; overlapping windows, a size MaxUnpool
+    would not infer back (5 -> 2 -> 4), or CUDA (no MaxUnpool kernel) scatter-add."""
+    def ops(xs, device="cpu", **attrs):
         b = Builder()
         xi = b.input("x", "float32", xs)
-        gradients(b, b.ReduceSum(b.MaxPool(xi, **attrs), keepdims=0), [xi])
+        gradients(b, b.ReduceSum(b.MaxPool(xi, **attrs), keepdims=0), [xi], device=device)
         return {n.op_type for n in b.nodes} & {"MaxUnpool", "ScatterElements"}
     assert ops([2, 3, 8, 8], kernel_shape=[2, 2], strides=[2, 2]) == {"MaxUnpool"}
+    assert ops([2, 3, 8, 8], "cuda", kernel_shape=[2, 2], strides=[2, 2]) == {"ScatterElements"}
     assert ops([2, 3, 8, 8], kernel_shape=[3, 3], strides=[2, 2]) == {"ScatterElements"}
     assert ops([2, 3, 5, 5], kernel_shape=[2, 2], strides=[2, 2]) == {"ScatterElements"}
 

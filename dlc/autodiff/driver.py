@@ -24,11 +24,13 @@ FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOA
 
 @dataclass
 class AD:
-    """What a rule may read besides the node: the builder, static shapes and element types."""
+    """What a rule may read besides the node: the builder, static shapes and element types,
+    and the device the graph will run on (a rule may pick an op only one device has)."""
 
     b: Builder
     shapes: dict[str, Dims]
     types: dict[str, int]
+    device: str = "cpu"
 
     def rank(self, name: str) -> int:
         return len(self.shapes[name])
@@ -111,14 +113,14 @@ def _closed_forms(nodes, closed: dict) -> list:
             if n.output and n.output[0] in closed else n for n in nodes]
 
 
-def gradients(b: Builder, loss: str, wrt: list[str],
-              closed: dict | None = None) -> dict[str, str | None]:
+def gradients(b: Builder, loss: str, wrt: list[str], closed: dict | None = None,
+              device: str = "cpu") -> dict[str, str | None]:
     """Emit the backward pass of scalar `loss` into `b`; return {tensor: gradient tensor or None}.
     `closed`: {scalar tensor: (input, make)} where make() emits d tensor / d input in closed
     form (a loss's gradient with respect to the logits), used instead of the chain rule through
-    the nodes between them."""
+    the nodes between them. `device`: "cpu" or "cuda", where the graph will run."""
     shapes, types = infer_shapes(b, [loss])
-    ad = AD(b, shapes, types)
+    ad = AD(b, shapes, types, device)
     active, depends = _active_nodes(_closed_forms(b.nodes, closed or {}), loss, set(wrt))
     seed = b.const(1.0)
     grads: dict[str, str] = {loss: seed}

@@ -176,10 +176,10 @@ def _unpack(b: Builder, flat: str, layout: list[tuple[str, int, Shape]]) -> dict
 
 
 def _flat_gradient(b: Builder, loss: str, views: dict[str, str],
-                   layout: list[tuple[str, int, Shape]], closed: dict) -> str:
+                   layout: list[tuple[str, int, Shape]], closed: dict, device: str) -> str:
     """d loss / d params as one flat vector in layout order (zeros where loss does not depend
-    on a parameter)."""
-    found = gradients(b, loss, list(views.values()), closed)
+    on a parameter), in the forms for `device`."""
+    found = gradients(b, loss, list(views.values()), closed, device)
     with b.scope("grad"):
         parts = [b.Reshape(found[views[p]], b.const([-1])) if found[views[p]] else
                  b.const(np.zeros(numel(shape), np.float32)) for p, _, shape in layout]
@@ -261,7 +261,7 @@ def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
                                              split)
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
-    g = _masked(b, _flat_gradient(b, loss, views, layout, closed), mask)  # masked: no gradient
+    g = _masked(b, _flat_gradient(b, loss, views, layout, closed, device), mask)  # masked: no gradient
     return _Gradient(flat, mask, g, loss, logits, {n: ctx.updates.get(n, n) for n in buffers},
                      shapes, noise, list(frozen))
 
