@@ -32,29 +32,29 @@ def _channel_sums(t, rank: int):
 
 
 def _own_statistics(ad, n) -> Var | None:
-    """c = x - mean when the node's mean and variance are its input's own batch statistics in
-    the form batch_statistics emits them: mean = ReduceMean(x) and var = ReduceMean(c * c),
-    c = x + Neg(Reshape(mean)), both over every axis but 1 with keepdims=0; else None."""
+    """c = x - mean when the node's mean and variance are its input's own batch statistics as
+    model/layers/norm.py batch_statistics takes them: mean = channel_mean(x) and var =
+    channel_mean(c * c) with c = x + Neg(Reshape(mean)); else None."""
     made = {o: node for node in ad.b.nodes for o in node.output}
     x, mean, var = (n.proto.input[i] for i in (0, 3, 4))
-    axes = [0, *range(2, ad.rank(x))]
+    rank = ad.rank(x)
 
-    def producer(t, op_type, first=None):  # the node of op_type that made t from `first`
+    def made_by(t, op_type, operand=None):  # the first input of t's producer, if it is that
         node = made.get(t)
-        ok = node is not None and node.op_type == op_type and first in (None, node.input[0])
-        return node if ok else None
-
-    def mean_of(t):  # what t is the keepdims=0 ReduceMean over `axes` of
-        node = producer(t, "ReduceMean")
-        ok = node is not None and not attr(node, "keepdims", 1) and np.array_equal(
-            ad.b.consts.get(node.input[1], []), axes)
+        ok = node is not None and node.op_type == op_type and not attr(
+            node, "keepdims", op_type == "ReduceMean") and (operand is None or np.array_equal(
+                ad.b.consts.get(node.input[1], []), operand))
         return node.input[0] if ok else None
-    square = producer(mean_of(var), "Mul")
-    c = square and square.input[0] == square.input[1] and square.input[0]
-    add = c and producer(c, "Add", x)
-    neg = add and producer(add.input[1], "Neg")
-    ok = mean_of(mean) == x and neg and producer(neg.input[0], "Reshape", mean)
-    return Var(ad, c) if ok else None
+
+    def channel_mean_of(t):
+        t = made_by(t, "ReduceMean", [0])
+        return made_by(made_by(t, "ReduceMean", [2]), "Reshape", [0, 0, -1]) if rank > 2 else t
+    square = made.get(channel_mean_of(var))
+    c = square is not None and square.op_type == "Mul" and square.input[1] == square.input[0] \
+        and made_by(square.input[0], "Add") == x and square.input[0]
+    per_channel = c and made_by(made.get(c).input[1], "Neg")
+    mean_again = made_by(per_channel, "Reshape", [1, -1, *[1] * (rank - 2)])
+    return Var(ad, c) if channel_mean_of(mean) == x and mean_again == mean else None
 
 
 def _own_statistics_vjp(n, dy, centred):
