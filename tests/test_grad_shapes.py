@@ -56,3 +56,17 @@ def test_norm_backward_divides_only_small_statistics(kind, shape, most):
     ops = full_size_ops(kind, shape)
     assert not {"Div", "Sub", "Neg"} & set(ops), ops
     assert sum(ops.values()) <= most, ops
+
+
+def test_relu_backward_reads_its_output_not_its_input():
+    """The gradient of y = Relu(h) reads y, which a following layer keeps for its own backward:
+    h (a batchnorm's or a residual sum's output, as large) is freed after the forward."""
+    b = Builder()
+    x = b.input("x", "float32", [4, 3])
+    h = b.Add(x, b.const(np.ones(3, np.float32)))
+    y = b.Relu(h)
+    loss = b.ReduceSum(b.Mul(y, y), keepdims=0)
+    b.output(gradients(b, loss, [x])[x], "dx", "float32")
+    relu_grad = [n for n in b.nodes if n.name.startswith("Relu.grad")]
+    assert relu_grad and all(h not in n.input for n in relu_grad), relu_grad
+    assert any(y in n.input for n in relu_grad)
