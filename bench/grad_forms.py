@@ -490,7 +490,8 @@ def relu_dx(rng):
         "cast_mul": lambda b, y, g: [b.Mul(g, b.Cast(b.Greater(y, b.const(0.0)), to=1))]}
 
 
-NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32), "batchnorm_16x16": batchnorm_forms(32, 16),
+NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32),
+              "batchnorm_16x16": batchnorm_forms(32, 16),
               "batchnorm_8x8": batchnorm_forms(64, 8), "relu_dx": relu_dx}
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,

@@ -66,7 +66,7 @@ def _own_statistics_vjp(n, dy, centred):
     x, scale, _, mean, var = n.inputs
     inv = 1.0 / op.Sqrt(var + n.attr("epsilon", 1e-5))
     count = op.Cast(op.Size(x) / op.Size(mean), to=x.dtype)
-    total, dot = _channel_sums(dy, x.rank), _channel_sums(dy * centred, x.rank)  # sum(dy), sum(dy c)
+    total, dot = _channel_sums(dy, x.rank), _channel_sums(dy * centred, x.rank)  # dy, dy c
     a = scale * inv
     slope, shift = -(a * inv * inv * dot) / count, -(a * total) / count
     zeros = full(op.Shape(mean), 0.0, x.dtype)
