@@ -62,10 +62,11 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               ResNet-20's stage shapes (batch 128): dlc (one BatchNormalization fed the batch
               statistics, the closed-form backward; with --baseline, the chain rule through
               primitive ops it replaced: 10.0 against 5.8 ms, 4.0 against 2.0, 1.8 against 1.0
-              at 1 thread) and its closed form by hand (by_hand: dlc's minus the test loss's
-              own two passes) with one choice changed, each slower: the variance by
-              ReduceSumSquare (6.2 against 5.0 ms at 32x32), dx in four elementwise ops rather
-              than Mul + BatchNormalization + Add (5.8), sums in one ReduceSum (6.6)
+              at 1 thread) and its closed form by hand (by_hand: dlc's nodes less the test
+              loss's two Muls) with one choice changed, each slower at 32x32 (1 thread): the
+              variance by ReduceSumSquare, even over H W then N (6.0 against 5.2 ms), dx in
+              four elementwise ops rather than Mul + BatchNormalization + Add (5.5), the sums
+              in one ReduceSum over (0, 2, 3) (6.5)
   relu_dx     ReLU's gradient from its output: Where (2.4 ms at 1 thread, 2.1 at 2) against
               dy * Cast(y > 0) (dlc: 1.6 and 1.1)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
@@ -447,7 +448,7 @@ def batchnorm_forms(channels: int, side: int):
 
 def _closed_batchnorm(shape, sum_square=False, four_ops=False, one_sum=False):
     """The closed form of dlc's batchnorm (autodiff/norm.py) by hand, the output's cotangent r:
-    sum_square, the variance by ReduceSumSquare; four_ops, dx = dy a + c slope + shift in four
+    sum_square, the variance by ReduceSumSquare (over H W, then N); four_ops, dx = dy a + c slope + shift in four
     ops, not a Mul, a BatchNormalization and an Add; one_reducesum, the channel sums and means
     in one ReduceSum over (0, 2, 3), not over H W then N."""
     n, c = shape[:2]
@@ -462,8 +463,9 @@ def _closed_batchnorm(shape, sum_square=False, four_ops=False, one_sum=False):
     def build(b, x, gamma, beta, dy):
         mean = b.Div(sums(b, x), b.const(count))
         cen = b.Sub(x, b.Reshape(mean, b.const(pc)))
-        var = b.Div(b.ReduceSumSquare(cen, b.const([0, 2, 3]), keepdims=0) if sum_square
-                    else sums(b, b.Mul(cen, cen)), b.const(count))
+        squares = b.ReduceSum(b.ReduceSumSquare(b.Reshape(cen, b.const([n, c, -1])), b.const(
+            [2]), keepdims=0), b.const([0]), keepdims=0) if sum_square else None
+        var = b.Div(squares or sums(b, b.Mul(cen, cen)), b.const(count))
         y = b.BatchNormalization(x, gamma, beta, mean, var, epsilon=1e-5)
         inv = b.Reciprocal(b.Sqrt(b.Add(var, b.const(1e-5))))
         total, dot, a = sums(b, dy), sums(b, b.Mul(dy, cen)), b.Mul(gamma, inv)
