@@ -59,6 +59,18 @@ def batch_norm_fed(shape, tag):
              domain=("any", "any", "any", "any", "pos"), tag=f"fed-stats-{tag}")
 
 
+def batch_norm_own_mean_only(shape):
+    """x's own mean in the layer's form but a variance of its own: not the batch statistics the
+    closed form assumes, so the rule must chain through the mean's ops instead."""
+    from dlc.model.layers.norm import channel_mean
+
+    def build(b, x, scale, bias, var):
+        return b.BatchNormalization(x, scale, bias, channel_mean(b, x, len(shape)), var)
+    c = [shape[1]]
+    return C("BatchNormalization", build, shape, c, c, c, domain=("any", "any", "any", "pos"),
+             tag="own-mean-fed-var")
+
+
 CLOSED_FORM = [batchnorm_layer([4, 3, 2, 3], "nchw"), batchnorm_layer([6, 3], "nc"),
                batchnorm_layer([3, 3, 4], "ncl")]
 
@@ -67,6 +79,7 @@ CASES = [
     *CLOSED_FORM,
     batch_norm_fed([2, 3, 2, 2], "nchw"),
     batch_norm_fed([5, 3], "nc"),
+    batch_norm_own_mean_only([2, 3, 2, 2]),
     batch_norm([2, 3, 4, 5], tag="nchw"),
     batch_norm([4, 3], eps=0.1, tag="nc-eps0.1"),
     batch_norm([2, 3, 5], tag="ncl"),

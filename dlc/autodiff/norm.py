@@ -50,11 +50,13 @@ def _own_statistics(ad, n) -> Var | None:
         t = made_by(t, "ReduceMean", [0])
         return made_by(made_by(t, "ReduceMean", [2]), "Reshape", [0, 0, -1]) if rank > 2 else t
     square = made.get(channel_mean_of(var))
-    c = square is not None and square.op_type == "Mul" and square.input[1] == square.input[0] \
-        and made_by(square.input[0], "Add") == x and square.input[0]
-    per_channel = c and made_by(made.get(c).input[1], "Neg")
-    mean_again = made_by(per_channel, "Reshape", [1, -1, *[1] * (rank - 2)])
-    return Var(ad, c) if channel_mean_of(mean) == x and mean_again == mean else None
+    if square is None or square.op_type != "Mul" or square.input[0] != square.input[1]:
+        return None
+    c = square.input[0]
+    if made_by(c, "Add") != x:
+        return None
+    shift = made_by(made_by(made[c].input[1], "Neg"), "Reshape", [1, -1, *[1] * (rank - 2)])
+    return Var(ad, c) if shift == mean and channel_mean_of(mean) == x else None
 
 
 def _own_statistics_vjp(n, dy, centred):
