@@ -60,15 +60,17 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               with a ones vector then a ReduceSum over N (3-4x slower)
   batchnorm_32x32, batchnorm_16x16, batchnorm_8x8  y, dx, dgamma, dbeta of training batchnorm at
               ResNet-20's stage shapes (batch 128): dlc (one BatchNormalization fed the batch
-              statistics, the closed-form backward; with --baseline, the chain rule through
-              primitive ops it replaced: 10.0 against 5.8 ms, 4.0 against 2.0, 1.8 against 1.0
-              at 1 thread) and its closed form by hand (by_hand: dlc's nodes less the test
-              loss's two Muls) with one choice changed, each slower at 32x32 (1 thread): the
-              variance by ReduceSumSquare, even over H W then N (6.0 against 5.2 ms), dx in
-              four elementwise ops rather than Mul + BatchNormalization + Add (5.5), the sums
-              in one ReduceSum over (0, 2, 3) (6.5)
-  relu_dx     ReLU's gradient from its output: Where (2.4 ms at 1 thread, 2.1 at 2) against
-              dy * Cast(y > 0) (dlc: 1.6 and 1.1)
+              statistics, the closed-form backward) against, with --baseline, the chain rule
+              through primitive ops it replaced (quiet machine, 1 thread: 6.3 against 11.5 ms,
+              2.0 against 4.4, 1.1 against 2.0; 2 threads: 4.3 against 7.7, 1.9 against 3.3,
+              0.9 against 1.5), and its closed form by hand (by_hand: dlc's nodes less the test
+              loss's two Muls) with one choice changed, each slower at 32x32 (1 thread, 2 in
+              brackets): by_hand 5.1 ms (3.5); the variance by ReduceSumSquare, even over H W
+              then N, 6.2 (4.4); dx in four elementwise ops rather than Mul +
+              BatchNormalization + Add, 5.7 (3.8); the sums in one ReduceSum over (0, 2, 3), 6.9
+              (4.4)
+  relu_dx     ReLU's gradient from its output: Where (2.8 ms at 1 thread, 2.4 at 2) against
+              dy * Cast(y > 0) (dlc: 1.9 and 1.2)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
               transformer, textcls) from its initial weights: `session.run` alone
 """

@@ -25,8 +25,8 @@ def _relu(n, dy):
     """dx = dy where y > 0, read from the output, not the input: a following conv or dense keeps
     the output for its own backward, so the input (a batchnorm's or a residual sum's output,
     as large) is freed after the forward. A Mul by the mask cast to float: onnxruntime's Where
-    with a scalar operand took 2.6 against 1.8 ms on [128, 16, 32, 32] at 1 thread, 2.4
-    against 1.1 at 2 (bench/grad_forms.py relu_dx)."""
+    with a scalar operand took 2.8 against 1.9 ms on [128, 16, 32, 32] at 1 thread, 2.4
+    against 1.2 at 2 (bench/grad_forms.py relu_dx)."""
     return dy * op.Cast(n.y > 0.0, to=n.y.dtype)
 
 
