@@ -450,9 +450,9 @@ def batchnorm_forms(channels: int, side: int):
 
 def _closed_batchnorm(shape, sum_square=False, four_ops=False, one_sum=False):
     """The closed form of dlc's batchnorm (autodiff/norm.py) by hand, the output's cotangent r:
-    sum_square, the variance by ReduceSumSquare (over H W, then N); four_ops, dx = dy a + c slope + shift in four
-    ops, not a Mul, a BatchNormalization and an Add; one_reducesum, the channel sums and means
-    in one ReduceSum over (0, 2, 3), not over H W then N."""
+    sum_square, the variance by ReduceSumSquare (over H W, then N); four_ops, dx = dy a +
+    c slope + shift in four ops, not a Mul, a BatchNormalization and an Add; one_reducesum, the
+    channel sums and means in one ReduceSum over (0, 2, 3), not over H W then N."""
     n, c = shape[:2]
     count, pc = float(np.prod(shape) / c), [1, c, 1, 1]
 
