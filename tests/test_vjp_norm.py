@@ -1,6 +1,8 @@
 """The rules of autodiff/norm.py (BatchNormalization in inference form, LayerNormalization) and
 GlobalAveragePool, the ops torch.onnx.export writes for a ResNet or a BERT-style encoder in eval
-mode, checked against central finite differences in float64 with the harness of test_vjp_rules."""
+mode, checked against central finite differences in float64 with the harness of test_vjp_rules;
+and BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
+closed-form backward) or with statistics that are other inputs (gradients for them too)."""
 
 from __future__ import annotations
 
@@ -123,7 +125,6 @@ def test_batch_norm_in_training_mode_is_refused():
     loss = b.ReduceSum(y, keepdims=0)
     with pytest.raises(DlcError, match="training_mode=1"):
         gradients(b, loss, [x])
-
 
 
 @pytest.mark.parametrize("case", CLOSED_FORM, ids=[c.id for c in CLOSED_FORM])
