@@ -51,12 +51,11 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
-  batchnorm   forward + backward of training-mode batch normalisation over [128, 16, 32, 32]
   channel_sums, channel_sums_16x16, channel_sums_8x8  the per-channel sums of batchnorm's
               backward over (N, H, W) of ResNet-20's [128, C, H, W] tensors: one ReduceSum
-              over (0, 2, 3) (what dlc emits; onnxruntime splits it over its threads: 0.35 CPU
-              ms in 0.19 wall at 2 threads, 16x32x32), over H W then N (0.19 and 0.14 ms at 1
-              and 2 threads: 20-30% less, but about 5 ms of a 430 ms step in all) and a MatMul
+              over (0, 2, 3) (onnxruntime splits it over its threads: 0.35 CPU ms in 0.19 wall
+              at 2 threads, 16x32x32), over H W then N (0.19 and 0.14 ms at 1 and 2 threads:
+              20-30% less; what batchnorm's closed-form backward now does) and a MatMul
               with a ones vector then a ReduceSum over N (3-4x slower)
   batchnorm_32x32, batchnorm_16x16, batchnorm_8x8  y, dx, dgamma, dbeta of training batchnorm at
               ResNet-20's stage shapes (batch 128): dlc (one BatchNormalization fed the batch
@@ -506,7 +505,6 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "conv_dw": conv_dw(16, 32), "conv_dw_16x16": conv_dw(32, 16),
          "conv_dw_8x8": conv_dw(64, 8),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
-         "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
          "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
