@@ -62,13 +62,25 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
               ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
-  batchnorm   forward + backward of training-mode batch normalisation over [128, 16, 32, 32]
   channel_sums, channel_sums_16x16, channel_sums_8x8  the per-channel sums of batchnorm's
               backward over (N, H, W) of ResNet-20's [128, C, H, W] tensors: one ReduceSum
-              over (0, 2, 3) (what dlc emits; onnxruntime splits it over its threads: 0.35 CPU
-              ms in 0.19 wall at 2 threads, 16x32x32), over H W then N (0.19 and 0.14 ms at 1
-              and 2 threads: 20-30% less, but about 5 ms of a 430 ms step in all) and a MatMul
+              over (0, 2, 3) (onnxruntime splits it over its threads: 0.35 CPU ms in 0.19 wall
+              at 2 threads, 16x32x32), over H W then N (0.19 and 0.14 ms at 1 and 2 threads:
+              20-30% less; what batchnorm's closed-form backward now does) and a MatMul
               with a ones vector then a ReduceSum over N (3-4x slower)
+  batchnorm_32x32, batchnorm_16x16, batchnorm_8x8  y, dx, dgamma, dbeta of training batchnorm at
+              ResNet-20's stage shapes (batch 128): dlc (one BatchNormalization fed the batch
+              statistics, the closed-form backward) against, with --baseline, the chain rule
+              through primitive ops it replaced (quiet machine, 1 thread: 6.3 against 11.5 ms,
+              2.0 against 4.4, 1.1 against 2.0; 2 threads: 4.3 against 7.7, 1.9 against 3.3,
+              0.9 against 1.5), and its closed form by hand (by_hand: dlc's nodes less the test
+              loss's two Muls) with one choice changed, each slower at 32x32 (1 thread, 2 in
+              brackets): by_hand 5.1 ms (3.5); the variance by ReduceSumSquare, even over H W
+              then N, 6.2 (4.4); dx in four elementwise ops rather than Mul +
+              BatchNormalization + Add, 5.7 (3.8); the sums in one ReduceSum over (0, 2, 3), 6.9
+              (4.4)
+  relu_dx     ReLU's gradient from its output: Where (2.8 ms at 1 thread, 2.4 at 2) against
+              dy * Cast(y > 0) (dlc: 1.9 and 1.2)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
               transformer, textcls) from its initial weights: `session.run` alone; also
               step_vgg_small (bench/specs/vgg_small.yaml, whose 4x4 and 2x2 convs are lowered
@@ -489,6 +501,86 @@ def train_step(model: str):
     return make
 
 
+
+# ---- batchnorm and relu at ResNet-20's stage shapes (batch 128) --------------------------------
+def batchnorm_forms(channels: int, side: int):
+    """y, dx, dgamma, dbeta of training batchnorm over [128, channels, side, side]: dlc's
+    lowering and VJP table, against its closed form written out with one choice changed."""
+    shape = (128, channels, side, side)
+
+    def make(rng):
+        inputs = {"x": rng.standard_normal(shape, np.float32) * 2 + 0.5,
+                  "gamma": rng.uniform(0.5, 1.5, channels).astype(np.float32),
+                  "beta": rng.standard_normal(channels, np.float32),
+                  "r": rng.standard_normal(shape, np.float32)}
+        layer, in_shape = _layer("batchnorm", shape[1:])
+
+        def dlc(b, x, gamma, beta, r):
+            from dlc.autodiff import gradients
+
+            p = {"n.gamma": gamma, "n.beta": beta,
+                 **{f"n.{k}": b.const(np.full(channels, v, np.float32))
+                    for k, v in (("running_mean", 0.0), ("running_var", 1.0))}}
+            y = layer.lower(b, x, p, _Ctx(), in_shape)
+            g = gradients(b, b.ReduceSum(b.Mul(y, r), keepdims=0), [x, gamma, beta])
+            return [y, g[x], g[gamma], g[beta]]
+        return inputs, {"dlc": dlc, "by_hand": _closed_batchnorm(shape),
+                        "sum_square": _closed_batchnorm(shape, sum_square=True),
+                        "dx_four_ops": _closed_batchnorm(shape, four_ops=True),
+                        "one_reducesum": _closed_batchnorm(shape, one_sum=True)}
+    return make
+
+
+def _closed_batchnorm(shape, sum_square=False, four_ops=False, one_sum=False):
+    """The closed form of dlc's batchnorm (autodiff/norm.py) by hand, the output's cotangent r:
+    sum_square, the variance by ReduceSumSquare (over H W, then N); four_ops, dx = dy a +
+    c slope + shift in four ops, not a Mul, a BatchNormalization and an Add; one_reducesum, the
+    channel sums and means in one ReduceSum over (0, 2, 3), not over H W then N."""
+    n, c = shape[:2]
+    count, pc = float(np.prod(shape) / c), [1, c, 1, 1]
+
+    def sums(b, t):
+        if one_sum:
+            return b.ReduceSum(t, b.const([0, 2, 3]), keepdims=0)
+        hw = b.ReduceSum(b.Reshape(t, b.const([n, c, -1])), b.const([2]), keepdims=0)
+        return b.ReduceSum(hw, b.const([0]), keepdims=0)
+
+    def build(b, x, gamma, beta, dy):
+        mean = b.Div(sums(b, x), b.const(count))
+        cen = b.Sub(x, b.Reshape(mean, b.const(pc)))
+        squares = b.ReduceSum(b.ReduceSumSquare(b.Reshape(cen, b.const([n, c, -1])), b.const(
+            [2]), keepdims=0), b.const([0]), keepdims=0) if sum_square else None
+        var = b.Div(squares or sums(b, b.Mul(cen, cen)), b.const(count))
+        y = b.BatchNormalization(x, gamma, beta, mean, var, epsilon=1e-5)
+        inv = b.Reciprocal(b.Sqrt(b.Add(var, b.const(1e-5))))
+        total, dot, a = sums(b, dy), sums(b, b.Mul(dy, cen)), b.Mul(gamma, inv)
+        slope = b.Neg(b.Div(b.Mul(b.Mul(a, b.Mul(inv, inv)), dot), b.const(count)))
+        shift = b.Neg(b.Div(b.Mul(a, total), b.const(count)))
+        scaled = b.Mul(dy, b.Reshape(a, b.const(pc)))
+        if four_ops:
+            dx = b.Add(b.Add(scaled, b.Mul(cen, b.Reshape(slope, b.const(pc)))),
+                       b.Reshape(shift, b.const(pc)))
+        else:
+            zeros = b.const(np.zeros(c, np.float32))
+            dx = b.Add(scaled, b.BatchNormalization(cen, slope, shift, zeros, zeros, epsilon=1.0))
+        return [y, dx, b.Mul(dot, inv), total]
+    return build
+
+
+def relu_dx(rng):
+    """ReLU's gradient over [128, 16, 32, 32] from its output: Where(y > 0, dy, 0) against
+    dy * Cast(y > 0) (dlc)."""
+    y = np.maximum(rng.standard_normal((128, 16, 32, 32), np.float32), 0)
+    g = rng.standard_normal(y.shape, np.float32)
+    return {"y": y, "g": g}, {
+        "where": lambda b, y, g: [b.Where(b.Greater(y, b.const(0.0)), g, b.const(0.0))],
+        "cast_mul": lambda b, y, g: [b.Mul(g, b.Cast(b.Greater(y, b.const(0.0)), to=1))]}
+
+
+NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32),
+              "batchnorm_16x16": batchnorm_forms(32, 16),
+              "batchnorm_8x8": batchnorm_forms(64, 8), "relu_dx": relu_dx}
+
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
          "conv_dx_16x16": conv_dx(32, 16), "conv_dx_8x8": conv_dx(64, 8),
@@ -503,11 +595,11 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "im2col_2x2": conv_im2col(64, 64, 2, 128),
          "im2col_s2": conv_im2col(64, 128, 4, 128, stride=2),
          "layernorm": norm_case("layernorm", (32, 64, 256)),
-         "batchnorm": norm_case("batchnorm", (128, 16, 32, 32)),
          "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
          "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",
                                                  "textcls", "vgg_small")}}
+CASES.update(NORM_CASES)
 
 
 def models(name: str) -> tuple[dict, dict[str, bytes]]:

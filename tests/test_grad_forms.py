@@ -79,3 +79,9 @@ def test_subpixel_input_gradient_is_conv_transpose(side, k, stride, pad):
                 for v, f in built.items()}
     grad_forms.check_same("subpixel", sessions, inputs)
     assert sessions["subpixel"].run(None, inputs)[0].shape == (2, 3, side, side)
+
+
+@pytest.mark.parametrize("case", ["batchnorm_8x8", "relu_dx"])
+def test_batchnorm_and_relu_candidates_match_dlc(case):
+    """batchnorm's closed form by hand (and its variants) and ReLU's two gradient forms."""
+    test_candidate_forms_match_dlc(case)

@@ -1,6 +1,8 @@
 """The rules of autodiff/norm.py (BatchNormalization in inference form, LayerNormalization) and
 GlobalAveragePool, the ops torch.onnx.export writes for a ResNet or a BERT-style encoder in eval
-mode, checked against central finite differences in float64 with the harness of test_vjp_rules."""
+mode, checked against central finite differences in float64 with the harness of test_vjp_rules;
+and BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
+closed-form backward) or with statistics that are other inputs (gradients for them too)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,58 @@ def layer_norm(shape, params, axis=-1, bias=True, tag=""):
     return C("LayerNormalization", build, shape, *([params] * (2 if bias else 1)), tag=tag)
 
 
+class _Training:
+    training, noise = True, None
+
+    def __init__(self):
+        self.updates = {}
+
+
+def batchnorm_layer(shape, tag):
+    """dlc's batchnorm as it lowers for training: the batch's own statistics fed to one
+    BatchNormalization, whose rule emits the closed-form backward (through mean and variance)."""
+    from dlc.model.layers import LAYERS
+
+    layer = LAYERS["batchnorm"]("bn", {"type": "batchnorm", "epsilon": 0.01})
+
+    def build(b, x, gamma, beta):
+        p = {"bn.gamma": gamma, "bn.beta": beta,
+             **{f"bn.{k}": b.const(np.full(shape[1], v)) for k, v in (("running_mean", 0.0),
+                                                                      ("running_var", 1.0))}}
+        return layer.lower(b, x, p, _Training(), shape[1:])
+    return C("BatchNormalization", build, shape, [shape[1]], [shape[1]], tag=f"layer-{tag}")
+
+
+def batch_norm_fed(shape, tag):
+    """Statistics that are inputs of their own, not x's: the rule's mean and var gradients."""
+    def build(b, x, scale, bias, mean, var):
+        return b.BatchNormalization(x, scale, bias, mean, var, epsilon=1e-3)
+    c = [shape[1]]
+    return C("BatchNormalization", build, shape, c, c, c, c,
+             domain=("any", "any", "any", "any", "pos"), tag=f"fed-stats-{tag}")
+
+
+def batch_norm_own_mean_only(shape):
+    """x's own mean in the layer's form but a variance of its own: not the batch statistics the
+    closed form assumes, so the rule must chain through the mean's ops instead."""
+    from dlc.model.layers.norm import channel_mean
+
+    def build(b, x, scale, bias, var):
+        return b.BatchNormalization(x, scale, bias, channel_mean(b, x, len(shape)), var)
+    c = [shape[1]]
+    return C("BatchNormalization", build, shape, c, c, c, domain=("any", "any", "any", "pos"),
+             tag="own-mean-fed-var")
+
+
+CLOSED_FORM = [batchnorm_layer([4, 3, 2, 3], "nchw"), batchnorm_layer([6, 3], "nc"),
+               batchnorm_layer([3, 3, 4], "ncl")]
+
+
 CASES = [
+    *CLOSED_FORM,
+    batch_norm_fed([2, 3, 2, 2], "nchw"),
+    batch_norm_fed([5, 3], "nc"),
+    batch_norm_own_mean_only([2, 3, 2, 2]),
     batch_norm([2, 3, 4, 5], tag="nchw"),
     batch_norm([4, 3], eps=0.1, tag="nc-eps0.1"),
     batch_norm([2, 3, 5], tag="ncl"),
@@ -72,3 +125,16 @@ def test_batch_norm_in_training_mode_is_refused():
     loss = b.ReduceSum(y, keepdims=0)
     with pytest.raises(DlcError, match="training_mode=1"):
         gradients(b, loss, [x])
+
+
+@pytest.mark.parametrize("case", CLOSED_FORM, ids=[c.id for c in CLOSED_FORM])
+def test_batchnorm_layer_backward_is_closed_form(case):
+    """No node of the backward differentiates the ops that took the statistics: the rule
+    recognised them as x's own (the chain through them made three more passes over x)."""
+    nodes = build_model(case, "float64").graph.node
+    statistics = {n.name: n.op_type for n in nodes if ".grad" not in n.name and (
+        n.op_type in ("ReduceMean", "Neg", "Add", "Reshape")
+        or n.op_type == "Mul" and n.input[0] == n.input[1])}
+    differentiated = {n.name.split(".grad")[0] for n in nodes if ".grad" in n.name}
+    assert set(statistics.values()) >= {"ReduceMean", "Neg", "Add", "Mul"}, statistics
+    assert not set(statistics) & differentiated, differentiated

@@ -11,7 +11,6 @@ from dlc.autodiff.var import op
 
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX defaults
 
-defdx("Relu")(lambda n, dy: op.Where(n.x > 0.0, dy, 0.0))
 defdx("LeakyRelu")(lambda n, dy: op.Where(n.x > 0.0, dy, dy * n.attr("alpha", 0.01)))
 defdx("Elu")(lambda n, dy: op.Where(  # x <= 0: y' = y + alpha
     n.x > 0.0, dy, dy * (n.y + n.attr("alpha", 1.0))))
@@ -19,6 +18,16 @@ defdx("Sigmoid")(lambda n, dy: dy * (n.y * (1.0 - n.y)))
 defdx("Tanh")(lambda n, dy: dy * (1.0 - n.y * n.y))
 defdx("Softplus")(lambda n, dy: dy * op.Sigmoid(n.x))
 defdx("Erf")(lambda n, dy: dy * (2 / math.sqrt(math.pi) * op.Exp(-(n.x * n.x))))
+
+
+@defdx("Relu")
+def _relu(n, dy):
+    """dx = dy where y > 0, read from the output, not the input: a following conv or dense keeps
+    the output for its own backward, so the input (a batchnorm's or a residual sum's output,
+    as large) is freed after the forward. A Mul by the mask cast to float: onnxruntime's Where
+    with a scalar operand took 2.8 against 1.9 ms on [128, 16, 32, 32] at 1 thread, 2.4
+    against 1.2 at 2 (bench/grad_forms.py relu_dx)."""
+    return dy * op.Cast(n.y > 0.0, to=n.y.dtype)
 
 
 @defdx("Selu")

@@ -1,5 +1,7 @@
-"""Normalisation layers. Training graphs decompose them into primitive ops the VJP table
-differentiates (onnxruntime's CUDA BatchNormalization refuses training mode at opset >= 14)."""
+"""Normalisation layers. Training graphs take the batch statistics with primitive ops
+(onnxruntime's CUDA BatchNormalization refuses training mode at opset >= 14); batchnorm then
+applies them with one BatchNormalization in inference form, whose VJP rule
+(dlc/autodiff/norm.py) recognises them as its input's own and emits the closed-form backward."""
 
 from __future__ import annotations
 
@@ -17,6 +19,25 @@ def normalise(b, x: str, axes: str, eps: float) -> tuple[str, str, str, str]:
     centred = b.Add(x, b.Neg(mean))
     var = b.ReduceMean(b.Mul(centred, centred), axes, keepdims=1)
     return centred, mean, var, b.Reciprocal(b.Sqrt(b.Add(var, b.const(eps))))
+
+
+def batch_statistics(b, x: str, rank: int) -> tuple[str, str]:
+    """Per-channel (axis 1) mean and biased variance of x as [C] vectors: mean, and the mean of
+    c * c with c = x + Neg(Reshape(mean)), the form the BatchNormalization VJP rule recognises
+    as x's own statistics (autodiff/norm.py `_own_statistics`: c is what its backward reads).
+    A Mul and a mean: onnxruntime's ReduceSumSquare took 1 ms more on [128, 16, 32, 32]."""
+    mean = channel_mean(b, x, rank)
+    centred = b.Add(x, b.Neg(b.Reshape(mean, b.const([1, -1, *[1] * (rank - 2)]))))
+    return mean, channel_mean(b, b.Mul(centred, centred), rank)
+
+
+def channel_mean(b, t: str, rank: int) -> str:
+    """[C] mean of an [N, C, ...] tensor over every axis but 1: over the spatial axes first (one
+    contiguous run per image and channel), then over N. onnxruntime took 0.19 against 0.43 ms
+    for one ReduceMean over (0, 2, 3) of [128, 16, 32, 32] at 1 thread."""
+    if rank > 2:
+        t = b.ReduceMean(b.Reshape(t, b.const([0, 0, -1])), b.const([2]), keepdims=0)
+    return b.ReduceMean(t, b.const([0]), keepdims=0)
 
 
 class BatchNorm(Layer):
@@ -48,28 +69,23 @@ class BatchNorm(Layer):
         return 4 * numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        n, eps = self.name, float(self.cfg["epsilon"])
-        if not ctx.training:
-            return b.BatchNormalization(x, p[f"{n}.gamma"], p[f"{n}.beta"],
-                                        p[f"{n}.running_mean"], p[f"{n}.running_var"],
-                                        epsilon=eps)
-        axes = b.const([0, *range(2, len(in_shape) + 1)])
-        per_channel = b.const([1, in_shape[0], *[1] * (len(in_shape) - 1)])
-        centred, mean, var, inv_std = normalise(b, x, axes, eps)
-        scale = b.Mul(inv_std, b.Reshape(p[f"{n}.gamma"], per_channel))  # per channel: tiny
-        y = b.Add(b.Mul(centred, scale), b.Reshape(p[f"{n}.beta"], per_channel))
-        self._update_running(b, x, p, ctx, mean, var, in_shape[0])
-        return y
+        n = self.name
+        if ctx.training:
+            mean, var = batch_statistics(b, x, len(in_shape) + 1)
+            self._update_running(b, x, p, ctx, mean, var, in_shape[0])
+        else:
+            mean, var = p[f"{n}.running_mean"], p[f"{n}.running_var"]
+        return b.BatchNormalization(x, p[f"{n}.gamma"], p[f"{n}.beta"], mean, var,
+                                    epsilon=float(self.cfg["epsilon"]))
 
     def _update_running(self, b, x, p, ctx, mean, var, channels):
         n, m = self.name, float(self.cfg["momentum"])
-        flat = b.const([channels])
-        count = b.Cast(b.Div(b.Size(x), b.const(channels)), to=1)
+        count = b.Cast(b.Div(b.Size(x), b.const(channels)), to=b.float_code)
         unbiased = b.Mul(var, b.Div(count, b.Sub(count, b.const(1.0))))
         for stat, batch in (("running_mean", mean), ("running_var", unbiased)):
             old = p[f"{n}.{stat}"]
             ctx.updates[f"{n}.{stat}"] = b.Add(b.Mul(old, b.const(m)),
-                                               b.Mul(b.Reshape(batch, flat), b.const(1.0 - m)))
+                                               b.Mul(batch, b.const(1.0 - m)))
 
 
 class LayerNorm(Layer):
