@@ -4,6 +4,7 @@ to the rows it read, adding where indices repeat; OneHot's output carries no gra
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from dlc.autodiff.rules import defdx, defzero
 from dlc.autodiff.var import full, op
@@ -28,7 +29,28 @@ def _gather(n, dy):
     flat = op.Reshape(idx, [-1, 1])
     flat = op.Where(op.Less(flat, 0), flat + dim, flat)
     rows = op.Reshape(dy, op.Concat(n.const([-1]), op.Slice(shape, [1], [r]), axis=0))
-    dx = op.ScatterND(full(shape, 0, x.dtype), flat, rows, reduction="add")
+    dx = op.ScatterND(full(shape, 0, x.dtype), flat, rows, reduction="add") \
+        if n.ad.device == "cuda" else _row_sums(flat, rows, shape, x.dtype)
     if axis:
         dx = op.Transpose(dx, perm=[int(i) for i in np.argsort(front)])
     return dx
+
+
+def _row_sums(ids, rows, shape, dtype: int):
+    """Zeros of `shape` with rows[m] added into row ids[m] (ids [M, 1]), without ScatterND's
+    add, whose CPU kernel loses updates of repeated ids at more than one thread (onnxruntime
+    1.31, as microsoft/onnxruntime#18048: up to 46 off in a 30,000 x 128 table from 8,192
+    Zipf-distributed ids at 2 threads; CUDA's adds atomically). The ids sorted (TopK), each
+    id's rows summed as the difference of a float64 running sum at the ends of its run, the
+    sums written once per distinct id: 5.0 ms against 2.1 for that table at 1 thread, within
+    3.6e-6 of float64 where float32 accumulation is 1.5e-4 off."""
+    flat = op.Reshape(ids, [-1])
+    ordered, order = op.TopK(flat, op.Shape(flat), largest=0, sorted=1, outputs=2)
+    distinct, _, _, counts = op.Unique(ordered, sorted=1, outputs=4)
+    running = op.CumSum(op.Cast(op.Gather(rows, order, axis=0), to=onnx.TensorProto.DOUBLE), 0)
+    at_ends = op.Gather(running, op.CumSum(counts, 0) - 1, axis=0)  # sums up to each run's end
+    sums = op.Concat(op.Slice(at_ends, [0], [1]),
+                     op.Slice(at_ends, [1], [np.iinfo(np.int64).max]) - op.Slice(at_ends, [0], [-1]),
+                     axis=0)
+    return op.ScatterND(full(shape, 0, dtype), op.Unsqueeze(distinct, [-1]),
+                        op.Cast(sums, to=dtype))
