@@ -60,7 +60,12 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               the lowering does (4x4 2.0 against 2.6, 2x2 1.9 against 4.6, im2col_s2, 4x4 to
               2x2 at stride 2, 5.6 against 9.2), and dlc adopts it there (conv_gemm.lowers)
   gather_dw   the embedding gradient of the text classifier ([128, 64] Zipf ids, 30,000 x 128):
-              ScatterND(add) of the rows into zeros (dlc), ScatterElements(add) on the table
+              ScatterND(add) of the rows into zeros (dlc on CUDA; on CPU it loses updates of
+              repeated ids above 1 thread, so check_same refuses it there: run --threads 1),
+              ScatterElements(add) on the table, and dlc's CPU form (indexing.row_sums: sorted
+              ids, float64 running sums, one write per distinct id)
+  maxpool_dx  the digits CNN's 2x2 MaxPool over [64, 64, 8, 8], forward with Indices +
+              gradient: scatter-add at the Indices (dlc on CUDA) against MaxUnpool (dlc on CPU)
   layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
   channel_sums, channel_sums_16x16, channel_sums_8x8  the per-channel sums of batchnorm's
               backward over (N, H, W) of ResNet-20's [128, C, H, W] tensors: one ReduceSum
@@ -176,7 +181,35 @@ def gather_dw(rng):
         idx = b.Expand(b.Reshape(ids, b.const([-1, 1])), b.const([1, 128]))
         return [b.ScatterElements(zeros(b), idx, b.Reshape(g, b.const([-1, 128])), axis=0,
                                   reduction="add")]
-    return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements}
+    def sorted_rows(b, ids, g):
+        import onnx
+
+        from dlc.autodiff.driver import AD
+        from dlc.autodiff.indexing import row_sums
+        from dlc.autodiff.var import Var
+
+        ad = AD(b, {}, {})
+        flat, rows = (Var(ad, b.Reshape(t, b.const(s))) for t, s in ((ids, [-1, 1]), (g, [-1, 128])))
+        return [row_sums(flat, rows, Var(ad, b.const([30000, 128])), onnx.TensorProto.FLOAT).name]
+    return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements,
+                                  "sorted_rows": sorted_rows}
+
+
+def maxpool_dx(rng):
+    x = np.maximum(rng.standard_normal((64, 64, 8, 8), np.float32), 0)  # post-ReLU: ties at 0
+    r = rng.standard_normal((64, 64, 4, 4), np.float32)
+
+    def pooled(b, x):
+        return b.MaxPool(x, kernel_shape=[2, 2], strides=[2, 2], outputs=2)[0]
+
+    def form(device):
+        def build(b, x, r):
+            from dlc.autodiff import gradients
+
+            return [gradients(b, b.ReduceSum(b.Mul(pooled(b, x), r), keepdims=0), [x],
+                              device=device)[x]]
+        return build
+    return {"x": x, "r": r}, {"scatter_add": form("cuda"), "maxunpool": form("cpu")}
 
 
 def conv_dx(channels: int, side: int, inputs: int | None = None, batch: int = 128):
@@ -582,6 +615,7 @@ NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32),
               "batchnorm_8x8": batchnorm_forms(64, 8), "relu_dx": relu_dx}
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
+         "maxpool_dx": maxpool_dx,
          "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
          "conv_dx_16x16": conv_dx(32, 16), "conv_dx_8x8": conv_dx(64, 8),
          "conv_dx_digits": conv_dx(64, 8, inputs=32, batch=64), "conv_dx_s2": conv_dx_s2,
