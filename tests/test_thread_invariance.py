@@ -38,18 +38,28 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 from test_text_columns import spec_file, write_table
 
 from dlc.data import Dataset, Split
 from dlc.model.network import build_network
 from dlc.model.spec import load_spec, load_spec_text
 from dlc.train.run import prepare
+from dlc.train.step import build_train_step
 from dlc.train.trainer import Trainer
 
 THREADS, RUNS = 4, 8
 TOL = 1e-5  # of each tensor's largest |value| (see the module docstring)
 LR = 1024.0  # a power of two: the gradient read back as (p - new) / LR keeps its low bits
 CLASSES, VOCAB = 5, 1000
+# Op types whose CPU kernel writes through indices or depends on the order of its elements, with
+# the forms (their `reduction`) the audit above found exact at every thread count. A CPU train
+# step with another form, or another such op, needs that audit first: ScatterND's add races.
+AUDITED = {"ScatterND": {"none"},  # distinct ids: the embedding gradient's one write per row
+           "ScatterElements": {"none", "add"},  # add: overlapping MaxPool windows
+           "MaxUnpool": {"none"}, "CumSum": {"none"}, "TopK": {"none"}, "Unique": {"none"}}
+INDEXED = {*AUDITED, "Scatter", "GatherND", "GatherElements", "Col2Im", "Resize", "NonZero",
+           "TensorScatter", "MaxRoiPool", "RoiAlign", "GridSample"}
 
 
 def embed(dim=64):
@@ -147,3 +157,28 @@ def test_train_step_agrees_at_one_and_four_threads(name, tmp_path):
             scale = max(float(np.max(np.abs(want))), 1e-30)
             err = float(np.max(np.abs(np.asarray(found[k], np.float64) - want))) / scale
             assert err <= TOL, f"{name} {k}, run {run + 1} at {THREADS} threads: {err:.3g} of max"
+
+
+def indexed_forms(graph) -> set[tuple[str, str]]:
+    """(op type, reduction) of every INDEXED node of a graph and its subgraphs."""
+    forms = set()
+    for node in graph.node:
+        if node.op_type in INDEXED:
+            form = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+            forms.add((node.op_type, form))
+        for sub in (g for a in node.attribute for g in (a.g, *a.graphs)):  # Scan, Loop, If
+            forms |= indexed_forms(sub)
+    return forms
+
+
+def test_cpu_train_steps_write_through_indices_only_in_audited_forms():
+    """The CPU train steps of every spec of specs/ and bench/specs/ and of the models above
+    write through indices only in AUDITED forms: a rule that emits ScatterND's add on CPU
+    again, or a new indexed op, fails here until the per-op audit (bench/thread_audit.py) has
+    run it at several thread counts. The second line keeps the check from passing vacuously."""
+    paths = [*ROOT.glob("specs/*.yaml"), *ROOT.glob("bench/specs/*.yaml")]
+    nets = [build_network(load_spec(p)) for p in sorted(paths)]
+    nets += [synthetic(name)[0] for name in MODELS]
+    forms = set().union(*(indexed_forms(build_train_step(n).model.graph) for n in nets))
+    assert {(op, f) for op, f in forms if f not in AUDITED.get(op, ())} == set()
+    assert {("ScatterND", "none"), ("ScatterElements", "add"), ("MaxUnpool", "none")} <= forms
