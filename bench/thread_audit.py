@@ -5,15 +5,16 @@ onnxruntime CPU kernel give the same result at every intra-op thread count?
 
 onnxruntime 1.31's CPU ScatterND with reduction add loses updates of repeated indices once it
 splits its updates over threads (microsoft/onnxruntime#18048); dlc's embedding gradient used it.
-This lists the op types of the CPU train steps (fused and data-parallel split) and the explain
-graphs of specs/ and bench/specs/, then runs each op that accumulates, writes through indices
-or depends on the order of its elements, at realistic sizes, --runs times at each thread count,
-with dlc's session options: its largest deviation from numpy in float64 (relative to the
-reference's largest |value|: float32 rounding is 1e-7 to 1e-4 by the number of terms summed, a
-lost update of the order of one term), its largest difference from the 1-thread result, and how
-many runs at the most threads differ from that at all. Rerun it after an onnxruntime upgrade;
-tests/test_thread_invariance.py's AUDITED table lists the forms found exact. A busy machine makes
-a race rarer, not a figure wrong (foreign_cpu_share says how busy it was).
+This lists the op types of the CPU train steps (fused and data-parallel split, and the fused one
+as onnxruntime optimises it) and the explain graphs of specs/ and bench/specs/, then runs each
+op that accumulates, writes through indices or depends on the order of its elements, at
+realistic sizes, --runs times at each thread count, with dlc's session options: its largest
+deviation from numpy in float64 (relative to the reference's largest |value|: float32 rounding
+is 1e-7 to 1e-4 by the number of terms summed, a lost update of the order of one term), its
+largest difference from the 1-thread result, and how many runs at the most threads differ from
+that at all. Rerun it after an onnxruntime upgrade; tests/test_thread_invariance.py's AUDITED
+table lists the forms found exact. A busy machine makes a race rarer, not a figure wrong
+(foreign_cpu_share says how busy it was).
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ def dense_cases():
 
 def inventory() -> dict[str, int]:
     """Op type -> how many graphs hold it: CPU train steps (fused, and the split step's
-    gradient and update graphs) and explain graphs of every spec in specs/ and bench/specs/."""
+    gradient and update graphs) and explain graphs of every spec in specs/ and bench/specs/,
+    and the fused step as onnxruntime optimised it at 4 threads (its fused kernels named
+    `domain:op`)."""
     from dlc.commands.attribution import gradient_model
     from dlc.errors import DlcError
     from dlc.model.network import build_network
@@ -191,9 +194,27 @@ def inventory() -> dict[str, int]:
             graphs.append(gradient_model(spec.data, None, net.init_params(0), str(path))[0])
         except DlcError:  # token-id and multi-output models have no explain graph
             pass
+        graphs.append(optimised(graphs[0]))
         for g in graphs:
-            counts.update({n.op_type for n in g.graph.node})
+            counts.update({f"{n.domain}:{n.op_type}" if n.domain else n.op_type
+                           for n in g.graph.node})
     return dict(sorted(counts.items()))
+
+
+def optimised(step):
+    """The graph onnxruntime runs for `step` (dlc's session options, 4 threads)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from dlc.runtime.session import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(4, len(step.graph.node))
+        opts.optimized_model_filepath = f"{tmp}/optimised.onnx"
+        ort.InferenceSession(step.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath)
 
 
 def rel(a, b) -> float:
