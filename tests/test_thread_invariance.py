@@ -10,7 +10,7 @@ parameter's gradient, each running statistic, the loss, the logits and the gradi
 agree within 1e-5 of the tensor's largest |value|. Between thread counts only the order of
 float32 sums may legitimately change (~6e-8 per addition, growing as the square root of the
 terms: ~1e-6 for the thousands summed here); a lost update drops whole terms (the old embedding
-form here: 0.9 % to 100 % of the largest entry). Measured, onnxruntime 1.31.1 on a 2-core CPU:
+form here: 0.9 % to 104 % of the largest entry). Measured, onnxruntime 1.31.1 on a 2-core CPU:
 all five models bitwise equal at 1 and 4 threads, 8 runs.
 
 ScatterND split its updates over threads only from about a megabyte of them (4,096 ids x 64
