@@ -73,12 +73,26 @@ def batch_norm_own_mean_only(shape):
              tag="own-mean-fed-var")
 
 
+def layernorm_layer(shape, tag):
+    """dlc's layernorm as it lowers for training: one LayerNormalization whose Mean and
+    InvStdDev outputs the rule reads (float: a float64 graph casts them)."""
+    from dlc.model.layers import LAYERS
+
+    layer = LAYERS["layernorm"]("ln", {"type": "layernorm", "epsilon": 0.01})
+
+    def build(b, x, gamma, beta):
+        return layer.lower(b, x, {"ln.gamma": gamma, "ln.beta": beta}, _Training(), shape[1:])
+    return C("LayerNormalization", build, shape, [shape[-1]], [shape[-1]], tag=f"layer-{tag}")
+
+
+OWN_STATISTICS = [layernorm_layer([2, 3, 6], "btd"), layernorm_layer([5, 7], "nd")]
 CLOSED_FORM = [batchnorm_layer([4, 3, 2, 3], "nchw"), batchnorm_layer([6, 3], "nc"),
                batchnorm_layer([3, 3, 4], "ncl")]
 
 
 CASES = [
     *CLOSED_FORM,
+    *OWN_STATISTICS,
     batch_norm_fed([2, 3, 2, 2], "nchw"),
     batch_norm_fed([5, 3], "nc"),
     batch_norm_own_mean_only([2, 3, 2, 2]),
