@@ -1,8 +1,10 @@
 """The rules of autodiff/norm.py (BatchNormalization in inference form, LayerNormalization) and
 GlobalAveragePool, the ops torch.onnx.export writes for a ResNet or a BERT-style encoder in eval
 mode, checked against central finite differences in float64 with the harness of test_vjp_rules;
-and BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
-closed-form backward) or with statistics that are other inputs (gradients for them too)."""
+BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
+closed-form backward) or with statistics that are other inputs (gradients for them too); and
+LayerNormalization as dlc's layernorm emits it in training (its Mean and InvStdDev outputs read
+by the rule), also against torch."""
 
 from __future__ import annotations
 
