@@ -66,7 +66,6 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               ids, float64 running sums, one write per distinct id)
   maxpool_dx  the digits CNN's 2x2 MaxPool over [64, 64, 8, 8], forward with Indices +
               gradient: scatter-add at the Indices (dlc on CUDA) against MaxUnpool (dlc on CPU)
-  layernorm   forward + backward of layer normalisation over [32, 64, 256], as dlc lowers it
   channel_sums, channel_sums_16x16, channel_sums_8x8  the per-channel sums of batchnorm's
               backward over (N, H, W) of ResNet-20's [128, C, H, W] tensors: one ReduceSum
               over (0, 2, 3) (onnxruntime splits it over its threads: 0.35 CPU ms in 0.19 wall
@@ -84,6 +83,14 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
               then N, 6.2 (4.4); dx in four elementwise ops rather than Mul +
               BatchNormalization + Add, 5.7 (3.8); the sums in one ReduceSum over (0, 2, 3), 6.9
               (4.4)
+  layernorm_64x256, layernorm_64x1024  y, dx, dgamma, dbeta of training layernorm over the
+              Transformer's [32, 64, 256] and a wider [32, 64, 1024]: dlc (one
+              LayerNormalization, its Mean and InvStdDev read by the closed-form backward)
+              against, with --baseline, the primitive-op chain it replaced; `recompute`, the
+              exported-model form (no statistics outputs: the backward's own LayerNormalization
+              recomputes them); and the closed form by hand (by_hand: dlc's nodes less the test
+              loss's three) with one choice changed (sub_mul_xhat, elementwise_dx,
+              reduce_means, stored_xhat: _closed_layernorm says which); figures: README.md
   relu_dx     ReLU's gradient from its output: Where (2.8 ms at 1 thread, 2.4 at 2) against
               dy * Cast(y > 0) (dlc: 1.9 and 1.2)
   step_<m>    one whole train step of bench/suite.py's model m (mlp, resnet20, lstm,
@@ -493,24 +500,6 @@ class _Ctx:
     training, updates = True, {}
 
 
-def norm_case(kind: str, shape):
-    def make(rng):
-        x = rng.standard_normal(shape, np.float32)
-        c = shape[-1] if kind == "layernorm" else shape[1]
-        inputs = {"x": x, "gamma": rng.uniform(0.5, 1.5, c).astype(np.float32),
-                  "beta": rng.standard_normal(c, np.float32),
-                  "r": rng.standard_normal(shape, np.float32)}
-        layer, in_shape = _layer(kind, shape[1:])
-
-        def forward(b, x, gamma, beta):
-            p = {"n.gamma": gamma, "n.beta": beta,
-                 "n.running_mean": b.const(np.zeros(c, np.float32)),
-                 "n.running_var": b.const(np.ones(c, np.float32))}
-            return layer.lower(b, x, p, _Ctx(), in_shape)
-        return inputs, {"dlc": with_grads(forward)}
-    return make
-
-
 def train_step(model: str):
     """The whole train-step graph of a bench/suite.py model (or another bench/specs/ image
     classifier, fed N(0, 1) images), from its initial weights."""
@@ -610,9 +599,86 @@ def relu_dx(rng):
         "cast_mul": lambda b, y, g: [b.Mul(g, b.Cast(b.Greater(y, b.const(0.0)), to=1))]}
 
 
+# ---- layernorm at the Transformer's shape [32, 64, 256] and a wider one ----------------------
+def layernorm_forms(shape):
+    """y, dx, dgamma, dbeta of training layernorm over the last axis of `shape`: dlc's lowering
+    and VJP table; `recompute`, dlc's rule for an exported model's LayerNormalization (no Mean
+    and InvStdDev outputs: a second one of unit scale recomputes xhat and inv); and its closed
+    form by hand with one choice changed (_closed_layernorm)."""
+    d = shape[-1]
+
+    def make(rng):
+        inputs = {"x": rng.standard_normal(shape, np.float32) * 2 + 0.5,
+                  "gamma": rng.uniform(0.5, 1.5, d).astype(np.float32),
+                  "beta": rng.standard_normal(d, np.float32),
+                  "r": rng.standard_normal(shape, np.float32)}
+        layer, in_shape = _layer("layernorm", shape[1:])
+        return inputs, {
+            "dlc": with_grads(lambda b, x, gamma, beta: layer.lower(
+                b, x, {"n.gamma": gamma, "n.beta": beta}, _Ctx(), in_shape), keep_y=True),
+            "recompute": with_grads(lambda b, x, gamma, beta: b.LayerNormalization(
+                x, gamma, beta, axis=-1, epsilon=1e-5), keep_y=True),
+            "by_hand": _closed_layernorm(shape),
+            **{k: _closed_layernorm(shape, k) for k in ("sub_mul_xhat", "elementwise_dx",
+                                                        "reduce_means", "stored_xhat")}}
+    return make
+
+
+def _closed_layernorm(shape, change: str = ""):
+    """dlc's layernorm closed form (autodiff/norm.py) by hand, the output's cotangent r, with
+    `change`: sub_mul_xhat, xhat = (x - mean) inv in two ops, not one BatchNormalization over
+    [1, rows, d]; elementwise_dx, dx = (dxhat - m1 - xhat m2) inv in four ops, not a per-row
+    BatchNormalization, a Mul and an Add; reduce_means, the row means m1 = mean(dxhat) and m2
+    = mean(dxhat xhat) by ReduceMean over dxhat and one more product, not GEMVs of dy and dy
+    xhat with gamma / d; stored_xhat, the forward as a LayerNormalization of unit scale (xhat,
+    kept for the backward instead of x) and a per-column BatchNormalization (gamma, beta)."""
+    d, rows = shape[-1], int(np.prod(shape[:-1]))
+
+    def build(b, x, gamma, beta, dy):
+        flat, row, keep = b.const([rows, d]), b.const([1, rows, d]), b.const([*shape[:-1], 1])
+        zeros = b.const(np.zeros(rows, np.float32))
+        ones_m = b.const(np.ones(rows, np.float32))
+
+        def per_row(t, scale, shift, mean=zeros):
+            return b.BatchNormalization(b.Reshape(t, row), scale, shift, mean, zeros,
+                                        epsilon=1.0)
+        if change == "stored_xhat":
+            xhat, _, inv = b.LayerNormalization(x, b.const(np.ones(d, np.float32)), axis=-1,
+                                                epsilon=1e-5, outputs=3)
+            zeros_d = b.const(np.zeros(d, np.float32))
+            y = b.Reshape(b.BatchNormalization(b.Reshape(xhat, flat), gamma, beta, zeros_d,
+                                               zeros_d, epsilon=1.0), b.const(list(shape)))
+            inv = b.Reshape(inv, b.const([-1]))
+        else:
+            y, mean, inv = b.LayerNormalization(x, gamma, beta, axis=-1, epsilon=1e-5,
+                                                outputs=3)
+            xhat = b.Mul(b.Sub(x, mean), inv) if change == "sub_mul_xhat" else None
+            inv, mean = b.Reshape(inv, b.const([-1])), b.Reshape(mean, b.const([-1]))
+            xhat = xhat or b.Reshape(per_row(x, inv, zeros, mean), b.const(list(shape)))
+        dgamma_t, dxhat = b.Mul(dy, xhat), b.Mul(dy, gamma)
+        if change == "reduce_means":
+            m1, m2 = (b.Reshape(b.ReduceMean(t, b.const([-1]), keepdims=0), b.const([-1]))
+                      for t in (dxhat, b.Mul(dxhat, xhat)))
+        else:
+            w = b.Reshape(b.Div(gamma, b.const(np.float32(d))), b.const([d, 1]))
+            m1, m2 = (b.Reshape(b.MatMul(b.Reshape(t, flat), w), b.const([-1]))
+                      for t in (dy, dgamma_t))
+        if change == "elementwise_dx":
+            dx = b.Mul(b.Sub(b.Sub(dxhat, b.Reshape(m1, keep)), b.Mul(xhat, b.Reshape(m2, keep))),
+                       b.Reshape(inv, keep))
+        else:
+            tilt = b.Mul(b.Reshape(xhat, flat), b.Unsqueeze(b.Neg(b.Mul(inv, m2)), b.const([1])))
+            dx = b.Add(per_row(dxhat, inv, b.Neg(b.Mul(inv, m1))), tilt)
+        return [y, b.Reshape(dx, b.const(list(shape))),
+                *(b.MatMul(ones_m, b.Reshape(t, flat)) for t in (dgamma_t, dy))]
+    return build
+
+
 NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32),
               "batchnorm_16x16": batchnorm_forms(32, 16),
-              "batchnorm_8x8": batchnorm_forms(64, 8), "relu_dx": relu_dx}
+              "batchnorm_8x8": batchnorm_forms(64, 8), "relu_dx": relu_dx,
+              "layernorm_64x256": layernorm_forms((32, 64, 256)),
+              "layernorm_64x1024": layernorm_forms((32, 64, 1024))}
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "maxpool_dx": maxpool_dx,
@@ -628,7 +694,6 @@ CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "im2col_8x8": conv_im2col(64, 64, 8, 128), "im2col_4x4": conv_im2col(32, 32, 4, 128),
          "im2col_2x2": conv_im2col(64, 64, 2, 128),
          "im2col_s2": conv_im2col(64, 128, 4, 128, stride=2),
-         "layernorm": norm_case("layernorm", (32, 64, 256)),
          "channel_sums": channel_sums(16, 32), "channel_sums_16x16": channel_sums(32, 16),
          "channel_sums_8x8": channel_sums(64, 8),
          **{f"step_{m}": train_step(m) for m in ("mlp", "resnet20", "lstm", "transformer",

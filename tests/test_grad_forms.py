@@ -85,3 +85,9 @@ def test_subpixel_input_gradient_is_conv_transpose(side, k, stride, pad):
 def test_batchnorm_and_relu_candidates_match_dlc(case):
     """batchnorm's closed form by hand (and its variants) and ReLU's two gradient forms."""
     test_candidate_forms_match_dlc(case)
+
+
+def test_layernorm_candidates_match_dlc():
+    """layernorm's closed form by hand, its variants and the exported-model rule (recompute)
+    against dlc's lowering and rule, at the Transformer's shape."""
+    test_candidate_forms_match_dlc("layernorm_64x256")

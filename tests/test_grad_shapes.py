@@ -24,7 +24,7 @@ class Ctx:
         self.updates = {}
 
 
-VIEWS = {"Identity", "Reshape", "Flatten"}
+VIEWS = {"Identity", "Reshape", "Flatten", "Unsqueeze", "Squeeze"}
 
 
 def full_size_ops(kind: str, shape: tuple) -> Counter:
@@ -38,7 +38,7 @@ def full_size_ops(kind: str, shape: tuple) -> Counter:
     loss = b.ReduceSum(b.Mul(y, y), keepdims=0)
     for name, g in gradients(b, loss, [x, *p.values()][:3]).items():
         b.output(g, f"d.{name}", "float32")
-    model = onnx.shape_inference.infer_shapes(b.model("norm"), strict_mode=True)
+    model = onnx.shape_inference.infer_shapes(b.model("norm"), strict_mode=True, data_prop=True)
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
               for vi in model.graph.value_info}
     size = math.prod(shape)
@@ -46,13 +46,16 @@ def full_size_ops(kind: str, shape: tuple) -> Counter:
                    if n.op_type not in VIEWS and math.prod(shapes.get(n.output[0], [0])) == size)
 
 
-@pytest.mark.parametrize("kind,shape,most", [("batchnorm", (8, 4, 6, 6), 10),
-                                             ("layernorm", (4, 5, 16), 16)])
+@pytest.mark.parametrize("kind,shape,most", [("batchnorm", (8, 4, 6, 6), 11),
+                                             ("layernorm", (4, 5, 16), 11)])
 def test_norm_backward_divides_only_small_statistics(kind, shape, most):
     """No Div, Sub or Neg over activation-sized tensors: each was an extra pass over memory.
-    21 activation-sized nodes before for either layer (the test loss's own Mul included),
-    16 for layernorm now; batchnorm 13 when the VJP table chained through its statistics' ops,
-    10 with the closed-form backward of its BatchNormalization rule."""
+    Counts include the test loss's own four (y * y; Expand, Add and Mul in its gradient),
+    and the Expands that shape inference sees only with data propagation (uncounted before:
+    the figures then were one to three lower). Layernorm: 19 when it lowered to primitive ops
+    whose backward divided only the statistics, 11 with one LayerNormalization and the
+    closed-form backward of its rule (autodiff/norm.py). Batchnorm: 11 with the closed form of
+    its BatchNormalization rule, 14 when the table chained through its statistics' ops."""
     ops = full_size_ops(kind, shape)
     assert not {"Div", "Sub", "Neg"} & set(ops), ops
     assert sum(ops.values()) <= most, ops

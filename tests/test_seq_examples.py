@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import SPECS
+from conftest import SPECS, straight_and_resumed
 
 from dlc.data import load_dataset
 from dlc.model.spec import load_spec
@@ -163,3 +163,16 @@ def test_transformer_reverse_spec_learns_the_task(cli, tmp_path):
     assert (pred == x[:, ::-1]).mean() >= 0.99
     short = model.run(x[:, :5])["class_index"]  # shorter sequences are padded inside the model
     assert short.shape == (50, 5)
+
+
+def test_transformer_reverse_run_resumes_bit_for_bit(cli, tmp_path, monkeypatch):
+    """Its layernorms train through LayerNormalization nodes (two per encoder layer: norm_first)
+    and the run, interrupted and resumed, ends with the same metrics and weights."""
+    straight, broken = straight_and_resumed(cli, monkeypatch, tmp_path,
+                                            SPECS / "transformer_reverse.yaml",
+                                            ["-q", "--set", "train.epochs=3"], epoch=2)
+    train_ops = [n.op_type for n in onnx.load(straight / "train.onnx").graph.node]
+    assert train_ops.count("LayerNormalization") == 2, train_ops
+    assert (broken / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    a, b = (onnx.load(run / "model.onnx").graph.initializer for run in (straight, broken))
+    assert [t.SerializeToString() for t in a] == [t.SerializeToString() for t in b]

@@ -1,13 +1,16 @@
 """The rules of autodiff/norm.py (BatchNormalization in inference form, LayerNormalization) and
 GlobalAveragePool, the ops torch.onnx.export writes for a ResNet or a BERT-style encoder in eval
 mode, checked against central finite differences in float64 with the harness of test_vjp_rules;
-and BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
-closed-form backward) or with statistics that are other inputs (gradients for them too)."""
+BatchNormalization as dlc's batchnorm feeds it in training (the batch's own statistics: the
+closed-form backward) or with statistics that are other inputs (gradients for them too); and
+LayerNormalization as dlc's layernorm emits it in training (its Mean and InvStdDev outputs read
+by the rule), also against torch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracles import F, needs_torch, torch
 from test_vjp_rules import TOL32, TOL64, C, Evaluator, build_model, err, fd_grad, make_feeds
 
 from dlc.autodiff.driver import gradients
@@ -73,12 +76,26 @@ def batch_norm_own_mean_only(shape):
              tag="own-mean-fed-var")
 
 
+def layernorm_layer(shape, tag):
+    """dlc's layernorm as it lowers for training: one LayerNormalization whose Mean and
+    InvStdDev outputs the rule reads (float: a float64 graph casts them)."""
+    from dlc.model.layers import LAYERS
+
+    layer = LAYERS["layernorm"]("ln", {"type": "layernorm", "epsilon": 0.01})
+
+    def build(b, x, gamma, beta):
+        return layer.lower(b, x, {"ln.gamma": gamma, "ln.beta": beta}, _Training(), shape[1:])
+    return C("LayerNormalization", build, shape, [shape[-1]], [shape[-1]], tag=f"layer-{tag}")
+
+
+OWN_STATISTICS = [layernorm_layer([2, 3, 6], "btd"), layernorm_layer([5, 7], "nd")]
 CLOSED_FORM = [batchnorm_layer([4, 3, 2, 3], "nchw"), batchnorm_layer([6, 3], "nc"),
                batchnorm_layer([3, 3, 4], "ncl")]
 
 
 CASES = [
     *CLOSED_FORM,
+    *OWN_STATISTICS,
     batch_norm_fed([2, 3, 2, 2], "nchw"),
     batch_norm_fed([5, 3], "nc"),
     batch_norm_own_mean_only([2, 3, 2, 2]),
@@ -138,3 +155,32 @@ def test_batchnorm_layer_backward_is_closed_form(case):
     differentiated = {n.name.split(".grad")[0] for n in nodes if ".grad" in n.name}
     assert set(statistics.values()) >= {"ReduceMean", "Neg", "Add", "Mul"}, statistics
     assert not set(statistics) & differentiated, differentiated
+
+
+def test_layernorm_layer_reads_its_statistics_and_exported_nodes_recompute_them():
+    """dlc's layernorm trains through one LayerNormalization whose Mean and InvStdDev the
+    backward reads (no second one, no ReduceMean); an exported model's node, without those
+    outputs, gets them from one more LayerNormalization in its backward."""
+    for case, count in ((OWN_STATISTICS[0], 1), (layer_norm([2, 3, 6], [6]), 2)):
+        ops = [n.op_type for n in build_model(case, "float32").graph.node]
+        assert ops.count("LayerNormalization") == count and "ReduceMean" not in ops, ops
+
+
+@needs_torch
+def test_layernorm_layer_matches_torch():
+    """The float32 train-form graph in onnxruntime against torch autograd in float64, at a
+    Transformer-like [batch, tokens, d], rows offset by up to 60 standard deviations (the
+    backward's xhat is x inv - mean inv in one BatchNormalization: 1e-6 off torch here)."""
+    case = layernorm_layer([4, 16, 64], "torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 64)) * rng.uniform(0.5, 3, (4, 16, 1)) + rng.uniform(
+        -30, 30, (4, 16, 1))
+    feeds = {"x0": x, "x1": rng.uniform(0.5, 1.5, 64), "x2": rng.standard_normal(64)}
+    out = Evaluator(build_model(case, "float32"), allow_reference=False)(
+        {k: v.astype(np.float32) for k, v in feeds.items()})
+    r = np.random.default_rng(7).uniform(-1.0, 1.0, x.shape)  # build_model's loss weights
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    y = F.layer_norm(leaves["x0"], (64,), leaves["x1"], leaves["x2"], eps=0.01)
+    (y * torch.from_numpy(r)).sum().backward()
+    for k, leaf in leaves.items():
+        assert err(out[f"d{k}"], leaf.grad.numpy()) < TOL32, k

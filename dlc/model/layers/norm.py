@@ -1,7 +1,8 @@
 """Normalisation layers. Training graphs take the batch statistics with primitive ops
 (onnxruntime's CUDA BatchNormalization refuses training mode at opset >= 14); batchnorm then
 applies them with one BatchNormalization in inference form, whose VJP rule
-(dlc/autodiff/norm.py) recognises them as its input's own and emits the closed-form backward."""
+(dlc/autodiff/norm.py) recognises them as its input's own and emits the closed-form backward.
+Layernorm trains through one LayerNormalization, whose rule reads its Mean and InvStdDev."""
 
 from __future__ import annotations
 
@@ -89,7 +90,12 @@ class BatchNorm(Layer):
 
 
 class LayerNorm(Layer):
-    """Normalise each sample over its last axis; gamma and beta of that axis' size."""
+    """Normalise each sample over its last axis; gamma and beta of that axis' size.
+
+    Training: one LayerNormalization with its Mean and InvStdDev outputs, which its VJP rule
+    reads for the closed-form backward (7 passes over x-sized tensors forward and back, 15
+    through primitive ops; tests/test_grad_shapes.py). Inference keeps the primitive ops, so
+    exported models are what they were, byte for byte."""
     schema_name = "layernorm"
     spec_doc = ("Layer normalisation of each sample over its last axis, with a learned scale and "
                 "shift.")
@@ -108,6 +114,9 @@ class LayerNorm(Layer):
         return 5 * numel(in_shape)
 
     def lower(self, b, x, p, ctx, in_shape):
-        centred, _, _, inv_std = normalise(b, x, b.const([-1]), float(self.cfg["epsilon"]))
-        xhat = b.Mul(centred, inv_std)
-        return b.Add(b.Mul(xhat, p[f"{self.name}.gamma"]), p[f"{self.name}.beta"])
+        gamma, beta, eps = p[f"{self.name}.gamma"], p[f"{self.name}.beta"], self.cfg["epsilon"]
+        if ctx.training:
+            return b.LayerNormalization(x, gamma, beta, axis=-1, epsilon=float(eps),
+                                        outputs=3)[0]
+        centred, _, _, inv_std = normalise(b, x, b.const([-1]), float(eps))
+        return b.Add(b.Mul(b.Mul(centred, inv_std), gamma), beta)
