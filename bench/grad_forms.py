@@ -196,7 +196,8 @@ def gather_dw(rng):
         from dlc.autodiff.var import Var
 
         ad = AD(b, {}, {})
-        flat, rows = (Var(ad, b.Reshape(t, b.const(s))) for t, s in ((ids, [-1, 1]), (g, [-1, 128])))
+        flat, rows = (Var(ad, b.Reshape(t, b.const(s)))
+                      for t, s in ((ids, [-1, 1]), (g, [-1, 128])))
         return [row_sums(flat, rows, Var(ad, b.const([30000, 128])), onnx.TensorProto.FLOAT).name]
     return {"ids": ids, "g": g}, {"scatter_nd": scatter_nd, "scatter_elements": scatter_elements,
                                   "sorted_rows": sorted_rows}

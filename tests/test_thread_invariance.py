@@ -182,3 +182,41 @@ def test_cpu_train_steps_write_through_indices_only_in_audited_forms():
     forms = set().union(*(indexed_forms(build_train_step(n).model.graph) for n in nets))
     assert {(op, f) for op, f in forms if f not in AUDITED.get(op, ())} == set()
     assert {("ScatterND", "none"), ("ScatterElements", "add"), ("MaxUnpool", "none")} <= forms
+
+
+SMALL_CONV = ([8, 4, 4], "float32", 64, [  # 4x4 outputs: im2col + one GEMM on CPU, Conv on CUDA
+    {"type": "conv2d", "filters": 16, "kernel": 3, "padding": "same", "activation": "relu"},
+    {"type": "maxpool2d", "pool": 2}, {"type": "flatten"}])
+
+
+@pytest.mark.parametrize("name", ["cnn_batchnorm_maxpool", "embedding_gru", "small_conv"])
+def test_cuda_forms_compute_the_cpu_forms_results(name, monkeypatch):
+    """The train step built for CUDA (ScatterND's atomic add for the embedding, the scatter-add
+    for MaxPool, the Conv node for small convs) computes what the CPU form computes: both run
+    here on onnxruntime's CPU provider at 1 thread (no GPU is needed to check the graph)."""
+    import onnxruntime as ort
+
+    if name == "small_conv":
+        monkeypatch.setitem(MODELS, name, SMALL_CONV)
+    net, dataset, n = synthetic(name)
+    t, feeds = trainer(net, dataset, n, 1)
+    params = net.init_params(0)
+    outs = {}
+    for device in ("cpu", "cuda"):
+        step = build_train_step(net, device=device)
+        feed = {**feeds, "params": step.pack(params),
+                **{f"state.{s}": np.zeros(step.total, np.float32) for s in step.states},
+                **{p.name: params[p.name] for p in net.buffers}}
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(step.model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outs[device] = dict(zip(names, sess.run(None, {k: feed[k] for k in
+                                                       (i.name for i in sess.get_inputs())})))
+        outs[device]["ops"] = {node.op_type for node in step.model.graph.node}
+    assert outs["cpu"]["ops"] != outs["cuda"]["ops"]  # the forms differ
+    for k, want in outs["cpu"].items():
+        if k != "ops":
+            scale = max(float(np.max(np.abs(want))), 1e-30)
+            assert float(np.max(np.abs(outs["cuda"][k] - want))) / scale <= TOL, k

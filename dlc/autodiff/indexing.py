@@ -50,8 +50,7 @@ def row_sums(ids, rows, shape, dtype: int):
     distinct, _, _, counts = op.Unique(ordered, sorted=1, outputs=4)
     running = op.CumSum(op.Cast(op.Gather(rows, order, axis=0), to=onnx.TensorProto.DOUBLE), 0)
     at_ends = op.Gather(running, op.CumSum(counts, 0) - 1, axis=0)  # sums up to each run's end
-    sums = op.Concat(op.Slice(at_ends, [0], [1]),
-                     op.Slice(at_ends, [1], [np.iinfo(np.int64).max]) - op.Slice(at_ends, [0], [-1]),
-                     axis=0)
+    later = op.Slice(at_ends, [1], [np.iinfo(np.int64).max]) - op.Slice(at_ends, [0], [-1])
+    sums = op.Concat(op.Slice(at_ends, [0], [1]), later, axis=0)
     return op.ScatterND(full(shape, 0, dtype), op.Unsqueeze(distinct, [-1]),
                         op.Cast(sums, to=dtype))
