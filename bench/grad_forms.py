@@ -526,16 +526,21 @@ def train_step(model: str):
 
 
 # ---- batchnorm and relu at ResNet-20's stage shapes (batch 128) --------------------------------
+def _norm_inputs(rng, shape, features: int) -> dict:
+    """x (off-centre: the mean matters), gamma and beta of `features` entries, the cotangent r."""
+    return {"x": rng.standard_normal(shape, np.float32) * 2 + 0.5,
+            "gamma": rng.uniform(0.5, 1.5, features).astype(np.float32),
+            "beta": rng.standard_normal(features, np.float32),
+            "r": rng.standard_normal(shape, np.float32)}
+
+
 def batchnorm_forms(channels: int, side: int):
     """y, dx, dgamma, dbeta of training batchnorm over [128, channels, side, side]: dlc's
     lowering and VJP table, against its closed form written out with one choice changed."""
     shape = (128, channels, side, side)
 
     def make(rng):
-        inputs = {"x": rng.standard_normal(shape, np.float32) * 2 + 0.5,
-                  "gamma": rng.uniform(0.5, 1.5, channels).astype(np.float32),
-                  "beta": rng.standard_normal(channels, np.float32),
-                  "r": rng.standard_normal(shape, np.float32)}
+        inputs = _norm_inputs(rng, shape, channels)
         layer, in_shape = _layer("batchnorm", shape[1:])
 
         def dlc(b, x, gamma, beta, r):
@@ -609,10 +614,7 @@ def layernorm_forms(shape):
     d = shape[-1]
 
     def make(rng):
-        inputs = {"x": rng.standard_normal(shape, np.float32) * 2 + 0.5,
-                  "gamma": rng.uniform(0.5, 1.5, d).astype(np.float32),
-                  "beta": rng.standard_normal(d, np.float32),
-                  "r": rng.standard_normal(shape, np.float32)}
+        inputs = _norm_inputs(rng, shape, d)
         layer, in_shape = _layer("layernorm", shape[1:])
         return inputs, {
             "dlc": with_grads(lambda b, x, gamma, beta: layer.lower(
