@@ -147,12 +147,13 @@ def _is_stats(value) -> bool:
 
 
 def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str = "model",
-                   target_norm: dict | None = None):
+                   target_norm: dict | None = None, device: str = "cpu"):
     """(ONNX model, network, lookups): inputs the raw model inputs, each categorical column's
     embedding lookups, and `weight` [N, *out]; outputs `logits` and `grad:<tensor>` =
     d sum(logits * weight) / d tensor per float input and lookup. `norm`: by input name for
     `inputs:` models; `target_norm`: a regression model's target scaling, so that outputs are
-    in the target's units as the model's are."""
+    in the target's units as the model's are; `device`: where it will run (the gradient forms
+    for it)."""
     net = build_network(Spec(data=spec_data, text="", file=file))
     _check_explainable(spec_data, net, weights, file)
     b = Builder()
@@ -167,7 +168,7 @@ def gradient_model(spec_data: dict, norm: dict | None, weights: dict, file: str 
     w = b.input("weight", "float32", ["N", *out_shape])
     target = b.ReduceSum(b.Mul(logits, w), keepdims=0)
     wrt = [n for n, (_, d) in net.inputs.items() if d == "float32"] + [u.tensor for u in lookups]
-    grads = gradients(b, target, wrt)
+    grads = gradients(b, target, wrt, device=device)
     if all(g is None for g in grads.values()):
         raise DlcError("the model's output does not depend on its input; nothing to explain")
     b.output(logits, "logits", "float32", ["N", *out_shape])
@@ -209,10 +210,12 @@ def _lookups_as_inputs(b, net, weights: dict) -> list[Lookup]:
 
 def load_explainer(path: str | Path, device: str = "cpu") -> Explainer:
     model, norm, weights, target_norm, columns = _stored(Path(path), device)
-    proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm)
+    kind, index = choose_device(device)[:2]
+    proto, net, lookups = gradient_model(model.spec, norm, weights, str(path), target_norm,
+                                         kind)
     norms = norm if model.spec.get("inputs") else {"input": norm}
     floats = [n for n, (_, d) in net.inputs.items() if d == "float32"]
-    return Explainer(make_session(proto.SerializeToString(), *choose_device(device)[:2]), model,
+    return Explainer(make_session(proto.SerializeToString(), kind, index), model,
                      {n: tuple(s) for n, (s, _) in net.inputs.items()}, floats, lookups,
                      int(net.output_shape[-1]), norms, columns)
 
