@@ -235,3 +235,21 @@ def test_embedding_gradient_forms_by_device():
         return [next((a.s for a in n.attribute if a.name == "reduction"), b"none")
                 for n in b.nodes if n.op_type == "ScatterND"]
     assert scatters("cpu") == [b"none"] and scatters("cuda") == [b"add"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gather_gradient_with_int32_ids(device):
+    """Exported models may index with int32 (Gather allows it; ScatterND, TopK and the wrap of
+    negative ids take int64): repeated and negative ids accumulate as with int64, both forms."""
+    import onnx
+    import onnxruntime as ort
+
+    b = Builder()
+    table, ids = b.input("table", "float32", [10, 4]), b.input("ids", "int64", [6])
+    loss = b.ReduceSum(b.Gather(table, b.Cast(ids, to=onnx.TensorProto.INT32)), keepdims=0)
+    b.output(gradients(b, loss, [table], device=device)[table], "dx", "float32", [10, 4])
+    sess = ort.InferenceSession(b.model("g").SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    dx = sess.run(None, {"table": np.zeros((10, 4), np.float32),
+                         "ids": _i64(1, 1, 3, -1, 0, 1)})[0]
+    np.testing.assert_array_equal(dx[:, 0], [1, 3, 0, 1, 0, 0, 0, 0, 0, 1])

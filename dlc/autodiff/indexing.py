@@ -26,7 +26,7 @@ def _gather(n, dy):
     front = [axis, *range(axis), *range(axis + 1, r)]
     shape = op.Gather(op.Shape(x), front)  # the shape of x with axis a moved first
     dim = op.Slice(shape, [0], [1])
-    flat = op.Reshape(idx, [-1, 1])
+    flat = op.Cast(op.Reshape(idx, [-1, 1]), to=onnx.TensorProto.INT64)  # int32 ids too
     flat = op.Where(op.Less(flat, 0), flat + dim, flat)
     rows = op.Reshape(dy, op.Concat(n.const([-1]), op.Slice(shape, [1], [r]), axis=0))
     dx = op.ScatterND(full(shape, 0, x.dtype), flat, rows, reduction="add") \
