@@ -480,3 +480,15 @@ def test_pad_outside_constant_mode_is_refused(how):
         y = b.Pad(x, b.const(_i64(0, -1, 1, 0)))
     with pytest.raises(NotImplementedError, match="Pad"):
         gradients(b, b.ReduceSum(y, keepdims=0), [x])
+
+
+def test_maxpool_with_column_major_indices():
+    """An exported MaxPool asking for column-major Indices (storage_order=1): the gradient pools
+    again for row-major ones, so dy still lands at each window's first max."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 4)).astype(np.float32)
+    r = np.random.default_rng(6).standard_normal((2, 3, 3, 2)).astype(np.float32)
+    got = {order: _grad_of(lambda b, xi: b.MaxPool(xi, kernel_shape=[2, 2], strides=[2, 2],
+                                                   storage_order=order, outputs=2)[0], x, r)
+           for order in (0, 1)}
+    np.testing.assert_array_equal(got[1], got[0])
+    assert np.count_nonzero(got[0]) == r.size

@@ -90,9 +90,10 @@ def _maxpool(n, dy):
     --cases maxpool_dx), else by a scatter-add (overlapping windows: one input can be the max
     of several)."""
     x, (_, indices) = n.x, n.outputs
-    if indices is None:  # exported models ask only for Y: the same pool again, for the Indices
+    if indices is None or n.attr("storage_order", 0):  # exported models ask only for Y, or
+        # for column-major Indices: the same pool again, for row-major ones
         attrs = {a.name: n.attr(a.name) for a in n.proto.attribute}
-        indices = op.MaxPool(x, outputs=2, **attrs)[1]
+        indices = op.MaxPool(x, outputs=2, **{**attrs, "storage_order": 0})[1]
     k = n.attr("kernel_shape")
     s, d, p = spatial(n, len(k))
     if _unpools(n, k, s, d, p):
