@@ -498,7 +498,7 @@ def _layer(kind: str, in_shape, cfg=None):
 
 
 class _Ctx:
-    training, updates = True, {}
+    training, updates, device = True, {}, "cpu"
 
 
 def train_step(model: str):
