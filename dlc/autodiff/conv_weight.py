@@ -19,11 +19,11 @@ def _tap(t, u: tuple, axis: int, ys, s, d):
     return op.Slice(t, start, end, list(range(axis, axis + r)), list(s))
 
 
-def _stack_taps(cols: list):
-    """Per-offset tensors stacked on a new last axis (one tensor: as it is)."""
+def _stack_taps(cols: list, axis: int = -1):
+    """Per-offset tensors stacked on a new axis `axis` (one tensor: as it is)."""
     if len(cols) == 1:
         return cols[0]
-    return op.Concat(*[op.Unsqueeze(c, [-1]) for c in cols], axis=-1)
+    return op.Concat(*[op.Unsqueeze(c, [axis]) for c in cols], axis=axis)
 
 
 def by_gemm(x, dy, ys, ws, s, d, p):
@@ -52,8 +52,8 @@ def _per_image(x, dy, ys, ws, s, d, p, stacked: bool):
     r, taps = len(ws) - 2, list(np.ndindex(*ws[2:]))
     xp = op.Pad(x, [0, 0, *p[:r], 0, 0, *p[r:]]) if any(p) else x
     cols = [_tap(xp, u, 2, ys, s, d) for u in taps]  # [N, C, *out] each
-    if stacked and len(cols) > 1:  # [N, C, T, *out]
-        cols = [op.Concat(*[op.Unsqueeze(c, [2]) for c in cols], axis=2)]
+    if stacked:  # [N, C, T, *out]
+        cols = [_stack_taps(cols, 2)]
     width = ws[1] * len(taps) if stacked else ws[1]
     dy3 = op.Reshape(dy, [0, ws[0], -1])  # [N, F, P]
     per_image = _stack_taps([dy3 @ op.Transpose(op.Reshape(c, [0, width, -1]), perm=[0, 2, 1])

@@ -29,8 +29,8 @@ def _gather(n, dy):
     flat = op.Cast(op.Reshape(idx, [-1, 1]), to=onnx.TensorProto.INT64)  # int32 ids too
     flat = op.Where(op.Less(flat, 0), flat + dim, flat)
     rows = op.Reshape(dy, op.Concat(n.const([-1]), op.Slice(shape, [1], [r]), axis=0))
-    dx = op.ScatterND(full(shape, 0, x.dtype), flat, rows, reduction="add") \
-        if n.ad.device == "cuda" else row_sums(flat, rows, shape, x.dtype)
+    dx = row_sums(flat, rows, shape, x.dtype) if n.ad.device == "cpu" \
+        else op.ScatterND(full(shape, 0, x.dtype), flat, rows, reduction="add")
     if axis:
         dx = op.Transpose(dx, perm=[int(i) for i in np.argsort(front)])
     return dx

@@ -261,7 +261,8 @@ def _gradient_half(b: Builder, net: Network, feats: list, layout, total: int,
                                              split)
     for f in feats:  # train.distill: the teacher's term
         loss = f.loss(b, net, xs, logits, loss, data_norm)
-    g = _masked(b, _flat_gradient(b, loss, views, layout, closed, device), mask)  # masked: no gradient
+    g = _flat_gradient(b, loss, views, layout, closed, device)
+    g = _masked(b, g, mask)  # masked: no gradient
     return _Gradient(flat, mask, g, loss, logits, {n: ctx.updates.get(n, n) for n in buffers},
                      shapes, noise, list(frozen))
 
