@@ -12,10 +12,9 @@ from dlc.model.layers.init import initializer
 
 
 def normalise(b, x: str, axes: str, eps: float) -> tuple[str, str, str, str]:
-    """(x - mean, mean, biased variance, 1 / sqrt(variance + eps)) over `axes`, in the form whose
-    VJP-table gradient makes the fewest passes over x-sized tensors: the mean is negated and
-    added (its gradient is one ReduceSum, negated after the sum), the square is one Mul of a
-    tensor by itself (one pass back), and every division happens on the small statistics."""
+    """(x - mean, mean, biased variance, 1 / sqrt(variance + eps)) over `axes`, in primitive ops:
+    layernorm's exported (inference) form, kept as it was so that exported models stay byte for
+    byte what they were; training takes one LayerNormalization instead (LayerNorm.lower)."""
     mean = b.ReduceMean(x, axes, keepdims=1)
     centred = b.Add(x, b.Neg(mean))
     var = b.ReduceMean(b.Mul(centred, centred), axes, keepdims=1)
