@@ -124,3 +124,14 @@ def test_a_resume_is_launched_as_its_run_was(cli, launches, tmp_path):
     assert cli("train", "--resume", run).code == 0
     assert cli("train", "--resume", run, "--address", "auto").code == 0
     assert [c[-3:] for c in calls] == [(2, "ray://head:10001", 1), (2, "auto", 1)], calls
+
+
+def test_each_local_ray_worker_gets_its_share_of_the_cpus(monkeypatch):
+    """Ray sets a worker's OMP_NUM_THREADS to the CPUs it was given, and dlc's sessions run
+    that many threads: on a Ray of dlc's own, N workers split the machine's usable CPUs (at
+    least 1 each) instead of each taking all of them; on a cluster, Ray's default of 1."""
+    import dlc.distributed.launch as launch
+
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 8)
+    assert [launch.worker_cpus(n, local=True) for n in (1, 2, 3, 8, 12)] == [8, 4, 2, 1, 1]
+    assert launch.worker_cpus(2, local=False) == 1

@@ -25,6 +25,7 @@ from dlc.distributed.collective import BACKEND, TIMEOUT_S
 from dlc.distributed.relay import Relay, relayed
 from dlc.distributed.run import check_workers, worker
 from dlc.errors import DlcError, optional_module
+from dlc.runtime.cpus import usable_cpus
 from dlc.train import rundir
 from dlc.train.run import WorkerLost, resume_hint
 
@@ -65,7 +66,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     # 2-core machine: Ray Train waited for a 3rd CPU, timed out at 60 s and waited again)
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
              include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR,
-             num_cpus=max(workers, os.cpu_count() or 1) if local else None)
+             num_cpus=max(workers, usable_cpus()) if local else None)
     try:
         _fit(ray, config, workers, gpus_per_worker, scratch, local)
     except Exception as e:
@@ -86,11 +87,19 @@ def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
             if local:
                 _check_gpus(ray, workers, gpus_per_worker)
             relay = Relay(*streams)
-            _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch).fit()
+            _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch,
+                     worker_cpus(workers, local)).fit()
         finally:
             if relay is not None:
                 relay.close()
             ray.shutdown()  # inside the redirect: it prints the workers' last forwarded lines
+
+
+def worker_cpus(workers: int, local: bool) -> int:
+    """The CPUs Ray gives each worker, and so its OMP_NUM_THREADS: on a Ray of our own, an
+    equal share of this machine's; on a cluster 1, Ray's own default (its nodes' sizes are
+    not known here; a worker's OMP_NUM_THREADS set through Ray overrides it)."""
+    return max(1, usable_cpus() // workers) if local else 1
 
 
 def _check_gpus(ray, workers: int, gpus_per_worker: float) -> None:
@@ -102,9 +111,10 @@ def _check_gpus(ray, workers: int, gpus_per_worker: float) -> None:
                        f"{workers * gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
 
 
-def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
+def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str, cpus: int):
     """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU; with GPUs, NCCL for the
-    gradient in GPU memory and gloo for host arrays)."""
+    gradient in GPU memory and gloo for host arrays), `cpus` CPUs each: Ray sets a worker's
+    OMP_NUM_THREADS to them, and its sessions run that many threads (dlc/runtime/cpus.py)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -113,7 +123,7 @@ def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str):
         torch_config=TorchConfig(backend=BACKEND if gpus_per_worker else "gloo",
                                  timeout_s=TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
-                                     resources_per_worker={"CPU": 1, "GPU": gpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus, "GPU": gpus_per_worker}),
         run_config=RunConfig(storage_path=scratch, name="train"))
 
 

@@ -16,6 +16,7 @@ import shutil
 from dlc.errors import DlcError, UsageError
 from dlc.graph import Builder
 from dlc.runtime import graphcache
+from dlc.runtime.cpus import default_threads
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -98,7 +99,7 @@ def session_options(threads: int | None = None, nodes: int = 0):
     # MLP and CNN: equal within noise)
     opts.enable_mem_pattern = False
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts

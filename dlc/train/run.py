@@ -292,6 +292,7 @@ def finish(spec, net, dataset, trainer: Trainer, labels, path: Path, seconds: fl
     params = trainer.final_params()
     history = trainer.state.history  # samples/s of whole steps, and of onnxruntime's run alone
     summary = {"epochs_run": trainer.state.epoch, "seconds": seconds,
+               "threads": trainer.threads,  # onnxruntime's, which the samples/s depend on
                "train_samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
                "train_run_samples_per_s": float(np.mean([r.get("run_samples_per_s", 0.0)
                                                          for r in history]))}

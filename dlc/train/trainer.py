@@ -21,6 +21,7 @@ from dlc.model import metrics as M
 from dlc.model.layers.base import numel
 from dlc.model.names import column, suffixed, x_feeds, x_names
 from dlc.model.network import Network
+from dlc.runtime.cpus import default_threads
 from dlc.runtime.session import make_session
 from dlc.runtime.stepper import BoundStepper
 from dlc.train.features import registry as features
@@ -71,7 +72,8 @@ def batches_per_epoch(net: Network, n: int, batch_size: int) -> int:
 
 
 class Trainer:
-    """`threads`: onnxruntime intra-op threads (default: every core)."""
+    """`threads`: onnxruntime intra-op threads (default: OMP_NUM_THREADS, else the CPUs this
+    process may use; dlc/runtime/cpus.py), the same for each of its sessions."""
 
     def __init__(self, net: Network, dataset, device: tuple[str, int] = ("cpu", 0), seed: int = 0,
                  threads: int | None = None):
@@ -80,7 +82,7 @@ class Trainer:
         self.opts = TrainOptions.of(net.spec)
         self.features = features.active(net.spec, net)
         self.feature_state: dict = {}  # what each feature's start/begin returned, by its name
-        self.device, self.threads = device, threads
+        self.device, self.threads = device, threads or default_threads()
         self.x_names = x_names(net)
         # the losses a step returns: `loss`, and `loss.<output>` for each of several outputs
         self.loss_names = ["loss", *(suffixed("loss", h.name) for h in net.heads if h.name)]
