@@ -61,17 +61,15 @@ def cgroup_quota(root: Path = ROOT, membership: str | None = None) -> float | No
 
 
 def _walk(base: Path, path: str, files: tuple, parse) -> list[float]:
-    """The quotas set in the cgroup at `path` under `base` and in its ancestors."""
-    found, folder = [], base / path.strip("/")
-    for folder in [folder, *folder.parents]:
+    """The quotas set in the cgroup at `path` under `base` and in its ancestors up to `base`."""
+    found, own = [], base / path.strip("/")
+    for folder in (own, *[p for p in own.parents if p.is_relative_to(base)]):
         try:
             quota = parse(*[(folder / f).read_text().split() for f in files])
         except (OSError, ValueError, IndexError):
             quota = None
         if quota:
             found.append(quota)
-        if folder == base:
-            break
     return found
 
 
