@@ -1,0 +1,154 @@
+"""The `dlc ...` commands that README.md and docs/*.md show a user, read from the text: each
+names a command of the CLI, each `--flag` is an option of that command, each `specs/...` path
+exists; and every command of the CLI has its row in the README's Commands table. The docs are
+parsed, the CLI is asked through click (typer's own tree); nothing runs. docs/spec-language.md
+is generated from the schema (tests/test_generate.py) and left out."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import typer
+
+from conftest import ROOT
+
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md")
+                                    if p.name != "spec-language.md")]
+FENCE = re.compile(r"^```sh\n(.*?)^```", re.M | re.S)
+INLINE = re.compile(r"`(dlc\s[^`]*)`")  # a code span; it may break across lines
+SHELL_BREAKS = {"&&", "||", "|", ";"}
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def shell_lines(block: str) -> list[tuple[int, list[str]]]:
+    """A shell block's command lines as (index of their first line, shlex tokens):
+    continuations joined, comments dropped, a quote left open at a line's end (a curl body)
+    continued on the next line."""
+    lines, held, first = [], "", 0
+    for i, line in enumerate(block.splitlines()):
+        first = first if held else i
+        held += line
+        if held.endswith("\\"):
+            held = held[:-1] + " "
+            continue
+        try:
+            lines.append((first, shlex.split(held, comments=True)))
+        except ValueError:  # no closing quotation yet
+            held += "\n"
+            continue
+        held = ""
+    assert held == "", f"unclosed quote in {block!r}"
+    return lines
+
+
+def _runs_dlc(part: list[str], i: int) -> bool:
+    """part[i] is the program run: `dlc` first (after `env` and its VAR=value words), after
+    `-m`, or a path to it; not an argument (`git archive REV dlc`)."""
+    before = part[i - 1] if i else ""
+    return (part[i] == "dlc" or part[i].endswith("/dlc")) and \
+        (not i or before in ("-m", "env") or "=" in before)
+
+
+def shell_commands(block: str) -> list[tuple[int, list[str]]]:
+    """The dlc invocations of a shell block, as (line index, the arguments after `dlc`)
+    (`.venv/bin/dlc`, `-m dlc` under python or torchrun), one per `&&`-separated part of a
+    command line."""
+    found = []
+    for index, tokens in shell_lines(block):
+        part = []
+        for token in [*tokens, ";"]:
+            if token not in SHELL_BREAKS:
+                part.append(token)
+                continue
+            starts = [i for i, t in enumerate(part) if _runs_dlc(part, i)]
+            if starts:
+                found.append((index, part[starts[0] + 1:]))
+            part = []
+    return found
+
+
+def doc_commands() -> list[tuple[str, list[str]]]:
+    """(file:line, arguments after `dlc`) of every dlc command in the docs: in ```sh blocks,
+    and as inline code spans (the README's Commands table), whose `[...]`, `|` and `\\|` are
+    the usage notation, not shell."""
+    found = []
+    for doc in DOCS:
+        text, name = doc.read_text(), doc.relative_to(ROOT)
+        for block in FENCE.finditer(text):
+            first = _line_of(text, block.start(1))
+            found += [(f"{name}:{first + i}", args) for i, args in shell_commands(block.group(1))]
+        for span in INLINE.finditer(text):
+            words = re.sub(r"\\?\||[\[\]]", " ", span.group(1)).split()
+            found.append((f"{name}:{_line_of(text, span.start())}", words[1:]))
+    return found
+
+
+def _cli():
+    from dlc.cli import app  # registers every command on the app
+
+    return typer.main.get_command(app)
+
+
+def _options(command) -> set[str]:
+    names = {"--help"}
+    for param in command.params:
+        names.update(getattr(param, "opts", []) + getattr(param, "secondary_opts", []))
+    return {n for n in names if n.startswith("-")}
+
+
+def problems(args: list[str], cli=None) -> list[str]:
+    """What in one documented command (its arguments after `dlc`) does not exist: an unknown
+    command, a flag that is not one of its options (or of dlc's own, before the command), a
+    `specs/` or `bench/specs/` path missing from the repository."""
+    cli = cli or _cli()
+    words = [w for w in args if w != "..."]
+    root = [w for w in words[:next((i for i, w in enumerate(words) if not w.startswith("-")),
+                                   len(words))]]
+    found = [f"dlc option {w} does not exist" for w in root if w not in _options(cli)]
+    rest = words[len(root):]
+    if not rest:
+        return found
+    command = cli.commands.get(rest[0])
+    if command is None:
+        return found + [f"no command 'dlc {rest[0]}'"]
+    flags = [w.split("=")[0] for w in rest[1:] if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", w)]
+    found += [f"'dlc {rest[0]}' has no option {f}" for f in flags if f not in _options(command)]
+    return found + [f"{w} does not exist" for w in rest[1:]
+                    if w.startswith(("specs/", "bench/specs/")) and not (ROOT / w).exists()]
+
+
+COMMANDS = doc_commands()
+
+
+def test_the_docs_show_commands():
+    """The reader found them (a parser that finds nothing would pass every check)."""
+    assert len(COMMANDS) > 60 and sum(args[:1] == ["train"] for _, args in COMMANDS) > 15
+
+
+@pytest.mark.parametrize("where,args", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_documented_command_exists(where, args):
+    assert problems(args) == [], f"{where}: dlc {' '.join(args)}"
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("dlc train specs/digits_mlp.yaml --out runs/x --bogus-flag 3", "has no option --bogus-flag"),
+    ("dlc predict runs/x/model.onnx rows.csv --outptu p.csv", "has no option --outptu"),
+    ("dlc --verbose train specs/iris.yaml", "dlc option --verbose does not exist"),
+    ("dlc trian specs/iris.yaml", "no command 'dlc trian'"),
+    ("dlc validate specs/no_such_spec.yaml", "specs/no_such_spec.yaml does not exist"),
+])
+def test_the_checker_catches_a_bad_line(line, expected):
+    """The checker itself, on lines the docs must never hold, read as the docs are read."""
+    ((_, args),) = shell_commands(line)
+    assert any(expected in p for p in problems(args)), problems(args)
+
+
+def test_every_command_has_a_row_in_the_readme():
+    text = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `dlc (\w+)", text, re.M))
+    assert sorted(set(_cli().commands) - table) == []
