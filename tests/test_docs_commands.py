@@ -6,6 +6,7 @@ is generated from the schema (tests/test_generate.py) and left out."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -173,3 +174,41 @@ def test_evaluate_help_names_every_data_source():
     data = next(p for p in _cli().commands["evaluate"].params if p.name == "data")
     assert [s for s in SCHEMES if f"{s}:PATH" not in data.help and f"{s}:NAME" not in data.help] \
         == []
+
+
+def _paragraph(text: str, start: str) -> str:
+    at = text.index(start)
+    return text[at:text.index("\n\n", at)]
+
+
+def test_readme_names_what_a_run_folder_holds(cli, tmp_path):
+    """The README's run-folder paragraph names every entry a training writes, and no other
+    (checkpoints/ was missing from it); summary.json has the keys the README reads from it."""
+    text = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`([\w.]+(?:\.\w+|/))`", _paragraph(text, "A run folder (")))
+    r = cli("train", ROOT / "specs" / "iris.yaml", "--out", tmp_path, "-q", "--epochs", "1")
+    assert r.code == 0, r
+    written = {p.name + ("/" if p.is_dir() else "") for p in tmp_path.iterdir()}
+    assert written - named == set() and named - written == {"best.npz"}, named  # in checkpoints/
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("threads", "train_samples_per_s", "train_run_samples_per_s"):
+        assert f"`{key}`" in text and key in summary, key
+
+
+def test_readme_states_the_size_budget():
+    from test_size import FUNCTION_LINES, MODULE_LINES, PACKAGE_LINES
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines()
+                if x.startswith("tests/test_size.py"))
+    assert line.endswith(f"modules <= {MODULE_LINES} lines, functions <= {FUNCTION_LINES}, "
+                         f"package <= {PACKAGE_LINES:,}"), line
+
+
+def test_extras_the_docs_install_exist():
+    """Each extra of a `pip install 'dlc[...]'` or `'.[...]'` in the docs is in pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")  # the standard library from Python 3.11
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    named = {e for doc in DOCS for group in re.findall(r"(?:dlc|\.)\[([\w,-]+)\]", doc.read_text())
+             for e in group.split(",")}
+    assert len(named) > 5 and named - set(extras) == set(), named
