@@ -212,3 +212,10 @@ def test_extras_the_docs_install_exist():
     named = {e for doc in DOCS for group in re.findall(r"(?:dlc|\.)\[([\w,-]+)\]", doc.read_text())
              for e in group.split(",")}
     assert len(named) > 5 and named - set(extras) == set(), named
+
+
+def test_readme_lists_the_commands_that_take_device():
+    text = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"`(\w+)`", _paragraph(text, "Every command that runs a model")))
+    taking = {name for name, command in _cli().commands.items() if "--device" in _options(command)}
+    assert taking <= listed and taking, (taking, listed)
