@@ -53,8 +53,9 @@ def plot_run(run: Path, out: Path) -> list[str]:
 def file_format(plt, out: Path) -> str:
     """The image format named by the output's suffix; a usage error (exit 2) for one that
     matplotlib does not write, before any drawing."""
-    kinds = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    probe = plt.figure()
+    kinds = probe.canvas.get_supported_filetypes()
+    plt.close(probe)
     kind = out.suffix.lower().lstrip(".")
     if kind not in kinds:
         raise UsageError(f"cannot plot to {out}: name a .png, .svg or .pdf file (matplotlib "
