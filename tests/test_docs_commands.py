@@ -1,8 +1,10 @@
-"""The `dlc ...` commands that README.md and docs/*.md show a user, read from the text: each
-names a command of the CLI, each `--flag` is an option of that command, each `specs/...` path
-exists; and every command of the CLI has its row in the README's Commands table. The docs are
-parsed, the CLI is asked through click (typer's own tree); nothing runs. docs/spec-language.md
-is generated from the schema (tests/test_generate.py) and left out."""
+"""The docs say what dlc does. The `dlc ...` commands that README.md and docs/*.md show a user,
+read from the text: each names a command of the CLI, each `--flag` is an option of that command,
+each `specs/...` path exists (the docs are parsed and the CLI's click tree asked; nothing runs);
+every command has its row in the README's Commands table and a --help whose first line says
+what it does. And what the README states about the CLI: the run folder's entries, the commands
+that take --device, the extras it installs, the size budget. docs/spec-language.md is generated
+from the schema (tests/test_generate.py) and left out."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ import shlex
 import pytest
 import typer
 
-from conftest import ROOT
+from conftest import ROOT, SPECS
+from test_size import FUNCTION_LINES, MODULE_LINES, PACKAGE_LINES
+
+from dlc.cli import app
+from dlc.data._sources import SCHEMES
 
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md")
                                     if p.name != "spec-language.md")]
@@ -89,10 +95,7 @@ def doc_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
-def _cli():
-    from dlc.cli import app  # registers every command on the app
-
-    return typer.main.get_command(app)
+CLI = typer.main.get_command(app)  # dlc.cli registers every command on the app
 
 
 def _options(command) -> set[str]:
@@ -102,19 +105,17 @@ def _options(command) -> set[str]:
     return {n for n in names if n.startswith("-")}
 
 
-def problems(args: list[str], cli=None) -> list[str]:
+def problems(args: list[str]) -> list[str]:
     """What in one documented command (its arguments after `dlc`) does not exist: an unknown
     command, a flag that is not one of its options (or of dlc's own, before the command), a
     `specs/` or `bench/specs/` path missing from the repository."""
-    cli = cli or _cli()
     words = [w for w in args if w != "..."]
-    root = [w for w in words[:next((i for i, w in enumerate(words) if not w.startswith("-")),
-                                   len(words))]]
-    found = [f"dlc option {w} does not exist" for w in root if w not in _options(cli)]
-    rest = words[len(root):]
+    at = next((i for i, w in enumerate(words) if not w.startswith("-")), len(words))
+    found = [f"dlc option {w} does not exist" for w in words[:at] if w not in _options(CLI)]
+    rest = words[at:]
     if not rest:
         return found
-    command = cli.commands.get(rest[0])
+    command = CLI.commands.get(rest[0])
     if command is None:
         return found + [f"no command 'dlc {rest[0]}'"]
     flags = [w.split("=")[0] for w in rest[1:] if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", w)]
@@ -152,26 +153,24 @@ def test_the_checker_catches_a_bad_line(line, expected):
 def test_every_command_has_a_row_in_the_readme():
     text = (ROOT / "README.md").read_text()
     table = set(re.findall(r"^\| `dlc (\w+)", text, re.M))
-    assert sorted(set(_cli().commands) - table) == []
+    assert sorted(set(CLI.commands) - table) == []
 
 
-@pytest.mark.parametrize("name", sorted(_cli().commands))
+@pytest.mark.parametrize("name", sorted(CLI.commands))
 def test_command_help_says_what_it_does(cli, name):
     """`dlc NAME --help` exits 0 without a traceback; its first line, the one `dlc --help`
     lists, is one sentence (a docstring's summary wrapped over two lines was listed broken);
     every option says what it is for."""
     r = cli(name, "--help")
     assert r.code == 0 and "Traceback" not in r.out + r.err, r
-    command = _cli().commands[name]
+    command = CLI.commands[name]
     summary = command.help.split("\n\n")[0].strip()
     assert "\n" not in summary and summary.endswith(".") and summary[:30] in r.out, summary
     assert [p.name for p in command.params if p.param_type_name == "option" and not p.help] == []
 
 
 def test_evaluate_help_names_every_data_source():
-    from dlc.data._sources import SCHEMES
-
-    data = next(p for p in _cli().commands["evaluate"].params if p.name == "data")
+    data = next(p for p in CLI.commands["evaluate"].params if p.name == "data")
     assert [s for s in SCHEMES if f"{s}:PATH" not in data.help and f"{s}:NAME" not in data.help] \
         == []
 
@@ -186,7 +185,7 @@ def test_readme_names_what_a_run_folder_holds(cli, tmp_path):
     (checkpoints/ was missing from it); summary.json has the keys the README reads from it."""
     text = (ROOT / "README.md").read_text()
     named = set(re.findall(r"`([\w.]+(?:\.\w+|/))`", _paragraph(text, "A run folder (")))
-    r = cli("train", ROOT / "specs" / "iris.yaml", "--out", tmp_path, "-q", "--epochs", "1")
+    r = cli("train", SPECS / "iris.yaml", "--out", tmp_path, "-q", "--epochs", "1")
     assert r.code == 0, r
     written = {p.name + ("/" if p.is_dir() else "") for p in tmp_path.iterdir()}
     assert written - named == set() and named - written == {"best.npz"}, named  # in checkpoints/
@@ -196,8 +195,6 @@ def test_readme_names_what_a_run_folder_holds(cli, tmp_path):
 
 
 def test_readme_states_the_size_budget():
-    from test_size import FUNCTION_LINES, MODULE_LINES, PACKAGE_LINES
-
     line = next(x for x in (ROOT / "README.md").read_text().splitlines()
                 if x.startswith("tests/test_size.py"))
     assert line.endswith(f"modules <= {MODULE_LINES} lines, functions <= {FUNCTION_LINES}, "
@@ -217,5 +214,5 @@ def test_extras_the_docs_install_exist():
 def test_readme_lists_the_commands_that_take_device():
     text = (ROOT / "README.md").read_text()
     listed = set(re.findall(r"`(\w+)`", _paragraph(text, "Every command that runs a model")))
-    taking = {name for name, command in _cli().commands.items() if "--device" in _options(command)}
+    taking = {name for name, command in CLI.commands.items() if "--device" in _options(command)}
     assert taking <= listed and taking, (taking, listed)
