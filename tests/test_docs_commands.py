@@ -20,6 +20,7 @@ from test_size import FUNCTION_LINES, MODULE_LINES, PACKAGE_LINES
 
 from dlc.cli import app
 from dlc.data._sources import SCHEMES
+from dlc.model.layers import LAYERS
 
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md")
                                     if p.name != "spec-language.md")]
@@ -216,3 +217,9 @@ def test_readme_lists_the_commands_that_take_device():
     listed = set(re.findall(r"`(\w+)`", _paragraph(text, "Every command that runs a model")))
     taking = {name for name, command in CLI.commands.items() if "--device" in _options(command)}
     assert taking <= listed and taking, (taking, listed)
+
+
+def test_readme_lists_every_layer_type():
+    text = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"\w+", text[text.index("Layer types:"):text.index("Tasks:")]))
+    assert sorted(set(LAYERS) - listed) == []
