@@ -223,3 +223,20 @@ def test_readme_lists_every_layer_type():
     text = (ROOT / "README.md").read_text()
     listed = set(re.findall(r"\w+", text[text.index("Layer types:"):text.index("Tasks:")]))
     assert sorted(set(LAYERS) - listed) == []
+
+
+def test_readme_examples_are_the_specs():
+    """The examples table names each spec of specs/, and only specs that exist."""
+    text = (ROOT / "README.md").read_text()
+    table = _paragraph(text, "| spec | model and data |")
+    named = set(re.findall(r"`(\w+\.yaml)`", table))
+    assert named == {p.name for p in SPECS.glob("*.yaml")}
+
+
+def test_files_the_docs_name_exist():
+    """Every repository file the docs point a reader to (a test, a bench script, a module, a
+    spec, data) is where they say."""
+    path = re.compile(r"(?<![\w./~-])((?:tests|bench|dlc|specs|schemas|docs)/[\w./-]*\w\."
+                      r"(?:py|yaml|json|md|csv|onnx|npz|txt))\b")
+    named = {m for doc in DOCS for m in path.findall(doc.read_text())}
+    assert len(named) > 30 and sorted(p for p in named if not (ROOT / p).exists()) == []
