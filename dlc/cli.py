@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from dlc.commands.app import DeviceOpt, SetOpt, app, run
+from dlc.commands.app import BatchOpt, DeviceOpt, SetOpt, app, run
 from dlc.errors import DlcError, SpecError
 
 _state = {"debug": False}
@@ -87,7 +87,8 @@ def summary(spec: str, set_: Optional[List[str]] = SetOpt, device: str = typer.O
 
 @app.command()
 def profile(spec: str, steps: int = typer.Option(20, "--steps", min=1, help="Timed steps."),
-            batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                                     help="Batch (default train.batch_size)."),
             device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto."),
             set_: Optional[List[str]] = SetOpt):
     """Per-layer forward, backward and update time of a train step, on synthetic data."""
@@ -117,7 +118,10 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
                                                 "worker; default train.distributed.workers)."),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
                                                 "(default: a local Ray)."),
-          gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0)):
+          gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0,
+                                                          help="GPUs Ray gives each worker "
+                                                          "(default train.distributed."
+                                                          "gpus_per_worker, 0: CPU).")):
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
     from dlc.commands import train as command
 
@@ -130,9 +134,11 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
 
 @app.command()
 def evaluate(model: str, data: str = typer.Option(..., "--data", help="builtin:NAME, csv:PATH, "
-                                                                      "npz:PATH or folder:PATH"),
+                                                  "parquet:PATH, feather:PATH, npz:PATH or "
+                                                  "folder:PATH (a bare .csv/.parquet/.feather/"
+                                                  ".npz path too), with targets."),
              output: Optional[str] = typer.Option(None, "-o", "--output", help="metrics.json"),
-             batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt,
+             batch_size: int = BatchOpt, device: str = DeviceOpt,
              per_class: bool = typer.Option(False, "--per-class", help="Precision, recall, F1 "
                                             "and support per class; the most confused pairs."),
              split: Optional[str] = typer.Option(None, "--split", help="test | val | train | "
@@ -149,7 +155,7 @@ def predict(model: str, input: str = typer.Argument(..., help="CSV, Parquet, Fea
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help=".csv, .npz or .json (default: csv to "
                                                       "stdout)"),
-            batch_size: int = typer.Option(1024, min=1), device: str = DeviceOpt):
+            batch_size: int = BatchOpt, device: str = DeviceOpt):
     """Predictions with class names and probabilities (or regression values)."""
     from dlc.commands import predict as command
 
@@ -214,8 +220,7 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the "
                                                "trials on (ray.init's address; default: a local "
                                                "Ray).")):
-    """Hyperparameter search over the spec's search: section (Optuna: TPE, median pruning;
-    or Ray Tune)."""
+    """Hyperparameter search over the spec's search: section, with Optuna or Ray Tune."""
     from dlc.commands import tune as command
 
     command.command(spec, trials, storage, study, output, metric, seed, set_ or [], device,
@@ -223,8 +228,9 @@ def tune(spec: str, trials: int = typer.Option(20, "--trials", "-n", min=1,
 
 
 @app.command()
-def explain(model: str, input: str = typer.Argument(..., help="CSV, NPZ or image folder: raw "
-                                                           "inputs, as for predict."),
+def explain(model: str, input: str = typer.Argument(..., help="Raw inputs, read as predict "
+                                                           "reads them: CSV, Parquet, Feather, "
+                                                           "NPZ, an image or a folder of them."),
             output: Optional[str] = typer.Option(None, "-o", "--output",
                                                  help="tabular: .csv/.npz table; images: PNG "
                                                       "folder (default saliency/)"),
@@ -270,15 +276,15 @@ def diff(a: str, b: str):
 
 @app.command()
 def runs(folder: str = typer.Argument("runs", help="Folder to search for run folders.")):
-    """List runs, newest first: start time, spec name, epochs, best monitored value, test
-    metrics and training speed."""
+    """List runs, newest first: time, spec, epochs, best monitored value, test metrics, speed."""
     from dlc.commands import runs as command
 
     command.command(folder)
 
 
 @app.command()
-def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output")):
+def plot(run: str, output: str = typer.Option("curves.png", "-o", "--output",
+                                              help="The figure: .png, .svg or .pdf.")):
     """Plot loss and metrics per epoch (train vs val) of a run folder (needs matplotlib)."""
     from dlc.commands import plot as command
 

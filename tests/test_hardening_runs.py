@@ -340,6 +340,27 @@ def test_evaluate_on_the_own_source_scores_the_test_split(cli, iris_run, tmp_pat
     assert r.code == 2 and "use --split all" in r.err, r
 
 
+def test_evaluate_knows_its_own_data_file_however_it_is_named(cli, tmp_path, monkeypatch):
+    """A file source is the model's own however --data names it: the spec's csv:data/... from
+    the spec's folder, a bare path from the repository, an absolute csv:PATH; its test split is
+    scored (only the first was: the others scored every row, training rows too). A copy of the
+    file is another source: every row."""
+    run = tmp_path / "run"
+    r = cli("train", SPECS / "penguins_columns.yaml", "--out", run, "-q", "--epochs", "2")
+    assert r.code == 0, r
+    tested = _strict_json(run / "summary.json")["test"]["accuracy"]
+    data = SPECS / "data" / "penguins_full.csv"
+    for cwd, source in ((SPECS, "csv:data/penguins_full.csv"),
+                        (ROOT, "specs/data/penguins_full.csv"), (tmp_path, f"csv:{data}")):
+        monkeypatch.chdir(cwd)
+        r = cli("evaluate", run / "model.onnx", "--data", source, "-o", tmp_path / "m.json")
+        assert r.code == 0 and "(52 of 344 rows; the split the model was tested on)" in r.out, r
+        assert _strict_json(tmp_path / "m.json")["accuracy"] == pytest.approx(tested)
+    shutil.copy(data, tmp_path / "copy.csv")
+    r = cli("evaluate", run / "model.onnx", "--data", tmp_path / "copy.csv")
+    assert r.code == 0 and r.out.startswith(f"scored: all 344 rows of {tmp_path}"), r
+
+
 # ---- 5: task.labels name exactly the target's values -------------------------------------------
 def _labelled(tmp_path, cells, labels):
     rows = ["a,b,stance"] + [f"{i % 7},{i % 3},{cells[i % len(cells)]}" for i in range(40)]

@@ -44,6 +44,14 @@ def test_scikit_learn_is_optional():
     assert [Requirement(r).name for r in extras["tensorboard"]] == ["tensorboardX"]
 
 
+def test_serve_extra_installs_the_server_only():
+    """`pip install 'dlc[serve]'` brings Starlette and uvicorn, as the README says; selenium
+    drives the browser test and belongs to the dev extra alone."""
+    extras = _project()["optional-dependencies"]
+    assert [Requirement(r).name for r in extras["serve"]] == ["starlette", "uvicorn"]
+    assert "selenium" in [Requirement(r).name for r in extras["dev"]]
+
+
 def test_package_never_imports_scikit_learn():
     """Only comments and docstrings may name it: no import of sklearn anywhere in dlc/."""
     hits = [str(p.relative_to(ROOT)) for p in (ROOT / "dlc").rglob("*.py")

@@ -60,6 +60,20 @@ def test_plot_writes_png(cli, short_run, tmp_path):
     assert cli("plot", tmp_path, "-o", out).code == 1
 
 
+def test_plot_takes_its_format_from_the_suffix(cli, short_run, tmp_path):
+    """A suffix matplotlib cannot write is a usage error in one line, exit 2 (it was
+    matplotlib's ValueError: exit 3), before anything is written; an .svg is an SVG, written
+    atomically (no temporary file left beside it)."""
+    pytest.importorskip("matplotlib")
+    r = cli("plot", short_run, "-o", tmp_path / "curves.xyz")
+    assert r.code == 2 and r.err.startswith("error: cannot plot to") and ".svg" in r.err, r
+    assert r.err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+    r = cli("plot", short_run, "-o", tmp_path / "curves.svg")
+    assert r.code == 0, r
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.svg"]
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:400]
+
+
 def test_env_reports_providers(cli):
     r = cli("env")
     assert r.code == 0, r

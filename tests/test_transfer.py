@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SPECS, straight_and_resumed
+from conftest import ROOT, SPECS, straight_and_resumed
 from onnx import numpy_helper
 from stepio import pack_feeds
 
@@ -92,6 +92,20 @@ def test_frozen_layer_leaves_the_flat_vector_and_the_gradient_graph():
     assert len(b.model.graph.node) < len(a.model.graph.node)
     matmuls = lambda s: sum(n.op_type in ("Gemm", "MatMul") for n in s.model.graph.node)  # noqa
     assert matmuls(b) == matmuls(a) - 3  # neither dW1, db1 (a GEMV) nor dX1 is computed
+
+
+def test_readme_figures_of_a_frozen_fc1():
+    """The README's figures for the digits MLP as specified (Adam): train-graph nodes, flat
+    trainable values and matrix products, with fc1 trainable and frozen."""
+    full, frozen = (build_train_step(build_network(load_spec(SPECS / "digits_mlp.yaml", sets)))
+                    for sets in ([], ["layers.0.trainable=false"]))
+    text = " ".join((ROOT / "README.md").read_text().split())
+    nodes = [len(s.model.graph.node) for s in (full, frozen)]
+    assert f"from {nodes[0]} to {nodes[1]} nodes" in text, nodes
+    assert f"from {full.total:,} to {frozen.total:,} values" in text
+    matmuls = [sum(n.op_type in ("Gemm", "MatMul") for n in s.model.graph.node)
+               for s in (full, frozen)]
+    assert matmuls[0] - matmuls[1] == 3 and "three fewer matrix products" in text
 
 
 def test_frozen_step_moves_the_rest_exactly_as_the_full_step():

@@ -47,3 +47,4 @@ def run() -> None:
 SetOpt = typer.Option(None, "--set", help="Override a spec field: --set train.epochs=5 "
                                           "--set layers.0.units=128 (repeatable).")
 DeviceOpt = typer.Option("auto", help="auto (CUDA when usable, else CPU) | cpu | cuda | cuda:N.")
+BatchOpt = typer.Option(1024, min=1, help="Rows per onnxruntime run.")

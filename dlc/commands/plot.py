@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 from dlc.commands.runs import read_metrics
-from dlc.errors import DlcError, optional_module
+from dlc.errors import DlcError, UsageError, optional_module
+from dlc.files.atomic import write_bytes
 
 
 def pyplot(missing: str, what: str):
@@ -21,6 +23,7 @@ def plot_run(run: Path, out: Path) -> list[str]:
     """Loss and each metric per epoch, train against validation, one panel each; returns notes
     on the metrics.csv rows it skipped."""
     plt = pyplot("dlc plot needs matplotlib: pip install 'dlc[plot]'", "dlc plot")
+    kind = file_format(plt, out)
     rows, notes = read_metrics(run)
     keys = {k for r in rows for k in r}
     names = sorted({k.split("_", 1)[1] for k in keys if k.startswith(("train_", "val_"))},
@@ -40,11 +43,24 @@ def plot_run(run: Path, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
     fig.suptitle(str(run))
     fig.tight_layout()
-    if not out.parent.is_dir():
-        raise DlcError(f"output folder {out.parent} does not exist")
-    fig.savefig(out, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format=kind, dpi=100)
     plt.close(fig)
+    write_bytes(out, image.getvalue())
     return notes
+
+
+def file_format(plt, out: Path) -> str:
+    """The image format named by the output's suffix; a usage error (exit 2) for one that
+    matplotlib does not write, before any drawing."""
+    probe = plt.figure()
+    kinds = probe.canvas.get_supported_filetypes()
+    plt.close(probe)
+    kind = out.suffix.lower().lstrip(".")
+    if kind not in kinds:
+        raise UsageError(f"cannot plot to {out}: name a .png, .svg or .pdf file (matplotlib "
+                         f"writes {', '.join(sorted(kinds))})")
+    return kind
 
 
 def command(run: str, output: str) -> None:

@@ -62,32 +62,21 @@ def raw_inputs(x, norm):
     return denormalize(x, norm)
 
 
-def data_dir_of(model_path: Path) -> Path:
-    """Where the spec's relative data paths point: the run folder's run.json, else the cwd."""
-    info = Path(model_path).parent / "run.json"
-    if info.is_file():
-        try:
-            return Path(json.loads(info.read_text())["data_dir"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    return Path.cwd()
-
-
 def spec_splits(model) -> tuple:
     """(raw training inputs, (raw test inputs, test targets) or None) of the model's own data
     (inputs: one array, or `Columns` by input name for `inputs:` models; the raw texts of a
     text model, split as in training)."""
     data = model.spec["data"]
     if entries(model.spec):  # column kinds: the raw columns the graph takes, split as trained
-        x, y = column_rows(model, data["source"], data_dir_of(model.path), True)
+        x, y = column_rows(model, data["source"], model.data_dir, True)
         train, _, test = _random_split(model.spec, y, len(y), _split_config(data))
         return x[train], ((x[test], y[test]) if len(test) else None)
     if text_config(model.spec) is not None:
-        x, y, _, _ = load_arrays(data["source"], model.spec, data_dir_of(model.path),
+        x, y, _, _ = load_arrays(data["source"], model.spec, model.data_dir,
                                  labels=model.labels)
         train, _, test = _random_split(model.spec, y, len(x), _split_config(data))
         return x[train], ((x[test], y[test]) if len(test) else None)
-    ds = load_dataset(model.spec, data_dir_of(model.path))
+    ds = load_dataset(model.spec, model.data_dir)
     test = (raw_inputs(ds.test.x, ds.norm), ds.test.y) if ds.test is not None else None
     return raw_inputs(ds.train.x, ds.norm), test
 

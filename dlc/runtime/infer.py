@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.data import (_random_split, _split_config, graph_fills, model_inputs, read_columns,
-                      stream, table_arrays)
+from dlc.data import (_random_split, _split_config, graph_fills, model_inputs, parse_source,
+                      read_columns, stream, table_arrays)
 from dlc.data._common import fit_shape
 from dlc.data.columns import entries
 from dlc.data.multi import Columns, read_multi, read_npz_outputs
 from dlc.data.text import text_config
 from dlc.data.windows import window_config
 from dlc.errors import DlcError, SpecError, UsageError
-from dlc.files.untrusted import load_json, read_model
+from dlc.files.untrusted import MAX_SPEC_BYTES, load_json, read_bytes, read_model
 from dlc.model import metrics as M
 from dlc.model.compile import OUTPUTS, output_name
 from dlc.model.names import class_count, spec_heads
@@ -49,6 +49,16 @@ class Model:
             raise DlcError(f"{self.path}: this works on models with one output (`task:`); "
                            f"this one has outputs: {', '.join(self.heads)}")
         return self.spec["task"]["kind"]
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the spec's relative data paths point: the data folder in the run.json that
+        dlc train wrote beside the model, else the working folder."""
+        try:
+            info = read_bytes(self.path.parent / "run.json", "run.json", MAX_SPEC_BYTES)
+            return Path(load_json(info, "run.json")["data_dir"])
+        except (DlcError, KeyError, TypeError):
+            return Path.cwd()
 
     def labels_of(self, head: str) -> list[str] | None:
         return (self.labels or {}).get(head) if head else self.labels
@@ -221,13 +231,26 @@ def _own_split(model: Model, source, split: str | None) -> str:
     stratification), so that by default its test split is scored, not rows the model was trained
     on; any other source is scored whole."""
     data = model.spec.get("data") or {}
-    own = str(source) == data.get("source") and not data.get("window") \
+    own = _same_source(data.get("source"), model.data_dir, source) and not data.get("window") \
         and not (model.spec.get("inputs") or model.spec.get("outputs"))
     if split not in (None, "all") and not own:
         raise UsageError(f"--split {split} scores part of the model's own data source "
                          f"({data.get('source', 'none')}, a one-input, one-output model without "
                          f"data.window); use --split all with {source}")
     return split or ("test" if own and data.get("split", {}).get("test", 0) > 0 else "all")
+
+
+def _same_source(own, data_dir: Path, given) -> bool:
+    """Whether `given` (a --data source, paths from the working folder) is the model's own data
+    source (`own`, paths from the spec's folder): the same builtin, or the same file or folder
+    however either is written (csv:PATH or a bare path, relative or absolute)."""
+    try:
+        (kind, path), (given_kind, given_path) = parse_source(own), parse_source(str(given))
+    except DlcError:
+        return False
+    if kind != given_kind or kind == "builtin":
+        return (kind, path) == (given_kind, given_path)
+    return (data_dir / Path(path).expanduser()).resolve() == Path(given_path).expanduser().resolve()
 
 
 def _rows(model: Model, source, split: str, y, n: int) -> tuple[np.ndarray | None, str]:
