@@ -505,10 +505,8 @@ def recurrent_dw(rng):
 
 
 def lstm_gates(rng):
-    """The suite's second LSTM layer (64 steps, 256 -> 256 units, batch 64), forward and
-    backward: dlc's train graph (torch's gate order (i, f, g, o): three Sigmoids and a Tanh a
-    step) against the gate columns moved once to (i, f, o, g) (one Sigmoid over [N, 3H] and
-    one Tanh a step, 6 fewer nodes a step, but one more Split and Concat of [N, 3H])."""
+    """The suite's second LSTM layer, forward and backward: dlc's train graph against its gates
+    moved once to (i, f, o, g), one Sigmoid over [N, 3H] a step (the module docstring)."""
     steps, units, n = 64, 256, 64
     inputs = {"x": rng.standard_normal((n, steps, units), np.float32),
               **{k: rng.standard_normal(s, np.float32) * 0.05 for k, s in (
@@ -537,6 +535,7 @@ def lstm_gates(rng):
         return h
     return inputs, {"dlc": with_grads(dlc, keep_y=True),
                     "sigmoids_first": with_grads(sigmoids_first, keep_y=True)}
+
 
 def _layer(kind: str, in_shape, cfg=None):
     from dlc.model.layers import LAYERS
