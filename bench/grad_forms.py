@@ -4,7 +4,8 @@
         [--rounds 5] [--baseline DIR] [--json-only]
 
 Each case times two or more standard-ONNX graphs that compute the same thing (checked equal to
-1e-4 relative first), in onnxruntime with dlc's session options, interleaved round by round so
+1e-4 relative first), in onnxruntime with the session options training gives a graph of its
+size (dlc.runtime.session.preparation), interleaved round by round so
 that load drift hits every variant alike; the median over rounds of the mean time per run is
 reported, with `foreign_cpu_share` (bench/README.md). Cases:
 
@@ -15,6 +16,13 @@ reported, with `foreign_cpu_share` (bench/README.md). Cases:
   recurrent_dw  the LSTM's recurrent weight gradient over 64 steps ([64, 256] x [64, 1024] per
               step): one GEMM per step summed (what the unrolled graph gets), against one GEMM
               over the steps' rows concatenated (measured no faster: not adopted)
+  lstm_gates  the suite's second LSTM layer (64 steps, 256 units, batch 64), forward and
+              backward: dlc's train graph (torch's gate order i, f, g, o: three Sigmoids and a
+              Tanh a step) against the gate columns moved once to (i, f, o, g): one Sigmoid over
+              [N, 3H] a step, 34 nodes a step against 40 (Mul 19 -> 15, Sub 5 -> 3, Sigmoid 3 ->
+              1), but a second Split and Concat, whose copies cost more than the ops saved (quiet
+              machine, timed second: 167.6 against 163.1 ms at 1 thread, 105.1 against 97.8 at
+              2; not adopted)
   conv_dx     ResNet-20's first-stage conv input gradient ([128, 16, 32, 32], 3x3, stride 1):
               ConvTranspose against a Conv with the flipped, channel-swapped kernel (dlc's
               form at stride 1: 5-10% more CPU at 1 thread, but onnxruntime splits it over 2
@@ -117,11 +125,16 @@ from _common import ForeignLoad, cores, versions  # noqa: E402  (adds ROOT to sy
 
 
 def session(model_bytes: bytes, threads: int):
+    """A session with the settings training gives a graph of this size (dlc.runtime.session.
+    preparation): whole train steps of the LSTM or the Transformer run without memory-reuse
+    planning, and their Reshapes and Squeezes then cost what training pays for them."""
+    import onnx
     import onnxruntime as ort
 
     from dlc.runtime.session import session_options
 
-    return ort.InferenceSession(model_bytes, session_options(threads),
+    nodes = len(onnx.load_from_string(model_bytes).graph.node)
+    return ort.InferenceSession(model_bytes, session_options(threads, nodes),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -491,6 +504,39 @@ def recurrent_dw(rng):
     return {"h": h, "dz": dz}, {"per_step": per_step, "stacked": stacked}
 
 
+def lstm_gates(rng):
+    """The suite's second LSTM layer, forward and backward: dlc's train graph against its gates
+    moved once to (i, f, o, g), one Sigmoid over [N, 3H] a step (the module docstring)."""
+    steps, units, n = 64, 256, 64
+    inputs = {"x": rng.standard_normal((n, steps, units), np.float32),
+              **{k: rng.standard_normal(s, np.float32) * 0.05 for k, s in (
+                  ("w_ih", (units, 4 * units)), ("w_hh", (units, 4 * units)),
+                  ("b_ih", (4 * units,)), ("b_hh", (4 * units,)))},
+              "r": rng.standard_normal((n, units), np.float32)}
+    layer, shape = _layer("lstm", (steps, units), {"units": units})
+
+    def dlc(b, x, w_ih, w_hh, b_ih, b_hh):
+        p = {"n.weight_ih": w_ih, "n.weight_hh": w_hh, "n.bias_ih": b_ih, "n.bias_hh": b_hh}
+        return layer.lower(b, x, p, _Ctx(), shape)
+
+    def sigmoids_first(b, x, w_ih, w_hh, b_ih, b_hh):
+        def moved(t):  # gate columns (i, f, g, o) -> (i, f, o, g), once
+            i, f, g, o = b.Split(t, axis=-1, num_outputs=4, outputs=4)
+            return b.Concat(i, f, o, g, axis=-1)
+        w_hh, xw = moved(w_hh), b.Add(b.MatMul(x, moved(w_ih)), moved(b.Add(b_ih, b_hh)))
+        h = c = None
+        for xt in b.Split(b.Reshape(xw, b.const([0, -1])), axis=1, num_outputs=steps,
+                          outputs=steps):
+            gates = xt if h is None else b.Add(xt, b.MatMul(h, w_hh))
+            ifo, g = b.Split(gates, b.const([3 * units, units]), axis=-1, outputs=2)
+            (i, f, o), g = b.Split(b.Sigmoid(ifo), axis=-1, num_outputs=3, outputs=3), b.Tanh(g)
+            c = b.Mul(i, g) if c is None else b.Add(b.Mul(f, c), b.Mul(i, g))
+            h = b.Mul(o, b.Tanh(c))
+        return h
+    return inputs, {"dlc": with_grads(dlc, keep_y=True),
+                    "sigmoids_first": with_grads(sigmoids_first, keep_y=True)}
+
+
 def _layer(kind: str, in_shape, cfg=None):
     from dlc.model.layers import LAYERS
 
@@ -685,7 +731,7 @@ NORM_CASES = {"batchnorm_32x32": batchnorm_forms(16, 32),
 
 CASES = {"matmul_dw": matmul_dw, "matmul_dx": matmul_dx, "gather_dw": gather_dw,
          "maxpool_dx": maxpool_dx,
-         "recurrent_dw": recurrent_dw, "conv_dx": conv_dx(16, 32),
+         "recurrent_dw": recurrent_dw, "lstm_gates": lstm_gates, "conv_dx": conv_dx(16, 32),
          "conv_dx_16x16": conv_dx(32, 16), "conv_dx_8x8": conv_dx(64, 8),
          "conv_dx_digits": conv_dx(64, 8, inputs=32, batch=64), "conv_dx_s2": conv_dx_s2,
          "conv_dx_1x1_s2": conv_dx_1x1_s2,

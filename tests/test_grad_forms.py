@@ -15,7 +15,7 @@ import grad_forms  # noqa: E402
 
 
 @pytest.mark.parametrize("case", ["conv_dw_8x8", "conv_dx_s2", "conv_dx_1x1_s2",
-                                  "channel_sums_16x16", "gather_dw", "maxpool_dx"])
+                                  "channel_sums_16x16", "gather_dw", "maxpool_dx", "lstm_gates"])
 def test_candidate_forms_match_dlc(case):
     inputs, built = grad_forms.models(case)
     assert len(built) >= 2

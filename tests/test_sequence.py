@@ -185,6 +185,37 @@ def test_stacked_lstm_train_step_differentiates_each_projection_as_one_gemm_per_
     assert [producer[i] for i in dw_ih.input] == ["Flatten", "Flatten"]
 
 
+def test_unrolled_steps_add_no_reshapes_to_the_train_step():
+    """The steps' inputs are slabs of one Split and the states are stacked by one Concat: the
+    train step's Squeeze, Unsqueeze, Reshape and Shape nodes do not grow with the steps (each
+    step had a Squeeze, a return_sequences step an Unsqueeze, and each their Reshape + Shape
+    in the gradient)."""
+    def reshapes(steps):
+        layers = [{"type": "lstm", "name": "l1", "units": 4, "return_sequences": True},
+                  {"type": "simple_rnn", "name": "l2", "units": 4, "bidirectional": True},
+                  dense(3)]
+        step = build_train_step(build_network(make_spec(layers, (steps, 3))), None)
+        return [n.op_type for n in step.model.graph.node
+                if n.op_type in ("Squeeze", "Unsqueeze", "Reshape", "Shape")]
+
+    assert sorted(reshapes(T)) == sorted(reshapes(2 * T))
+
+
+def test_onnxruntime_fuses_each_recurrent_step_into_one_gemm(tmp_path):
+    """Each step after the first is one Gemm (h W_hh + its input slab) once onnxruntime has
+    optimised the train step; a view of the projection that lost the batch axis's symbolic
+    size (Reshape to -1) left a MatMul and an Add per step."""
+    layers = [{"type": "lstm", "name": "l1", "units": 4}, dense(3)]
+    step = build_train_step(build_network(make_spec(layers, (T, 3))), None)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(step.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    step_gemm = re.compile(r"l1/forward/t\d+/MatMul/MatMulAddFusion")
+    fused = [n.name for n in onnx.load(opts.optimized_model_filepath).graph.node
+             if n.op_type == "Gemm" and step_gemm.match(n.name)]
+    assert len(fused) == T - 1, fused
+
+
 # ---- multi-head attention -----------------------------------------------------------------------
 @needs_torch
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,7 +1,7 @@
 """VJP rules of the ops that move entries without changing them: Reshape, Flatten, Squeeze,
 Unsqueeze, Transpose, Expand, Concat, Split, Slice, Pad. Each gradient moves dy back: reshaped,
 permuted back, summed over the expanded axes (by the driver), split, concatenated, padded or
-sliced. Sequence layers unroll time with Split/Squeeze and stack outputs with Unsqueeze/Concat."""
+sliced. Recurrent layers unroll time with one Split and stack their states with one Concat."""
 
 from __future__ import annotations
 
