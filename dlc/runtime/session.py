@@ -101,7 +101,7 @@ def session_options(threads: int | None = None, nodes: int = 0):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
-    # Idle threads sleep, not spin (onnxruntime's default): bench/suite.py at 2 threads, 3
+    # Idle threads sleep (onnxruntime's default is to spin): bench/suite.py at 2 threads, 3
     # repeats, spinning (stopped at the end of each run) gave +2 to +6% on a quiet 2-core
     # machine (text classifier -2.5%) and -25 to -36% beside one busy process (MLP 5.5k against
     # 7.5k samples/s, ResNet-20 113 against 151, LSTM 186 against 292), where torch fell 3x
