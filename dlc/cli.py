@@ -121,7 +121,12 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
           gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0,
                                                           help="GPUs Ray gives each worker "
                                                           "(default train.distributed."
-                                                          "gpus_per_worker, 0: CPU).")):
+                                                          "gpus_per_worker, 0: CPU)."),
+          cpus_per_worker: Optional[int] = typer.Option(None, "--cpus-per-worker", min=1,
+                                                        help="CPUs Ray gives each worker, and so "
+                                                        "its onnxruntime threads (default: an "
+                                                        "equal share of this machine's; 1 on a "
+                                                        "cluster).")):
     """Train a spec on its data; write model.onnx, metrics and a checkpoint to a run folder."""
     from dlc.commands import train as command
 
@@ -129,7 +134,7 @@ def train(spec: Optional[str] = typer.Argument(None, help="Spec file (omit with 
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
     command.command(spec, resume, out, overrides, device, force, quiet, log_format, workers,
-                    address, gpus_per_worker)
+                    address, gpus_per_worker, cpus_per_worker)
 
 
 @app.command()

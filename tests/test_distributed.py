@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, SPECS, run_dlc
 
-from dlc.runtime.cpus import usable_cpus
 from dlc.train.checkpoint import epoch_of
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -92,18 +91,19 @@ def test_resume_with_another_worker_count_says_so(tmp_path):
 
 @needs_torch
 def test_ray_train_workers_equal_one_process(tmp_path, monkeypatch):
-    """`train.distributed: {workers: 3}` in the spec, as `--workers 3`: Ray Train starts the
+    """`train.distributed: {workers: 3, cpus_per_worker: 2}` in the spec: Ray Train starts the
     workers (a local Ray, with a CPU slot for each even on 2 cores: it waited for a 3rd CPU
     before), gloo between them. Without -q, stdout is dlc's own (the run and its metrics),
     and rank 0's epoch lines reach stderr once each, unprefixed (Ray forwarded them as
     `(RayTrainWorker pid=...) epoch ...`, twice: its print patch logs them again). Each worker
-    runs its share of the CPUs (Ray's OMP_NUM_THREADS): the 3 workers do not take every core
-    each."""
+    runs the CPUs Ray gave it (`cpus_per_worker`, which Ray passes on as OMP_NUM_THREADS), not
+    every core of the machine."""
     pytest.importorskip("ray.train")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a user's own value would win
     common = ["--epochs", "2", "--set", "data.split.val=0"]
     r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "three", "--set",
-                "train.distributed={workers: 3}", "--set", "train.batch_size=8", *common,
+                "train.distributed={workers: 3, cpus_per_worker: 2}", "--set",
+                "train.batch_size=8", *common,
                 timeout=240)
     assert r.code == 0, r
     assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
@@ -111,7 +111,7 @@ def test_ray_train_workers_equal_one_process(tmp_path, monkeypatch):
     info = json.loads((tmp_path / "three" / "run.json").read_text())  # what a resume reuses
     assert (info["workers"], info["address"], info["gpus_per_worker"]) == (3, None, 0), info
     summary = json.loads((tmp_path / "three" / "summary.json").read_text())
-    assert summary["threads"] == max(1, usable_cpus() // 3), summary
+    assert summary["threads"] == 2, summary
     epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
     assert [line.split()[:2] for line in epochs] == [["epoch", "1/2"], ["epoch", "2/2"]], r.err
     r = run_dlc("train", SPECS / "iris.yaml", "--out", tmp_path / "one",

@@ -93,37 +93,38 @@ def launches(monkeypatch, tmp_path):
 
 
 def test_the_spec_section_launches_as_the_flags_do(cli, launches, tmp_path):
-    """`train.distributed: {workers, address, gpus_per_worker}` hands Ray Train's launch the
-    same arguments as `--workers --address --gpus-per-worker`; a flag overrides the section
-    (`--workers 1`: one process, no launch)."""
+    """`train.distributed: {workers, address, gpus_per_worker, cpus_per_worker}` hands Ray
+    Train's launch the same arguments as `--workers --address --gpus-per-worker
+    --cpus-per-worker`; a flag overrides the section (`--workers 1`: one process, no launch)."""
     calls, done = launches
     out = ["--out", tmp_path / "run", "-q"]
-    section = "train.distributed={workers: 3, address: 'ray://head:10001', gpus_per_worker: 1}"
+    section = ("train.distributed={workers: 3, address: 'ray://head:10001', gpus_per_worker: 1, "
+               "cpus_per_worker: 8}")
     for args in (["--set", section], ["--workers", "3", "--address", "ray://head:10001",
-                                      "--gpus-per-worker", "1"]):
+                                      "--gpus-per-worker", "1", "--cpus-per-worker", "8"]):
         r = cli("train", SPECS / "iris.yaml", *out, *args)
         assert r.code == 0 and r.out == f"run: {done}\n", r
     assert len(calls) == 2, calls
     same = [(*c[:1], *c[2:]) for c in calls]  # all but the overrides (the section is one)
     assert same[0] == same[1], calls
-    assert calls[0][-3:] == (3, "ray://head:10001", 1)
+    assert calls[0][-4:] == (3, "ray://head:10001", 1, 8)
     r = cli("train", SPECS / "iris.yaml", *out, "--set", section, "--workers", "1",
             "--epochs", "1")
     assert r.code == 0 and len(calls) == 2, r
 
 
 def test_a_resume_is_launched_as_its_run_was(cli, launches, tmp_path):
-    """`dlc train --resume DIR` of a Ray run: the worker count, Ray's address and the GPUs per
-    worker from run.json (a resumed cluster or GPU run went to a local Ray on CPUs: only the
+    """`dlc train --resume DIR` of a Ray run: the worker count, Ray's address and the GPUs and
+    CPUs per worker from run.json (a resumed cluster or GPU run went to a local Ray on CPUs: only the
     count was kept); a flag still overrides them."""
     calls, _ = launches
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text('{"workers": 2, "address": "ray://head:10001", '
-                                  '"gpus_per_worker": 1}')
+                                  '"gpus_per_worker": 1, "cpus_per_worker": 16}')
     assert cli("train", "--resume", run).code == 0
-    assert cli("train", "--resume", run, "--address", "auto").code == 0
-    assert [c[-3:] for c in calls] == [(2, "ray://head:10001", 1), (2, "auto", 1)], calls
+    assert cli("train", "--resume", run, "--address", "auto", "--cpus-per-worker", "4").code == 0
+    assert [c[-4:] for c in calls] == [(2, "ray://head:10001", 1, 16), (2, "auto", 1, 4)], calls
 
 
 def test_each_local_ray_worker_gets_its_share_of_the_cpus(monkeypatch):

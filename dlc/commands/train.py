@@ -17,7 +17,7 @@ from dlc.train.run import train as run_train
 def command(spec: str | None, resume: str | None, out: str | None, overrides: list,
             device: str | None, force: bool, quiet: bool, log_format: str,
             workers: int | None = None, address: str | None = None,
-            gpus_per_worker: float | None = None) -> None:
+            gpus_per_worker: float | None = None, cpus_per_worker: int | None = None) -> None:
     if log_format not in LOG_FORMATS:
         raise UsageError(f"unknown --log-format '{log_format}'; use text or jsonl")
     if resume is not None:
@@ -29,12 +29,14 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
     loaded = load_spec(spec, overrides) if resume is None else None
     cfg = {**distributed_config(loaded, resume),
            **{k: v for k, v in {"workers": workers, "address": address,
-                                "gpus_per_worker": gpus_per_worker}.items() if v is not None}}
+                                "gpus_per_worker": gpus_per_worker,
+                                "cpus_per_worker": cpus_per_worker}.items() if v is not None}}
     if cfg.get("workers", 1) > 1 and launched_world() == 1:  # Ray Train starts the workers
         from dlc.distributed.launch import launch
 
         path = launch(spec, overrides, out, force, resume, options, cfg["workers"],
-                      cfg.get("address"), cfg.get("gpus_per_worker", 0))
+                      cfg.get("address"), cfg.get("gpus_per_worker", 0),
+                      cfg.get("cpus_per_worker"))
     elif launched_world() > 1:  # torchrun or SLURM started this process as one of N workers
         from dlc.distributed.run import worker
 
@@ -50,14 +52,15 @@ def command(spec: str | None, resume: str | None, out: str | None, overrides: li
 
 def distributed_config(spec, resume: str | None) -> dict:
     """train.distributed of the spec; for a resume, the worker count the run started with and
-    Ray's address and GPUs per worker it was launched with (run.json), so that `--resume`
-    alone continues it alike."""
+    Ray's address and GPUs and CPUs per worker it was launched with (run.json), so that
+    `--resume` alone continues it alike."""
     if resume is None:
         return spec.data["train"].get("distributed") or {}
     try:
         info = json.loads((Path(resume) / "run.json").read_text())
         return {"workers": int(info.get("workers", 1)),
-                **{k: info[k] for k in ("address", "gpus_per_worker") if info.get(k)}}
+                **{k: info[k] for k in ("address", "gpus_per_worker", "cpus_per_worker")
+                   if info.get(k)}}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}  # run.resume says what is wrong with the folder
 

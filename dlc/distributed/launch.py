@@ -41,8 +41,9 @@ def _loop(config: dict) -> None:
 
 def launch(spec: str | None, overrides: list, out: str | None, force: bool,
            resume: str | None, options: dict, workers: int, address: str | None = None,
-           gpus_per_worker: float = 0) -> Path:
-    """Train with `workers` Ray Train workers; rank 0's run folder."""
+           gpus_per_worker: float = 0, cpus_per_worker: int | None = None) -> Path:
+    """Train with `workers` Ray Train workers; rank 0's run folder. `cpus_per_worker`: the CPUs
+    Ray gives each (default: worker_cpus)."""
     optional_module("torch", MISSING, "--workers")  # first: ray.train.torch imports it
     optional_module("ray.train.torch", MISSING, "--workers")
     ray = optional_module("ray", MISSING, "--workers")
@@ -56,19 +57,22 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     config = {"spec_file": spec and str(Path(spec).resolve()), "overrides": list(overrides),
               "out": str(path), "force": force, "resume": resume and str(path),
               "options": options,
-              "launch": {"address": address, "gpus_per_worker": gpus_per_worker}}
+              "launch": {"address": address, "gpus_per_worker": gpus_per_worker,
+                         "cpus_per_worker": cpus_per_worker}}
     source = str(Path(dlc.__file__).resolve().parent.parent)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # a worker's print: not into Ray's log too
     scratch = tempfile.mkdtemp(prefix="dlc-ray-")  # Ray Train's own records, not the run's
     local = address is None and "RAY_ADDRESS" not in os.environ  # a Ray of our own, here
-    # a CPU slot per worker, as torchrun gives N processes whatever the cores (3 workers on a
-    # 2-core machine: Ray Train waited for a 3rd CPU, timed out at 60 s and waited again)
+    cpus = cpus_per_worker or worker_cpus(workers, local)
+    # the CPU slots asked for, even more than the cores, as torchrun gives N processes whatever
+    # the cores (3 workers on a 2-core machine: Ray Train waited for a 3rd CPU, timed out at
+    # 60 s and waited again)
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=not options["quiet"],
              include_dashboard=False, ignore_reinit_error=True, logging_level=logging.ERROR,
-             num_cpus=max(workers, usable_cpus()) if local else None)
+             num_cpus=max(workers * cpus, usable_cpus()) if local else None)
     try:
-        _fit(ray, config, workers, gpus_per_worker, scratch, local)
+        _fit(ray, config, workers, (cpus, gpus_per_worker), scratch, local)
     except Exception as e:
         raise _failure(e, path, workers) from None
     finally:
@@ -76,8 +80,7 @@ def launch(spec: str | None, overrides: list, out: str | None, force: bool,
     return path
 
 
-def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
-         local: bool) -> None:
+def _fit(ray, config: dict, workers: int, resources: tuple, scratch: str, local: bool) -> None:
     """Run the workers, their output relayed to this process's stdout and stderr; what Ray's
     driver prints on stdout itself (a dead worker's paragraph) goes to stderr (nowhere with -q),
     so that stdout is dlc's own output; then Ray is shut down."""
@@ -85,10 +88,9 @@ def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
     with contextlib.redirect_stdout(io.StringIO() if config["options"]["quiet"] else sys.stderr):
         try:
             if local:
-                _check_gpus(ray, workers, gpus_per_worker)
+                _check_gpus(ray, workers, resources[1])
             relay = Relay(*streams)
-            _trainer({**config, "relay": relay.queue}, workers, gpus_per_worker, scratch,
-                     worker_cpus(workers, local)).fit()
+            _trainer({**config, "relay": relay.queue}, workers, resources, scratch).fit()
         finally:
             if relay is not None:
                 relay.close()
@@ -96,9 +98,9 @@ def _fit(ray, config: dict, workers: int, gpus_per_worker: float, scratch: str,
 
 
 def worker_cpus(workers: int, local: bool) -> int:
-    """The CPUs Ray gives each worker, and so its OMP_NUM_THREADS: on a Ray of our own, an
-    equal share of this machine's; on a cluster 1, Ray's own default (its nodes' sizes are
-    not known here; a worker's OMP_NUM_THREADS set through Ray overrides it)."""
+    """The CPUs Ray gives each worker unless --cpus-per-worker says, and so its
+    OMP_NUM_THREADS: on a Ray of our own, an equal share of this machine's; on a cluster 1,
+    Ray's own default (its nodes' sizes are not known here)."""
     return max(1, usable_cpus() // workers) if local else 1
 
 
@@ -111,10 +113,12 @@ def _check_gpus(ray, workers: int, gpus_per_worker: float) -> None:
                        f"{workers * gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
 
 
-def _trainer(config: dict, workers: int, gpus_per_worker: float, scratch: str, cpus: int):
+def _trainer(config: dict, workers: int, resources: tuple, scratch: str):
     """Ray Train's TorchTrainer of `workers` dlc workers (gloo on CPU; with GPUs, NCCL for the
-    gradient in GPU memory and gloo for host arrays), `cpus` CPUs each: Ray sets a worker's
-    OMP_NUM_THREADS to them, and its sessions run that many threads (dlc/runtime/cpus.py)."""
+    gradient in GPU memory and gloo for host arrays), each given `resources` (CPUs, GPUs): Ray
+    sets a worker's OMP_NUM_THREADS to its CPUs, and its sessions run that many threads
+    (dlc/runtime/cpus.py)."""
+    cpus, gpus_per_worker = resources
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
