@@ -118,9 +118,10 @@ def _trainer(config: dict, workers: int, resources: tuple, scratch: str):
     gradient in GPU memory and gloo for host arrays), each given `resources` (CPUs, GPUs): Ray
     sets a worker's OMP_NUM_THREADS to its CPUs, and its sessions run that many threads
     (dlc/runtime/cpus.py)."""
-    cpus, gpus_per_worker = resources
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    cpus, gpus_per_worker = resources
 
     return TorchTrainer(
         _loop, train_loop_config=config,
