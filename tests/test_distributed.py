@@ -109,7 +109,8 @@ def test_ray_train_workers_equal_one_process(tmp_path, monkeypatch):
     assert [line.split(":")[0] for line in r.out.splitlines()] == ["run", "test"], r.out
     assert (tmp_path / "three" / "model.onnx").is_file()  # rank 0 wrote the run folder
     info = json.loads((tmp_path / "three" / "run.json").read_text())  # what a resume reuses
-    assert (info["workers"], info["address"], info["gpus_per_worker"]) == (3, None, 0), info
+    assert (info["workers"], info["address"], info["gpus_per_worker"],
+            info["cpus_per_worker"]) == (3, None, 0, 2), info  # a resume asks Ray alike
     summary = json.loads((tmp_path / "three" / "summary.json").read_text())
     assert summary["threads"] == 2, summary
     epochs = [line for line in r.err.splitlines() if "epoch " in line and "train_loss" in line]
